@@ -1,0 +1,116 @@
+"""``python -m superpos``: harvest, info, fit, evaluate, demo.
+
+Every user error prints one line ``superpos: error: ...`` on stderr and exits 2 (``--debug`` shows
+the traceback). Ctrl-C exits 130 after saying how to resume.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from .errors import SuperposError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(float(text)) if "e" in text.lower() else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def _add_harvest(sub) -> None:
+    p = sub.add_parser("harvest", help="run a model over a corpus and store residual activations (HDF5)",
+                       description="Run a causal LM over a text corpus and write residual-stream activations, "
+                                   "token ids, positions and next-token log-probs to one HDF5 file. Re-running "
+                                   "the same command on an interrupted file resumes where it stopped.")
+    p.add_argument("--model", default=None, help="HF model name (local cache), model folder, .gguf file; "
+                   "default: the embedded SmolLM2-135M-Instruct")
+    p.add_argument("--corpus", default=None, help=".txt file, .jsonl file (text field), folder of them, or an "
+                   "offline HF dataset name; default: CPython's pydoc_data.topics")
+    p.add_argument("--layers", default="default", help="residual layers: 'default' (7 evenly spaced incl. 0 and L), "
+                   "'all', or a comma list like 0,5,10 (0 = embeddings, l = output of block l)")
+    p.add_argument("--tokens", type=_positive_int, default=None, help="cap on tokens (whole contexts); default: whole corpus")
+    p.add_argument("--context", type=_positive_int, default=256, help="context length in tokens incl. BOS (default 256)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="contexts per forward pass (default 8)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored precision (default float16)")
+    p.add_argument("--compression", choices=["lzf", "gzip", "none"], default="lzf", help="HDF5 compression (default lzf)")
+    p.add_argument("--no-bos", action="store_true", help="do not prepend BOS to each context")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--out", required=True, help="output .h5 file (resumed if it is a partial harvest with the same settings)")
+    p.set_defaults(func=_cmd_harvest)
+
+
+def _cmd_harvest(args) -> int:
+    from .harvest import HarvestConfig, harvest
+
+    cfg = HarvestConfig(model=args.model, corpus=args.corpus, layers=args.layers, tokens=args.tokens,
+                        context_length=args.context, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+                        bos=not args.no_bos, compression=args.compression)
+    out = harvest(cfg, args.out)
+    from .store import ActivationStore
+
+    with ActivationStore(out) as store:
+        print(store.summary())
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="summarise a store or a dictionary folder",
+                       description="Print a summary of an activation store (.h5) or a saved dictionary folder.")
+    p.add_argument("path", help="store file or dictionary folder")
+    p.set_defaults(func=_cmd_info)
+
+
+def _cmd_info(args) -> int:
+    from pathlib import Path
+
+    path = Path(args.path)
+    if path.is_dir():
+        from .dictionaries.io import load_dictionary
+
+        print(load_dictionary(path).summary())
+        return 0
+    from .store import ActivationStore
+
+    with ActivationStore(path) as store:
+        print(store.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="superpos", description="Sparse dictionaries over transformer residual "
+                                     "streams, and experiments on superposition.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_harvest(sub)
+    _add_info(sub)
+    try:
+        from . import cli_dictionaries
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        cli_dictionaries.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except SuperposError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"superpos: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("superpos: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""CLI subcommands for dictionaries: fit, evaluate, and the demo (README's main job)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import SuperposError
+
+# CLI flag → estimator parameter (only passed when given, so config files and class defaults apply)
+PARAM_FLAGS = {
+    "n_components": ("--n-components", int, "number of atoms (default: expansion × d_model; for pca: --k)"),
+    "expansion": ("--expansion", float, "atoms per d_model dimension (default 16 for SAEs, 4 for NMF)"),
+    "k": ("--k", int, "active latents per token for topk/batchtopk; also PCA's default size (default 32)"),
+    "n_tokens": ("--tokens", int, "training tokens (default: one epoch of the training rows)"),
+    "batch_size": ("--batch-size", int, "rows per step (default 4096)"),
+    "lr": ("--lr", float, "learning rate (default 2e-4·sqrt(16384/n_latents), capped at 1e-3)"),
+    "l1_coeff": ("--l1-coeff", float, "relu: L1 penalty (default 5, normalised input units)"),
+    "l0_coeff": ("--l0-coeff", float, "jumprelu: L0 penalty (default 1)"),
+    "dead_after_tokens": ("--dead-after", int, "tokens without firing before a latent counts as dead (default 250000)"),
+    "seed": ("--seed", int, "random seed (default 0)"),
+    "min_pos": ("--min-pos", int, "leave out positions below this (default 1: drop the BOS/attention-sink row)"),
+}
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(float(text)) if kind is int else kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+        if value < 0 or (value == 0 and kind is int):
+            raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
+        return value
+    return parse
+
+
+def _read_config_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise SuperposError(f"config file {p} does not exist")
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(p.read_text())
+        return json.loads(p.read_text())
+    except Exception as e:
+        raise SuperposError(f"config file {p} is not valid {p.suffix.lstrip('.') or 'JSON'} ({e})") from None
+
+
+def add_fit(sub) -> None:
+    from .dictionaries import KINDS
+
+    p = sub.add_parser("fit", help="learn a dictionary (SAE / NMF / PCA) on one layer of a store",
+                       description="Fit a dictionary on one layer of an activation store and save it as a folder "
+                                   "(config.json + weights.safetensors + metrics.json). Re-running the same command "
+                                   "after an interruption resumes from the last checkpoint.")
+    p.add_argument("--store", required=True, help="activation store (.h5) from `superpos harvest`")
+    p.add_argument("--layer", type=int, required=True, help="residual layer to fit (must be in the store)")
+    p.add_argument("--kind", choices=sorted(KINDS), default="topk", help="dictionary kind (default topk)")
+    for name, (flag, kind, help_) in PARAM_FLAGS.items():
+        p.add_argument(flag, dest=name, type=_positive(kind), default=None, help=help_)
+    p.add_argument("--train-frac", type=float, default=0.9, help="fraction of contexts used for training; the rest "
+                   "is held out for `evaluate` (default 0.9)")
+    p.add_argument("--config", default=None, help="JSON or TOML file of parameters (flags override it)")
+    p.add_argument("--checkpoint-every", type=_positive(int), default=500, help="steps between checkpoints (default 500)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished dictionary in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_fit)
+
+
+def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_frac: float = 0.9,
+                   device: str = "auto", checkpoint_every: int = 500, overwrite: bool = False, progress: bool = True):
+    """Fit and save one dictionary; returns (dictionary, seconds). Shared by `fit` and `demo`."""
+    from .dictionaries import KINDS, save_dictionary
+    from .dictionaries.io import CONFIG
+    from .store import ActivationStore
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SuperposError(f"--out {out} exists and is not a folder")
+    if (out / CONFIG).exists() and not overwrite:
+        raise SuperposError(f"{out} already holds a finished dictionary (use --overwrite or another --out)")
+    if not 0 < train_frac <= 1:
+        raise SuperposError(f"--train-frac must be in (0, 1], got {train_frac}")
+    cls = KINDS[kind]
+    valid = set(cls().get_params())
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise SuperposError(f"parameter '{unknown[0]}' does not apply to kind {kind} (it takes {', '.join(sorted(valid))})")
+    if kind == "pca" and "n_components" not in params:
+        params["n_components"] = params.pop("k", 32)
+    params.pop("k", None) if "k" not in valid else None
+    est = cls(**{**params, "device": device, "progress": progress})
+    with ActivationStore(store_path) as store:
+        layer = store.check_layer(layer)
+        split = store.split_row(train_frac)
+        if split == 0:
+            raise SuperposError(f"--train-frac {train_frac} leaves no whole context for training")
+        train = store.restrict(0, split)
+        t0 = time.perf_counter()
+        out.mkdir(parents=True, exist_ok=True)
+        if hasattr(est, "dead_after_tokens"):
+            est.fit(train, layer, checkpoint_dir=out, checkpoint_every=checkpoint_every)
+        else:
+            est.fit(train, layer)
+        seconds = time.perf_counter() - t0
+        a = store.attrs
+        meta = {"store": str(Path(store_path).resolve()), "layer": layer, "model": a["model"],
+                "model_spec": a.get("model_spec", "default"), "corpus": a.get("corpus"),
+                "hook_name": f"resid_layer_{layer}", "train_rows": [0, split], "holdout_rows": [split, store.n_rows],
+                "train_seconds": seconds}
+    save_dictionary(est, out, meta=meta)
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    return est, seconds
+
+
+def cmd_fit(args) -> int:
+    params = _read_config_file(args.config) if args.config else {}
+    params.update({name: getattr(args, name) for name in PARAM_FLAGS if getattr(args, name) is not None})
+    est, seconds = fit_dictionary(args.store, args.layer, args.kind, args.out, params, args.train_frac, args.device,
+                                  args.checkpoint_every, args.overwrite, progress=not args.no_progress)
+    tokens = getattr(est, "n_tokens_seen_", None)
+    speed = f", {tokens / seconds:,.0f} tokens/s" if tokens else ""
+    print(f"saved {type(est).__name__} ({est.n_components_} atoms × {est.d_model_}) to {args.out} in {seconds:.1f} s{speed}")
+    return 0
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="metrics of one or more dictionaries on a store (FVU, L0, CE recovered…)",
+                       description="Evaluate dictionaries on a store layer: FVU, explained variance, cosine, L0, "
+                                   "dead/dense fractions, and (with the model) CE-loss recovered and KL by "
+                                   "splicing reconstructions into the model. Prints a table and writes JSON.")
+    p.add_argument("dirs", nargs="+", help="dictionary folders (superpos or SAELens format)")
+    p.add_argument("--store", required=True, help="activation store (.h5)")
+    p.add_argument("--layer", type=int, default=None, help="layer (default: the one the first dictionary was fit on)")
+    p.add_argument("--rows", choices=["holdout", "train", "all"], default="holdout",
+                   help="which rows to evaluate on (default: the rows held out from training)")
+    p.add_argument("--max-rows", type=_positive(int), default=None, help="cap on evaluated rows")
+    p.add_argument("--model", default=None, help="model for CE-loss recovered (default: the store's model)")
+    p.add_argument("--ce-contexts", type=int, default=16, help="contexts for CE splicing; 0 skips it (default 16)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--json", default=None, help="write results here (default: DIR/eval.json of the first dictionary)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def evaluate_folders(dirs, store_path, layer=None, rows="holdout", max_rows=None, model=None, ce_contexts=16,
+                     device="auto", lm=None, progress=True):
+    from .dictionaries import load_dictionary
+    from .metrics import evaluate_dictionaries
+    from .models import load_model
+    from .store import ActivationStore
+
+    dicts = {}
+    for d in dirs:
+        name = Path(d).name
+        if name in dicts:
+            name = str(d)
+        dicts[name] = load_dictionary(d, device=device)
+    first = next(iter(dicts.values()))
+    meta = getattr(first, "meta_", {}) or {}
+    layer = layer if layer is not None else meta.get("layer")
+    if layer is None:
+        raise SuperposError("--layer is needed: the dictionary does not record the layer it was fit on")
+    with ActivationStore(store_path) as store:
+        store.check_layer(layer)
+        if rows == "all":
+            view = store
+        else:
+            lo, hi = meta.get("holdout_rows", [store.n_rows, store.n_rows])
+            if rows == "train":
+                lo, hi = meta.get("train_rows", [0, store.n_rows])
+            if hi <= lo:
+                raise SuperposError(f"no {rows} rows recorded for {dirs[0]}; use --rows all")
+            view = store.restrict(lo, hi)
+        if lm is None and ce_contexts > 0:
+            lm = load_model(model or store.attrs.get("model_spec", "default"), device=device)
+        return evaluate_dictionaries(dicts, view, layer, lm=lm, n_rows=max_rows, ce_contexts=ce_contexts,
+                                     progress=progress), layer
+
+
+def cmd_evaluate(args) -> int:
+    from .dictionaries.io import write_json_atomic
+    from .metrics import format_table
+
+    results, layer = evaluate_folders(args.dirs, args.store, args.layer, args.rows, args.max_rows, args.model,
+                                      args.ce_contexts, args.device)
+    print(f"layer {layer}, {args.rows} rows of {args.store}")
+    print(format_table(results))
+    out = Path(args.json) if args.json else Path(args.dirs[0]) / "eval.json"
+    write_json_atomic(out, {"store": str(args.store), "layer": layer, "rows": args.rows,
+                            "results": [r.as_dict() for r in results]})
+    print(f"wrote {out}")
+    return 0
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the main job: harvest the default model, fit a TopK SAE and a PCA baseline, "
+                       "compare them", description="Harvest SmolLM2-135M over CPython's docs, fit a TopK SAE on a "
+                       "middle layer and a PCA baseline with as many components as the SAE's k, and print their "
+                       "metrics side by side. Every step resumes if interrupted.")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--model", default=None, help="model (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--corpus", default=None, help="corpus (default: pydoc_data.topics)")
+    p.add_argument("--harvest-tokens", type=_positive(int), default=None, help="cap on harvested tokens (default: whole corpus)")
+    p.add_argument("--layer", type=int, default=None, help="layer for the SAE (default: middle layer)")
+    p.add_argument("--expansion", type=_positive(float), default=16.0, help="SAE expansion (default 16)")
+    p.add_argument("--k", type=_positive(int), default=32, help="SAE k and PCA components (default 32)")
+    p.add_argument("--fit-tokens", type=_positive(int), default=1_000_000, help="SAE training tokens (default 1M)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from .dictionaries.io import CONFIG, write_json_atomic
+    from .harvest import HarvestConfig, harvest
+    from .metrics import format_table
+    from .models import load_model
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    lm = load_model(args.model, device=args.device)
+    layer = args.layer if args.layer is not None else lm.n_layers // 2
+    layers = sorted({0, lm.n_layers // 4, layer, 3 * lm.n_layers // 4, lm.n_layers})
+    store = out / "acts.h5"
+    cfg = HarvestConfig(model=args.model, corpus=args.corpus, layers=",".join(map(str, layers)),
+                        tokens=args.harvest_tokens, device=args.device)
+    th = time.perf_counter()
+    harvest(cfg, store, lm=lm)
+    t_harvest = time.perf_counter() - th
+    timings = {"harvest_s": t_harvest}
+    for kind, params in (("topk", {"k": args.k, "expansion": args.expansion, "n_tokens": args.fit_tokens}),
+                         ("pca", {"n_components": args.k})):
+        folder = out / kind
+        if (folder / CONFIG).exists():
+            print(f"superpos: reusing {folder}", file=sys.stderr)
+            continue
+        _, secs = fit_dictionary(store, layer, kind, folder, params, device=args.device)
+        timings[f"fit_{kind}_s"] = secs
+    results, _ = evaluate_folders([out / "topk", out / "pca"], store, layer, lm=lm, device=args.device)
+    timings["total_s"] = time.perf_counter() - t0
+    print(f"\n{lm.name}, residual layer {layer}, held-out rows of {store}")
+    print(format_table(results))
+    write_json_atomic(out / "results.json", {"model": lm.name, "layer": layer, "timings": timings,
+                                             "results": [r.as_dict() for r in results]})
+    print(f"wrote {out / 'results.json'} ({timings['total_s']:.0f} s in all)")
+    return 0
+
+
+def register(sub) -> None:
+    add_fit(sub)
+    add_evaluate(sub)
+    add_demo(sub)

@@ -1,0 +1,162 @@
+"""The estimator contract shared by every dictionary (scikit-learn style).
+
+* ``__init__`` only stores parameters (``get_params`` / ``set_params`` / ``clone`` come from sklearn).
+* ``fit(X, layer=None)`` and ``partial_fit(X)`` return ``self``; ``X`` is an array, a tensor, or an
+  :class:`~superpos.store.ActivationStore` together with ``layer`` (streamed, out-of-core).
+* learned state ends in ``_``; ``components_`` holds unit-norm atoms, shape (n_components, d_model).
+* ``transform`` → codes, ``inverse_transform`` → reconstruction, ``score`` → explained variance.
+  Outputs match the input's type: numpy in, numpy out; torch in, torch out.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+
+from ..device import resolve_device
+from ..errors import SuperposError
+from ..store import ActivationStore
+
+
+def as_tensor(X, device=None, dtype=torch.float32) -> torch.Tensor:
+    t = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
+    if t.ndim != 2:
+        raise SuperposError(f"expected a 2-D array (rows × d_model), got shape {tuple(t.shape)}")
+    return t.to(device=device, dtype=dtype)
+
+
+def like_input(t: torch.Tensor, X):
+    """Return ``t`` as numpy when ``X`` was numpy, else as a tensor on X's device."""
+    if isinstance(X, torch.Tensor):
+        return t.to(X.device)
+    return t.detach().cpu().numpy()
+
+
+def check_finite(x: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(x).all():
+        raise SuperposError(f"{where} contains NaN or inf values")
+
+
+class BaseDictionary(BaseEstimator):
+    """Common plumbing; subclasses implement ``_fit_stream``, ``_encode``, ``_decode`` and state I/O."""
+
+    kind: str = "base"
+    #: names of fitted tensors saved with the dictionary (besides components_)
+    _state_names: tuple[str, ...] = ()
+
+    # ---------------------------------------------------------------- data plumbing
+    def _device(self) -> torch.device:
+        return resolve_device(getattr(self, "device", "auto"))
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "components_"):
+            raise SuperposError(f"{type(self).__name__} is not fitted yet: call fit() first")
+
+    @staticmethod
+    def _d_model_of(X, layer) -> int:
+        if isinstance(X, ActivationStore):
+            if layer is None:
+                raise SuperposError("fitting on an ActivationStore needs layer=...")
+            X.check_layer(layer)
+            return X.d_model
+        return int(as_tensor(X[:1] if len(X) else X).shape[1])
+
+    @staticmethod
+    def _batches(X, layer, batch_size: int, device, seed: int = 0, start_batch: int = 0, min_pos: int = 1,
+                 epochs: int | None = None) -> Iterator[torch.Tensor]:
+        """Shuffled batches, endlessly over epochs (or for ``epochs``), resumable at ``start_batch``."""
+        if isinstance(X, ActivationStore):
+            yield from X.stream(layer, batch_size, seed=seed, start_batch=start_batch, min_pos=min_pos,
+                                epochs=epochs, device=device)
+            return
+        x = as_tensor(X)
+        n = len(x)
+        if n == 0:
+            raise SuperposError("cannot fit on zero rows")
+        bs = min(batch_size, n)
+        per_epoch = n // bs
+        epoch, i = divmod(start_batch, per_epoch)
+        while epochs is None or epoch < epochs:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+            for j in range(i, per_epoch):
+                yield x[perm[j * bs:(j + 1) * bs]].to(device)
+            i = 0
+            epoch += 1
+
+    @staticmethod
+    def _sample(X, layer, n: int, seed: int = 0, min_pos: int = 1) -> torch.Tensor:
+        if isinstance(X, ActivationStore):
+            return torch.from_numpy(X.sample(layer, n, seed=seed, min_pos=min_pos))
+        x = as_tensor(X)
+        if len(x) <= n:
+            return x
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+        return x[idx]
+
+    @staticmethod
+    def _n_rows(X, min_pos: int = 1) -> int:
+        return X.n_train_rows(min_pos) if isinstance(X, ActivationStore) else len(X)
+
+    # ---------------------------------------------------------------- public API
+    def transform(self, X):
+        """Codes (n_rows, n_components)."""
+        self._check_fitted()
+        with torch.no_grad():
+            return like_input(self._encode(as_tensor(X, self._device())), X)
+
+    def inverse_transform(self, codes):
+        """Reconstruction (n_rows, d_model) from codes."""
+        self._check_fitted()
+        with torch.no_grad():
+            return like_input(self._decode(as_tensor(codes, self._device())), codes)
+
+    def reconstruct(self, X):
+        """``inverse_transform(transform(X))`` without leaving the device."""
+        self._check_fitted()
+        with torch.no_grad():
+            return like_input(self._decode(self._encode(as_tensor(X, self._device()))), X)
+
+    def score(self, X, y=None) -> float:
+        """Explained variance 1 − FVU on ``X`` (higher is better, as sklearn expects)."""
+        from ..metrics import fvu
+
+        x = as_tensor(X, self._device())
+        with torch.no_grad():
+            return 1.0 - fvu(x, self._decode(self._encode(x)))
+
+    @property
+    def n_components_(self) -> int:
+        self._check_fitted()
+        return self.components_.shape[0]
+
+    @property
+    def d_model_(self) -> int:
+        self._check_fitted()
+        return self.components_.shape[1]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Fitted tensors, in the raw (unscaled) input space, for saving."""
+        self._check_fitted()
+        out = {"components_": self.components_}
+        out.update({n: getattr(self, n) for n in self._state_names})
+        return {k: torch.as_tensor(v).detach().cpu().contiguous() for k, v in out.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "BaseDictionary":
+        dev = self._device()
+        for k, v in state.items():
+            setattr(self, k, v.to(dev))
+        return self
+
+    def summary(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in self.get_params().items() if v is not None)
+        fitted = f"{self.n_components_} atoms × d_model {self.d_model_}" if hasattr(self, "components_") else "not fitted"
+        return f"{type(self).__name__} ({self.kind}): {fitted}\n  {params}"
+
+    # subclasses
+    def _encode(self, x_BD: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _decode(self, codes_BF: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError

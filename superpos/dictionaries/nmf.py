@@ -1,0 +1,204 @@
+"""Non-negative dictionaries over signed activations: NMF (with a sign split) and semi-NMF.
+
+Residual activations are signed. Two ways to use non-negativity:
+
+* :class:`NMF` with ``sign_split=True`` maps x ∈ ℝ^d to [relu(x), relu(−x)] ∈ ℝ₊^{2d} and factorises
+  that as H·W with H, W ≥ 0 (multiplicative updates; mini-batch with accumulated statistics for
+  streams). An atom's direction in the original space is W[:, :d] − W[:, d:], so reconstruction stays
+  linear: x̂ = H (W₊ − W₋). ``components_`` are those atoms, unit-norm; codes absorb their norms.
+  With ``sign_split=False`` the input itself must be non-negative (plain NMF).
+* :class:`SemiNMF` (Ding, Li & Jordan 2010): signed atoms W, non-negative codes H, x ≈ H W.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+from tqdm import tqdm
+
+from ..errors import SuperposError
+from ..store import ActivationStore
+from .base import BaseDictionary, as_tensor, check_finite
+
+EPS = 1e-10
+
+
+def _pos(a):
+    return (a.abs() + a) / 2
+
+
+def _neg(a):
+    return (a.abs() - a) / 2
+
+
+class _FactorisationBase(BaseDictionary):
+    """Shared fit loop: full-batch alternating updates in memory, mini-batch over streams."""
+
+    def _prepare(self, x_BD: torch.Tensor) -> torch.Tensor:
+        return x_BD
+
+    def _objective(self, X) -> float:
+        """0.5‖X' − H W‖²_F on the prepared input (what the updates minimise)."""
+        x = self._prepare(as_tensor(X, self._device()))
+        h = self._solve_codes(x, self._W)
+        return 0.5 * (x - h @ self._W).pow(2).sum().item()
+
+    def fit(self, X, layer: int | None = None, y=None):
+        d = self._d_model_of(X, layer)
+        dev = self._device()
+        gen = torch.Generator().manual_seed(self.seed)
+        if not isinstance(X, ActivationStore) and len(X) <= self.batch_size:
+            x = self._prepare(as_tensor(X, dev))
+            check_finite(x, f"{self.kind} input")
+            W = self._init_W(x, gen)
+            H = self._init_H(x, W)
+            for _ in tqdm(range(self.max_iter), desc=f"fit {self.kind}", file=sys.stderr, disable=not self.progress):
+                H = self._update_H(x, H, W)
+                W = self._update_W_full(x, H, W)
+            self._W = W
+            self.n_iter_ = self.max_iter
+        else:
+            n_rows = self._n_rows(X, self.min_pos)
+            steps = max(1, (self.n_tokens or n_rows) // min(self.batch_size, n_rows))
+            batches = self._batches(X, layer, min(self.batch_size, n_rows), dev, seed=self.seed, min_pos=self.min_pos)
+            first = self._prepare(next(batches))
+            check_finite(first, f"{self.kind} input")
+            W = self._init_W(first, gen)
+            A = torch.zeros(W.shape[0], W.shape[0], device=dev)
+            B = torch.zeros_like(W)
+            x = first
+            for step in tqdm(range(steps), desc=f"fit {self.kind}", file=sys.stderr, disable=not self.progress):
+                if step:
+                    x = self._prepare(next(batches))
+                    if not torch.isfinite(x).all():
+                        raise SuperposError(f"NaN/inf in {self.kind} input batch at step {step}")
+                H = self._solve_codes(x, W)
+                rho = self.forget ** (x.shape[0] / self.batch_size) if step else 0.0
+                A = rho * A + H.T @ H
+                B = rho * B + H.T @ x
+                W = self._update_W_stats(A, B, W)
+            self._W = W
+            self.n_iter_ = steps
+        self._publish(d)
+        return self
+
+    def partial_fit(self, X, layer: int | None = None, y=None):
+        """Update the dictionary with one mini-batch pass over ``X``, keeping accumulated statistics."""
+        d = self._d_model_of(X, layer)
+        dev = self._device()
+        for x in self._batches(X, layer, self.batch_size, dev, seed=self.seed, min_pos=self.min_pos, epochs=1):
+            x = self._prepare(x)
+            if not hasattr(self, "_A"):
+                self._W = self._init_W(x, torch.Generator().manual_seed(self.seed))
+                self._A = torch.zeros(self._W.shape[0], self._W.shape[0], device=dev)
+                self._B = torch.zeros_like(self._W)
+            H = self._solve_codes(x, self._W)
+            self._A = self.forget * self._A + H.T @ H
+            self._B = self.forget * self._B + H.T @ x
+            self._W = self._update_W_stats(self._A, self._B, self._W)
+        self._publish(d)
+        return self
+
+    def _solve_codes(self, x, W) -> torch.Tensor:
+        H = self._init_H(x, W)
+        for _ in range(self.transform_iter):
+            H = self._update_H(x, H, W)
+        return H
+
+    def _init_H(self, x, W) -> torch.Tensor:
+        gram = (W * W).sum(1).clamp_min(EPS)
+        return (x @ W.T).clamp_min(0) / gram + 1e-3 * x.abs().mean()
+
+    def _publish(self, d: int) -> None:
+        atoms = self._atoms(self._W)
+        norms = atoms.norm(dim=1).clamp_min(EPS)
+        self.components_ = atoms / norms[:, None]
+        self.atom_norms_ = norms
+        self.W_ = self._W
+
+    def _encode(self, x_BD):
+        return self._solve_codes(self._prepare(x_BD), self.W_) * self.atom_norms_
+
+    def _decode(self, codes_BF):
+        return codes_BF @ self.components_
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self._W = self.W_
+        return self
+
+
+class NMF(_FactorisationBase):
+    """Mini-batch NMF in torch; see the module docstring for the sign split."""
+
+    kind = "nmf"
+    _state_names = ("W_", "atom_norms_")
+
+    def __init__(self, n_components=None, expansion=4.0, sign_split=True, max_iter=300, transform_iter=100,
+                 batch_size=4096, n_tokens=None, forget=0.99, min_pos=1, seed=0, device="auto", progress=True):
+        for k, v in locals().items():
+            if k != "self":
+                setattr(self, k, v)
+
+    def _prepare(self, x_BD):
+        if self.sign_split:
+            return torch.cat([x_BD.clamp_min(0), (-x_BD).clamp_min(0)], dim=1)
+        if (x_BD < 0).any():
+            raise SuperposError("NMF with sign_split=False needs non-negative input; use sign_split=True or SemiNMF")
+        return x_BD
+
+    def _init_W(self, x, gen):
+        n = self.n_components or int(round(self.expansion * (x.shape[1] // (2 if self.sign_split else 1))))
+        scale = (x.mean() / n).clamp_min(EPS).sqrt()
+        return (torch.rand(n, x.shape[1], generator=gen) * scale).to(x.device) + EPS
+
+    def _update_H(self, x, H, W):
+        return H * (x @ W.T) / (H @ (W @ W.T)).clamp_min(EPS)
+
+    def _update_W_full(self, x, H, W):
+        return W * (H.T @ x) / ((H.T @ H) @ W).clamp_min(EPS)
+
+    def _update_W_stats(self, A, B, W):
+        for _ in range(5):
+            W = W * B / (A @ W).clamp_min(EPS)
+        return W
+
+    def _atoms(self, W):
+        if self.sign_split:
+            d = W.shape[1] // 2
+            return W[:, :d] - W[:, d:]
+        return W
+
+
+class SemiNMF(_FactorisationBase):
+    """Semi-NMF: signed atoms, non-negative codes (Ding, Li & Jordan 2010), mini-batch over streams."""
+
+    kind = "seminmf"
+    _state_names = ("W_", "atom_norms_")
+
+    def __init__(self, n_components=None, expansion=4.0, max_iter=300, transform_iter=100, batch_size=4096,
+                 n_tokens=None, forget=0.99, ridge=1e-6, min_pos=1, seed=0, device="auto", progress=True):
+        for k, v in locals().items():
+            if k != "self":
+                setattr(self, k, v)
+
+    def _init_W(self, x, gen):
+        n = self.n_components or int(round(self.expansion * x.shape[1]))
+        idx = torch.randint(0, x.shape[0], (n,), generator=gen).to(x.device)
+        return x[idx] + 0.01 * x.std() * torch.randn(n, x.shape[1], generator=gen).to(x.device)
+
+    def _update_H(self, x, H, W):
+        xw, ww = x @ W.T, W @ W.T
+        num = _pos(xw) + H @ _neg(ww)
+        den = _neg(xw) + H @ _pos(ww)
+        return H * (num / den.clamp_min(EPS)).sqrt()
+
+    def _update_W_full(self, x, H, W):
+        return self._update_W_stats(H.T @ H, H.T @ x, W)
+
+    def _update_W_stats(self, A, B, W):
+        ridge = self.ridge * A.diagonal().mean().clamp_min(EPS)
+        return torch.linalg.solve(A + ridge * torch.eye(A.shape[0], device=A.device), B)
+
+    def _atoms(self, W):
+        return W

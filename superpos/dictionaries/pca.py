@@ -1,0 +1,94 @@
+"""PCA baseline: exact SVD in memory, exact streaming covariance (float64) over a store."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import SuperposError
+from ..store import ActivationStore
+from .base import BaseDictionary, as_tensor, check_finite
+
+
+class PCA(BaseDictionary):
+    """Principal components; ``components_`` are the top ``n_components`` unit eigenvectors.
+
+    In memory (array/tensor) this is an exact float64 SVD of the centred data. Over an
+    ActivationStore it accumulates Σx and Σxxᵀ in float64 in one streaming pass and
+    eigendecomposes the d_model × d_model covariance — exact, and out-of-core for any row count.
+    ``partial_fit`` accumulates the same sums. Codes are ``(x − mean_) @ components_ᵀ``.
+    """
+
+    kind = "pca"
+    _state_names = ("mean_", "explained_variance_", "explained_variance_ratio_")
+
+    def __init__(self, n_components=None, batch_size=65536, min_pos=1, device="auto", progress=True):
+        self.n_components = n_components
+        self.batch_size = batch_size
+        self.min_pos = min_pos
+        self.device = device
+        self.progress = progress
+
+    def _k(self, d: int) -> int:
+        k = self.n_components or d
+        if not 1 <= k <= d:
+            raise SuperposError(f"PCA n_components={k} must be between 1 and d_model ({d})")
+        return k
+
+    def fit(self, X, layer: int | None = None, y=None):
+        if isinstance(X, ActivationStore):
+            for attr in ("_n", "_sum", "_outer"):
+                self.__dict__.pop(attr, None)
+            return self.partial_fit(X, layer)
+        x = as_tensor(X, dtype=torch.float64).numpy()
+        check_finite(torch.from_numpy(x), "PCA input")
+        k = self._k(x.shape[1])
+        if len(x) < 2:
+            raise SuperposError("PCA needs at least 2 rows")
+        mean = x.mean(0)
+        _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+        var = s**2 / (len(x) - 1)
+        self._publish(mean, vt, var, k)
+        self.n_samples_seen_ = len(x)
+        return self
+
+    def partial_fit(self, X, layer: int | None = None, y=None):
+        d = self._d_model_of(X, layer)
+        k = self._k(d)
+        if not hasattr(self, "_n"):
+            self._n, self._sum, self._outer = 0, np.zeros(d), np.zeros((d, d))
+        if isinstance(X, ActivationStore):
+            chunks = (a for _, a in X.iter_rows(layer, self.batch_size, min_pos=self.min_pos))
+        else:
+            chunks = [as_tensor(X, dtype=torch.float64).numpy()]
+        for a in chunks:
+            a = np.asarray(a, dtype=np.float64)
+            if not np.isfinite(a).all():
+                raise SuperposError("PCA input contains NaN or inf values")
+            self._n += len(a)
+            self._sum += a.sum(0)
+            self._outer += a.T @ a
+        if self._n < 2:
+            raise SuperposError("PCA needs at least 2 rows")
+        mean = self._sum / self._n
+        cov = (self._outer - self._n * np.outer(mean, mean)) / (self._n - 1)
+        evals, evecs = np.linalg.eigh(cov)
+        order = np.argsort(evals)[::-1]
+        self._publish(mean, evecs[:, order].T, np.clip(evals[order], 0, None), k)
+        self.n_samples_seen_ = self._n
+        return self
+
+    def _publish(self, mean, vt, var, k) -> None:
+        dev = self._device()
+        # deterministic signs: largest-|coordinate| of each component positive
+        signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])
+        vt = vt * signs[:, None]
+        self.mean_ = torch.tensor(mean, dtype=torch.float32, device=dev)
+        self.components_ = torch.tensor(vt[:k], dtype=torch.float32, device=dev)
+        self.explained_variance_ = torch.tensor(var[:k], dtype=torch.float32, device=dev)
+        self.explained_variance_ratio_ = torch.tensor(var[:k] / max(var.sum(), 1e-300), dtype=torch.float32, device=dev)
+
+    def _encode(self, x_BD):
+        return (x_BD - self.mean_) @ self.components_.T
+
+    def _decode(self, codes_BK):
+        return codes_BK @ self.components_ + self.mean_

@@ -1,0 +1,460 @@
+"""Sparse autoencoders: TopK, BatchTopK, JumpReLU and ReLU-L1, with one shared trainer.
+
+Training happens on inputs scaled so that E‖x‖² = d_model (``normalize=True``); the scale is folded
+into the weights when training ends, so a fitted SAE takes raw activations and its ``components_``
+(the decoder rows) stay unit-norm. Conventions: ``W_enc_FD`` (latents × d_model),
+``W_dec_FD`` = ``components_``, ``pre = (x − b_dec) W_encᵀ + b_enc``, ``x̂ = codes W_dec + b_dec``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..errors import SuperposError
+from .base import BaseDictionary, check_finite
+from .sparse_ops import SparseCodes, select_batch_topk, select_topk, sparse_decode, sparse_encode
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def geometric_median(x_ND: torch.Tensor, iters: int = 100, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm."""
+    m = x_ND.mean(0)
+    for _ in range(iters):
+        w = 1.0 / torch.clamp(torch.linalg.vector_norm(x_ND - m, dim=1), min=eps)
+        new = (w[:, None] * x_ND).sum(0) / w.sum()
+        if torch.linalg.vector_norm(new - m) < eps * (1 + torch.linalg.vector_norm(m)):
+            return new
+        m = new
+    return m
+
+
+def _rect(z: torch.Tensor) -> torch.Tensor:
+    return (z.abs() < 0.5).to(z.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """z·H(z−θ); straight-through gradient for θ with a rectangle kernel of width ``bandwidth``."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, g):
+        pre, threshold = ctx.saved_tensors
+        bw = ctx.bandwidth
+        g_pre = g * (pre > threshold)
+        g_thr = (-(threshold / bw) * _rect((pre - threshold) / bw) * g).sum(0)
+        return g_pre, g_thr, None
+
+
+class _Step(torch.autograd.Function):
+    """H(z−θ), with the straight-through gradient −(1/ε)K((z−θ)/ε) for θ (none for z)."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        pre, threshold = ctx.saved_tensors
+        bw = ctx.bandwidth
+        return torch.zeros_like(pre), (-(1.0 / bw) * _rect((pre - threshold) / bw) * g).sum(0), None
+
+
+class SparseAutoencoder(BaseDictionary):
+    """Shared trainer. Subclasses set ``kind`` and implement ``_train_forward`` and ``_encode_pre``."""
+
+    _state_names = ("W_enc_", "b_enc_", "b_dec_")
+    #: trainable tensors besides W_enc, b_enc, W_dec, b_dec
+    _extra_params: tuple[str, ...] = ()
+
+    def _set_params(self, params: dict) -> None:
+        for name, value in params.items():
+            if name not in ("self", "__class__"):
+                setattr(self, name, value)
+
+    # ---------------------------------------------------------------- sizes and defaults
+    def _n_latents(self, d_model: int) -> int:
+        n = self.n_components or int(round(self.expansion * d_model))
+        if n < 1:
+            raise SuperposError(f"n_components/expansion give {n} latents; need at least 1")
+        return n
+
+    def _lr(self, n_latents: int) -> float:
+        # scaling rule of Gao et al. (2024), capped for small dictionaries
+        return self.lr if self.lr is not None else min(1e-3, 2e-4 * math.sqrt(16384 / n_latents))
+
+    def _check_params(self, d_model: int) -> None:
+        n = self._n_latents(d_model)
+        if self.batch_size < 1:
+            raise SuperposError(f"batch_size must be positive, got {self.batch_size}")
+        k = getattr(self, "k", None)
+        if k is not None and not 1 <= k <= n:
+            raise SuperposError(f"k={k} must be between 1 and the number of latents ({n})")
+        if self.n_tokens is not None and self.n_tokens < 1:
+            raise SuperposError(f"n_tokens must be positive, got {self.n_tokens}")
+
+    # ---------------------------------------------------------------- parameters
+    def _init_params(self, sample_ND: torch.Tensor, d_model: int, dev) -> dict[str, torch.Tensor]:
+        n = self._n_latents(d_model)
+        gen = torch.Generator().manual_seed(self.seed)
+        scale = math.sqrt(d_model / sample_ND.pow(2).sum(1).mean().item()) if self.normalize else 1.0
+        xs = sample_ND * scale
+        if self.b_dec_init == "median":
+            b_dec = geometric_median(xs)
+        elif self.b_dec_init == "mean":
+            b_dec = xs.mean(0)
+        elif self.b_dec_init == "zeros":
+            b_dec = torch.zeros(d_model)
+        else:
+            raise SuperposError(f"b_dec_init must be median, mean or zeros, got {self.b_dec_init}")
+        W_dec = torch.randn(n, d_model, generator=gen)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        params = {"W_enc": W_dec.clone(), "b_enc": torch.zeros(n), "W_dec": W_dec, "b_dec": b_dec.float()}
+        params.update(self._init_extra(n))
+        state = {k: v.to(dev).requires_grad_(True) for k, v in params.items()}
+        state["scale"] = torch.tensor(scale)
+        return state
+
+    def _init_extra(self, n_latents: int) -> dict[str, torch.Tensor]:
+        return {}
+
+    # ---------------------------------------------------------------- training
+    def fit(self, X, layer: int | None = None, y=None, *, checkpoint_dir: str | os.PathLike | None = None,
+            checkpoint_every: int = 500, callback: Callable[[int, dict], None] | None = None):
+        """Train on ``X`` (array, tensor, or ActivationStore + layer) for ``n_tokens`` (default one epoch).
+
+        With ``checkpoint_dir``, training state is saved every ``checkpoint_every`` steps, on Ctrl-C and at
+        the end, and a later ``fit`` with the same parameters resumes it exactly.
+        ``callback(step, stats)`` is called at each logging step.
+        """
+        d = self._d_model_of(X, layer)
+        self._check_params(d)
+        dev = self._device()
+        n_rows = self._n_rows(X, self.min_pos)
+        batch = min(self.batch_size, n_rows)
+        n_tokens = self.n_tokens or n_rows
+        total_steps = max(1, n_tokens // batch)
+        ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
+
+        start_step, ckpt = 0, None
+        if ckpt_path is not None and ckpt_path.exists():
+            ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
+            if ckpt["params"] != self.get_params() or ckpt["d_model"] != d:
+                raise SuperposError(f"checkpoint {ckpt_path} was made with other settings; use another output folder")
+            start_step = ckpt["step"]
+        if ckpt is None:
+            sample = self._sample(X, layer, 8192, seed=self.seed, min_pos=self.min_pos)
+            check_finite(sample, "training data")
+            state = self._init_params(sample, d, dev)
+        else:
+            state = {k: v.to(dev).requires_grad_(k != "scale") for k, v in ckpt["state"].items()}
+        params = [state[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec") + self._extra_params]
+        lr = self._lr(state["W_dec"].shape[0])
+        opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+        warm, decay_from = max(1, self.warmup_steps), int(total_steps * (1 - self.decay_frac))
+
+        def schedule(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if step >= decay_from:
+                return max(0.0, (total_steps - step) / max(1, total_steps - decay_from))
+            return 1.0
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        since_fired = torch.zeros(state["W_dec"].shape[0], dtype=torch.long, device=dev)
+        history: list[dict] = []
+        if ckpt is not None:
+            opt.load_state_dict(ckpt["opt"])
+            sched.load_state_dict(ckpt["sched"])
+            since_fired = ckpt["since_fired"].to(dev)
+            history = ckpt["history"]
+
+        def save_checkpoint(step: int) -> None:
+            if ckpt_path is None:
+                return
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save({"params": self.get_params(), "d_model": d, "step": step,
+                        "state": {k: v.detach().cpu() for k, v in state.items()},
+                        "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "since_fired": since_fired.cpu(), "history": history}, tmp)
+            os.replace(tmp, ckpt_path)
+
+        scale = float(state["scale"])
+        batches = self._batches(X, layer, batch, dev, seed=self.seed, start_batch=start_step, min_pos=self.min_pos)
+        bar = tqdm(total=total_steps, initial=start_step, desc=f"fit {self.kind}", unit="step", file=sys.stderr,
+                   disable=not self.progress, dynamic_ncols=True)
+        log_every = max(1, min(50, total_steps // 20))
+        t_last, tok_last = time.perf_counter(), 0
+        step = start_step
+        try:
+            for step in range(start_step, total_steps):
+                x = next(batches) * scale
+                if not torch.isfinite(x).all():
+                    raise SuperposError(f"NaN/inf in training batch at step {step}" + _last_good(ckpt_path))
+                dead = since_fired >= self.dead_after_tokens
+                out = self._train_forward(state, x, dead)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    raise SuperposError(f"loss became NaN/inf at step {step}" + _last_good(ckpt_path))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                with torch.no_grad():
+                    W, g = state["W_dec"], state["W_dec"].grad
+                    g -= (g * W).sum(1, keepdim=True) * W  # keep the step tangent to the unit sphere
+                opt.step()
+                sched.step()
+                with torch.no_grad():
+                    state["W_dec"] /= state["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
+                    since_fired += x.shape[0]
+                    since_fired[out["fired"]] = 0
+                tok_last += x.shape[0]
+                if (step + 1) % log_every == 0 or step + 1 == total_steps:
+                    with torch.no_grad():
+                        err = (out["x_hat"] - x).pow(2).sum()
+                        var = (x - x.mean(0)).pow(2).sum()
+                        now = time.perf_counter()
+                        stats = {"step": step + 1, "loss": loss.item(), "fvu": (err / var).item(),
+                                 "l0": out["l0"], "dead": (since_fired >= self.dead_after_tokens).float().mean().item(),
+                                 "tok_s": tok_last / (now - t_last)}
+                    t_last, tok_last = now, 0
+                    history.append(stats)
+                    bar.set_postfix(loss=f"{stats['loss']:.3g}", fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.1f}",
+                                    dead=f"{stats['dead']:.2f}", tok_s=f"{stats['tok_s']:.0f}", refresh=False)
+                    if callback is not None:
+                        callback(step + 1, stats)
+                bar.update(1)
+                if (step + 1) % checkpoint_every == 0:
+                    save_checkpoint(step + 1)
+        except KeyboardInterrupt:
+            bar.close()
+            # a step interrupted before the optimizer ran leaves the state at `step`; otherwise at step+1
+            done = step + 1 if sched.last_epoch > step else step
+            save_checkpoint(done)
+            if ckpt_path is not None:
+                print(f"\nsuperpos: interrupted at step {done}; checkpoint saved in {ckpt_path.parent}. "
+                      "Run the same command to resume.", file=sys.stderr)
+            raise
+        bar.close()
+        save_checkpoint(total_steps)
+        self._finish(state, X, layer, scale)
+        self.n_iter_ = total_steps
+        self.n_tokens_seen_ = total_steps * batch
+        self.history_ = history
+        return self
+
+    def partial_fit(self, X, layer: int | None = None, y=None):
+        """One pass of Adam steps over ``X`` at a constant learning rate (initialising on first call)."""
+        d = self._d_model_of(X, layer)
+        self._check_params(d)
+        dev = self._device()
+        if not hasattr(self, "_pf_state"):
+            sample = self._sample(X, layer, 8192, seed=self.seed, min_pos=self.min_pos)
+            self._pf_state = self._init_params(sample, d, dev)
+            names = ("W_enc", "b_enc", "W_dec", "b_dec") + self._extra_params
+            self._pf_opt = torch.optim.Adam([self._pf_state[k] for k in names], lr=self._lr(self._pf_state["W_dec"].shape[0]))
+            self._pf_fired = torch.zeros(self._pf_state["W_dec"].shape[0], dtype=torch.long, device=dev)
+        state, scale = self._pf_state, float(self._pf_state["scale"])
+        for x in self._batches(X, layer, self.batch_size, dev, seed=self.seed, min_pos=self.min_pos, epochs=1):
+            x = x * scale
+            out = self._train_forward(state, x, self._pf_fired >= self.dead_after_tokens)
+            self._pf_opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            with torch.no_grad():
+                W, g = state["W_dec"], state["W_dec"].grad
+                g -= (g * W).sum(1, keepdim=True) * W
+            self._pf_opt.step()
+            with torch.no_grad():
+                state["W_dec"] /= state["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
+                self._pf_fired += x.shape[0]
+                self._pf_fired[out["fired"]] = 0
+        self._finish(state, X, layer, scale)
+        return self
+
+    def _finish(self, state: dict, X, layer, scale: float) -> None:
+        """Fold the input scale into the weights (codes and thresholds divide by it) and publish them."""
+        with torch.no_grad():
+            self.components_ = state["W_dec"].detach().clone()
+            self.W_enc_ = state["W_enc"].detach().clone()
+            self.b_enc_ = state["b_enc"].detach() / scale
+            self.b_dec_ = state["b_dec"].detach() / scale
+            self.scale_ = torch.tensor(scale)
+            self._finish_extra(state, X, layer, scale)
+
+    def _finish_extra(self, state, X, layer, scale) -> None:
+        pass
+
+    # ---------------------------------------------------------------- inference (raw input space)
+    def _pre(self, x_BD: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.b_enc_, x_BD - self.b_dec_, self.W_enc_.T)
+
+    def _decode(self, codes_BF: torch.Tensor) -> torch.Tensor:
+        return codes_BF @ self.components_ + self.b_dec_
+
+
+def _last_good(ckpt_path: Path | None) -> str:
+    if ckpt_path is not None and ckpt_path.exists():
+        return f"; the last good checkpoint is intact in {ckpt_path.parent}"
+    return ""
+
+
+def _reconstruction_terms(x, x_hat) -> torch.Tensor:
+    return (x_hat - x).pow(2).sum(-1).mean()
+
+
+class _SparseSelectSAE(SparseAutoencoder):
+    """TopK-style SAEs trained with sparse codes and the AuxK loss for dead latents."""
+
+    def _select(self, pre_BF: torch.Tensor):  # pragma: no cover
+        raise NotImplementedError
+
+    def _train_forward(self, s: dict, x: torch.Tensor, dead: torch.Tensor) -> dict:
+        x_c = x - s["b_dec"]
+        with torch.no_grad():
+            pre = torch.addmm(s["b_enc"], x_c, s["W_enc"].T)
+        rows, cols = self._select(pre)
+        codes = sparse_encode(x_c, s["W_enc"], s["b_enc"], pre, rows, cols)
+        x_hat = sparse_decode(codes, s["W_dec"]) + s["b_dec"]
+        loss = _reconstruction_terms(x, x_hat)
+        n_dead = int(dead.sum())
+        if n_dead and self.aux_coeff > 0:
+            k_aux = min(self.aux_k or x.shape[1] // 2, n_dead)
+            pre_dead = pre.masked_fill(~dead, float("-inf"))
+            r2, c2 = select_topk(pre_dead, k_aux)
+            aux = sparse_encode(x_c, s["W_enc"], s["b_enc"], pre, r2, c2)
+            e = (x - x_hat).detach()
+            e_hat = sparse_decode(aux, s["W_dec"])
+            denom = (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+            loss = loss + self.aux_coeff * (e_hat - e).pow(2).sum(-1).mean() / denom
+        fired = cols[codes.vals.detach() > 0]
+        return {"loss": loss, "x_hat": x_hat.detach(), "l0": fired.numel() / x.shape[0], "fired": fired}
+
+
+_COMMON_DOC = """
+    Common parameters: ``n_components`` (latents; default ``expansion × d_model``), ``batch_size``,
+    ``n_tokens`` (training tokens; default one epoch), ``lr`` (Adam; default 2e-4·√(16384/n), capped at
+    1e-3), ``warmup_steps``, ``decay_frac`` (final fraction with linear decay to 0), ``aux_k`` /
+    ``aux_coeff`` (AuxK loss on dead latents, default d_model/2 and 1/32), ``dead_after_tokens`` (a
+    latent is dead after this many tokens without firing), ``b_dec_init`` (median|mean|zeros),
+    ``normalize`` (scale inputs to E‖x‖² = d_model while training), ``min_pos`` (store rows at
+    positions below it — the BOS/attention sink — are left out), ``seed``, ``device``, ``progress``.
+"""
+
+
+class TopKSAE(_SparseSelectSAE):
+    __doc__ = "TopK SAE (Gao et al. 2024): exactly ``k`` active latents per token.\n" + _COMMON_DOC
+    kind = "topk"
+
+    def __init__(self, n_components=None, expansion=16.0, k=32, batch_size=4096, n_tokens=None, lr=None,
+                 warmup_steps=100, decay_frac=0.2, aux_k=None, aux_coeff=1 / 32, dead_after_tokens=250_000,
+                 b_dec_init="median", normalize=True, min_pos=1, seed=0, device="auto", progress=True):
+        self._set_params(locals())
+
+    def _select(self, pre_BF):
+        return select_topk(pre_BF, self.k)
+
+    def _encode(self, x_BD):
+        pre = self._pre(x_BD)
+        vals, idx = pre.topk(self.k, dim=1)
+        return torch.zeros_like(pre).scatter_(1, idx, F.relu(vals))
+
+
+class BatchTopKSAE(_SparseSelectSAE):
+    __doc__ = ("BatchTopK SAE (Bussmann et al. 2024): the top ``k × batch`` activations over a batch while "
+               "training; at inference a single threshold ``threshold_`` (estimated after training so the mean "
+               "L0 on training rows is ``k``) makes it a per-token JumpReLU.\n" + _COMMON_DOC)
+    kind = "batchtopk"
+    _state_names = SparseAutoencoder._state_names + ("threshold_",)
+
+    def __init__(self, n_components=None, expansion=16.0, k=32, batch_size=4096, n_tokens=None, lr=None,
+                 warmup_steps=100, decay_frac=0.2, aux_k=None, aux_coeff=1 / 32, dead_after_tokens=250_000,
+                 b_dec_init="median", normalize=True, min_pos=1, seed=0, device="auto", progress=True):
+        self._set_params(locals())
+
+    def _select(self, pre_BF):
+        return select_batch_topk(pre_BF, self.k)
+
+    def _finish_extra(self, state, X, layer, scale) -> None:
+        # threshold: the (k·N)-th largest positive pre-activation over a sample → mean L0 = k there
+        sample = self._sample(X, layer, 16384, seed=self.seed + 1, min_pos=self.min_pos).to(self.components_.device)
+        pre = F.relu(self._pre(sample)).reshape(-1)
+        kth = min(self.k * sample.shape[0], pre.numel())
+        self.threshold_ = pre.topk(kth, sorted=False).values.min().clamp_min(0.0).reshape(1)
+
+    def _encode(self, x_BD):
+        pre = self._pre(x_BD)
+        return pre * (pre > self.threshold_)
+
+
+class ReLUSAE(SparseAutoencoder):
+    __doc__ = ("ReLU SAE with an L1 penalty weighted by decoder norms (Σ_i f_i‖d_i‖), trained densely. "
+               "``l1_coeff`` is in units of the normalised input.\n" + _COMMON_DOC)
+    kind = "relu"
+
+    def __init__(self, n_components=None, expansion=16.0, l1_coeff=5.0, batch_size=4096, n_tokens=None, lr=None,
+                 warmup_steps=100, decay_frac=0.2, aux_k=None, aux_coeff=0.0, dead_after_tokens=250_000,
+                 b_dec_init="median", normalize=True, min_pos=1, seed=0, device="auto", progress=True):
+        self._set_params(locals())
+
+    def _train_forward(self, s, x, dead):
+        f = F.relu(torch.addmm(s["b_enc"], x - s["b_dec"], s["W_enc"].T))
+        x_hat = f @ s["W_dec"] + s["b_dec"]
+        l1 = (f * s["W_dec"].norm(dim=1)).sum(-1).mean()
+        fired = (f > 0).any(0).nonzero().squeeze(1)
+        return {"loss": _reconstruction_terms(x, x_hat) + self.l1_coeff * l1, "x_hat": x_hat.detach(),
+                "l0": (f > 0).sum(-1).float().mean().item(), "fired": fired}
+
+    def _encode(self, x_BD):
+        return F.relu(self._pre(x_BD))
+
+
+class JumpReLUSAE(SparseAutoencoder):
+    __doc__ = ("JumpReLU SAE (Rajamanoharan et al. 2024): per-latent thresholds learned with straight-through "
+               "estimators (rectangle kernel, ``bandwidth``) under an L0 penalty ``l0_coeff``.\n" + _COMMON_DOC)
+    kind = "jumprelu"
+    _state_names = SparseAutoencoder._state_names + ("threshold_",)
+    _extra_params = ("log_threshold",)
+
+    def __init__(self, n_components=None, expansion=16.0, l0_coeff=1.0, bandwidth=0.001, threshold_init=0.001,
+                 batch_size=4096, n_tokens=None, lr=None, warmup_steps=100, decay_frac=0.2, aux_k=None,
+                 aux_coeff=0.0, dead_after_tokens=250_000, b_dec_init="median", normalize=True, min_pos=1, seed=0,
+                 device="auto", progress=True):
+        self._set_params(locals())
+
+    def _init_extra(self, n_latents):
+        return {"log_threshold": torch.full((n_latents,), math.log(self.threshold_init))}
+
+    def _train_forward(self, s, x, dead):
+        pre = torch.addmm(s["b_enc"], x - s["b_dec"], s["W_enc"].T)
+        thr = s["log_threshold"].exp()
+        f = _JumpReLU.apply(pre, thr, self.bandwidth)
+        x_hat = f @ s["W_dec"] + s["b_dec"]
+        l0 = _Step.apply(pre, thr, self.bandwidth).sum(-1).mean()
+        fired = (f > 0).any(0).nonzero().squeeze(1)
+        return {"loss": _reconstruction_terms(x, x_hat) + self.l0_coeff * l0, "x_hat": x_hat.detach(),
+                "l0": l0.item(), "fired": fired}
+
+    def _finish_extra(self, state, X, layer, scale) -> None:
+        self.threshold_ = state["log_threshold"].detach().exp() / scale
+
+    def _encode(self, x_BD):
+        pre = self._pre(x_BD)
+        return pre * (pre > self.threshold_)
+
+
+__all__ = ["SparseAutoencoder", "TopKSAE", "BatchTopKSAE", "ReLUSAE", "JumpReLUSAE", "SparseCodes", "geometric_median"]

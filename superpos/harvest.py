@@ -1,0 +1,178 @@
+"""Run a model over a corpus and write its residual stream to an ActivationStore, resumably."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .corpus import PackedContexts, default_bos_id, load_corpus, pack_contexts
+from .errors import SuperposError
+from .models import LoadedModel, load_model
+from .store import ActivationStore
+
+# attributes that must match for a resume to continue an existing file
+IDENTITY_ATTRS = ("model", "model_revision", "corpus_sha256", "context_length", "dtype", "layers", "bos_token_id")
+
+
+@dataclass
+class HarvestConfig:
+    model: str | None = None  # None → the embedded default (SmolLM2-135M)
+    corpus: str | None = None  # None → pydoc_data.topics
+    layers: str = "default"  # "default", "all", or "0,5,10"
+    tokens: int | None = None  # cap on rows (whole contexts); None → the whole corpus
+    context_length: int = 256
+    batch_size: int = 8  # contexts per forward pass
+    dtype: str = "float16"
+    device: str = "auto"
+    bos: bool = True  # prepend BOS (or EOS if the tokenizer has no BOS) to every context
+    compression: str = "lzf"
+
+
+def parse_layers(spec: str | list[int], n_layers: int) -> list[int]:
+    """``default`` → 7 evenly spaced residual layers incl. 0 and L; ``all`` → 0..L; else a comma list."""
+    if isinstance(spec, (list, tuple)):
+        layers = [int(x) for x in spec]
+    elif spec == "all":
+        layers = list(range(n_layers + 1))
+    elif spec == "default":
+        layers = sorted(set(int(round(x)) for x in np.linspace(0, n_layers, 7)))
+    else:
+        try:
+            layers = [int(x) for x in str(spec).split(",") if x.strip()]
+        except ValueError:
+            raise SuperposError(f"--layers must be 'default', 'all' or a comma list of integers, got '{spec}'") from None
+    if not layers:
+        raise SuperposError("no layers requested")
+    bad = [x for x in layers if not 0 <= x <= n_layers]
+    if bad:
+        raise SuperposError(f"layer {bad[0]} out of range: the model has residual layers 0..{n_layers}")
+    return sorted(set(layers))
+
+
+def next_token_stats(logits_BTV: torch.Tensor, tokens_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob and rank (0 = top-1) of the actual next token; NaN / -1 at the last position."""
+    B, T, _ = logits_BTV.shape
+    logits = logits_BTV[:, :-1].float()
+    target = tokens_BT[:, 1:].unsqueeze(-1)
+    tgt_logit = logits.gather(-1, target)
+    logprob = (tgt_logit - torch.logsumexp(logits, dim=-1, keepdim=True)).squeeze(-1)
+    rank = (logits > tgt_logit).sum(-1)
+    lp = torch.full((B, T), float("nan"))
+    rk = torch.full((B, T), -1, dtype=torch.int32)
+    lp[:, :-1] = logprob.cpu()
+    rk[:, :-1] = rank.to(torch.int32).cpu()
+    return lp, rk
+
+
+def _store_attrs(cfg: HarvestConfig, lm: LoadedModel, packed: PackedContexts, corpus_desc: str, layers) -> dict:
+    return {
+        "model": lm.name,
+        "model_spec": cfg.model or "default",
+        "model_revision": lm.revision,
+        "n_model_layers": lm.n_layers,
+        "corpus": corpus_desc,
+        "corpus_sha256": packed.sha256(),
+        "context_length": packed.context_length,
+        "bos_token_id": packed.bos_token_id,
+        "dtype": cfg.dtype,
+        "layers": np.asarray(layers, np.int32),
+        "harvest_config": str(asdict(cfg)),
+    }
+
+
+def _check_resume(store: ActivationStore, want: dict, path: Path) -> None:
+    have = store.attrs
+    for key in IDENTITY_ATTRS:
+        a, b = have.get(key), want[key]
+        a = list(np.atleast_1d(a)) if key == "layers" else a
+        b = list(np.atleast_1d(b)) if key == "layers" else b
+        if a != b:
+            raise SuperposError(
+                f"{path} exists from a different harvest ({key}: file has {a!r}, this run wants {b!r}); "
+                "choose another --out or delete the file"
+            )
+
+
+def harvest(cfg: HarvestConfig, out: str | Path, lm: LoadedModel | None = None, progress: bool = True) -> Path:
+    """Harvest ``cfg`` into ``out``; an existing partial file from the same settings is resumed."""
+    out = Path(out)
+    if out.exists() and not out.is_file():
+        raise SuperposError(f"--out {out} exists and is not a file")
+    if not out.parent.exists():
+        raise SuperposError(f"--out folder {out.parent} does not exist")
+    if cfg.context_length < 2:
+        raise SuperposError(f"--context must be at least 2, got {cfg.context_length}")
+    if cfg.batch_size < 1:
+        raise SuperposError(f"--batch-size must be positive, got {cfg.batch_size}")
+    if cfg.tokens is not None and cfg.tokens < 1:
+        raise SuperposError(f"--tokens must be positive, got {cfg.tokens}")
+    if cfg.dtype not in ("float16", "float32"):
+        raise SuperposError(f"--dtype must be float16 or float32, got {cfg.dtype}")
+    if out.exists():  # fail fast on a foreign file before loading anything
+        ActivationStore(out).close()
+    corpus = load_corpus(cfg.corpus)
+    lm = lm or load_model(cfg.model, device=cfg.device)
+    layers = parse_layers(cfg.layers, lm.n_layers)
+    bos = default_bos_id(lm.tokenizer) if cfg.bos else -1
+    packed = pack_contexts(lm.tokenizer, corpus, cfg.context_length, bos, cfg.tokens)
+    n_ctx, C = packed.tokens_NC.shape
+    attrs = _store_attrs(cfg, lm, packed, corpus.description, layers)
+
+    if out.exists():
+        store = ActivationStore(out, "r+")
+        _check_resume(store, attrs, out)
+        if store.complete:
+            print(f"superpos: {out} is already complete ({store.n_rows:,} rows)", file=sys.stderr)
+            store.close()
+            return out
+        print(f"superpos: resuming {out} at row {store.n_rows:,} of {store.n_rows_total:,}", file=sys.stderr)
+    else:
+        store = ActivationStore.create(out, layers=layers, d_model=lm.d_model, n_rows=n_ctx * C, dtype=cfg.dtype,
+                                       attrs=attrs, compression=cfg.compression)
+    np_dtype = np.float16 if cfg.dtype == "float16" else np.float32
+    first_ctx = store.n_rows // C
+    bar = tqdm(total=n_ctx * C, initial=first_ctx * C, unit="tok", unit_scale=True, desc="harvest",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    try:
+        with torch.inference_mode(), lm.capture(layers) as captured:
+            for c0 in range(first_ctx, n_ctx, cfg.batch_size):
+                c1 = min(c0 + cfg.batch_size, n_ctx)
+                tokens = torch.from_numpy(packed.tokens_NC[c0:c1]).long().to(lm.device)
+                logits = lm.model(tokens).logits
+                lp, rk = next_token_stats(logits, tokens)
+                del logits
+                acts = {layer: captured[layer].reshape(-1, lm.d_model).float().cpu().numpy().astype(np_dtype)
+                        for layer in layers}
+                store.write_rows(
+                    c0 * C, acts,
+                    tokens=packed.tokens_NC[c0:c1].reshape(-1),
+                    doc=packed.doc_NC[c0:c1].reshape(-1),
+                    pos=np.tile(np.arange(C, dtype=np.int32), c1 - c0),
+                    next_logprob=lp.reshape(-1).numpy(),
+                    next_rank=rk.reshape(-1).numpy(),
+                )
+                bar.update((c1 - c0) * C)
+    except KeyboardInterrupt:
+        bar.close()
+        done = store.n_rows
+        store.close()
+        print(f"\nsuperpos: interrupted; {done:,} rows are safe in {out}. Re-run the same command to resume.",
+              file=sys.stderr)
+        raise
+    bar.close()
+    store.close()
+    return out
+
+
+def bare_forward_time(lm: LoadedModel, packed: PackedContexts, batch_size: int) -> float:
+    """Seconds for plain forward passes over the same batches (the harvest's lower bound)."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for c0 in range(0, len(packed.tokens_NC), batch_size):
+            lm.model(torch.from_numpy(packed.tokens_NC[c0:c0 + batch_size]).long().to(lm.device))
+    return time.perf_counter() - t0

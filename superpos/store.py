@@ -1,0 +1,365 @@
+"""ActivationStore: residual-stream activations in one HDF5 file per harvest run.
+
+Schema (version 1, documented in docs/store.md)::
+
+    /acts/L{layer}   (n_rows, d_model) float16|float32, chunked by rows, compressed
+    /tokens          (n_rows,) int32    token id at this position
+    /doc             (n_rows,) int32    document index within the corpus
+    /pos             (n_rows,) int32    position within the context (0 = BOS / attention sink)
+    /next_logprob    (n_rows,) float32  model log-prob of the actual next token (NaN at the last position)
+    /next_rank       (n_rows,) int32    rank of the actual next token (0 = top-1; -1 at the last position)
+    attrs: schema_version, superpos_version, model, model_revision, d_model, n_model_layers, layers,
+           dtype, corpus, corpus_sha256, context_length, bos_token_id, n_rows_total, n_rows_complete
+
+Rows ``[0, n_rows_complete)`` are complete. The counter is advanced only after those rows are
+flushed to disk, so a crash never exposes half-written rows and a resumed harvest continues from it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+import torch
+
+from .errors import SuperposError
+
+SCHEMA_VERSION = 1
+ROW_FIELDS = {"tokens": np.int32, "doc": np.int32, "pos": np.int32, "next_logprob": np.float32, "next_rank": np.int32}
+REQUIRED_ATTRS = ("schema_version", "model", "d_model", "layers", "dtype", "context_length", "n_rows_total",
+                  "n_rows_complete")
+DEFAULT_CHUNK_BYTES = 1 << 20
+DEFAULT_MIX_ROWS = 32768
+
+
+def layer_key(layer: int) -> str:
+    return f"acts/L{int(layer)}"
+
+
+class ActivationStore:
+    """Read (and, for harvests, append to) an activation file. Opening validates it."""
+
+    def __init__(self, path: str | os.PathLike, mode: str = "r"):
+        self.path = Path(path)
+        if mode not in ("r", "r+"):
+            raise ValueError("mode must be 'r' or 'r+'")
+        if not self.path.exists():
+            raise SuperposError(f"store {self.path} does not exist")
+        if not self.path.is_file():
+            raise SuperposError(f"store {self.path} is not a file")
+        if not h5py.is_hdf5(self.path):
+            raise SuperposError(f"{self.path} is not an HDF5 file")
+        try:
+            self.file = h5py.File(self.path, mode)
+        except OSError as e:
+            raise SuperposError(f"cannot open store {self.path}: truncated or corrupted HDF5 ({str(e).splitlines()[0]})") from None
+        try:
+            self._validate()
+        except Exception:
+            self.file.close()
+            raise
+        self._pos: np.ndarray | None = None
+        self._limit: tuple[int, int] | None = None
+
+    def restrict(self, start: int, stop: int) -> "ActivationStore":
+        """A view whose training/statistics readers (stream, batches, sample, iter_rows) see rows [start, stop) only."""
+        import copy
+
+        view = copy.copy(self)
+        view._limit = (max(0, int(start)), min(int(stop), self.n_rows))
+        return view
+
+    def split_row(self, train_frac: float) -> int:
+        """First row of the held-out tail when the first ``train_frac`` of whole contexts are for training."""
+        C = int(self.file.attrs["context_length"])
+        n_ctx = self.n_rows // C
+        return int(round(n_ctx * train_frac)) * C
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(cls, path: str | os.PathLike, *, layers, d_model: int, n_rows: int, dtype: str = "float16",
+               attrs: dict | None = None, compression: str | None = "lzf", chunk_rows: int | None = None) -> "ActivationStore":
+        """Create an empty store with every dataset laid out (atomically: temp file, then rename)."""
+        path = Path(path)
+        if dtype not in ("float16", "float32"):
+            raise SuperposError(f"store dtype must be float16 or float32, got {dtype}")
+        if compression not in (None, "none", "lzf", "gzip"):
+            raise SuperposError(f"compression must be lzf, gzip or none, got {compression}")
+        compression = None if compression == "none" else compression
+        itemsize = np.dtype(dtype).itemsize
+        chunk_rows = chunk_rows or max(64, min(n_rows, DEFAULT_CHUNK_BYTES // (d_model * itemsize)))
+        chunk_rows = max(1, min(chunk_rows, n_rows))
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            with h5py.File(tmp, "w") as f:  # default superblock: no consistency flags to block reopening after a kill
+                for layer in layers:
+                    f.create_dataset(layer_key(layer), shape=(n_rows, d_model), dtype=dtype,
+                                     chunks=(chunk_rows, d_model), compression=compression)
+                row_chunk = max(chunk_rows, min(n_rows, 1 << 16))
+                for name, dt in ROW_FIELDS.items():
+                    f.create_dataset(name, shape=(n_rows,), dtype=dt, chunks=(row_chunk,), compression=compression)
+                from . import __version__
+
+                f.attrs.update({k: v for k, v in (attrs or {}).items() if v is not None})
+                f.attrs.update(schema_version=SCHEMA_VERSION, superpos_version=__version__, d_model=int(d_model),
+                               layers=np.asarray(sorted(layers), dtype=np.int32), dtype=dtype,
+                               n_rows_total=int(n_rows), chunk_rows=int(chunk_rows))
+                f.attrs["n_rows_complete"] = 0
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise SuperposError(f"cannot write store {path}: {e.strerror or e}") from None
+        return cls(path, "r+")
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        f, p = self.file, self.path
+        missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
+        if missing:
+            raise SuperposError(f"{p} is not a superpos store (missing attribute '{missing[0]}')")
+        version = int(f.attrs["schema_version"])
+        if version != SCHEMA_VERSION:
+            raise SuperposError(f"{p} has store schema version {version}; this superpos reads version {SCHEMA_VERSION}")
+        n_total, n_done = int(f.attrs["n_rows_total"]), int(f.attrs["n_rows_complete"])
+        if not 0 <= n_done <= n_total:
+            raise SuperposError(f"{p}: row counter {n_done} outside 0..{n_total}")
+        for name in ROW_FIELDS:
+            if name not in f:
+                raise SuperposError(f"{p}: missing dataset '/{name}'")
+            if f[name].shape != (n_total,):
+                raise SuperposError(f"{p}: dataset '/{name}' has shape {f[name].shape}, expected ({n_total},)")
+        d = int(f.attrs["d_model"])
+        for layer in self.layers:
+            key = layer_key(layer)
+            if key not in f:
+                raise SuperposError(f"{p}: missing dataset '/{key}' for listed layer {layer}")
+            if f[key].shape != (n_total, d):
+                raise SuperposError(f"{p}: dataset '/{key}' has shape {f[key].shape}, expected ({n_total}, {d})")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def attrs(self) -> dict:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.file.attrs.items()}
+
+    @property
+    def layers(self) -> list[int]:
+        return [int(x) for x in np.atleast_1d(self.file.attrs["layers"])]
+
+    @property
+    def d_model(self) -> int:
+        return int(self.file.attrs["d_model"])
+
+    @property
+    def n_rows(self) -> int:
+        """Rows complete and readable."""
+        return int(self.file.attrs["n_rows_complete"])
+
+    @property
+    def n_rows_total(self) -> int:
+        return int(self.file.attrs["n_rows_total"])
+
+    @property
+    def complete(self) -> bool:
+        return self.n_rows == self.n_rows_total
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self.file[layer_key(self.layers[0])].chunks[0])
+
+    def check_layer(self, layer: int) -> int:
+        layer = int(layer)
+        if layer not in self.layers:
+            raise SuperposError(f"layer {layer} is not in store {self.path} (it has layers {self.layers})")
+        if self.n_rows == 0:
+            raise SuperposError(f"store {self.path} has no complete rows yet")
+        return layer
+
+    # ------------------------------------------------------------------ writing
+    def write_rows(self, start: int, acts: dict[int, np.ndarray], **fields: np.ndarray) -> None:
+        """Write rows ``[start, start+n)`` of every layer and row field, flush, then advance the counter."""
+        n = len(fields["tokens"])
+        if start != self.n_rows:
+            raise ValueError(f"rows must be appended in order: counter is {self.n_rows}, write starts at {start}")
+        if set(acts) != set(self.layers) or set(fields) != set(ROW_FIELDS):
+            raise ValueError("write_rows needs every layer and every row field")
+        for layer, a in acts.items():
+            self.file[layer_key(layer)][start:start + n] = a
+        for name, a in fields.items():
+            self.file[name][start:start + n] = a
+        self.file.flush()
+        self.file.attrs["n_rows_complete"] = start + n
+        self.file.flush()
+        self._pos = None
+
+    # ------------------------------------------------------------------ reading
+    def row_field(self, name: str) -> np.ndarray:
+        if name not in ROW_FIELDS:
+            raise SuperposError(f"unknown row field '{name}' (expected one of {', '.join(ROW_FIELDS)})")
+        return self.file[name][: self.n_rows]
+
+    @property
+    def pos(self) -> np.ndarray:
+        if self._pos is None:
+            self._pos = self.row_field("pos")
+        return self._pos
+
+    def row_mask(self, min_pos: int = 1) -> np.ndarray:
+        """Rows used for training and statistics: position ≥ ``min_pos`` (0 keeps the BOS/sink rows)."""
+        mask = self.pos >= min_pos
+        if self._limit is not None:
+            mask[: self._limit[0]] = False
+            mask[self._limit[1]:] = False
+        return mask
+
+    def to_numpy(self, layer: int, rows=None) -> np.ndarray:
+        """Activations of ``layer`` for ``rows`` (a slice, or sorted/unsorted integer indices) as float32."""
+        ds = self.file[layer_key(self.check_layer(layer))]
+        if rows is None:
+            rows = slice(0, self.n_rows)
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(self.n_rows)
+            return ds[start:stop:step].astype(np.float32)
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise SuperposError(f"row index out of range 0..{self.n_rows - 1}")
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), self.d_model), np.float32)
+        out[order] = ds[rows[order]] if len(np.unique(rows)) == len(rows) else ds[:][rows[order]]
+        return out
+
+    def sample(self, layer: int, n: int, seed: int = 0, min_pos: int = 1) -> np.ndarray:
+        """``n`` rows drawn without replacement from the training rows (sink rows left out)."""
+        idx = np.flatnonzero(self.row_mask(min_pos))
+        rng = np.random.default_rng(seed)
+        idx = np.sort(rng.choice(idx, size=min(n, len(idx)), replace=False))
+        return self.to_numpy(layer, idx)
+
+    def n_train_rows(self, min_pos: int = 1) -> int:
+        return int(self.row_mask(min_pos).sum())
+
+    def iter_rows(self, layer: int, batch_size: int = 8192, min_pos: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Sequential reader: yields ``(row_indices, acts)`` in file order (float32)."""
+        ds = self.file[layer_key(self.check_layer(layer))]
+        mask = self.row_mask(min_pos)
+        lo, hi = self._limit or (0, self.n_rows)
+        for start in range(lo, hi, batch_size):
+            stop = min(start + batch_size, hi)
+            keep = mask[start:stop]
+            rows = np.arange(start, stop)[keep]
+            if len(rows):
+                yield rows, ds[start:stop][keep].astype(np.float32)
+
+    def _epoch_groups(self, layer: int, seed: int, epoch: int, min_pos: int, mix_rows: int,
+                      skip_rows: int = 0) -> Iterator[np.ndarray]:
+        """One epoch as shuffled row groups: chunks in random order, rows mixed within groups of chunks.
+
+        Deterministic in (seed, epoch). Groups wholly before ``skip_rows`` (counted in training
+        rows) are skipped without reading; the caller trims the rest.
+        """
+        ds = self.file[layer_key(layer)]
+        chunk = self.chunk_rows
+        mask = self.row_mask(min_pos)
+        n = self.n_rows
+        n_chunks = -(-n // chunk)
+        counts = np.add.reduceat(mask.astype(np.int64), np.arange(0, n, chunk)) if n else np.zeros(0, np.int64)
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(n_chunks)
+        per_group = max(1, mix_rows // chunk)
+        seen = 0
+        for g in range(0, n_chunks, per_group):
+            group = order[g:g + per_group]
+            size = int(counts[group].sum())
+            perm_seed = rng.integers(2**63)  # drawn even when skipped, so skipping does not change later groups
+            if seen + size <= skip_rows:
+                seen += size
+                continue
+            parts = []
+            for c in group:
+                if counts[c] == 0:
+                    continue
+                lo, hi = c * chunk, min((c + 1) * chunk, n)
+                parts.append(ds[lo:hi][mask[lo:hi]])
+            rows = np.concatenate(parts) if parts else np.zeros((0, self.d_model), ds.dtype)
+            rows = rows[np.random.default_rng(perm_seed).permutation(len(rows))]
+            if seen < skip_rows:
+                rows = rows[skip_rows - seen:]
+            seen += size
+            yield rows
+
+    def stream(self, layer: int, batch_size: int, *, seed: int = 0, start_batch: int = 0, min_pos: int = 1,
+               mix_rows: int = DEFAULT_MIX_ROWS, epochs: int | None = None, drop_last: bool = True,
+               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+        """Shuffled (batch, d_model) tensors, endlessly across epochs (or for ``epochs``).
+
+        The stream is the concatenation of epoch 0, 1, ... row orders; batch ``i`` is rows
+        ``[i*B, (i+1)*B)`` of it, so every row appears exactly once per epoch and ``start_batch``
+        resumes the exact sequence. Memory is bounded by ``mix_rows`` rows.
+        """
+        layer = self.check_layer(layer)
+        per_epoch = self.n_train_rows(min_pos)
+        if per_epoch == 0:
+            raise SuperposError(f"store {self.path} has no rows at positions ≥ {min_pos}")
+        start_row = start_batch * batch_size
+        epoch, skip = divmod(start_row, per_epoch)
+        buf: list[np.ndarray] = []
+        have = 0
+        while epochs is None or epoch < epochs:
+            for rows in self._epoch_groups(layer, seed, epoch, min_pos, mix_rows, skip_rows=skip):
+                buf.append(rows)
+                have += len(rows)
+                while have >= batch_size:
+                    cat = np.concatenate(buf)
+                    yield torch.from_numpy(cat[:batch_size]).to(device=device, dtype=dtype)
+                    rest = cat[batch_size:]
+                    buf, have = [rest], len(rest)
+            skip = 0
+            epoch += 1
+        if have and not drop_last:
+            yield torch.from_numpy(np.concatenate(buf)).to(device=device, dtype=dtype)
+
+    def batches(self, layer: int, batch_size: int, *, shuffle: bool = True, seed: int = 0, min_pos: int = 1,
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+        """One epoch of batches: every training row exactly once (the last batch may be short)."""
+        if not shuffle:
+            for _, acts in self.iter_rows(layer, batch_size, min_pos=min_pos):
+                yield torch.from_numpy(acts).to(device=device, dtype=dtype)
+            return
+        yield from self.stream(layer, batch_size, seed=seed, min_pos=min_pos, epochs=1, drop_last=False,
+                               device=device, dtype=dtype)
+
+    # ------------------------------------------------------------------ misc
+    def summary(self) -> str:
+        a = self.attrs
+        size = self.path.stat().st_size
+        lines = [
+            f"store          {self.path}  ({size / 2**20:.1f} MiB)",
+            f"schema         v{a['schema_version']} (superpos {a.get('superpos_version', '?')})",
+            f"model          {a['model']}  rev {str(a.get('model_revision', ''))[:12] or '-'}",
+            f"corpus         {a.get('corpus', '?')}",
+            f"rows           {self.n_rows:,} / {self.n_rows_total:,} complete"
+            + ("" if self.complete else "  (PARTIAL: re-run the same harvest command to resume)"),
+            f"context        {a['context_length']} tokens, BOS id {a.get('bos_token_id', -1)}",
+            f"layers         {self.layers} of 0..{a.get('n_model_layers', '?')}",
+            f"d_model        {self.d_model}, stored as {a['dtype']}",
+        ]
+        if self.n_rows:
+            lp = self.row_field("next_logprob")
+            lp = lp[np.isfinite(lp)]
+            if len(lp):
+                lines.append(f"next-token CE  {-lp.mean():.3f} nats/token over {len(lp):,} predictions")
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ActivationStore({str(self.path)!r}, rows={self.n_rows}, layers={self.layers}, d_model={self.d_model})"

@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny random-initialised HF models saved to disk and loaded through superpos."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+VOCAB = 384
+
+
+def _tokenizer():
+    from pydoc_data import topics
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>", "<|bos|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(list(topics.topics.values())[:20], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|endoftext|>")
+
+
+def make_tiny_model(kind: str, folder: Path, n_layers: int = 3, d_model: int = 32, seed: int = 0) -> Path:
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=0)
+    if kind == "gpt2":
+        cfg = tf.GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=4, n_positions=512, **common)
+        model = tf.GPT2LMHeadModel(cfg)
+    elif kind == "llama":
+        cfg = tf.LlamaConfig(num_hidden_layers=n_layers, hidden_size=d_model, intermediate_size=2 * d_model,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                             tie_word_embeddings=True, **common)
+        model = tf.LlamaForCausalLM(cfg)
+    elif kind == "neox":
+        cfg = tf.GPTNeoXConfig(num_hidden_layers=n_layers, hidden_size=d_model, intermediate_size=2 * d_model,
+                               num_attention_heads=4, max_position_embeddings=512, **common)
+        model = tf.GPTNeoXForCausalLM(cfg)
+    else:
+        raise ValueError(kind)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    _TOKENIZER.save_pretrained(folder)
+    return folder
+
+
+_TOKENIZER = None
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    global _TOKENIZER
+    _TOKENIZER = _tokenizer()
+    root = tmp_path_factory.mktemp("models")
+    return {k: make_tiny_model(k, root / k) for k in ("gpt2", "llama", "neox")}
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A small .jsonl corpus of real English text."""
+    import json
+
+    from pydoc_data import topics
+
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    keys = sorted(topics.topics)[:12]
+    path.write_text("\n".join(json.dumps({"text": topics.topics[k][:3000]}) for k in keys) + "\n")
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Converted-model cache in a temp dir unless the user points SUPERPOS_CACHE somewhere."""
+    if "SUPERPOS_CACHE" not in os.environ:
+        os.environ["SUPERPOS_CACHE"] = str(Path.home() / ".cache" / "superpos")
+    yield
+
+
+def planted_data(n: int, d: int, n_features: int, k: int, noise: float = 0.01, seed: int = 0):
+    """Rows = sparse non-negative combinations of ``k`` of ``n_features`` unit atoms, plus noise."""
+    rng = np.random.default_rng(seed)
+    atoms = rng.standard_normal((n_features, d)).astype(np.float32)
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    idx = np.argsort(rng.random((n, n_features)), axis=1)[:, :k]
+    coef = rng.uniform(0.5, 1.5, (n, k)).astype(np.float32)
+    x = np.einsum("nk,nkd->nd", coef, atoms[idx]) + noise * rng.standard_normal((n, d)).astype(np.float32)
+    return x.astype(np.float32), atoms

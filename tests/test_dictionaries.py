@@ -1,0 +1,224 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.decomposition import NMF as SkNMF
+from sklearn.decomposition import PCA as SkPCA
+
+from conftest import planted_data
+from superpos.dictionaries import (PCA, BatchTopKSAE, JumpReLUSAE, NMF, ReLUSAE, SemiNMF, TopKSAE, load_dictionary,
+                                   save_dictionary)
+from superpos.dictionaries.io import export_saelens, load_saelens
+from superpos.dictionaries.sparse_ops import select_batch_topk, select_topk, sparse_decode, sparse_encode
+from superpos.errors import SuperposError
+from superpos.metrics import fvu
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_data(60000, 64, 256, 5, noise=0.01, seed=0)
+
+
+def _recovery(atoms, components):
+    return np.abs(atoms @ np.asarray(components).T).max(1)
+
+
+def test_topk_recovers_planted_atoms_and_beats_pca(planted):
+    x, atoms = planted
+    sae = TopKSAE(n_components=512, k=5, batch_size=1024, n_tokens=1_200_000, dead_after_tokens=20_000,
+                  device="cpu", progress=False).fit(x)
+    best = _recovery(atoms, sae.components_.numpy())
+    assert best.mean() >= 0.9, best.mean()
+    assert np.allclose(np.linalg.norm(sae.components_.numpy(), axis=1), 1, atol=1e-5)
+    codes = sae.transform(x[:2000])
+    assert ((codes != 0).sum(1) <= 5).all() and (codes >= 0).all()
+    # PCA with as many components as the SAE's L0 explains far less
+    pca = PCA(n_components=5).fit(x)
+    assert fvu(x, sae.reconstruct(x)) < 0.5 * fvu(x, pca.reconstruct(x))
+    assert sae.score(x) == pytest.approx(1 - fvu(x, sae.reconstruct(x)), abs=1e-4)
+
+
+@pytest.mark.parametrize("selector", ["topk", "batchtopk"])
+def test_sparse_kernels_match_dense_autograd(selector):
+    torch.manual_seed(0)
+    B, D, Fn, k = 64, 16, 96, 4
+    x = torch.randn(B, D, dtype=torch.float64, requires_grad=True)
+    W_enc = torch.randn(Fn, D, dtype=torch.float64, requires_grad=True)
+    b_enc = torch.randn(Fn, dtype=torch.float64, requires_grad=True)
+    W_dec = torch.randn(Fn, D, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(B, D, dtype=torch.float64)
+    pre = torch.addmm(b_enc, x, W_enc.T)
+    rows, cols = (select_topk if selector == "topk" else select_batch_topk)(pre.detach(), k)
+    codes = sparse_encode(x, W_enc, b_enc, pre, rows, cols)
+    loss_sparse = (sparse_decode(codes, W_dec) - target).pow(2).sum()
+    grads_sparse = torch.autograd.grad(loss_sparse, (x, W_enc, b_enc, W_dec))
+    mask = torch.zeros(B, Fn, dtype=torch.bool)
+    mask[rows, cols] = True
+    dense = torch.relu(torch.addmm(b_enc, x, W_enc.T)) * mask
+    loss_dense = (dense @ W_dec - target).pow(2).sum()
+    grads_dense = torch.autograd.grad(loss_dense, (x, W_enc, b_enc, W_dec))
+    assert loss_sparse.item() == pytest.approx(loss_dense.item(), rel=1e-12)
+    for gs, gd in zip(grads_sparse, grads_dense):
+        torch.testing.assert_close(gs, gd, rtol=1e-10, atol=1e-10)
+    if selector == "batchtopk":
+        assert mask.sum() == k * B and mask.sum(1).std() > 0  # variable per-row counts
+
+
+def test_batchtopk_threshold_gives_l0_k(planted):
+    x, atoms = planted
+    sae = BatchTopKSAE(n_components=512, k=5, batch_size=1024, n_tokens=600_000, dead_after_tokens=20_000,
+                       device="cpu", progress=False).fit(x)
+    codes = sae.transform(x[:20000])
+    assert (codes != 0).sum(1).mean() == pytest.approx(5, rel=0.1)
+    assert _recovery(atoms, sae.components_.numpy()).mean() > 0.8
+
+
+@pytest.mark.parametrize("cls,kw", [(ReLUSAE, {"l1_coeff": 1.0}), (JumpReLUSAE, {"l0_coeff": 0.5})])
+def test_dense_saes_learn(planted, cls, kw):
+    x, atoms = planted
+    sae = cls(n_components=512, batch_size=1024, n_tokens=400_000, device="cpu", progress=False, **kw).fit(x)
+    codes = sae.transform(x[:5000])
+    l0 = (codes != 0).sum(1).mean()
+    assert fvu(x[:5000], sae.reconstruct(x[:5000])) < 0.3 and l0 < 100
+    assert _recovery(atoms, sae.components_.numpy()).mean() > 0.6
+
+
+def test_pca_matches_sklearn():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 12)) @ rng.standard_normal((12, 12)) + 3
+    ours = PCA(n_components=6).fit(x)
+    ref = SkPCA(n_components=6).fit(x)
+    signs = np.sign((ours.components_.numpy() * ref.components_).sum(1))
+    np.testing.assert_allclose(ours.components_.numpy() * signs[:, None], ref.components_, atol=1e-5)
+    np.testing.assert_allclose(ours.explained_variance_.numpy(), ref.explained_variance_, rtol=1e-5)
+    np.testing.assert_allclose(np.abs(ours.transform(x)), np.abs(ref.transform(x)), rtol=1e-4, atol=1e-4)
+    # streaming (partial_fit) accumulation gives the same answer
+    inc = PCA(n_components=6)
+    for part in np.array_split(x, 7):
+        inc.partial_fit(part)
+    np.testing.assert_allclose(np.abs(inc.components_.numpy()), np.abs(ours.components_.numpy()), atol=1e-4)
+
+
+def test_nmf_objective_no_worse_than_sklearn():
+    rng = np.random.default_rng(1)
+    x = (rng.random((300, 10)) @ rng.random((10, 40))).astype(np.float32)
+    ref = SkNMF(n_components=10, init="nndsvda", max_iter=2000, random_state=0).fit(x)
+    ref_obj = 0.5 * np.sum((x - ref.transform(x) @ ref.components_) ** 2)
+    ours = NMF(n_components=10, sign_split=False, max_iter=2000, transform_iter=300, device="cpu",
+               progress=False).fit(x)
+    ours_obj = ours._objective(x)
+    # multiplicative updates vs sklearn's coordinate descent: allow 10 % on the objective
+    assert ours_obj <= 1.10 * ref_obj, (ours_obj, ref_obj)
+    assert (ours.transform(x) >= 0).all()
+
+
+def test_signed_nmf_variants_reconstruct():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((400, 16)).astype(np.float32)
+    with pytest.raises(SuperposError, match="non-negative"):
+        NMF(n_components=8, sign_split=False, device="cpu", progress=False).fit(x)
+    split = NMF(n_components=32, sign_split=True, max_iter=500, device="cpu", progress=False).fit(x)
+    semi = SemiNMF(n_components=32, max_iter=300, device="cpu", progress=False).fit(x)
+    for est in (split, semi):
+        assert est.components_.shape == (32, 16)
+        assert np.allclose(np.linalg.norm(est.components_.numpy(), axis=1), 1, atol=1e-5)
+        assert (est.transform(x) >= 0).all()
+        assert fvu(x, est.reconstruct(x)) < 0.25
+    # codes × unit atoms reproduce the factorisation: inverse_transform is consistent with transform
+    np.testing.assert_allclose(split.inverse_transform(split.transform(x)), split.reconstruct(x), atol=1e-5)
+
+
+def test_estimator_contract(planted):
+    x, _ = planted
+    for est in (TopKSAE(k=3, expansion=2, n_tokens=5000, batch_size=512, progress=False, device="cpu"),
+                BatchTopKSAE(k=3, expansion=2, n_tokens=5000, batch_size=512, progress=False, device="cpu"),
+                ReLUSAE(expansion=2, n_tokens=5000, batch_size=512, progress=False, device="cpu"),
+                JumpReLUSAE(expansion=2, n_tokens=5000, batch_size=512, progress=False, device="cpu"),
+                PCA(n_components=4), NMF(n_components=8, max_iter=20, progress=False, device="cpu"),
+                SemiNMF(n_components=8, max_iter=20, progress=False, device="cpu")):
+        c = clone(est)
+        assert c.get_params() == est.get_params()
+        assert not hasattr(c, "components_")
+        with pytest.raises(SuperposError, match="not fitted"):
+            c.transform(x[:4])
+        assert c.fit(x[:3000]) is c
+        assert c.components_.shape[1] == 64
+        assert c.partial_fit(x[3000:4000]) is c
+        codes = c.transform(torch.from_numpy(x[:10]))
+        assert isinstance(codes, torch.Tensor) and codes.shape == (10, c.n_components_)
+        assert isinstance(c.transform(x[:10]), np.ndarray)
+
+
+def test_checkpoint_resume_is_exact(planted, tmp_path):
+    x, _ = planted
+    kw = dict(n_components=128, k=4, batch_size=256, n_tokens=256 * 60, dead_after_tokens=2000, device="cpu",
+              progress=False)
+    full = TopKSAE(**kw).fit(x)
+
+    def interrupt(step, stats):
+        if step == 25:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        TopKSAE(**kw).fit(x, checkpoint_dir=tmp_path, checkpoint_every=1000, callback=interrupt)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] in (25, 26)
+    resumed = TopKSAE(**kw).fit(x, checkpoint_dir=tmp_path, checkpoint_every=1000)
+    for name in ("components_", "W_enc_", "b_enc_", "b_dec_"):
+        torch.testing.assert_close(getattr(resumed, name), getattr(full, name), rtol=0, atol=0)
+    with pytest.raises(SuperposError, match="other settings"):
+        TopKSAE(**{**kw, "k": 5}).fit(x, checkpoint_dir=tmp_path)
+
+
+def test_nan_input_stops_with_step(planted):
+    x, _ = planted
+    bad = x[:4096].copy()
+    bad[100, 3] = np.nan
+    with pytest.raises(SuperposError, match="NaN"):
+        TopKSAE(k=3, expansion=1, batch_size=256, progress=False, device="cpu").fit(bad)
+    with pytest.raises(SuperposError, match="k=999"):
+        TopKSAE(k=999, expansion=1, progress=False, device="cpu").fit(x[:100])
+
+
+@pytest.mark.parametrize("cls", [TopKSAE, BatchTopKSAE, JumpReLUSAE, ReLUSAE])
+def test_save_load_and_saelens_roundtrip(planted, tmp_path, cls):
+    x, _ = planted
+    sae = cls(expansion=2, n_tokens=20_000, batch_size=512, progress=False, device="cpu").fit(x)
+    codes = sae.transform(x[:500])
+    save_dictionary(sae, tmp_path / "d", meta={"layer": 3})
+    back = load_dictionary(tmp_path / "d", device="cpu")
+    assert type(back) is cls and back.meta_["layer"] == 3 and back.get_params() == {**sae.get_params(), "device": "cpu"}
+    np.testing.assert_array_equal(back.transform(x[:500]), codes)
+    export_saelens(back, tmp_path / "sl", hook_name="blocks.2.hook_resid_post")
+    sl = load_saelens(tmp_path / "sl", device="cpu")
+    np.testing.assert_allclose(sl.transform(x[:500]), codes, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sl.reconstruct(x[:500]), sae.reconstruct(x[:500]), rtol=1e-4, atol=1e-4)
+    assert type(load_dictionary(tmp_path / "sl", device="cpu")) is type(sl)
+
+
+def test_pca_nmf_save_load(planted, tmp_path):
+    x, _ = planted
+    for est in (PCA(n_components=5).fit(x[:2000]),
+                SemiNMF(n_components=16, max_iter=30, progress=False, device="cpu").fit(x[:2000])):
+        save_dictionary(est, tmp_path / est.kind)
+        back = load_dictionary(tmp_path / est.kind, device="cpu")
+        np.testing.assert_allclose(back.transform(x[:50]), est.transform(x[:50]), rtol=1e-5, atol=1e-5)
+
+
+def test_broken_dictionary_folders(planted, tmp_path):
+    x, _ = planted
+    save_dictionary(PCA(n_components=3).fit(x[:500]), tmp_path / "p")
+    with pytest.raises(SuperposError, match="does not exist"):
+        load_dictionary(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SuperposError, match="not a dictionary folder"):
+        load_dictionary(tmp_path / "empty")
+    import shutil
+
+    shutil.copytree(tmp_path / "p", tmp_path / "q")
+    (tmp_path / "q" / "weights.safetensors").unlink()
+    with pytest.raises(SuperposError, match="missing its weights"):
+        load_dictionary(tmp_path / "q")
+    shutil.copytree(tmp_path / "p", tmp_path / "r")
+    (tmp_path / "r" / "weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(SuperposError, match="unreadable"):
+        load_dictionary(tmp_path / "r")

@@ -1,0 +1,208 @@
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from superpos.corpus import load_corpus, pack_contexts
+from superpos.errors import SuperposError
+from superpos.harvest import HarvestConfig, harvest
+from superpos.models import load_model
+from superpos.store import ActivationStore
+
+
+def _digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _contents(path):
+    with h5py.File(path, "r") as f:
+        out = {k: f[k][()] for k in ("tokens", "doc", "pos", "next_logprob", "next_rank")}
+        out.update({k: f["acts"][k][()] for k in f["acts"]})
+        out["n"] = int(f.attrs["n_rows_complete"])
+    return out
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_harvest_equals_direct_forward(tiny_models, tmp_path, kind):
+    cfg = HarvestConfig(model=str(tiny_models[kind]), layers="all", tokens=640, context_length=32, batch_size=3,
+                        dtype="float32", device="cpu")
+    out = harvest(cfg, tmp_path / "a.h5", progress=False)
+    lm = load_model(tiny_models[kind], device="cpu")
+    with ActivationStore(out) as store:
+        assert store.complete and store.n_rows == 640 and store.layers == list(range(lm.n_layers + 1))
+        tokens = store.row_field("tokens").reshape(-1, 32)
+        packed = pack_contexts(lm.tokenizer, load_corpus(None), 32, bos_token_id=1, max_tokens=640)
+        np.testing.assert_array_equal(tokens, packed.tokens_NC)
+        np.testing.assert_array_equal(store.row_field("pos"), np.tile(np.arange(32), 20))
+        with torch.no_grad():
+            out_ = lm.model(torch.from_numpy(tokens).long(), output_hidden_states=True)
+        for layer in range(lm.n_layers):
+            ref = out_.hidden_states[layer].reshape(-1, lm.d_model).numpy()
+            np.testing.assert_allclose(store.to_numpy(layer), ref, rtol=1e-5, atol=1e-5)
+        logp = torch.log_softmax(out_.logits, -1)
+        lp = store.row_field("next_logprob").reshape(20, 32)
+        rk = store.row_field("next_rank").reshape(20, 32)
+        for c, t in [(0, 0), (5, 17), (19, 30)]:
+            nxt = tokens[c, t + 1]
+            assert lp[c, t] == pytest.approx(logp[c, t, nxt].item(), abs=1e-4)
+            assert rk[c, t] == int((logp[c, t] > logp[c, t, nxt]).sum())
+        assert np.isnan(lp[:, -1]).all() and (rk[:, -1] == -1).all()
+
+
+def test_float16_store_and_info(tiny_models, tmp_path):
+    cfg = HarvestConfig(model=str(tiny_models["llama"]), layers="0,2", tokens=256, context_length=32, device="cpu")
+    out = harvest(cfg, tmp_path / "h.h5", progress=False)
+    with ActivationStore(out) as s:
+        assert s.file["acts/L2"].dtype == np.float16 and s.layers == [0, 2]
+        assert s.attrs["bos_token_id"] == 1 and s.attrs["schema_version"] == 1
+        assert "rows           256 / 256 complete" in s.summary()
+
+
+def test_interrupted_harvest_resumes_identically(tiny_models, tmp_path, monkeypatch):
+    cfg = HarvestConfig(model=str(tiny_models["gpt2"]), layers="0,1,3", tokens=960, context_length=32, batch_size=4,
+                        device="cpu")
+    full = harvest(cfg, tmp_path / "full.h5", progress=False)
+    calls = {"n": 0}
+    orig = ActivationStore.write_rows
+
+    def flaky(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(ActivationStore, "write_rows", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        harvest(cfg, tmp_path / "part.h5", progress=False)
+    with ActivationStore(tmp_path / "part.h5") as s:
+        assert s.n_rows == 2 * 4 * 32 and not s.complete
+    monkeypatch.setattr(ActivationStore, "write_rows", orig)
+    harvest(cfg, tmp_path / "part.h5", progress=False)
+    a, b = _contents(full), _contents(tmp_path / "part.h5")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_sigkill_mid_harvest_then_resume(tiny_models, tmp_path):
+    """A real SIGKILL while writing: the file opens, its counter names only complete rows, resume completes it."""
+    out = tmp_path / "k.h5"
+    args = [sys.executable, "-m", "superpos", "harvest", "--model", str(tiny_models["llama"]), "--layers", "all",
+            "--context", "32", "--batch-size", "1", "--tokens", "30000", "--device", "cpu", "--out", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(0.05)
+        if out.exists():
+            try:
+                with h5py.File(out, "r") as f:
+                    if f.attrs["n_rows_complete"] >= 320:
+                        break
+            except (OSError, KeyError):
+                pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with ActivationStore(out) as s:
+        killed_at = s.n_rows
+        assert 0 < killed_at < s.n_rows_total and killed_at % 32 == 0
+    assert subprocess.run(args, capture_output=True, env=env).returncode == 0
+    ref = tmp_path / "ref.h5"
+    assert subprocess.run(args[:-1] + [str(ref)], capture_output=True, env=env).returncode == 0
+    a, b = _contents(ref), _contents(out)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_resume_with_other_settings_is_refused(tiny_models, tmp_path):
+    cfg = HarvestConfig(model=str(tiny_models["gpt2"]), layers="0,1", tokens=128, context_length=32, device="cpu")
+    out = harvest(cfg, tmp_path / "a.h5", progress=False)
+    before = _digest(out)
+    for other in (HarvestConfig(**{**cfg.__dict__, "model": str(tiny_models["llama"])}),
+                  HarvestConfig(**{**cfg.__dict__, "layers": "0,2"}),
+                  HarvestConfig(**{**cfg.__dict__, "context_length": 16})):
+        with pytest.raises(SuperposError, match="different harvest"):
+            harvest(other, out, progress=False)
+    assert _digest(out) == before
+
+
+def test_store_validation(tmp_path):
+    p = tmp_path / "x.h5"
+    p.write_text("not hdf5")
+    with pytest.raises(SuperposError, match="not an HDF5 file"):
+        ActivationStore(p)
+    with h5py.File(tmp_path / "y.h5", "w") as f:
+        f["data"] = np.zeros(3)
+    with pytest.raises(SuperposError, match="not a superpos store"):
+        ActivationStore(tmp_path / "y.h5")
+    s = ActivationStore.create(tmp_path / "z.h5", layers=[0], d_model=4, n_rows=10)
+    s.close()
+    with h5py.File(tmp_path / "z.h5", "r+") as f:
+        f.attrs["schema_version"] = 99
+    with pytest.raises(SuperposError, match="schema version 99"):
+        ActivationStore(tmp_path / "z.h5")
+    with h5py.File(tmp_path / "z.h5", "r+") as f:
+        f.attrs["schema_version"] = 1
+        del f["acts/L0"]
+    with pytest.raises(SuperposError, match="missing dataset '/acts/L0'"):
+        ActivationStore(tmp_path / "z.h5")
+    data = (tmp_path / "z.h5").read_bytes()
+    (tmp_path / "t.h5").write_bytes(data[: len(data) // 3])
+    with pytest.raises(SuperposError):
+        ActivationStore(tmp_path / "t.h5")
+
+
+def _synthetic_store(path, n_ctx=40, C=16, d=8):
+    s = ActivationStore.create(path, layers=[3], d_model=d, n_rows=n_ctx * C, dtype="float32",
+                               attrs={"model": "synthetic", "context_length": C}, chunk_rows=24)
+    rows = np.arange(n_ctx * C, dtype=np.float32)
+    acts = np.repeat(rows[:, None], d, axis=1)  # row i holds the value i everywhere
+    n = n_ctx * C
+    s.write_rows(0, {3: acts}, tokens=np.zeros(n, np.int32), doc=np.zeros(n, np.int32),
+                 pos=np.tile(np.arange(C, dtype=np.int32), n_ctx), next_logprob=np.zeros(n, np.float32),
+                 next_rank=np.zeros(n, np.int32))
+    return s
+
+
+def test_shuffled_stream_each_row_once(tmp_path):
+    s = _synthetic_store(tmp_path / "s.h5")
+    ids = lambda batches: np.concatenate([b[:, 0].numpy() for b in batches]).astype(int)
+    one = ids(s.batches(3, 50, seed=7))
+    expected = np.flatnonzero(s.pos >= 1)
+    assert sorted(one.tolist()) == expected.tolist()  # every non-sink row exactly once
+    assert not np.array_equal(one, np.sort(one))  # actually shuffled
+    assert np.array_equal(one, ids(s.batches(3, 50, seed=7)))  # same seed, same order
+    assert not np.array_equal(one, ids(s.batches(3, 50, seed=8)))
+    with_sink = ids(s.batches(3, 64, seed=1, min_pos=0))
+    assert sorted(with_sink.tolist()) == list(range(s.n_rows))
+    # the endless stream: epochs back to back, resumable at any batch
+    stream = s.stream(3, 37, seed=3)
+    full = [next(stream)[:, 0].numpy() for _ in range(40)]
+    resumed = s.stream(3, 37, seed=3, start_batch=25)
+    for i in range(25, 40):
+        np.testing.assert_array_equal(next(resumed)[:, 0].numpy(), full[i])
+    per_epoch = len(expected)
+    flat = np.concatenate(full)
+    assert sorted(flat[:per_epoch].tolist()) == expected.tolist()
+    assert sorted(flat[per_epoch:2 * per_epoch].tolist()) == expected.tolist()
+    # restricted views see only their rows
+    view = s.restrict(0, 320)
+    assert set(ids(view.batches(3, 50)).tolist()) == set(expected[expected < 320].tolist())
+    s.close()
+
+
+def test_to_numpy_and_sample(tmp_path):
+    s = _synthetic_store(tmp_path / "s.h5")
+    np.testing.assert_array_equal(s.to_numpy(3, [5, 1, 9])[:, 0], [5, 1, 9])
+    samp = s.sample(3, 30, seed=0)
+    assert len(samp) == 30 and (s.pos[samp[:, 0].astype(int)] >= 1).all()
+    with pytest.raises(SuperposError, match="layer 4 is not in store"):
+        s.to_numpy(4)
+    s.close()
