@@ -90,12 +90,13 @@ def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_f
         raise SuperposError(f"--train-frac must be in (0, 1], got {train_frac}")
     cls = KINDS[kind]
     valid = set(cls().get_params())
+    params = dict(params)
+    if kind == "pca":  # PCA's size defaults to --k so that L0 matches the SAE it is compared with
+        k = params.pop("k", 32)
+        params.setdefault("n_components", k)
     unknown = sorted(set(params) - valid)
     if unknown:
         raise SuperposError(f"parameter '{unknown[0]}' does not apply to kind {kind} (it takes {', '.join(sorted(valid))})")
-    if kind == "pca" and "n_components" not in params:
-        params["n_components"] = params.pop("k", 32)
-    params.pop("k", None) if "k" not in valid else None
     est = cls(**{**params, "device": device, "progress": progress})
     with ActivationStore(store_path) as store:
         layer = store.check_layer(layer)

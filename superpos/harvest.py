@@ -123,6 +123,9 @@ def harvest(cfg: HarvestConfig, out: str | Path, lm: LoadedModel | None = None, 
     n_ctx, C = packed.tokens_NC.shape
     attrs = _store_attrs(cfg, lm, packed, corpus.description, layers)
 
+    # One HDF5 chunk per forward batch: each write fills whole chunks, so a crash can only tear a chunk
+    # beyond the committed counter, and resuming overwrites it whole (no read-modify-write of a torn chunk).
+    batch = cfg.batch_size
     if out.exists():
         store = ActivationStore(out, "r+")
         _check_resume(store, attrs, out)
@@ -130,18 +133,19 @@ def harvest(cfg: HarvestConfig, out: str | Path, lm: LoadedModel | None = None, 
             print(f"superpos: {out} is already complete ({store.n_rows:,} rows)", file=sys.stderr)
             store.close()
             return out
+        batch = max(1, store.chunk_rows // C)  # keep the file's chunk alignment whatever --batch-size says now
         print(f"superpos: resuming {out} at row {store.n_rows:,} of {store.n_rows_total:,}", file=sys.stderr)
     else:
         store = ActivationStore.create(out, layers=layers, d_model=lm.d_model, n_rows=n_ctx * C, dtype=cfg.dtype,
-                                       attrs=attrs, compression=cfg.compression)
+                                       attrs=attrs, compression=cfg.compression, chunk_rows=batch * C)
     np_dtype = np.float16 if cfg.dtype == "float16" else np.float32
     first_ctx = store.n_rows // C
     bar = tqdm(total=n_ctx * C, initial=first_ctx * C, unit="tok", unit_scale=True, desc="harvest",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
         with torch.inference_mode(), lm.capture(layers) as captured:
-            for c0 in range(first_ctx, n_ctx, cfg.batch_size):
-                c1 = min(c0 + cfg.batch_size, n_ctx)
+            for c0 in range(first_ctx, n_ctx, batch):
+                c1 = min(c0 + batch, n_ctx)
                 tokens = torch.from_numpy(packed.tokens_NC[c0:c1]).long().to(lm.device)
                 logits = lm.model(tokens).logits
                 lp, rk = next_token_stats(logits, tokens)

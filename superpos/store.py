@@ -97,9 +97,9 @@ class ActivationStore:
                 for layer in layers:
                     f.create_dataset(layer_key(layer), shape=(n_rows, d_model), dtype=dtype,
                                      chunks=(chunk_rows, d_model), compression=compression)
-                row_chunk = max(chunk_rows, min(n_rows, 1 << 16))
+                # same row chunking everywhere: a writer that writes whole chunks never rewrites a committed one
                 for name, dt in ROW_FIELDS.items():
-                    f.create_dataset(name, shape=(n_rows,), dtype=dt, chunks=(row_chunk,), compression=compression)
+                    f.create_dataset(name, shape=(n_rows,), dtype=dt, chunks=(chunk_rows,), compression=compression)
                 from . import __version__
 
                 f.attrs.update({k: v for k, v in (attrs or {}).items() if v is not None})

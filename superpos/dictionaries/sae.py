@@ -133,6 +133,15 @@ class SparseAutoencoder(BaseDictionary):
     def _init_extra(self, n_latents: int) -> dict[str, torch.Tensor]:
         return {}
 
+    #: learning-rate multiplier for the extra parameters (JumpReLU's log-thresholds)
+    _extra_lr_mult = 1.0
+
+    def _param_groups(self, state: dict, lr: float) -> list[dict]:
+        groups = [{"params": [state[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")]}]
+        if self._extra_params:
+            groups.append({"params": [state[k] for k in self._extra_params], "lr": lr * self._extra_lr_mult})
+        return groups
+
     # ---------------------------------------------------------------- training
     def fit(self, X, layer: int | None = None, y=None, *, checkpoint_dir: str | os.PathLike | None = None,
             checkpoint_every: int = 500, callback: Callable[[int, dict], None] | None = None):
@@ -163,9 +172,8 @@ class SparseAutoencoder(BaseDictionary):
             state = self._init_params(sample, d, dev)
         else:
             state = {k: v.to(dev).requires_grad_(k != "scale") for k, v in ckpt["state"].items()}
-        params = [state[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec") + self._extra_params]
         lr = self._lr(state["W_dec"].shape[0])
-        opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+        opt = torch.optim.Adam(self._param_groups(state, lr), lr=lr, betas=(0.9, 0.999))
         warm, decay_from = max(1, self.warmup_steps), int(total_steps * (1 - self.decay_frac))
 
         def schedule(step: int) -> float:
@@ -266,8 +274,8 @@ class SparseAutoencoder(BaseDictionary):
         if not hasattr(self, "_pf_state"):
             sample = self._sample(X, layer, 8192, seed=self.seed, min_pos=self.min_pos)
             self._pf_state = self._init_params(sample, d, dev)
-            names = ("W_enc", "b_enc", "W_dec", "b_dec") + self._extra_params
-            self._pf_opt = torch.optim.Adam([self._pf_state[k] for k in names], lr=self._lr(self._pf_state["W_dec"].shape[0]))
+            lr = self._lr(self._pf_state["W_dec"].shape[0])
+            self._pf_opt = torch.optim.Adam(self._param_groups(self._pf_state, lr), lr=lr)
             self._pf_fired = torch.zeros(self._pf_state["W_dec"].shape[0], dtype=torch.long, device=dev)
         state, scale = self._pf_state, float(self._pf_state["scale"])
         for x in self._batches(X, layer, self.batch_size, dev, seed=self.seed, min_pos=self.min_pos, epochs=1):
@@ -374,17 +382,12 @@ class TopKSAE(_SparseSelectSAE):
         return torch.zeros_like(pre).scatter_(1, idx, F.relu(vals))
 
 
-class BatchTopKSAE(_SparseSelectSAE):
+class BatchTopKSAE(TopKSAE):  # same parameters as TopK
     __doc__ = ("BatchTopK SAE (Bussmann et al. 2024): the top ``k × batch`` activations over a batch while "
                "training; at inference a single threshold ``threshold_`` (estimated after training so the mean "
                "L0 on training rows is ``k``) makes it a per-token JumpReLU.\n" + _COMMON_DOC)
     kind = "batchtopk"
     _state_names = SparseAutoencoder._state_names + ("threshold_",)
-
-    def __init__(self, n_components=None, expansion=16.0, k=32, batch_size=4096, n_tokens=None, lr=None,
-                 warmup_steps=100, decay_frac=0.2, aux_k=None, aux_coeff=1 / 32, dead_after_tokens=250_000,
-                 b_dec_init="median", normalize=True, min_pos=1, seed=0, device="auto", progress=True):
-        self._set_params(locals())
 
     def _select(self, pre_BF):
         return select_batch_topk(pre_BF, self.k)
@@ -425,12 +428,15 @@ class ReLUSAE(SparseAutoencoder):
 
 class JumpReLUSAE(SparseAutoencoder):
     __doc__ = ("JumpReLU SAE (Rajamanoharan et al. 2024): per-latent thresholds learned with straight-through "
-               "estimators (rectangle kernel, ``bandwidth``) under an L0 penalty ``l0_coeff``.\n" + _COMMON_DOC)
+               "estimators (rectangle kernel, ``bandwidth``) under an L0 penalty ``l0_coeff``. Thresholds, "
+               "``bandwidth`` and ``threshold_init`` are in units of the normalised input (E‖x‖² = d_model).\n" + _COMMON_DOC)
     kind = "jumprelu"
     _state_names = SparseAutoencoder._state_names + ("threshold_",)
     _extra_params = ("log_threshold",)
+    # Adam moves a parameter by ≈ lr per step; log-thresholds need to travel O(1) in a few hundred steps
+    _extra_lr_mult = 30.0
 
-    def __init__(self, n_components=None, expansion=16.0, l0_coeff=1.0, bandwidth=0.001, threshold_init=0.001,
+    def __init__(self, n_components=None, expansion=16.0, l0_coeff=1.0, bandwidth=0.05, threshold_init=0.1,
                  batch_size=4096, n_tokens=None, lr=None, warmup_steps=100, decay_frac=0.2, aux_k=None,
                  aux_coeff=0.0, dead_after_tokens=250_000, b_dec_init="median", normalize=True, min_pos=1, seed=0,
                  device="auto", progress=True):

@@ -1,0 +1,94 @@
+"""Bad inputs: one line on stderr, exit code 2, no traceback, existing files untouched."""
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+from superpos.cli import main
+from superpos.harvest import HarvestConfig, harvest
+
+
+def _run(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, [line for line in err if not line.startswith("superpos: no CUDA")]
+
+
+@pytest.fixture(scope="module")
+def store(tiny_models, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "s.h5"
+    harvest(HarvestConfig(model=str(tiny_models["gpt2"]), layers="0,2", tokens=1024, context_length=32, device="cpu"),
+            path, progress=False)
+    return path
+
+
+def test_bad_inputs(tiny_models, store, tmp_path, capsys):
+    digest = hashlib.sha256(store.read_bytes()).hexdigest()
+    noth5 = tmp_path / "x.h5"
+    noth5.write_text("hello")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    m = str(tiny_models["gpt2"])
+    cases = [
+        (["harvest", "--model", m, "--corpus", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o.h5")], "does not exist"),
+        (["harvest", "--model", m, "--corpus", str(empty), "--out", str(tmp_path / "o.h5")], "empty"),
+        (["harvest", "--model", "no-such/model", "--out", str(tmp_path / "o.h5")], "unknown model"),
+        (["harvest", "--model", m, "--layers", "0,9", "--out", str(tmp_path / "o.h5")], "out of range"),
+        (["harvest", "--model", m, "--layers", "a,b", "--out", str(tmp_path / "o.h5")], "comma list"),
+        (["harvest", "--model", str(tiny_models["llama"]), "--layers", "0,2", "--tokens", "1024", "--context", "32",
+          "--out", str(store)], "different harvest"),
+        (["harvest", "--model", m, "--out", str(noth5)], "not an HDF5 file"),
+        (["harvest", "--model", m, "--device", "cuda", "--out", str(tmp_path / "o.h5")], "no CUDA"),
+        (["info", str(noth5)], "not an HDF5 file"),
+        (["info", str(tmp_path / "nothing.h5")], "does not exist"),
+        (["fit", "--store", str(store), "--layer", "1", "--out", str(tmp_path / "f")], "layer 1 is not in store"),
+        (["fit", "--store", str(noth5), "--layer", "0", "--out", str(tmp_path / "f")], "not an HDF5 file"),
+        (["fit", "--store", str(store), "--layer", "2", "--k", "5000", "--out", str(tmp_path / "f")], "k=5000"),
+        (["fit", "--store", str(store), "--layer", "2", "--kind", "pca", "--l1-coeff", "3", "--out", str(tmp_path / "f")],
+         "does not apply"),
+        (["fit", "--store", str(store), "--layer", "2", "--config", str(noth5), "--out", str(tmp_path / "f")],
+         "not valid"),
+        (["evaluate", str(tmp_path), "--store", str(store)], "not a dictionary folder"),
+    ]
+    for args, needle in cases:
+        code, err = _run(args, capsys)
+        assert code == 2, (args, err)
+        assert len(err) == 1 and err[0].startswith("superpos: error:") and needle in err[0], (args, err)
+    assert hashlib.sha256(store.read_bytes()).hexdigest() == digest
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["harvest", "--tokens", "-5", "--out", "x.h5"])
+    assert e.value.code == 2
+
+
+def test_fit_evaluate_cli_roundtrip(store, tmp_path, capsys):
+    out = tmp_path / "sae"
+    assert main(["fit", "--store", str(store), "--layer", "2", "--kind", "topk", "--expansion", "2", "--k", "4",
+                 "--tokens", "20000", "--batch-size", "256", "--no-progress", "--out", str(out)]) == 0
+    assert (out / "config.json").exists() and not (out / "checkpoint.pt").exists()
+    code, err = _run(["fit", "--store", str(store), "--layer", "2", "--out", str(out)], capsys)
+    assert code == 2 and "already holds" in err[0]
+    assert main(["fit", "--store", str(store), "--layer", "2", "--kind", "pca", "--k", "4", "--out",
+                 str(tmp_path / "pca")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(tmp_path / "pca"), "--store", str(store), "--json",
+                 str(tmp_path / "e.json")]) == 0
+    table = capsys.readouterr().out
+    assert "topk" in table and "pca" in table and "CE rec." in table
+    import json
+
+    res = json.loads((tmp_path / "e.json").read_text())["results"]
+    assert res[0]["l0"] == pytest.approx(4.0) and res[1]["n_components"] == 4
+    assert res[0]["ce_loss_recovered"] is not None
+
+
+def test_module_entry_point_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "superpos", "info", str(tmp_path / "none.h5")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.strip().endswith("does not exist")
+    r = subprocess.run([sys.executable, "-m", "superpos", "--debug", "info", str(tmp_path / "none.h5")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" in r.stderr

@@ -1,0 +1,36 @@
+"""Slow tests on the real embedded default model (SmolLM2-135M-Instruct). Skip with -m 'not slow'."""
+import numpy as np
+import pytest
+import torch
+
+from superpos.harvest import HarvestConfig, harvest
+from superpos.models import load_model
+from superpos.store import ActivationStore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return load_model(None, device="cpu")
+
+
+def test_default_model_shape(smol):
+    assert smol.n_layers == 30 and smol.d_model == 576 and smol.W_E_VD.shape == (49152, 576)
+    assert len(smol.revision) == 64  # sha256 of the GGUF
+
+
+def test_harvest_default_model(smol, tmp_path):
+    out = harvest(HarvestConfig(tokens=512, layers="0,15,30", context_length=128, batch_size=2, dtype="float32",
+                                device="cpu"), tmp_path / "smol.h5", lm=smol, progress=False)
+    with ActivationStore(out) as s:
+        assert s.n_rows == 512 and s.complete and s.d_model == 576 and s.layers == [0, 15, 30]
+        tokens = s.row_field("tokens")
+        # layer 0 is the token embedding (Llama has no position embedding)
+        np.testing.assert_allclose(s.to_numpy(0), smol.W_E_VD[torch.from_numpy(tokens).long()].numpy(), atol=1e-6)
+        lp = s.row_field("next_logprob")
+        ce = -np.nanmean(lp[s.row_field("pos") >= 1])
+        assert 0.5 < ce < 5.0  # a real LM on English docs; a random one would be ≈ ln(49152) ≈ 10.8
+        # the attention sink: position 0's residual norm dwarfs the rest mid-stack
+        norms = np.linalg.norm(s.to_numpy(15), axis=1)
+        assert norms[s.row_field("pos") == 0].min() > 10 * np.median(norms)
