@@ -1,4 +1,4 @@
-"""``python -m superpos``: harvest, info, fit, evaluate, demo.
+"""``python -m superpos``: harvest, info, fit, evaluate, demo, run.
 
 Every user error prints one line ``superpos: error: ...`` on stderr and exits 2 (``--debug`` shows
 the traceback). Ctrl-C exits 130 after saying how to resume.
@@ -88,12 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_harvest(sub)
     _add_info(sub)
-    try:
-        from . import cli_dictionaries
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        cli_dictionaries.register(sub)
+    from . import cli_dictionaries, cli_experiments
+
+    cli_dictionaries.register(sub)
+    cli_experiments.register(sub)
     return parser
 
 

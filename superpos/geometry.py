@@ -1,0 +1,186 @@
+"""Geometry of direction sets with faiss: max |cos|, |cos| histograms, capacity curves, nulls, bounds, matching.
+
+Vectors are rows. Every function normalises rows to unit length first (zero rows are an error).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import faiss
+import numpy as np
+from scipy import special
+
+from .errors import SuperposError
+
+
+def unit_rows(V) -> np.ndarray:
+    V = np.ascontiguousarray(np.asarray(V, dtype=np.float32))
+    if V.ndim != 2 or len(V) < 2:
+        raise SuperposError(f"need a 2-D array of at least 2 vectors, got shape {V.shape}")
+    norms = np.linalg.norm(V, axis=1, keepdims=True)
+    if (norms == 0).any() or not np.isfinite(norms).all():
+        raise SuperposError("vectors must be finite and non-zero")
+    return np.ascontiguousarray(V / norms)
+
+
+class MaxCos(NamedTuple):
+    value: np.ndarray  # (n,) max |cos| of each vector to any other
+    neighbour: np.ndarray  # (n,) index of that other vector
+
+
+def _search_abs(index, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k by |⟨q, v⟩|: search +q and −q (the index holds +v only) and merge."""
+    s1, i1 = index.search(Q, k)
+    s2, i2 = index.search(-Q, k)
+    S, I = np.concatenate([s1, s2], 1), np.concatenate([i1, i2], 1)
+    return S, I
+
+
+def max_abs_cos(V, batch: int = 4096, index: str = "exact", nlist: int | None = None, nprobe: int = 16,
+                threads: int | None = None) -> MaxCos:
+    """Each vector's largest |cos| to any *other* vector.
+
+    ``index="exact"`` uses a flat inner-product index (exact); ``"ivf"`` an IVF-flat index for very
+    large sets (approximate: check it with :func:`max_abs_cos_recall`).
+    """
+    U = unit_rows(V)
+    n, d = U.shape
+    if threads:
+        faiss.omp_set_num_threads(threads)
+    if index == "exact":
+        idx = faiss.IndexFlatIP(d)
+    elif index == "ivf":
+        nlist = nlist or max(16, int(4 * math.sqrt(n)))
+        idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        train = U[np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False)]
+        idx.train(train)
+        idx.nprobe = nprobe
+    else:
+        raise SuperposError(f"index must be 'exact' or 'ivf', got {index!r}")
+    idx.add(U)
+    value = np.empty(n, np.float32)
+    neighbour = np.empty(n, np.int64)
+    for lo in range(0, n, batch):
+        Q = U[lo:lo + batch]
+        S, I = _search_abs(idx, Q, 3)
+        own = I == np.arange(lo, lo + len(Q))[:, None]
+        S = np.where(own | (I < 0), -np.inf, S)
+        j = S.argmax(1)
+        value[lo:lo + len(Q)] = S[np.arange(len(Q)), j]
+        neighbour[lo:lo + len(Q)] = I[np.arange(len(Q)), j]
+    return MaxCos(np.clip(value, 0, 1), neighbour)
+
+
+def max_abs_cos_recall(V, sample: int = 2000, seed: int = 0, **ivf_kwargs) -> float:
+    """Recall@1 of the IVF max-|cos| neighbour against exact search, on a random sample of queries."""
+    U = unit_rows(V)
+    approx = max_abs_cos(U, index="ivf", **ivf_kwargs)
+    rows = np.random.default_rng(seed).choice(len(U), size=min(sample, len(U)), replace=False)
+    exact = faiss.IndexFlatIP(U.shape[1])
+    exact.add(U)
+    S, I = _search_abs(exact, U[rows], 3)
+    S = np.where(I == rows[:, None], -np.inf, S)
+    truth = I[np.arange(len(rows)), S.argmax(1)]
+    return float((approx.neighbour[rows] == truth).mean())
+
+
+def sampled_abs_cos(V, n_pairs: int = 200_000, seed: int = 0) -> np.ndarray:
+    """|cos| of ``n_pairs`` random distinct pairs (the bulk of the pairwise distribution)."""
+    U = unit_rows(V)
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, len(U), n_pairs)
+    j = (i + rng.integers(1, len(U), n_pairs)) % len(U)
+    return np.abs(np.einsum("nd,nd->n", U[i], U[j]))
+
+
+def greedy_capacity(V, eps_grid, seed: int = 0, block: int = 2048) -> np.ndarray:
+    """Size of a greedily packed subset with pairwise |cos| ≤ ε, for each ε (random visiting order).
+
+    A lower bound on the largest such subset. Blocked: each block of candidates is screened against the
+    accepted set with one matmul, then packed greedily within itself.
+    """
+    U = unit_rows(V)[np.random.default_rng(seed).permutation(len(V))]
+    out = []
+    for eps in eps_grid:
+        accepted = np.zeros((0, U.shape[1]), np.float32)
+        for lo in range(0, len(U), block):
+            cand = U[lo:lo + block]
+            if len(accepted):
+                cand = cand[np.abs(cand @ accepted.T).max(1) <= eps]
+            if not len(cand):
+                continue
+            G = np.abs(cand @ cand.T)
+            alive = np.ones(len(cand), bool)
+            keep = []
+            for a in range(len(cand)):
+                if alive[a]:
+                    keep.append(a)
+                    alive &= G[a] <= eps  # drop every later candidate that conflicts with a
+            accepted = np.concatenate([accepted, cand[keep]])
+        out.append(len(accepted))
+    return np.asarray(out)
+
+
+# ---------------------------------------------------------------------- theory
+def abs_cos_tail(t, d: int):
+    """P(|cos| > t) for two independent uniform directions in d dimensions (exact, incomplete beta)."""
+    t = np.asarray(t, dtype=np.float64)
+    return special.betainc((d - 1) / 2, 0.5, np.clip(1 - t**2, 0, 1))
+
+
+def expected_max_abs_cos(m: int, d: int, q: float = 0.5) -> float:
+    """The q-quantile (default: median) of one vector's max |cos| to m−1 other random unit vectors."""
+    p = 1 - q ** (1 / (m - 1))  # P(|cos| > t) that makes P(max ≤ t) = q
+    return float(np.sqrt(1 - special.betaincinv((d - 1) / 2, 0.5, p)))
+
+
+def max_abs_cos_asymptotic(m: int, d: int) -> float:
+    """√(2 ln m / d): the leading-order max |cos| of one vector among m random ones."""
+    return math.sqrt(2 * math.log(m) / d)
+
+
+def random_code_size(d: int, eps) -> np.ndarray:
+    """exp(d ε²/4): how many random unit vectors keep every pairwise |cos| ≤ ε (union bound, JL-style count)."""
+    return np.exp(d * np.asarray(eps, dtype=np.float64) ** 2 / 4)
+
+
+def gaussian_null(n: int, d: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------- matching
+class Matching(NamedTuple):
+    rows: np.ndarray  # atoms of A
+    cols: np.ndarray  # matched atoms of B
+    abs_cos: np.ndarray  # |cos| of each matched pair
+    mean_max_cos_ab: float  # mean over A of max |cos| to B
+    mean_max_cos_ba: float
+
+
+def _best_abs(Q: np.ndarray, U: np.ndarray) -> np.ndarray:
+    idx = faiss.IndexFlatIP(U.shape[1])
+    idx.add(U)
+    S, _ = _search_abs(idx, Q, 1)
+    return np.clip(S.max(1), 0, 1)
+
+
+def match_dictionaries(A, B) -> Matching:
+    """Hungarian one-to-one assignment on |cos| (scipy) plus mean max-|cos| both ways (faiss)."""
+    from scipy.optimize import linear_sum_assignment
+
+    UA, UB = unit_rows(A), unit_rows(B)
+    if UA.shape[1] != UB.shape[1]:
+        raise SuperposError(f"dictionaries have different widths ({UA.shape[1]} vs {UB.shape[1]})")
+    C = np.abs(UA @ UB.T)
+    r, c = linear_sum_assignment(C, maximize=True)
+    return Matching(r, c, C[r, c], float(_best_abs(UA, UB).mean()), float(_best_abs(UB, UA).mean()))
+
+
+def bootstrap_ci(values, stat=np.median, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(statistic, lower, upper) with a percentile bootstrap over the values."""
+    v = np.asarray(values)
+    rng = np.random.default_rng(seed)
+    boots = np.array([stat(v[rng.integers(0, len(v), len(v))]) for _ in range(n_boot)])
+    a = (1 - level) / 2
+    return float(stat(v)), float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))

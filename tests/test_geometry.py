@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+
+from superpos import geometry as g
+from superpos.errors import SuperposError
+
+
+def test_max_abs_cos_equals_brute_force():
+    rng = np.random.default_rng(0)
+    V = rng.standard_normal((300, 12)).astype(np.float32)
+    V[7] = -2.5 * V[3]  # an exact antipode: |cos| = 1 must be found through the −q search
+    res = g.max_abs_cos(V, batch=64)
+    U = V / np.linalg.norm(V, axis=1, keepdims=True)
+    C = np.abs(U @ U.T)
+    np.fill_diagonal(C, -1)
+    np.testing.assert_allclose(res.value, C.max(1), atol=1e-5)
+    assert res.value[3] == pytest.approx(1.0, abs=1e-5) and res.neighbour[3] == 7
+    np.testing.assert_allclose(C[np.arange(300), res.neighbour], C.max(1), atol=1e-5)
+
+
+def test_random_vectors_match_theory():
+    m, d = 4000, 64
+    res = g.max_abs_cos(g.gaussian_null(m, d, seed=1))
+    expected = g.expected_max_abs_cos(m, d)
+    # the sample median of 4000 per-vector maxima has a standard error well under 1 %
+    assert np.median(res.value) == pytest.approx(expected, rel=0.03)
+    assert g.max_abs_cos_asymptotic(m, d) == pytest.approx(expected, rel=0.2)  # leading order only
+    # the exact |cos| tail matches Monte Carlo
+    pairs = g.sampled_abs_cos(g.gaussian_null(m, d, seed=2), 100_000)
+    for t in (0.1, 0.2, 0.3):
+        assert (pairs > t).mean() == pytest.approx(g.abs_cos_tail(t, d), abs=0.01)
+
+
+def test_ivf_recall_is_measured():
+    V = g.gaussian_null(5000, 32, seed=3)
+    assert g.max_abs_cos_recall(V, sample=500, nlist=32, nprobe=32) == 1.0  # probing every list is exact
+    partial = g.max_abs_cos_recall(V, sample=500, nlist=64, nprobe=1)
+    assert 0.0 < partial < 1.0
+
+
+def test_greedy_capacity_on_known_sets():
+    d = 16
+    V = np.concatenate([np.eye(d), np.eye(d), -np.eye(d)]).astype(np.float32)
+    assert g.greedy_capacity(V, [0.0, 0.5, 0.99]).tolist() == [d, d, d]
+    assert g.greedy_capacity(V, [1.0])[0] == 3 * d
+    rnd = g.gaussian_null(3000, 32, seed=4)
+    caps = g.greedy_capacity(rnd, [0.2, 0.4, 0.6])
+    assert caps[0] < caps[1] < caps[2] <= 3000
+    assert caps[1] > 4 * 32  # at ε = 0.4, many more than d nearly orthogonal directions
+
+
+def test_matching_recovers_permutation():
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((60, 24)).astype(np.float32)
+    perm = rng.permutation(60)
+    B = A[perm] * rng.choice([-1, 1], (60, 1)) + 0.05 * rng.standard_normal((60, 24)).astype(np.float32)
+    m = g.match_dictionaries(A, B)
+    assert np.array_equal(perm[m.cols], m.rows)
+    assert m.abs_cos.min() > 0.95 and m.mean_max_cos_ab > 0.95 and m.mean_max_cos_ba > 0.95
+    with pytest.raises(SuperposError, match="different widths"):
+        g.match_dictionaries(A, B[:, :10])
+
+
+def test_bootstrap_ci_brackets_statistic():
+    v = np.random.default_rng(6).standard_normal(2000)
+    est, lo, hi = g.bootstrap_ci(v, np.mean, n_boot=400)
+    assert lo < est < hi and hi - lo == pytest.approx(2 * 1.96 / np.sqrt(2000), rel=0.25)
+
+
+def test_orthogonality_experiment_on_tiny_model(tiny_models, tmp_path):
+    from superpos.hypotheses.orthogonality import OrthogonalityConfig, run
+
+    out = tmp_path / "orth"
+    res = run(OrthogonalityConfig(model=str(tiny_models["llama"]), layer=2, harvest_tokens=4096, expansions=[1, 4],
+                                  k=4, fit_tokens=20_000, eps_grid=[0.3, 0.6], capacity_sample=384, n_boot=100,
+                                  device="cpu", out=str(out)))
+    for name in ("report.md", "report.html", "results.json", "maxcos_tokens.png", "capacity.png", "fvu_vs_size.png",
+                 "maxcos_vs_size.png"):
+        assert (out / name).exists(), name
+    assert res["tied_embeddings"] is True
+    # the Gaussian null sits on the theoretical median for its size
+    assert res["tokens"]["random null"]["max_abs_cos"]["median"] == pytest.approx(res["tokens_theory_median"], rel=0.1)
+    sizes = [r["n_atoms"] for r in res["sweep"]]
+    assert sizes == [32, 128]
+    assert res["sweep"][1]["fvu"] < res["sweep"][0]["fvu"] + 0.05
+    assert isinstance(res["verdict"]["supported"], bool) and len(res["verdict"]["criteria"]) == 3
+    assert "Verdict" in (out / "report.md").read_text()
