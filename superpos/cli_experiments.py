@@ -59,5 +59,6 @@ def cmd_orthogonality(args) -> int:
     print(v["headline"])
     for line in v["criteria"]:
         print("  " + line)
+    print("  " + v["context"])
     print(f"report: {args.out}/report.md")
     return 0

@@ -199,12 +199,19 @@ def verdict(res: dict) -> dict:
         f"{'(≥ 4× d: yes)' if many_tokens else '(< 4× d: no)'}; random vectors keep "
         f"{res['capacity']['random null'][i3]:,}.",
     ]
+    tok = res["tokens"]
+    lines.append(
+        f"Context: the token embeddings themselves are far from random-like — median max |cos| "
+        f"{tok['embedding']['max_abs_cos']['median']:.3f} raw and {tok['embedding (centred)']['max_abs_cos']['median']:.3f} "
+        f"mean-centred vs {tok['random null']['max_abs_cos']['median']:.3f} for random vectors (near-duplicate tokens such "
+        f"as case and leading-space variants share directions); the many directions live in the residual stream's "
+        f"learned features more than in the raw vocabulary.")
     if supported:
         head = (f"SUPPORTED: layer {res['layer']} of {res['model']} uses far more than d = {d} directions that stay "
                 "nearly orthogonal — the over-complete (exp(d)-like) regime, not the d regime.")
     else:
         head = f"NOT SUPPORTED on these criteria for layer {res['layer']} of {res['model']} (d = {d})."
-    return {"supported": supported, "headline": head, "criteria": lines, "fvu_drop": fvu_drop}
+    return {"supported": supported, "headline": head, "criteria": lines[:3], "context": lines[3], "fvu_drop": fvu_drop}
 
 
 def write_report(res: dict, maxcos: dict, out: Path) -> Path:
@@ -218,6 +225,7 @@ def write_report(res: dict, maxcos: dict, out: Path) -> Path:
     rep.text(v["headline"])
     for line in v["criteria"]:
         rep.text(line)
+    rep.text(v["context"])
     d = res["d_model"]
 
     rep.heading("(a) Token directions")
