@@ -254,7 +254,30 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a saved SAE in SAELens' folder format",
+                       description="Export a superpos SAE folder to SAELens' format (cfg.json + "
+                                   "sae_weights.safetensors). `load_dictionary` and `evaluate` read such folders back.")
+    p.add_argument("dir", help="superpos dictionary folder (topk, batchtopk, jumprelu or relu)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--hook-name", default=None, help="hook name recorded in cfg.json (default: resid_layer_L)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from .dictionaries import load_dictionary
+    from .dictionaries.io import export_saelens
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise SuperposError(f"--out {out} exists and is not empty")
+    export_saelens(load_dictionary(args.dir, device="cpu"), out, hook_name=args.hook_name)
+    print(f"wrote SAELens folder {out}")
+    return 0
+
+
 def register(sub) -> None:
     add_fit(sub)
     add_evaluate(sub)
+    add_export(sub)
     add_demo(sub)

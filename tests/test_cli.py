@@ -1,5 +1,6 @@
 """Bad inputs: one line on stderr, exit code 2, no traceback, existing files untouched."""
 import hashlib
+import json
 import subprocess
 import sys
 
@@ -79,11 +80,22 @@ def test_fit_evaluate_cli_roundtrip(store, tmp_path, capsys):
                  str(tmp_path / "e.json")]) == 0
     table = capsys.readouterr().out
     assert "topk" in table and "pca" in table and "CE rec." in table
-    import json
 
     res = json.loads((tmp_path / "e.json").read_text())["results"]
     assert res[0]["l0"] == pytest.approx(4.0) and res[1]["n_components"] == 4
     assert res[0]["ce_loss_recovered"] is not None
+    # export to SAELens and evaluate that folder: the same numbers come back
+    assert main(["export", str(out), "--out", str(tmp_path / "sl")]) == 0
+    assert main(["evaluate", str(tmp_path / "sl"), "--store", str(store), "--layer", "2", "--rows", "all",
+                 "--ce-contexts", "0", "--json", str(tmp_path / "sl.json")]) == 0
+    assert main(["evaluate", str(out), "--store", str(store), "--rows", "all", "--ce-contexts", "0",
+                 "--json", str(tmp_path / "orig.json")]) == 0
+    sl = json.loads((tmp_path / "sl.json").read_text())["results"][0]
+    orig = json.loads((tmp_path / "orig.json").read_text())["results"][0]
+    assert sl["fvu"] == pytest.approx(orig["fvu"], rel=1e-4) and sl["l0"] == pytest.approx(orig["l0"])
+    capsys.readouterr()
+    code, err = _run(["export", str(tmp_path / "pca"), "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "only SAEs" in err[0]
 
 
 def test_module_entry_point_no_traceback(tmp_path):
@@ -100,7 +112,5 @@ def test_fit_reads_toml_config_and_flags_override(store, tmp_path):
     out = tmp_path / "t"
     assert main(["fit", "--store", str(store), "--layer", "2", "--config", str(cfg), "--k", "5", "--no-progress",
                  "--out", str(out)]) == 0
-    import json
-
     params = json.loads((out / "config.json").read_text())["params"]
     assert params["k"] == 5 and params["expansion"] == 2.0 and params["seed"] == 4 and params["batch_size"] == 128

@@ -152,7 +152,14 @@ class BaseDictionary(BaseEstimator):
     def summary(self) -> str:
         params = ", ".join(f"{k}={v}" for k, v in self.get_params().items() if v is not None)
         fitted = f"{self.n_components_} atoms × d_model {self.d_model_}" if hasattr(self, "components_") else "not fitted"
-        return f"{type(self).__name__} ({self.kind}): {fitted}\n  {params}"
+        lines = [f"{type(self).__name__} ({self.kind}): {fitted}", f"  {params}"]
+        meta = getattr(self, "meta_", None) or {}
+        if meta.get("layer") is not None:
+            lines.append(f"  trained on layer {meta['layer']} of {meta.get('model', '?')}, store {meta.get('store', '?')}"
+                         + (f", rows {meta['train_rows'][0]}–{meta['train_rows'][1]}" if "train_rows" in meta else ""))
+        if hasattr(self, "n_tokens_seen_"):
+            lines.append(f"  {self.n_tokens_seen_:,} training tokens in {getattr(self, 'n_iter_', '?')} steps")
+        return "\n".join(lines)
 
     # subclasses
     def _encode(self, x_BD: torch.Tensor) -> torch.Tensor:  # pragma: no cover
