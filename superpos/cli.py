@@ -12,14 +12,17 @@ import traceback
 from .errors import SuperposError
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(float(text)) if "e" in text.lower() else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return value
+def positive(kind=int):
+    """argparse type: a positive int (``1e6`` accepted) or a non-negative float."""
+    def parse(text: str):
+        try:
+            value = kind(float(text)) if kind is int else kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+        if value < 0 or (value == 0 and kind is int):
+            raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
+        return value
+    return parse
 
 
 def _add_harvest(sub) -> None:
@@ -33,9 +36,9 @@ def _add_harvest(sub) -> None:
                    "offline HF dataset name; default: CPython's pydoc_data.topics")
     p.add_argument("--layers", default="default", help="residual layers: 'default' (7 evenly spaced incl. 0 and L), "
                    "'all', or a comma list like 0,5,10 (0 = embeddings, l = output of block l)")
-    p.add_argument("--tokens", type=_positive_int, default=None, help="cap on tokens (whole contexts); default: whole corpus")
-    p.add_argument("--context", type=_positive_int, default=256, help="context length in tokens incl. BOS (default 256)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="contexts per forward pass (default 8)")
+    p.add_argument("--tokens", type=positive(int), default=None, help="cap on tokens (whole contexts); default: whole corpus")
+    p.add_argument("--context", type=positive(int), default=256, help="context length in tokens incl. BOS (default 256)")
+    p.add_argument("--batch-size", type=positive(int), default=8, help="contexts per forward pass (default 8)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored precision (default float16)")
     p.add_argument("--compression", choices=["lzf", "gzip", "none"], default="lzf", help="HDF5 compression (default lzf)")
     p.add_argument("--no-bos", action="store_true", help="do not prepend BOS to each context")

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cli import positive as _positive
 from .errors import SuperposError
 
 # CLI flag → estimator parameter (only passed when given, so config files and class defaults apply)
@@ -23,18 +24,6 @@ PARAM_FLAGS = {
     "seed": ("--seed", int, "random seed (default 0)"),
     "min_pos": ("--min-pos", int, "leave out positions below this (default 1: drop the BOS/attention-sink row)"),
 }
-
-
-def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(float(text)) if kind is int else kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-        if value < 0 or (value == 0 and kind is int):
-            raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
-        return value
-    return parse
 
 
 def _read_config_file(path: str) -> dict:

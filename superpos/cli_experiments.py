@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .cli import positive
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -36,13 +38,13 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, help="model (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--store", default=None, help="existing store holding --layer (default: harvest one into --out)")
     p.add_argument("--layer", type=int, default=None, help="residual layer for the dictionary sweep (default: middle)")
-    p.add_argument("--harvest-tokens", type=int, default=65536, help="tokens to harvest when no --store (default 65536)")
+    p.add_argument("--harvest-tokens", type=positive(int), default=65536, help="tokens to harvest when no --store (default 65536)")
     p.add_argument("--expansions", type=_int_list, default=[1, 2, 4, 8, 16, 32],
                    help="dictionary sizes in multiples of d_model (default 1,2,4,8,16,32)")
-    p.add_argument("--k", type=int, default=32, help="TopK k, and PCA's size for the baseline (default 32)")
-    p.add_argument("--fit-tokens", type=int, default=400_000, help="training tokens per SAE (default 400000)")
+    p.add_argument("--k", type=positive(int), default=32, help="TopK k, and PCA's size for the baseline (default 32)")
+    p.add_argument("--fit-tokens", type=positive(int), default=400_000, help="training tokens per SAE (default 400000)")
     p.add_argument("--eps", type=_float_list, default=[0.1, 0.2, 0.3, 0.4, 0.5], help="ε grid for capacity curves")
-    p.add_argument("--capacity-sample", type=int, default=16384, help="token directions used for capacity (default 16384)")
+    p.add_argument("--capacity-sample", type=positive(int), default=16384, help="token directions used for capacity (default 16384)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.set_defaults(func=cmd_orthogonality)

@@ -224,10 +224,8 @@ class ActivationStore:
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
             raise SuperposError(f"row index out of range 0..{self.n_rows - 1}")
-        order = np.argsort(rows, kind="stable")
-        out = np.empty((len(rows), self.d_model), np.float32)
-        out[order] = ds[rows[order]] if len(np.unique(rows)) == len(rows) else ds[:][rows[order]]
-        return out
+        uniq, inverse = np.unique(rows, return_inverse=True)  # h5py wants sorted, distinct indices
+        return ds[uniq].astype(np.float32)[inverse]
 
     def sample(self, layer: int, n: int, seed: int = 0, min_pos: int = 1) -> np.ndarray:
         """``n`` rows drawn without replacement from the training rows (sink rows left out)."""

@@ -202,6 +202,7 @@ def test_shuffled_stream_each_row_once(tmp_path):
 def test_to_numpy_and_sample(tmp_path):
     s = _synthetic_store(tmp_path / "s.h5")
     np.testing.assert_array_equal(s.to_numpy(3, [5, 1, 9])[:, 0], [5, 1, 9])
+    np.testing.assert_array_equal(s.to_numpy(3, [7, 2, 7, 2])[:, 0], [7, 2, 7, 2])
     samp = s.sample(3, 30, seed=0)
     assert len(samp) == 30 and (s.pos[samp[:, 0].astype(int)] >= 1).all()
     with pytest.raises(SuperposError, match="layer 4 is not in store"):
