@@ -168,6 +168,10 @@ def test_checkpoint_resume_is_exact(planted, tmp_path):
         TopKSAE(**kw).fit(x, checkpoint_dir=tmp_path, checkpoint_every=1000, callback=interrupt)
     assert 25 <= torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] < 60
     resumed = TopKSAE(**kw).fit(x, checkpoint_dir=tmp_path, checkpoint_every=1000)
+    assert len(resumed.history_) == len(full.history_)  # the training log survives the interruption
+    last = full.history_[-1]
+    assert {"loss", "fvu", "l0", "dead", "dense", "tok_s"} <= set(last) and 0 <= last["dense"] <= 1
+    assert last["l0"] == 4.0
     for name in ("components_", "W_enc_", "b_enc_", "b_dec_"):
         torch.testing.assert_close(getattr(resumed, name), getattr(full, name), rtol=0, atol=0)
     with pytest.raises(SuperposError, match="other settings"):

@@ -24,6 +24,7 @@ from .sparse_ops import SparseCodes, select_batch_topk, select_topk, sparse_deco
 
 CHECKPOINT = "checkpoint.pt"
 DEFAULT_LR = 2e-3
+DENSE_FRACTION = 0.10  # a latent firing on more tokens than this is "dense" (SAEBench)
 
 
 def geometric_median(x_ND: torch.Tensor, iters: int = 100, eps: float = 1e-6) -> torch.Tensor:
@@ -188,6 +189,7 @@ class SparseAutoencoder(BaseDictionary):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         since_fired = torch.zeros(state["W_dec"].shape[0], dtype=torch.long, device=dev)
+        window_counts = torch.zeros_like(since_fired)  # firings per latent since the last log line
         history: list[dict] = []
         if ckpt is not None:
             opt.load_state_dict(ckpt["opt"])
@@ -233,7 +235,8 @@ class SparseAutoencoder(BaseDictionary):
                 with torch.no_grad():
                     state["W_dec"] /= state["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
                     since_fired += x.shape[0]
-                    since_fired[out["fired"]] = 0
+                    since_fired[out["counts"] > 0] = 0
+                    window_counts += out["counts"]
                 tok_last += x.shape[0]
                 if (step + 1) % log_every == 0 or step + 1 == total_steps:
                     with torch.no_grad():
@@ -242,11 +245,13 @@ class SparseAutoencoder(BaseDictionary):
                         now = time.perf_counter()
                         stats = {"step": step + 1, "loss": loss.item(), "fvu": (err / var).item(),
                                  "l0": out["l0"], "dead": (since_fired >= self.dead_after_tokens).float().mean().item(),
+                                 "dense": (window_counts > DENSE_FRACTION * tok_last).float().mean().item(),
                                  "tok_s": tok_last / (now - t_last)}
                     t_last, tok_last = now, 0
+                    window_counts.zero_()
                     history.append(stats)
                     bar.set_postfix(loss=f"{stats['loss']:.3g}", fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.1f}",
-                                    dead=f"{stats['dead']:.2f}", tok_s=f"{stats['tok_s']:.0f}", refresh=False)
+                                    dead=f"{stats['dead']:.2f}", dense=f"{stats['dense']:.2f}", tok_s=f"{stats['tok_s']:.0f}", refresh=False)
                     if callback is not None:
                         callback(step + 1, stats)
                 bar.update(1)
@@ -293,7 +298,7 @@ class SparseAutoencoder(BaseDictionary):
             with torch.no_grad():
                 state["W_dec"] /= state["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
                 self._pf_fired += x.shape[0]
-                self._pf_fired[out["fired"]] = 0
+                self._pf_fired[out["counts"] > 0] = 0
         self._finish(state, X, layer, scale)
         return self
 
@@ -353,7 +358,8 @@ class _SparseSelectSAE(SparseAutoencoder):
             denom = (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
             loss = loss + self.aux_coeff * (e_hat - e).pow(2).sum(-1).mean() / denom
         fired = cols[codes.vals.detach() > 0]
-        return {"loss": loss, "x_hat": x_hat.detach(), "l0": fired.numel() / x.shape[0], "fired": fired}
+        counts = torch.bincount(fired, minlength=s["W_dec"].shape[0])
+        return {"loss": loss, "x_hat": x_hat.detach(), "l0": fired.numel() / x.shape[0], "counts": counts}
 
 
 _COMMON_DOC = """
@@ -421,9 +427,9 @@ class ReLUSAE(SparseAutoencoder):
         f = F.relu(torch.addmm(s["b_enc"], x - s["b_dec"], s["W_enc"].T))
         x_hat = f @ s["W_dec"] + s["b_dec"]
         l1 = (f * s["W_dec"].norm(dim=1)).sum(-1).mean()
-        fired = (f > 0).any(0).nonzero().squeeze(1)
+        counts = (f.detach() > 0).sum(0)
         return {"loss": _reconstruction_terms(x, x_hat) + self.l1_coeff * l1, "x_hat": x_hat.detach(),
-                "l0": (f > 0).sum(-1).float().mean().item(), "fired": fired}
+                "l0": counts.sum().item() / x.shape[0], "counts": counts}
 
     def _encode(self, x_BD):
         return F.relu(self._pre(x_BD))
@@ -454,9 +460,9 @@ class JumpReLUSAE(SparseAutoencoder):
         f = _JumpReLU.apply(pre, thr, self.bandwidth)
         x_hat = f @ s["W_dec"] + s["b_dec"]
         l0 = _Step.apply(pre, thr, self.bandwidth).sum(-1).mean()
-        fired = (f > 0).any(0).nonzero().squeeze(1)
+        counts = (f.detach() > 0).sum(0)
         return {"loss": _reconstruction_terms(x, x_hat) + self.l0_coeff * l0, "x_hat": x_hat.detach(),
-                "l0": l0.item(), "fired": fired}
+                "l0": l0.item(), "counts": counts}
 
     def _finish_extra(self, state, X, layer, scale) -> None:
         self.threshold_ = state["log_threshold"].detach().exp() / scale
