@@ -1,7 +1,6 @@
 """CLI subcommands for dictionaries: fit, evaluate, and the demo (README's main job)."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time

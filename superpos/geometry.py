@@ -158,10 +158,12 @@ class Matching(NamedTuple):
     mean_max_cos_ba: float
 
 
-def _best_abs(Q: np.ndarray, U: np.ndarray) -> np.ndarray:
+def best_abs_cos(Q, V) -> np.ndarray:
+    """For each row of ``Q``, its largest |cos| to any row of ``V`` (exact, faiss flat index)."""
+    U = unit_rows(V)
     idx = faiss.IndexFlatIP(U.shape[1])
     idx.add(U)
-    S, _ = _search_abs(idx, Q, 1)
+    S, _ = _search_abs(idx, unit_rows(Q), 1)
     return np.clip(S.max(1), 0, 1)
 
 
@@ -174,7 +176,7 @@ def match_dictionaries(A, B) -> Matching:
         raise SuperposError(f"dictionaries have different widths ({UA.shape[1]} vs {UB.shape[1]})")
     C = np.abs(UA @ UB.T)
     r, c = linear_sum_assignment(C, maximize=True)
-    return Matching(r, c, C[r, c], float(_best_abs(UA, UB).mean()), float(_best_abs(UB, UA).mean()))
+    return Matching(r, c, C[r, c], float(best_abs_cos(UA, UB).mean()), float(best_abs_cos(UB, UA).mean()))
 
 
 def bootstrap_ci(values, stat=np.median, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:

@@ -13,13 +13,11 @@ model use that regime? Three measurements (method and reading in docs/orthogonal
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from .. import geometry as g
@@ -53,13 +51,6 @@ def _summary(values: np.ndarray, n_boot: int, seed: int) -> dict:
     med, lo, hi = g.bootstrap_ci(values, np.median, n_boot=n_boot, seed=seed)
     return {"median": med, "ci": [lo, hi], "p10": float(np.quantile(values, 0.1)),
             "p90": float(np.quantile(values, 0.9)), "mean": float(values.mean())}
-
-
-def _best_token_cos(Q: np.ndarray, E_unit: np.ndarray) -> np.ndarray:
-    idx = faiss.IndexFlatIP(E_unit.shape[1])
-    idx.add(E_unit)
-    S, _ = g._search_abs(idx, g.unit_rows(Q), 1)
-    return np.clip(S.max(1), 0, 1)
 
 
 def _median_diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
@@ -128,10 +119,7 @@ def run(cfg: OrthogonalityConfig) -> dict:
         store_path = out / "acts.h5"
         harvest(HarvestConfig(model=cfg.model, layers=str(layer), tokens=cfg.harvest_tokens, device=cfg.device),
                 store_path, lm=lm)
-    with ActivationStore(store_path) as store:
-        store.check_layer(layer)
-        if store.d_model != d:
-            raise SuperposError(f"store {store_path} has d_model {store.d_model}, model has {d}")
+    with ActivationStore(store_path) as store:  # a given --store was checked on entry; harvest checks its own
         split = store.split_row(0.9)
         holdout = store.restrict(split, store.n_rows)
         res["store"] = {"path": str(store_path), "rows": store.n_rows, "holdout_rows": store.n_rows - split}
@@ -160,13 +148,12 @@ def run(cfg: OrthogonalityConfig) -> dict:
 
         # (c) atoms vs token embeddings ----------------------------------------------------------------
         e, atoms, _ = largest
-        E_unit = g.unit_rows(W_E)
-        best = _best_token_cos(atoms, E_unit)
+        best = g.best_abs_cos(atoms, W_E)
         sample = store.restrict(0, split).sample(layer, 20000, seed=cfg.seed)
-        mean, cov = sample.mean(0), np.cov(sample, rowvar=False)
+        cov = np.cov(sample, rowvar=False)
         rng = np.random.default_rng(cfg.seed)
         null_dirs = rng.multivariate_normal(np.zeros(d), cov, size=len(atoms)).astype(np.float32)
-        best_null = _best_token_cos(null_dirs, E_unit)
+        best_null = g.best_abs_cos(null_dirs, W_E)
         diff = _median_diff_ci(best, best_null, cfg.n_boot, cfg.seed)
         res["alignment"] = {"expansion": e, "atoms": _summary(best, cfg.n_boot, cfg.seed),
                             "null": _summary(best_null, cfg.n_boot, cfg.seed), "median_diff": diff,
