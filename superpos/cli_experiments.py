@@ -49,6 +49,98 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.set_defaults(func=cmd_orthogonality)
 
+    p = exp.add_parser("repurposing", help="unlikely-token repurposing, with logit and tuned lens",
+                       description="Hypothesis 2: are directions of tokens that are near-impossible in context used "
+                                   "mid-stack and removed before the output? Per-layer effect with nulls (Gaussian with "
+                                   "the layer's covariance, random directions, shuffled contexts, same tokens where "
+                                   "likely), the logit/tuned-lens view, and optionally a dictionary view. See "
+                                   "docs/repurposing.md.")
+    p.add_argument("--out", default="runs/repurposing", help="output folder (default runs/repurposing)")
+    _model_corpus_args(p)
+    p.add_argument("--contexts", type=positive(int), default=64, help="contexts to read (default 64)")
+    p.add_argument("--context-length", type=positive(int), default=256, help="tokens per context (default 256)")
+    p.add_argument("--per-context", type=positive(int), default=48, help="positions sampled per context (default 48)")
+    p.add_argument("--unlikely", type=_probability, default=1e-6,
+                   help="final probability below which a token is near-impossible (default 1e-6)")
+    p.add_argument("--likely", type=_probability, default=1e-2, help="final probability for 'likely' (default 1e-2)")
+    p.add_argument("--exclude-recent", type=int, default=8,
+                   help="leave the last N input tokens out of the near-impossible group (default 8)")
+    p.add_argument("--z-high", type=float, default=5.0, help="z threshold for counting strong pushes (default 5)")
+    p.add_argument("--lens", default=None, help="folder of a saved tuned lens (default: train one into OUT/tuned_lens)")
+    p.add_argument("--lens-steps", type=positive(int), default=300, help="tuned-lens training steps (default 300)")
+    p.add_argument("--dictionary", default=None, help="SAE folder for the dictionary view (layer from its metadata)")
+    p.add_argument("--control", choices=["none", "positive", "negative"], default="none",
+                   help="plant a control: token directions (positive) or random directions (negative) written "
+                        "at layer n/3 and removed at 2n/3 (default none)")
+    p.add_argument("--control-alpha", type=positive(float), default=1.0,
+                   help="size of the planted vector, as a multiple of the residual norm (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.set_defaults(func=cmd_repurposing)
+
+    p = exp.add_parser("lenses", help="logit lens vs tuned lens per layer (trains and saves a tuned lens)",
+                       description="Train a tuned lens (one affine translator per layer) and compare it with the "
+                                   "logit lens on held-out contexts: KL to the final output, top-1 agreement and CE "
+                                   "per layer. The lens is saved to OUT/tuned_lens and can be passed to "
+                                   "`run repurposing --lens`.")
+    p.add_argument("--out", default="runs/lenses", help="output folder (default runs/lenses)")
+    _model_corpus_args(p)
+    p.add_argument("--contexts", type=positive(int), default=64, help="contexts to read (default 64)")
+    p.add_argument("--context-length", type=positive(int), default=256, help="tokens per context (default 256)")
+    p.add_argument("--per-context", type=positive(int), default=48, help="positions sampled per context (default 48)")
+    p.add_argument("--steps", type=positive(int), default=300, help="training steps (default 300)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.set_defaults(func=cmd_lenses)
+
+
+def _model_corpus_args(p) -> None:
+    p.add_argument("--model", default=None, help="model (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--corpus", default=None,
+                   help="text: .txt/.jsonl file, folder or dataset name (default: pydoc_data.topics)")
+
+
+def _probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability, got '{text}'") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1), got '{text}'")
+    return v
+
+
+def _print_verdict(v: dict, out: str) -> None:
+    print(v["headline"])
+    for line in v["criteria"]:
+        print("  " + line)
+    if v.get("context"):
+        print("  " + v["context"])
+    print(f"report: {out}/report.md")
+
+
+def cmd_repurposing(args) -> int:
+    from .hypotheses.repurposing import RepurposingConfig, run
+
+    cfg = RepurposingConfig(model=args.model, corpus=args.corpus, contexts=args.contexts,
+                            context_length=args.context_length, per_context=args.per_context, unlikely=args.unlikely,
+                            likely=args.likely, exclude_recent=args.exclude_recent, z_high=args.z_high, lens=args.lens,
+                            lens_steps=args.lens_steps, dictionary=args.dictionary, control=args.control,
+                            control_alpha=args.control_alpha, seed=args.seed, device=args.device, out=args.out)
+    _print_verdict(run(cfg)["verdict"], args.out)
+    return 0
+
+
+def cmd_lenses(args) -> int:
+    from .hypotheses.lenses import run_lenses
+
+    res = run_lenses(model=args.model, corpus=args.corpus, contexts=args.contexts, context_length=args.context_length,
+                     per_context=args.per_context, steps=args.steps, seed=args.seed, device=args.device, out=args.out)
+    for line in res["summary"]:
+        print(line)
+    print(f"report: {args.out}/report.md")
+    return 0
+
 
 def cmd_orthogonality(args) -> int:
     from .hypotheses.orthogonality import OrthogonalityConfig, run
@@ -56,11 +148,5 @@ def cmd_orthogonality(args) -> int:
     cfg = OrthogonalityConfig(model=args.model, store=args.store, layer=args.layer, harvest_tokens=args.harvest_tokens,
                               expansions=args.expansions, k=args.k, fit_tokens=args.fit_tokens, eps_grid=args.eps,
                               capacity_sample=args.capacity_sample, seed=args.seed, device=args.device, out=args.out)
-    res = run(cfg)
-    v = res["verdict"]
-    print(v["headline"])
-    for line in v["criteria"]:
-        print("  " + line)
-    print("  " + v["context"])
-    print(f"report: {args.out}/report.md")
+    _print_verdict(run(cfg)["verdict"], args.out)
     return 0

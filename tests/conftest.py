@@ -25,11 +25,15 @@ def _tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|endoftext|>")
 
 
-def make_tiny_model(kind: str, folder: Path, n_layers: int = 3, d_model: int = 32, seed: int = 0) -> Path:
+def make_tiny_model(kind: str, folder: Path, n_layers: int = 3, d_model: int = 32, seed: int = 0, **config) -> Path:
+    """A random-initialised model saved with the test tokenizer; ``config`` overrides HF config fields."""
     import transformers as tf
 
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        _TOKENIZER = _tokenizer()
     torch.manual_seed(seed)
-    common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=0)
+    common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=0, **config)
     if kind == "gpt2":
         cfg = tf.GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=4, n_positions=512, **common)
         model = tf.GPT2LMHeadModel(cfg)
@@ -55,10 +59,16 @@ _TOKENIZER = None
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    global _TOKENIZER
-    _TOKENIZER = _tokenizer()
     root = tmp_path_factory.mktemp("models")
     return {k: make_tiny_model(k, root / k) for k in ("gpt2", "llama", "neox")}
+
+
+@pytest.fixture(scope="session")
+def peaked_llama(tmp_path_factory) -> Path:
+    """6-layer llama, d 64, with a large init so that its next-token distributions are peaked (most of the
+    vocabulary below 1e-4), as a trained model's are."""
+    return make_tiny_model("llama", tmp_path_factory.mktemp("peaked") / "llama", n_layers=6, d_model=64,
+                           initializer_range=0.5)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,239 @@
+"""Logit lens and tuned lens: read the residual stream at any layer as a next-token distribution.
+
+* logit lens (nostalgebraist 2020): ``unembed(final_norm(h_l))``; on the last residual layer it is the
+  model's own output.
+* tuned lens (Belrose et al. 2023): one affine translator per layer, ``h + h W_l + b_l`` (W, b start at
+  zero, i.e. the identity), trained to minimise KL(final distribution || lens distribution), then the
+  same final norm and unembedding. The last residual layer keeps the identity. One change from the
+  paper: the translator acts on the residual scaled to unit RMS. The final norm is scale-invariant, so
+  this only fixes the scale of the bias, and it keeps Adam stable when row norms span 100×
+  (SmolLM2's residual norms run from ~150 to ~23,000 across positions and layers).
+
+``lens_metrics`` gives, per layer and position, KL(final || lens), top-1 agreement with the final
+output, and cross-entropy on the true next token. Method and reading in docs/repurposing.md.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..errors import SuperposError
+from ..residuals import ResidualSample
+
+LENS_CONFIG, LENS_WEIGHTS = "lens.json", "lens.safetensors"
+
+
+def unembed(lm, h_PD: torch.Tensor) -> torch.Tensor:
+    """Final norm + unembedding (float32 logits); gradients flow to ``h_PD``."""
+    h = h_PD.to(lm.device, dtype=lm.W_U_VD.dtype)
+    if lm.final_norm is not None:
+        h = lm.final_norm(h)
+    return lm.model.get_output_embeddings()(h).float()
+
+
+class TunedLens(nn.Module):
+    """Affine translators for residual layers 0..n_layers-1 (layer n_layers is the identity)."""
+
+    def __init__(self, d_model: int, n_layers: int):
+        super().__init__()
+        self.d_model, self.n_layers = d_model, n_layers
+        self.weight_LDD = nn.Parameter(torch.zeros(n_layers, d_model, d_model))
+        self.bias_LD = nn.Parameter(torch.zeros(n_layers, d_model))
+        self.meta: dict = {}
+
+    def translate(self, h_PD: torch.Tensor, layer: int) -> torch.Tensor:
+        if layer >= self.n_layers:
+            return h_PD
+        h = h_PD / h_PD.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()  # unit RMS: see the module docstring
+        return h + h @ self.weight_LDD[layer] + self.bias_LD[layer]
+
+    def save(self, path) -> Path:
+        from safetensors.torch import save_file
+
+        from ..dictionaries.io import write_json_atomic
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / f".{LENS_WEIGHTS}.tmp"
+        save_file({"weight_LDD": self.weight_LDD.detach().cpu().contiguous(),
+                   "bias_LD": self.bias_LD.detach().cpu().contiguous()}, str(tmp))
+        tmp.replace(path / LENS_WEIGHTS)
+        write_json_atomic(path / LENS_CONFIG, {"kind": "tuned_lens", "d_model": self.d_model,
+                                               "n_layers": self.n_layers, "meta": self.meta})
+        return path
+
+    @classmethod
+    def load(cls, path) -> "TunedLens":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        try:
+            cfg = json.loads((path / LENS_CONFIG).read_text())
+            state = load_file(str(path / LENS_WEIGHTS))
+            lens = cls(int(cfg["d_model"]), int(cfg["n_layers"]))
+            lens.load_state_dict(state)
+        except (OSError, KeyError, ValueError, RuntimeError) as e:
+            raise SuperposError(f"{path} is not a tuned lens folder ({type(e).__name__}: {e})") from None
+        lens.meta = cfg.get("meta", {})
+        return lens
+
+    def check_model(self, lm) -> None:
+        if (self.d_model, self.n_layers) != (lm.d_model, lm.n_layers):
+            raise SuperposError(f"tuned lens is for d_model {self.d_model} × {self.n_layers} layers, "
+                                f"{lm.name} has {lm.d_model} × {lm.n_layers}")
+
+
+def lens_logits(lm, h_PD: torch.Tensor, layer: int, lens: TunedLens | None = None) -> torch.Tensor:
+    if lens is not None:
+        h_PD = lens.translate(h_PD.to(lens.weight_LDD.device), layer)
+    return unembed(lm, h_PD)
+
+
+def final_logprobs(lm, sample: ResidualSample, chunk: int = 512) -> torch.Tensor:
+    """(P, V) log-probabilities of the model's own output at the sampled positions."""
+    h = sample.at(lm.n_layers)
+    with torch.no_grad():
+        return torch.cat([F.log_softmax(unembed(lm, h[i:i + chunk]), -1).cpu() for i in range(0, len(h), chunk)])
+
+
+def train_tuned_lens(lm, sample: ResidualSample, steps: int = 300, lr: float = 1e-3, batch: int = 128,
+                     layers_per_step: int = 8, seed: int = 0, progress: bool = True) -> tuple[TunedLens, list[float]]:
+    """Fit the translators by Adam on KL(final || lens), ``layers_per_step`` random layers per step.
+
+    Each step draws ``batch`` positions; the final distribution is recomputed from the sample's last
+    layer, so only residuals are held in memory. Returns the lens and the loss history.
+    """
+    if lm.n_layers not in sample.layers or not set(range(lm.n_layers)) <= set(sample.layers):
+        raise SuperposError("a tuned lens needs residuals at every layer 0..n_layers")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    lens = TunedLens(lm.d_model, lm.n_layers).to(lm.device)
+    opt = torch.optim.Adam(lens.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
+    history = []
+    bar = tqdm(range(steps), desc="tuned lens", unit="step", file=sys.stderr, disable=not progress)
+    for _ in bar:
+        idx = torch.from_numpy(rng.integers(0, sample.n_positions, size=batch))
+        chosen = rng.choice(lm.n_layers, size=min(layers_per_step, lm.n_layers), replace=False)
+        with torch.no_grad():
+            target = F.log_softmax(unembed(lm, sample.at(lm.n_layers)[idx]), -1)
+        loss = 0.0
+        for layer in chosen:
+            h = sample.at(int(layer))[idx].to(lm.device)
+            logq = F.log_softmax(lens_logits(lm, h, int(layer), lens), -1)
+            loss = loss + F.kl_div(logq, target, log_target=True, reduction="batchmean")
+        loss = loss / len(chosen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        history.append(loss.item())
+        bar.set_postfix(kl=f"{np.mean(history[-20:]):.3f}")
+    bar.close()
+    lens.meta = {"steps": steps, "lr": lr, "batch": batch, "layers_per_step": layers_per_step, "seed": seed,
+                 "train_positions": sample.n_positions, "model": lm.name, "final_kl": float(np.mean(history[-20:]))}
+    return lens.eval(), history
+
+
+def lens_metrics(lm, sample: ResidualSample, lens: TunedLens | None = None, chunk: int = 256) -> dict[str, np.ndarray]:
+    """Per layer and position: ``kl`` = KL(final || lens), ``top1`` agreement, ``ce`` on the true next token.
+
+    Returns arrays of shape (len(sample.layers), P).
+    """
+    P = sample.n_positions
+    out = {k: np.zeros((len(sample.layers), P)) for k in ("kl", "top1", "ce")}
+    nxt = torch.from_numpy(sample.next_P.astype(np.int64))
+    with torch.no_grad():
+        for i in range(0, P, chunk):
+            final = F.log_softmax(unembed(lm, sample.at(lm.n_layers)[i:i + chunk]), -1).cpu()
+            for j, layer in enumerate(sample.layers):
+                logq = F.log_softmax(lens_logits(lm, sample.resid_LPD[j, i:i + chunk], layer, lens), -1).cpu()
+                out["kl"][j, i:i + chunk] = (final.exp() * (final - logq)).sum(-1).numpy()
+                out["top1"][j, i:i + chunk] = (logq.argmax(-1) == final.argmax(-1)).numpy()
+                out["ce"][j, i:i + chunk] = (-logq.gather(-1, nxt[i:i + chunk, None])[:, 0]).numpy()
+    return out
+
+
+def compare_lenses(lm, sample: ResidualSample, lens: TunedLens | None = None, steps: int = 300, lr: float = 1e-3,
+                   seed: int = 0, n_boot: int = 1000, save_to=None, progress: bool = True) -> tuple[TunedLens, dict]:
+    """Train a tuned lens on 75% of the sample's contexts (unless given one) and score both lenses on the rest.
+
+    Returns the lens and {"logit lens"|"tuned lens": {"kl"|"top1"|"ce": {"mean","lo","hi"} per layer},
+    "held_out_positions", "history"}; CIs are bootstrapped over held-out contexts.
+    """
+    from ..stats import cluster_bootstrap_mean
+
+    train, held = sample.split_contexts(0.75, seed=seed)
+    res: dict = {"held_out_positions": held.n_positions, "train_positions": train.n_positions, "history": []}
+    if lens is None:
+        lens, res["history"] = train_tuned_lens(lm, train, steps=steps, lr=lr, seed=seed, progress=progress)
+        if save_to is not None:
+            lens.save(save_to)
+    for name, ln in (("logit lens", None), ("tuned lens", lens)):
+        m = lens_metrics(lm, held, ln)
+        res[name] = {}
+        for k, v in m.items():
+            mean, lo, hi = cluster_bootstrap_mean(v.T, held.ctx_P, n_boot=n_boot, seed=seed)
+            res[name][k] = {"mean": mean.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
+    return lens, res
+
+
+def add_lens_section(rep, res: dict, layers: list[int]) -> None:
+    """Figure (KL, top-1, CE per layer with CIs) and table for a ``compare_lenses`` result."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for name in ("logit lens", "tuned lens"):
+        for ax, key in zip(axes, ("kl", "top1", "ce")):
+            line, = ax.plot(layers, res[name][key]["mean"], label=name)
+            ax.fill_between(layers, res[name][key]["lo"], res[name][key]["hi"], alpha=0.2, color=line.get_color())
+    axes[0].set(xlabel="residual layer", ylabel="KL(final ‖ lens) [nats]", yscale="symlog")
+    axes[1].set(xlabel="residual layer", ylabel="top-1 agreement with the output")
+    axes[2].set(xlabel="residual layer", ylabel="CE on the true next token [nats]")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    rep.figure(fig, "lenses.png", f"Logit lens vs tuned lens on {res['held_out_positions']:,} held-out positions "
+               f"(contexts not used to train the tuned lens), 95% CIs over contexts")
+    lo, tu = res["logit lens"], res["tuned lens"]
+    rep.table(["layer", "KL logit lens", "KL tuned lens", "top-1 logit", "top-1 tuned", "CE logit", "CE tuned"],
+              [[layer, lo["kl"]["mean"][i], tu["kl"]["mean"][i], lo["top1"]["mean"][i], tu["top1"]["mean"][i],
+                lo["ce"]["mean"][i], tu["ce"]["mean"][i]] for i, layer in enumerate(layers)])
+
+
+def run_lenses(model=None, corpus=None, contexts: int = 64, context_length: int = 256, per_context: int = 48,
+               steps: int = 300, seed: int = 0, device: str = "auto", out="runs/lenses") -> dict:
+    """``superpos run lenses``: train + save a tuned lens, compare with the logit lens, write a report."""
+    from ..dictionaries.io import write_json_atomic
+    from ..models import load_model
+    from ..report import Report
+    from ..residuals import contexts_from_corpus, sample_residuals
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = load_model(model, device=device)
+    tokens_NC = contexts_from_corpus(lm, corpus, contexts, context_length)
+    sample = sample_residuals(lm, tokens_NC, per_context, seed=seed)
+    lens, res = compare_lenses(lm, sample, steps=steps, seed=seed, save_to=out / "tuned_lens")
+    layers = sample.layers
+    summary = [f"{'layer':>5} {'KL logit':>9} {'KL tuned':>9} {'top1 logit':>10} {'top1 tuned':>10}"]
+    for i, layer in enumerate(layers):
+        summary.append(f"{layer:>5} {res['logit lens']['kl']['mean'][i]:>9.3f} {res['tuned lens']['kl']['mean'][i]:>9.3f} "
+                       f"{res['logit lens']['top1']['mean'][i]:>10.3f} {res['tuned lens']['top1']['mean'][i]:>10.3f}")
+    res.update({"model": lm.name, "layers": layers, "summary": summary,
+                "config": {"model": model, "corpus": corpus, "contexts": contexts, "context_length": context_length,
+                           "per_context": per_context, "steps": steps, "seed": seed}})
+    write_json_atomic(out / "results.json", res)
+    rep = Report(f"Logit lens vs tuned lens — {lm.name}")
+    rep.text(f"{sample.n_positions:,} positions from {len(tokens_NC)} contexts; the tuned lens (saved in "
+             f"{out / 'tuned_lens'}) trained {steps} steps on {res['train_positions']:,} positions.")
+    add_lens_section(rep, res, layers)
+    rep.code(f"python -m superpos run lenses --out {out} --contexts {contexts} --steps {steps} --seed {seed}")
+    rep.save(out)
+    return res

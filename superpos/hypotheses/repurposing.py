@@ -1,0 +1,590 @@
+"""Hypothesis 2: unlikely-token repurposing.
+
+Claim: directions of tokens that are near-impossible in a context are used mid-stack for computation
+and removed before the output. Method, nulls and reading in docs/repurposing.md. In short, at every
+residual layer l and sampled position p (attention-sink position 0 left out):
+
+* groups from the model's own final distribution at p: near-impossible U(p) (prob < ``unlikely``,
+  minus the last ``exclude_recent`` input tokens, whose embeddings the stream carries anyway), likely
+  L(p) (prob ≥ ``likely``);
+* standardised projection z_lpt = (r_lp − μ_l)·û_t / σ_lt, û_t the unit unembedding row, σ_lt² = û_tᵀ Σ_l û_t:
+  under a Gaussian null with the layer's mean and covariance every z is N(0, 1), whatever the
+  anisotropy of the stream or of the vocabulary;
+* per position: peak = max_{t ∈ U(p)} z (how hard the stream writes toward its most-favoured
+  near-impossible token) and n_high = #{t ∈ U(p): z > z_high};
+* nulls: (G) Gaussian residuals with the layer's mean and covariance, same groups; (Q) random unit
+  directions in place of the token directions (same group sizes) — the real-minus-G excess on Q is what
+  heavy tails alone produce; (S) shuffled contexts: the groups of one context against the residual of
+  another; (T) the same tokens at positions where they are likely;
+* effect_l = (peak_real − peak_G)_tokens − (peak_real − peak_G)_random-dirs, in null-SD units, with a
+  bootstrap CI over contexts. Verdict: SUPPORTED when the peak mid-stack effect is above 0 and the effect
+  at the last residual layer is clearly smaller (removed before the output).
+
+Lens view: per layer, tokens the (logit or tuned) lens gives probability ≥ ``likely`` that are
+near-impossible at the output, against the same nulls. Dictionary view: do the atoms active at a
+middle layer point at this context's near-impossible tokens more often than at another context's?
+"""
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import SuperposError
+from ..stats import cluster_bootstrap_mean
+
+CONTROLS = ("none", "positive", "negative")
+
+
+@dataclass
+class RepurposingConfig:
+    model: str | None = None
+    corpus: str | None = None
+    contexts: int = 64
+    context_length: int = 256
+    per_context: int = 48
+    unlikely: float = 1e-6
+    likely: float = 1e-2
+    exclude_recent: int = 8
+    z_high: float = 5.0
+    lens: str | None = None  # folder of a saved tuned lens; default: train one (lens_steps)
+    lens_steps: int = 300
+    dictionary: str | None = None  # an SAE folder (its layer is read from its metadata)
+    control: str = "none"  # none | positive | negative (see planted_control)
+    control_alpha: float = 1.0
+    n_boot: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs/repurposing"
+
+
+def _say(msg: str) -> None:
+    print(f"[repurposing] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------------
+# controls
+# ------------------------------------------------------------------------------------------------------
+def control_layers(n_layers: int) -> tuple[int, int]:
+    """Residual layers where a planted control writes (a) and removes (b) its directions."""
+    a = max(1, round(n_layers / 3))
+    b = min(n_layers - 1, max(a + 1, round(2 * n_layers / 3)))
+    return a, b
+
+
+@contextmanager
+def planted_control(lm, kind: str, alpha: float = 1.0, seed: int = 0):
+    """Install the control hooks: at residual layer a add, at every position ≥ 1, ``alpha × |r|`` along a
+    direction drawn per position, and subtract exactly that vector at layer b.
+
+    ``positive``: the direction is the unembedding row of a uniformly random token — near-impossible in
+    almost every context, so this is repurposing by construction. ``negative``: a random unit vector of
+    the same norm that is not a token direction. ``none``: no hooks.
+    """
+    if kind not in CONTROLS:
+        raise SuperposError(f"unknown control '{kind}' (choose from {', '.join(CONTROLS)})")
+    if kind == "none":
+        yield
+        return
+    a, b = control_layers(lm.n_layers)
+    gen = torch.Generator().manual_seed(seed)
+    W_U = lm.W_U_VD.detach().float()
+    U_VD = W_U / W_U.norm(dim=1, keepdim=True)
+    state: dict = {}
+
+    def write(resid):
+        B, T, D = resid.shape
+        if kind == "positive":
+            dirs = U_VD[torch.randint(0, len(U_VD), (B, T), generator=gen)].to(resid.device)
+        else:
+            dirs = torch.randn(B, T, D, generator=gen).to(resid.device)
+            dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+        v = alpha * resid.float().norm(dim=-1, keepdim=True) * dirs
+        v[:, 0] = 0
+        state["v"] = v
+        return resid + v.to(resid.dtype)
+
+    def remove(resid):
+        return resid - state["v"].to(resid.dtype)
+
+    with ExitStack() as stack:
+        stack.enter_context(lm.splice(a, write))
+        stack.enter_context(lm.splice(b, remove))
+        yield
+
+
+# ------------------------------------------------------------------------------------------------------
+# statistics
+# ------------------------------------------------------------------------------------------------------
+def token_groups(final_logp_PV: torch.Tensor, unlikely: float, likely: float, recent_PK: np.ndarray):
+    """Boolean (P, V) masks: near-impossible (recent input tokens removed) and likely."""
+    p = final_logp_PV.exp()
+    U = p < unlikely
+    L = p >= likely
+    rows = np.repeat(np.arange(len(recent_PK)), recent_PK.shape[1])
+    cols = recent_PK.reshape(-1)
+    ok = cols >= 0
+    U[torch.from_numpy(rows[ok]), torch.from_numpy(cols[ok])] = False
+    return U, L
+
+
+def _null_scale(dirs_VD: torch.Tensor, cov_DD: torch.Tensor) -> torch.Tensor:
+    """σ_t = sqrt(dᵀ Σ d) for every direction (the null SD of a projection on it)."""
+    return ((dirs_VD @ cov_DD) * dirs_VD).sum(1).clamp_min(1e-12).sqrt()
+
+
+def _masked_max(z: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return z.masked_fill(~mask, float("-inf")).max(1)
+
+
+def _covariance(X_PD: torch.Tensor) -> torch.Tensor:
+    P, D = X_PD.shape
+    cov = X_PD.T @ X_PD / max(1, P - 1)
+    return cov + torch.eye(D, device=X_PD.device) * (1e-6 * cov.diagonal().mean().clamp_min(1e-12))
+
+
+def off_output_part(R_PD: torch.Tensor, final_PD: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """The part of a layer's residual that the final residual does not predict linearly (centred).
+
+    Least squares ``R ≈ [final, 1] A`` (ridge-regularised) over the sample; what is left is what this
+    layer carries that is gone, or rotated away, by the output — where repurposed directions must live.
+    """
+    X = torch.cat([final_PD, torch.ones(len(final_PD), 1, dtype=final_PD.dtype, device=final_PD.device)], 1)
+    gram = X.T @ X
+    gram = gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    A = torch.linalg.solve(gram, X.T @ R_PD)
+    return R_PD - X @ A
+
+
+def layer_stats(R_PD: torch.Tensor, final_PD: torch.Tensor | None, U_PV: torch.Tensor, L_PV: torch.Tensor,
+                tok_VD: torch.Tensor, rand_VD: torch.Tensor, shuffle: np.ndarray, z_high: float, seed: int,
+                lens_fn=None, likely: float = 1e-2, chunk: int = 512) -> dict[str, np.ndarray]:
+    """Every per-position statistic of one layer (see the module docstring).
+
+    The repurposing statistics (peak*, n_high*, top_token) use the off-output part of the residual
+    (``off_output_part(R, final)``; the raw centred residual when ``final_PD`` is None). ``raw_z`` and the
+    per-token sums (``tok_*``, length V, for the paired null) use the raw centred residual.
+    ``shuffle[p]`` is the position whose groups are paired with residual p in the shuffled null;
+    ``lens_fn(h_PD) -> log-probs`` adds the lens view.
+    """
+    P, D = R_PD.shape
+    dev = tok_VD.device
+    R = R_PD.to(dev, torch.float32)
+    mu = R.mean(0)
+    Xraw = R - mu
+    X = Xraw if final_PD is None else off_output_part(Xraw.double(), final_PD.to(dev).double()).float()
+    cov, cov_raw = _covariance(X), _covariance(Xraw)
+    gen = torch.Generator().manual_seed(seed)
+    E = torch.randn(P, D, generator=gen).to(dev)
+    G = E @ torch.linalg.cholesky(cov.double()).float().T  # Gaussian null of X
+    G_raw = E @ torch.linalg.cholesky(cov_raw.double()).float().T  # Gaussian null of the raw residual (lens view)
+    sig_tok, sig_rand, sig_raw = _null_scale(tok_VD, cov), _null_scale(rand_VD, cov), _null_scale(tok_VD, cov_raw)
+    names = ("peak", "peak_G", "peak_Q", "peak_GQ", "peak_S", "n_high", "n_high_G", "n_high_Q", "raw_z",
+             "lens_hits", "lens_hits_G", "lens_hits_S")
+    out = {k: np.zeros(P) for k in names}
+    out["top_token"] = np.zeros(P, dtype=np.int64)
+    V = tok_VD.shape[0]
+    sums = {k: torch.zeros(V, dtype=torch.float64) for k in ("tok_sum_U", "tok_cnt_U", "tok_sum_L", "tok_cnt_L")}
+    inv = np.empty_like(shuffle)
+    inv[shuffle] = np.arange(len(shuffle))
+    for i in range(0, P, chunk):
+        sl = slice(i, min(P, i + chunk))
+        U = U_PV[sl].to(dev)
+        U_shuf = U_PV[torch.from_numpy(inv[sl])].to(dev)  # groups of the position paired with these residuals
+        z = (X[sl] @ tok_VD.T) / sig_tok
+        zg = (G[sl] @ tok_VD.T) / sig_tok
+        zq = (X[sl] @ rand_VD.T) / sig_rand
+        zgq = (G[sl] @ rand_VD.T) / sig_rand
+        peak, top = _masked_max(z, U)
+        out["peak"][sl], out["top_token"][sl] = peak.cpu().numpy(), top.cpu().numpy()
+        for name, zz, mask in (("peak_G", zg, U), ("peak_Q", zq, U), ("peak_GQ", zgq, U), ("peak_S", z, U_shuf)):
+            out[name][sl] = _masked_max(zz, mask)[0].cpu().numpy()
+        for name, zz in (("n_high", z), ("n_high_G", zg), ("n_high_Q", zq)):
+            out[name][sl] = ((zz > z_high) & U).sum(1).cpu().numpy()
+        z_raw = (Xraw[sl] @ tok_VD.T) / sig_raw
+        out["raw_z"][sl] = z_raw.gather(1, top[:, None])[:, 0].cpu().numpy()
+        Lm = L_PV[sl].to(dev)
+        sums["tok_sum_U"] += (z_raw * U).sum(0).double().cpu()
+        sums["tok_cnt_U"] += U.sum(0).double().cpu()
+        sums["tok_sum_L"] += (z_raw * Lm).sum(0).double().cpu()
+        sums["tok_cnt_L"] += Lm.sum(0).double().cpu()
+        if lens_fn is not None:
+            hit = lens_fn(R[sl]) >= np.log(likely)
+            out["lens_hits"][sl] = (hit & U).sum(1).cpu().numpy()
+            out["lens_hits_S"][sl] = (hit & U_shuf).sum(1).cpu().numpy()
+            out["lens_hits_G"][sl] = ((lens_fn(G_raw[sl] + mu) >= np.log(likely)) & U).sum(1).cpu().numpy()
+    out.update({k: v.numpy() for k, v in sums.items()})
+    return out
+
+
+def final_raw_z(R_final_PD: torch.Tensor, tok_VD: torch.Tensor, tokens_PK: np.ndarray) -> np.ndarray:
+    """Standardised raw projection at the last layer of given tokens (P, K) — where each went by the output."""
+    dev = tok_VD.device
+    R = R_final_PD.to(dev, torch.float32)
+    X = R - R.mean(0)
+    sig = _null_scale(tok_VD, _covariance(X))
+    idx = torch.from_numpy(tokens_PK).to(dev)
+    proj = torch.einsum("pd,pkd->pk", X, tok_VD[idx])
+    return (proj / sig[idx]).cpu().numpy()
+
+
+def paired_token_means(st: dict, min_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """For tokens seen both likely and near-impossible: (mean z when near-impossible, mean z when likely)."""
+    ok = (st["tok_cnt_U"] >= min_count) & (st["tok_cnt_L"] >= min_count)
+    return st["tok_sum_U"][ok] / st["tok_cnt_U"][ok], st["tok_sum_L"][ok] / st["tok_cnt_L"][ok]
+
+
+def shuffle_contexts(ctx_P: np.ndarray) -> np.ndarray:
+    """For each position, the same slot of the next context (positions come grouped by context, k each)."""
+    k = int((ctx_P == ctx_P[0]).sum())
+    perm = (np.arange(len(ctx_P)) + k) % len(ctx_P)
+    if np.any(ctx_P[perm] == ctx_P):
+        raise SuperposError("the shuffled-context null needs at least 2 contexts with equal position counts")
+    return perm
+
+
+# ------------------------------------------------------------------------------------------------------
+# the experiment
+# ------------------------------------------------------------------------------------------------------
+def run(cfg: RepurposingConfig) -> dict:
+    from ..dictionaries.io import write_json_atomic
+    from ..models import load_model
+    from ..residuals import contexts_from_corpus, sample_residuals
+    from .lenses import TunedLens, compare_lenses, final_logprobs, lens_logits
+
+    if not 0 < cfg.unlikely < cfg.likely < 1:
+        raise SuperposError(f"need 0 < --unlikely ({cfg.unlikely}) < --likely ({cfg.likely}) < 1")
+    if cfg.control not in CONTROLS:
+        raise SuperposError(f"unknown control '{cfg.control}' (choose from {', '.join(CONTROLS)})")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    lm = load_model(cfg.model, device=cfg.device)
+    lens = None
+    if cfg.lens:
+        lens = TunedLens.load(cfg.lens)
+        lens.check_model(lm)
+    dictionary = _load_sae(cfg.dictionary, lm) if cfg.dictionary else None
+    tokens_NC = contexts_from_corpus(lm, cfg.corpus, cfg.contexts, cfg.context_length)
+    _say(f"{len(tokens_NC)} contexts × {cfg.context_length} tokens, {cfg.per_context} positions each, "
+         f"control: {cfg.control}")
+    with planted_control(lm, cfg.control, cfg.control_alpha, cfg.seed):
+        sample = sample_residuals(lm, tokens_NC, cfg.per_context, seed=cfg.seed)
+    res: dict = {"config": asdict(cfg), "model": lm.name, "n_layers": lm.n_layers, "d_model": lm.d_model,
+                 "n_positions": sample.n_positions, "n_contexts": int(len(np.unique(sample.ctx_P))),
+                 "control_layers": list(control_layers(lm.n_layers)), "timings": {}}
+
+    # lenses: logit lens and tuned lens (trained on 75% of contexts, scored on the rest) ----------------
+    t0 = time.perf_counter()
+    lens, res["lenses"] = compare_lenses(lm, sample, lens, steps=cfg.lens_steps, seed=cfg.seed, n_boot=cfg.n_boot,
+                                         save_to=None if cfg.lens else out / "tuned_lens")
+    res["timings"]["lenses_s"] = time.perf_counter() - t0
+
+    # token-direction statistics at every layer -------------------------------------------------------
+    t0 = time.perf_counter()
+    logp = final_logprobs(lm, sample)
+    U, L = token_groups(logp, cfg.unlikely, cfg.likely, sample.recent_tokens(cfg.exclude_recent))
+    del logp
+    res["group_sizes"] = {"near_impossible_mean": float(U.sum(1).float().mean()),
+                          "likely_mean": float(L.sum(1).float().mean()), "vocab": int(U.shape[1])}
+    W_U = lm.W_U_VD.detach().float()
+    tok_VD = W_U / W_U.norm(dim=1, keepdim=True)
+    rand_VD = torch.randn(tok_VD.shape, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(tok_VD.device)
+    rand_VD = rand_VD / rand_VD.norm(dim=1, keepdim=True)
+    shuffle = shuffle_contexts(sample.ctx_P)
+    per_layer: dict[str, list] = {}
+    paired = {"unlikely": [], "likely": []}
+    from tqdm import tqdm
+
+    n = lm.n_layers
+    final_PD = sample.at(n)
+    for j, layer in enumerate(tqdm(sample.layers, desc="layers", file=sys.stderr)):
+        def lens_fn(h, layer=layer):
+            with torch.no_grad():
+                return F.log_softmax(lens_logits(lm, h, layer, lens), -1)
+        st = layer_stats(sample.resid_LPD[j], final_PD if layer < n else None, U, L, tok_VD, rand_VD, shuffle,
+                         cfg.z_high, cfg.seed + layer, lens_fn=lens_fn, likely=cfg.likely)
+        for k, v in st.items():
+            if not k.startswith("tok_"):
+                per_layer.setdefault(k, []).append(v)
+        u, li = paired_token_means(st)
+        paired["unlikely"].append(u)
+        paired["likely"].append(li)
+    res["timings"]["token_stats_s"] = time.perf_counter() - t0
+    arr = {k: np.stack(v, 1) for k, v in per_layer.items()}  # (P, layers)
+    arr["final_z"] = final_raw_z(final_PD, tok_VD, arr.pop("top_token"))
+    ctx = sample.ctx_P
+    off = [i for i, layer in enumerate(sample.layers) if layer < n]  # the off-output statistics need layer < n
+    effect = (arr["peak"] - arr["peak_G"]) - (arr["peak_Q"] - arr["peak_GQ"])
+    curves = {
+        "effect": effect[:, off],
+        "excess_tokens": (arr["peak"] - arr["peak_G"])[:, off],
+        "excess_random_dirs": (arr["peak_Q"] - arr["peak_GQ"])[:, off],
+        "matched_minus_shuffled": (arr["peak"] - arr["peak_S"])[:, off],
+        **{k: arr[k][:, off] for k in ("peak", "peak_G", "peak_Q", "peak_S", "n_high", "n_high_G", "n_high_Q")},
+        "raw_z": arr["raw_z"][:, off], "final_z": arr["final_z"][:, off],
+        "drop": (arr["raw_z"] - arr["final_z"])[:, off],
+        "lens_hits": arr["lens_hits"], "lens_hits_G": arr["lens_hits_G"], "lens_hits_S": arr["lens_hits_S"],
+    }
+    res["layers"] = sample.layers
+    res["off_layers"] = [sample.layers[i] for i in off]
+    res["curves"] = {k: _ci_dict(v, ctx, cfg) for k, v in curves.items()}
+    res["null_peak_sd"] = arr["peak_G"][:, off].std(0).tolist()
+    res["paired_tokens"] = {
+        "n_tokens": [len(u) for u in paired["unlikely"]],
+        "unlikely": [_token_ci(u, cfg) for u in paired["unlikely"]],
+        "likely": [_token_ci(v, cfg) for v in paired["likely"]],
+    }
+    res["verdict"] = verdict(res, curves, ctx, cfg)
+
+    if dictionary is not None:
+        res["dictionary"] = dictionary_alignment(dictionary, sample, U, L, tok_VD, shuffle, cfg)
+    res["timings"]["total_s"] = time.perf_counter() - t_start
+    write_json_atomic(out / "results.json", res)
+    write_report(res, out)
+    return res
+
+
+def _ci_dict(v_PL: np.ndarray, ctx: np.ndarray, cfg) -> dict:
+    m, lo, hi = cluster_bootstrap_mean(v_PL, ctx, n_boot=cfg.n_boot, seed=cfg.seed)
+    return {"mean": np.atleast_1d(m).tolist(), "lo": np.atleast_1d(lo).tolist(), "hi": np.atleast_1d(hi).tolist()}
+
+
+def _token_ci(values: np.ndarray, cfg) -> dict:
+    if len(values) == 0:
+        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan")}
+    m, lo, hi = cluster_bootstrap_mean(values, np.arange(len(values)), n_boot=cfg.n_boot, seed=cfg.seed)
+    return {"mean": m, "lo": lo, "hi": hi}
+
+
+def mid_layers(layers: list[int], n_layers: int) -> list[int]:
+    """Indices into ``layers`` of the middle half of the stack (n/4 ≤ l ≤ 3n/4)."""
+    return [i for i, layer in enumerate(layers) if n_layers / 4 <= layer <= 3 * n_layers / 4]
+
+
+def verdict(res: dict, curves: dict, ctx: np.ndarray, cfg) -> dict:
+    """SUPPORTED when (i) the mid-stack excess over the Gaussian null, alone and beyond random directions, has its
+    CI above 0 and (ii) the favoured near-impossible token
+    at the peak layer is pushed at most half as hard at the output (paired drop with CI above 0)."""
+    layers, n = res["off_layers"], res["n_layers"]
+    c = res["curves"]
+    mid = mid_layers(layers, n)
+    if not mid:
+        raise SuperposError("the verdict needs the middle layers (n/4 .. 3n/4)")
+    # conservative: a layer counts by the smaller of its token excess and its excess beyond random directions
+    i = max(mid, key=lambda j: min(c["effect"]["mean"][j], c["excess_tokens"]["mean"][j]))
+    peak = (c["effect"]["mean"][i], c["effect"]["lo"][i], c["effect"]["hi"][i])
+    tok = (c["excess_tokens"]["mean"][i], c["excess_tokens"]["lo"][i], c["excess_tokens"]["hi"][i])
+    raw, fin, drop = (c[k]["mean"][i] for k in ("raw_z", "final_z", "drop"))
+    drop_ci = (c["drop"]["lo"][i], c["drop"]["hi"][i])
+    sd = res["null_peak_sd"][i]
+    present = peak[1] > 0 and tok[1] > 0
+    removed = raw > 0 and drop_ci[0] > 0 and fin <= 0.5 * raw
+    supported = present and removed
+    L = layers[i]
+    lines = [
+        f"(i) Mid-stack weight on near-impossible tokens: at layer {L} (best of layers {layers[mid[0]]}–"
+        f"{layers[mid[-1]]}), in the part of the residual the output does not predict, the strongest push toward a "
+        f"near-impossible token beats a covariance-matched Gaussian by {tok[0]:+.2f} null SDs (95% CI {tok[1]:+.2f} to "
+        f"{tok[2]:+.2f}), and by {peak[0]:+.2f} more than random directions do (95% CI {peak[1]:+.2f} to {peak[2]:+.2f}; "
+        f"{peak[0] / max(sd, 1e-9):+.2f} × the null peak's spread) {'(both CIs above 0: yes)' if present else '(both CIs above 0: no)'}.",
+        f"(ii) Removed before the output: that token's standardised projection is {raw:+.2f} at layer {L} and "
+        f"{fin:+.2f} at the last layer (drop {drop:+.2f}, 95% CI {drop_ci[0]:+.2f} to {drop_ci[1]:+.2f}) "
+        f"{'(falls to at most half, CI above 0: yes)' if removed else '(no)'}.",
+    ]
+    what = {"positive": "the planted positive control", "negative": "the planted negative control"}.get(
+        cfg.control, res["model"])
+    if supported:
+        head = (f"SUPPORTED for {what}: mid-stack residuals put extra weight on directions of tokens that are "
+                f"near-impossible in context, and it is gone by the output (layer {L}: effect {peak[0]:+.2f} "
+                f"[{peak[1]:+.2f}, {peak[2]:+.2f}] null SDs; the favoured token's z {raw:+.2f} → {fin:+.2f}).")
+    elif present:
+        head = (f"NOT SUPPORTED for {what}: mid-stack weight on near-impossible tokens exists (layer {L}, "
+                f"{peak[0]:+.2f} [{peak[1]:+.2f}, {peak[2]:+.2f}]) but it is not removed before the output "
+                f"(z {raw:+.2f} → {fin:+.2f}).")
+    else:
+        head = (f"NOT SUPPORTED for {what}: no mid-stack excess weight on near-impossible-token directions beyond "
+                f"the nulls (best layer {L}: {peak[0]:+.2f} [{peak[1]:+.2f}, {peak[2]:+.2f}] null SDs).")
+    return {"supported": supported, "present": present, "removed": removed, "headline": head, "criteria": lines,
+            "peak_layer": L, "peak": list(peak), "raw_z": raw, "final_z": fin, "drop": [drop, *drop_ci]}
+
+
+def _load_sae(path: str, lm):
+    from ..dictionaries import load_dictionary
+
+    dic = load_dictionary(path, device="cpu")
+    layer = (getattr(dic, "meta_", {}) or {}).get("layer")
+    if layer is None:
+        raise SuperposError(f"dictionary {path} does not record the layer it was trained on")
+    lm.check_layers([layer])
+    if dic.components_.shape[1] != lm.d_model:
+        raise SuperposError(f"dictionary {path} is for d_model {dic.components_.shape[1]}, {lm.name} has {lm.d_model}")
+    return dic
+
+
+def dictionary_alignment(dic, sample, U_PV, L_PV, tok_VD, shuffle, cfg, min_cos: float = 0.3) -> dict:
+    """Do atoms active at the dictionary's layer point at this context's near-impossible tokens?
+
+    Each atom's best-aligned token (max |cos| with the unit unembedding rows); an active atom with
+    |cos| ≥ ``min_cos`` counts as token-aligned. Per position: the share of active token-aligned atoms
+    whose token is near-impossible (likely) here, against the same share with another context's groups.
+    """
+    layer = dic.meta_["layer"]
+    W = torch.as_tensor(dic.components_, dtype=torch.float32)
+    W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    best_cos, best_tok = [], []
+    for i in range(0, len(W), 2048):
+        c = (W[i:i + 2048].to(tok_VD.device) @ tok_VD.T).abs()
+        v, t = c.max(1)
+        best_cos.append(v.cpu())
+        best_tok.append(t.cpu())
+    best_cos, best_tok = torch.cat(best_cos), torch.cat(best_tok)
+    aligned = best_cos >= min_cos
+    codes = torch.as_tensor(np.asarray(dic.transform(sample.at(layer).numpy())), dtype=torch.float32)
+    active = (codes > 0) & aligned[None]
+    n_act = active.sum(1).float()
+    tok_idx = best_tok[None].expand(len(codes), -1)
+    inv = np.empty_like(shuffle)
+    inv[shuffle] = np.arange(len(shuffle))
+    U_shuf, L_shuf = U_PV[torch.from_numpy(inv)], L_PV[torch.from_numpy(inv)]
+    shares = {}
+    for name, G in (("near_impossible", U_PV), ("near_impossible_shuffled", U_shuf), ("likely", L_PV),
+                    ("likely_shuffled", L_shuf)):
+        hit = (G.gather(1, tok_idx) & active).sum(1).float()
+        shares[name] = torch.where(n_act > 0, hit / n_act.clamp_min(1), torch.nan).numpy()
+    keep = n_act.numpy() > 0
+    ctx = sample.ctx_P[keep]
+    out = {"layer": layer, "n_atoms": len(W), "token_aligned_atoms": int(aligned.sum()), "min_cos": min_cos,
+           "positions_with_active_aligned": int(keep.sum()), "mean_active_aligned": float(n_act.mean())}
+    for name, v in shares.items():
+        out[name] = _ci_dict(v[keep], ctx, cfg) if keep.any() else None
+    if keep.any():
+        d = shares["near_impossible"][keep] - shares["near_impossible_shuffled"][keep]
+        out["near_impossible_minus_shuffled"] = _ci_dict(d, ctx, cfg)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------------
+def _band(ax, x, c: dict, label: str, **kw):
+    m = np.asarray(c["mean"])
+    line, = ax.plot(x, m, label=label, **kw)
+    ax.fill_between(x, c["lo"], c["hi"], alpha=0.2, color=line.get_color())
+
+
+def write_report(res: dict, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from ..report import Report
+    from .lenses import add_lens_section
+
+    cfg = res["config"]
+    title = f"Unlikely-token repurposing — {res['model']}"
+    if cfg["control"] != "none":
+        title += f" ({cfg['control']} control)"
+    rep = Report(title)
+    v = res["verdict"]
+    rep.heading("Verdict")
+    rep.text(v["headline"])
+    for line in v["criteria"]:
+        rep.text(line)
+    x, xo = res["layers"], res["off_layers"]
+    C = res["curves"]
+    rep.heading("Setup")
+    g = res["group_sizes"]
+    rep.text(f"{res['n_positions']:,} positions from {res['n_contexts']} contexts of {cfg['context_length']} tokens "
+             f"(position 0, the attention sink, left out); residual layers {x[0]}–{x[-1]}. Near-impossible: final "
+             f"probability < {cfg['unlikely']:g} (on average {g['near_impossible_mean']:,.0f} of {g['vocab']:,} tokens "
+             f"per position, after removing the last {cfg['exclude_recent']} input tokens); likely: ≥ {cfg['likely']:g} "
+             f"({g['likely_mean']:.1f} per position). z = standardised projection on the unit unembedding row "
+             f"under the layer's own mean and covariance; z_high = {cfg['z_high']:g}.")
+    if cfg["control"] != "none":
+        a, b = res["control_layers"]
+        rep.text(f"Control: every position ≥ 1 gets {cfg['control_alpha']:g} × |r| along "
+                 f"{'a random token' + chr(39) + 's unembedding direction' if cfg['control'] == 'positive' else 'a random non-token direction'}"
+                 f" added at residual layer {a} and subtracted at layer {b}.")
+    rep.heading("Effect per layer")
+    rep.text("Statistics on the off-output part of each layer's residual (what the final residual does not "
+             "predict linearly; the last layer has none, so it is left out here).")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    _band(ax, xo, C["effect"], "effect (tokens − random dirs)", lw=2)
+    _band(ax, xo, C["excess_tokens"], "real − Gaussian null, token dirs")
+    _band(ax, xo, C["excess_random_dirs"], "real − Gaussian null, random dirs")
+    _band(ax, xo, C["matched_minus_shuffled"], "matched − shuffled contexts")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(xlabel="residual layer", ylabel="Δ max z over near-impossible tokens (null SDs)")
+    ax.legend(fontsize=8)
+    rep.figure(fig, "effect_by_layer.png", "Excess push toward the most-favoured near-impossible token, per layer, "
+               "with 95% bootstrap CIs over contexts")
+    rep.table(["layer", "effect", "95% CI", "real−G (tokens)", "real−G (random)", "matched−shuffled",
+               "n(z>z_high) real", "Gaussian", "random dirs", "favoured token z here", "…at output"],
+              [[layer, C["effect"]["mean"][i], f"{C['effect']['lo'][i]:+.2f} to {C['effect']['hi'][i]:+.2f}",
+                C["excess_tokens"]["mean"][i], C["excess_random_dirs"]["mean"][i],
+                C["matched_minus_shuffled"]["mean"][i], C["n_high"]["mean"][i], C["n_high_G"]["mean"][i],
+                C["n_high_Q"]["mean"][i], C["raw_z"]["mean"][i], C["final_z"]["mean"][i]] for i, layer in enumerate(xo)])
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for key, label in (("peak", "real"), ("peak_G", "Gaussian null"), ("peak_Q", "random directions"),
+                       ("peak_S", "shuffled contexts")):
+        _band(axes[0], xo, C[key], label)
+    axes[0].set(xlabel="residual layer", ylabel="max z over near-impossible tokens")
+    for key, label in (("n_high", "real"), ("n_high_G", "Gaussian null"), ("n_high_Q", "random directions")):
+        _band(axes[1], xo, C[key], label)
+    axes[1].set(xlabel="residual layer", ylabel=f"# near-impossible tokens with z > {cfg['z_high']:g}", yscale="symlog")
+    _band(axes[2], xo, C["raw_z"], "at its layer")
+    _band(axes[2], xo, C["final_z"], "at the output")
+    axes[2].set(xlabel="layer where the token is favoured", ylabel="standardised projection (raw residual)")
+    for a in axes:
+        a.legend(fontsize=8)
+    rep.figure(fig, "peaks_counts_removal.png", "Left: the statistic and its nulls. Middle: how many near-impossible "
+               "tokens the stream pushes toward beyond z_high. Right: rise and fall — the favoured near-impossible "
+               "token's projection at its layer and at the output")
+
+    pt = res["paired_tokens"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for key, label in (("unlikely", "same tokens where near-impossible"), ("likely", "same tokens where likely")):
+        _band(ax, x, {k: [d[k] for d in pt[key]] for k in ("mean", "lo", "hi")}, label)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(xlabel="residual layer", ylabel="mean z of the token")
+    ax.legend(fontsize=8)
+    rep.figure(fig, "paired_tokens.png", f"Paired per-token view over the tokens that are likely somewhere in the "
+               f"sample (≈{int(np.median(pt['n_tokens']))} tokens): their mean z where near-impossible vs where likely")
+
+    rep.heading("Lens view")
+    add_lens_section(rep, res["lenses"], x)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for key, label in (("lens_hits", "real"), ("lens_hits_S", "shuffled contexts"), ("lens_hits_G", "Gaussian null")):
+        _band(ax, x, C[key], label)
+    ax.set(xlabel="residual layer", ylabel=f"# tokens, lens prob ≥ {cfg['likely']:g}, final < {cfg['unlikely']:g}")
+    ax.legend(fontsize=8)
+    rep.figure(fig, "lens_hits.png", "Tokens the tuned lens calls likely mid-stack that are near-impossible at the output")
+
+    if "dictionary" in res:
+        d = res["dictionary"]
+        rep.heading("Dictionary view")
+        rep.text(f"Dictionary at layer {d['layer']}: {d['token_aligned_atoms']:,} of {d['n_atoms']:,} atoms have "
+                 f"|cos| ≥ {d['min_cos']} with some token; {d['mean_active_aligned']:.2f} of them are active per position.")
+        if d.get("near_impossible"):
+            rows = [[k, d[k]["mean"][0], f"{d[k]['lo'][0]:.4f}–{d[k]['hi'][0]:.4f}"]
+                    for k in ("near_impossible", "near_impossible_shuffled", "likely", "likely_shuffled",
+                              "near_impossible_minus_shuffled")]
+            rep.table(["share of active token-aligned atoms whose token is…", "mean", "95% CI"], rows)
+    rep.heading("Reproduce")
+    rep.code(command_line(cfg))
+    return rep.save(out)
+
+
+def command_line(cfg: dict) -> str:
+    parts = ["python -m superpos run repurposing"]
+    defaults = asdict(RepurposingConfig())
+    for k, v in cfg.items():
+        if v != defaults.get(k) and v is not None:
+            parts.append(f"--{k.replace('_', '-')} {v}")
+    return " ".join(parts)

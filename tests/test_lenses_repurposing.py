@@ -1,0 +1,87 @@
+"""Lenses, the repurposing experiment and its controls, on tiny models."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from superpos.hypotheses.lenses import TunedLens, compare_lenses, lens_logits, unembed
+from superpos.hypotheses.repurposing import RepurposingConfig, off_output_part, run, shuffle_contexts
+from superpos.models import load_model
+from superpos.residuals import sample_residuals
+from superpos.stats import cluster_bootstrap_mean
+
+
+def _tokens(lm, n=12, c=48, seed=0):
+    return np.random.default_rng(seed).integers(2, lm.model.config.vocab_size, size=(n, c))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "neox"])
+def test_logit_lens_on_last_layer_is_the_model_output(tiny_models, kind):
+    lm = load_model(str(tiny_models[kind]), device="cpu")
+    tok = _tokens(lm)
+    sample = sample_residuals(lm, tok, per_context=10, progress=False)
+    with torch.no_grad():
+        logits = lm.model(torch.from_numpy(tok)).logits
+        ours = unembed(lm, sample.at(lm.n_layers))
+    want = logits[torch.from_numpy(sample.ctx_P), torch.from_numpy(sample.pos_P)]
+    torch.testing.assert_close(ours, want, atol=1e-5, rtol=1e-5)
+
+
+def test_tuned_lens_beats_logit_lens_and_round_trips(peaked_llama, tmp_path):
+    lm = load_model(str(peaked_llama), device="cpu")
+    sample = sample_residuals(lm, _tokens(lm, n=32, c=64), per_context=32, progress=False)
+    lens, res = compare_lenses(lm, sample, steps=150, lr=1e-2, n_boot=100, save_to=tmp_path / "lens", progress=False)
+    kl_logit, kl_tuned = np.array(res["logit lens"]["kl"]["mean"]), np.array(res["tuned lens"]["kl"]["mean"])
+    assert np.all(kl_tuned[:-1] < kl_logit[:-1]), (kl_logit, kl_tuned)  # held-out contexts, every layer
+    assert kl_tuned[-1] == pytest.approx(0, abs=1e-6) and kl_logit[-1] == pytest.approx(0, abs=1e-6)
+    loaded = TunedLens.load(tmp_path / "lens")
+    h = sample.at(2)[:16]
+    with torch.no_grad():
+        torch.testing.assert_close(lens_logits(lm, h, 2, loaded), lens_logits(lm, h, 2, lens))
+    assert json.loads((tmp_path / "lens" / "lens.json").read_text())["n_layers"] == lm.n_layers
+
+
+def _run(model, tmp_path, control):
+    cfg = RepurposingConfig(model=str(model), contexts=16, context_length=64, per_context=24, unlikely=1e-4,
+                            likely=0.05, exclude_recent=4, lens_steps=20, control=control, n_boot=200,
+                            device="cpu", out=str(tmp_path / control))
+    return run(cfg)
+
+
+def test_positive_control_is_flagged_and_negative_controls_are_not(peaked_llama, tmp_path):
+    pos = _run(peaked_llama, tmp_path, "positive")
+    assert pos["verdict"]["supported"], pos["verdict"]["headline"]
+    assert pos["verdict"]["peak_layer"] in range(*pos["control_layers"])  # where the control writes
+    assert (tmp_path / "positive" / "report.md").exists() and (tmp_path / "positive" / "effect_by_layer.png").exists()
+    for control in ("negative", "none"):
+        res = _run(peaked_llama, tmp_path, control)
+        assert not res["verdict"]["supported"], (control, res["verdict"]["headline"])
+        assert not res["verdict"]["present"], (control, res["verdict"]["criteria"])
+
+
+def test_off_output_part_removes_exactly_what_the_output_predicts():
+    rng = np.random.default_rng(0)
+    final = torch.from_numpy(rng.standard_normal((500, 8)))
+    other = torch.from_numpy(rng.standard_normal((500, 3)))
+    A = torch.from_numpy(rng.standard_normal((8, 5)))
+    R = torch.cat([final @ A + 2.0, other], 1)
+    off = off_output_part(R, final, ridge=1e-9)
+    assert off[:, :5].abs().max() < 1e-5  # predicted part is gone
+    kept = other - other.mean(0)  # the rest stays, up to a chance fit on 9 regressors (~ sqrt(9/500) = 0.13)
+    assert (off[:, 5:] - kept).norm() / kept.norm() < 0.25
+
+
+def test_cluster_bootstrap_and_shuffle():
+    values = np.array([1.0, 1.0, 3.0, 3.0, 3.0, 8.0])
+    groups = np.array([0, 0, 1, 1, 1, 2])
+    m, lo, hi = cluster_bootstrap_mean(values, groups, n_boot=2000)
+    assert m == pytest.approx(values.mean())
+    assert 1.0 <= lo < m < hi <= 8.0
+    # a resample is a multiset of clusters: its mean is a ratio of cluster sums to cluster sizes
+    assert lo >= min(2 / 2, 9 / 3, 8 / 1) and hi <= 8.0
+    ctx = np.repeat(np.arange(4), 3)
+    perm = shuffle_contexts(ctx)
+    assert sorted(perm) == list(range(12)) and np.all(ctx[perm] != ctx)
