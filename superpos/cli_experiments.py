@@ -93,6 +93,79 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.set_defaults(func=cmd_lenses)
 
+    for name, help_, desc, default_offsets in (
+            ("probes", "linear probes for the input (and previous) token by depth, vs the embedding matrix",
+             "Per layer, held-out accuracy of linear probes that recover the current and the previous input token; "
+             "the probe matrix against the embedding matrix (same-token cosine, Procrustes, shuffled-token null) and "
+             "where its weight sits in PCA / NMF / coordinate bases of the embedding. See docs/probes.md.", "0,-1"),
+            ("lookahead", "probes at position i for the tokens at i+1, i+2, i+3, vs current-token baselines",
+             "Per layer, held-out accuracy of probes from position i for tokens i+k, against what the current token "
+             "alone predicts (a bigram table and a probe on its embedding). See docs/probes.md.", "1,2,3")):
+        p = exp.add_parser(name, help=help_, description=desc)
+        p.add_argument("--out", default=f"runs/{name}", help=f"output folder (default runs/{name})")
+        _model_corpus_args(p)
+        p.add_argument("--contexts", type=positive(int), default=96, help="contexts to read (default 96)")
+        p.add_argument("--context-length", type=positive(int), default=256, help="tokens per context (default 256)")
+        p.add_argument("--per-context", type=positive(int), default=96, help="positions sampled per context (default 96)")
+        p.add_argument("--classes", type=positive(int), default=1024,
+                       help="probe the N most frequent tokens (default 1024; coverage is reported)")
+        p.add_argument("--ridge", type=positive(float), default=1e-2, help="ridge strength (default 0.01)")
+        p.add_argument("--offsets", type=_offset_list, default=_offset_list(default_offsets),
+                       help=f"target token offsets from the probed position (default {default_offsets})")
+        p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+        p.set_defaults(func=cmd_probes if name == "probes" else cmd_lookahead)
+
+    p = exp.add_parser("donation", help="share of the gradient on keys/values donated by later positions' losses",
+                       description="Per layer, the gradient on a position's keys and values from the losses of later "
+                                   "positions vs its own loss, by context length, averaged over real text. See "
+                                   "docs/probes.md.")
+    p.add_argument("--out", default="runs/donation", help="output folder (default runs/donation)")
+    _model_corpus_args(p)
+    p.add_argument("--contexts", type=positive(int), default=8, help="contexts to average over (default 8)")
+    p.add_argument("--context-length", type=positive(int), default=64,
+                   help="longest context N; shorter lengths are prefixes (default 64; memory grows like N²)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.set_defaults(func=cmd_donation)
+
+    p = exp.add_parser("reinject", help="re-inject the true token's embedding into late layers",
+                       description="Teacher-forced on real text: add α × the embedding of the token at position p "
+                                   "into late layers at p, and measure the change in loss on token p+1, stratified "
+                                   "by how surprising token p was. Sampling with the intervention: "
+                                   "superpos.hypotheses.reinject.generate. See docs/probes.md.")
+    p.add_argument("--out", default="runs/reinject", help="output folder (default runs/reinject)")
+    _model_corpus_args(p)
+    p.add_argument("--contexts", type=positive(int), default=48, help="contexts (default 48)")
+    p.add_argument("--context-length", type=positive(int), default=256, help="tokens per context (default 256)")
+    p.add_argument("--layers", type=_int_list, default=None,
+                   help="residual layers to inject into (default: every other layer of the last quarter)")
+    p.add_argument("--alphas", type=_positive_floats, default=[4.0, 16.0, 64.0],
+                   help="α values (× the raw embedding; default 4,16,64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.set_defaults(func=cmd_reinject)
+
+
+def _positive_floats(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got '{text}'") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got '{text}'")
+    return values
+
+
+def _offset_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got '{text}'") from None
+    if not values or max(abs(v) for v in values) > 16:
+        raise argparse.ArgumentTypeError(f"expected offsets between -16 and 16, got '{text}'")
+    return values
+
 
 def _model_corpus_args(p) -> None:
     p.add_argument("--model", default=None, help="model (default: embedded SmolLM2-135M-Instruct)")
@@ -149,4 +222,49 @@ def cmd_orthogonality(args) -> int:
                               expansions=args.expansions, k=args.k, fit_tokens=args.fit_tokens, eps_grid=args.eps,
                               capacity_sample=args.capacity_sample, seed=args.seed, device=args.device, out=args.out)
     _print_verdict(run(cfg)["verdict"], args.out)
+    return 0
+
+
+def _probe_kwargs(args) -> dict:
+    return dict(model=args.model, corpus=args.corpus, contexts=args.contexts, context_length=args.context_length,
+                per_context=args.per_context, n_classes=args.classes, ridge=args.ridge, offsets=args.offsets,
+                seed=args.seed, device=args.device, out=args.out)
+
+
+def cmd_probes(args) -> int:
+    from .errors import SuperposError
+    from .hypotheses.probes import ProbeConfig, run_probes
+
+    if 0 not in args.offsets or any(o > 0 for o in args.offsets):
+        raise SuperposError("run probes needs offset 0 (the current token) and no positive offsets (use run lookahead)")
+    _print_verdict(run_probes(ProbeConfig(**_probe_kwargs(args)))["verdict"], args.out)
+    return 0
+
+
+def cmd_lookahead(args) -> int:
+    from .errors import SuperposError
+    from .hypotheses.probes import LookaheadConfig, run_lookahead
+
+    if any(o <= 0 for o in args.offsets):
+        raise SuperposError("run lookahead takes positive offsets (tokens after the probed position)")
+    _print_verdict(run_lookahead(LookaheadConfig(**_probe_kwargs(args)))["verdict"], args.out)
+    return 0
+
+
+def cmd_donation(args) -> int:
+    from .hypotheses.donation import DonationConfig, run_donation
+
+    cfg = DonationConfig(model=args.model, corpus=args.corpus, contexts=args.contexts,
+                         context_length=args.context_length, seed=args.seed, device=args.device, out=args.out)
+    _print_verdict(run_donation(cfg)["verdict"], args.out)
+    return 0
+
+
+def cmd_reinject(args) -> int:
+    from .hypotheses.reinject import ReinjectConfig, run_reinject
+
+    cfg = ReinjectConfig(model=args.model, corpus=args.corpus, contexts=args.contexts,
+                         context_length=args.context_length, layers=args.layers, alphas=args.alphas, seed=args.seed,
+                         device=args.device, out=args.out)
+    _print_verdict(run_reinject(cfg)["verdict"], args.out)
     return 0

@@ -1,0 +1,14 @@
+"""Hypothesis 2, unlikely-token repurposing: the same as `python -m superpos run repurposing`.
+
+Regenerates docs/results/repurposing (the main run) when called without arguments:
+
+    python experiments/repurposing.py                       # -> docs/results/repurposing
+    python experiments/repurposing.py --control positive --lens docs/results/repurposing/tuned_lens --out ...
+"""
+import sys
+
+from superpos.cli import main
+
+if __name__ == "__main__":
+    args = sys.argv[1:] or ["--out", "docs/results/repurposing"]
+    sys.exit(main(["run", "repurposing", *args]))

@@ -1,0 +1,477 @@
+"""Linear probes on the residual stream: which token is here (input reconstruction), which came before,
+and which tokens come next (lookahead).
+
+Probes are ridge least-squares classifiers onto one-hot targets over the ``n_classes`` most frequent
+tokens of the training split (closed form, one solve per layer; rows whose target is outside the
+subset are left out of training and scoring, and the kept fraction is reported). Residuals are
+standardised per layer with training statistics, so one ridge strength fits all layers. The
+trade-off: the full 49k vocabulary would need a 576 × 49k solve per layer and tens of thousands of
+examples per class; the frequent subset covers most running text (coverage is in the report).
+Method and reading in docs/probes.md.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import SuperposError
+from ..residuals import ResidualSample
+from ..stats import cluster_bootstrap_mean
+
+
+@dataclass
+class RidgeProbe:
+    """``predict(x) = argmax((x - mean) / std @ W + b)`` over ``classes`` (token ids)."""
+
+    classes: np.ndarray
+    W_DK: torch.Tensor
+    b_K: torch.Tensor
+    mean_D: torch.Tensor
+    std_D: torch.Tensor
+
+    def scores(self, X_PD: torch.Tensor) -> torch.Tensor:
+        return ((X_PD - self.mean_D) / self.std_D) @ self.W_DK + self.b_K
+
+    def predict(self, X_PD: torch.Tensor) -> np.ndarray:
+        return self.classes[self.scores(X_PD).argmax(1).numpy()]
+
+    @property
+    def read_directions_KD(self) -> torch.Tensor:
+        """Each class's read-out direction in the raw residual basis (W scaled back by 1/std)."""
+        return (self.W_DK / self.std_D[:, None]).T
+
+
+def frequent_classes(targets: np.ndarray, n_classes: int) -> np.ndarray:
+    ids, counts = np.unique(targets[targets >= 0], return_counts=True)
+    return ids[np.argsort(-counts, kind="stable")[:n_classes]]
+
+
+def fit_ridge_probe(X_PD: torch.Tensor, y_P: np.ndarray, classes: np.ndarray, ridge: float = 1e-2) -> RidgeProbe:
+    """Closed-form ridge regression onto one-hot(y) for rows with y in ``classes`` (float64 solve)."""
+    keep = np.isin(y_P, classes)
+    if keep.sum() < 2:
+        raise SuperposError("too few probe training rows with a target among the probed tokens")
+    X = X_PD[torch.from_numpy(np.flatnonzero(keep))].double()
+    mean, std = X.mean(0), X.std(0).clamp_min(1e-6)
+    Z = torch.cat([(X - mean) / std, torch.ones(len(X), 1, dtype=X.dtype)], 1)
+    col = torch.from_numpy(np.searchsorted(classes, y_P[keep]))
+    Y = torch.zeros(len(X), len(classes), dtype=X.dtype)
+    Y[torch.arange(len(X)), col] = 1.0
+    gram = Z.T @ Z
+    reg = ridge * len(X) * torch.eye(len(gram), dtype=X.dtype)
+    reg[-1, -1] = 0  # no penalty on the bias
+    Wb = torch.linalg.solve(gram + reg, Z.T @ Y)
+    return RidgeProbe(classes, Wb[:-1].float(), Wb[-1].float(), mean.float(), std.float())
+
+
+def probe_accuracy(probe: RidgeProbe, X_PD: torch.Tensor, y_P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(correct per scored row as 0/1, mask of the rows scored = target among the probe's classes)."""
+    keep = np.isin(y_P, probe.classes)
+    pred = probe.predict(X_PD[torch.from_numpy(np.flatnonzero(keep))])
+    return (pred == y_P[keep]).astype(np.float64), keep
+
+
+def conditional_mode_baseline(cur_train: np.ndarray, y_train: np.ndarray, cur_test: np.ndarray,
+                              classes: np.ndarray) -> np.ndarray:
+    """Best guess of y from the current token alone: the most common y after that token in training
+    (over targets among ``classes``), else the overall most common. This is the bigram-style predictor a
+    lookahead probe has to beat."""
+    keep = np.isin(y_train, classes)
+    pairs = np.stack([cur_train[keep], y_train[keep]], 1)
+    uniq, counts = np.unique(pairs, axis=0, return_counts=True)
+    order = np.lexsort((-counts, uniq[:, 0]))
+    uniq = uniq[order]
+    first = np.unique(uniq[:, 0], return_index=True)[1]
+    table = dict(zip(uniq[first, 0].tolist(), uniq[first, 1].tolist()))
+    fallback = frequent_classes(y_train[keep], 1)[0]
+    return np.array([table.get(int(t), fallback) for t in cur_test])
+
+
+# ------------------------------------------------------------------------------------------------------
+# basis analysis: where does a probe put its weight, relative to the embedding matrix?
+# ------------------------------------------------------------------------------------------------------
+def energy_in_basis(dirs_KD: np.ndarray, basis_CD: np.ndarray) -> np.ndarray:
+    """Share of the directions' squared norm along each (orthonormal) basis vector."""
+    e = ((dirs_KD @ basis_CD.T) ** 2).sum(0)
+    return e / e.sum()
+
+
+def nmf_energy(dirs_KD: np.ndarray, components_CD: np.ndarray) -> np.ndarray:
+    """Share of the least-squares coefficients' energy on each (non-orthogonal) NMF component."""
+    coef, *_ = np.linalg.lstsq(components_CD.T, dirs_KD.T, rcond=None)
+    e = (coef ** 2).sum(1)
+    return e / e.sum()
+
+
+def procrustes_fit(A_KD: np.ndarray, B_KD: np.ndarray) -> float:
+    """Relative residual of the best orthogonal map A R ≈ B (rows unit-normalised): 0 = same geometry."""
+    A = A_KD / np.linalg.norm(A_KD, axis=1, keepdims=True)
+    B = B_KD / np.linalg.norm(B_KD, axis=1, keepdims=True)
+    U, _, Vt = np.linalg.svd(A.T @ B)
+    return float(np.linalg.norm(A @ (U @ Vt) - B) / np.linalg.norm(B))
+
+
+def compare_to_embedding(read_KD: np.ndarray, emb_KD: np.ndarray, n_shuffle: int = 100, seed: int = 0) -> dict:
+    """Same-token cosine (after the best orthogonal alignment and without it) vs a shuffled-token null.
+
+    ``read_KD[k]`` and ``emb_KD[k]`` belong to the same token. The null pairs probe rows with the
+    embeddings of other tokens (random permutations); the p-value is the share of shuffles at least as
+    good as the true pairing.
+    """
+    rng = np.random.default_rng(seed)
+    A = read_KD / np.linalg.norm(read_KD, axis=1, keepdims=True)
+    B = emb_KD / np.linalg.norm(emb_KD, axis=1, keepdims=True)
+    cos = float((A * B).sum(1).mean())
+    fit = procrustes_fit(A, B)
+    null_cos, null_fit = [], []
+    for _ in range(n_shuffle):
+        perm = rng.permutation(len(B))
+        null_cos.append(float((A * B[perm]).sum(1).mean()))
+        null_fit.append(procrustes_fit(A, B[perm]))
+    null_cos, null_fit = np.array(null_cos), np.array(null_fit)
+    return {"same_token_cos": cos, "null_cos_mean": float(null_cos.mean()), "null_cos_p95": float(np.quantile(null_cos, 0.95)),
+            "procrustes_residual": fit, "null_procrustes_mean": float(null_fit.mean()),
+            "null_procrustes_p05": float(np.quantile(null_fit, 0.05)),
+            "p_value": float((1 + (null_fit <= fit).sum()) / (1 + n_shuffle))}
+
+
+# ------------------------------------------------------------------------------------------------------
+# experiments
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class ProbeConfig:
+    model: str | None = None
+    corpus: str | None = None
+    contexts: int = 96
+    context_length: int = 256
+    per_context: int = 96
+    n_classes: int = 1024
+    ridge: float = 1e-2
+    offsets: list[int] = field(default_factory=lambda: [0, -1])  # 0 = current token, -1 = previous
+    n_shuffle: int = 100
+    n_boot: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs/probes"
+
+
+def _say(msg: str) -> None:
+    print(f"[probes] {msg}", file=sys.stderr, flush=True)
+
+
+def probe_by_depth(sample: ResidualSample, offset: int, n_classes: int, ridge: float, seed: int, n_boot: int,
+                   pooled: bool = False) -> dict:
+    """Held-out top-1 accuracy per layer of probes for the token at pos + offset (split by context).
+
+    Returns per-layer accuracy with CIs, the probes, the coverage, and (``pooled``) the accuracy per
+    layer of one probe trained on rows from all layers together.
+    """
+    train, test = sample.split_contexts(0.75, seed=seed)
+    y_tr, y_te = train.offset_tokens(offset), test.offset_tokens(offset)
+    classes = np.sort(frequent_classes(y_tr, n_classes))
+    res: dict = {"offset": offset, "n_classes": len(classes), "coverage": float(np.isin(y_te, classes).mean()),
+                 "layers": sample.layers, "acc": [], "probes": []}
+    per_layer = []
+    for j, layer in enumerate(sample.layers):
+        probe = fit_ridge_probe(train.resid_LPD[j], y_tr, classes, ridge)
+        correct, keep = probe_accuracy(probe, test.resid_LPD[j], y_te)
+        per_layer.append(correct)
+        res["probes"].append(probe)
+    ctx = test.ctx_P[np.isin(y_te, classes)]
+    m, lo, hi = cluster_bootstrap_mean(np.stack(per_layer, 1), ctx, n_boot=n_boot, seed=seed)
+    res["acc"] = {"mean": m.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
+    res["majority"] = float(np.mean(y_te[np.isin(y_te, classes)] == frequent_classes(y_tr, 1)[0]))
+    if pooled:
+        X = train.resid_LPD.reshape(-1, train.resid_LPD.shape[-1])
+        probe = fit_ridge_probe(X, np.tile(y_tr, len(sample.layers)), classes, ridge)
+        acc = [probe_accuracy(probe, test.resid_LPD[j], y_te)[0] for j in range(len(sample.layers))]
+        m, lo, hi = cluster_bootstrap_mean(np.stack(acc, 1), ctx, n_boot=n_boot, seed=seed)
+        res["pooled_acc"] = {"mean": m.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
+    return res
+
+
+def nearest_embedding_accuracy(sample: ResidualSample, W_E: np.ndarray, classes: np.ndarray) -> list[float]:
+    """Per layer: share of positions whose input token is the nearest (cosine) embedding among ``classes``."""
+    y = sample.token_P
+    keep = np.isin(y, classes)
+    E = torch.from_numpy(W_E[classes])
+    E = E / E.norm(dim=1, keepdim=True)
+    out = []
+    for j in range(len(sample.layers)):
+        X = sample.resid_LPD[j][torch.from_numpy(np.flatnonzero(keep))]
+        pred = classes[(X @ E.T).argmax(1).numpy()]
+        out.append(float((pred == y[keep]).mean()))
+    return out
+
+
+def run_probes(cfg: ProbeConfig) -> dict:
+    from ..dictionaries import NMF
+    from ..dictionaries.io import write_json_atomic
+    from ..models import load_model
+    from ..residuals import contexts_from_corpus, sample_residuals
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    lm = load_model(cfg.model, device=cfg.device)
+    tokens = contexts_from_corpus(lm, cfg.corpus, cfg.contexts, cfg.context_length)
+    sample = sample_residuals(lm, tokens, cfg.per_context, seed=cfg.seed, min_pos=max(1, -min(cfg.offsets)))
+    res: dict = {"config": asdict(cfg), "model": lm.name, "n_positions": sample.n_positions, "layers": sample.layers,
+                 "targets": {}}
+    for off in cfg.offsets:
+        name = {0: "current token", -1: "previous token"}.get(off, f"token at {off:+d}")
+        _say(f"probing the {name} at {len(sample.layers)} layers")
+        r = probe_by_depth(sample, off, cfg.n_classes, cfg.ridge, cfg.seed, cfg.n_boot, pooled=off == 0)
+        res["targets"][name] = r
+    cur = res["targets"]["current token"]
+    W_E = lm.W_E_VD.detach().float().cpu().numpy()
+    classes = cur["probes"][0].classes
+    res["nearest_embedding_acc"] = nearest_embedding_accuracy(sample, W_E, classes)
+
+    # where do the current-token probes put their weight, relative to the embedding? -----------------
+    E = W_E - W_E.mean(0)
+    _, svals, Vt = np.linalg.svd(E, full_matrices=False)
+    emb_var = svals ** 2 / (svals ** 2).sum()
+    nmf = NMF(n_components=min(64, E.shape[1]), seed=cfg.seed, max_iter=200, device="cpu", progress=False).fit(W_E)
+    nmf_C = np.asarray(nmf.components_, dtype=np.float64)
+    nmf_importance = np.asarray(nmf.transform(W_E)).mean(0) * np.linalg.norm(nmf_C, axis=1)
+    nmf_order = np.argsort(-nmf_importance)
+    nmf_emb = nmf_energy(E[classes], nmf_C[nmf_order])
+    coord_var = E.var(0) / E.var(0).sum()
+    coord_order = np.argsort(-coord_var)
+    basis = {"layers": sample.layers, "pca_embedding_var": emb_var.tolist(), "pca": [], "nmf": [], "coord": [],
+             "nmf_embedding": nmf_emb.tolist(), "coord_embedding": coord_var[coord_order].tolist(),
+             "coord_order": coord_order.tolist(), "embedding_comparison": []}
+    for j, probe in enumerate(cur["probes"]):
+        read = probe.read_directions_KD.numpy().astype(np.float64)
+        basis["pca"].append(energy_in_basis(read, Vt).tolist())
+        basis["nmf"].append(nmf_energy(read, nmf_C[nmf_order]).tolist())
+        basis["coord"].append(energy_in_basis(read, np.eye(E.shape[1])[coord_order]).tolist())
+        basis["embedding_comparison"].append(compare_to_embedding(read, W_E[classes], cfg.n_shuffle, cfg.seed))
+    res["basis"] = basis
+    for r in res["targets"].values():
+        r.pop("probes")
+    res["verdict"] = probes_verdict(res)
+    res["timings"] = {"total_s": time.perf_counter() - t0}
+    write_json_atomic(out / "results.json", res)
+    write_probe_report(res, out)
+    return res
+
+
+def _half_layer(energy: list[float], var: list[float]) -> float:
+    """Share of the probe's energy on the components that together hold the *last* half of the
+    embedding's variance (ordered from most to least used by the embedding)."""
+    cum = np.cumsum(var)
+    tail = cum > 0.5
+    return float(np.asarray(energy)[tail].sum())
+
+
+def probes_verdict(res: dict) -> dict:
+    cur = res["targets"]["current token"]
+    acc = cur["acc"]
+    layers = res["layers"]
+    b = res["basis"]
+    tail_share = [_half_layer(e, b["pca_embedding_var"]) for e in b["pca"]]
+    emb_tail = _half_layer(b["pca_embedding_var"], b["pca_embedding_var"])
+    mid = len(layers) // 2
+    lines = [
+        f"Input token (top-{cur['n_classes']} tokens, {100 * cur['coverage']:.0f}% of held-out positions): probe "
+        f"accuracy {acc['mean'][0]:.3f} at layer {layers[0]}, {acc['mean'][1]:.3f} at layer {layers[1]}, "
+        f"{acc['mean'][mid]:.3f} [{acc['lo'][mid]:.3f}, {acc['hi'][mid]:.3f}] at layer {layers[mid]}, "
+        f"{acc['mean'][-1]:.3f} at layer {layers[-1]} (majority class {cur['majority']:.3f}); nearest-embedding "
+        f"read-out {res['nearest_embedding_acc'][0]:.3f} → {res['nearest_embedding_acc'][1]:.3f} → "
+        f"{res['nearest_embedding_acc'][mid]:.3f}.",
+    ]
+    if "previous token" in res["targets"]:
+        prev = res["targets"]["previous token"]["acc"]
+        lines.append(f"Previous token: {prev['mean'][0]:.3f} at layer {layers[0]}, peak "
+                     f"{max(prev['mean']):.3f} at layer {layers[int(np.argmax(prev['mean']))]}.")
+    ec = b["embedding_comparison"][mid]
+    lines.append(f"Probe vs embedding at layer {layers[mid]}: same-token cos {ec['same_token_cos']:.3f} vs shuffled "
+                 f"{ec['null_cos_mean']:.3f} (95th pct {ec['null_cos_p95']:.3f}); Procrustes residual "
+                 f"{ec['procrustes_residual']:.3f} vs shuffled {ec['null_procrustes_mean']:.3f} (p = {ec['p_value']:.3f}).")
+    lines.append(f"Where the layer-{layers[mid]} probe reads: {100 * tail_share[mid]:.0f}% of its energy lies on the "
+                 f"embedding's low-variance PCA components (those holding the last 50% of its variance; "
+                 f"the embedding itself puts {100 * emb_tail:.0f}% there, so above that means 'off to the side').")
+    side = tail_share[mid] > emb_tail
+    head = (f"The input token stays linearly decodable through the stack (mid-stack accuracy {acc['mean'][mid]:.3f}); "
+            f"mid-stack probes read it {'mostly off to the side of' if side else 'mostly along'} the embedding's "
+            f"main directions.")
+    return {"headline": head, "criteria": lines, "tail_share": tail_share, "embedding_tail_share": emb_tail}
+
+
+def _band(ax, x, c: dict, label: str, **kw):
+    line, = ax.plot(x, c["mean"], label=label, **kw)
+    ax.fill_between(x, c["lo"], c["hi"], alpha=0.2, color=line.get_color())
+
+
+def write_probe_report(res: dict, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from ..report import Report
+
+    cfg = res["config"]
+    rep = Report(f"Input-token probes by depth — {res['model']}")
+    v = res["verdict"]
+    rep.heading("Verdict")
+    rep.text(v["headline"])
+    for line in v["criteria"]:
+        rep.text(line)
+    x = res["layers"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, r in res["targets"].items():
+        _band(ax, x, r["acc"], f"probe: {name}")
+    _band(ax, x, res["targets"]["current token"]["pooled_acc"], "one probe pooled over layers: current token", ls="--")
+    ax.plot(x, res["nearest_embedding_acc"], "k:", label="nearest embedding (no training)")
+    ax.set(xlabel="residual layer", ylabel="held-out top-1 accuracy", ylim=(0, 1.02))
+    ax.legend(fontsize=8)
+    rep.figure(fig, "accuracy_by_depth.png", "Linear probes for the input token and the previous one, per layer, "
+               "with 95% CIs over held-out contexts")
+    cur = res["targets"]["current token"]
+    rep.text(f"{res['n_positions']:,} positions; probes over the {cur['n_classes']} most frequent training tokens, "
+             f"which cover {100 * cur['coverage']:.1f}% of held-out positions (the rest are not scored). Ridge "
+             f"{cfg['ridge']:g} on standardised residuals; 75/25 split by context.")
+    rep.table(["layer", *[f"acc {k}" for k in res["targets"]], "pooled probe", "nearest embedding",
+               "same-token cos", "shuffled cos", "Procrustes", "shuffled Procrustes", "tail share"],
+              [[layer, *[r["acc"]["mean"][i] for r in res["targets"].values()], cur["pooled_acc"]["mean"][i],
+                res["nearest_embedding_acc"][i], res["basis"]["embedding_comparison"][i]["same_token_cos"],
+                res["basis"]["embedding_comparison"][i]["null_cos_mean"],
+                res["basis"]["embedding_comparison"][i]["procrustes_residual"],
+                res["basis"]["embedding_comparison"][i]["null_procrustes_mean"], v["tail_share"][i]]
+               for i, layer in enumerate(x)])
+    b = res["basis"]
+    show = sorted({0, 1, len(x) // 2, len(x) - 1})
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for ax, key, emb_key, title in ((axes[0], "pca", "pca_embedding_var", "PCA basis of the embedding"),
+                                    (axes[1], "nmf", "nmf_embedding", "NMF basis of the embedding"),
+                                    (axes[2], "coord", "coord_embedding", "coordinate basis")):
+        ax.plot(np.cumsum(b[emb_key]), "k", lw=2, label="embedding itself")
+        for i in show:
+            ax.plot(np.cumsum(b[key][i]), label=f"probe, layer {x[i]}")
+        ax.set(title=title, xlabel="component, ordered by the embedding's use", ylabel="cumulative share of energy")
+        ax.legend(fontsize=8)
+    rep.figure(fig, "probe_basis.png", "Where the current-token probes put their weight: cumulative energy over "
+               "components ordered by how much the embedding uses them. A probe curve below the black one reads "
+               "from components the embedding barely uses (off to the side)")
+    rep.heading("Reproduce")
+    rep.code(f"python -m superpos run probes --out {out} --contexts {cfg['contexts']} --per-context {cfg['per_context']} "
+             f"--classes {cfg['n_classes']} --seed {cfg['seed']}")
+    return rep.save(out)
+
+
+# ------------------------------------------------------------------------------------------------------
+# lookahead
+# ------------------------------------------------------------------------------------------------------
+@dataclass
+class LookaheadConfig:
+    model: str | None = None
+    corpus: str | None = None
+    contexts: int = 96
+    context_length: int = 256
+    per_context: int = 96
+    n_classes: int = 1024
+    ridge: float = 1e-2
+    offsets: list[int] = field(default_factory=lambda: [1, 2, 3])
+    n_boot: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs/lookahead"
+
+
+def run_lookahead(cfg: LookaheadConfig) -> dict:
+    """Probes at position i for the token at i + k, per layer, against what the current token alone gives:
+    the best conditional-mode guess (bigram table from the training split) and a probe on the current
+    token's embedding. Lookahead = accuracy above both, at the same held-out positions."""
+    from ..dictionaries.io import write_json_atomic
+    from ..models import load_model
+    from ..residuals import contexts_from_corpus, sample_residuals
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    lm = load_model(cfg.model, device=cfg.device)
+    tokens = contexts_from_corpus(lm, cfg.corpus, cfg.contexts, cfg.context_length)
+    sample = sample_residuals(lm, tokens, cfg.per_context, seed=cfg.seed, max_offset=max(cfg.offsets))
+    train, test = sample.split_contexts(0.75, seed=cfg.seed)
+    W_E = lm.W_E_VD.detach().float().cpu()
+    res: dict = {"config": asdict(cfg), "model": lm.name, "layers": sample.layers, "n_positions": sample.n_positions,
+                 "offsets": {}}
+    for k in cfg.offsets:
+        _say(f"lookahead +{k}")
+        r = probe_by_depth(sample, k, cfg.n_classes, cfg.ridge, cfg.seed, cfg.n_boot)
+        r.pop("probes")
+        classes = np.sort(frequent_classes(train.offset_tokens(k), cfg.n_classes))
+        y_tr, y_te = train.offset_tokens(k), test.offset_tokens(k)
+        keep = np.isin(y_te, classes)
+        ctx = test.ctx_P[keep]
+        guess = conditional_mode_baseline(train.token_P, y_tr, test.token_P[keep], classes)
+        r["bigram"] = dict(zip(("mean", "lo", "hi"), cluster_bootstrap_mean(
+            (guess == y_te[keep]).astype(float), ctx, n_boot=cfg.n_boot, seed=cfg.seed)))
+        emb_probe = fit_ridge_probe(W_E[train.token_P], y_tr, classes, cfg.ridge)
+        correct, _ = probe_accuracy(emb_probe, W_E[test.token_P], y_te)
+        r["embedding_probe"] = dict(zip(("mean", "lo", "hi"), cluster_bootstrap_mean(
+            correct, ctx, n_boot=cfg.n_boot, seed=cfg.seed)))
+        base = np.maximum((guess == y_te[keep]).astype(float), correct)  # per position: either baseline right
+        r["baseline_either"] = float(base.mean())
+        # best layer minus the stronger baseline, paired per position
+        best = int(np.argmax(r["acc"]["mean"]))
+        j = sample.layers.index(sample.layers[best])
+        probe = fit_ridge_probe(train.resid_LPD[j], y_tr, classes, cfg.ridge)
+        c_best, _ = probe_accuracy(probe, test.resid_LPD[j], y_te)
+        stronger = (guess == y_te[keep]).astype(float) if r["bigram"]["mean"] >= r["embedding_probe"]["mean"] else correct
+        m, lo, hi = cluster_bootstrap_mean(c_best - stronger, ctx, n_boot=cfg.n_boot, seed=cfg.seed)
+        r["best_layer"] = sample.layers[best]
+        r["gain_over_baseline"] = {"mean": m, "lo": lo, "hi": hi}
+        res["offsets"][f"+{k}"] = r
+    lines = []
+    for name, r in res["offsets"].items():
+        g = r["gain_over_baseline"]
+        lines.append(f"token {name}: best probe (layer {r['best_layer']}) {max(r['acc']['mean']):.3f} vs current-token "
+                     f"baselines {r['bigram']['mean']:.3f} (bigram table) / {r['embedding_probe']['mean']:.3f} "
+                     f"(embedding probe); gain {g['mean']:+.3f} [{g['lo']:+.3f}, {g['hi']:+.3f}]")
+    far = [r for name, r in res["offsets"].items() if name != "+1"]
+    beyond = [r["gain_over_baseline"]["lo"] > 0 for r in far]
+    head = ("Lookahead beyond bigram statistics: YES — the residual at i predicts tokens i+2/i+3 better than the "
+            "current token alone does." if beyond and all(beyond) else
+            "Lookahead beyond bigram statistics: " + ("PARTLY" if any(beyond) else "NO") +
+            " — see the per-offset gains.")
+    res["verdict"] = {"headline": head, "criteria": lines}
+    res["timings"] = {"total_s": time.perf_counter() - t0}
+    write_json_atomic(out / "results.json", res)
+    _write_lookahead_report(res, out)
+    return res
+
+
+def _write_lookahead_report(res: dict, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    from ..report import Report
+
+    cfg = res["config"]
+    rep = Report(f"Lookahead probes — {res['model']}")
+    rep.heading("Verdict")
+    rep.text(res["verdict"]["headline"])
+    for line in res["verdict"]["criteria"]:
+        rep.text(line)
+    x = res["layers"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, r in res["offsets"].items():
+        _band(ax, x, r["acc"], f"probe for token {name}")
+        ax.axhline(max(r["bigram"]["mean"], r["embedding_probe"]["mean"]), ls=":", color=ax.lines[-1].get_color(),
+                   lw=1)
+    ax.set(xlabel="residual layer at position i", ylabel="held-out top-1 accuracy")
+    ax.legend(fontsize=8)
+    rep.figure(fig, "lookahead.png", "Probes from position i for the tokens at i+1, i+2, i+3 (95% CIs over held-out "
+               "contexts); dotted: the stronger current-token-only baseline for each")
+    rep.table(["token", "best layer", "best acc", "bigram table", "embedding probe", "gain", "95% CI", "coverage"],
+              [[name, r["best_layer"], max(r["acc"]["mean"]), r["bigram"]["mean"], r["embedding_probe"]["mean"],
+                r["gain_over_baseline"]["mean"], f"{r['gain_over_baseline']['lo']:+.3f} to {r['gain_over_baseline']['hi']:+.3f}",
+                r["coverage"]] for name, r in res["offsets"].items()])
+    rep.heading("Reproduce")
+    rep.code(f"python -m superpos run lookahead --out {out} --contexts {cfg['contexts']} --seed {cfg['seed']}")
+    return rep.save(out)
