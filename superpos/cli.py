@@ -25,6 +25,15 @@ def positive(kind=int):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``superpos: error: ...``, exit 2); subcommand parsers inherit it."""
+
+    def error(self, message):
+        sub = self.prog.removeprefix("superpos").strip()
+        print(f"superpos: error: {sub + ': ' if sub else ''}{message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _add_harvest(sub) -> None:
     p = sub.add_parser("harvest", help="run a model over a corpus and store residual activations (HDF5)",
                        description="Run a causal LM over a text corpus and write residual-stream activations, "
@@ -85,7 +94,7 @@ def _cmd_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="superpos", description="Sparse dictionaries over transformer residual "
+    parser = _Parser(prog="superpos", description="Sparse dictionaries over transformer residual "
                                      "streams, and experiments on superposition.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -108,8 +117,14 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"superpos: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions, a file vanishing under us: one line, not a traceback
+        if args.debug:
+            traceback.print_exc()
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"superpos: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("superpos: interrupted", file=sys.stderr)
+        print("superpos: interrupted; finished work is kept — re-run the same command to resume", file=sys.stderr)
         return 130
 
 

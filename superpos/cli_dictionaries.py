@@ -36,7 +36,7 @@ def _read_config_file(path: str) -> dict:
             return tomllib.loads(p.read_text())
         return json.loads(p.read_text())
     except Exception as e:
-        raise SuperposError(f"config file {p} is not valid {p.suffix.lstrip('.') or 'JSON'} ({e})") from None
+        raise SuperposError(f"config file {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'} ({e})") from None
 
 
 def add_fit(sub) -> None:
@@ -257,8 +257,8 @@ def cmd_export(args) -> int:
     from .dictionaries.io import export_saelens
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise SuperposError(f"--out {out} exists and is not empty")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SuperposError(f"--out {out} exists and is not an empty folder")
     export_saelens(load_dictionary(args.dir, device="cpu"), out, hook_name=args.hook_name)
     print(f"wrote SAELens folder {out}")
     return 0

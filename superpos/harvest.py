@@ -89,8 +89,8 @@ def _check_resume(store: ActivationStore, want: dict, path: Path) -> None:
     have = store.attrs
     for key in IDENTITY_ATTRS:
         a, b = have.get(key), want[key]
-        a = list(np.atleast_1d(a)) if key == "layers" else a
-        b = list(np.atleast_1d(b)) if key == "layers" else b
+        a = [int(v) for v in np.atleast_1d(a)] if key == "layers" else a
+        b = [int(v) for v in np.atleast_1d(b)] if key == "layers" else b
         if a != b:
             raise SuperposError(
                 f"{path} exists from a different harvest ({key}: file has {a!r}, this run wants {b!r}); "

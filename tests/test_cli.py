@@ -1,4 +1,4 @@
-"""Bad inputs: one line on stderr, exit code 2, no traceback, existing files untouched."""
+"""CLI round trips and entry points (the bad-input catalogue is tests/test_error_catalogue.py)."""
 import hashlib
 import json
 import subprocess
@@ -22,42 +22,6 @@ def store(tiny_models, tmp_path_factory):
     harvest(HarvestConfig(model=str(tiny_models["gpt2"]), layers="0,2", tokens=1024, context_length=32, device="cpu"),
             path, progress=False)
     return path
-
-
-def test_bad_inputs(tiny_models, store, tmp_path, capsys):
-    digest = hashlib.sha256(store.read_bytes()).hexdigest()
-    noth5 = tmp_path / "x.h5"
-    noth5.write_text("hello")
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    m = str(tiny_models["gpt2"])
-    cases = [
-        (["harvest", "--model", m, "--corpus", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o.h5")], "does not exist"),
-        (["harvest", "--model", m, "--corpus", str(empty), "--out", str(tmp_path / "o.h5")], "empty"),
-        (["harvest", "--model", "no-such/model", "--out", str(tmp_path / "o.h5")], "unknown model"),
-        (["harvest", "--model", m, "--layers", "0,9", "--out", str(tmp_path / "o.h5")], "out of range"),
-        (["harvest", "--model", m, "--layers", "a,b", "--out", str(tmp_path / "o.h5")], "comma list"),
-        (["harvest", "--model", str(tiny_models["llama"]), "--layers", "0,2", "--tokens", "1024", "--context", "32",
-          "--out", str(store)], "different harvest"),
-        (["harvest", "--model", m, "--out", str(noth5)], "not an HDF5 file"),
-        (["harvest", "--model", m, "--device", "cuda", "--out", str(tmp_path / "o.h5")], "no CUDA"),
-        (["info", str(noth5)], "not an HDF5 file"),
-        (["info", str(tmp_path / "nothing.h5")], "does not exist"),
-        (["fit", "--store", str(store), "--layer", "1", "--out", str(tmp_path / "f")], "layer 1 is not in store"),
-        (["fit", "--store", str(noth5), "--layer", "0", "--out", str(tmp_path / "f")], "not an HDF5 file"),
-        (["fit", "--store", str(store), "--layer", "2", "--k", "5000", "--out", str(tmp_path / "f")], "k=5000"),
-        (["fit", "--store", str(store), "--layer", "2", "--kind", "pca", "--l1-coeff", "3", "--out", str(tmp_path / "f")],
-         "does not apply"),
-        (["fit", "--store", str(store), "--layer", "2", "--config", str(noth5), "--out", str(tmp_path / "f")],
-         "not valid"),
-        (["evaluate", str(tmp_path), "--store", str(store)], "not a dictionary folder"),
-    ]
-    for args, needle in cases:
-        code, err = _run(args, capsys)
-        assert code == 2, (args, err)
-        assert len(err) == 1 and err[0].startswith("superpos: error:") and needle in err[0], (args, err)
-    assert hashlib.sha256(store.read_bytes()).hexdigest() == digest
-    assert not (tmp_path / "o.h5").exists()
 
 
 def test_argparse_errors_exit_2(capsys):

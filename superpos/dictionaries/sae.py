@@ -172,7 +172,8 @@ class SparseAutoencoder(BaseDictionary):
             start_step = ckpt["step"]
         if ckpt is None:
             sample = self._sample(X, layer, 8192, seed=self.seed, min_pos=self.min_pos)
-            check_finite(sample, "training data")
+            check_finite(sample, f"layer {layer} of store {X.path}" if layer is not None and hasattr(X, "path")
+                         else "training data")
             state = self._init_params(sample, d, dev)
         else:
             state = {k: v.to(dev).requires_grad_(k != "scale") for k, v in ckpt["state"].items()}

@@ -74,6 +74,8 @@ class TunedLens(nn.Module):
         from safetensors.torch import load_file
 
         path = Path(path)
+        if not (path / LENS_CONFIG).is_file() or not (path / LENS_WEIGHTS).is_file():
+            raise SuperposError(f"{path} is not a tuned lens folder (needs {LENS_CONFIG} and {LENS_WEIGHTS})")
         try:
             cfg = json.loads((path / LENS_CONFIG).read_text())
             state = load_file(str(path / LENS_WEIGHTS))
