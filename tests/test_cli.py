@@ -1,5 +1,4 @@
 """CLI round trips and entry points (the bad-input catalogue is tests/test_error_catalogue.py)."""
-import hashlib
 import json
 import subprocess
 import sys
