@@ -1,8 +1,21 @@
-"""superpos: sparse dictionaries over transformer residual streams, and experiments on superposition."""
+"""superpos: sparse dictionaries over transformer residual streams, and experiments on superposition.
+
+The public names load lazily, so that ``python -m superpos --help`` (and a Ctrl-C during start-up)
+does not wait for torch and transformers.
+"""
 __version__ = "0.1.0"
 
-from .errors import SuperposError  # noqa: E402
-from .models import LoadedModel, load_model  # noqa: E402
-from .store import ActivationStore  # noqa: E402
+from .errors import SuperposError
 
-__all__ = ["__version__", "SuperposError", "LoadedModel", "load_model", "ActivationStore"]
+__all__ = ["ActivationStore", "LoadedModel", "SuperposError", "__version__", "load_dictionary", "load_model"]
+
+_LAZY = {"ActivationStore": ".store", "LoadedModel": ".models", "load_model": ".models",
+         "load_dictionary": ".dictionaries"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'superpos' has no attribute {name!r}")

@@ -6,6 +6,7 @@ the traceback). Ctrl-C exits 130 after saying how to resume.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -88,7 +89,7 @@ def _cmd_info(args) -> int:
         return 0
     from .store import ActivationStore
 
-    with ActivationStore(path) as store:
+    with ActivationStore(path, live=True) as store:  # works while a harvest is still writing it
         print(store.summary())
     return 0
 
@@ -108,14 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = argparse.Namespace(debug=False)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args) or 0
     except SuperposError as e:
         if args.debug:
             traceback.print_exc()
         print(f"superpos: error: {e}", file=sys.stderr)
+        if getattr(e, "exit_now", False):  # an HDF5 file could not be flushed (disk full): skip its teardown
+            sys.stderr.flush()
+            sys.stdout.flush()
+            os._exit(2)
         return 2
     except OSError as e:  # disk full, permissions, a file vanishing under us: one line, not a traceback
         if args.debug:
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"superpos: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("superpos: interrupted; finished work is kept — re-run the same command to resume", file=sys.stderr)
+        print("superpos: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
 
 

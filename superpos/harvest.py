@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import interrupts
 from .corpus import PackedContexts, default_bos_id, load_corpus, pack_contexts
 from .errors import SuperposError
 from .models import LoadedModel, load_model
@@ -31,6 +32,17 @@ class HarvestConfig:
     device: str = "auto"
     bos: bool = True  # prepend BOS (or EOS if the tokenizer has no BOS) to every context
     compression: str = "lzf"
+
+
+_ABANDONED: list = []  # stores whose file could not be flushed (disk full); see harvest()
+
+
+def _cut_short(path: Path) -> bool:
+    """A store that a failed write left shorter than its superblock says (repaired when opened for resume)."""
+    from .store import stored_eof
+
+    eof = stored_eof(path)
+    return eof is not None and path.stat().st_size < eof
 
 
 def parse_layers(spec: str | list[int], n_layers: int) -> list[int]:
@@ -113,7 +125,7 @@ def harvest(cfg: HarvestConfig, out: str | Path, lm: LoadedModel | None = None, 
         raise SuperposError(f"--tokens must be positive, got {cfg.tokens}")
     if cfg.dtype not in ("float16", "float32"):
         raise SuperposError(f"--dtype must be float16 or float32, got {cfg.dtype}")
-    if out.exists():  # fail fast on a foreign file before loading anything
+    if out.exists() and not _cut_short(out):  # fail fast on a foreign file before loading anything
         ActivationStore(out).close()
     corpus = load_corpus(cfg.corpus)
     lm = lm or load_model(cfg.model, device=cfg.device)
@@ -143,8 +155,9 @@ def harvest(cfg: HarvestConfig, out: str | Path, lm: LoadedModel | None = None, 
     bar = tqdm(total=n_ctx * C, initial=first_ctx * C, unit="tok", unit_scale=True, desc="harvest",
                disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
-        with torch.inference_mode(), lm.capture(layers) as captured:
+        with torch.inference_mode(), lm.capture(layers) as captured, interrupts.deferred():
             for c0 in range(first_ctx, n_ctx, batch):
+                interrupts.check()  # Ctrl-C stops here, between batches
                 c1 = min(c0 + batch, n_ctx)
                 tokens = torch.from_numpy(packed.tokens_NC[c0:c1]).long().to(lm.device)
                 logits = lm.model(tokens).logits
@@ -165,9 +178,23 @@ def harvest(cfg: HarvestConfig, out: str | Path, lm: LoadedModel | None = None, 
         bar.close()
         done = store.n_rows
         store.close()
-        print(f"\nsuperpos: interrupted; {done:,} rows are safe in {out}. Re-run the same command to resume.",
-              file=sys.stderr)
+        print(f"\nsuperpos: {done:,} rows are safe in {out}", file=sys.stderr)
         raise
+    except SuperposError:  # e.g. not enough space for the next batch: the file is clean at its last commit
+        bar.close()
+        store.close()
+        raise
+    except OSError as e:  # disk full, quota, file-size limit: the rows committed on disk stay valid
+        bar.close()
+        done = store.n_rows
+        # HDF5 cannot flush its cache into a full disk, so closing (or garbage-collecting) the file would fail
+        # noisily or crash; keep it referenced and let the CLI exit at once (the committed prefix is on disk)
+        _ABANDONED.append(store)
+        msg = e.strerror or " ".join(str(e).split())[:200] or type(e).__name__
+        err = SuperposError(f"writing {out} failed after {done:,} complete rows ({msg}); free space and re-run the "
+                            f"same command to resume")
+        err.exit_now = True
+        raise err from None
     bar.close()
     store.close()
     return out

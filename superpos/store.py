@@ -17,6 +17,8 @@ flushed to disk, so a crash never exposes half-written rows and a resumed harves
 from __future__ import annotations
 
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -31,6 +33,7 @@ ROW_FIELDS = {"tokens": np.int32, "doc": np.int32, "pos": np.int32, "next_logpro
 REQUIRED_ATTRS = ("schema_version", "model", "d_model", "layers", "dtype", "context_length", "n_rows_total",
                   "n_rows_complete")
 DEFAULT_CHUNK_BYTES = 1 << 20
+LIVE_RETRIES = 40  # × 50 ms: how long a live reader waits out a writer's flush
 DEFAULT_MIX_ROWS = 32768
 
 
@@ -38,29 +41,110 @@ def layer_key(layer: int) -> str:
     return f"acts/L{int(layer)}"
 
 
+def check_space(path: Path, need: int, committed: int) -> None:
+    """Raise a SuperposError when the disk (or RLIMIT_FSIZE) cannot take ``need`` more bytes."""
+    import resource
+    import shutil
+
+    if os.environ.get("SUPERPOS_NO_SPACE_CHECK"):  # tests use it to reach the hard failure path
+        return
+    free = shutil.disk_usage(path.parent).free
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        free = min(free, limit - path.stat().st_size)
+    if free < need:
+        raise SuperposError(f"not enough space to write {path} ({free / 2**20:,.1f} MiB free, the next batch needs "
+                            f"{need / 2**20:,.1f} MiB); {committed:,} rows are safe — free space and re-run the same "
+                            f"command to resume")
+
+
+_QUIET = False
+
+
+def _quiet_hdf5_write_echoes() -> None:
+    """After a failed write HDF5 cannot flush its caches, and every h5py object freed afterwards repeats
+    the write error from its deallocator ("Exception ignored in ... __dealloc__"). The real error is
+    raised once; keep those echoes off stderr. Installed once, filters nothing else."""
+    global _QUIET
+    if _QUIET:
+        return
+    previous = sys.unraisablehook
+
+    def hook(u):
+        text = str(u.exc_value)
+        if isinstance(u.exc_value, RuntimeError) and ("write failed" in text or "extend file" in text):
+            return
+        previous(u)
+    sys.unraisablehook = hook
+    _QUIET = True
+
+
+def stored_eof(path: Path) -> int | None:
+    """End-of-file address recorded in a version-0 HDF5 superblock (h5py's default), or None."""
+    with open(path, "rb") as f:
+        head = f.read(56)
+    if len(head) < 56 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] != 0 or head[13] != 8:
+        return None
+    return int.from_bytes(head[40:48], "little")
+
+
+def repair_eof(path: Path) -> bool:
+    """If a failed write left the file shorter than its superblock says, extend it with zeros.
+
+    Every byte of the committed rows and of the metadata that describes them was flushed before the
+    counter moved; what is missing is space HDF5 had reserved for the failed batch. Extending the file
+    makes it open again; the rows past the counter are rewritten by the resumed harvest (and a read of
+    a zero chunk would fail its Fletcher-32 checksum, not return zeros). Returns True when it extended.
+    """
+    eof = stored_eof(path)
+    if eof is None or path.stat().st_size >= eof:
+        return False
+    os.truncate(path, eof)
+    return True
+
+
 class ActivationStore:
     """Read (and, for harvests, append to) an activation file. Opening validates it."""
 
-    def __init__(self, path: str | os.PathLike, mode: str = "r"):
+    def __init__(self, path: str | os.PathLike, mode: str = "r", live: bool = False):
+        """``live=True`` opens a store that a harvest may still be writing: read-only, without HDF5 file
+        locking, retrying while the writer is mid-flush, and frozen at the rows complete at opening
+        (the writer flushes rows before it advances the counter, never rewrites a written chunk, and
+        every chunk carries a Fletcher-32 checksum, so a reader sees a consistent prefix or an error,
+        never torn rows)."""
         self.path = Path(path)
         if mode not in ("r", "r+"):
             raise ValueError("mode must be 'r' or 'r+'")
+        if live and mode != "r":
+            raise ValueError("live stores are read-only")
         if not self.path.exists():
             raise SuperposError(f"store {self.path} does not exist")
         if not self.path.is_file():
             raise SuperposError(f"store {self.path} is not a file")
         if not h5py.is_hdf5(self.path):
             raise SuperposError(f"{self.path} is not an HDF5 file")
-        try:
-            self.file = h5py.File(self.path, mode)
-        except OSError as e:
-            raise SuperposError(f"cannot open store {self.path}: truncated or corrupted HDF5 ({str(e).splitlines()[0]})") from None
+        self._frozen: int | None = None
+        if mode == "r+" and repair_eof(self.path):
+            print(f"superpos: {self.path} was cut short by a failed write; extended it to its recorded size "
+                  f"(rows past the counter will be rewritten)", file=sys.stderr)
+        for attempt in range(LIVE_RETRIES if live else 1):
+            try:
+                self.file = h5py.File(self.path, mode, locking=False) if live else h5py.File(self.path, mode)
+                if live:
+                    self._frozen = int(self.file.attrs["n_rows_complete"])
+                break
+            except (OSError, KeyError) as e:
+                if attempt + 1 >= (LIVE_RETRIES if live else 1):
+                    raise SuperposError(f"cannot open store {self.path}: truncated or corrupted HDF5 "
+                                        f"({str(e).splitlines()[0]})") from None
+                time.sleep(0.05)
         try:
             self._validate()
         except Exception:
             self.file.close()
             raise
         self._pos: np.ndarray | None = None
+        self._writers: dict | None = None
         self._limit: tuple[int, int] | None = None
 
     def restrict(self, start: int, stop: int) -> "ActivationStore":
@@ -96,10 +180,11 @@ class ActivationStore:
             with h5py.File(tmp, "w") as f:  # default superblock: no consistency flags to block reopening after a kill
                 for layer in layers:
                     f.create_dataset(layer_key(layer), shape=(n_rows, d_model), dtype=dtype,
-                                     chunks=(chunk_rows, d_model), compression=compression)
+                                     chunks=(chunk_rows, d_model), compression=compression, fletcher32=True)
                 # same row chunking everywhere: a writer that writes whole chunks never rewrites a committed one
                 for name, dt in ROW_FIELDS.items():
-                    f.create_dataset(name, shape=(n_rows,), dtype=dt, chunks=(chunk_rows,), compression=compression)
+                    f.create_dataset(name, shape=(n_rows,), dtype=dt, chunks=(chunk_rows,), compression=compression,
+                                     fletcher32=True)
                 from . import __version__
 
                 f.attrs.update({k: v for k, v in (attrs or {}).items() if v is not None})
@@ -154,6 +239,8 @@ class ActivationStore:
     @property
     def n_rows(self) -> int:
         """Rows complete and readable."""
+        if self._frozen is not None:
+            return self._frozen
         return int(self.file.attrs["n_rows_complete"])
 
     @property
@@ -178,19 +265,35 @@ class ActivationStore:
 
     # ------------------------------------------------------------------ writing
     def write_rows(self, start: int, acts: dict[int, np.ndarray], **fields: np.ndarray) -> None:
-        """Write rows ``[start, start+n)`` of every layer and row field, flush, then advance the counter."""
+        """Write rows ``[start, start+n)`` of every layer and row field, flush, then advance the counter.
+
+        Before writing, the free space (and any file-size limit) must hold twice the batch plus 1 MiB;
+        otherwise a SuperposError leaves the file closed-clean at the last commit. If a write fails
+        anyway, the committed rows stay valid on disk: see ``repair_eof``.
+        """
         n = len(fields["tokens"])
         if start != self.n_rows:
             raise ValueError(f"rows must be appended in order: counter is {self.n_rows}, write starts at {start}")
         if set(acts) != set(self.layers) or set(fields) != set(ROW_FIELDS):
             raise ValueError("write_rows needs every layer and every row field")
-        for layer, a in acts.items():
-            self.file[layer_key(layer)][start:start + n] = a
-        for name, a in fields.items():
-            self.file[name][start:start + n] = a
-        self.file.flush()
-        self.file.attrs["n_rows_complete"] = start + n
-        self.file.flush()
+        need = sum(a.nbytes for a in acts.values()) + sum(a.nbytes for a in fields.values())
+        check_space(self.path, 2 * need + (1 << 20), start)
+        _quiet_hdf5_write_echoes()
+        if self._writers is None:  # held open: a dataset freed after a failed write would retry its flush noisily
+            self._writers = {name: self.file[name] for name in [*map(layer_key, self.layers), *ROW_FIELDS]}
+        try:
+            for layer, a in acts.items():
+                self._writers[layer_key(layer)][start:start + n] = a
+            for name, a in fields.items():
+                self._writers[name][start:start + n] = a
+            self.file.flush()
+            self.file.attrs["n_rows_complete"] = start + n
+            self.file.flush()
+        except (OSError, RuntimeError) as e:  # h5py reports a failed flush as RuntimeError
+            import re
+
+            code = getattr(e, "errno", None) or int((re.search(r"errno = (\d+)", str(e)) or [0, 0])[1])
+            raise OSError(code, os.strerror(code) if code else " ".join(str(e).split())[:200]) from None
         self._pos = None
 
     # ------------------------------------------------------------------ reading

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .. import interrupts
 from ..errors import SuperposError
 from .base import BaseDictionary, check_finite
 from .sparse_ops import SparseCodes, select_batch_topk, select_topk, sparse_decode, sparse_encode
@@ -217,55 +218,56 @@ class SparseAutoencoder(BaseDictionary):
         t_last, tok_last = time.perf_counter(), 0
         step = start_step
         try:
-            for step in range(start_step, total_steps):
-                x = next(batches) * scale
-                if not torch.isfinite(x).all():
-                    raise SuperposError(f"NaN/inf in training batch at step {step}" + _last_good(ckpt_path))
-                dead = since_fired >= self.dead_after_tokens
-                out = self._train_forward(state, x, dead)
-                loss = out["loss"]
-                if not torch.isfinite(loss):
-                    raise SuperposError(f"loss became NaN/inf at step {step}" + _last_good(ckpt_path))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                with torch.no_grad():
-                    W, g = state["W_dec"], state["W_dec"].grad
-                    g -= (g * W).sum(1, keepdim=True) * W  # keep the step tangent to the unit sphere
-                opt.step()
-                sched.step()
-                with torch.no_grad():
-                    state["W_dec"] /= state["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
-                    since_fired += x.shape[0]
-                    since_fired[out["counts"] > 0] = 0
-                    window_counts += out["counts"]
-                tok_last += x.shape[0]
-                if (step + 1) % log_every == 0 or step + 1 == total_steps:
+            with interrupts.deferred():
+                for step in range(start_step, total_steps):
+                    interrupts.check()  # Ctrl-C stops here, between steps
+                    x = next(batches) * scale
+                    if not torch.isfinite(x).all():
+                        raise SuperposError(f"NaN/inf in training batch at step {step}" + _last_good(ckpt_path))
+                    dead = since_fired >= self.dead_after_tokens
+                    out = self._train_forward(state, x, dead)
+                    loss = out["loss"]
+                    if not torch.isfinite(loss):
+                        raise SuperposError(f"loss became NaN/inf at step {step}" + _last_good(ckpt_path))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
                     with torch.no_grad():
-                        err = (out["x_hat"] - x).pow(2).sum()
-                        var = (x - x.mean(0)).pow(2).sum()
-                        now = time.perf_counter()
-                        stats = {"step": step + 1, "loss": loss.item(), "fvu": (err / var).item(),
-                                 "l0": out["l0"], "dead": (since_fired >= self.dead_after_tokens).float().mean().item(),
-                                 "dense": (window_counts > DENSE_FRACTION * tok_last).float().mean().item(),
-                                 "tok_s": tok_last / (now - t_last)}
-                    t_last, tok_last = now, 0
-                    window_counts.zero_()
-                    history.append(stats)
-                    bar.set_postfix(loss=f"{stats['loss']:.3g}", fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.1f}",
-                                    dead=f"{stats['dead']:.2f}", dense=f"{stats['dense']:.2f}", tok_s=f"{stats['tok_s']:.0f}", refresh=False)
-                    if callback is not None:
-                        callback(step + 1, stats)
-                bar.update(1)
-                if (step + 1) % checkpoint_every == 0:
-                    save_checkpoint(step + 1)
+                        W, g = state["W_dec"], state["W_dec"].grad
+                        g -= (g * W).sum(1, keepdim=True) * W  # keep the step tangent to the unit sphere
+                    opt.step()
+                    sched.step()
+                    with torch.no_grad():
+                        state["W_dec"] /= state["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
+                        since_fired += x.shape[0]
+                        since_fired[out["counts"] > 0] = 0
+                        window_counts += out["counts"]
+                    tok_last += x.shape[0]
+                    if (step + 1) % log_every == 0 or step + 1 == total_steps:
+                        with torch.no_grad():
+                            err = (out["x_hat"] - x).pow(2).sum()
+                            var = (x - x.mean(0)).pow(2).sum()
+                            now = time.perf_counter()
+                            stats = {"step": step + 1, "loss": loss.item(), "fvu": (err / var).item(),
+                                     "l0": out["l0"], "dead": (since_fired >= self.dead_after_tokens).float().mean().item(),
+                                     "dense": (window_counts > DENSE_FRACTION * tok_last).float().mean().item(),
+                                     "tok_s": tok_last / (now - t_last)}
+                        t_last, tok_last = now, 0
+                        window_counts.zero_()
+                        history.append(stats)
+                        bar.set_postfix(loss=f"{stats['loss']:.3g}", fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.1f}",
+                                        dead=f"{stats['dead']:.2f}", dense=f"{stats['dense']:.2f}", tok_s=f"{stats['tok_s']:.0f}", refresh=False)
+                        if callback is not None:
+                            callback(step + 1, stats)
+                    bar.update(1)
+                    if (step + 1) % checkpoint_every == 0:
+                        save_checkpoint(step + 1)
         except KeyboardInterrupt:
             bar.close()
             # a step interrupted before the optimizer ran leaves the state at `step`; otherwise at step+1
             done = step + 1 if sched.last_epoch > step else step
             save_checkpoint(done)
             if ckpt_path is not None:
-                print(f"\nsuperpos: interrupted at step {done}; checkpoint saved in {ckpt_path.parent}. "
-                      "Run the same command to resume.", file=sys.stderr)
+                print(f"\nsuperpos: stopped at step {done}; checkpoint saved in {ckpt_path.parent}", file=sys.stderr)
             raise
         bar.close()
         save_checkpoint(total_steps)
