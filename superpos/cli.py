@@ -50,11 +50,47 @@ def _add_harvest(sub) -> None:
     p.add_argument("--context", type=positive(int), default=256, help="context length in tokens incl. BOS (default 256)")
     p.add_argument("--batch-size", type=positive(int), default=8, help="contexts per forward pass (default 8)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored precision (default float16)")
+    p.add_argument("--model-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="the model's compute dtype (default float32; bfloat16 halves memory and time on GPUs)")
     p.add_argument("--compression", choices=["lzf", "gzip", "none"], default="lzf", help="HDF5 compression (default lzf)")
     p.add_argument("--no-bos", action="store_true", help="do not prepend BOS to each context")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                   help="harvest only the I-th of N equal runs of contexts (0-based), e.g. one per GPU or node; "
+                        "join the shard files with `superpos merge`")
     p.add_argument("--out", required=True, help="output .h5 file (resumed if it is a partial harvest with the same settings)")
     p.set_defaults(func=_cmd_harvest)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N like 0/4, got '{text}'") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"need 0 <= I < N, got '{text}'")
+    return i, n
+
+
+def _add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="join shard stores into one store (HDF5 virtual datasets, no copy)",
+                       description="Join the files of a sharded harvest (`harvest --shard I/N`) into one store that "
+                                   "the rest of superpos reads as a single file. The rows are not copied: the merged "
+                                   "file maps each dataset onto the shards (HDF5 virtual datasets), so keep the shard "
+                                   "files beside it.")
+    p.add_argument("shards", nargs="+", help="the N shard files, in any order")
+    p.add_argument("--out", required=True, help="merged store to write (.h5)")
+    p.set_defaults(func=_cmd_merge)
+
+
+def _cmd_merge(args) -> int:
+    from .merge import merge_shards
+    from .store import ActivationStore
+
+    out = merge_shards(args.shards, args.out)
+    with ActivationStore(out) as store:
+        print(store.summary())
+    return 0
 
 
 def _cmd_harvest(args) -> int:
@@ -62,12 +98,38 @@ def _cmd_harvest(args) -> int:
 
     cfg = HarvestConfig(model=args.model, corpus=args.corpus, layers=args.layers, tokens=args.tokens,
                         context_length=args.context, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-                        bos=not args.no_bos, compression=args.compression)
+                        bos=not args.no_bos, compression=args.compression, shard=args.shard,
+                        model_dtype=args.model_dtype)
     out = harvest(cfg, args.out)
     from .store import ActivationStore
 
     with ActivationStore(out) as store:
         print(store.summary())
+    return 0
+
+
+def _add_plan(sub) -> None:
+    p = sub.add_parser("plan", help="memory per rank for training a TopK SAE (before you ask for GPUs)",
+                       description="Predict the device memory per rank for TopK SAE training: parameters, gradients, "
+                                   "Adam moments and activations. Data parallelism replicates the model on every "
+                                   "rank; only the batch per rank shrinks. See docs/scaling.md.")
+    p.add_argument("--d-model", type=positive(int), required=True, help="width of the residual stream")
+    p.add_argument("--expansion", type=positive(int), default=16, help="latents per d_model dimension (default 16)")
+    p.add_argument("--k", type=positive(int), default=32, help="active latents per token (default 32)")
+    p.add_argument("--batch-size", type=positive(int), default=4096, help="global batch (default 4096)")
+    p.add_argument("--world-size", type=positive(int), default=1, help="number of ranks (default 1)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="compute dtype of the activations (default float32)")
+    p.set_defaults(func=_cmd_plan)
+
+
+def _cmd_plan(args) -> int:
+    from .plan import plan_memory
+
+    if args.batch_size % args.world_size:
+        raise SuperposError(f"--batch-size {args.batch_size} must be divisible by --world-size {args.world_size}")
+    print(plan_memory(args.d_model, args.d_model * args.expansion, args.k, args.batch_size, args.world_size,
+                      args.dtype).table())
     return 0
 
 
@@ -100,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_harvest(sub)
+    _add_merge(sub)
     _add_info(sub)
+    _add_plan(sub)
     from . import cli_dictionaries, cli_experiments
 
     cli_dictionaries.register(sub)

@@ -51,6 +51,9 @@ def add_fit(sub) -> None:
     p.add_argument("--kind", choices=sorted(KINDS), default="topk", help="dictionary kind (default topk)")
     for name, (flag, kind, help_) in PARAM_FLAGS.items():
         p.add_argument(flag, dest=name, type=_positive(kind), default=None, help=help_)
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
+                   help="SAE compute precision: bfloat16 autocasts the forward/backward (fp32 master weights; meant "
+                        "for CUDA, works on CPU); default float32")
     p.add_argument("--train-frac", type=float, default=0.9, help="fraction of contexts used for training; the rest "
                    "is held out for `evaluate` (default 0.9)")
     p.add_argument("--config", default=None, help="JSON or TOML file of parameters (flags override it)")
@@ -104,19 +107,34 @@ def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_f
                 "model_spec": a.get("model_spec", "default"), "corpus": a.get("corpus"),
                 "hook_name": f"resid_layer_{layer}", "train_rows": [0, split], "holdout_rows": [split, store.n_rows],
                 "train_seconds": seconds}
-    save_dictionary(est, out, meta=meta)
-    (out / "checkpoint.pt").unlink(missing_ok=True)
+    from . import distributed
+
+    if distributed.is_main():  # under torchrun every rank holds the same result; one writes it
+        meta["world_size"] = distributed.world()[1]
+        save_dictionary(est, out, meta=meta)
+        (out / "checkpoint.pt").unlink(missing_ok=True)
     return est, seconds
 
 
 def cmd_fit(args) -> int:
+    from . import distributed
+
     params = _read_config_file(args.config) if args.config else {}
-    params.update({name: getattr(args, name) for name in PARAM_FLAGS if getattr(args, name) is not None})
-    est, seconds = fit_dictionary(args.store, args.layer, args.kind, args.out, params, args.train_frac, args.device,
-                                  args.checkpoint_every, args.overwrite, progress=not args.no_progress)
+    params.update({name: getattr(args, name) for name in [*PARAM_FLAGS, "precision"] if getattr(args, name) is not None})
+    device = distributed.init_from_env(args.device)  # under torchrun: join the group, one device per rank
+    try:
+        est, seconds = fit_dictionary(args.store, args.layer, args.kind, args.out, params, args.train_frac, device,
+                                      args.checkpoint_every, args.overwrite, progress=not args.no_progress)
+    finally:
+        rank, ranks = distributed.world()
+        distributed.shutdown()
+    if rank != 0:
+        return 0
     tokens = getattr(est, "n_tokens_seen_", None)
     speed = f", {tokens / seconds:,.0f} tokens/s" if tokens else ""
-    print(f"saved {type(est).__name__} ({est.n_components_} atoms × {est.d_model_}) to {args.out} in {seconds:.1f} s{speed}")
+    on = f" on {ranks} ranks" if ranks > 1 else ""
+    print(f"saved {type(est).__name__} ({est.n_components_} atoms × {est.d_model_}) to {args.out} in {seconds:.1f} s"
+          f"{speed}{on}")
     return 0
 
 

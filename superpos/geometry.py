@@ -29,6 +29,15 @@ class MaxCos(NamedTuple):
     neighbour: np.ndarray  # (n,) index of that other vector
 
 
+def on_gpu(index):
+    """The index on every GPU when faiss was built with GPU support and CUDA is present, else unchanged."""
+    import torch
+
+    if hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0 and torch.cuda.is_available():
+        return faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
 def _search_abs(index, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by |⟨q, v⟩|: search +q and −q (the index holds +v only) and merge."""
     s1, i1 = index.search(Q, k)
@@ -58,6 +67,7 @@ def max_abs_cos(V, batch: int = 4096, index: str = "exact", nlist: int | None = 
         idx.nprobe = nprobe
     else:
         raise SuperposError(f"index must be 'exact' or 'ivf', got {index!r}")
+    idx = on_gpu(idx)
     idx.add(U)
     value = np.empty(n, np.float32)
     neighbour = np.empty(n, np.int64)

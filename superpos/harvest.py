@@ -12,12 +12,14 @@ from tqdm import tqdm
 
 from . import interrupts
 from .corpus import PackedContexts, default_bos_id, load_corpus, pack_contexts
+from .device import resolve_dtype
 from .errors import SuperposError
 from .models import LoadedModel, load_model
 from .store import ActivationStore
 
 # attributes that must match for a resume to continue an existing file
-IDENTITY_ATTRS = ("model", "model_revision", "corpus_sha256", "context_length", "dtype", "layers", "bos_token_id")
+IDENTITY_ATTRS = ("model", "model_revision", "corpus_sha256", "context_length", "dtype", "layers", "bos_token_id",
+                  "shard", "model_dtype")
 
 
 @dataclass
@@ -32,6 +34,8 @@ class HarvestConfig:
     device: str = "auto"
     bos: bool = True  # prepend BOS (or EOS if the tokenizer has no BOS) to every context
     compression: str = "lzf"
+    model_dtype: str = "float32"  # the model's compute dtype: bfloat16/float16 halve memory and time on GPUs
+    shard: tuple[int, int] | None = None  # (i, n): this run harvests the i-th of n equal runs of contexts
 
 
 _ABANDONED: list = []  # stores whose file could not be flushed (disk full); see harvest()
@@ -92,6 +96,7 @@ def _store_attrs(cfg: HarvestConfig, lm: LoadedModel, packed: PackedContexts, co
         "context_length": packed.context_length,
         "bos_token_id": packed.bos_token_id,
         "dtype": cfg.dtype,
+        "model_dtype": str(lm.W_E_VD.dtype).removeprefix("torch."),
         "layers": np.asarray(layers, np.int32),
         "harvest_config": str(asdict(cfg)),
     }
@@ -100,7 +105,7 @@ def _store_attrs(cfg: HarvestConfig, lm: LoadedModel, packed: PackedContexts, co
 def _check_resume(store: ActivationStore, want: dict, path: Path) -> None:
     have = store.attrs
     for key in IDENTITY_ATTRS:
-        a, b = have.get(key), want[key]
+        a, b = have.get(key), want.get(key)
         a = [int(v) for v in np.atleast_1d(a)] if key == "layers" else a
         b = [int(v) for v in np.atleast_1d(b)] if key == "layers" else b
         if a != b:
@@ -128,12 +133,23 @@ def harvest(cfg: HarvestConfig, out: str | Path, lm: LoadedModel | None = None, 
     if out.exists() and not _cut_short(out):  # fail fast on a foreign file before loading anything
         ActivationStore(out).close()
     corpus = load_corpus(cfg.corpus)
-    lm = lm or load_model(cfg.model, device=cfg.device)
+    lm = lm or load_model(cfg.model, device=cfg.device, dtype=resolve_dtype(cfg.model_dtype))
     layers = parse_layers(cfg.layers, lm.n_layers)
     bos = default_bos_id(lm.tokenizer) if cfg.bos else -1
     packed = pack_contexts(lm.tokenizer, corpus, cfg.context_length, bos, cfg.tokens)
     n_ctx, C = packed.tokens_NC.shape
     attrs = _store_attrs(cfg, lm, packed, corpus.description, layers)
+    if cfg.shard is not None:  # the shards tile the contexts exactly once, in order
+        i, n = cfg.shard
+        N = len(packed.tokens_NC)
+        if N < n * cfg.batch_size:
+            raise SuperposError(f"the corpus gives {N} contexts, too few for {n} shards of batch {cfg.batch_size}")
+        # boundaries on batch multiples: every forward batch is the one an unsharded run makes (bit-identical rows)
+        lo = N * i // n // cfg.batch_size * cfg.batch_size
+        hi = N if i == n - 1 else N * (i + 1) // n // cfg.batch_size * cfg.batch_size
+        packed = PackedContexts(packed.tokens_NC[lo:hi], packed.doc_NC[lo:hi], packed.bos_token_id)
+        attrs.update(shard=f"{i}/{n}", first_context=lo, n_contexts_all=N)
+        n_ctx = hi - lo
 
     # One HDF5 chunk per forward batch: each write fills whole chunks, so a crash can only tear a chunk
     # beyond the committed counter, and resuming overwrites it whole (no read-modify-write of a torn chunk).

@@ -41,6 +41,14 @@ def layer_key(layer: int) -> str:
     return f"acts/L{int(layer)}"
 
 
+def _to_device(rows: np.ndarray, device, dtype: torch.dtype) -> torch.Tensor:
+    """Host rows to a tensor on ``device``; CUDA copies go through pinned memory, asynchronously."""
+    t = torch.from_numpy(np.ascontiguousarray(rows))
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device=device, dtype=dtype, non_blocking=True)
+    return t.to(dtype=dtype)
+
+
 def check_space(path: Path, need: int, committed: int) -> None:
     """Raise a SuperposError when the disk (or RLIMIT_FSIZE) cannot take ``need`` more bytes."""
     import resource
@@ -253,6 +261,8 @@ class ActivationStore:
 
     @property
     def chunk_rows(self) -> int:
+        if "chunk_rows" in self.file.attrs:  # also set on merged (virtual, unchunked) stores
+            return int(self.file.attrs["chunk_rows"])
         return int(self.file[layer_key(self.layers[0])].chunks[0])
 
     def check_layer(self, layer: int) -> int:
@@ -412,20 +422,20 @@ class ActivationStore:
                 have += len(rows)
                 while have >= batch_size:
                     cat = np.concatenate(buf)
-                    yield torch.from_numpy(cat[:batch_size]).to(device=device, dtype=dtype)
+                    yield _to_device(cat[:batch_size], device, dtype)
                     rest = cat[batch_size:]
                     buf, have = [rest], len(rest)
             skip = 0
             epoch += 1
         if have and not drop_last:
-            yield torch.from_numpy(np.concatenate(buf)).to(device=device, dtype=dtype)
+            yield _to_device(np.concatenate(buf), device, dtype)
 
     def batches(self, layer: int, batch_size: int, *, shuffle: bool = True, seed: int = 0, min_pos: int = 1,
                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
         """One epoch of batches: every training row exactly once (the last batch may be short)."""
         if not shuffle:
             for _, acts in self.iter_rows(layer, batch_size, min_pos=min_pos):
-                yield torch.from_numpy(acts).to(device=device, dtype=dtype)
+                yield _to_device(acts, device, dtype)
             return
         yield from self.stream(layer, batch_size, seed=seed, min_pos=min_pos, epochs=1, drop_last=False,
                                device=device, dtype=dtype)

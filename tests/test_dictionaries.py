@@ -231,3 +231,15 @@ def test_broken_dictionary_folders(planted, tmp_path):
     (tmp_path / "r" / "weights.safetensors").write_bytes(b"garbage")
     with pytest.raises(SuperposError, match="unreadable"):
         load_dictionary(tmp_path / "r")
+
+
+def test_bfloat16_autocast_trains_as_well_as_float32(planted):
+    """precision="bfloat16" (autocast, fp32 master weights; what `fit --precision bfloat16` uses on CUDA) runs on
+    CPU too: it must reach the float32 reconstruction and recover the same planted atoms."""
+    x, atoms = planted
+    kw = dict(expansion=2, k=4, n_tokens=150_000, batch_size=512, progress=False, device="cpu")
+    f32 = TopKSAE(**kw).fit(x)
+    b16 = TopKSAE(**kw, precision="bfloat16").fit(x)
+    assert b16.components_.dtype == torch.float32
+    assert fvu(x, b16.reconstruct(x)) < fvu(x, f32.reconstruct(x)) + 0.03
+    assert _recovery(atoms, b16.components_).mean() > _recovery(atoms, f32.components_).mean() - 0.05

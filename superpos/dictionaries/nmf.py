@@ -16,6 +16,7 @@ import sys
 import torch
 from tqdm import tqdm
 
+from .. import distributed
 from ..errors import SuperposError
 from ..store import ActivationStore
 from .base import BaseDictionary, as_tensor, check_finite
@@ -67,15 +68,19 @@ class _FactorisationBase(BaseDictionary):
             A = torch.zeros(W.shape[0], W.shape[0], device=dev)
             B = torch.zeros_like(W)
             x = first
-            for step in tqdm(range(steps), desc=f"fit {self.kind}", file=sys.stderr, disable=not self.progress):
+            distributed.check_batch(len(first))  # under torchrun: global batches, each rank codes a slice
+            bar = tqdm(range(steps), desc=f"fit {self.kind}", file=sys.stderr,
+                       disable=not self.progress or not distributed.is_main())
+            for step in bar:
                 if step:
                     x = self._prepare(next(batches))
                     if not torch.isfinite(x).all():
                         raise SuperposError(f"NaN/inf in {self.kind} input batch at step {step}")
-                H = self._solve_codes(x, W)
                 rho = self.forget ** (x.shape[0] / self.batch_size) if step else 0.0
-                A = rho * A + H.T @ H
-                B = rho * B + H.T @ x
+                x_local = distributed.shard(x)
+                H = self._solve_codes(x_local, W)
+                A = rho * A + distributed.all_reduce_(H.T @ H)  # sufficient statistics of the global batch
+                B = rho * B + distributed.all_reduce_(H.T @ x_local)
                 W = self._update_W_stats(A, B, W)
             self._W = W
             self.n_iter_ = steps

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import interrupts
+from .. import distributed, interrupts
 from ..errors import SuperposError
 from .base import BaseDictionary, check_finite
 from .sparse_ops import SparseCodes, select_batch_topk, select_topk, sparse_decode, sparse_encode
@@ -112,6 +112,8 @@ class SparseAutoencoder(BaseDictionary):
             raise SuperposError(f"k={k} must be between 1 and the number of latents ({n})")
         if self.n_tokens is not None and self.n_tokens < 1:
             raise SuperposError(f"n_tokens must be positive, got {self.n_tokens}")
+        if getattr(self, "precision", "float32") not in ("float32", "bfloat16"):
+            raise SuperposError(f"precision must be float32 or bfloat16, got {self.precision}")
 
     # ---------------------------------------------------------------- parameters
     def _init_params(self, sample_ND: torch.Tensor, d_model: int, dev) -> dict[str, torch.Tensor]:
@@ -161,9 +163,11 @@ class SparseAutoencoder(BaseDictionary):
         dev = self._device()
         n_rows = self._n_rows(X, self.min_pos)
         batch = min(self.batch_size, n_rows)
+        distributed.check_batch(batch)  # under torchrun the batch is global; each rank trains on a slice
         n_tokens = self.n_tokens or n_rows
         total_steps = max(1, n_tokens // batch)
         ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
+        main_rank = distributed.is_main()
 
         start_step, ckpt = 0, None
         if ckpt_path is not None and ckpt_path.exists():
@@ -200,7 +204,7 @@ class SparseAutoencoder(BaseDictionary):
             history = ckpt["history"]
 
         def save_checkpoint(step: int) -> None:
-            if ckpt_path is None:
+            if ckpt_path is None or not main_rank:
                 return
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt_path.with_suffix(".tmp")
@@ -211,9 +215,10 @@ class SparseAutoencoder(BaseDictionary):
             os.replace(tmp, ckpt_path)
 
         scale = float(state["scale"])
+        amp = getattr(self, "precision", "float32") == "bfloat16"
         batches = self._batches(X, layer, batch, dev, seed=self.seed, start_batch=start_step, min_pos=self.min_pos)
         bar = tqdm(total=total_steps, initial=start_step, desc=f"fit {self.kind}", unit="step", file=sys.stderr,
-                   disable=not self.progress, dynamic_ncols=True)
+                   disable=not self.progress or not main_rank, dynamic_ncols=True)
         log_every = max(1, min(50, total_steps // 20))
         t_last, tok_last = time.perf_counter(), 0
         step = start_step
@@ -221,16 +226,18 @@ class SparseAutoencoder(BaseDictionary):
             with interrupts.deferred():
                 for step in range(start_step, total_steps):
                     interrupts.check()  # Ctrl-C stops here, between steps
-                    x = next(batches) * scale
+                    x = distributed.shard(next(batches) * scale)
                     if not torch.isfinite(x).all():
                         raise SuperposError(f"NaN/inf in training batch at step {step}" + _last_good(ckpt_path))
                     dead = since_fired >= self.dead_after_tokens
-                    out = self._train_forward(state, x, dead)
-                    loss = out["loss"]
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):  # fp32 master weights
+                        out = self._train_forward(state, x, dead)
+                    loss = out["loss"].float()
                     if not torch.isfinite(loss):
                         raise SuperposError(f"loss became NaN/inf at step {step}" + _last_good(ckpt_path))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    distributed.average_grads_(state.values())
                     with torch.no_grad():
                         W, g = state["W_dec"], state["W_dec"].grad
                         g -= (g * W).sum(1, keepdim=True) * W  # keep the step tangent to the unit sphere
@@ -238,10 +245,11 @@ class SparseAutoencoder(BaseDictionary):
                     sched.step()
                     with torch.no_grad():
                         state["W_dec"] /= state["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
-                        since_fired += x.shape[0]
-                        since_fired[out["counts"] > 0] = 0
-                        window_counts += out["counts"]
-                    tok_last += x.shape[0]
+                        counts = distributed.all_reduce_(out["counts"].clone())  # firing over the global batch
+                        since_fired += batch
+                        since_fired[counts > 0] = 0
+                        window_counts += counts
+                    tok_last += batch
                     if (step + 1) % log_every == 0 or step + 1 == total_steps:
                         with torch.no_grad():
                             err = (out["x_hat"] - x).pow(2).sum()
@@ -382,7 +390,8 @@ class TopKSAE(_SparseSelectSAE):
 
     def __init__(self, n_components=None, expansion=16.0, k=32, batch_size=1024, n_tokens=None, lr=None,
                  warmup_steps=100, decay_frac=0.2, aux_k=None, aux_coeff=1 / 32, dead_after_tokens=250_000,
-                 b_dec_init="median", normalize=True, min_pos=1, seed=0, device="auto", progress=True):
+                 b_dec_init="median", normalize=True, min_pos=1, seed=0, precision="float32", device="auto",
+                 progress=True):
         self._set_params(locals())
 
     def _select(self, pre_BF):
@@ -423,7 +432,8 @@ class ReLUSAE(SparseAutoencoder):
 
     def __init__(self, n_components=None, expansion=16.0, l1_coeff=5.0, batch_size=1024, n_tokens=None, lr=None,
                  warmup_steps=100, decay_frac=0.2, aux_k=None, aux_coeff=0.0, dead_after_tokens=250_000,
-                 b_dec_init="median", normalize=True, min_pos=1, seed=0, device="auto", progress=True):
+                 b_dec_init="median", normalize=True, min_pos=1, seed=0, precision="float32", device="auto",
+                 progress=True):
         self._set_params(locals())
 
     def _train_forward(self, s, x, dead):
@@ -451,7 +461,7 @@ class JumpReLUSAE(SparseAutoencoder):
     def __init__(self, n_components=None, expansion=16.0, l0_coeff=1.0, bandwidth=0.05, threshold_init=0.1,
                  batch_size=1024, n_tokens=None, lr=None, warmup_steps=100, decay_frac=0.2, aux_k=None,
                  aux_coeff=0.0, dead_after_tokens=250_000, b_dec_init="median", normalize=True, min_pos=1, seed=0,
-                 device="auto", progress=True):
+                 precision="float32", device="auto", progress=True):
         self._set_params(locals())
 
     def _init_extra(self, n_latents):

@@ -61,12 +61,14 @@ class _SparseEncode(torch.autograd.Function):
         B, Fn = x_BD.shape[0], W_enc_FD.shape[0]
         g_nnz = g_nnz.contiguous()
         grad_x = grad_W = grad_b = None
+        # under autocast the codes (and g) may be bf16 while weights are fp32: compute in the weights' dtype
+        g_nnz = g_nnz.to(W_enc_FD.dtype)
         if ctx.needs_input_grad[0]:
             grad_x = F.embedding_bag(cols, W_enc_FD, _offsets(rows, B), mode="sum", per_sample_weights=g_nnz)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             order = torch.argsort(cols, stable=True)
             c_sorted = cols[order]
-            grad_W = F.embedding_bag(rows[order], x_BD, _offsets(c_sorted, Fn), mode="sum",
+            grad_W = F.embedding_bag(rows[order], x_BD.to(W_enc_FD.dtype), _offsets(c_sorted, Fn), mode="sum",
                                      per_sample_weights=g_nnz[order])
             grad_b = torch.zeros(Fn, dtype=g_nnz.dtype, device=g_nnz.device).index_add_(0, cols, g_nnz)
         return grad_x, grad_W, grad_b, None, None, None
@@ -80,4 +82,5 @@ def sparse_encode(x_BD, W_enc_FD, b_enc_F, pre_BF, rows, cols) -> SparseCodes:
 
 def sparse_decode(codes: SparseCodes, W_dec_FD: torch.Tensor) -> torch.Tensor:
     """Σ_j vals_j · W_dec[cols_j] per row (no bias), via one embedding_bag."""
-    return F.embedding_bag(codes.cols, W_dec_FD, codes.offsets, mode="sum", per_sample_weights=codes.vals)
+    W = W_dec_FD.to(codes.vals.dtype)  # bf16 under autocast, like the matmul it replaces
+    return F.embedding_bag(codes.cols, W, codes.offsets, mode="sum", per_sample_weights=codes.vals)

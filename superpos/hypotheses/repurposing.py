@@ -144,9 +144,18 @@ def _masked_max(z: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def _covariance(X_PD: torch.Tensor) -> torch.Tensor:
+    """Covariance of centred rows (float64 accumulation), with a tiny ridge."""
     P, D = X_PD.shape
-    cov = X_PD.T @ X_PD / max(1, P - 1)
-    return cov + torch.eye(D, device=X_PD.device) * (1e-6 * cov.diagonal().mean().clamp_min(1e-12))
+    X = X_PD.double()
+    cov = X.T @ X / max(1, P - 1)
+    return (cov + torch.eye(D, dtype=cov.dtype, device=X.device) * (1e-6 * cov.diagonal().mean().clamp_min(1e-12))).float()
+
+
+def _gaussian(E_PD: torch.Tensor, cov_DD: torch.Tensor) -> torch.Tensor:
+    """Rows E Σ^½ᵀ: Gaussian with covariance Σ from standard normals E (eigen square root: works for the
+    badly conditioned covariances that massive activations produce, where Cholesky can fail)."""
+    evals, evecs = torch.linalg.eigh(cov_DD.double())
+    return (E_PD.double() @ (evecs * evals.clamp_min(0).sqrt()).T).float()
 
 
 def off_output_part(R_PD: torch.Tensor, final_PD: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
@@ -182,8 +191,8 @@ def layer_stats(R_PD: torch.Tensor, final_PD: torch.Tensor | None, U_PV: torch.T
     cov, cov_raw = _covariance(X), _covariance(Xraw)
     gen = torch.Generator().manual_seed(seed)
     E = torch.randn(P, D, generator=gen).to(dev)
-    G = E @ torch.linalg.cholesky(cov.double()).float().T  # Gaussian null of X
-    G_raw = E @ torch.linalg.cholesky(cov_raw.double()).float().T  # Gaussian null of the raw residual (lens view)
+    G = _gaussian(E, cov)  # Gaussian null of X
+    G_raw = _gaussian(E, cov_raw)  # Gaussian null of the raw residual (lens view)
     sig_tok, sig_rand, sig_raw = _null_scale(tok_VD, cov), _null_scale(rand_VD, cov), _null_scale(tok_VD, cov_raw)
     names = ("peak", "peak_G", "peak_Q", "peak_GQ", "peak_S", "n_high", "n_high_G", "n_high_Q", "raw_z",
              "lens_hits", "lens_hits_G", "lens_hits_S")
