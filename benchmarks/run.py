@@ -1,0 +1,336 @@
+"""The benchmark suite: one command, every figure a ratio taken in the same run, written to RESULTS.md.
+
+    python benchmarks/run.py                 # full suite (~15-20 min on a 2-core CPU)
+    python benchmarks/run.py --quick --out /tmp/bench   # smoke run with tiny sizes (CI)
+    python benchmarks/run.py --only sae,stream         # some sections
+
+Sections:
+  sae      TopK SAE training (d 576, 16× and 32×, k 32, batch 4096; fp32 on CPU, bf16 on CUDA): tokens/s and
+           the ratio to the roofline = the dense encoder matmul a TopK step cannot avoid, timed here.
+  peers    SAELens, EleutherAI sparsify, saprmarks dictionary_learning on the identical synthetic stream, each in
+           its own virtual environment (benchmarks/peers.py); skipped with the reason when one does not install.
+  harvest  `superpos harvest` on the default model vs a bare forward over the same batches.
+  stream   shuffled-batch reads from a store vs the rows per second the SAE step consumes.
+  geometry max |cos| over the 49,152 × 576 embedding (exact faiss vs blocked torch), and over 1M × 576 atoms
+           with an IVF index (time, recall@1 against exact search on a sample).
+  scaling  SAE step time and memory against n_latents and batch size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from superpos.dictionaries import TopKSAE  # noqa: E402
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import faiss
+    import h5py
+    import transformers
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "faiss": faiss.__version__, "h5py": h5py.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def synthetic_stream(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    """Rows that look like residuals to an SAE: sparse non-negative mixtures of 4d unit atoms, plus noise."""
+    rng = np.random.default_rng(seed)
+    atoms = rng.standard_normal((4 * d, d)).astype(np.float32)
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    idx = rng.integers(0, len(atoms), size=(n, 16))
+    coef = rng.exponential(1.0, size=(n, 16)).astype(np.float32)
+    x = np.einsum("nk,nkd->nd", coef, atoms[idx]) + 0.05 * rng.standard_normal((n, d)).astype(np.float32)
+    return torch.from_numpy(x)
+
+
+def clustered_atoms(n: int, d: int, per_cluster: int = 32, seed: int = 2) -> np.ndarray:
+    """Atoms with the structure of a large SAE's decoder: groups of related directions (|cos| ≈ 0.5–0.8
+    within a group) around n / per_cluster random centres, so that nearest neighbours are meaningful."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n // per_cluster + 1, d)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    V = centres[np.arange(n) // per_cluster] + rng.uniform(0.03, 0.08, (n, 1)).astype(np.float32) * \
+        rng.standard_normal((n, d)).astype(np.float32)
+    return V / np.linalg.norm(V, axis=1, keepdims=True)
+
+
+def _time(fn, repeat: int) -> float:
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t0) / repeat
+
+
+# ------------------------------------------------------------------------------------------------------
+def bench_sae(q: bool, device: str) -> dict:
+    d, batch, k = (64, 512, 8) if q else (576, 4096, 32)
+    steps = 6 if q else 40
+    x = synthetic_stream(batch * 8, d)
+    out = {}
+    for expansion in (16, 32):
+        F = expansion * d
+        W = torch.randn(F, d, device=device)
+        xb = x[:batch].to(device)
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        roof = _time(lambda: (xb.to(dtype) @ W.to(dtype).T), 5)  # the encoder matmul a step cannot avoid
+        sae = TopKSAE(n_components=F, k=k, batch_size=batch, n_tokens=batch * steps, warmup_steps=1, device=device,
+                      progress=False, precision="bfloat16" if device == "cuda" else "float32")
+        t0 = time.perf_counter()
+        sae.fit(x)
+        total = time.perf_counter() - t0
+        tok_s = float(np.median([h["tok_s"] for h in sae.history_[1:]] or [sae.history_[-1]["tok_s"]]))
+        step = batch / tok_s
+        out[f"{expansion}x"] = {"n_latents": F, "batch": batch, "k": k, "tokens_per_s": tok_s, "step_s": step,
+                                "roofline_matmul_s": roof, "fraction_of_roofline": roof / step,
+                                "fit_total_s": total, "final_fvu": sae.history_[-1]["fvu"]}
+        print(f"[sae] {expansion}x: {tok_s:,.0f} tok/s, step {step * 1e3:.0f} ms vs matmul {roof * 1e3:.0f} ms "
+              f"→ {roof / step:.2f} of roofline", flush=True)
+    return out
+
+
+def bench_harvest(q: bool) -> dict:
+    from superpos.corpus import default_bos_id, load_corpus, pack_contexts
+    from superpos.harvest import HarvestConfig, bare_forward_time, harvest
+    from superpos.models import load_model
+
+    tokens = 2048 if q else 8192
+    lm = load_model(None, device="cpu")
+    corpus = load_corpus(None)
+    packed = pack_contexts(lm.tokenizer, corpus, 256, default_bos_id(lm.tokenizer), tokens)
+    bare_forward_time(lm, pack_contexts(lm.tokenizer, corpus, 256, 1, 512), 2)  # warm-up
+    bare = bare_forward_time(lm, packed, 8)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        harvest(HarvestConfig(tokens=tokens, batch_size=8, device="cpu"), Path(tmp) / "h.h5", lm=lm, progress=False)
+        full = time.perf_counter() - t0
+    n = packed.tokens_NC.size
+    print(f"[harvest] bare {n / bare:,.0f} tok/s, harvest {n / full:,.0f} tok/s, ratio {full / bare:.2f}", flush=True)
+    return {"tokens": int(n), "layers": "default (7)", "bare_tok_s": n / bare, "harvest_tok_s": n / full,
+            "ratio_harvest_over_bare": full / bare}
+
+
+def bench_stream(q: bool, sae_tok_s: float | None) -> dict:
+    from superpos.store import ActivationStore
+
+    d, rows, batch = (64, 20_000, 512) if q else (576, 400_000, 4096)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "s.h5"
+        chunk = 8 * 256
+        st = ActivationStore.create(path, layers=[15], d_model=d, n_rows=rows, attrs={"model": "bench", "context_length": 256},
+                                    chunk_rows=chunk)
+        rng = np.random.default_rng(0)
+        for lo in range(0, rows, chunk):
+            n = min(chunk, rows - lo)
+            r = np.arange(lo, lo + n)
+            st.write_rows(lo, {15: rng.standard_normal((n, d)).astype(np.float16)}, tokens=r.astype(np.int32),
+                          doc=(r // 256).astype(np.int32), pos=(r % 256).astype(np.int32),
+                          next_logprob=np.zeros(n, np.float32), next_rank=np.zeros(n, np.int32))
+        st.close()
+        with ActivationStore(path) as st:
+            it = st.stream(15, batch, seed=0)
+            next(it)
+            n_batches = (rows // batch) - 2
+            t0 = time.perf_counter()
+            for _ in range(n_batches):
+                next(it)
+            dt = time.perf_counter() - t0
+    rate = n_batches * batch / dt
+    res = {"rows": rows, "d_model": d, "batch": batch, "rows_per_s": rate, "mib_per_s": rate * d * 2 / 2**20}
+    if sae_tok_s:
+        res["sae_rows_per_s"] = sae_tok_s
+        res["ratio_stream_over_sae"] = rate / sae_tok_s
+    print(f"[stream] {rate:,.0f} rows/s ({res['mib_per_s']:.0f} MiB/s)"
+          + (f", {rate / sae_tok_s:.1f}× what the 16× SAE step consumes" if sae_tok_s else ""), flush=True)
+    return res
+
+
+def bench_geometry(q: bool) -> dict:
+    from superpos import geometry as g
+    from superpos.models import load_model
+
+    res = {}
+    if q:
+        E = np.random.default_rng(0).standard_normal((5000, 64)).astype(np.float32)
+    else:
+        E = load_model(None, device="cpu").W_E_VD.detach().float().numpy()
+    t0 = time.perf_counter()
+    exact = g.max_abs_cos(E).value
+    t_faiss = time.perf_counter() - t0
+    U = torch.from_numpy(g.unit_rows(E))
+    t0 = time.perf_counter()
+    best = torch.empty(len(U))
+    for lo in range(0, len(U), 4096):  # blocked torch brute force
+        c = (U[lo:lo + 4096] @ U.T).abs_()
+        c[torch.arange(c.shape[0]), torch.arange(lo, lo + c.shape[0])] = 0
+        best[lo:lo + 4096] = c.max(1).values
+    t_torch = time.perf_counter() - t0
+    assert np.allclose(best.numpy(), exact, atol=1e-4)
+    res["embedding"] = {"n": len(E), "d": E.shape[1], "faiss_exact_s": t_faiss, "torch_blocked_s": t_torch,
+                        "torch_over_faiss": t_torch / t_faiss}
+    print(f"[geometry] {len(E):,} × {E.shape[1]}: faiss exact {t_faiss:.1f} s, blocked torch {t_torch:.1f} s", flush=True)
+    n = 20_000 if q else 1_000_000
+    for name, V in (("atoms_1M", clustered_atoms(n, E.shape[1])), ("random_1M", g.gaussian_null(n, E.shape[1], seed=1))):
+        t0 = time.perf_counter()
+        g.max_abs_cos(V, index="ivf", nprobe=16)
+        t_ivf = time.perf_counter() - t0
+        recall = g.max_abs_cos_recall(V, sample=500 if q else 1000, nprobe=16)
+        # blocked torch brute force on a sample of queries, extrapolated to all n (the full run would take hours)
+        Vt = torch.from_numpy(g.unit_rows(V))
+        m = min(n, 2048)
+        t0 = time.perf_counter()
+        for lo in range(0, len(Vt), 65536):
+            (Vt[:m] @ Vt[lo:lo + 65536].T).abs_().max(1)
+        t_brute = (time.perf_counter() - t0) * n / m
+        res[name] = {"n": n, "d": E.shape[1], "ivf_s": t_ivf, "recall_at_1": recall, "nprobe": 16,
+                     "torch_brute_force_s_extrapolated": t_brute, "speedup": t_brute / t_ivf}
+        print(f"[geometry] {name} {n:,}: IVF {t_ivf:.0f} s, recall@1 {recall:.3f}; brute force ≈ {t_brute:.0f} s", flush=True)
+    return res
+
+
+def bench_scaling(q: bool) -> dict:
+    from superpos.plan import plan_memory
+
+    d = 64 if q else 576
+    rows = []
+    for expansion in ((4, 8) if q else (8, 16, 32)):
+        for batch in ((256, 512) if q else (1024, 4096)):
+            F = expansion * d
+            code = (f"import resource, time, torch, sys; sys.path.insert(0, {str(ROOT)!r}); "
+                    f"from superpos.dictionaries import TopKSAE; x = torch.randn({batch} * 4, {d}); "
+                    f"r = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024; "
+                    f"s = TopKSAE(n_components={F}, k=32, batch_size={batch}, n_tokens={batch} * 12, warmup_steps=1, "
+                    f"device='cpu', progress=False); b = r(); s.fit(x); "
+                    f"import numpy as np; print(r() - b, np.median([h['tok_s'] for h in s.history_]))")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+            mem, tok_s = int(out[0]), float(out[1])
+            rows.append({"n_latents": F, "batch": batch, "step_ms": 1e3 * batch / tok_s, "tokens_per_s": tok_s,
+                         "measured_peak_mib": mem / 2**20, "planned_mib": plan_memory(d, F, 32, batch).total / 2**20})
+            print(f"[scaling] F {F:,} batch {batch}: {rows[-1]['step_ms']:.0f} ms/step, "
+                  f"{rows[-1]['measured_peak_mib']:.0f} MiB (plan {rows[-1]['planned_mib']:.0f})", flush=True)
+    return {"d_model": d, "rows": rows}
+
+
+# ------------------------------------------------------------------------------------------------------
+def write_results(res: dict, path: Path) -> None:
+    m = res["machine"]
+    L = ["# superpos benchmark results", "",
+         f"Measured {m['date']} with `python benchmarks/run.py{' --quick' if res['quick'] else ''}` "
+         f"({res['seconds']:.0f} s). Every ratio compares two timings taken in the same run.", "",
+         f"**Machine:** {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['memory_gib']} GiB, "
+         f"GPU: {m['cuda'] or 'none'}. Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
+         f"faiss {m['faiss']}, h5py {m['h5py']}.", ""]
+    if "sae" in res:
+        L += ["## TopK SAE training vs its roofline", "",
+              "Roofline = one dense encoder matmul (batch × d_model × n_latents), the one cost a TopK step cannot "
+              "avoid, timed in the same run. Synthetic stream of sparse atom mixtures, fp32 on CPU.", "",
+              "| SAE | latents | batch | k | tokens/s | step | encoder matmul | fraction of roofline | target |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for name, r in res["sae"].items():
+            L.append(f"| {name} | {r['n_latents']:,} | {r['batch']} | {r['k']} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['step_s'] * 1e3:.0f} ms | {r['roofline_matmul_s'] * 1e3:.0f} ms | {r['fraction_of_roofline']:.2f} | ≥ 0.70 |")
+        L.append("")
+    if "peers" in res:
+        L += ["## Peers on the identical stream", "", "| toolkit | status | tokens/s | final FVU | note |", "|---|---|---|---|---|"]
+        for name, r in res["peers"].items():
+            L.append(f"| {name} | {r.get('status')} | {r.get('tokens_per_s', float('nan')):,.0f} | "
+                     f"{r.get('fvu', float('nan')):.3f} | {r.get('note', '')} |")
+        L.append("")
+    if "harvest" in res:
+        r = res["harvest"]
+        L += ["## Harvest vs a bare forward pass", "",
+              f"Default model, {r['tokens']:,} tokens in batches of 8 × 256, {r['layers']} layers stored (float16, lzf).", "",
+              "| bare forward | harvest | ratio harvest / bare | target |", "|---|---|---|---|",
+              f"| {r['bare_tok_s']:,.0f} tok/s | {r['harvest_tok_s']:,.0f} tok/s | {r['ratio_harvest_over_bare']:.2f} | ≤ 1.10 |", ""]
+    if "stream" in res:
+        r = res["stream"]
+        L += ["## Store streaming vs what the SAE step consumes", "",
+              f"{r['rows']:,} rows × {r['d_model']} float16 (lzf, 2,048-row chunks), shuffled batches of {r['batch']}.", "",
+              "| stream | SAE 16× consumes | ratio | target |", "|---|---|---|---|",
+              f"| {r['rows_per_s']:,.0f} rows/s ({r['mib_per_s']:.0f} MiB/s) | {r.get('sae_rows_per_s', float('nan')):,.0f} rows/s "
+              f"| {r.get('ratio_stream_over_sae', float('nan')):.1f}× | ≥ 5× |", ""]
+    if "geometry" in res:
+        e = res["geometry"]["embedding"]
+        L += ["## Geometry: max |cos|", "", "| set | method | time | vs blocked torch | recall@1 | target |",
+              "|---|---|---|---|---|---|",
+              f"| embedding {e['n']:,} × {e['d']} | faiss exact | {e['faiss_exact_s']:.1f} s | "
+              f"torch {e['torch_blocked_s']:.1f} s ({e['torch_over_faiss']:.2f}×) | 1 (exact) | |"]
+        for key, what in (("atoms_1M", "clustered atoms (SAE-decoder-like)"), ("random_1M", "random unit vectors")):
+            a = res["geometry"][key]
+            L.append(f"| {a['n']:,} {what} × {a['d']} | faiss IVF, nprobe {a['nprobe']} | {a['ivf_s']:.0f} s | "
+                     f"brute force ≈ {a['torch_brute_force_s_extrapolated']:.0f} s (extrapolated; {a['speedup']:.0f}×) | "
+                     f"{a['recall_at_1']:.3f} | ≤ 600 s at recall ≥ 0.95 |")
+        L.append("")
+    if "scaling" in res:
+        s = res["scaling"]
+        L += ["## Scaling with n_latents and batch", "",
+              f"TopK k = 32, d_model {s['d_model']}; memory = growth of the peak RSS during the fit, against `superpos plan`.", "",
+              "| latents | batch | step | tokens/s | measured peak | planned |", "|---|---|---|---|---|---|"]
+        for r in s["rows"]:
+            L.append(f"| {r['n_latents']:,} | {r['batch']} | {r['step_ms']:.0f} ms | {r['tokens_per_s']:,.0f} | "
+                     f"{r['measured_peak_mib']:.0f} MiB | {r['planned_mib']:.0f} MiB |")
+        L.append("")
+    path.write_text("\n".join(L))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run (CI)")
+    ap.add_argument("--only", default="sae,peers,harvest,stream,geometry,scaling", help="comma list of sections")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks"), help="folder for RESULTS.md and results.json")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res: dict = {"machine": machine(), "quick": args.quick}
+    if "sae" in only:
+        res["sae"] = bench_sae(args.quick, args.device)
+    if "peers" in only:
+        from peers import run_peers
+
+        res["peers"] = run_peers(args.quick, res.get("sae", {}).get("16x"))
+    if "harvest" in only:
+        res["harvest"] = bench_harvest(args.quick)
+    if "stream" in only:
+        res["stream"] = bench_stream(args.quick, res.get("sae", {}).get("16x", {}).get("tokens_per_s"))
+    if "geometry" in only:
+        res["geometry"] = bench_geometry(args.quick)
+    if "scaling" in only:
+        res["scaling"] = bench_scaling(args.quick)
+    res["seconds"] = time.perf_counter() - t0
+    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    (out / "results.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
+    write_results(res, out / "RESULTS.md")
+    print(f"wrote {out / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
