@@ -6,24 +6,23 @@ import argparse
 from .cli import positive
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got '{text}'") from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got '{text}'")
-    return values
+def _list_of(kind, ok, what: str):
+    """argparse type: a comma list of ``kind`` values, each passing ``ok`` (else: expected ``what``)."""
+    def parse(text: str):
+        try:
+            values = [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got '{text}'") from None
+        if not values or not all(ok(v) for v in values):
+            raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'")
+        return values
+    return parse
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got '{text}'") from None
-    if not values or not all(0 < v <= 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected numbers in (0, 1], got '{text}'")
-    return values
+_int_list = _list_of(int, lambda v: v > 0, "positive integers")
+_float_list = _list_of(float, lambda v: 0 < v <= 1, "numbers in (0, 1]")
+_positive_floats = _list_of(float, lambda v: v > 0, "positive numbers")
+_offset_list = _list_of(int, lambda v: abs(v) <= 16, "offsets between -16 and 16")
 
 
 def register(sub) -> None:
@@ -145,26 +144,6 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.set_defaults(func=cmd_reinject)
-
-
-def _positive_floats(text: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got '{text}'") from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got '{text}'")
-    return values
-
-
-def _offset_list(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of integers, got '{text}'") from None
-    if not values or max(abs(v) for v in values) > 16:
-        raise argparse.ArgumentTypeError(f"expected offsets between -16 and 16, got '{text}'")
-    return values
 
 
 def _model_corpus_args(p) -> None:

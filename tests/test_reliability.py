@@ -34,12 +34,12 @@ def _cli(*args) -> list[str]:
     return [sys.executable, "-m", "superpos", *map(str, args)]
 
 
-def _harvest_args(model, out, tokens=24000):
+def _harvest_args(model, out, tokens=4000 * max(6, KILLS)):
     return _cli("harvest", "--model", model, "--layers", "0,2", "--tokens", tokens, "--context", 32,
                 "--batch-size", 2, "--device", "cpu", "--out", out)
 
 
-def _fit_args(store, out, tokens=120_000):
+def _fit_args(store, out, tokens=40_000 * max(3, KILLS)):  # more kills need a longer fit to land in
     return _cli("fit", "--store", store, "--layer", 2, "--expansion", 4, "--k", 4, "--tokens", tokens,
                 "--batch-size", 256, "--checkpoint-every", 10, "--seed", 3, "--no-progress", "--device", "cpu",
                 "--out", out)
@@ -205,7 +205,8 @@ def test_live_reader_sees_consistent_prefixes(model, reference, tmp_path):
             if out.exists():
                 with ActivationStore(out, live=True) as st:
                     n = st.n_rows
-                    views.append((n, st.row_field("tokens").copy(), st.to_numpy(2, rows=np.arange(n))))
+                    if n:  # a just-created store has no complete rows to read yet
+                        views.append((n, st.row_field("tokens").copy(), st.to_numpy(2, rows=np.arange(n))))
             time.sleep(0.2)
     finally:
         proc.wait()
@@ -270,7 +271,7 @@ def test_store_writes_survive_random_interruptions(tmp_path_factory, layout):
     written = recv.recv()
     with ActivationStore(path, "r+") as store:  # opens and validates after the "kill"
         assert store.n_rows == written
-        for i, layer in enumerate(sorted(layout["layers"])):
+        for i, layer in enumerate(sorted(layout["layers"]) if written else []):
             j = layout["layers"].index(layer)
             np.testing.assert_array_equal(store.to_numpy(layer, rows=np.arange(written)),
                                           rows[j][:written].astype(np.float32))

@@ -368,18 +368,8 @@ def write_probe_report(res: dict, out: Path) -> Path:
 # lookahead
 # ------------------------------------------------------------------------------------------------------
 @dataclass
-class LookaheadConfig:
-    model: str | None = None
-    corpus: str | None = None
-    contexts: int = 96
-    context_length: int = 256
-    per_context: int = 96
-    n_classes: int = 1024
-    ridge: float = 1e-2
+class LookaheadConfig(ProbeConfig):
     offsets: list[int] = field(default_factory=lambda: [1, 2, 3])
-    n_boot: int = 1000
-    seed: int = 0
-    device: str = "auto"
     out: str = "runs/lookahead"
 
 
