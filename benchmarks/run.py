@@ -14,6 +14,7 @@ Sections:
   geometry max |cos| over the 49,152 × 576 embedding (exact faiss vs blocked torch), and over 1M × 576 atoms
            with an IVF index (time, recall@1 against exact search on a sample).
   scaling  SAE step time and memory against n_latents and batch size.
+  ddp      `superpos fit` on one process vs torchrun with 2 gloo processes (same global batch).
 """
 from __future__ import annotations
 
@@ -213,6 +214,48 @@ def bench_geometry(q: bool) -> dict:
     return res
 
 
+def _synthetic_store(path: Path, rows: int, d: int) -> Path:
+    from superpos.store import ActivationStore
+
+    chunk = 8 * 256
+    st = ActivationStore.create(path, layers=[15], d_model=d, n_rows=rows, attrs={"model": "bench", "context_length": 256},
+                                chunk_rows=chunk)
+    x = synthetic_stream(rows, d).numpy().astype(np.float16)
+    for lo in range(0, rows, chunk):
+        n = min(chunk, rows - lo)
+        r = np.arange(lo, lo + n)
+        st.write_rows(lo, {15: x[lo:lo + n]}, tokens=r.astype(np.int32), doc=(r // 256).astype(np.int32),
+                      pos=(r % 256).astype(np.int32), next_logprob=np.zeros(n, np.float32), next_rank=np.zeros(n, np.int32))
+    st.close()
+    return path
+
+
+def bench_ddp(q: bool) -> dict:
+    """`superpos fit` on 1 process vs `torchrun --nproc-per-node 2` (gloo), same global batch and tokens."""
+    import re
+    import socket
+
+    d, rows, batch, steps = (64, 16_384, 512, 10) if q else (576, 65_536, 4096, 16)
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = _synthetic_store(Path(tmp) / "s.h5", rows, d)
+        args = ["fit", "--store", str(store), "--layer", "15", "--expansion", "16", "--k", "32", "--batch-size",
+                str(batch), "--tokens", str(batch * steps), "--train-frac", "1", "--no-progress", "--device", "cpu"]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        runs = {"1 process (all threads)": [sys.executable, "-m", "superpos", *args, "--out", f"{tmp}/one"],
+                "2 processes (torchrun, gloo)": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                                                 "--master-addr", "127.0.0.1", "--master-port", str(port),
+                                                 "-m", "superpos", *args, "--out", f"{tmp}/two"]}
+        for name, cmd in runs.items():
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+            res[name] = float(re.search(r"in ([\d.]+) s", out).group(1))
+            print(f"[ddp] {name}: {res[name]:.1f} s", flush=True)
+    res["speedup_2_over_1"] = res["1 process (all threads)"] / res["2 processes (torchrun, gloo)"]
+    return {"d_model": d, "n_latents": 16 * d, "batch": batch, "steps": steps, "seconds": res}
+
+
 def bench_scaling(q: bool) -> dict:
     from superpos.plan import plan_memory
 
@@ -295,13 +338,21 @@ def write_results(res: dict, path: Path) -> None:
             L.append(f"| {r['n_latents']:,} | {r['batch']} | {r['step_ms']:.0f} ms | {r['tokens_per_s']:,.0f} | "
                      f"{r['measured_peak_mib']:.0f} MiB | {r['planned_mib']:.0f} MiB |")
         L.append("")
+    if "ddp" in res:
+        r = res["ddp"]
+        s = r["seconds"]
+        L += ["## Data parallelism on this machine", "",
+              f"`superpos fit` TopK {r['n_latents']:,} × {r['d_model']}, global batch {r['batch']}, {r['steps']} steps: one "
+              f"process with all cores vs `torchrun --nproc-per-node 2` (gloo, one thread per rank).", "",
+              "| run | fit time |", "|---|---|", *[f"| {k} | {v:.1f} s |" for k, v in s.items() if k != "speedup_2_over_1"],
+              f"| speed-up, 2 processes / 1 | {s['speedup_2_over_1']:.2f}× |", ""]
     path.write_text("\n".join(L))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run (CI)")
-    ap.add_argument("--only", default="sae,peers,harvest,stream,geometry,scaling", help="comma list of sections")
+    ap.add_argument("--only", default="sae,peers,harvest,stream,geometry,scaling,ddp", help="comma list of sections")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"), help="folder for RESULTS.md and results.json")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
@@ -324,6 +375,8 @@ def main() -> int:
         res["geometry"] = bench_geometry(args.quick)
     if "scaling" in only:
         res["scaling"] = bench_scaling(args.quick)
+    if "ddp" in only:
+        res["ddp"] = bench_ddp(args.quick)
     res["seconds"] = time.perf_counter() - t0
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (out / "results.json").write_text(json.dumps(res, indent=2, default=float) + "\n")

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_benchmark_suite_quick(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--only",
-                        "sae,stream,geometry,scaling", "--out", str(tmp_path)], capture_output=True, text=True)
+                        "sae,stream,geometry,scaling,ddp", "--out", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "results.json").read_text())
     assert set(res) >= {"machine", "sae", "stream", "geometry", "scaling"}

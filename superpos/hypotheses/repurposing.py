@@ -144,18 +144,21 @@ def _masked_max(z: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def _covariance(X_PD: torch.Tensor) -> torch.Tensor:
-    """Covariance of centred rows (float64 accumulation), with a tiny ridge."""
+    """Covariance of centred rows, with a tiny ridge."""
     P, D = X_PD.shape
-    X = X_PD.double()
-    cov = X.T @ X / max(1, P - 1)
-    return (cov + torch.eye(D, dtype=cov.dtype, device=X.device) * (1e-6 * cov.diagonal().mean().clamp_min(1e-12))).float()
+    cov = X_PD.T @ X_PD / max(1, P - 1)
+    return cov + torch.eye(D, device=X_PD.device) * (1e-6 * cov.diagonal().mean().clamp_min(1e-12))
 
 
 def _gaussian(E_PD: torch.Tensor, cov_DD: torch.Tensor) -> torch.Tensor:
-    """Rows E Σ^½ᵀ: Gaussian with covariance Σ from standard normals E (eigen square root: works for the
-    badly conditioned covariances that massive activations produce, where Cholesky can fail)."""
-    evals, evecs = torch.linalg.eigh(cov_DD.double())
-    return (E_PD.double() @ (evecs * evals.clamp_min(0).sqrt()).T).float()
+    """Rows E Lᵀ with L Lᵀ = Σ: Gaussian with covariance Σ from standard normals E. Cholesky (float64); when
+    the covariance is too badly conditioned for it (massive activations plus a planted control can do that),
+    the eigen square root, which gives the same distribution."""
+    try:
+        return E_PD @ torch.linalg.cholesky(cov_DD.double()).float().T
+    except torch.linalg.LinAlgError:
+        evals, evecs = torch.linalg.eigh(cov_DD.double())
+        return (E_PD.double() @ (evecs * evals.clamp_min(0).sqrt()).T).float()
 
 
 def off_output_part(R_PD: torch.Tensor, final_PD: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
