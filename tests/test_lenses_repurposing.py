@@ -85,3 +85,21 @@ def test_cluster_bootstrap_and_shuffle():
     ctx = np.repeat(np.arange(4), 3)
     perm = shuffle_contexts(ctx)
     assert sorted(perm) == list(range(12)) and np.all(ctx[perm] != ctx)
+
+
+def test_dictionary_view_runs_on_a_saved_sae(peaked_llama, tmp_path):
+    from superpos.dictionaries import TopKSAE, save_dictionary
+
+    lm = load_model(str(peaked_llama), device="cpu")
+    x = sample_residuals(lm, _tokens(lm, n=16, c=64), per_context=48, layers=[3], progress=False).at(3).numpy()
+    save_dictionary(TopKSAE(expansion=2, k=4, n_tokens=20_000, device="cpu", progress=False).fit(x), tmp_path / "sae",
+                    meta={"layer": 3})
+    cfg = RepurposingConfig(model=str(peaked_llama), contexts=8, context_length=64, per_context=16, unlikely=1e-4,
+                            likely=0.05, exclude_recent=4, lens_steps=5, dictionary=str(tmp_path / "sae"), n_boot=50,
+                            device="cpu", out=str(tmp_path / "run"))
+    d = run(cfg)["dictionary"]
+    assert d["layer"] == 3 and d["n_atoms"] == 128 and 0 <= d["token_aligned_atoms"] <= 128
+    if d["positions_with_active_aligned"]:
+        for key in ("near_impossible", "near_impossible_shuffled", "likely", "likely_shuffled"):
+            assert 0 <= d[key]["mean"][0] <= 1
+    assert "Dictionary view" in (tmp_path / "run" / "report.md").read_text()
