@@ -138,9 +138,10 @@ def register(sub) -> None:
     p.add_argument("--contexts", type=positive(int), default=48, help="contexts (default 48)")
     p.add_argument("--context-length", type=positive(int), default=256, help="tokens per context (default 256)")
     p.add_argument("--layers", type=_int_list, default=None,
-                   help="residual layers to inject into (default: every other layer of the last quarter)")
-    p.add_argument("--alphas", type=_positive_floats, default=[4.0, 16.0, 64.0],
-                   help="α values (× the raw embedding; default 4,16,64)")
+                   help="residual layers to inject into (default: every other block output of the last quarter, "
+                        "not the final residual)")
+    p.add_argument("--alphas", type=_positive_floats, default=[0.5, 2.0, 8.0],
+                   help="α values (× the raw embedding, whose norm is ≈ 3 on SmolLM2; default 0.5,2,8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.set_defaults(func=cmd_reinject)

@@ -85,8 +85,8 @@ class ReinjectConfig:
     corpus: str | None = None
     contexts: int = 48
     context_length: int = 256
-    layers: list[int] | None = None  # default: the last quarter of the stack, every other layer
-    alphas: list[float] = field(default_factory=lambda: [4.0, 16.0, 64.0])  # embedding norm ≈ 3, late residual ≈ 150–450
+    layers: list[int] | None = None  # default: every other block output of the last quarter, not the final residual
+    alphas: list[float] = field(default_factory=lambda: [0.5, 2.0, 8.0])  # embedding norm ≈ 3, late residual ≈ 150–450
     n_bins: int = 5
     n_boot: int = 1000
     seed: int = 0
@@ -105,7 +105,9 @@ def run_reinject(cfg: ReinjectConfig) -> dict:
     t0 = time.perf_counter()
     lm = load_model(cfg.model, device=cfg.device)
     n = lm.n_layers
-    layers = cfg.layers or list(range(max(1, (3 * n) // 4), n + 1, 2))
+    # not layer n: the final residual goes straight to the unembedding, where (with tied embeddings) adding the
+    # current token's embedding just votes for repeating it
+    layers = cfg.layers or list(range(max(1, (3 * n) // 4), n, 2))
     lm.check_layers(layers)
     tokens = contexts_from_corpus(lm, cfg.corpus, cfg.contexts, cfg.context_length)
     clean = teacher_forced_losses(lm, tokens, [], 0.0)  # clean[:, p] = loss predicting token p+1
@@ -196,5 +198,6 @@ def _write_report(res: dict, out: Path) -> Path:
               [[a, v["overall"]["mean"], *[b["mean"] for b in v["bins"]], v["top_minus_bottom"]["mean"],
                 f"{v['top_minus_bottom']['lo']:+.4f} to {v['top_minus_bottom']['hi']:+.4f}"] for a, v in res["alphas"].items()])
     rep.heading("Reproduce")
-    rep.code(f"python -m superpos run reinject --out {out} --contexts {cfg['contexts']} --seed {cfg['seed']}")
+    rep.code(f"python -m superpos run reinject --out {out} --contexts {cfg['contexts']} --layers "
+             f"{','.join(map(str, res['layers']))} --alphas {','.join(f'{a:g}' for a in cfg['alphas'])} --seed {cfg['seed']}")
     return rep.save(out)
