@@ -62,7 +62,7 @@ report(time.perf_counter() - t0, lambda v: sae(v).sae_out)
     "dictionary_learning": COMMON + '''
 from dictionary_learning.trainers.top_k import TopKTrainer
 tr = TopKTrainer(steps=steps, activation_dim=D, dict_size=F, k=k, layer=0, lm_name="bench", lr=cfg["lr"],
-                 warmup_steps=min(100, steps // 10), device="cpu", seed=0)
+                 warmup_steps=1, decay_start=steps, device="cpu", seed=0)
 it = batches()
 for s in range(steps):
     if s == 2: t0 = time.perf_counter()
@@ -111,8 +111,10 @@ def run_peers(quick: bool, ours: dict | None) -> dict:
     train, ev = x[:-8192].numpy(), x[-8192:].numpy()
     lr = 2e-3
     res: dict = {}
-    sae = TopKSAE(n_components=expansion * d, k=k, batch_size=batch, n_tokens=batch * steps, lr=lr, device="cpu",
-                  progress=False)
+    # same schedule as the peer scripts: a constant learning rate (superpos's default warm-up of 100 steps and final
+    # decay would leave it at a lower rate for most of a 60-step run)
+    sae = TopKSAE(n_components=expansion * d, k=k, batch_size=batch, n_tokens=batch * steps, lr=lr, warmup_steps=1,
+                  decay_frac=0.0, device="cpu", progress=False)
     sae.fit(train)
     tok_s = float(np.median([h["tok_s"] for h in sae.history_[1:]] or [sae.history_[-1]["tok_s"]]))
     evt = torch.from_numpy(ev)
