@@ -62,7 +62,7 @@ report(time.perf_counter() - t0, lambda v: sae(v).sae_out)
     "dictionary_learning": COMMON + '''
 from dictionary_learning.trainers.top_k import TopKTrainer
 tr = TopKTrainer(steps=steps, activation_dim=D, dict_size=F, k=k, layer=0, lm_name="bench", lr=cfg["lr"],
-                 warmup_steps=1, decay_start=steps, device="cpu", seed=0)
+                 warmup_steps=1, decay_start=None, device="cpu", seed=0)
 it = batches()
 for s in range(steps):
     if s == 2: t0 = time.perf_counter()
