@@ -120,10 +120,10 @@ def test_memory_plan_by_hand_and_against_a_measured_fit():
     P = 2 * 4 * 8 + 8 + 4
     assert (p.parameters, p.gradients, p.optimizer) == (4 * P, 4 * P, 8 * P)
     assert p.activations == 2 * 3 * 8 * 4 + 3 * 2 * 12 + 3 * 3 * 4 * 4 + 8 * 4 * 4
-    code = ("import resource, torch; from superpos.dictionaries import TopKSAE; x = torch.randn(4096 * 6, 576); "
-            "r = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024; "
+    code = ("import re, torch; from superpos.dictionaries import TopKSAE; x = torch.randn(4096 * 6, 576); "
+            "kb = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024; "
             "s = TopKSAE(n_components=9216, k=32, batch_size=4096, n_tokens=4096 * 5, device='cpu', progress=False); "
-            "b = r(); s.fit(x); print(r() - b)")
+            "open('/proc/self/clear_refs', 'w').write('5'); b = kb('VmRSS'); s.fit(x); print(kb('VmHWM') - b)")
     measured = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     predicted = plan_memory(576, 9216, 32, 4096).total
     assert 0.6 * predicted < measured < 1.6 * predicted, (measured, predicted)

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
+from superpos.errors import SuperposError
 from superpos.store import ActivationStore
 
 KILLS = int(os.environ.get("SUPERPOS_CRASH_KILLS", "6"))
@@ -199,14 +200,17 @@ def test_live_reader_sees_consistent_prefixes(model, reference, tmp_path):
     ref, _ = reference
     out = tmp_path / "h.h5"
     proc = subprocess.Popen(_harvest_args(model, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    views = []
+    views, errors = [], 0
     try:
         while proc.poll() is None:
             if out.exists():
-                with ActivationStore(out, live=True) as st:
-                    n = st.n_rows
-                    if n:  # a just-created store has no complete rows to read yet
-                        views.append((n, st.row_field("tokens").copy(), st.to_numpy(2, rows=np.arange(n))))
+                try:
+                    with ActivationStore(out, live=True) as st:
+                        n = st.n_rows
+                        if n:  # a just-created store has no complete rows to read yet
+                            views.append((n, st.row_field("tokens").copy(), st.to_numpy(2, rows=np.arange(n))))
+                except (OSError, SuperposError):  # the writer moved metadata under us: an error, never torn rows
+                    errors += 1
             time.sleep(0.2)
     finally:
         proc.wait()
@@ -218,7 +222,8 @@ def test_live_reader_sees_consistent_prefixes(model, reference, tmp_path):
     for n, tok, a in views:
         np.testing.assert_array_equal(tok, tokens[:n])
         np.testing.assert_array_equal(a, acts[:n])
-    _record("live_reader", {"views": len(views), "distinct_prefixes": len(growing)})
+    assert errors <= len(views), (errors, len(views))  # occasional, not the rule
+    _record("live_reader", {"views": len(views), "distinct_prefixes": len(growing), "read_errors": errors})
 
 
 # ---------------------------------------------------------------------------------------------------
