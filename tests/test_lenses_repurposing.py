@@ -77,11 +77,14 @@ def test_off_output_part_removes_exactly_what_the_output_predicts():
 def test_cluster_bootstrap_and_shuffle():
     values = np.array([1.0, 1.0, 3.0, 3.0, 3.0, 8.0])
     groups = np.array([0, 0, 1, 1, 1, 2])
-    m, lo, hi = cluster_bootstrap_mean(values, groups, n_boot=2000)
+    m, lo, hi = cluster_bootstrap_mean(values, groups, n_boot=2000, seed=7)
     assert m == pytest.approx(values.mean())
-    assert 1.0 <= lo < m < hi <= 8.0
-    # a resample is a multiset of clusters: its mean is a ratio of cluster sums to cluster sizes
-    assert lo >= min(2 / 2, 9 / 3, 8 / 1) and hi <= 8.0
+    # reference: a plain loop over the same resamples of whole clusters (sums 2, 9, 8; sizes 2, 3, 1)
+    sums, sizes = np.array([2.0, 9.0, 8.0]), np.array([2.0, 3.0, 1.0])
+    idx = np.random.default_rng(7).integers(0, 3, size=(2000, 3))
+    boots = [sums[i].sum() / sizes[i].sum() for i in idx]
+    assert lo == pytest.approx(np.quantile(boots, 0.025)) and hi == pytest.approx(np.quantile(boots, 0.975))
+    assert lo < m < hi
     ctx = np.repeat(np.arange(4), 3)
     perm = shuffle_contexts(ctx)
     assert sorted(perm) == list(range(12)) and np.all(ctx[perm] != ctx)
