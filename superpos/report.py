@@ -11,6 +11,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def band(ax, x, c: dict, label: str, **kw):
+    """Plot c["mean"] over x with its [c["lo"], c["hi"]] confidence band in the line's colour."""
+    line, = ax.plot(x, c["mean"], label=label, **kw)
+    ax.fill_between(x, c["lo"], c["hi"], alpha=0.2, color=line.get_color())
+    return line
+
+
 class Report:
     """Collects sections; ``save(folder)`` writes report.md, report.html and the figures beside them."""
 

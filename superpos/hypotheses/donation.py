@@ -187,7 +187,7 @@ def run_donation(cfg: DonationConfig) -> dict:
 def _write_report(res: dict, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    from ..report import Report
+    from ..report import Report, band
 
     cfg = res["config"]
     rep = Report(f"Gradient donation to keys and values — {res['model']}")
@@ -197,8 +197,7 @@ def _write_report(res: dict, out: Path) -> Path:
         rep.text(line)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for n, s in res["share"].items():
-        line, = axes[0].plot(res["layers"], s["mean"], label=f"N = {n}")
-        axes[0].fill_between(res["layers"], s["lo"], s["hi"], alpha=0.2, color=line.get_color())
+        band(axes[0], res["layers"], s, f"N = {n}")
     axes[0].set(xlabel="layer (block)", ylabel="share of the k/v gradient from later losses", ylim=(0, 1))
     axes[0].legend(fontsize=8)
     k = np.asarray(res["later_count"])

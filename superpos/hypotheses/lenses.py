@@ -191,11 +191,12 @@ def add_lens_section(rep, res: dict, layers: list[int]) -> None:
     """Figure (KL, top-1, CE per layer with CIs) and table for a ``compare_lenses`` result."""
     import matplotlib.pyplot as plt
 
+    from ..report import band
+
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for name in ("logit lens", "tuned lens"):
         for ax, key in zip(axes, ("kl", "top1", "ce")):
-            line, = ax.plot(layers, res[name][key]["mean"], label=name)
-            ax.fill_between(layers, res[name][key]["lo"], res[name][key]["hi"], alpha=0.2, color=line.get_color())
+            band(ax, layers, res[name][key], name)
     axes[0].set(xlabel="residual layer", ylabel="KL(final ‖ lens) [nats]", yscale="symlog")
     axes[1].set(xlabel="residual layer", ylabel="top-1 agreement with the output")
     axes[2].set(xlabel="residual layer", ylabel="CE on the true next token [nats]")

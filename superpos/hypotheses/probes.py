@@ -305,15 +305,10 @@ def probes_verdict(res: dict) -> dict:
     return {"headline": head, "criteria": lines, "tail_share": tail_share, "embedding_tail_share": emb_tail}
 
 
-def _band(ax, x, c: dict, label: str, **kw):
-    line, = ax.plot(x, c["mean"], label=label, **kw)
-    ax.fill_between(x, c["lo"], c["hi"], alpha=0.2, color=line.get_color())
-
-
 def write_probe_report(res: dict, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    from ..report import Report
+    from ..report import Report, band
 
     cfg = res["config"]
     rep = Report(f"Input-token probes by depth — {res['model']}")
@@ -325,8 +320,8 @@ def write_probe_report(res: dict, out: Path) -> Path:
     x = res["layers"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, r in res["targets"].items():
-        _band(ax, x, r["acc"], f"probe: {name}")
-    _band(ax, x, res["targets"]["current token"]["pooled_acc"], "one probe pooled over layers: current token", ls="--")
+        band(ax, x, r["acc"], f"probe: {name}")
+    band(ax, x, res["targets"]["current token"]["pooled_acc"], "one probe pooled over layers: current token", ls="--")
     ax.plot(x, res["nearest_embedding_acc"], "k:", label="nearest embedding (no training)")
     ax.set(xlabel="residual layer", ylabel="held-out top-1 accuracy", ylim=(0, 1.02))
     ax.legend(fontsize=8)
@@ -440,7 +435,7 @@ def run_lookahead(cfg: LookaheadConfig) -> dict:
 def _write_lookahead_report(res: dict, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    from ..report import Report
+    from ..report import Report, band
 
     cfg = res["config"]
     rep = Report(f"Lookahead probes — {res['model']}")
@@ -451,7 +446,7 @@ def _write_lookahead_report(res: dict, out: Path) -> Path:
     x = res["layers"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, r in res["offsets"].items():
-        _band(ax, x, r["acc"], f"probe for token {name}")
+        band(ax, x, r["acc"], f"probe for token {name}")
         ax.axhline(max(r["bigram"]["mean"], r["embedding_probe"]["mean"]), ls=":", color=ax.lines[-1].get_color(),
                    lw=1)
     ax.set(xlabel="residual layer at position i", ylabel="held-out top-1 accuracy")

@@ -485,16 +485,10 @@ def dictionary_alignment(dic, sample, U_PV, L_PV, tok_VD, shuffle, cfg, min_cos:
 # ------------------------------------------------------------------------------------------------------
 # report
 # ------------------------------------------------------------------------------------------------------
-def _band(ax, x, c: dict, label: str, **kw):
-    m = np.asarray(c["mean"])
-    line, = ax.plot(x, m, label=label, **kw)
-    ax.fill_between(x, c["lo"], c["hi"], alpha=0.2, color=line.get_color())
-
-
 def write_report(res: dict, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    from ..report import Report
+    from ..report import Report, band
     from .lenses import add_lens_section
 
     cfg = res["config"]
@@ -526,10 +520,10 @@ def write_report(res: dict, out: Path) -> Path:
     rep.text("Statistics on the off-output part of each layer's residual (what the final residual does not "
              "predict linearly; the last layer has none, so it is left out here).")
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    _band(ax, xo, C["effect"], "effect (tokens − random dirs)", lw=2)
-    _band(ax, xo, C["excess_tokens"], "real − Gaussian null, token dirs")
-    _band(ax, xo, C["excess_random_dirs"], "real − Gaussian null, random dirs")
-    _band(ax, xo, C["matched_minus_shuffled"], "matched − shuffled contexts")
+    band(ax, xo, C["effect"], "effect (tokens − random dirs)", lw=2)
+    band(ax, xo, C["excess_tokens"], "real − Gaussian null, token dirs")
+    band(ax, xo, C["excess_random_dirs"], "real − Gaussian null, random dirs")
+    band(ax, xo, C["matched_minus_shuffled"], "matched − shuffled contexts")
     ax.axhline(0, color="k", lw=0.8)
     ax.set(xlabel="residual layer", ylabel="Δ max z over near-impossible tokens (null SDs)")
     ax.legend(fontsize=8)
@@ -545,13 +539,13 @@ def write_report(res: dict, out: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     for key, label in (("peak", "real"), ("peak_G", "Gaussian null"), ("peak_Q", "random directions"),
                        ("peak_S", "shuffled contexts")):
-        _band(axes[0], xo, C[key], label)
+        band(axes[0], xo, C[key], label)
     axes[0].set(xlabel="residual layer", ylabel="max z over near-impossible tokens")
     for key, label in (("n_high", "real"), ("n_high_G", "Gaussian null"), ("n_high_Q", "random directions")):
-        _band(axes[1], xo, C[key], label)
+        band(axes[1], xo, C[key], label)
     axes[1].set(xlabel="residual layer", ylabel=f"# near-impossible tokens with z > {cfg['z_high']:g}", yscale="symlog")
-    _band(axes[2], xo, C["raw_z"], "at its layer")
-    _band(axes[2], xo, C["final_z"], "at the output")
+    band(axes[2], xo, C["raw_z"], "at its layer")
+    band(axes[2], xo, C["final_z"], "at the output")
     axes[2].set(xlabel="layer where the token is favoured", ylabel="standardised projection (raw residual)")
     for a in axes:
         a.legend(fontsize=8)
@@ -562,7 +556,7 @@ def write_report(res: dict, out: Path) -> Path:
     pt = res["paired_tokens"]
     fig, ax = plt.subplots(figsize=(8, 4))
     for key, label in (("unlikely", "same tokens where near-impossible"), ("likely", "same tokens where likely")):
-        _band(ax, x, {k: [d[k] for d in pt[key]] for k in ("mean", "lo", "hi")}, label)
+        band(ax, x, {k: [d[k] for d in pt[key]] for k in ("mean", "lo", "hi")}, label)
     ax.axhline(0, color="k", lw=0.8)
     ax.set(xlabel="residual layer", ylabel="mean z of the token")
     ax.legend(fontsize=8)
@@ -573,7 +567,7 @@ def write_report(res: dict, out: Path) -> Path:
     add_lens_section(rep, res["lenses"], x)
     fig, ax = plt.subplots(figsize=(8, 4))
     for key, label in (("lens_hits", "real"), ("lens_hits_S", "shuffled contexts"), ("lens_hits_G", "Gaussian null")):
-        _band(ax, x, C[key], label)
+        band(ax, x, C[key], label)
     ax.set(xlabel="residual layer", ylabel=f"# tokens, lens prob ≥ {cfg['likely']:g}, final < {cfg['unlikely']:g}")
     ax.legend(fontsize=8)
     rep.figure(fig, "lens_hits.png", "Tokens the tuned lens calls likely mid-stack that are near-impossible at the output")
