@@ -203,8 +203,7 @@ def layer_stats(R_PD: torch.Tensor, final_PD: torch.Tensor | None, U_PV: torch.T
     out["top_token"] = np.zeros(P, dtype=np.int64)
     V = tok_VD.shape[0]
     sums = {k: torch.zeros(V, dtype=torch.float64) for k in ("tok_sum_U", "tok_cnt_U", "tok_sum_L", "tok_cnt_L")}
-    inv = np.empty_like(shuffle)
-    inv[shuffle] = np.arange(len(shuffle))
+    inv = np.argsort(shuffle)  # inverse permutation: the position whose groups pair with each residual
     for i in range(0, P, chunk):
         sl = slice(i, min(P, i + chunk))
         U = U_PV[sl].to(dev)
@@ -462,8 +461,7 @@ def dictionary_alignment(dic, sample, U_PV, L_PV, tok_VD, shuffle, cfg, min_cos:
     active = (codes > 0) & aligned[None]
     n_act = active.sum(1).float()
     tok_idx = best_tok[None].expand(len(codes), -1)
-    inv = np.empty_like(shuffle)
-    inv[shuffle] = np.arange(len(shuffle))
+    inv = np.argsort(shuffle)  # inverse permutation: the position whose groups pair with each residual
     U_shuf, L_shuf = U_PV[torch.from_numpy(inv)], L_PV[torch.from_numpy(inv)]
     shares = {}
     for name, G in (("near_impossible", U_PV), ("near_impossible_shuffled", U_shuf), ("likely", L_PV),
