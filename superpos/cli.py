@@ -13,14 +13,14 @@ import traceback
 from .errors import SuperposError
 
 
-def positive(kind=int):
-    """argparse type: a positive int (``1e6`` accepted) or a non-negative float."""
+def positive(kind=int, zero: bool = False):
+    """argparse type: a positive int (``1e6`` accepted; 0 too with ``zero``) or a non-negative float."""
     def parse(text: str):
         try:
             value = kind(float(text)) if kind is int else kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-        if value < 0 or (value == 0 and kind is int):
+        if value < 0 or (value == 0 and kind is int and not zero):
             raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
         return value
     return parse
@@ -165,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_merge(sub)
     _add_info(sub)
     _add_plan(sub)
-    from . import cli_dictionaries, cli_experiments
+    from . import cli_browse, cli_dictionaries, cli_experiments
 
     cli_dictionaries.register(sub)
+    cli_browse.register(sub)
     cli_experiments.register(sub)
     return parser
 

@@ -50,7 +50,7 @@ def add_fit(sub) -> None:
     p.add_argument("--layer", type=int, required=True, help="residual layer to fit (must be in the store)")
     p.add_argument("--kind", choices=sorted(KINDS), default="topk", help="dictionary kind (default topk)")
     for name, (flag, kind, help_) in PARAM_FLAGS.items():
-        p.add_argument(flag, dest=name, type=_positive(kind), default=None, help=help_)
+        p.add_argument(flag, dest=name, type=_positive(kind, zero=name in ("seed", "min_pos")), default=None, help=help_)
     p.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
                    help="SAE compute precision: bfloat16 autocasts the forward/backward (fp32 master weights; meant "
                         "for CUDA, works on CPU); default float32")

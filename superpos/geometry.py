@@ -46,6 +46,20 @@ def _search_abs(index, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return S, I
 
 
+def search_abs_cos(index, Q: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` vectors of ``index`` with the largest |cos| to each (unit) row of ``Q``: (signed cos, ids),
+    best first. ``exclude_self`` drops id i from row i's answers (Q is the indexed set itself)."""
+    S, I = _search_abs(index, Q, k + 1 if exclude_self else k)
+    sign = np.concatenate([np.ones(S.shape[1] // 2), -np.ones(S.shape[1] // 2)])
+    drop = (S < 0) | (I < 0)  # S < 0: the copy of a vector from the other sign's search
+    if exclude_self:
+        drop |= I == np.arange(len(Q))[:, None]
+    S = np.where(drop, -np.inf, S)
+    order = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    rows = np.arange(len(Q))[:, None]
+    return (S[rows, order] * sign[order]).astype(np.float32), I[rows, order]
+
+
 def max_abs_cos(V, batch: int = 4096, index: str = "exact", nlist: int | None = None, nprobe: int = 16,
                 threads: int | None = None) -> MaxCos:
     """Each vector's largest |cos| to any *other* vector.
