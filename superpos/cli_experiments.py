@@ -29,6 +29,19 @@ def register(sub) -> None:
     run = sub.add_parser("run", help="run an experiment (prints a verdict, writes report.md/.html + figures)",
                          description="Run one of superpos's hypothesis experiments on a model.")
     exp = run.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    p = exp.add_parser("all", help="every experiment in sequence, then an index page linking the reports",
+                       description="Run orthogonality, lenses, repurposing, probes, lookahead, donation and reinject "
+                                   "with their defaults into OUT/<name>, then write OUT/index.html and OUT/index.md "
+                                   "with each verdict and a link to its report. Hours on a CPU with the default "
+                                   "model; --quick is a smoke run.")
+    p.add_argument("--out", default="runs/all", help="output folder (default runs/all)")
+    _model_corpus_args(p)
+    p.add_argument("--only", type=_experiments, default=None, help="comma list of experiments to run (default: all)")
+    p.add_argument("--quick", action="store_true", help="small settings for a smoke run (not for conclusions)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.set_defaults(func=cmd_all)
+
     p = exp.add_parser("orthogonality", help="exp(N_emb) near-orthogonality of token directions and dictionaries",
                        description="Hypothesis 1: does the residual stream hold far more than d nearly orthogonal "
                                    "directions? Token-embedding geometry vs random nulls and bounds, a sweep of TopK "
@@ -145,6 +158,29 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.set_defaults(func=cmd_reinject)
+
+
+def _experiments(text: str) -> list[str]:
+    from .run_all import parse_only
+
+    try:
+        return parse_only(text)
+    except Exception as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def cmd_all(args) -> int:
+    from pathlib import Path
+
+    from .run_all import EXPERIMENTS, run_all
+
+    out = Path(args.out)
+    rows = run_all(args.only or EXPERIMENTS, out, args.model, args.corpus, args.device, args.seed, args.quick)
+    print()
+    for r in rows:
+        print(f"{r['name']:>14}  {r['status']:<6} {r['seconds']:>7.0f} s  {r['headline'][:100]}")
+    print(f"index: {out / 'index.html'}")
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
 def _model_corpus_args(p) -> None:

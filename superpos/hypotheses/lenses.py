@@ -229,7 +229,13 @@ def run_lenses(model=None, corpus=None, contexts: int = 64, context_length: int 
     for i, layer in enumerate(layers):
         summary.append(f"{layer:>5} {res['logit lens']['kl']['mean'][i]:>9.3f} {res['tuned lens']['kl']['mean'][i]:>9.3f} "
                        f"{res['logit lens']['top1']['mean'][i]:>10.3f} {res['tuned lens']['top1']['mean'][i]:>10.3f}")
-    res.update({"model": lm.name, "layers": layers, "summary": summary,
+    kl_logit, kl_tuned = (np.asarray(res[k]["kl"]["mean"]) for k in ("logit lens", "tuned lens"))
+    inner = slice(0, len(layers) - 1)  # the last layer is the output itself: both lenses are exact there
+    headline = (f"The tuned lens is closer to the final output than the logit lens at {int((kl_tuned < kl_logit)[inner].sum())} "
+                f"of {len(layers) - 1} layers before the last (mean KL {kl_tuned[inner].mean():.3f} vs "
+                f"{kl_logit[inner].mean():.3f} nats on held-out positions).")
+    res.update({"model": lm.name, "layers": layers, "summary": [headline, *summary],
+                "verdict": {"headline": headline, "criteria": summary},
                 "config": {"model": model, "corpus": corpus, "contexts": contexts, "context_length": context_length,
                            "per_context": per_context, "steps": steps, "seed": seed}})
     write_json_atomic(out / "results.json", res)

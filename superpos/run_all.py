@@ -1,0 +1,111 @@
+"""``python -m superpos run all``: every experiment in sequence, then an index page linking their reports.
+
+Each experiment runs through its own command-line definition (same defaults, same checks) into
+``OUT/<name>``; the tuned lens trained by ``lenses`` is reused by ``repurposing``. An experiment that fails
+is recorded in the index with its error and the rest still run.
+"""
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+
+from .errors import SuperposError
+
+EXPERIMENTS = ["orthogonality", "lenses", "repurposing", "probes", "lookahead", "donation", "reinject"]
+
+# --quick: small settings for a smoke run (minutes on the default model, seconds on a tiny one)
+QUICK = {
+    "orthogonality": ["--harvest-tokens", "8192", "--expansions", "1,2", "--fit-tokens", "40000",
+                      "--capacity-sample", "1024"],
+    "lenses": ["--contexts", "8", "--context-length", "64", "--per-context", "16", "--steps", "30"],
+    "repurposing": ["--contexts", "8", "--context-length", "64", "--per-context", "16"],
+    "probes": ["--contexts", "12", "--context-length", "64", "--per-context", "32", "--classes", "64"],
+    "lookahead": ["--contexts", "12", "--context-length", "64", "--per-context", "32", "--classes", "64"],
+    "donation": ["--contexts", "2", "--context-length", "16"],
+    "reinject": ["--contexts", "6", "--context-length", "64"],
+}
+
+
+def parse_only(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in EXPERIMENTS]
+    if bad or not names:
+        raise SuperposError(f"unknown experiment '{bad[0] if bad else text}' (expected a comma list of "
+                            f"{', '.join(EXPERIMENTS)})")
+    return [n for n in EXPERIMENTS if n in names]
+
+
+def experiment_argv(name: str, out: Path, model: str | None, corpus: str | None, device: str, seed: int,
+                    quick: bool) -> list[str]:
+    argv = ["run", name, "--out", str(out / name), "--device", device, "--seed", str(seed)]
+    if model:
+        argv += ["--model", model]
+    if corpus and name != "orthogonality":  # orthogonality harvests the default corpus for its store
+        argv += ["--corpus", corpus]
+    if name == "repurposing" and (out / "lenses" / "tuned_lens").is_dir():
+        argv += ["--lens", str(out / "lenses" / "tuned_lens")]
+    return argv + (QUICK[name] if quick else [])
+
+
+def headline(folder: Path) -> str:
+    try:
+        res = json.loads((folder / "results.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return ""
+    if isinstance(res.get("verdict"), dict):
+        return res["verdict"].get("headline", "")
+    summary = res.get("summary") or []
+    return "; ".join(summary[:1])
+
+
+def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, device: str, seed: int,
+            quick: bool) -> list[dict]:
+    from .cli import build_parser
+
+    out.mkdir(parents=True, exist_ok=True)
+    parser = build_parser()
+    rows = []
+    for i, name in enumerate(names, 1):
+        argv = experiment_argv(name, out, model, corpus, device, seed, quick)
+        print(f"\n=== [{i}/{len(names)}] python -m superpos {' '.join(argv)}", flush=True)
+        t0 = time.perf_counter()
+        row = {"name": name, "command": "python -m superpos " + " ".join(argv), "folder": name}
+        try:
+            args = parser.parse_args(argv)
+            args.func(args)
+            row.update(status="ok", headline=headline(out / name))
+        except SuperposError as e:
+            row.update(status="failed", headline=f"error: {e}")
+            print(f"superpos: error: {name}: {e}", flush=True)
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+        write_index(out, rows, names)  # after each experiment: an interrupted run still has its index
+    return rows
+
+
+def write_index(out: Path, rows: list[dict], names: list[str]) -> None:
+    from .dictionaries.io import write_json_atomic
+
+    done = {r["name"] for r in rows}
+    pending = [n for n in names if n not in done]
+    md = ["# superpos experiments", "", "| experiment | verdict | time | report |", "|---|---|---|---|"]
+    md += [f"| {r['name']} | {r['headline'].replace('|', '/')} | {r['seconds']:.0f} s | "
+           f"[report]({r['folder']}/report.md) |" for r in rows]
+    md += [f"| {n} | not run yet | | |" for n in pending]
+    md += ["", "Commands:", "", "```"] + [r["command"] for r in rows] + ["```", ""]
+    (out / "index.md").write_text("\n".join(md))
+    cells = "".join(
+        f"<tr><td><a href='{html.escape(r['folder'])}/report.html'>{html.escape(r['name'])}</a></td>"
+        f"<td class='{r['status']}'>{html.escape(r['headline'])}</td><td>{r['seconds']:.0f} s</td>"
+        f"<td><code>{html.escape(r['command'])}</code></td></tr>" for r in rows)
+    cells += "".join(f"<tr><td>{html.escape(n)}</td><td>not run yet</td><td></td><td></td></tr>" for n in pending)
+    (out / "index.html").write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>superpos experiments</title><style>"
+        "body{font-family:sans-serif;max-width:72em;margin:auto;padding:1em}table{border-collapse:collapse}"
+        "td,th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}"
+        ".failed{color:#b00}code{font-size:.85em}</style></head><body><h1>superpos experiments</h1>"
+        "<table><tr><th>experiment</th><th>verdict</th><th>time</th><th>command</th></tr>" + cells +
+        "</table></body></html>")
+    write_json_atomic(out / "index.json", {"experiments": rows, "pending": pending})
