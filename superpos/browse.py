@@ -213,7 +213,8 @@ def browse(cfg: BrowseConfig) -> dict:
     atoms = unit_rows(W_dec_FD.cpu().numpy())
     atom_index = faiss.IndexFlatIP(atoms.shape[1])
     atom_index.add(atoms)
-    near_a_cos, near_a = search_abs_cos(atom_index, atoms, min(cfg.n_atoms, len(atoms) - 1), exclude_self=True)
+    near_a_cos, near_a = search_abs_cos(atom_index, atoms, min(cfg.n_atoms, len(atoms) - 1),
+                                        exclude=np.arange(len(atoms)))
     tok_index = faiss.IndexFlatIP(atoms.shape[1])
     tok_index.add(unit_rows(W_E_VD.cpu().numpy()))
     near_t_cos, near_t = search_abs_cos(tok_index, atoms, min(cfg.n_tokens, tok_index.ntotal))

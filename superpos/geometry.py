@@ -46,14 +46,14 @@ def _search_abs(index, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return S, I
 
 
-def search_abs_cos(index, Q: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` vectors of ``index`` with the largest |cos| to each (unit) row of ``Q``: (signed cos, ids),
-    best first. ``exclude_self`` drops id i from row i's answers (Q is the indexed set itself)."""
-    S, I = _search_abs(index, Q, k + 1 if exclude_self else k)
+def search_abs_cos(index, Q: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` vectors of ``index`` with the largest |cos| to each unit row of ``Q``: (signed cos, ids), best
+    first. ``exclude`` (one id per row of Q, e.g. the query's own id when Q comes from the index) is left out."""
+    S, I = _search_abs(index, np.ascontiguousarray(Q, dtype=np.float32), k + (exclude is not None))
     sign = np.concatenate([np.ones(S.shape[1] // 2), -np.ones(S.shape[1] // 2)])
     drop = (S < 0) | (I < 0)  # S < 0: the copy of a vector from the other sign's search
-    if exclude_self:
-        drop |= I == np.arange(len(Q))[:, None]
+    if exclude is not None:
+        drop |= I == np.asarray(exclude)[:, None]
     S = np.where(drop, -np.inf, S)
     order = np.argsort(-S, axis=1, kind="stable")[:, :k]
     rows = np.arange(len(Q))[:, None]

@@ -128,7 +128,18 @@ CASES = [
          ["evaluate", f"{W}/dict", "--store", f"{W}/wide.h5", "--layer", "2", "--rows", "all"], "d_model"),
     Case("export-out-exists", "export onto an existing file",
          ["export", f"{W}/dict", "--out", f"{W}/notes.txt"], "notes.txt"),
+    # --- feature browser -----------------------------------------------------------------------------
+    Case("browse-no-layer", "browse a dictionary that does not record its layer, without --layer",
+         ["browse", f"{W}/dict_other", "--store", f"{W}/store.h5", "--out", f"{W}/newsite"], "--layer"),
+    Case("browse-out-not-a-site", "browse --out onto a folder that holds other files",
+         ["browse", f"{W}/dict", "--store", f"{W}/store.h5", "--out", f"{W}/dict_other"], "not a superpos site"),
+    Case("browse-store-dmodel", "browse with a store of another width",
+         ["browse", f"{W}/dict", "--store", f"{W}/wide.h5", "--out", f"{W}/newsite"], "d_model"),
+    Case("browse-before-negative", "--before below 0",
+         ["browse", f"{W}/dict", "--store", f"{W}/store.h5", "--before", "-1", "--out", f"{W}/newsite"], "--before"),
     # --- experiments ---------------------------------------------------------------------------------
+    Case("run-all-unknown", "run all --only with an experiment that does not exist",
+         ["run", "all", "--only", "probes,telepathy"], "unknown experiment 'telepathy'"),
     Case("probability-out-of-range", "--unlikely outside (0, 1)",
          ["run", "repurposing", "--unlikely", "2"], "probability"),
     Case("reinject-layer-0", "re-injection into layer 0",
