@@ -40,3 +40,29 @@ def test_run_all_records_a_failure_and_goes_on(tiny_models, tmp_path):
     assert [e["status"] for e in index["experiments"]] == ["failed", "failed"]
     assert all("missing.txt" in e["headline"] for e in index["experiments"])
     assert "failed" in (out / "index.html").read_text()
+
+
+def test_report_command_reproduces_the_settings():
+    """The command in each report parses back (with the CLI itself) to the settings it was made from."""
+    import shlex
+    from dataclasses import asdict
+
+    from superpos.cli import build_parser
+    from superpos.hypotheses.orthogonality import OrthogonalityConfig
+    from superpos.hypotheses.probes import ProbeConfig
+    from superpos.hypotheses.repurposing import RepurposingConfig
+    from superpos.report import command_line
+
+    cases = {
+        "probes": asdict(ProbeConfig(model="my model", contexts=5, offsets=[0, -2], n_classes=32, ridge=0.5, out="o")),
+        "orthogonality": asdict(OrthogonalityConfig(expansions=[1, 4], eps_grid=[0.25], layer=3, out="o")),
+        "repurposing": asdict(RepurposingConfig(control="positive", unlikely=1e-7, exclude_recent=0, out="o")),
+    }
+    for name, cfg in cases.items():
+        argv = shlex.split(command_line(name, cfg))
+        assert argv[:4] == ["python", "-m", "superpos", "run"]
+        args = build_parser().parse_args(argv[3:])
+        for dest, value in vars(args).items():
+            key = {"classes": "n_classes", "eps": "eps_grid"}.get(dest, dest)
+            if key in cfg and cfg[key] is not None:
+                assert value == cfg[key], (name, dest, value, cfg[key])

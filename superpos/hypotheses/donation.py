@@ -208,7 +208,5 @@ def _write_report(res: dict, out: Path) -> Path:
     axes[1].legend(fontsize=8)
     rep.figure(fig, "donation.png", "Left: share of the gradient on keys/values that comes from later positions, per "
                "layer and context length (95% CIs over contexts). Right: the ratio against the number of later losses")
-    rep.heading("Reproduce")
-    rep.code(f"python -m superpos run donation --out {out} --contexts {cfg['contexts']} "
-             f"--context-length {cfg['context_length']} --seed {cfg['seed']}")
+    rep.reproduce("donation", cfg)
     return rep.save(out)

@@ -243,6 +243,6 @@ def run_lenses(model=None, corpus=None, contexts: int = 64, context_length: int 
     rep.text(f"{sample.n_positions:,} positions from {len(tokens_NC)} contexts; the tuned lens (saved in "
              f"{out / 'tuned_lens'}) trained {steps} steps on {res['train_positions']:,} positions.")
     add_lens_section(rep, res, layers)
-    rep.code(f"python -m superpos run lenses --out {out} --contexts {contexts} --steps {steps} --seed {seed}")
+    rep.reproduce("lenses", {**res["config"], "out": str(out), "device": device})
     rep.save(out)
     return res

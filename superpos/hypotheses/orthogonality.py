@@ -284,8 +284,6 @@ def write_report(res: dict, maxcos: dict, out: Path) -> Path:
              f"{al['atoms']['median']:.3f}, vs {al['null']['median']:.3f} for random directions drawn with the layer's "
              f"covariance; difference {diff[0]:+.3f} (95% CI {diff[1]:+.3f} to {diff[2]:+.3f}). "
              f"{100 * al['frac_atoms_above_null_p99']:.1f}% of atoms exceed the null's 99th percentile.")
-    rep.heading("Reproduce")
-    rep.code(f"python -m superpos run orthogonality --out {out}" +
-             (f" --layer {res['layer']}" if res["config"]["layer"] is not None else ""))
+    rep.reproduce("orthogonality", res["config"])
     rep.text(f"Run time: {res.get('seconds', 0):.0f} s.")
     return rep.save(out)

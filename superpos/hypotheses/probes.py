@@ -353,9 +353,7 @@ def write_probe_report(res: dict, out: Path) -> Path:
     rep.figure(fig, "probe_basis.png", "Where the current-token probes put their weight: cumulative energy over "
                "components ordered by how much the embedding uses them. A probe curve below the black one reads "
                "from components the embedding barely uses (off to the side)")
-    rep.heading("Reproduce")
-    rep.code(f"python -m superpos run probes --out {out} --contexts {cfg['contexts']} --per-context {cfg['per_context']} "
-             f"--classes {cfg['n_classes']} --seed {cfg['seed']}")
+    rep.reproduce("probes", cfg)
     return rep.save(out)
 
 
@@ -457,6 +455,5 @@ def _write_lookahead_report(res: dict, out: Path) -> Path:
               [[name, r["best_layer"], max(r["acc"]["mean"]), r["bigram"]["mean"], r["embedding_probe"]["mean"],
                 r["gain_over_baseline"]["mean"], f"{r['gain_over_baseline']['lo']:+.3f} to {r['gain_over_baseline']['hi']:+.3f}",
                 r["coverage"]] for name, r in res["offsets"].items()])
-    rep.heading("Reproduce")
-    rep.code(f"python -m superpos run lookahead --out {out} --contexts {cfg['contexts']} --seed {cfg['seed']}")
+    rep.reproduce("lookahead", cfg)
     return rep.save(out)

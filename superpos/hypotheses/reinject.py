@@ -187,7 +187,7 @@ def _write_report(res: dict, out: Path) -> Path:
     for a, v in res["alphas"].items():
         m = [b["mean"] for b in v["bins"]]
         err = np.array([[b["mean"] - b["lo"], b["hi"] - b["mean"]] for b in v["bins"]]).T
-        ax.errorbar(centers, m, yerr=err, marker="o", capsize=3, label=f"α = {a:g}")
+        ax.errorbar(centers, m, yerr=err, marker="o", capsize=3, label=f"α = {float(a):g}")
     ax.axhline(0, color="k", lw=0.8)
     ax.set(xticks=centers, xticklabels=[f"Q{i + 1}" for i in centers], xlabel="surprisal of the re-injected token "
            "(fifths, low → high)", ylabel="Δ loss on the following token [nats]")
@@ -195,9 +195,7 @@ def _write_report(res: dict, out: Path) -> Path:
     rep.figure(fig, "reinject.png", "Change in next-token loss from re-injecting the true token's embedding, by how "
                "surprising that token was (95% CIs over contexts)")
     rep.table(["α", "overall Δ", *[f"Q{i + 1}" for i in range(cfg["n_bins"])], "Q5 − Q1", "95% CI"],
-              [[a, v["overall"]["mean"], *[b["mean"] for b in v["bins"]], v["top_minus_bottom"]["mean"],
+              [[f"{float(a):g}", v["overall"]["mean"], *[b["mean"] for b in v["bins"]], v["top_minus_bottom"]["mean"],
                 f"{v['top_minus_bottom']['lo']:+.4f} to {v['top_minus_bottom']['hi']:+.4f}"] for a, v in res["alphas"].items()])
-    rep.heading("Reproduce")
-    rep.code(f"python -m superpos run reinject --out {out} --contexts {cfg['contexts']} --layers "
-             f"{','.join(map(str, res['layers']))} --alphas {','.join(f'{a:g}' for a in cfg['alphas'])} --seed {cfg['seed']}")
+    rep.reproduce("reinject", cfg)
     return rep.save(out)

@@ -580,15 +580,6 @@ def write_report(res: dict, out: Path) -> Path:
                     for k in ("near_impossible", "near_impossible_shuffled", "likely", "likely_shuffled",
                               "near_impossible_minus_shuffled")]
             rep.table(["share of active token-aligned atoms whose token is…", "mean", "95% CI"], rows)
-    rep.heading("Reproduce")
-    rep.code(command_line(cfg))
+    rep.reproduce("repurposing", cfg)
     return rep.save(out)
 
-
-def command_line(cfg: dict) -> str:
-    parts = ["python -m superpos run repurposing"]
-    defaults = asdict(RepurposingConfig())
-    for k, v in cfg.items():
-        if v != defaults.get(k) and v is not None:
-            parts.append(f"--{k.replace('_', '-')} {v}")
-    return " ".join(parts)
