@@ -85,3 +85,20 @@ def test_orthogonality_experiment_on_tiny_model(tiny_models, tmp_path):
     assert res["sweep"][1]["fvu"] < res["sweep"][0]["fvu"] + 0.05
     assert isinstance(res["verdict"]["supported"], bool) and len(res["verdict"]["criteria"]) == 3
     assert "Verdict" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("index", ["exact", "ivf", "pq"])
+def test_max_abs_cos_of_some_rows_against_brute_force(index):
+    V = g.gaussian_null(3000, 36, seed=5)
+    V[1] = V[0] + 0.1 * V[1]  # a clear nearest pair, with a sign flip on another
+    V[7] = -(V[5] + 0.1 * V[7])
+    U = g.unit_rows(V)
+    C = np.abs(U @ U.T)
+    np.fill_diagonal(C, -1)
+    rows = np.array([0, 1, 5, 7, 100, 2999])
+    mc = g.max_abs_cos(V, index=index, rows=rows, nlist=8, nprobe=8, refine=3000)
+    assert mc.neighbour[:4].tolist() == [1, 0, 7, 5]
+    if index != "ivf":  # exact, and PQ with every candidate re-ranked, equal the brute force
+        np.testing.assert_array_equal(mc.neighbour, C[rows].argmax(1))
+        np.testing.assert_allclose(mc.value, C[rows].max(1), atol=1e-5)
+    assert g.max_abs_cos_recall(V, sample=300, index="pq", refine=3000) == 1.0
