@@ -99,7 +99,10 @@ def bench_sae(q: bool, device: str) -> dict:
         W = torch.randn(F, d, device=device)
         xb = x[:batch].to(device)
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        roof = _time(lambda: (xb.to(dtype) @ W.to(dtype).T), 5)  # the encoder matmul a step cannot avoid
+        xd, Wd = xb.to(dtype), W.to(dtype)
+        buf = torch.empty(batch, F, dtype=dtype, device=device)
+        roof = _time(lambda: torch.mm(xd, Wd.T, out=buf), 5)  # the encoder matmul a step cannot avoid, into ready memory
+        roof_alloc = _time(lambda: xd @ Wd.T, 5)  # the same as usually written: a fresh output each time
         sae = TopKSAE(n_components=F, k=k, batch_size=batch, n_tokens=batch * steps, warmup_steps=1, device=device,
                       progress=False, precision="bfloat16" if device == "cuda" else "float32")
         t0 = time.perf_counter()
@@ -109,6 +112,7 @@ def bench_sae(q: bool, device: str) -> dict:
         step = batch / tok_s
         out[f"{expansion}x"] = {"n_latents": F, "batch": batch, "k": k, "tokens_per_s": tok_s, "step_s": step,
                                 "roofline_matmul_s": roof, "fraction_of_roofline": roof / step,
+                                "matmul_fresh_output_s": roof_alloc, "fraction_of_fresh_matmul": roof_alloc / step,
                                 "fit_total_s": total, "final_fvu": sae.history_[-1]["fvu"]}
         print(f"[sae] {expansion}x: {tok_s:,.0f} tok/s, step {step * 1e3:.0f} ms vs matmul {roof * 1e3:.0f} ms "
               f"→ {roof / step:.2f} of roofline", flush=True)
@@ -297,12 +301,15 @@ def write_results(res: dict, path: Path) -> None:
     if "sae" in res:
         L += ["## TopK SAE training vs its roofline", "",
               "Roofline = one dense encoder matmul (batch × d_model × n_latents), the one cost a TopK step cannot "
-              "avoid, timed in the same run. Synthetic stream of sparse atom mixtures, fp32 on CPU.", "",
-              "| SAE | latents | batch | k | tokens/s | step | encoder matmul | fraction of roofline | target |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "avoid, timed in the same run: `torch.mm` into an output buffer that already exists (the strict bound; "
+              "the trainer reuses such a buffer). The last column is the same matmul written `x @ W.T`, which "
+              "allocates a fresh output each call. Synthetic stream of sparse atom mixtures, fp32 on CPU.", "",
+              "| SAE | latents | batch | k | tokens/s | step | encoder matmul | fraction of roofline | target | vs `x @ W.T` |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in res["sae"].items():
             L.append(f"| {name} | {r['n_latents']:,} | {r['batch']} | {r['k']} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['step_s'] * 1e3:.0f} ms | {r['roofline_matmul_s'] * 1e3:.0f} ms | {r['fraction_of_roofline']:.2f} | ≥ 0.70 |")
+                     f"{r['step_s'] * 1e3:.0f} ms | {r['roofline_matmul_s'] * 1e3:.0f} ms | {r['fraction_of_roofline']:.2f} | ≥ 0.70 | "
+                     f"{r['matmul_fresh_output_s'] * 1e3:.0f} ms: {r['fraction_of_fresh_matmul']:.2f} |")
         L.append("")
     if "peers" in res:
         L += ["## Peers on the identical stream", "", "| toolkit | status | tokens/s | final FVU | note |", "|---|---|---|---|---|"]

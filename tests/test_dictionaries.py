@@ -48,8 +48,9 @@ def test_sparse_kernels_match_dense_autograd(selector):
     W_dec = torch.randn(Fn, D, dtype=torch.float64, requires_grad=True)
     target = torch.randn(B, D, dtype=torch.float64)
     pre = torch.addmm(b_enc, x, W_enc.T)
-    rows, cols = (select_topk if selector == "topk" else select_batch_topk)(pre.detach(), k)
-    codes = sparse_encode(x, W_enc, b_enc, pre, rows, cols)
+    rows, cols, pre_nnz = (select_topk if selector == "topk" else select_batch_topk)(pre.detach(), k)
+    assert torch.equal(pre_nnz, pre.detach()[rows, cols])
+    codes = sparse_encode(x, W_enc, b_enc, pre, rows, cols, pre_nnz)
     loss_sparse = (sparse_decode(codes, W_dec) - target).pow(2).sum()
     grads_sparse = torch.autograd.grad(loss_sparse, (x, W_enc, b_enc, W_dec))
     mask = torch.zeros(B, Fn, dtype=torch.bool)
@@ -243,3 +244,15 @@ def test_bfloat16_autocast_trains_as_well_as_float32(planted):
     assert b16.components_.dtype == torch.float32
     assert fvu(x, b16.reconstruct(x)) < fvu(x, f32.reconstruct(x)) + 0.03
     assert _recovery(atoms, b16.components_).mean() > _recovery(atoms, f32.components_).mean() - 0.05
+
+
+def test_encoder_pre_into_a_buffer_matches_addmm():
+    from superpos.dictionaries.sparse_ops import encoder_pre
+
+    torch.manual_seed(1)
+    x, W, b = torch.randn(64, 16), torch.randn(96, 16), torch.randn(96)
+    buf = torch.full((64, 96), float("nan"))
+    out = encoder_pre(x, W, b, buf)
+    assert out.data_ptr() == buf.data_ptr()  # written in place, no new (B × F) tensor
+    torch.testing.assert_close(out, torch.addmm(b, x, W.T))
+    torch.testing.assert_close(encoder_pre(x[:10], W, b, buf), torch.addmm(b, x[:10], W.T))  # wrong-size buffer: fallback

@@ -32,28 +32,39 @@ def _offsets(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     return torch.cumsum(counts, 0) - counts
 
 
-def select_topk(pre_BF: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row top k: (rows, cols) sorted by row."""
+def select_topk(pre_BF: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row top k: (rows, cols, pre-activation values) sorted by row."""
     B = pre_BF.shape[0]
-    cols = pre_BF.topk(k, dim=1, sorted=False).indices.reshape(-1)
+    vals, cols = pre_BF.topk(k, dim=1, sorted=False)
     rows = torch.arange(B, device=pre_BF.device).repeat_interleave(k)
-    return rows, cols
+    return rows, cols.reshape(-1), vals.reshape(-1)
 
 
-def select_batch_topk(pre_BF: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top ``k × B`` over the whole batch (BatchTopK): (rows, cols) sorted by row."""
+def select_batch_topk(pre_BF: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top ``k × B`` over the whole batch (BatchTopK): (rows, cols, pre-activation values) sorted by row."""
     B, Fn = pre_BF.shape
     flat = pre_BF.reshape(-1).topk(min(k * B, B * Fn), sorted=False).indices.sort().values
-    return flat // Fn, flat % Fn
+    return flat // Fn, flat % Fn, pre_BF.reshape(-1)[flat]
+
+
+def encoder_pre(x_BD: torch.Tensor, W_enc_FD: torch.Tensor, b_enc_F: torch.Tensor,
+                out_BF: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ W_encᵀ + b_enc (no grad). With ``out_BF`` (a buffer reused across steps) the product lands in memory
+    that is already mapped, and the bias is added in place: measured 15–20 % faster than ``addmm`` into a
+    fresh tensor, which broadcasts the bias into new memory before the GEMM. Under autocast: plain ``addmm``."""
+    if out_BF is None or torch.is_autocast_enabled(x_BD.device.type) or out_BF.shape != (x_BD.shape[0], W_enc_FD.shape[0]) \
+            or out_BF.dtype != x_BD.dtype:
+        return torch.addmm(b_enc_F, x_BD, W_enc_FD.T)
+    return torch.mm(x_BD, W_enc_FD.T, out=out_BF).add_(b_enc_F)
 
 
 class _SparseEncode(torch.autograd.Function):
     """vals = (x @ W_encᵀ + b_enc)[rows, cols], with a backward that touches only the selected pairs."""
 
     @staticmethod
-    def forward(ctx, x_BD, W_enc_FD, b_enc_F, rows, cols, pre_BF):
+    def forward(ctx, x_BD, W_enc_FD, b_enc_F, rows, cols, pre_nnz):
         ctx.save_for_backward(x_BD, W_enc_FD, rows, cols)
-        return pre_BF[rows, cols]
+        return pre_nnz.clone()
 
     @staticmethod
     def backward(ctx, g_nnz):
@@ -74,9 +85,11 @@ class _SparseEncode(torch.autograd.Function):
         return grad_x, grad_W, grad_b, None, None, None
 
 
-def sparse_encode(x_BD, W_enc_FD, b_enc_F, pre_BF, rows, cols) -> SparseCodes:
-    """Pre-activations at the selected pairs, ReLU'd, as :class:`SparseCodes` (differentiable)."""
-    vals = _SparseEncode.apply(x_BD, W_enc_FD, b_enc_F, rows, cols, pre_BF.detach())
+def sparse_encode(x_BD, W_enc_FD, b_enc_F, pre_BF, rows, cols, pre_nnz=None) -> SparseCodes:
+    """Pre-activations at the selected pairs (``pre_nnz``, or read off ``pre_BF``), ReLU'd, as
+    :class:`SparseCodes` (differentiable with respect to x, W_enc and b_enc)."""
+    pre_nnz = pre_BF.detach()[rows, cols] if pre_nnz is None else pre_nnz.detach()
+    vals = _SparseEncode.apply(x_BD, W_enc_FD, b_enc_F, rows, cols, pre_nnz)
     return SparseCodes(rows, cols, F.relu(vals), _offsets(rows, x_BD.shape[0]), x_BD.shape[0])
 
 
