@@ -208,3 +208,22 @@ def test_to_numpy_and_sample(tmp_path):
     with pytest.raises(SuperposError, match="layer 4 is not in store"):
         s.to_numpy(4)
     s.close()
+
+
+def test_next_token_stats_match_log_softmax_and_a_sorted_rank():
+    import torch
+
+    from superpos.harvest import next_token_stats
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 40, 500, generator=g) * 4
+    logits[0, 5, :] = 0.0  # all tied: rank 0 (nothing strictly above the target)
+    tokens = torch.randint(0, 500, (3, 40), generator=g)
+    lp, rk = next_token_stats(logits, tokens)
+    ref = torch.log_softmax(logits.double(), -1)[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(lp[:, :-1].double(), ref, atol=1e-5, rtol=0)
+    tgt = logits[:, :-1].gather(-1, tokens[:, 1:, None])
+    order = torch.sort(logits[:, :-1], dim=-1, descending=True).values
+    want = (order > tgt).sum(-1)  # how many logits lie strictly above the target's
+    assert torch.equal(rk[:, :-1].long(), want) and rk[0, 5] == 0
+    assert torch.isnan(lp[:, -1]).all() and (rk[:, -1] == -1).all()
