@@ -17,7 +17,6 @@ features, loaded only when one of their pages is opened, so tens of thousands of
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -237,6 +236,8 @@ def browse(cfg: BrowseConfig) -> dict:
 def _write_site(out: Path, cfg: BrowseConfig, meta: dict, vocab, rows, stats, ctx_tok, ctx_val, logits, near_atoms,
                 near_tokens) -> int:
     """Write into a temporary folder, then swap it in: a crash never leaves half a site."""
+    from .dictionaries.io import replace_folder
+
     if out.exists() and any(out.iterdir()) and not (out / "data" / "meta.js").exists():
         raise SuperposError(f"{out} exists and is not a superpos site: pick an empty or new folder for --out")
     tmp = out.with_name(f".{out.name}.tmp")
@@ -271,12 +272,5 @@ def _write_site(out: Path, cfg: BrowseConfig, meta: dict, vocab, rows, stats, ct
                 "tokens": [near_tokens[0][f].tolist(), _sig(near_tokens[1][f])],
             })
         size += _js(tmp / "data" / "f" / f"{c}.js", f"SP.chunk({c}, {lo}, ", feats, ");")
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    replace_folder(tmp, out)
     return size + sum((out / n).stat().st_size for n in ("index.html", "feature.html", "site.js", "style.css"))

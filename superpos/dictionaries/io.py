@@ -41,7 +41,7 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _replace_folder(tmp: Path, path: Path) -> None:
+def replace_folder(tmp: Path, path: Path) -> None:
     """Move the finished ``tmp`` folder to ``path``, replacing an older one only after it is complete."""
     if path.exists():
         old = path.with_name(f".{path.name}.old")
@@ -80,7 +80,7 @@ def save_dictionary(dictionary, path: str | os.PathLike, meta: dict | None = Non
         for extra in (path / "checkpoint.pt",):  # keep the training checkpoint beside the result
             if extra.exists():
                 shutil.copy2(extra, tmp / extra.name)
-        _replace_folder(tmp, path)
+        replace_folder(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -170,7 +170,7 @@ def export_saelens(sae, path: str | os.PathLike, hook_name: str | None = None) -
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     save_file(weights, str(tmp / SAELENS_WEIGHTS))
     write_json_atomic(tmp / SAELENS_CFG, cfg)
-    _replace_folder(tmp, path)
+    replace_folder(tmp, path)
     return path
 
 
