@@ -104,13 +104,16 @@ def bench_sae(q: bool, device: str) -> dict:
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         xd, Wd = xb.to(dtype), W.to(dtype)
         buf = torch.empty(batch, F, dtype=dtype, device=device)
-        roof = _time(lambda: torch.mm(xd, Wd.T, out=buf), 5)  # the encoder matmul a step cannot avoid, into ready memory
-        roof_alloc = _time(lambda: xd @ Wd.T, 5)  # the same as usually written: a fresh output each time
+        def matmuls():  # the encoder matmul a step cannot avoid, into ready memory; and as usually written
+            return _time(lambda: torch.mm(xd, Wd.T, out=buf), 5), _time(lambda: xd @ Wd.T, 5)
         sae = TopKSAE(n_components=F, k=k, batch_size=batch, n_tokens=batch * steps, warmup_steps=1, device=device,
                       progress=False, precision="bfloat16" if device == "cuda" else "float32")
+        before = matmuls()
         t0 = time.perf_counter()
         sae.fit(x)
         total = time.perf_counter() - t0
+        after = matmuls()  # timed on both sides of the fit: the best of 10 is what the machine can do
+        roof, roof_alloc = min(before[0], after[0]), min(before[1], after[1])
         # best logging window (2 steps each), as the matmul is timed best of 5: both the least disturbed figure
         tok_s = float(max([h["tok_s"] for h in sae.history_[1:]] or [sae.history_[-1]["tok_s"]]))
         step = batch / tok_s
@@ -321,8 +324,9 @@ def write_results(res: dict, path: Path) -> None:
               "Roofline = one dense encoder matmul (batch × d_model × n_latents), the one cost a TopK step cannot "
               "avoid, timed in the same run: `torch.mm` into an output buffer that already exists (the strict bound; "
               "the trainer reuses such a buffer). The last column is the same matmul written `x @ W.T`, which "
-              "allocates a fresh output each call. Both timings are the best of several (matmul: 5 calls; step: the "
-              "best 2-step window of 40 steps). Synthetic stream of sparse atom mixtures, fp32 on CPU.", "",
+              "allocates a fresh output each call. Both timings are the best of several (matmul: 10 calls, half "
+              "before and half after the fit; step: the best 2-step window of 40 steps), which is what this shared "
+              "machine gives undisturbed. Synthetic stream of sparse atom mixtures, fp32 on CPU.", "",
               "| SAE | latents | batch | k | tokens/s | step | encoder matmul | fraction of roofline | target | vs `x @ W.T` |",
               "|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in res["sae"].items():
