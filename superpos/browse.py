@@ -101,20 +101,19 @@ def feature_stats(acts: Activations, top: int) -> dict:
     csc = acts.codes.tocsc()
     n_rows, n_feat = csc.shape
     counts = np.diff(csc.indptr)
-    sums = np.add.reduceat(csc.data, csc.indptr[:-1]) if csc.nnz else np.zeros(n_feat)
-    sums = np.where(counts > 0, sums, 0.0)
+    col = np.repeat(np.arange(n_feat), counts)  # feature of each stored activation
+    sums = np.bincount(col, weights=csc.data, minlength=n_feat)
     vmax = np.zeros(n_feat, np.float32)
     hist = np.zeros((n_feat, HIST_BINS), np.int64)
     top_rows = np.full((n_feat, top), -1, np.int64)
     top_vals = np.zeros((n_feat, top), np.float32)
-    col = np.repeat(np.arange(n_feat), counts)
     if csc.nnz:
-        vmax = np.maximum.reduceat(csc.data, csc.indptr[:-1]).astype(np.float32)
-        vmax = np.where(counts > 0, vmax, 0.0).astype(np.float32)
-        b = np.minimum((csc.data / vmax[col] * HIST_BINS).astype(np.int64), HIST_BINS - 1)
-        hist = np.bincount(col * HIST_BINS + b, minlength=n_feat * HIST_BINS).reshape(n_feat, HIST_BINS)
         order = np.lexsort((-csc.data, col))  # by feature, then by activation, largest first
         rank = np.arange(csc.nnz) - csc.indptr[col[order]]
+        firsts = order[rank == 0]
+        vmax[col[firsts]] = csc.data[firsts]
+        b = np.minimum((csc.data / vmax[col] * HIST_BINS).astype(np.int64), HIST_BINS - 1)
+        hist = np.bincount(col * HIST_BINS + b, minlength=n_feat * HIST_BINS).reshape(n_feat, HIST_BINS)
         first = rank < top
         sel = order[first]
         top_rows[col[sel], rank[first]] = csc.indices[sel]

@@ -251,3 +251,21 @@ def screenshots(site_dir: Path, out: Path, feature: int) -> None:
 
 if __name__ == "__main__":
     screenshots(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 0)
+
+
+def test_feature_stats_on_a_hand_made_case():
+    """Three rows, four features; features 1 and 3 (the last) never fire."""
+    from scipy import sparse
+
+    from superpos.browse import HIST_BINS, Activations, feature_stats
+
+    dense = np.array([[2.0, 0, 1.0, 0], [0.5, 0, 0, 0], [4.0, 0, 3.0, 0]], np.float32)
+    acts = Activations(sparse.csr_matrix(dense), np.array([10, 11, 12]), (dense > 0).sum(0))
+    st = feature_stats(acts, top=2)
+    np.testing.assert_allclose(st["freq"], [1, 0, 2 / 3, 0])
+    np.testing.assert_allclose(st["max"], [4, 0, 3, 0])
+    np.testing.assert_allclose(st["mean"], [6.5 / 3, 0, 2, 0])
+    assert st["top_rows"].tolist() == [[2, 0], [-1, -1], [2, 0], [-1, -1]]  # scanned-row indices, best first
+    np.testing.assert_allclose(st["top_vals"], [[4, 2], [0, 0], [3, 1], [0, 0]])
+    assert st["hist"].sum(1).tolist() == [3, 0, 2, 0]
+    assert st["hist"][0, HIST_BINS - 1] == 1 and st["hist"][0, int(0.5 / 4 * HIST_BINS)] == 1  # 4 → last bin, 0.5 → 1/8
