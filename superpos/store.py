@@ -16,6 +16,7 @@ flushed to disk, so a crash never exposes half-written rows and a resumed harves
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -307,10 +308,26 @@ class ActivationStore:
         self._pos = None
 
     # ------------------------------------------------------------------ reading
+    def _check_live(self, ds) -> None:
+        """A live reader's view of the chunk index can lag behind the row counter it read on opening (HDF5 reads
+        index blocks lazily). Chunks are written in order, so if the chunk holding the last complete row is
+        allocated in this view, every earlier one is; if not, reading would return fill values: refuse instead."""
+        if self._frozen is None or not self._frozen or ds.chunks is None:
+            return
+        coord = ((self._frozen - 1) // ds.chunks[0] * ds.chunks[0],) + (0,) * (ds.ndim - 1)
+        try:
+            allocated = ds.id.get_chunk_info_by_coord(coord).byte_offset is not None
+        except RuntimeError:  # the index moved under us mid-read
+            allocated = False
+        if not allocated:
+            raise OSError(errno.EAGAIN, f"{self.path}: the writer is between flushes; open it again")
+
     def row_field(self, name: str) -> np.ndarray:
         if name not in ROW_FIELDS:
             raise SuperposError(f"unknown row field '{name}' (expected one of {', '.join(ROW_FIELDS)})")
-        return self.file[name][: self.n_rows]
+        ds = self.file[name]
+        self._check_live(ds)
+        return ds[: self.n_rows]
 
     @property
     def pos(self) -> np.ndarray:
@@ -329,6 +346,7 @@ class ActivationStore:
     def to_numpy(self, layer: int, rows=None) -> np.ndarray:
         """Activations of ``layer`` for ``rows`` (a slice, or sorted/unsorted integer indices) as float32."""
         ds = self.file[layer_key(self.check_layer(layer))]
+        self._check_live(ds)
         if rows is None:
             rows = slice(0, self.n_rows)
         if isinstance(rows, slice):
