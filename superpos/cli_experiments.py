@@ -32,8 +32,9 @@ def register(sub) -> None:
     p = exp.add_parser("all", help="every experiment in sequence, then an index page linking the reports",
                        description="Run orthogonality, lenses, repurposing, probes, lookahead, donation and reinject "
                                    "with their defaults into OUT/<name>, then write OUT/index.html and OUT/index.md "
-                                   "with each verdict and a link to its report. Hours on a CPU with the default "
-                                   "model; --quick is a smoke run.")
+                                   "with each verdict and a link to its report. --corpus goes to every experiment but "
+                                   "orthogonality, which harvests its own store from the default corpus. Hours on a "
+                                   "CPU with the default model; --quick is a smoke run.")
     p.add_argument("--out", default="runs/all", help="output folder (default runs/all)")
     _model_corpus_args(p)
     p.add_argument("--only", type=_experiments, default=None, help="comma list of experiments to run (default: all)")
