@@ -110,31 +110,39 @@ def max_abs_cos(V, batch: int = 4096, index: str = "exact", nlist: int | None = 
     return MaxCos(np.clip(value, 0, 1), neighbour, t1 - t0, time.perf_counter() - t1)
 
 
-def exact_max_abs_cos(V, rows=None, block: int = 65536, query_block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Exact max |cos| of each of ``rows`` (default all) to any other vector, and which: blocked torch matmuls
-    with |·| taken once (faiss's flat index would need a second pass for −q). On CUDA when present."""
+def _blocked_abs_max(Q, V, exclude=None, block: int = 65536, query_block: int = 4096):
+    """For each unit row of Q: the largest |⟨q, v⟩| over the unit rows of V and its index, by blocked torch
+    matmuls with |·| taken once (faiss's flat index needs a second pass for −q). ``exclude`` (one id of V per
+    row of Q) is left out. On CUDA when present."""
     import torch
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    U = torch.from_numpy(unit_rows(V)).to(dev)
-    rows_t = torch.arange(len(U), device=dev) if rows is None else torch.as_tensor(np.asarray(rows), device=dev)
-    value = torch.empty(len(rows_t), device=dev)
-    arg = torch.empty(len(rows_t), dtype=torch.int64, device=dev)
-    for q0 in range(0, len(rows_t), query_block):
-        r = rows_t[q0:q0 + query_block]
-        Q = U[r]
-        best = torch.full((len(r),), -1.0, device=dev)
-        best_i = torch.zeros(len(r), dtype=torch.int64, device=dev)
+    Q, U = torch.from_numpy(Q).to(dev), torch.from_numpy(V).to(dev)
+    ex = None if exclude is None else torch.as_tensor(np.asarray(exclude), device=dev)
+    value = torch.empty(len(Q), device=dev)
+    arg = torch.empty(len(Q), dtype=torch.int64, device=dev)
+    for q0 in range(0, len(Q), query_block):
+        q = Q[q0:q0 + query_block]
+        best = torch.full((len(q),), -1.0, device=dev)
+        best_i = torch.zeros(len(q), dtype=torch.int64, device=dev)
         for lo in range(0, len(U), block):
-            c = (Q @ U[lo:lo + block].T).abs_()
-            own = r - lo
-            inside = (own >= 0) & (own < c.shape[1])
-            c[inside.nonzero()[:, 0], own[inside]] = -1.0
+            c = (q @ U[lo:lo + block].T).abs_()
+            if ex is not None:
+                own = ex[q0:q0 + query_block] - lo
+                inside = (own >= 0) & (own < c.shape[1])
+                c[inside.nonzero()[:, 0], own[inside]] = -1.0
             v, i = c.max(1)
             better = v > best
             best[better], best_i[better] = v[better], i[better] + lo
-        value[q0:q0 + len(r)], arg[q0:q0 + len(r)] = best, best_i
+        value[q0:q0 + len(q)], arg[q0:q0 + len(q)] = best, best_i
     return value.clamp(0, 1).cpu().numpy(), arg.cpu().numpy()
+
+
+def exact_max_abs_cos(V, rows=None, query_block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Exact max |cos| of each of ``rows`` (default all) to any *other* vector of V, and which."""
+    U = unit_rows(V)
+    rows = np.arange(len(U)) if rows is None else np.asarray(rows, dtype=np.int64)
+    return _blocked_abs_max(U[rows], U, exclude=rows, query_block=query_block)
 
 
 def exact_neighbours(V, rows: np.ndarray) -> np.ndarray:
@@ -225,12 +233,8 @@ class Matching(NamedTuple):
 
 
 def best_abs_cos(Q, V) -> np.ndarray:
-    """For each row of ``Q``, its largest |cos| to any row of ``V`` (exact, faiss flat index)."""
-    U = unit_rows(V)
-    idx = faiss.IndexFlatIP(U.shape[1])
-    idx.add(U)
-    S, _ = _search_abs(idx, unit_rows(Q), 1)
-    return np.clip(S.max(1), 0, 1)
+    """For each row of ``Q``, its largest |cos| to any row of ``V`` (exact)."""
+    return _blocked_abs_max(unit_rows(Q), unit_rows(V))[0]
 
 
 def match_dictionaries(A, B) -> Matching:

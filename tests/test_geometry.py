@@ -102,3 +102,11 @@ def test_max_abs_cos_of_some_rows_against_brute_force(index):
         np.testing.assert_array_equal(mc.neighbour, C[rows].argmax(1))
         np.testing.assert_allclose(mc.value, C[rows].max(1), atol=1e-5)
     assert g.max_abs_cos_recall(V, sample=300, index="pq", refine=3000) == 1.0
+
+
+def test_best_abs_cos_against_brute_force():
+    Q, V = g.gaussian_null(300, 24, seed=6), g.gaussian_null(700, 24, seed=7)
+    V[3] = -Q[5]  # an exact anti-parallel pair counts as |cos| 1
+    want = np.abs(g.unit_rows(Q) @ g.unit_rows(V).T).max(1)
+    np.testing.assert_allclose(g.best_abs_cos(Q, V), want, atol=1e-6)
+    assert g.best_abs_cos(Q, V)[5] == pytest.approx(1.0, abs=1e-6)
