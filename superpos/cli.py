@@ -49,7 +49,10 @@ def _add_harvest(sub) -> None:
     p.add_argument("--tokens", type=positive(int), default=None, help="cap on tokens (whole contexts); default: whole corpus")
     p.add_argument("--context", type=positive(int), default=256, help="context length in tokens incl. BOS (default 256)")
     p.add_argument("--batch-size", type=positive(int), default=8, help="contexts per forward pass (default 8)")
-    p.add_argument("--dtype", choices=["float16", "float32"], default="float16", help="stored precision (default float16)")
+    p.add_argument("--dtype", choices=["auto", "float16", "float32"], default="auto",
+                   help="stored precision: auto (default) picks float16 per layer where the first batch peaks below "
+                        "65,504/8 and float32 elsewhere; every batch is checked, and a value the storage cannot hold "
+                        "(or NaN/inf from the model) is refused, never written")
     p.add_argument("--model-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="the model's compute dtype (default float32; bfloat16 halves memory and time on GPUs)")
     p.add_argument("--compression", choices=["lzf", "gzip", "none"], default="lzf", help="HDF5 compression (default lzf)")
@@ -135,8 +138,11 @@ def _cmd_plan(args) -> int:
 
 def _add_info(sub) -> None:
     p = sub.add_parser("info", help="summarise a store or a dictionary folder",
-                       description="Print a summary of an activation store (.h5) or a saved dictionary folder.")
+                       description="Print a summary of an activation store (.h5) or a saved dictionary folder. "
+                                   "For a store it reads every complete row (verifying the Fletcher-32 checksums) "
+                                   "and reports rows holding NaN/inf, which no fit or experiment will read.")
     p.add_argument("path", help="store file or dictionary folder")
+    p.add_argument("--no-scan", action="store_true", help="skip the full read of a store (metadata only)")
     p.set_defaults(func=_cmd_info)
 
 
@@ -153,6 +159,8 @@ def _cmd_info(args) -> int:
 
     with ActivationStore(path, live=True) as store:  # works while a harvest is still writing it
         print(store.summary())
+        if not args.no_scan:
+            print(store.scan_text())
     return 0
 
 

@@ -96,11 +96,17 @@ def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_f
             raise SuperposError(f"--train-frac {train_frac} leaves no whole context for training")
         train = store.restrict(0, split)
         t0 = time.perf_counter()
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
-        if hasattr(est, "dead_after_tokens"):
-            est.fit(train, layer, checkpoint_dir=out, checkpoint_every=checkpoint_every)
-        else:
-            est.fit(train, layer)
+        try:
+            if hasattr(est, "dead_after_tokens"):
+                est.fit(train, layer, checkpoint_dir=out, checkpoint_every=checkpoint_every)
+            else:
+                est.fit(train, layer)
+        except BaseException:
+            if created and not any(out.iterdir()):  # leave nothing behind for a fit that never got going
+                out.rmdir()
+            raise
         seconds = time.perf_counter() - t0
         a = store.attrs
         meta = {"store": str(Path(store_path).resolve()), "layer": layer, "model": a["model"],

@@ -15,7 +15,8 @@ from .corpus import PackedContexts, default_bos_id, load_corpus, pack_contexts
 from .device import resolve_dtype
 from .errors import SuperposError
 from .models import LoadedModel, load_model
-from .store import ActivationStore
+from .store import ActivationStore, choose_dtypes
+from .writelock import claim
 
 # attributes that must match for a resume to continue an existing file
 IDENTITY_ATTRS = ("model", "model_revision", "corpus_sha256", "context_length", "dtype", "layers", "bos_token_id",
@@ -30,7 +31,7 @@ class HarvestConfig:
     tokens: int | None = None  # cap on rows (whole contexts); None → the whole corpus
     context_length: int = 256
     batch_size: int = 8  # contexts per forward pass
-    dtype: str = "float16"
+    dtype: str = "auto"  # storage: auto (float16 per layer where it fits with 8× headroom, else float32), float16, float32
     device: str = "auto"
     bos: bool = True  # prepend BOS (or EOS if the tokenizer has no BOS) to every context
     compression: str = "lzf"
@@ -136,8 +137,13 @@ def harvest(cfg: HarvestConfig, out: str | Path, lm: LoadedModel | None = None, 
         raise SuperposError(f"--batch-size must be positive, got {cfg.batch_size}")
     if cfg.tokens is not None and cfg.tokens < 1:
         raise SuperposError(f"--tokens must be positive, got {cfg.tokens}")
-    if cfg.dtype not in ("float16", "float32"):
-        raise SuperposError(f"--dtype must be float16 or float32, got {cfg.dtype}")
+    if cfg.dtype not in ("auto", "float16", "float32"):
+        raise SuperposError(f"--dtype must be auto, float16 or float32, got {cfg.dtype}")
+    with claim(out, "harvest"):  # one writer per store, claimed before anything is loaded
+        return _harvest_claimed(cfg, out, lm, progress)
+
+
+def _harvest_claimed(cfg: HarvestConfig, out: Path, lm: LoadedModel | None, progress: bool) -> Path:
     if out.exists() and not _cut_short(out):  # fail fast on a foreign file before loading anything
         ActivationStore(out).close()
     corpus = load_corpus(cfg.corpus)
@@ -147,6 +153,7 @@ def harvest(cfg: HarvestConfig, out: str | Path, lm: LoadedModel | None = None, 
     packed = pack_contexts(lm.tokenizer, corpus, cfg.context_length, bos, cfg.tokens)
     n_ctx, C = packed.tokens_NC.shape
     attrs = _store_attrs(cfg, lm, packed, corpus.description, layers)
+    calibration = packed.tokens_NC[:cfg.batch_size]  # every shard calibrates --dtype auto on the same contexts
     if cfg.shard is not None:  # the shards tile the contexts exactly once, in order
         i, n = cfg.shard
         N = len(packed.tokens_NC)
@@ -159,66 +166,83 @@ def harvest(cfg: HarvestConfig, out: str | Path, lm: LoadedModel | None = None, 
         attrs.update(shard=f"{i}/{n}", first_context=lo, n_contexts_all=N)
         n_ctx = hi - lo
 
+    return _write(out, cfg, lm, packed, layers, attrs, n_ctx, calibration, progress)
+
+
+def _write(out: Path, cfg: HarvestConfig, lm: LoadedModel, packed: PackedContexts, layers, attrs: dict,
+           n_ctx: int, calibration: np.ndarray, progress: bool) -> Path:
+    """The writing half of ``harvest``, run while holding the store's one-writer claim."""
+    C = packed.context_length
+
+    def forward(c0: int, c1: int, tokens_NC: np.ndarray = packed.tokens_NC):
+        tokens = torch.from_numpy(tokens_NC[c0:c1]).long().to(lm.device)
+        logits = lm.model(tokens).logits
+        lp, rk = next_token_stats(logits, tokens)
+        del logits
+        acts = {layer: captured[layer].reshape(-1, lm.d_model).float().cpu().numpy() for layer in layers}
+        return acts, lp, rk
+
     # One HDF5 chunk per forward batch: each write fills whole chunks, so a crash can only tear a chunk
     # beyond the committed counter, and resuming overwrites it whole (no read-modify-write of a torn chunk).
     batch = cfg.batch_size
-    if out.exists():
-        store = ActivationStore(out, "r+")
-        _check_resume(store, attrs, out)
-        if store.complete:
-            print(f"superpos: {out} is already complete ({store.n_rows:,} rows)", file=sys.stderr)
+    store, first = None, None
+    with torch.inference_mode(), lm.capture(layers) as captured:
+        if out.exists():
+            store = ActivationStore(out, "r+")
+            _check_resume(store, attrs, out)
+            if store.complete:
+                print(f"superpos: {out} is already complete ({store.n_rows:,} rows)", file=sys.stderr)
+                store.close()
+                return out
+            batch = max(1, store.chunk_rows // C)  # keep the file's chunk alignment whatever --batch-size says now
+            print(f"superpos: resuming {out} at row {store.n_rows:,} of {store.n_rows_total:,}", file=sys.stderr)
+        else:  # the corpus's first batch calibrates each layer's storage dtype (--dtype auto)
+            calib = forward(0, len(calibration), calibration)
+            if cfg.shard is None or cfg.shard[0] == 0:
+                first = calib  # it is also this run's first batch
+            store = ActivationStore.create(out, layers=layers, d_model=lm.d_model, n_rows=n_ctx * C,
+                                           dtype=choose_dtypes(cfg.dtype, calib[0]), attrs=attrs,
+                                           compression=cfg.compression, chunk_rows=batch * C)
+        first_ctx = store.n_rows // C
+        bar = tqdm(total=n_ctx * C, initial=first_ctx * C, unit="tok", unit_scale=True, desc="harvest",
+                   disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        try:
+            with interrupts.deferred():
+                for c0 in range(first_ctx, n_ctx, batch):
+                    interrupts.check()  # Ctrl-C stops here, between batches
+                    c1 = min(c0 + batch, n_ctx)
+                    acts, lp, rk = first if (first is not None and c0 == 0) else forward(c0, c1)
+                    first = None
+                    store.write_rows(
+                        c0 * C, acts,
+                        tokens=packed.tokens_NC[c0:c1].reshape(-1),
+                        doc=packed.doc_NC[c0:c1].reshape(-1),
+                        pos=np.tile(np.arange(C, dtype=np.int32), c1 - c0),
+                        next_logprob=lp.reshape(-1).numpy(),
+                        next_rank=rk.reshape(-1).numpy(),
+                    )
+                    bar.update((c1 - c0) * C)
+        except KeyboardInterrupt:
+            bar.close()
+            done = store.n_rows
             store.close()
-            return out
-        batch = max(1, store.chunk_rows // C)  # keep the file's chunk alignment whatever --batch-size says now
-        print(f"superpos: resuming {out} at row {store.n_rows:,} of {store.n_rows_total:,}", file=sys.stderr)
-    else:
-        store = ActivationStore.create(out, layers=layers, d_model=lm.d_model, n_rows=n_ctx * C, dtype=cfg.dtype,
-                                       attrs=attrs, compression=cfg.compression, chunk_rows=batch * C)
-    np_dtype = np.float16 if cfg.dtype == "float16" else np.float32
-    first_ctx = store.n_rows // C
-    bar = tqdm(total=n_ctx * C, initial=first_ctx * C, unit="tok", unit_scale=True, desc="harvest",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    try:
-        with torch.inference_mode(), lm.capture(layers) as captured, interrupts.deferred():
-            for c0 in range(first_ctx, n_ctx, batch):
-                interrupts.check()  # Ctrl-C stops here, between batches
-                c1 = min(c0 + batch, n_ctx)
-                tokens = torch.from_numpy(packed.tokens_NC[c0:c1]).long().to(lm.device)
-                logits = lm.model(tokens).logits
-                lp, rk = next_token_stats(logits, tokens)
-                del logits
-                acts = {layer: captured[layer].reshape(-1, lm.d_model).float().cpu().numpy().astype(np_dtype)
-                        for layer in layers}
-                store.write_rows(
-                    c0 * C, acts,
-                    tokens=packed.tokens_NC[c0:c1].reshape(-1),
-                    doc=packed.doc_NC[c0:c1].reshape(-1),
-                    pos=np.tile(np.arange(C, dtype=np.int32), c1 - c0),
-                    next_logprob=lp.reshape(-1).numpy(),
-                    next_rank=rk.reshape(-1).numpy(),
-                )
-                bar.update((c1 - c0) * C)
-    except KeyboardInterrupt:
-        bar.close()
-        done = store.n_rows
-        store.close()
-        print(f"\nsuperpos: {done:,} rows are safe in {out}", file=sys.stderr)
-        raise
-    except SuperposError:  # e.g. not enough space for the next batch: the file is clean at its last commit
-        bar.close()
-        store.close()
-        raise
-    except OSError as e:  # disk full, quota, file-size limit: the rows committed on disk stay valid
-        bar.close()
-        done = store.n_rows
-        # HDF5 cannot flush its cache into a full disk, so closing (or garbage-collecting) the file would fail
-        # noisily or crash; keep it referenced and let the CLI exit at once (the committed prefix is on disk)
-        _ABANDONED.append(store)
-        msg = e.strerror or " ".join(str(e).split())[:200] or type(e).__name__
-        err = SuperposError(f"writing {out} failed after {done:,} complete rows ({msg}); free space and re-run the "
-                            f"same command to resume")
-        err.exit_now = True
-        raise err from None
+            print(f"\nsuperpos: {done:,} rows are safe in {out}", file=sys.stderr)
+            raise
+        except SuperposError:  # not enough space, or a batch the storage cannot hold: clean at its last commit
+            bar.close()
+            store.close()
+            raise
+        except OSError as e:  # disk full, quota, file-size limit: the rows committed on disk stay valid
+            bar.close()
+            done = store.n_rows
+            # HDF5 cannot flush its cache into a full disk, so closing (or garbage-collecting) the file would fail
+            # noisily or crash; keep it referenced and let the CLI exit at once (the committed prefix is on disk)
+            _ABANDONED.append(store)
+            msg = e.strerror or " ".join(str(e).split())[:200] or type(e).__name__
+            err = SuperposError(f"writing {out} failed after {done:,} complete rows ({msg}); free space and re-run "
+                                f"the same command to resume")
+            err.exit_now = True
+            raise err from None
     bar.close()
     store.close()
     return out

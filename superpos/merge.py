@@ -13,14 +13,23 @@ import h5py
 import numpy as np
 
 from .errors import SuperposError
-from .store import ROW_FIELDS, ActivationStore, layer_key
+from .store import ROW_FIELDS, ActivationStore, attrs_digest, layer_key
+from .writelock import claim
 
 SAME = ("model", "model_revision", "corpus_sha256", "context_length", "dtype", "bos_token_id", "d_model",
         "n_contexts_all")
 
 
 def merge_shards(shards, out) -> Path:
+    """Write the merged store ``out`` from the shard files (one writer per output: claimed while merging)."""
     out = Path(out)
+    if not out.parent.is_dir():
+        raise SuperposError(f"--out folder {out.parent} does not exist")
+    with claim(out, "merge"):
+        return _merge(shards, out)
+
+
+def _merge(shards, out: Path) -> Path:
     if out.exists():
         raise SuperposError(f"--out {out} exists; merge writes a new file")
     if not out.parent.is_dir():
@@ -36,7 +45,7 @@ def merge_shards(shards, out) -> Path:
                                     f"finish it by re-running its harvest command")
             i, n = (int(v) for v in str(a["shard"]).split("/"))
             infos.append({"path": path.resolve(), "i": i, "n": n, "rows": st.n_rows, "attrs": a,
-                          "layers": st.layers, "first": int(a["first_context"])})
+                          "layers": st.layers, "first": int(a["first_context"]), "dtypes": st.layer_dtypes})
     n = infos[0]["n"]
     got = sorted(info["i"] for info in infos)
     if any(info["n"] != n for info in infos) or got != list(range(n)):
@@ -50,6 +59,9 @@ def merge_shards(shards, out) -> Path:
                 raise SuperposError(f"{info['path']} and {ref['path']} are shards of different harvests ({key})")
         if info["layers"] != ref["layers"]:
             raise SuperposError(f"{info['path']} and {ref['path']} hold different layers")
+        if info["dtypes"] != ref["dtypes"]:
+            raise SuperposError(f"{info['path']} and {ref['path']} store layers in different dtypes "
+                                f"({info['dtypes']} vs {ref['dtypes']})")
     C = int(ref["attrs"]["context_length"])
     expect = 0
     for info in infos:  # the shards must tile the contexts in order
@@ -75,6 +87,7 @@ def merge_shards(shards, out) -> Path:
                     g.attrs[k] = v
             g.attrs["n_rows_total"] = total
             g.attrs["merged_from"] = np.array([str(_source_name(info["path"], out)) for info in infos], dtype=h5py.string_dtype())
+            g.attrs["attrs_sha256"] = attrs_digest(g.attrs)
             g.attrs["n_rows_complete"] = total
         os.replace(tmp, out)
     except OSError as e:

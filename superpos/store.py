@@ -9,10 +9,16 @@ Schema (version 1, documented in docs/store.md)::
     /next_logprob    (n_rows,) float32  model log-prob of the actual next token (NaN at the last position)
     /next_rank       (n_rows,) int32    rank of the actual next token (0 = top-1; -1 at the last position)
     attrs: schema_version, superpos_version, model, model_revision, d_model, n_model_layers, layers,
-           dtype, corpus, corpus_sha256, context_length, bos_token_id, n_rows_total, n_rows_complete
+           dtype, layer_dtypes, corpus, corpus_sha256, context_length, bos_token_id, n_rows_total,
+           n_rows_complete, attrs_sha256
 
 Rows ``[0, n_rows_complete)`` are complete. The counter is advanced only after those rows are
 flushed to disk, so a crash never exposes half-written rows and a resumed harvest continues from it.
+
+Nothing is stored that the file cannot hold: ``write_rows`` takes float32 rows, refuses NaN/inf and values
+beyond the layer's storage dtype before anything is written, and only then casts. Readers refuse a layer
+that holds non-finite values anyway (a store from elsewhere, or older than this check) with one line.
+``attrs_sha256`` covers every attribute but the row counter, so damaged metadata is refused, not read.
 """
 from __future__ import annotations
 
@@ -28,6 +34,8 @@ import numpy as np
 import torch
 
 from .errors import SuperposError
+
+STORAGE_DTYPES = ("float16", "float32")
 
 SCHEMA_VERSION = 1
 ROW_FIELDS = {"tokens": np.int32, "doc": np.int32, "pos": np.int32, "next_logprob": np.float32, "next_rank": np.int32}
@@ -48,6 +56,48 @@ def _to_device(rows: np.ndarray, device, dtype: torch.dtype) -> torch.Tensor:
     if torch.device(device).type == "cuda":
         return t.pin_memory().to(device=device, dtype=dtype, non_blocking=True)
     return t.to(dtype=dtype)
+
+
+def attrs_digest(attrs) -> str:
+    """sha256 over every attribute except the row counter and the digest itself (names and values)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in sorted(k for k in attrs.keys() if k not in ("n_rows_complete", "attrs_sha256")):
+        v = attrs[key]
+        v = v.tolist() if isinstance(v, np.ndarray) else v
+        h.update(repr((key, v.decode() if isinstance(v, bytes) else v)).encode())
+    return h.hexdigest()
+
+
+AUTO_HEADROOM = 2  # --dtype auto: float16 only where the calibration batch peaks at most half float16's max
+
+
+def choose_dtypes(policy: str, acts: dict[int, np.ndarray]) -> dict[int, str]:
+    """Storage dtype per layer. ``auto``: float16 where the calibration rows' peak |a| is at most
+    65,504 / AUTO_HEADROOM (32,752), else float32; ``float16``/``float32``: that dtype everywhere."""
+    if policy not in ("auto", *STORAGE_DTYPES):
+        raise SuperposError(f"--dtype must be auto, float16 or float32, got {policy}")
+    if policy != "auto":
+        return dict.fromkeys(acts, policy)
+    f16 = float(np.finfo(np.float16).max) / AUTO_HEADROOM
+    return {layer: "float16" if float(np.abs(a).max()) <= f16 else "float32" for layer, a in acts.items()}
+
+
+def check_representable(acts: dict[int, np.ndarray], dtypes: dict[int, str], first_row: int, path) -> None:
+    """Refuse (one line) rows holding NaN/inf or a value beyond the layer's storage dtype, before any write."""
+    for layer, a in acts.items():
+        peak = float(np.abs(a).max()) if a.size else 0.0
+        if not np.isfinite(peak):
+            bad = int(np.flatnonzero(~np.isfinite(a).all(axis=1))[0])
+            raise SuperposError(f"the model produced NaN/inf at layer {layer} (row {first_row + bad:,}); nothing of "
+                                f"this batch was written to {path} ({first_row:,} rows are safe) — check the model "
+                                f"and --model-dtype")
+        limit = float(np.finfo(dtypes[layer]).max)
+        if peak > limit:
+            raise SuperposError(f"layer {layer} reaches |a| = {peak:,.0f}, beyond {dtypes[layer]}'s largest value "
+                                f"{limit:,.0f}; nothing of this batch was written to {path} ({first_row:,} rows are "
+                                f"safe) — harvest into a new --out with --dtype auto or --dtype float32")
 
 
 def check_space(path: Path, need: int, committed: int) -> None:
@@ -172,23 +222,30 @@ class ActivationStore:
 
     # ------------------------------------------------------------------ creation
     @classmethod
-    def create(cls, path: str | os.PathLike, *, layers, d_model: int, n_rows: int, dtype: str = "float16",
+    def create(cls, path: str | os.PathLike, *, layers, d_model: int, n_rows: int, dtype: str | dict = "float16",
                attrs: dict | None = None, compression: str | None = "lzf", chunk_rows: int | None = None) -> "ActivationStore":
-        """Create an empty store with every dataset laid out (atomically: temp file, then rename)."""
+        """Create an empty store with every dataset laid out (atomically: temp file, then rename).
+
+        ``dtype`` is one storage dtype for every layer, or a ``{layer: dtype}`` map (``harvest --dtype auto``);
+        the attribute ``dtype`` then reads ``auto`` and ``layer_dtypes`` lists each layer's.
+        """
         path = Path(path)
-        if dtype not in ("float16", "float32"):
-            raise SuperposError(f"store dtype must be float16 or float32, got {dtype}")
+        layers = sorted(int(x) for x in layers)
+        per_layer = {int(k): v for k, v in dtype.items()} if isinstance(dtype, dict) else dict.fromkeys(layers, dtype)
+        bad = sorted({v for v in per_layer.values() if v not in STORAGE_DTYPES})
+        if bad or set(per_layer) != set(layers):
+            raise SuperposError(f"store dtype must be float16 or float32 for every layer, got {bad or per_layer}")
         if compression not in (None, "none", "lzf", "gzip"):
             raise SuperposError(f"compression must be lzf, gzip or none, got {compression}")
         compression = None if compression == "none" else compression
-        itemsize = np.dtype(dtype).itemsize
+        itemsize = max(np.dtype(v).itemsize for v in per_layer.values())
         chunk_rows = chunk_rows or max(64, min(n_rows, DEFAULT_CHUNK_BYTES // (d_model * itemsize)))
         chunk_rows = max(1, min(chunk_rows, n_rows))
         tmp = path.with_name(path.name + ".tmp")
         try:
             with h5py.File(tmp, "w") as f:  # default superblock: no consistency flags to block reopening after a kill
                 for layer in layers:
-                    f.create_dataset(layer_key(layer), shape=(n_rows, d_model), dtype=dtype,
+                    f.create_dataset(layer_key(layer), shape=(n_rows, d_model), dtype=per_layer[layer],
                                      chunks=(chunk_rows, d_model), compression=compression, fletcher32=True)
                 # same row chunking everywhere: a writer that writes whole chunks never rewrites a committed one
                 for name, dt in ROW_FIELDS.items():
@@ -198,8 +255,11 @@ class ActivationStore:
 
                 f.attrs.update({k: v for k, v in (attrs or {}).items() if v is not None})
                 f.attrs.update(schema_version=SCHEMA_VERSION, superpos_version=__version__, d_model=int(d_model),
-                               layers=np.asarray(sorted(layers), dtype=np.int32), dtype=dtype,
+                               layers=np.asarray(layers, dtype=np.int32),
+                               dtype=dtype if isinstance(dtype, str) else "auto",
+                               layer_dtypes=np.array([per_layer[x] for x in layers], dtype=h5py.string_dtype()),
                                n_rows_total=int(n_rows), chunk_rows=int(chunk_rows))
+                f.attrs["attrs_sha256"] = attrs_digest(f.attrs)
                 f.attrs["n_rows_complete"] = 0
             os.replace(tmp, path)
         except OSError as e:
@@ -216,6 +276,8 @@ class ActivationStore:
         version = int(f.attrs["schema_version"])
         if version != SCHEMA_VERSION:
             raise SuperposError(f"{p} has store schema version {version}; this superpos reads version {SCHEMA_VERSION}")
+        if "attrs_sha256" in f.attrs and attrs_digest(f.attrs) != f.attrs["attrs_sha256"]:
+            raise SuperposError(f"{p}: its metadata is damaged (the attributes do not match their checksum)")
         n_total, n_done = int(f.attrs["n_rows_total"]), int(f.attrs["n_rows_complete"])
         if not 0 <= n_done <= n_total:
             raise SuperposError(f"{p}: row counter {n_done} outside 0..{n_total}")
@@ -240,6 +302,11 @@ class ActivationStore:
     @property
     def layers(self) -> list[int]:
         return [int(x) for x in np.atleast_1d(self.file.attrs["layers"])]
+
+    @property
+    def layer_dtypes(self) -> dict[int, str]:
+        """Each layer's storage dtype (``float16`` or ``float32``)."""
+        return {layer: str(self.file[layer_key(layer)].dtype) for layer in self.layers}
 
     @property
     def d_model(self) -> int:
@@ -278,6 +345,10 @@ class ActivationStore:
     def write_rows(self, start: int, acts: dict[int, np.ndarray], **fields: np.ndarray) -> None:
         """Write rows ``[start, start+n)`` of every layer and row field, flush, then advance the counter.
 
+        ``acts`` are float32 (or any float) rows; a batch holding NaN/inf or a value its layer's storage dtype
+        cannot represent is refused whole with a SuperposError before anything is written
+        (``check_representable``), then each layer is cast to its storage dtype.
+
         Before writing, the free space (and any file-size limit) must hold twice the batch plus 1 MiB;
         otherwise a SuperposError leaves the file closed-clean at the last commit. If a write fails
         anyway, the committed rows stay valid on disk: see ``repair_eof``.
@@ -287,6 +358,9 @@ class ActivationStore:
             raise ValueError(f"rows must be appended in order: counter is {self.n_rows}, write starts at {start}")
         if set(acts) != set(self.layers) or set(fields) != set(ROW_FIELDS):
             raise ValueError("write_rows needs every layer and every row field")
+        dtypes = self.layer_dtypes
+        check_representable(acts, dtypes, start, self.path)
+        acts = {layer: np.asarray(a, dtype=dtypes[layer]) for layer, a in acts.items()}
         need = sum(a.nbytes for a in acts.values()) + sum(a.nbytes for a in fields.values())
         check_space(self.path, 2 * need + (1 << 20), start)
         _quiet_hdf5_write_echoes()
@@ -322,6 +396,24 @@ class ActivationStore:
         if not allocated:
             raise OSError(errno.EAGAIN, f"{self.path}: the writer is between flushes; open it again")
 
+    def _check_finite(self, rows: np.ndarray, layer: int, row_ids=None) -> np.ndarray:
+        """Refuse (one line) rows of ``layer`` that hold NaN/inf; return them unchanged otherwise."""
+        if rows.size and not np.isfinite(rows).all():
+            bad = int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
+            where = f"row {int(row_ids[bad]):,}" if row_ids is not None else "a row"
+            raise SuperposError(f"{self.path}: layer {layer} holds NaN/inf values ({where}); they cannot be used for "
+                                f"training or statistics — `superpos info {self.path}` lists them; re-harvest with "
+                                f"--dtype auto")
+        return rows
+
+    def nonfinite_rows(self, layer: int, block_rows: int = 1 << 16) -> np.ndarray:
+        """Indices of complete rows of ``layer`` holding NaN or inf (a full read of the layer)."""
+        ds = self.file[layer_key(self.check_layer(layer))]
+        self._check_live(ds)
+        bad = [start + np.flatnonzero(~np.isfinite(ds[start:min(start + block_rows, self.n_rows)]).all(axis=1))
+               for start in range(0, self.n_rows, block_rows)]
+        return np.concatenate(bad) if bad else np.zeros(0, np.int64)
+
     def row_field(self, name: str) -> np.ndarray:
         if name not in ROW_FIELDS:
             raise SuperposError(f"unknown row field '{name}' (expected one of {', '.join(ROW_FIELDS)})")
@@ -351,12 +443,12 @@ class ActivationStore:
             rows = slice(0, self.n_rows)
         if isinstance(rows, slice):
             start, stop, step = rows.indices(self.n_rows)
-            return ds[start:stop:step].astype(np.float32)
+            return self._check_finite(ds[start:stop:step], layer, np.arange(start, stop, step)).astype(np.float32)
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
             raise SuperposError(f"row index out of range 0..{self.n_rows - 1}")
         uniq, inverse = np.unique(rows, return_inverse=True)  # h5py wants sorted, distinct indices
-        return ds[uniq].astype(np.float32)[inverse]
+        return self._check_finite(ds[uniq], layer, uniq).astype(np.float32)[inverse]
 
     def sample(self, layer: int, n: int, seed: int = 0, min_pos: int = 1) -> np.ndarray:
         """``n`` rows drawn without replacement from the training rows (sink rows left out)."""
@@ -378,7 +470,7 @@ class ActivationStore:
             keep = mask[start:stop]
             rows = np.arange(start, stop)[keep]
             if len(rows):
-                yield rows, ds[start:stop][keep].astype(np.float32)
+                yield rows, self._check_finite(ds[start:stop][keep], layer, rows).astype(np.float32)
 
     def _epoch_groups(self, layer: int, seed: int, epoch: int, min_pos: int, mix_rows: int,
                       skip_rows: int = 0) -> Iterator[np.ndarray]:
@@ -409,7 +501,7 @@ class ActivationStore:
                 if counts[c] == 0:
                     continue
                 lo, hi = c * chunk, min((c + 1) * chunk, n)
-                parts.append(ds[lo:hi][mask[lo:hi]])
+                parts.append(self._check_finite(ds[lo:hi][mask[lo:hi]], layer, np.flatnonzero(mask[lo:hi]) + lo))
             rows = np.concatenate(parts) if parts else np.zeros((0, self.d_model), ds.dtype)
             rows = rows[np.random.default_rng(perm_seed).permutation(len(rows))]
             if seen < skip_rows:
@@ -471,7 +563,7 @@ class ActivationStore:
             + ("" if self.complete else "  (PARTIAL: re-run the same harvest command to resume)"),
             f"context        {a['context_length']} tokens, BOS id {a.get('bos_token_id', -1)}",
             f"layers         {self.layers} of 0..{a.get('n_model_layers', '?')}",
-            f"d_model        {self.d_model}, stored as {a['dtype']}",
+            f"d_model        {self.d_model}, stored as {self._dtype_text()}",
         ]
         if self.n_rows:
             lp = self.row_field("next_logprob")
@@ -479,6 +571,23 @@ class ActivationStore:
             if len(lp):
                 lines.append(f"next-token CE  {-lp.mean():.3f} nats/token over {len(lp):,} predictions")
         return "\n".join(lines)
+
+    def _dtype_text(self) -> str:
+        per = self.layer_dtypes
+        kinds = sorted(set(per.values()))
+        if len(kinds) == 1:
+            return kinds[0]
+        return ", ".join(f"{k} (layers {','.join(str(x) for x in per if per[x] == k)})" for k in kinds)
+
+    def scan_text(self) -> str:
+        """``info``'s full check: non-finite rows per layer (every chunk read, so Fletcher-32 is verified too)."""
+        bad = {layer: self.nonfinite_rows(layer) for layer in self.layers} if self.n_rows else {}
+        bad = {layer: rows for layer, rows in bad.items() if len(rows)}
+        if not bad:
+            return f"non-finite     none (all {self.n_rows:,} rows × {len(self.layers)} layers read)"
+        parts = [f"L{layer}: {len(rows):,} rows (first {int(rows[0]):,})" for layer, rows in bad.items()]
+        return ("non-finite     " + "; ".join(parts) + " — NOT USABLE for training or statistics; re-harvest with "
+                "--dtype auto")
 
     def close(self) -> None:
         if self.file.id.valid:

@@ -46,6 +46,11 @@ def make_tiny_model(kind: str, folder: Path, n_layers: int = 3, d_model: int = 3
         cfg = tf.GPTNeoXConfig(num_hidden_layers=n_layers, hidden_size=d_model, intermediate_size=2 * d_model,
                                num_attention_heads=4, max_position_embeddings=512, **common)
         model = tf.GPTNeoXForCausalLM(cfg)
+    elif kind == "gemma3":  # embedding scaling, four norms per block, sliding-window layers, tied embeddings
+        cfg = tf.Gemma3TextConfig(num_hidden_layers=n_layers, hidden_size=d_model, intermediate_size=2 * d_model,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=d_model // 4,
+                                  max_position_embeddings=512, sliding_window=8, **common)
+        model = tf.Gemma3ForCausalLM(cfg)
     else:
         raise ValueError(kind)
     folder.mkdir(parents=True, exist_ok=True)
