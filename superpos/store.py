@@ -293,6 +293,11 @@ class ActivationStore:
                 raise SuperposError(f"{p}: missing dataset '/{key}' for listed layer {layer}")
             if f[key].shape != (n_total, d):
                 raise SuperposError(f"{p}: dataset '/{key}' has shape {f[key].shape}, expected ({n_total}, {d})")
+            if f[key].dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
+                raise SuperposError(f"{p}: dataset '/{key}' has type {f[key].dtype}, expected float16 or float32")
+        for name, dt in ROW_FIELDS.items():
+            if f[name].dtype != np.dtype(dt):
+                raise SuperposError(f"{p}: dataset '/{name}' has type {f[name].dtype}, expected {np.dtype(dt)}")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -581,6 +586,8 @@ class ActivationStore:
 
     def scan_text(self) -> str:
         """``info``'s full check: non-finite rows per layer (every chunk read, so Fletcher-32 is verified too)."""
+        for name in ROW_FIELDS:
+            self.row_field(name)
         bad = {layer: self.nonfinite_rows(layer) for layer in self.layers} if self.n_rows else {}
         bad = {layer: rows for layer, rows in bad.items() if len(rows)}
         if not bad:

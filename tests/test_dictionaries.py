@@ -8,6 +8,7 @@ from sklearn.decomposition import PCA as SkPCA
 from conftest import planted_data
 from superpos.dictionaries import (PCA, BatchTopKSAE, JumpReLUSAE, NMF, ReLUSAE, SemiNMF, TopKSAE, load_dictionary,
                                    save_dictionary)
+from superpos.integrity import load_checkpoint
 from superpos.dictionaries.io import export_saelens, load_saelens
 from superpos.dictionaries.sparse_ops import select_batch_topk, select_topk, sparse_decode, sparse_encode
 from superpos.errors import SuperposError
@@ -167,7 +168,7 @@ def test_checkpoint_resume_is_exact(planted, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         TopKSAE(**kw).fit(x, checkpoint_dir=tmp_path, checkpoint_every=1000, callback=interrupt)
-    assert 25 <= torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] < 60
+    assert 25 <= load_checkpoint(tmp_path / "checkpoint.pt")["step"] < 60
     resumed = TopKSAE(**kw).fit(x, checkpoint_dir=tmp_path, checkpoint_every=1000)
     assert len(resumed.history_) == len(full.history_)  # the training log survives the interruption
     last = full.history_[-1]

@@ -88,7 +88,7 @@ CASES = [
          ["fit", "--store", f"{W}/store.h5", "--layer", "1", "--out", f"{W}/newdict"], "layer 1 is not in store"),
     Case("store-nan", "NaN in the activations (caught before training; mid-training NaN: test_dictionaries)",
          ["fit", "--store", f"{W}/nan.h5", "--layer", "2", "--k", "4", "--expansion", "2", "--no-progress", "--out",
-          f"{W}/newdict"], "NaN or inf"),
+          f"{W}/newdict"], "holds NaN/inf"),
     # --- fit settings --------------------------------------------------------------------------------
     Case("k-zero", "--k 0", ["fit", "--store", f"{W}/store.h5", "--layer", "2", "--k", "0", "--out", f"{W}/newdict"],
          "positive"),
@@ -124,6 +124,8 @@ CASES = [
          ["info", f"{W}/dict_noweights"], "weights"),
     Case("dict-mismatched-weights", "weights that do not match config.json",
          ["info", f"{W}/dict_mismatch"], "config says"),
+    Case("dict-damaged-weights", "weights changed after saving (checksums.json no longer matches)",
+         ["info", f"{W}/dict_damaged"], "is damaged"),
     Case("dict-store-dmodel", "evaluate on a store of another width",
          ["evaluate", f"{W}/dict", "--store", f"{W}/wide.h5", "--layer", "2", "--rows", "all"], "d_model"),
     Case("export-out-exists", "export onto an existing file",
@@ -202,6 +204,8 @@ def build_world(folder: Path, model: Path) -> Path:
     save_dictionary(other, folder / "dict_other")
     shutil.copytree(folder / "dict", folder / "dict_mismatch")
     shutil.copy(folder / "dict_other" / "weights.safetensors", folder / "dict_mismatch" / "weights.safetensors")
+    shutil.copytree(folder / "dict_mismatch", folder / "dict_damaged")
+    (folder / "dict_mismatch" / "checksums.json").unlink()  # assembled by hand: no manifest, so read unchecked
     return folder
 
 

@@ -2,7 +2,8 @@
 
 A dictionary folder holds ``config.json`` ({"kind", "class", "params", "d_model", "n_components",
 "superpos_version", "meta"}), ``weights.safetensors`` (every fitted tensor, raw input space) and, when
-training produced them, ``metrics.json``. Folders are written to a temporary sibling and renamed.
+training produced them, ``metrics.json``, sealed by ``checksums.json`` (their sha256s, verified on load).
+Folders are written to a temporary sibling and renamed.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import integrity
 from ..errors import SuperposError
 
 CONFIG, WEIGHTS, METRICS = "config.json", "weights.safetensors", "metrics.json"
@@ -77,6 +79,7 @@ def save_dictionary(dictionary, path: str | os.PathLike, meta: dict | None = Non
         history = getattr(dictionary, "history_", None)
         if metrics or history:
             write_json_atomic(tmp / METRICS, {**(metrics or {}), **({"history": history} if history else {})})
+        integrity.seal(tmp, (WEIGHTS, CONFIG, METRICS))
         for extra in (path / "checkpoint.pt",):  # keep the training checkpoint beside the result
             if extra.exists():
                 shutil.copy2(extra, tmp / extra.name)
@@ -105,6 +108,7 @@ def load_dictionary(path: str | os.PathLike, device: str = "auto"):
         raise SuperposError(f"{path} is not a dictionary folder (no {CONFIG})")
     if not (path / WEIGHTS).exists():
         raise SuperposError(f"{path} is missing its weights ({WEIGHTS})")
+    integrity.verify(path)
     config = read_config(path)
     kinds = _kinds()
     if config.get("kind") not in kinds:

@@ -20,6 +20,8 @@ from tqdm import tqdm
 
 from .. import distributed, interrupts
 from ..errors import SuperposError
+from ..integrity import load_checkpoint
+from ..integrity import save_checkpoint as save_checkpoint_file
 from .base import BaseDictionary, check_finite
 from .sparse_ops import SparseCodes, encoder_pre, select_batch_topk, select_topk, sparse_decode, sparse_encode
 
@@ -171,7 +173,7 @@ class SparseAutoencoder(BaseDictionary):
 
         start_step, ckpt = 0, None
         if ckpt_path is not None and ckpt_path.exists():
-            ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
+            ckpt = load_checkpoint(ckpt_path, map_location=dev)
             if ckpt["params"] != self.get_params() or ckpt["d_model"] != d:
                 raise SuperposError(f"checkpoint {ckpt_path} was made with other settings; use another output folder")
             start_step = ckpt["step"]
@@ -207,12 +209,10 @@ class SparseAutoencoder(BaseDictionary):
             if ckpt_path is None or not main_rank:
                 return
             ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"params": self.get_params(), "d_model": d, "step": step,
-                        "state": {k: v.detach().cpu() for k, v in state.items()},
-                        "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "since_fired": since_fired.cpu(), "history": history}, tmp)
-            os.replace(tmp, ckpt_path)
+            save_checkpoint_file({"params": self.get_params(), "d_model": d, "step": step,
+                                  "state": {k: v.detach().cpu() for k, v in state.items()},
+                                  "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                  "since_fired": since_fired.cpu(), "history": history}, ckpt_path)
 
         scale = float(state["scale"])
         amp = getattr(self, "precision", "float32") == "bfloat16"

@@ -55,36 +55,57 @@ class TunedLens(nn.Module):
         return h + h @ self.weight_LDD[layer] + self.bias_LD[layer]
 
     def save(self, path) -> Path:
+        """Write ``lens.json`` + ``lens.safetensors`` (sealed by ``checksums.json``) to folder ``path`` atomically."""
+        import tempfile
+
         from safetensors.torch import save_file
 
-        from ..dictionaries.io import write_json_atomic
+        from .. import integrity
+        from ..dictionaries.io import replace_folder, write_json_atomic
 
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = path / f".{LENS_WEIGHTS}.tmp"
-        save_file({"weight_LDD": self.weight_LDD.detach().cpu().contiguous(),
-                   "bias_LD": self.bias_LD.detach().cpu().contiguous()}, str(tmp))
-        tmp.replace(path / LENS_WEIGHTS)
-        write_json_atomic(path / LENS_CONFIG, {"kind": "tuned_lens", "d_model": self.d_model,
-                                               "n_layers": self.n_layers, "meta": self.meta})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            save_file({"weight_LDD": self.weight_LDD.detach().cpu().contiguous(),
+                       "bias_LD": self.bias_LD.detach().cpu().contiguous()}, str(tmp / LENS_WEIGHTS))
+            write_json_atomic(tmp / LENS_CONFIG, {"kind": "tuned_lens", "d_model": self.d_model,
+                                                  "n_layers": self.n_layers, "meta": self.meta})
+            integrity.seal(tmp, (LENS_WEIGHTS, LENS_CONFIG))
+            replace_folder(tmp, path)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return path
 
     @classmethod
     def load(cls, path) -> "TunedLens":
+        """Read a folder written by ``save`` (its checksums verified first)."""
         from safetensors.torch import load_file
+
+        from .. import integrity
 
         path = Path(path)
         if not (path / LENS_CONFIG).is_file() or not (path / LENS_WEIGHTS).is_file():
             raise SuperposError(f"{path} is not a tuned lens folder (needs {LENS_CONFIG} and {LENS_WEIGHTS})")
+        integrity.verify(path)
         try:
             cfg = json.loads((path / LENS_CONFIG).read_text())
             state = load_file(str(path / LENS_WEIGHTS))
             lens = cls(int(cfg["d_model"]), int(cfg["n_layers"]))
             lens.load_state_dict(state)
-        except (OSError, KeyError, ValueError, RuntimeError) as e:
+        except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
             raise SuperposError(f"{path} is not a tuned lens folder ({type(e).__name__}: {e})") from None
         lens.meta = cfg.get("meta", {})
         return lens
+
+    def summary(self) -> str:
+        """A few lines for ``superpos info``."""
+        trained = {k: v for k, v in self.meta.items() if not isinstance(v, (dict, list))}
+        return "\n".join([f"tuned lens     {self.n_layers} translators, d_model {self.d_model}",
+                          *(f"{k:<14} {v}" for k, v in trained.items())])
 
     def check_model(self, lm) -> None:
         if (self.d_model, self.n_layers) != (lm.d_model, lm.n_layers):
