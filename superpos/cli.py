@@ -40,8 +40,9 @@ def _add_harvest(sub) -> None:
                        description="Run a causal LM over a text corpus and write residual-stream activations, "
                                    "token ids, positions and next-token log-probs to one HDF5 file. Re-running "
                                    "the same command on an interrupted file resumes where it stopped.")
-    p.add_argument("--model", default=None, help="HF model name (local cache), model folder, .gguf file; "
-                   "default: the embedded SmolLM2-135M-Instruct")
+    p.add_argument("--model", default=None, help="a known name (see `superpos models`: smollm2-135m, gemma3-270m), "
+                   "a .gguf file, a model folder, or an HF model name in the local cache; default: smollm2-135m "
+                   "(SmolLM2-135M-Instruct)")
     p.add_argument("--corpus", default=None, help=".txt file, .jsonl file (text field), folder of them, or an "
                    "offline HF dataset name; default: CPython's pydoc_data.topics")
     p.add_argument("--layers", default="default", help="residual layers: 'default' (7 evenly spaced incl. 0 and L), "
@@ -170,6 +171,25 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the models superpos can fetch by name, and whether they are cached",
+                       description="List the known model names (for --model): size, architecture, licence, and "
+                                   "whether the GGUF is already in the cache ($SUPERPOS_CACHE). Any other model is "
+                                   "given by path (.gguf file or model folder) or local Hugging Face name.")
+    p.set_defaults(func=_cmd_models)
+
+
+def _cmd_models(args) -> int:
+    from .models import DEFAULT_MODEL, KNOWN_MODELS, cache_dir
+
+    for km in KNOWN_MODELS.values():
+        cached = (cache_dir() / "models" / km.gguf).exists()
+        print(f"{km.name}{' (default)' if km.name == DEFAULT_MODEL else ''}: {km.title}, {km.size}\n"
+              f"    {km.architecture}\n    licence: {km.licence}\n"
+              f"    {'cached in ' + str(cache_dir() / 'models') if cached else 'not cached: fetched on first use'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="superpos", description="Sparse dictionaries over transformer residual "
                                      "streams, and experiments on superposition.")
@@ -178,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_harvest(sub)
     _add_merge(sub)
     _add_info(sub)
+    _add_models(sub)
     _add_plan(sub)
     from . import cli_browse, cli_dictionaries, cli_experiments
 

@@ -65,7 +65,7 @@ _TOKENIZER = None
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {k: make_tiny_model(k, root / k) for k in ("gpt2", "llama", "neox")}
+    return {k: make_tiny_model(k, root / k) for k in ("gpt2", "llama", "neox", "gemma3")}
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ def _contents(path):
     return out
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "gemma3"])
 def test_harvest_equals_direct_forward(tiny_models, tmp_path, kind):
     cfg = HarvestConfig(model=str(tiny_models[kind]), layers="all", tokens=640, context_length=32, batch_size=3,
                         dtype="float32", device="cpu")

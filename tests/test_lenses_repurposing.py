@@ -18,7 +18,7 @@ def _tokens(lm, n=12, c=48, seed=0):
     return np.random.default_rng(seed).integers(2, lm.model.config.vocab_size, size=(n, c))
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "neox"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "neox", "gemma3"])
 def test_logit_lens_on_last_layer_is_the_model_output(tiny_models, kind):
     lm = load_model(str(tiny_models[kind]), device="cpu")
     tok = _tokens(lm)

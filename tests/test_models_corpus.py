@@ -9,7 +9,7 @@ from superpos.errors import SuperposError
 from superpos.models import load_model
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "neox"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "neox", "gemma3"])
 def test_capture_matches_hidden_states(tiny_models, kind):
     lm = load_model(tiny_models[kind], device="cpu")
     x = torch.randint(0, 300, (2, 12))
@@ -23,7 +23,7 @@ def test_capture_matches_hidden_states(tiny_models, kind):
     assert not torch.allclose(cap[lm.n_layers], hs[-1])
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "gemma3"])
 def test_splice_identity_and_change(tiny_models, kind):
     lm = load_model(tiny_models[kind], device="cpu")
     x = torch.randint(0, 300, (2, 10))
@@ -46,6 +46,39 @@ def test_unknown_model_and_bad_gguf(tmp_path):
         load_model(bad, device="cpu")
     with pytest.raises(SuperposError, match="does not exist"):
         load_model(tmp_path / "missing.gguf", device="cpu")
+
+
+def test_join_parts_checks_the_sha256(tmp_path):
+    import hashlib
+
+    from superpos.models import join_parts
+
+    parts = [tmp_path / f"p{i}" for i in range(3)]
+    for i, p in enumerate(parts):
+        p.write_bytes(bytes([i]) * 1000 + b"x")
+    whole = b"".join(p.read_bytes() for p in parts)
+    out = join_parts(parts, tmp_path / "m.gguf", hashlib.sha256(whole).hexdigest())
+    assert out.read_bytes() == whole
+    parts[1].write_bytes(b"tampered")
+    with pytest.raises(SuperposError, match=r"^the joined m2.gguf has sha256 .* expected .*nothing was cached$"):
+        join_parts(parts, tmp_path / "m2.gguf", hashlib.sha256(whole).hexdigest())
+    assert not (tmp_path / "m2.gguf").exists() and not (tmp_path / "m2.gguf.part").exists()
+    with pytest.raises(SuperposError, match="joined m2.gguf"):  # parts given out of order
+        join_parts(parts[::-1], tmp_path / "m2.gguf", hashlib.sha256(whole).hexdigest())
+
+
+def test_models_lists_the_known_names(monkeypatch, tmp_path, capsys):
+    from superpos.cli import main
+    from superpos.models import KNOWN_MODELS
+
+    monkeypatch.setenv("SUPERPOS_CACHE", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / KNOWN_MODELS["gemma3-270m"].gguf).write_bytes(b"")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m (default)" in out and "Gemma Terms of Use" in out
+    assert out.split("gemma3-270m:")[1].count("cached in") == 1
+    assert "not cached" in out.split("gemma3-270m:")[0]
 
 
 def test_default_corpus_is_pydoc():
