@@ -75,10 +75,10 @@ def scan(dictionary, store, layer: int, rows: int | None, per_row: int, batch_si
     parts_r, parts_f, parts_v, kept = [], [], [], []
     offset = 0
     keep = min(per_row, n_feat)
-    dev = dictionary._device()
+    dev = dictionary.device_
     with torch.no_grad(), tqdm(total=total, desc="browse: encode", unit="tok", disable=not progress) as bar:
         for idx, x in store.iter_rows(layer, batch_size=batch_size, min_pos=min_pos):
-            codes_BF = dictionary._encode(torch.from_numpy(x).to(dev))
+            codes_BF = dictionary.encode(torch.from_numpy(x).to(dev))
             fires += (codes_BF > 0).sum(0).cpu()
             v_BK, f_BK = codes_BF.topk(keep, dim=1)
             v_BK, f_BK = v_BK.cpu().numpy(), f_BK.cpu().numpy()

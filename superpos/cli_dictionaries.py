@@ -100,9 +100,9 @@ def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_f
         out.mkdir(parents=True, exist_ok=True)
         try:
             if hasattr(est, "dead_after_tokens"):
-                est.fit(train, layer, checkpoint_dir=out, checkpoint_every=checkpoint_every)
+                est.fit(train, layer=layer, checkpoint_dir=out, checkpoint_every=checkpoint_every)
             else:
-                est.fit(train, layer)
+                est.fit(train, layer=layer)
         except BaseException:
             if created and not any(out.iterdir()):  # leave nothing behind for a fit that never got going
                 out.rmdir()

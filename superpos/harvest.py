@@ -244,6 +244,8 @@ def _write(out: Path, cfg: HarvestConfig, lm: LoadedModel, packed: PackedContext
             err.exit_now = True
             raise err from None
     bar.close()
+    if store.complete:
+        store.seal_content()
     store.close()
     return out
 

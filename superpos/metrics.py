@@ -106,8 +106,8 @@ def reconstruction_metrics(dictionary, store, layer: int, n_rows: int | None = N
             break
         x = torch.from_numpy(x).to(dev)
         with torch.no_grad():
-            codes = dictionary._encode(x)
-            x_hat = dictionary._decode(codes)
+            codes = dictionary.encode(x)
+            x_hat = dictionary.decode(codes)
         xd, xh = x.double(), x_hat.double()
         sums["n"] += len(x)
         sums["err"] += (xd - xh).pow(2).sum().item()
@@ -186,7 +186,7 @@ def evaluate_dictionaries(dictionaries: dict, store, layer: int, lm=None, n_rows
     def recon(dic):
         def fn(resid):
             flat = resid.reshape(-1, resid.shape[-1]).float()
-            return dic._decode(dic._encode(flat.to(dic.components_.device))).to(resid).reshape(resid.shape)
+            return dic.decode(dic.encode(flat.to(dic.device_))).to(resid).reshape(resid.shape)
         return fn
 
     splices = {"zero": lambda r: torch.zeros_like(r)}

@@ -10,7 +10,7 @@ Schema (version 1, documented in docs/store.md)::
     /next_rank       (n_rows,) int32    rank of the actual next token (0 = top-1; -1 at the last position)
     attrs: schema_version, superpos_version, model, model_revision, d_model, n_model_layers, layers,
            dtype, layer_dtypes, corpus, corpus_sha256, context_length, bos_token_id, n_rows_total,
-           n_rows_complete, attrs_sha256
+           n_rows_complete, attrs_sha256, content_sha256 (once complete)
 
 Rows ``[0, n_rows_complete)`` are complete. The counter is advanced only after those rows are
 flushed to disk, so a crash never exposes half-written rows and a resumed harvest continues from it.
@@ -199,9 +199,12 @@ class ActivationStore:
                 time.sleep(0.05)
         try:
             self._validate()
-        except Exception:
+        except SuperposError:
             self.file.close()
             raise
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as e:  # damaged HDF5 structure
+            self.file.close()
+            raise SuperposError(f"{self.path}: its HDF5 structure is damaged ({' '.join(str(e).split())[:120]})") from None
         self._pos: np.ndarray | None = None
         self._writers: dict | None = None
         self._limit: tuple[int, int] | None = None
@@ -584,14 +587,56 @@ class ActivationStore:
             return kinds[0]
         return ", ".join(f"{k} (layers {','.join(str(x) for x in per if per[x] == k)})" for k in kinds)
 
+    def _scan(self, block_rows: int = 1 << 16) -> tuple[dict[str, str], dict[int, np.ndarray]]:
+        """One pass over every dataset's complete rows: their sha256, and each layer's rows holding NaN/inf."""
+        import hashlib
+
+        digests, bad = {}, {}
+        n = self.n_rows
+        for layer, name in [*((x, layer_key(x)) for x in self.layers), *((None, f) for f in ROW_FIELDS)]:
+            ds = self.file[name]
+            self._check_live(ds)
+            h, rows = hashlib.sha256(), []
+            try:
+                for start in range(0, n, block_rows):
+                    a = ds[start:min(start + block_rows, n)]
+                    h.update(np.ascontiguousarray(a).tobytes())
+                    if layer is not None:
+                        rows.append(start + np.flatnonzero(~np.isfinite(a).all(axis=1)))
+            except OSError as e:
+                raise SuperposError(f"{self.path}: dataset '/{name}' is unreadable (a damaged chunk: "
+                                    f"{' '.join(str(e).split())[:100]})") from None
+            digests[name] = h.hexdigest()
+            if layer is not None and rows and sum(map(len, rows)):
+                bad[layer] = np.concatenate(rows)
+        return digests, bad
+
+    def seal_content(self) -> None:
+        """Record the sha256 of every dataset of a complete store (``content_sha256``; info verifies it)."""
+        import json
+
+        if not self.complete:
+            raise ValueError("only a complete store is sealed")
+        digests, _ = self._scan()
+        self.file.attrs["content_sha256"] = json.dumps(digests, sort_keys=True)
+        self.file.attrs["attrs_sha256"] = attrs_digest(self.file.attrs)
+        self.file.flush()
+
     def scan_text(self) -> str:
-        """``info``'s full check: non-finite rows per layer (every chunk read, so Fletcher-32 is verified too)."""
-        for name in ROW_FIELDS:
-            self.row_field(name)
-        bad = {layer: self.nonfinite_rows(layer) for layer in self.layers} if self.n_rows else {}
-        bad = {layer: rows for layer, rows in bad.items() if len(rows)}
+        """``info``'s full check: every chunk read (Fletcher-32 verified), the contents against ``content_sha256``
+        when the harvest recorded it, and the non-finite rows of each layer."""
+        import json
+
+        digests, bad = self._scan() if self.n_rows else ({}, {})
+        sealed = self.file.attrs.get("content_sha256")
+        if sealed is not None and self.complete:
+            damaged = sorted(k for k, v in json.loads(sealed).items() if digests.get(k) != v)
+            if damaged:
+                raise SuperposError(f"{self.path}: '/{damaged[0]}' does not match the checksum recorded when the store "
+                                    f"was finished ({len(damaged)} dataset(s) damaged)")
         if not bad:
-            return f"non-finite     none (all {self.n_rows:,} rows × {len(self.layers)} layers read)"
+            check = ", contents match their checksums" if sealed is not None and self.complete else ""
+            return f"non-finite     none (all {self.n_rows:,} rows × {len(self.layers)} layers read{check})"
         parts = [f"L{layer}: {len(rows):,} rows (first {int(rows[0]):,})" for layer, rows in bad.items()]
         return ("non-finite     " + "; ".join(parts) + " — NOT USABLE for training or statistics; re-harvest with "
                 "--dtype auto")

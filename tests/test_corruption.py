@@ -55,6 +55,7 @@ def build_artifacts(root: Path) -> dict[str, Path]:
         st.write_rows(start, {0: x, 3: 3 * x}, tokens=rng.integers(0, 99, 128).astype(np.int32),
                       doc=np.full(128, start // 256, np.int32), pos=np.tile(np.arange(C, dtype=np.int32), 128 // C),
                       next_logprob=-rng.random(128).astype(np.float32), next_rank=rng.integers(0, 9, 128).astype(np.int32))
+    st.seal_content()  # as a finished harvest does
     st.close()
 
     x = rng.standard_normal((2048, d)).astype(np.float32)
@@ -65,7 +66,7 @@ def build_artifacts(root: Path) -> dict[str, Path]:
     with ActivationStore(store) as s:
         train = s.restrict(0, s.split_row(0.9))
         TopKSAE(expansion=2.0, k=4, n_tokens=2048, batch_size=64, device="cpu", progress=False).fit(
-            train, 3, checkpoint_dir=ckpt)
+            train, layer=3, checkpoint_dir=ckpt)
 
     torch.manual_seed(0)
     lens = TunedLens(d, 3)

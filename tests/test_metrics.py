@@ -65,7 +65,7 @@ def test_streaming_metrics_match_in_memory(tiny_models, tmp_path):
     out = harvest(HarvestConfig(model=str(tiny_models["gpt2"]), layers="1", tokens=1024, context_length=32,
                                 dtype="float32", device="cpu"), tmp_path / "a.h5", progress=False)
     with ActivationStore(out) as store:
-        sae = TopKSAE(k=4, expansion=2, n_tokens=20_000, batch_size=256, progress=False, device="cpu").fit(store, 1)
+        sae = TopKSAE(k=4, expansion=2, n_tokens=20_000, batch_size=256, progress=False, device="cpu").fit(store, layer=1)
         x = store.to_numpy(1)[store.pos >= 1]
         res = metrics.reconstruction_metrics(sae, store, 1, batch_size=100, progress=False)
     x_hat = sae.reconstruct(x)

@@ -34,3 +34,32 @@ def test_harvest_default_model(smol, tmp_path):
         # the attention sink: position 0's residual norm dwarfs the rest mid-stack
         norms = np.linalg.norm(s.to_numpy(15), axis=1)
         assert norms[s.row_field("pos") == 0].min() > 10 * np.median(norms)
+
+
+def _cached(name):
+    from superpos.models import KNOWN_MODELS, cache_dir
+
+    return (cache_dir() / "models" / KNOWN_MODELS[name].gguf).exists()
+
+
+@pytest.mark.skipif(not _cached("gemma3-270m"), reason="Gemma 3 270M is fetched only when asked for (its licence is "
+                    "the Gemma Terms of Use): run `python -m superpos harvest --model gemma3-270m ...` once")
+def test_gemma3_harvest_is_finite_and_matches_forward(tmp_path):
+    """Gemma 3's residual reaches |a| ≈ 60,000+ mid-stack: the auto dtype keeps every row finite and exact."""
+    out = harvest(HarvestConfig(model="gemma3-270m", tokens=2048, device="cpu"), tmp_path / "g.h5", progress=False)
+    lm = load_model("gemma3-270m", device="cpu")
+    with ActivationStore(out) as s:
+        dtypes = s.layer_dtypes
+        assert "float32" in dtypes.values()  # float16 cannot hold its mid-stack layers
+        tokens = torch.from_numpy(s.row_field("tokens").reshape(-1, 256)).long()
+        with torch.no_grad():  # independent of the hooks: HF's own hidden states (the last one after the final norm)
+            for c in range(0, len(tokens), 4):
+                hs = lm.model(tokens[c:c + 4], output_hidden_states=True).hidden_states
+                for layer in s.layers:
+                    got = s.to_numpy(layer, slice(c * 256, (c + 4) * 256))
+                    assert np.isfinite(got).all()
+                    if layer == lm.n_layers:
+                        got = lm.final_norm(torch.from_numpy(got)).numpy()
+                    ref = hs[layer].reshape(-1, lm.d_model).numpy()
+                    tol = 2e-3 if dtypes[layer] == "float16" else 1e-4
+                    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())

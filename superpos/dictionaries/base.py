@@ -1,11 +1,17 @@
 """The estimator contract shared by every dictionary (scikit-learn style).
 
-* ``__init__`` only stores parameters (``get_params`` / ``set_params`` / ``clone`` come from sklearn).
-* ``fit(X, layer=None)`` and ``partial_fit(X)`` return ``self``; ``X`` is an array, a tensor, or an
-  :class:`~superpos.store.ActivationStore` together with ``layer`` (streamed, out-of-core).
-* learned state ends in ``_``; ``components_`` holds unit-norm atoms, shape (n_components, d_model).
+* ``__init__`` only stores parameters (``get_params`` / ``set_params`` / ``clone`` come from sklearn), in one
+  way for every kind: ``self._set_params(locals())``.
+* ``fit(X, y=None, *, layer=None)`` and ``partial_fit(X, y=None, *, layer=None)`` return ``self``; ``X`` is an
+  array, a tensor, or an :class:`~superpos.store.ActivationStore` together with ``layer`` (streamed,
+  out-of-core). ``fit`` starts afresh (and resets any streaming state); ``partial_fit`` continues from the
+  fitted dictionary when there is one — after ``fit``, after ``load_dictionary``, or after an earlier
+  ``partial_fit`` — as scikit-learn's ``MiniBatchNMF.partial_fit`` does.
+* learned state ends in ``_``; ``components_`` holds unit-norm atoms, shape (n_components, d_model). An
+  unfitted estimator raises :class:`NotFittedError`, an ``AttributeError`` (so ``hasattr`` is False).
 * ``transform`` → codes, ``inverse_transform`` → reconstruction, ``score`` → explained variance.
-  Outputs match the input's type: numpy in, numpy out; torch in, torch out.
+  Outputs match the input's type: numpy in, numpy out; torch in, torch out. ``encode`` / ``decode`` are the
+  tensor-level versions (on ``device_``), for code that stays in torch.
 """
 from __future__ import annotations
 
@@ -13,11 +19,35 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, TransformerMixin
 
 from ..device import resolve_device
 from ..errors import SuperposError
 from ..store import ActivationStore
+
+
+class InvalidInputError(SuperposError, ValueError, TypeError):
+    """Rows a dictionary cannot take (not 2-D, not numeric, NaN/inf, sparse, empty, wrong width): a SuperposError
+    for the CLI, and the ValueError/TypeError scikit-learn's conventions expect."""
+
+
+def validate_rows(X):
+    """The one input check. Stores (checked as they are read) and tensors (checked for shape here and for NaN/inf
+    in ``fit``) pass through; anything else goes through ``sklearn.utils.check_array``: a dense 2-D float32/float64
+    array with at least one row and only finite values."""
+    if isinstance(X, ActivationStore):
+        return X
+    if isinstance(X, torch.Tensor):
+        if X.ndim != 2 or X.shape[0] == 0:
+            raise InvalidInputError(f"expected a 2-D array (rows × d_model) with at least one row, got shape "
+                                    f"{tuple(X.shape)}")
+        return X
+    from sklearn.utils import check_array
+
+    try:
+        return check_array(X, dtype=[np.float32, np.float64], accept_sparse=False)
+    except (ValueError, TypeError) as e:
+        raise InvalidInputError(" ".join(str(e).split())) from None
 
 
 def as_tensor(X, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -28,10 +58,15 @@ def as_tensor(X, device=None, dtype=torch.float32) -> torch.Tensor:
 
 
 def like_input(t: torch.Tensor, X):
-    """Return ``t`` as numpy when ``X`` was numpy, else as a tensor on X's device."""
+    """Return ``t`` as numpy when ``X`` was numpy (float64 stays float64), else as a tensor on X's device."""
     if isinstance(X, torch.Tensor):
         return t.to(X.device)
-    return t.detach().cpu().numpy()
+    out = t.detach().cpu().numpy()
+    return out.astype(np.float64) if getattr(X, "dtype", None) == np.float64 else out
+
+
+class NotFittedError(SuperposError, AttributeError):
+    """Raised by an estimator used before ``fit``; an AttributeError, like scikit-learn's NotFittedError."""
 
 
 def check_finite(x: torch.Tensor, where: str) -> None:
@@ -39,23 +74,36 @@ def check_finite(x: torch.Tensor, where: str) -> None:
         raise SuperposError(f"{where} contains NaN or inf values")
 
 
-class BaseDictionary(BaseEstimator):
+class BaseDictionary(TransformerMixin, BaseEstimator):
     """Common plumbing; subclasses implement ``_fit_stream``, ``_encode``, ``_decode`` and state I/O."""
 
     kind: str = "base"
     #: names of fitted tensors saved with the dictionary (besides components_)
     _state_names: tuple[str, ...] = ()
 
+    def _set_params(self, params: dict) -> None:
+        """``__init__``'s one body: store every argument as an attribute of the same name."""
+        for name, value in params.items():
+            if name not in ("self", "__class__"):
+                setattr(self, name, value)
+
     # ---------------------------------------------------------------- data plumbing
     def _device(self) -> torch.device:
         return resolve_device(getattr(self, "device", "auto"))
 
+    @property
+    def device_(self) -> torch.device:
+        """The device the fitted tensors live on."""
+        self._check_fitted()
+        return self.components_.device
+
     def _check_fitted(self) -> None:
-        if not hasattr(self, "components_"):
-            raise SuperposError(f"{type(self).__name__} is not fitted yet: call fit() first")
+        if "components_" not in vars(self):
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit() first")
 
     @staticmethod
     def _d_model_of(X, layer) -> int:
+        X = validate_rows(X)
         if isinstance(X, ActivationStore):
             if layer is None:
                 raise SuperposError("fitting on an ActivationStore needs layer=...")
@@ -100,21 +148,49 @@ class BaseDictionary(BaseEstimator):
         return X.n_train_rows(min_pos) if isinstance(X, ActivationStore) else len(X)
 
     # ---------------------------------------------------------------- public API
+    def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """Codes (B, n_components) of a tensor already on ``device_`` (no autograd)."""
+        self._check_fitted()
+        with torch.no_grad():
+            return self._encode(x_BD)
+
+    def decode(self, codes_BF: torch.Tensor) -> torch.Tensor:
+        """Reconstruction (B, d_model) from codes already on ``device_`` (no autograd)."""
+        self._check_fitted()
+        with torch.no_grad():
+            return self._decode(codes_BF)
+
+    def _check_width(self, d: int) -> None:
+        """``partial_fit`` on rows of another width than the fitted dictionary's is refused."""
+        if "components_" in vars(self) and d != self.d_model_:
+            raise InvalidInputError(f"X has {d} features, but {type(self).__name__} is expecting {self.d_model_} "
+                                    f"features as input")
+
+    def _rows(self, X, width: int | None = None):
+        """Validated rows for inference, of ``width`` columns (default d_model_)."""
+        self._check_fitted()
+        X = validate_rows(X)
+        want = self.d_model_ if width is None else width
+        if X.shape[1] != want:
+            raise InvalidInputError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting {want} "
+                                    f"features as input")
+        return X
+
     def transform(self, X):
         """Codes (n_rows, n_components)."""
-        self._check_fitted()
+        X = self._rows(X)
         with torch.no_grad():
             return like_input(self._encode(as_tensor(X, self._device())), X)
 
     def inverse_transform(self, codes):
         """Reconstruction (n_rows, d_model) from codes."""
-        self._check_fitted()
+        codes = self._rows(codes, self.n_components_)
         with torch.no_grad():
             return like_input(self._decode(as_tensor(codes, self._device())), codes)
 
     def reconstruct(self, X):
         """``inverse_transform(transform(X))`` without leaving the device."""
-        self._check_fitted()
+        X = self._rows(X)
         with torch.no_grad():
             return like_input(self._decode(self._encode(as_tensor(X, self._device()))), X)
 
@@ -122,7 +198,7 @@ class BaseDictionary(BaseEstimator):
         """Explained variance 1 − FVU on ``X`` (higher is better, as sklearn expects)."""
         from ..metrics import fvu
 
-        x = as_tensor(X, self._device())
+        x = as_tensor(self._rows(X), self._device())
         with torch.no_grad():
             return 1.0 - fvu(x, self._decode(self._encode(x)))
 
@@ -135,6 +211,11 @@ class BaseDictionary(BaseEstimator):
     def d_model_(self) -> int:
         self._check_fitted()
         return self.components_.shape[1]
+
+    @property
+    def n_features_in_(self) -> int:
+        """scikit-learn's name for ``d_model_``."""
+        return self.d_model_
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Fitted tensors, in the raw (unscaled) input space, for saving."""

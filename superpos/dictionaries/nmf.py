@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .. import distributed
 from ..errors import SuperposError
 from ..store import ActivationStore
-from .base import BaseDictionary, as_tensor, check_finite
+from .base import BaseDictionary, as_tensor, check_finite, validate_rows
 
 EPS = 1e-10
 
@@ -44,9 +44,13 @@ class _FactorisationBase(BaseDictionary):
         h = self._solve_codes(x, self._W)
         return 0.5 * (x - h @ self._W).pow(2).sum().item()
 
-    def fit(self, X, layer: int | None = None, y=None):
+    def fit(self, X, y=None, *, layer: int | None = None):
+        """Fit afresh: multiplicative updates in memory for small ``X``, else mini-batch over a stream."""
+        X = validate_rows(X)
         d = self._d_model_of(X, layer)
         dev = self._device()
+        for name in ("_A", "_B"):  # streaming statistics belong to the dictionary being replaced
+            self.__dict__.pop(name, None)
         gen = torch.Generator().manual_seed(self.seed)
         if not isinstance(X, ActivationStore) and len(X) <= self.batch_size:
             x = self._prepare(as_tensor(X, dev))
@@ -87,14 +91,18 @@ class _FactorisationBase(BaseDictionary):
         self._publish(d)
         return self
 
-    def partial_fit(self, X, layer: int | None = None, y=None):
-        """Update the dictionary with one mini-batch pass over ``X``, keeping accumulated statistics."""
+    def partial_fit(self, X, y=None, *, layer: int | None = None):
+        """Update the dictionary with one mini-batch pass over ``X``, keeping accumulated statistics; continues
+        from the fitted dictionary (after ``fit`` or ``load_dictionary``) when there is one."""
+        X = validate_rows(X)
         d = self._d_model_of(X, layer)
+        self._check_width(d)
         dev = self._device()
         for x in self._batches(X, layer, self.batch_size, dev, seed=self.seed, min_pos=self.min_pos, epochs=1):
             x = self._prepare(x)
             if not hasattr(self, "_A"):
-                self._W = self._init_W(x, torch.Generator().manual_seed(self.seed))
+                fitted = "W_" in vars(self)
+                self._W = self.W_.to(dev) if fitted else self._init_W(x, torch.Generator().manual_seed(self.seed))
                 self._A = torch.zeros(self._W.shape[0], self._W.shape[0], device=dev)
                 self._B = torch.zeros_like(self._W)
             H = self._solve_codes(x, self._W)
@@ -141,9 +149,7 @@ class NMF(_FactorisationBase):
 
     def __init__(self, n_components=None, expansion=4.0, sign_split=True, max_iter=300, transform_iter=100,
                  batch_size=4096, n_tokens=None, forget=0.99, min_pos=1, seed=0, device="auto", progress=True):
-        for k, v in locals().items():
-            if k != "self":
-                setattr(self, k, v)
+        self._set_params(locals())
 
     def _prepare(self, x_BD):
         if self.sign_split:
@@ -183,9 +189,7 @@ class SemiNMF(_FactorisationBase):
 
     def __init__(self, n_components=None, expansion=4.0, max_iter=300, transform_iter=100, batch_size=4096,
                  n_tokens=None, forget=0.99, ridge=1e-6, min_pos=1, seed=0, device="auto", progress=True):
-        for k, v in locals().items():
-            if k != "self":
-                setattr(self, k, v)
+        self._set_params(locals())
 
     def _init_W(self, x, gen):
         n = self.n_components or int(round(self.expansion * x.shape[1]))

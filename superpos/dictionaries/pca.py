@@ -6,7 +6,7 @@ import torch
 
 from ..errors import SuperposError
 from ..store import ActivationStore
-from .base import BaseDictionary, as_tensor, check_finite
+from .base import BaseDictionary, InvalidInputError, as_tensor, check_finite, validate_rows
 
 
 class PCA(BaseDictionary):
@@ -22,11 +22,7 @@ class PCA(BaseDictionary):
     _state_names = ("mean_", "explained_variance_", "explained_variance_ratio_")
 
     def __init__(self, n_components=None, batch_size=65536, min_pos=1, device="auto", progress=True):
-        self.n_components = n_components
-        self.batch_size = batch_size
-        self.min_pos = min_pos
-        self.device = device
-        self.progress = progress
+        self._set_params(locals())
 
     def _k(self, d: int) -> int:
         k = self.n_components or d
@@ -34,26 +30,35 @@ class PCA(BaseDictionary):
             raise SuperposError(f"PCA n_components={k} must be between 1 and d_model ({d})")
         return k
 
-    def fit(self, X, layer: int | None = None, y=None):
+    def fit(self, X, y=None, *, layer: int | None = None):
+        """Fit afresh (exact SVD in memory; one streaming pass over a store); a later ``partial_fit`` adds rows."""
+        X = validate_rows(X)
+        for attr in ("_n", "_sum", "_outer"):
+            self.__dict__.pop(attr, None)
         if isinstance(X, ActivationStore):
-            for attr in ("_n", "_sum", "_outer"):
-                self.__dict__.pop(attr, None)
-            return self.partial_fit(X, layer)
+            return self.partial_fit(X, layer=layer)
         x = as_tensor(X, dtype=torch.float64).numpy()
         check_finite(torch.from_numpy(x), "PCA input")
         k = self._k(x.shape[1])
         if len(x) < 2:
-            raise SuperposError("PCA needs at least 2 rows")
+            raise InvalidInputError("PCA needs at least 2 rows (got 1 sample)")
         mean = x.mean(0)
         _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
         var = s**2 / (len(x) - 1)
         self._publish(mean, vt, var, k)
         self.n_samples_seen_ = len(x)
+        self._n, self._sum, self._outer = len(x), x.sum(0), x.T @ x  # so that partial_fit continues from here
         return self
 
-    def partial_fit(self, X, layer: int | None = None, y=None):
+    def partial_fit(self, X, y=None, *, layer: int | None = None):
+        """Add ``X``'s rows to the running float64 sums and re-derive the components (continues after ``fit``)."""
+        X = validate_rows(X)
         d = self._d_model_of(X, layer)
+        self._check_width(d)
         k = self._k(d)
+        if not hasattr(self, "_n") and "components_" in vars(self):
+            raise SuperposError("a loaded PCA keeps only its top components, not the covariance that partial_fit "
+                                "adds to; fit() it again on all the rows")
         if not hasattr(self, "_n"):
             self._n, self._sum, self._outer = 0, np.zeros(d), np.zeros((d, d))
         if isinstance(X, ActivationStore):
@@ -68,7 +73,7 @@ class PCA(BaseDictionary):
             self._sum += a.sum(0)
             self._outer += a.T @ a
         if self._n < 2:
-            raise SuperposError("PCA needs at least 2 rows")
+            raise InvalidInputError("PCA needs at least 2 rows (got 1 sample)")
         mean = self._sum / self._n
         cov = (self._outer - self._n * np.outer(mean, mean)) / (self._n - 1)
         evals, evecs = np.linalg.eigh(cov)

@@ -22,7 +22,7 @@ from .. import distributed, interrupts
 from ..errors import SuperposError
 from ..integrity import load_checkpoint
 from ..integrity import save_checkpoint as save_checkpoint_file
-from .base import BaseDictionary, check_finite
+from .base import BaseDictionary, check_finite, validate_rows
 from .sparse_ops import SparseCodes, encoder_pre, select_batch_topk, select_topk, sparse_decode, sparse_encode
 
 CHECKPOINT = "checkpoint.pt"
@@ -87,11 +87,6 @@ class SparseAutoencoder(BaseDictionary):
     #: trainable tensors besides W_enc, b_enc, W_dec, b_dec
     _extra_params: tuple[str, ...] = ()
 
-    def _set_params(self, params: dict) -> None:
-        for name, value in params.items():
-            if name not in ("self", "__class__"):
-                setattr(self, name, value)
-
     # ---------------------------------------------------------------- sizes and defaults
     def _n_latents(self, d_model: int) -> int:
         n = self.n_components or int(round(self.expansion * d_model))
@@ -152,7 +147,7 @@ class SparseAutoencoder(BaseDictionary):
         return groups
 
     # ---------------------------------------------------------------- training
-    def fit(self, X, layer: int | None = None, y=None, *, checkpoint_dir: str | os.PathLike | None = None,
+    def fit(self, X, y=None, *, layer: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
             checkpoint_every: int = 500, callback: Callable[[int, dict], None] | None = None):
         """Train on ``X`` (array, tensor, or ActivationStore + layer) for ``n_tokens`` (default one epoch).
 
@@ -160,9 +155,11 @@ class SparseAutoencoder(BaseDictionary):
         the end, and a later ``fit`` with the same parameters resumes it exactly.
         ``callback(step, stats)`` is called at each logging step.
         """
+        X = validate_rows(X)
         d = self._d_model_of(X, layer)
         self._check_params(d)
         dev = self._device()
+        self._forget_stream()
         n_rows = self._n_rows(X, self.min_pos)
         batch = min(self.batch_size, n_rows)
         distributed.check_batch(batch)  # under torchrun the batch is global; each rank trains on a slice
@@ -285,14 +282,44 @@ class SparseAutoencoder(BaseDictionary):
         self.history_ = history
         return self
 
-    def partial_fit(self, X, layer: int | None = None, y=None):
-        """One pass of Adam steps over ``X`` at a constant learning rate (initialising on first call)."""
+    def _forget_stream(self) -> None:
+        for name in ("_pf_state", "_pf_opt", "_pf_fired"):
+            self.__dict__.pop(name, None)
+
+    def _state_from_fitted(self, dev, sample_ND: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The training state (normalised input units) that ``_finish`` published: the inverse of ``_finish``.
+        A loaded dictionary does not carry its input scale; it is measured again on ``sample_ND``."""
+        if hasattr(self, "scale_"):
+            scale = float(self.scale_)
+        else:
+            scale = math.sqrt(sample_ND.shape[1] / sample_ND.pow(2).sum(1).mean().item()) if self.normalize else 1.0
+        state = {"W_enc": self.W_enc_.clone(), "b_enc": self.b_enc_ * scale, "W_dec": self.components_.clone(),
+                 "b_dec": self.b_dec_ * scale}
+        state.update(self._extra_from_fitted(scale))
+        state = {k: v.detach().float().to(dev).requires_grad_(True) for k, v in state.items()}
+        state["scale"] = torch.tensor(scale)
+        return state
+
+    def _extra_from_fitted(self, scale: float) -> dict[str, torch.Tensor]:
+        return {}
+
+    def partial_fit(self, X, y=None, *, layer: int | None = None):
+        """One pass of Adam steps over ``X`` at a constant learning rate.
+
+        Continues from the fitted dictionary when there is one (after ``fit``, ``load_dictionary`` or an earlier
+        ``partial_fit``; the optimizer's moments restart after ``fit``/loading), else initialises from ``X``.
+        """
+        X = validate_rows(X)
         d = self._d_model_of(X, layer)
         self._check_params(d)
         dev = self._device()
+        self._check_width(d)
         if not hasattr(self, "_pf_state"):
             sample = self._sample(X, layer, 8192, seed=self.seed, min_pos=self.min_pos)
-            self._pf_state = self._init_params(sample, d, dev)
+            if "components_" in vars(self):
+                self._pf_state = self._state_from_fitted(dev, sample)
+            else:
+                self._pf_state = self._init_params(sample, d, dev)
             lr = self._lr(self._pf_state["W_dec"].shape[0])
             self._pf_opt = _adam(self._param_groups(self._pf_state, lr), lr)
             self._pf_fired = torch.zeros(self._pf_state["W_dec"].shape[0], dtype=torch.long, device=dev)
@@ -492,6 +519,9 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def _finish_extra(self, state, X, layer, scale) -> None:
         self.threshold_ = state["log_threshold"].detach().exp() / scale
+
+    def _extra_from_fitted(self, scale: float) -> dict[str, torch.Tensor]:
+        return {"log_threshold": (self.threshold_ * scale).clamp_min(1e-12).log()}
 
     def _encode(self, x_BD):
         pre = self._pre(x_BD)

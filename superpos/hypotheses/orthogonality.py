@@ -123,7 +123,7 @@ def run(cfg: OrthogonalityConfig) -> dict:
         split = store.split_row(0.9)
         holdout = store.restrict(split, store.n_rows)
         res["store"] = {"path": str(store_path), "rows": store.n_rows, "holdout_rows": store.n_rows - split}
-        pca = PCA(n_components=cfg.k).fit(store.restrict(0, split), layer)
+        pca = PCA(n_components=cfg.k).fit(store.restrict(0, split), layer=layer)
         res["pca_fvu"] = reconstruction_metrics(pca, holdout, layer, progress=False).fvu
         res["sweep"] = []
         largest = None
