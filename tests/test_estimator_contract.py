@@ -1,0 +1,121 @@
+"""The scikit-learn estimator contract, for every dictionary kind."""
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import check_estimator
+
+from conftest import planted_data
+from superpos.dictionaries import (PCA, NMF, BatchTopKSAE, JumpReLUSAE, ReLUSAE, SemiNMF, TopKSAE, load_dictionary,
+                                   save_dictionary)
+from superpos.dictionaries.base import InvalidInputError, NotFittedError
+from superpos.errors import SuperposError
+from superpos.metrics import fvu
+
+SMALL = dict(device="cpu", progress=False)
+
+
+def kinds():
+    """One small instance of every kind (sizes the sklearn checks' 1- to 10-feature data can take)."""
+    return [PCA(n_components=1, **SMALL), TopKSAE(n_components=4, k=1, n_tokens=2000, batch_size=64, **SMALL),
+            BatchTopKSAE(n_components=4, k=1, n_tokens=2000, batch_size=64, **SMALL),
+            ReLUSAE(n_components=4, n_tokens=2000, batch_size=64, **SMALL),
+            JumpReLUSAE(n_components=4, n_tokens=2000, batch_size=64, **SMALL),
+            NMF(n_components=2, max_iter=20, **SMALL), SemiNMF(n_components=2, max_iter=20, **SMALL)]
+
+
+@pytest.mark.parametrize("est", kinds(), ids=lambda e: type(e).__name__)
+def test_sklearn_estimator_checks(est):
+    """Every check of sklearn.utils.estimator_checks that applies (array-API input is skipped by sklearn itself
+    unless SCIPY_ARRAY_API is set)."""
+    results = check_estimator(est, on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
+    assert not failed, failed
+    assert sum(r["status"] == "passed" for r in results) >= 40
+
+
+@pytest.mark.parametrize("est", kinds(), ids=lambda e: type(e).__name__)
+def test_unfitted_clone_and_params(est):
+    c = clone(est)
+    assert c.get_params() == est.get_params() and c is not est
+    assert not hasattr(c, "components_") and not hasattr(c, "n_components_") and not hasattr(c, "d_model_")
+    with pytest.raises(NotFittedError) as info:
+        c.transform(np.zeros((2, 3)))
+    assert isinstance(info.value, AttributeError) and isinstance(info.value, SuperposError)
+    c.set_params(seed=5) if "seed" in c.get_params() else c.set_params(batch_size=7)
+    assert c.get_params() != est.get_params()
+
+
+def _heldout_fvu(est, x):
+    return fvu(torch.from_numpy(x), torch.from_numpy(est.reconstruct(x)))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: TopKSAE(expansion=2, k=4, n_tokens=60_000, batch_size=256, **SMALL),
+    lambda: BatchTopKSAE(expansion=2, k=4, n_tokens=60_000, batch_size=256, **SMALL),
+    lambda: ReLUSAE(expansion=2, l1_coeff=1.0, n_tokens=60_000, batch_size=256, **SMALL),
+    lambda: JumpReLUSAE(expansion=2, n_tokens=60_000, batch_size=256, **SMALL),
+    lambda: NMF(n_components=32, batch_size=1024, n_tokens=20_000, max_iter=50, transform_iter=50, **SMALL),
+    lambda: SemiNMF(n_components=32, batch_size=1024, n_tokens=20_000, max_iter=50, transform_iter=50, **SMALL),
+], ids=["topk", "batchtopk", "relu", "jumprelu", "nmf", "seminmf"])
+def test_partial_fit_continues_after_fit_and_after_load(make, tmp_path):
+    x, _ = planted_data(14_000, 16, 24, 3, seed=4)
+    if isinstance(make(), NMF):
+        x = np.abs(x)
+    train, more, held = x[:10_000], x[10_000:12_000], x[12_000:]
+    fitted = make().fit(train)
+    f_fit = _heldout_fvu(fitted, held)
+    f_fresh = _heldout_fvu(make().partial_fit(more), held)  # one pass from a fresh initialisation
+    assert f_fit < 0.8 * f_fresh, (f_fit, f_fresh)  # so "jumping back" would be visible
+    f_cont = _heldout_fvu(fitted.partial_fit(more), held)
+    assert f_cont < f_fit + 0.25 * (f_fresh - f_fit), (f_fit, f_cont, f_fresh)
+    save_dictionary(make().fit(train), tmp_path / "d")
+    loaded = load_dictionary(tmp_path / "d", device="cpu")
+    f_loaded = _heldout_fvu(loaded.partial_fit(more), held)
+    assert f_loaded < f_fit + 0.25 * (f_fresh - f_fit), (f_fit, f_loaded, f_fresh)
+
+
+def test_fit_resets_streaming_state():
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((400, 6)) * [5, 4, 3, 2, 1, 1], rng.standard_normal((400, 6)) * [1, 1, 2, 3, 4, 5]
+    pca = PCA(n_components=3).fit(a)
+    pca.partial_fit(b)  # continues: equals one fit on both halves
+    np.testing.assert_allclose(np.abs(pca.components_.numpy()),
+                               np.abs(PCA(n_components=3).fit(np.vstack([a, b])).components_.numpy()), atol=1e-5)
+    pca.fit(b)  # starts over: no trace of a
+    np.testing.assert_allclose(pca.components_.numpy(), PCA(n_components=3).fit(b).components_.numpy(), atol=1e-6)
+    pca.partial_fit(a)
+    np.testing.assert_allclose(np.abs(pca.components_.numpy()),
+                               np.abs(PCA(n_components=3).fit(np.vstack([b, a])).components_.numpy()), atol=1e-5)
+    sae = TopKSAE(n_components=8, k=2, n_tokens=800, batch_size=100, **SMALL)
+    sae.partial_fit(a)
+    assert hasattr(sae, "_pf_state")
+    sae.fit(b)
+    assert not hasattr(sae, "_pf_state")
+
+
+def test_pipeline_and_bad_input():
+    x, _ = planted_data(2000, 8, 12, 2, seed=1)
+    pipe = make_pipeline(StandardScaler(), PCA(n_components=3)).fit(x, np.zeros(len(x)))  # y passed positionally
+    assert pipe.transform(x).shape == (2000, 3)
+    sae = TopKSAE(n_components=16, k=2, n_tokens=4000, batch_size=200, **SMALL).fit(x)
+    assert sae.n_features_in_ == 8
+    with pytest.raises(InvalidInputError, match="X has 5 features, but TopKSAE is expecting 8"):
+        sae.transform(x[:, :5])
+    with pytest.raises(InvalidInputError, match="X has 5 features"):
+        sae.partial_fit(x[:, :5])
+    with pytest.raises(InvalidInputError, match="NaN"):
+        TopKSAE(**SMALL).fit(np.full((10, 4), np.nan))
+    assert sae.transform(x.astype(np.float64)).dtype == np.float64
+    codes = sae.encode(torch.from_numpy(x[:4]).to(sae.device_))
+    torch.testing.assert_close(codes, torch.from_numpy(sae.transform(x[:4])))
+    torch.testing.assert_close(sae.decode(codes), torch.from_numpy(sae.reconstruct(x[:4])))
+
+
+def test_loaded_pca_refuses_partial_fit(tmp_path):
+    x = np.random.default_rng(0).standard_normal((100, 5))
+    save_dictionary(PCA(n_components=2).fit(x), tmp_path / "p")
+    with pytest.raises(SuperposError, match="a loaded PCA keeps only its top components"):
+        load_dictionary(tmp_path / "p", device="cpu").partial_fit(x)
