@@ -15,7 +15,7 @@ from superpos.errors import SuperposError
 from superpos.harvest import HarvestConfig, harvest
 from superpos.models import load_model
 from superpos.store import ActivationStore, choose_dtypes
-from superpos.writelock import claim, lock_path
+from superpos.writelock import lock_path
 
 
 def _cli(*args, timeout=300):

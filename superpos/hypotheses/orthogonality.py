@@ -61,7 +61,7 @@ def _median_diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tup
 
 
 def run(cfg: OrthogonalityConfig) -> dict:
-    from ..cli_dictionaries import fit_dictionary
+    from ..dictionaries.fitting import fit_dictionary
     from ..dictionaries import PCA, load_dictionary
     from ..dictionaries.io import CONFIG, write_json_atomic
     from ..harvest import HarvestConfig, harvest

@@ -1,0 +1,66 @@
+"""Fit one dictionary on one layer of a store and save it: the workflow behind `superpos fit`, `demo` and the
+orthogonality experiment (the library's, so that none of them needs the CLI)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..errors import SuperposError
+
+
+def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_frac: float = 0.9,
+                   device: str = "auto", checkpoint_every: int = 500, overwrite: bool = False, progress: bool = True):
+    """Fit and save one dictionary on rows [0, split) of ``store_path``'s ``layer`` (whole contexts, the first
+    ``train_frac`` of them); returns (dictionary, seconds). SAEs checkpoint into ``out`` and resume from it."""
+    from ..store import ActivationStore
+    from . import KINDS, save_dictionary
+    from .io import CONFIG
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SuperposError(f"--out {out} exists and is not a folder")
+    if (out / CONFIG).exists() and not overwrite:
+        raise SuperposError(f"{out} already holds a finished dictionary (use --overwrite or another --out)")
+    if not 0 < train_frac <= 1:
+        raise SuperposError(f"--train-frac must be in (0, 1], got {train_frac}")
+    cls = KINDS[kind]
+    valid = set(cls().get_params())
+    params = dict(params)
+    if kind == "pca":  # PCA's size defaults to --k so that L0 matches the SAE it is compared with
+        k = params.pop("k", 32)
+        params.setdefault("n_components", k)
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise SuperposError(f"parameter '{unknown[0]}' does not apply to kind {kind} (it takes {', '.join(sorted(valid))})")
+    est = cls(**{**params, "device": device, "progress": progress})
+    with ActivationStore(store_path) as store:
+        layer = store.check_layer(layer)
+        split = store.split_row(train_frac)
+        if split == 0:
+            raise SuperposError(f"--train-frac {train_frac} leaves no whole context for training")
+        train = store.restrict(0, split)
+        t0 = time.perf_counter()
+        created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            if hasattr(est, "dead_after_tokens"):
+                est.fit(train, layer=layer, checkpoint_dir=out, checkpoint_every=checkpoint_every)
+            else:
+                est.fit(train, layer=layer)
+        except BaseException:
+            if created and not any(out.iterdir()):  # leave nothing behind for a fit that never got going
+                out.rmdir()
+            raise
+        seconds = time.perf_counter() - t0
+        a = store.attrs
+        meta = {"store": str(Path(store_path).resolve()), "layer": layer, "model": a["model"],
+                "model_spec": a.get("model_spec", "default"), "corpus": a.get("corpus"),
+                "hook_name": f"resid_layer_{layer}", "train_rows": [0, split], "holdout_rows": [split, store.n_rows],
+                "train_seconds": seconds}
+    from .. import distributed
+
+    if distributed.is_main():  # under torchrun every rank holds the same result; one writes it
+        meta["world_size"] = distributed.world()[1]
+        save_dictionary(est, out, meta=meta)
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+    return est, seconds
