@@ -87,10 +87,12 @@ class Report:
 
     def reproduce(self, experiment: str, config: dict) -> None:
         """The closing sections every experiment report has: all its settings, and the command that
-        reproduces it (every flag that differs from its default, built from the CLI's own definitions)."""
+        reproduces it (every flag that differs from its default, from the experiment's config dataclass)."""
         self.heading("Settings")
         self.table(["setting", "value"], [[k, _setting(v)] for k, v in config.items()])
         self.heading("Reproduce")
+        from .protocol import command_line
+
         self.code(command_line(experiment, config))
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -106,37 +108,6 @@ class Report:
             tmp.write_text(text)
             os.replace(tmp, folder / name)
         return folder / "report.md"
-
-
-CONFIG_KEYS = {"classes": "n_classes", "eps": "eps_grid"}  # CLI flag dest → config field, where they differ
-
-
-def command_line(experiment: str, config: dict) -> str:
-    """``python -m superpos run EXPERIMENT`` with the flags that give ``config``."""
-    import argparse
-    import shlex
-
-    from .cli import build_parser
-
-    def sub_of(parser, name):
-        return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
-
-    parser = sub_of(sub_of(build_parser(), "run"), experiment)
-    parts = ["python -m superpos run", experiment]
-    for a in parser._actions:
-        key = CONFIG_KEYS.get(a.dest, a.dest)
-        if not a.option_strings or key not in config:
-            continue
-        value = config[key]
-        if value is None or value == a.default or (isinstance(value, (list, tuple)) and list(value) == a.default):
-            continue
-        if isinstance(a, argparse._StoreTrueAction):
-            parts.append(a.option_strings[0])
-            continue
-        text = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
-            if isinstance(value, (list, tuple)) else str(value)
-        parts += [a.option_strings[0], shlex.quote(text)]
-    return " ".join(parts)
 
 
 def _setting(v) -> str:

@@ -1,8 +1,9 @@
 """``python -m superpos run all``: every experiment in sequence, then an index page linking their reports.
 
-Each experiment runs through its own command-line definition (same defaults, same checks) into
-``OUT/<name>``; the tuned lens trained by ``lenses`` is reused by ``repurposing``. An experiment that fails
-is recorded in the index with its error and the rest still run.
+Each experiment runs from its registered config (``superpos.protocol``: the same defaults as its command) into
+``OUT/<name>``, with ``--quick`` applied as ``dataclasses.replace(config, **experiment.quick)``; the tuned lens
+trained by ``lenses`` is reused by ``repurposing``. An experiment that fails is recorded in the index with its
+error and the rest still run.
 """
 from __future__ import annotations
 
@@ -12,20 +13,10 @@ import time
 from pathlib import Path
 
 from .errors import SuperposError
+from .protocol import EXPERIMENTS as REGISTRY
+from .protocol import command_line
 
-EXPERIMENTS = ["orthogonality", "lenses", "repurposing", "probes", "lookahead", "donation", "reinject"]
-
-# --quick: small settings for a smoke run (minutes on the default model, seconds on a tiny one)
-QUICK = {
-    "orthogonality": ["--harvest-tokens", "8192", "--expansions", "1,2", "--fit-tokens", "40000",
-                      "--capacity-sample", "1024"],
-    "lenses": ["--contexts", "8", "--context-length", "64", "--per-context", "16", "--steps", "30"],
-    "repurposing": ["--contexts", "8", "--context-length", "64", "--per-context", "16"],
-    "probes": ["--contexts", "12", "--context-length", "64", "--per-context", "32", "--classes", "64"],
-    "lookahead": ["--contexts", "12", "--context-length", "64", "--per-context", "32", "--classes", "64"],
-    "donation": ["--contexts", "2", "--context-length", "16"],
-    "reinject": ["--contexts", "6", "--context-length", "64"],
-}
+EXPERIMENTS = list(REGISTRY)
 
 
 def parse_only(text: str) -> list[str]:
@@ -37,16 +28,20 @@ def parse_only(text: str) -> list[str]:
     return [n for n in EXPERIMENTS if n in names]
 
 
-def experiment_argv(name: str, out: Path, model: str | None, corpus: str | None, device: str, seed: int,
-                    quick: bool) -> list[str]:
-    argv = ["run", name, "--out", str(out / name), "--device", device, "--seed", str(seed)]
-    if model:
-        argv += ["--model", model]
-    if corpus and name != "orthogonality":  # orthogonality harvests the default corpus for its store
-        argv += ["--corpus", corpus]
+def experiment_config(name: str, out: Path, model: str | None, corpus: str | None, device: str, seed: int,
+                      quick: bool):
+    """The config ``run all`` gives experiment ``name``: its defaults, the shared settings, and --quick's."""
+    from dataclasses import fields, replace
+
+    e = REGISTRY[name]
+    cfg = e.config()
+    names = {f.name for f in fields(cfg)}
+    shared = {"out": str(out / name), "device": device, "seed": seed, "model": model}
+    if corpus and "corpus" in names:  # orthogonality harvests the default corpus for its store
+        shared["corpus"] = corpus
     if name == "repurposing" and (out / "lenses" / "tuned_lens").is_dir():
-        argv += ["--lens", str(out / "lenses" / "tuned_lens")]
-    return argv + (QUICK[name] if quick else [])
+        shared["lens"] = str(out / "lenses" / "tuned_lens")
+    return replace(cfg, **shared, **(e.quick if quick else {}))
 
 
 def headline(folder: Path) -> str:
@@ -62,19 +57,18 @@ def headline(folder: Path) -> str:
 
 def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, device: str, seed: int,
             quick: bool) -> list[dict]:
-    from .cli import build_parser
+    from dataclasses import asdict
 
     out.mkdir(parents=True, exist_ok=True)
-    parser = build_parser()
     rows = []
     for i, name in enumerate(names, 1):
-        argv = experiment_argv(name, out, model, corpus, device, seed, quick)
-        print(f"\n=== [{i}/{len(names)}] python -m superpos {' '.join(argv)}", flush=True)
+        cfg = experiment_config(name, out, model, corpus, device, seed, quick)
+        command = command_line(name, asdict(cfg))
+        print(f"\n=== [{i}/{len(names)}] {command}", flush=True)
         t0 = time.perf_counter()
-        row = {"name": name, "command": "python -m superpos " + " ".join(argv), "folder": name}
+        row = {"name": name, "command": command, "folder": name}
         try:
-            args = parser.parse_args(argv)
-            args.func(args)
+            REGISTRY[name].run(cfg)
             row.update(status="ok", headline=headline(out / name))
         except SuperposError as e:
             row.update(status="failed", headline=f"error: {e}")

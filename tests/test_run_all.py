@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 
 def _run_all(*args):
     return subprocess.run([sys.executable, "-m", "superpos", "run", "all", "--quick", "--device", "cpu", *map(str, args)],
@@ -43,26 +45,55 @@ def test_run_all_records_a_failure_and_goes_on(tiny_models, tmp_path):
 
 
 def test_report_command_reproduces_the_settings():
-    """The command in each report parses back (with the CLI itself) to the settings it was made from."""
+    """The command in each report parses back (with the CLI itself) to exactly the config it was made from, for
+    every registered experiment, with every field moved off its default."""
     import shlex
-    from dataclasses import asdict
+    from dataclasses import asdict, fields
 
     from superpos.cli import build_parser
-    from superpos.hypotheses.orthogonality import OrthogonalityConfig
-    from superpos.hypotheses.probes import ProbeConfig
-    from superpos.hypotheses.repurposing import RepurposingConfig
-    from superpos.report import command_line
+    from superpos.protocol import EXPERIMENTS, command_line
 
-    cases = {
-        "probes": asdict(ProbeConfig(model="my model", contexts=5, offsets=[0, -2], n_classes=32, ridge=0.5, out="o")),
-        "orthogonality": asdict(OrthogonalityConfig(expansions=[1, 4], eps_grid=[0.25], layer=3, out="o")),
-        "repurposing": asdict(RepurposingConfig(control="positive", unlikely=1e-7, exclude_recent=0, out="o")),
-    }
-    for name, cfg in cases.items():
-        argv = shlex.split(command_line(name, cfg))
-        assert argv[:4] == ["python", "-m", "superpos", "run"]
+    changed = {int: 7, float: 0.25, str: "x y"}
+    for name, e in EXPERIMENTS.items():
+        cfg = e.config()
+        values = {}
+        for f in fields(cfg):
+            default = getattr(cfg, f.name)
+            if f.name == "offsets":
+                values[f.name] = [0, -2] if name == "probes" else [2, 5]
+            elif f.name == "control":
+                values[f.name] = "positive"
+            elif f.name in ("unlikely", "likely"):
+                values[f.name] = 1e-7 if f.name == "unlikely" else 0.05
+            elif isinstance(default, list) or f.name == "layers":
+                values[f.name] = [3, 1] if f.name in ("expansions", "layers") else [0.25, 0.5]
+            elif f.name in ("layer", "seed"):
+                values[f.name] = 3
+            else:
+                values[f.name] = changed[type(default)] if default is not None else "some/path"
+        want = asdict(e.config(**values))
+        argv = shlex.split(command_line(name, want))
+        assert argv[:5] == ["python", "-m", "superpos", "run", name]
         args = build_parser().parse_args(argv[3:])
-        for dest, value in vars(args).items():
-            key = {"classes": "n_classes", "eps": "eps_grid"}.get(dest, dest)
-            if key in cfg and cfg[key] is not None:
-                assert value == cfg[key], (name, dest, value, cfg[key])
+        got = asdict(e.config(**{f.name: getattr(args, f.name) for f in fields(e.config)}))
+        assert got == want, name
+        assert command_line(name, asdict(e.config())) == f"python -m superpos run {name}"  # defaults: no flags
+
+
+def test_every_setting_has_one_default_shown_everywhere(capsys):
+    """--help of every `run` subcommand and the CLI reference list every config field with its dataclass default."""
+    from pathlib import Path
+
+    from superpos.cli import main
+    from superpos.protocol import EXPERIMENTS, format_value, settings
+
+    reference = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    for name, e in EXPERIMENTS.items():
+        with pytest.raises(SystemExit):
+            main(["run", name, "--help"])
+        text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # argparse wraps at hyphens
+        section = reference.split(f"## run {name}\n")[1].split("\n## ")[0]
+        for s in settings(e.config):
+            default = "not set" if s.default is None else format_value(s.default)
+            assert f"{s.flag} {s.name.upper()} {' '.join(s.help.split())} (default {default})" in text, (name, s)
+            assert s.flag in section and f"(default {default})" in section, (name, s.flag)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import SuperposError
+from .configs import DonationConfig
 from ..stats import cluster_bootstrap_mean
 
 
@@ -107,18 +108,6 @@ def donation_from_grads(g_LJTW: torch.Tensor, lengths: list[int]) -> dict:
             out["ratio_full"] = (later / o.clamp_min(1e-30)).numpy()
             out["later_count"] = (last - np.arange(last)).astype(np.float64)
     return out
-
-
-@dataclass
-class DonationConfig:
-    model: str | None = None
-    corpus: str | None = None
-    contexts: int = 8
-    context_length: int = 64
-    n_boot: int = 1000
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs/donation"
 
 
 def run_donation(cfg: DonationConfig) -> dict:

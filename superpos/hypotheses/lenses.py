@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import SuperposError
+from .configs import LensesConfig
 from ..residuals import ResidualSample
 
 LENS_CONFIG, LENS_WEIGHTS = "lens.json", "lens.safetensors"
@@ -231,20 +233,19 @@ def add_lens_section(rep, res: dict, layers: list[int]) -> None:
                 lo["ce"]["mean"][i], tu["ce"]["mean"][i]] for i, layer in enumerate(layers)])
 
 
-def run_lenses(model=None, corpus=None, contexts: int = 64, context_length: int = 256, per_context: int = 48,
-               steps: int = 300, seed: int = 0, device: str = "auto", out="runs/lenses") -> dict:
+def run_lenses(cfg: LensesConfig) -> dict:
     """``superpos run lenses``: train + save a tuned lens, compare with the logit lens, write a report."""
     from ..dictionaries.io import write_json_atomic
     from ..models import load_model
     from ..report import Report
     from ..residuals import contexts_from_corpus, sample_residuals
 
-    out = Path(out)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    lm = load_model(model, device=device)
-    tokens_NC = contexts_from_corpus(lm, corpus, contexts, context_length)
-    sample = sample_residuals(lm, tokens_NC, per_context, seed=seed)
-    lens, res = compare_lenses(lm, sample, steps=steps, seed=seed, save_to=out / "tuned_lens")
+    lm = load_model(cfg.model, device=cfg.device)
+    tokens_NC = contexts_from_corpus(lm, cfg.corpus, cfg.contexts, cfg.context_length)
+    sample = sample_residuals(lm, tokens_NC, cfg.per_context, seed=cfg.seed)
+    lens, res = compare_lenses(lm, sample, steps=cfg.steps, seed=cfg.seed, n_boot=cfg.n_boot, save_to=out / "tuned_lens")
     layers = sample.layers
     summary = [f"{'layer':>5} {'KL logit':>9} {'KL tuned':>9} {'top1 logit':>10} {'top1 tuned':>10}"]
     for i, layer in enumerate(layers):
@@ -257,13 +258,12 @@ def run_lenses(model=None, corpus=None, contexts: int = 64, context_length: int 
                 f"{kl_logit[inner].mean():.3f} nats on held-out positions).")
     res.update({"model": lm.name, "layers": layers, "summary": [headline, *summary],
                 "verdict": {"headline": headline, "criteria": summary},
-                "config": {"model": model, "corpus": corpus, "contexts": contexts, "context_length": context_length,
-                           "per_context": per_context, "steps": steps, "seed": seed}})
+                "config": asdict(cfg)})
     write_json_atomic(out / "results.json", res)
     rep = Report(f"Logit lens vs tuned lens — {lm.name}")
     rep.text(f"{sample.n_positions:,} positions from {len(tokens_NC)} contexts; the tuned lens (saved in "
-             f"{out / 'tuned_lens'}) trained {steps} steps on {res['train_positions']:,} positions.")
+             f"{out / 'tuned_lens'}) trained {cfg.steps} steps on {res['train_positions']:,} positions.")
     add_lens_section(rep, res, layers)
-    rep.reproduce("lenses", {**res["config"], "out": str(out), "device": device})
+    rep.reproduce("lenses", res["config"])
     rep.save(out)
     return res

@@ -15,32 +15,15 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from .. import geometry as g
 from ..errors import SuperposError
+from .configs import OrthogonalityConfig
 
-EPS_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
-
-
-@dataclass
-class OrthogonalityConfig:
-    model: str | None = None
-    store: str | None = None  # an existing store holding `layer`; default: harvest into OUT/acts.h5
-    layer: int | None = None  # default: the middle layer
-    harvest_tokens: int = 65536
-    expansions: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
-    k: int = 32
-    fit_tokens: int = 400_000
-    eps_grid: list[float] = field(default_factory=lambda: list(EPS_GRID))
-    capacity_sample: int = 16384
-    n_boot: int = 1000
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs/orthogonality"
 
 
 def _say(msg: str) -> None:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import SuperposError
+from .configs import LookaheadConfig, ProbeConfig
 from ..residuals import ResidualSample
 from ..stats import cluster_bootstrap_mean
 
@@ -143,23 +144,6 @@ def compare_to_embedding(read_KD: np.ndarray, emb_KD: np.ndarray, n_shuffle: int
 # ------------------------------------------------------------------------------------------------------
 # experiments
 # ------------------------------------------------------------------------------------------------------
-@dataclass
-class ProbeConfig:
-    model: str | None = None
-    corpus: str | None = None
-    contexts: int = 96
-    context_length: int = 256
-    per_context: int = 96
-    n_classes: int = 1024
-    ridge: float = 1e-2
-    offsets: list[int] = field(default_factory=lambda: [0, -1])  # 0 = current token, -1 = previous
-    n_shuffle: int = 100
-    n_boot: int = 1000
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs/probes"
-
-
 def _say(msg: str) -> None:
     print(f"[probes] {msg}", file=sys.stderr, flush=True)
 
@@ -210,6 +194,10 @@ def nearest_embedding_accuracy(sample: ResidualSample, W_E: np.ndarray, classes:
 
 
 def run_probes(cfg: ProbeConfig) -> dict:
+    """Input-token probes by depth against the embedding matrix (``superpos run probes``)."""
+    if 0 not in cfg.offsets or any(o > 0 for o in cfg.offsets):
+        raise SuperposError("run probes needs offset 0 (the current token) and no positive offsets (use run "
+                            "lookahead)")
     from ..dictionaries import NMF
     from ..dictionaries.io import write_json_atomic
     from ..models import load_model
@@ -360,16 +348,12 @@ def write_probe_report(res: dict, out: Path) -> Path:
 # ------------------------------------------------------------------------------------------------------
 # lookahead
 # ------------------------------------------------------------------------------------------------------
-@dataclass
-class LookaheadConfig(ProbeConfig):
-    offsets: list[int] = field(default_factory=lambda: [1, 2, 3])
-    out: str = "runs/lookahead"
-
-
 def run_lookahead(cfg: LookaheadConfig) -> dict:
     """Probes at position i for the token at i + k, per layer, against what the current token alone gives:
     the best conditional-mode guess (bigram table from the training split) and a probe on the current
     token's embedding. Lookahead = accuracy above both, at the same held-out positions."""
+    if any(o <= 0 for o in cfg.offsets):
+        raise SuperposError("run lookahead takes positive offsets (tokens after the probed position)")
     from ..dictionaries.io import write_json_atomic
     from ..models import load_model
     from ..residuals import contexts_from_corpus, sample_residuals

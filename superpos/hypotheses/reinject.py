@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import SuperposError
+from .configs import ReinjectConfig
 from ..stats import cluster_bootstrap_mean
 
 
@@ -77,21 +78,6 @@ def teacher_forced_losses(lm, tokens_NC: np.ndarray, layers, alpha: float, batch
             logits = lm.model(tok).logits[:, :-1].float()
             out.append(F.cross_entropy(logits.transpose(1, 2), tok[:, 1:], reduction="none").cpu().numpy())
     return np.concatenate(out)
-
-
-@dataclass
-class ReinjectConfig:
-    model: str | None = None
-    corpus: str | None = None
-    contexts: int = 48
-    context_length: int = 256
-    layers: list[int] | None = None  # default: every other block output of the last quarter, not the final residual
-    alphas: list[float] = field(default_factory=lambda: [0.5, 2.0, 8.0])  # embedding norm ≈ 3, late residual ≈ 150–450
-    n_bins: int = 5
-    n_boot: int = 1000
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs/reinject"
 
 
 def run_reinject(cfg: ReinjectConfig) -> dict:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -37,31 +37,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SuperposError
+from .configs import RepurposingConfig
 from ..stats import cluster_bootstrap_mean
 
 CONTROLS = ("none", "positive", "negative")
-
-
-@dataclass
-class RepurposingConfig:
-    model: str | None = None
-    corpus: str | None = None
-    contexts: int = 64
-    context_length: int = 256
-    per_context: int = 48
-    unlikely: float = 1e-6
-    likely: float = 1e-2
-    exclude_recent: int = 8
-    z_high: float = 5.0
-    lens: str | None = None  # folder of a saved tuned lens; default: train one (lens_steps)
-    lens_steps: int = 300
-    dictionary: str | None = None  # an SAE folder (its layer is read from its metadata)
-    control: str = "none"  # none | positive | negative (see planted_control)
-    control_alpha: float = 1.0
-    n_boot: int = 1000
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs/repurposing"
 
 
 def _say(msg: str) -> None:

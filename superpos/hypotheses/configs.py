@@ -1,0 +1,174 @@
+"""Every experiment's settings, in one light module (no torch): one documented dataclass per experiment.
+
+Each field's default is the only default of that setting: ``superpos run NAME --help``, the CLI reference, ``run
+all`` and every report's reproduce line are generated from these classes (``superpos.protocol``). A field's
+``metadata`` holds its ``help`` text and, where the plain type is not enough, the name of a ``parse``r in
+``superpos.protocol.PARSERS`` (and a ``flag`` where the flag is not ``--field-name``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+EPS_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def setting(default=None, help: str = "", *, parse: str | None = None, flag: str | None = None, factory=None):
+    """A config field: its one default, its help text, and optionally its parser and flag name."""
+    meta = {"help": help, "parse": parse, "flag": flag}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _model(default=None):
+    return setting(default, "model: a known name (`superpos models`), a .gguf file, a model folder or a local HF "
+                            "name; empty: the default smollm2-135m")
+
+
+def _corpus():
+    return setting(None, "text: .txt/.jsonl file, folder or dataset name; empty: pydoc_data.topics")
+
+
+def _n_boot():
+    return setting(1000, "bootstrap resamples for every confidence interval", parse="positive_int")
+
+
+def _seed():
+    return setting(0, "random seed", parse="int")
+
+
+def _device():
+    return setting("auto", "auto, cpu, cuda or cuda:N")
+
+
+def _out(folder: str):
+    return setting(folder, "output folder")
+
+
+@dataclass
+class OrthogonalityConfig:
+    """Hypothesis 1: does the residual stream hold far more than d nearly orthogonal directions?"""
+
+    model: str | None = _model()
+    store: str | None = setting(None, "existing store holding --layer; empty: harvest one into OUT/acts.h5")
+    layer: int | None = setting(None, "residual layer for the dictionary sweep; empty: the middle layer", parse="int")
+    harvest_tokens: int = setting(65536, "tokens to harvest when no --store is given", parse="positive_int")
+    expansions: list[int] = setting(help="dictionary sizes in multiples of d_model", parse="int_list",
+                                    factory=lambda: [1, 2, 4, 8, 16, 32])
+    k: int = setting(32, "TopK k, and PCA's size for the baseline", parse="positive_int")
+    fit_tokens: int = setting(400_000, "training tokens per SAE", parse="positive_int")
+    eps_grid: list[float] = setting(help="ε grid for the capacity curves", parse="unit_list", flag="eps",
+                                    factory=lambda: list(EPS_GRID))
+    capacity_sample: int = setting(16384, "token directions used for the capacity curves", parse="positive_int")
+    n_boot: int = _n_boot()
+    seed: int = _seed()
+    device: str = _device()
+    out: str = _out("runs/orthogonality")
+
+
+@dataclass
+class LensesConfig:
+    """Logit lens vs a tuned lens (trained here and saved to OUT/tuned_lens), per layer, on held-out contexts."""
+
+    model: str | None = _model()
+    corpus: str | None = _corpus()
+    contexts: int = setting(64, "contexts to read", parse="positive_int")
+    context_length: int = setting(256, "tokens per context", parse="positive_int")
+    per_context: int = setting(48, "positions sampled per context", parse="positive_int")
+    steps: int = setting(300, "tuned-lens training steps", parse="positive_int")
+    n_boot: int = _n_boot()
+    seed: int = _seed()
+    device: str = _device()
+    out: str = _out("runs/lenses")
+
+
+@dataclass
+class RepurposingConfig:
+    """Hypothesis 2: are near-impossible tokens' directions used mid-stack and removed before the output?"""
+
+    model: str | None = _model()
+    corpus: str | None = _corpus()
+    contexts: int = setting(64, "contexts to read", parse="positive_int")
+    context_length: int = setting(256, "tokens per context", parse="positive_int")
+    per_context: int = setting(48, "positions sampled per context", parse="positive_int")
+    unlikely: float = setting(1e-6, "final probability below which a token is near-impossible", parse="probability")
+    likely: float = setting(1e-2, "final probability from which a token is likely", parse="probability")
+    exclude_recent: int = setting(8, "leave the last N input tokens out of the near-impossible group",
+                                  parse="nonneg_int")
+    z_high: float = setting(5.0, "z threshold for counting strong pushes", parse="float")
+    lens: str | None = setting(None, "folder of a saved tuned lens; empty: train one into OUT/tuned_lens")
+    lens_steps: int = setting(300, "tuned-lens training steps (when no --lens)", parse="positive_int")
+    dictionary: str | None = setting(None, "SAE folder for the dictionary view (its layer is read from its metadata)")
+    control: str = setting("none", "plant a control: token directions (positive) or random directions (negative) "
+                                   "written at layer n/3 and removed at 2n/3; one of none, positive, negative",
+                           parse="control")
+    control_alpha: float = setting(1.0, "size of the planted vector, as a multiple of the residual norm",
+                                   parse="positive_float")
+    n_boot: int = _n_boot()
+    seed: int = _seed()
+    device: str = _device()
+    out: str = _out("runs/repurposing")
+
+
+@dataclass
+class ProbeConfig:
+    """Linear probes for the input (and previous) token by depth, and the probe against the embedding."""
+
+    model: str | None = _model()
+    corpus: str | None = _corpus()
+    contexts: int = setting(96, "contexts to read", parse="positive_int")
+    context_length: int = setting(256, "tokens per context", parse="positive_int")
+    per_context: int = setting(96, "positions sampled per context", parse="positive_int")
+    n_classes: int = setting(1024, "probe the N most frequent tokens (coverage is reported)", parse="positive_int",
+                             flag="classes")
+    ridge: float = setting(1e-2, "ridge strength", parse="positive_float")
+    offsets: list[int] = setting(help="target token offsets from the probed position (0 = current, -1 = previous)",
+                                 parse="offset_list", factory=lambda: [0, -1])
+    n_shuffle: int = setting(100, "shuffled-token permutations for the chance level", parse="positive_int")
+    n_boot: int = _n_boot()
+    seed: int = _seed()
+    device: str = _device()
+    out: str = _out("runs/probes")
+
+
+@dataclass
+class LookaheadConfig(ProbeConfig):
+    """Probes at position i for the tokens at i+1, i+2, i+3, against current-token baselines."""
+
+    offsets: list[int] = setting(help="target token offsets after the probed position", parse="offset_list",
+                                 factory=lambda: [1, 2, 3])
+    out: str = _out("runs/lookahead")
+
+
+@dataclass
+class DonationConfig:
+    """Share of the gradient on a position's keys and values that later positions' losses donate."""
+
+    model: str | None = _model()
+    corpus: str | None = _corpus()
+    contexts: int = setting(8, "contexts to average over", parse="positive_int")
+    context_length: int = setting(64, "longest context N; shorter lengths are prefixes (memory grows like N²)",
+                                  parse="positive_int")
+    n_boot: int = _n_boot()
+    seed: int = _seed()
+    device: str = _device()
+    out: str = _out("runs/donation")
+
+
+@dataclass
+class ReinjectConfig:
+    """Re-injecting the true token's embedding into late layers, teacher-forced, by surprisal."""
+
+    model: str | None = _model()
+    corpus: str | None = _corpus()
+    contexts: int = setting(48, "contexts", parse="positive_int")
+    context_length: int = setting(256, "tokens per context", parse="positive_int")
+    layers: list[int] | None = setting(None, "residual layers to inject into; empty: every other block output of the "
+                                             "last quarter, not the final residual", parse="int_list")
+    alphas: list[float] = setting(help="α values (× the raw embedding, whose norm is ≈ 3 on SmolLM2)",
+                                  parse="positive_float_list", factory=lambda: [0.5, 2.0, 8.0])
+    n_bins: int = setting(5, "surprisal bins (equal counts)", parse="positive_int")
+    n_boot: int = _n_boot()
+    seed: int = _seed()
+    device: str = _device()
+    out: str = _out("runs/reinject")

@@ -1,0 +1,184 @@
+"""The experiment protocol: one registry of experiments, each a documented ``Config`` dataclass
+(``superpos.hypotheses.configs``) and a ``run(config) -> results`` function that prints nothing and writes its
+report. The CLI (``superpos run NAME``), ``run all`` and each report's reproduce line are generated from here, so
+every setting has exactly one default — its dataclass field's.
+
+This module is the library's; the CLI builds argparse flags from ``settings(name)`` and nothing here imports it.
+"""
+from __future__ import annotations
+
+import importlib
+import shlex
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable
+
+from .hypotheses import configs as C
+
+
+# ------------------------------------------------------------------ parsers for flag values (raise ValueError)
+def _number(kind):
+    def parse(text: str):
+        try:
+            return kind(float(text)) if kind is int and "e" in text.lower() else kind(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got '{text}'") from None
+    return parse
+
+
+def _checked(parse, ok, what: str):
+    def check(text: str):
+        value = parse(text)
+        if not ok(value):
+            raise ValueError(f"expected {what}, got '{text}'")
+        return value
+    return check
+
+
+def _list(parse, ok, what: str):
+    def parse_list(text: str):
+        try:
+            values = [parse(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"expected a comma list of numbers, got '{text}'") from None
+        if not values or not all(ok(v) for v in values):
+            raise ValueError(f"expected {what}, got '{text}'")
+        return values
+    return parse_list
+
+
+def _choice(*options: str):
+    def parse(text: str):
+        if text not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got '{text}'")
+        return text
+    return parse
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": _number(int),
+    "float": _number(float),
+    "positive_int": _checked(_number(int), lambda v: v > 0, "a positive integer"),
+    "nonneg_int": _checked(_number(int), lambda v: v >= 0, "a non-negative integer"),
+    "positive_float": _checked(_number(float), lambda v: v > 0, "a positive number"),
+    "probability": _checked(_number(float), lambda v: 0 < v < 1, "a probability in (0, 1)"),
+    "int_list": _list(int, lambda v: v > 0, "positive integers"),
+    "unit_list": _list(float, lambda v: 0 < v <= 1, "numbers in (0, 1]"),
+    "positive_float_list": _list(float, lambda v: v > 0, "positive numbers"),
+    "offset_list": _list(int, lambda v: abs(v) <= 16, "offsets between -16 and 16"),
+    "control": _choice("none", "positive", "negative"),
+}
+
+
+# ------------------------------------------------------------------ settings
+@dataclass(frozen=True)
+class Setting:
+    """One config field as the CLI and the reproduce line see it."""
+
+    name: str  # the dataclass field
+    flag: str  # --flag-name
+    default: Any
+    help: str
+    parse: Callable[[str], Any]
+
+    def help_text(self) -> str:
+        """The help line, ending with the default (the field's, written once)."""
+        return f"{self.help} (default {'not set' if self.default is None else format_value(self.default)})"
+
+
+def format_value(value) -> str:
+    """A setting's value as typed on the command line (``empty`` for None)."""
+    if value is None:
+        return "empty"
+    if isinstance(value, (list, tuple)):
+        return ",".join(format_value(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def settings(config_cls) -> list[Setting]:
+    """The settings of a config dataclass, in field order."""
+    out = []
+    for f in fields(config_cls):
+        default = f.default_factory() if f.default is MISSING else f.default
+        parse = PARSERS[f.metadata["parse"]] if f.metadata.get("parse") else str
+        flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+        out.append(Setting(f.name, flag, default, f.metadata.get("help", ""), parse))
+    return out
+
+
+# ------------------------------------------------------------------ the registry
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment: its config class, where its run function lives, what it is, and its --quick settings."""
+
+    name: str
+    config: type
+    run_path: str  # "module:function", imported on use (the registry stays light)
+    help: str
+    description: str
+    quick: dict = field(default_factory=dict)  # field values for a smoke run (run all --quick)
+
+    def run(self, cfg) -> dict:
+        """Run it; returns its results (also written to cfg.out/results.json with the report)."""
+        module, func = self.run_path.split(":")
+        return getattr(importlib.import_module(module), func)(cfg)
+
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
+    Experiment("orthogonality", C.OrthogonalityConfig, "superpos.hypotheses.orthogonality:run",
+               "exp(N_emb) near-orthogonality of token directions and dictionaries",
+               "Hypothesis 1: does the residual stream hold far more than d nearly orthogonal directions? Token-"
+               "embedding geometry vs random nulls and bounds, a sweep of TopK SAE sizes, and atom–token alignment. "
+               "See docs/orthogonality.md.",
+               {"harvest_tokens": 8192, "expansions": [1, 2], "fit_tokens": 40000, "capacity_sample": 1024}),
+    Experiment("lenses", C.LensesConfig, "superpos.hypotheses.lenses:run_lenses",
+               "logit lens vs tuned lens per layer (trains and saves a tuned lens)",
+               "Train a tuned lens (one affine translator per layer) and compare it with the logit lens on held-out "
+               "contexts: KL to the final output, top-1 agreement and CE per layer. The lens is saved to "
+               "OUT/tuned_lens and can be passed to `run repurposing --lens`.",
+               {"contexts": 8, "context_length": 64, "per_context": 16, "steps": 30}),
+    Experiment("repurposing", C.RepurposingConfig, "superpos.hypotheses.repurposing:run",
+               "unlikely-token repurposing, with logit and tuned lens",
+               "Hypothesis 2: are directions of tokens that are near-impossible in context used mid-stack and removed "
+               "before the output? Per-layer effect with nulls (Gaussian with the layer's covariance, random "
+               "directions, shuffled contexts, same tokens where likely), the logit/tuned-lens view, and optionally a "
+               "dictionary view. See docs/repurposing.md.",
+               {"contexts": 8, "context_length": 64, "per_context": 16}),
+    Experiment("probes", C.ProbeConfig, "superpos.hypotheses.probes:run_probes",
+               "linear probes for the input (and previous) token by depth, vs the embedding matrix",
+               "Per layer, held-out accuracy of linear probes that recover the current and the previous input token; "
+               "the probe matrix against the embedding matrix (same-token cosine, Procrustes, shuffled-token null) "
+               "and where its weight sits in PCA / NMF / coordinate bases of the embedding. See docs/probes.md.",
+               {"contexts": 12, "context_length": 64, "per_context": 32, "n_classes": 64}),
+    Experiment("lookahead", C.LookaheadConfig, "superpos.hypotheses.probes:run_lookahead",
+               "probes at position i for the tokens at i+1, i+2, i+3, vs current-token baselines",
+               "Per layer, held-out accuracy of probes from position i for tokens i+k, against what the current "
+               "token alone predicts (a bigram table and a probe on its embedding). See docs/probes.md.",
+               {"contexts": 12, "context_length": 64, "per_context": 32, "n_classes": 64}),
+    Experiment("donation", C.DonationConfig, "superpos.hypotheses.donation:run_donation",
+               "share of the gradient on keys/values donated by later positions' losses",
+               "Per layer, the gradient on a position's keys and values from the losses of later positions vs its "
+               "own loss, by context length, averaged over real text. See docs/probes.md.",
+               {"contexts": 2, "context_length": 16}),
+    Experiment("reinject", C.ReinjectConfig, "superpos.hypotheses.reinject:run_reinject",
+               "re-inject the true token's embedding into late layers",
+               "Teacher-forced on real text: add α × the embedding of the token at position p into late layers at p, "
+               "and measure the change in loss on token p+1, stratified by how surprising token p was. Sampling with "
+               "the intervention: superpos.hypotheses.reinject.generate. See docs/probes.md.",
+               {"contexts": 6, "context_length": 64}),
+)}
+
+
+def command_line(name: str, config: dict) -> str:
+    """``python -m superpos run NAME`` with the flags that give ``config`` (settings at their default left out)."""
+    parts = ["python -m superpos run", name]
+    for s in settings(EXPERIMENTS[name].config):
+        if s.name not in config:
+            continue
+        value = config[s.name]
+        if value == s.default or (isinstance(value, (list, tuple)) and isinstance(s.default, (list, tuple))
+                                  and list(value) == list(s.default)):
+            continue
+        parts += [s.flag, shlex.quote(format_value(value))]
+    return " ".join(parts)
