@@ -10,29 +10,8 @@ import os
 import sys
 import traceback
 
+from .cli_common import Parser, positive
 from .errors import SuperposError
-
-
-def positive(kind=int, zero: bool = False):
-    """argparse type: a positive int (``1e6`` accepted; 0 too with ``zero``) or a non-negative float."""
-    def parse(text: str):
-        try:
-            value = kind(float(text)) if kind is int else kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-        if value < 0 or (value == 0 and kind is int and not zero):
-            raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
-        return value
-    return parse
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``superpos: error: ...``, exit 2); subcommand parsers inherit it."""
-
-    def error(self, message):
-        sub = self.prog.removeprefix("superpos").strip()
-        print(f"superpos: error: {sub + ': ' if sub else ''}{message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
 
 
 def _add_harvest(sub) -> None:
@@ -191,7 +170,7 @@ def _cmd_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="superpos", description="Sparse dictionaries over transformer residual "
+    parser = Parser(prog="superpos", description="Sparse dictionaries over transformer residual "
                                      "streams, and experiments on superposition.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -1,7 +1,7 @@
 """``python -m superpos browse``: write a static HTML feature browser for a dictionary."""
 from __future__ import annotations
 
-from .cli import positive
+from .cli_common import positive
 
 
 def register(sub) -> None:

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import positive as _positive
+from .cli_common import positive as _positive
 from .dictionaries.fitting import fit_dictionary
 from .errors import SuperposError
 

@@ -13,8 +13,8 @@ def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_f
     """Fit and save one dictionary on rows [0, split) of ``store_path``'s ``layer`` (whole contexts, the first
     ``train_frac`` of them); returns (dictionary, seconds). SAEs checkpoint into ``out`` and resume from it."""
     from ..store import ActivationStore
-    from . import KINDS, save_dictionary
-    from .io import CONFIG
+    from .io import CONFIG, save_dictionary
+    from .kinds import KINDS
 
     out = Path(out)
     if out.exists() and not out.is_dir():

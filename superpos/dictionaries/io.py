@@ -24,7 +24,7 @@ SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 
 
 def _kinds():
-    from . import KINDS
+    from .kinds import KINDS
 
     return KINDS
 
