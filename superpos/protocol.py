@@ -151,7 +151,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "the probe matrix against the embedding matrix (same-token cosine, Procrustes, shuffled-token null) "
                "and where its weight sits in PCA / NMF / coordinate bases of the embedding. See docs/probes.md.",
                {"contexts": 12, "context_length": 64, "per_context": 32, "n_classes": 64}),
-    Experiment("lookahead", C.LookaheadConfig, "superpos.hypotheses.probes:run_lookahead",
+    Experiment("lookahead", C.LookaheadConfig, "superpos.hypotheses.lookahead:run_lookahead",
                "probes at position i for the tokens at i+1, i+2, i+3, vs current-token baselines",
                "Per layer, held-out accuracy of probes from position i for tokens i+k, against what the current "
                "token alone predicts (a bigram table and a probe on its embedding). See docs/probes.md.",

@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from superpos.hypotheses.donation import DonationConfig, _kv_leaves, donation_from_grads, pairwise_kv_grads, run_donation
-from superpos.hypotheses.probes import (LookaheadConfig, ProbeConfig, compare_to_embedding, conditional_mode_baseline,
-                                        nearest_embedding_accuracy, probe_by_depth, run_lookahead, run_probes)
+from superpos.hypotheses.configs import LookaheadConfig, ProbeConfig
+from superpos.hypotheses.lookahead import run_lookahead
+from superpos.hypotheses.probes import (compare_to_embedding, conditional_mode_baseline, nearest_embedding_accuracy,
+                                        probe_by_depth, run_probes)
 from superpos.hypotheses.reinject import ReinjectConfig, generate, reinjection, run_reinject, teacher_forced_losses
 from superpos.models import load_model
 from superpos.residuals import sample_residuals

@@ -42,6 +42,20 @@ def geometric_median(x_ND: torch.Tensor, iters: int = 100, eps: float = 1e-6) ->
     return m
 
 
+@torch.no_grad()
+def project_decoder_grad_(W_dec_FD: torch.Tensor) -> None:
+    """Remove from each atom's gradient its component along the atom, so the step stays tangent to the unit
+    sphere the atoms live on (in place, on ``W_dec_FD.grad``)."""
+    g = W_dec_FD.grad
+    g -= (g * W_dec_FD).sum(1, keepdim=True) * W_dec_FD
+
+
+@torch.no_grad()
+def renormalise_decoder_(W_dec_FD: torch.Tensor) -> None:
+    """Put every atom back on the unit sphere after the optimizer step (in place)."""
+    W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
 def _rect(z: torch.Tensor) -> torch.Tensor:
     return (z.abs() < 0.5).to(z.dtype)
 
@@ -235,13 +249,11 @@ class SparseAutoencoder(BaseDictionary):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     distributed.average_grads_(state.values())
-                    with torch.no_grad():
-                        W, g = state["W_dec"], state["W_dec"].grad
-                        g -= (g * W).sum(1, keepdim=True) * W  # keep the step tangent to the unit sphere
+                    project_decoder_grad_(state["W_dec"])
                     opt.step()
                     sched.step()
                     with torch.no_grad():
-                        state["W_dec"] /= state["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
+                        renormalise_decoder_(state["W_dec"])
                         counts = distributed.all_reduce_(out["counts"].clone())  # firing over the global batch
                         since_fired += batch
                         since_fired[counts > 0] = 0
@@ -329,12 +341,10 @@ class SparseAutoencoder(BaseDictionary):
             out = self._train_forward(state, x, self._pf_fired >= self.dead_after_tokens)
             self._pf_opt.zero_grad(set_to_none=True)
             out["loss"].backward()
-            with torch.no_grad():
-                W, g = state["W_dec"], state["W_dec"].grad
-                g -= (g * W).sum(1, keepdim=True) * W
+            project_decoder_grad_(state["W_dec"])
             self._pf_opt.step()
             with torch.no_grad():
-                state["W_dec"] /= state["W_dec"].norm(dim=1, keepdim=True).clamp_min(1e-8)
+                renormalise_decoder_(state["W_dec"])
                 self._pf_fired += x.shape[0]
                 self._pf_fired[out["counts"] > 0] = 0
         self._finish(state, X, layer, scale)
