@@ -247,12 +247,3 @@ def match_dictionaries(A, B) -> Matching:
     C = np.abs(UA @ UB.T)
     r, c = linear_sum_assignment(C, maximize=True)
     return Matching(r, c, C[r, c], float(best_abs_cos(UA, UB).mean()), float(best_abs_cos(UB, UA).mean()))
-
-
-def bootstrap_ci(values, stat=np.median, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """(statistic, lower, upper) with a percentile bootstrap over the values."""
-    v = np.asarray(values)
-    rng = np.random.default_rng(seed)
-    boots = np.array([stat(v[rng.integers(0, len(v), len(v))]) for _ in range(n_boot)])
-    a = (1 - level) / 2
-    return float(stat(v)), float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))

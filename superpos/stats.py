@@ -1,5 +1,6 @@
-"""Confidence intervals for per-position statistics, resampling whole contexts (positions in one context
-are correlated, so resampling positions would give intervals that are too narrow)."""
+"""Confidence intervals, in one place: ``cluster_bootstrap_mean`` for per-position statistics (resampling whole
+contexts: positions in one context are correlated, so resampling positions would give intervals that are too
+narrow), and ``bootstrap_ci`` for any statistic of independent samples (scipy.stats.bootstrap)."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,3 +31,14 @@ def cluster_bootstrap_mean(values, groups, n_boot: int = 1000, level: float = 0.
     if np.ndim(values) == 1:
         return float(mean[0]), float(lo[0]), float(hi[0])
     return mean, lo, hi
+
+
+def bootstrap_ci(stat, *samples, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(stat(*samples), lower, upper): a percentile bootstrap with each sample resampled independently
+    (``scipy.stats.bootstrap``), e.g. ``bootstrap_ci(np.median, a)`` or the difference of two medians."""
+    from scipy.stats import bootstrap
+
+    samples = tuple(np.asarray(s) for s in samples)
+    res = bootstrap(samples, stat, n_resamples=n_boot, confidence_level=level, method="percentile", paired=False,
+                    vectorized=False, rng=np.random.default_rng(seed))
+    return float(stat(*samples)), float(res.confidence_interval.low), float(res.confidence_interval.high)

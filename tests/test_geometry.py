@@ -3,6 +3,7 @@ import pytest
 
 from superpos import geometry as g
 from superpos.errors import SuperposError
+from superpos.stats import bootstrap_ci
 
 
 def test_max_abs_cos_equals_brute_force():
@@ -63,8 +64,11 @@ def test_matching_recovers_permutation():
 
 def test_bootstrap_ci_brackets_statistic():
     v = np.random.default_rng(6).standard_normal(2000)
-    est, lo, hi = g.bootstrap_ci(v, np.mean, n_boot=400)
+    est, lo, hi = bootstrap_ci(np.mean, v, n_boot=400)
     assert lo < est < hi and hi - lo == pytest.approx(2 * 1.96 / np.sqrt(2000), rel=0.25)
+    a, b = v + 1.0, np.random.default_rng(7).standard_normal(3000)  # two independent samples: median difference
+    est, lo, hi = bootstrap_ci(lambda x, y: np.median(x) - np.median(y), a, b, n_boot=400)
+    assert est == pytest.approx(np.median(a) - np.median(b)) and lo < est < hi and lo > 0.8 and hi < 1.2
 
 
 def test_orthogonality_experiment_on_tiny_model(tiny_models, tmp_path):

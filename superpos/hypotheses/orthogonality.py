@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import geometry as g
 from ..errors import SuperposError
+from ..stats import bootstrap_ci
 from .configs import OrthogonalityConfig
 
 
@@ -31,16 +32,9 @@ def _say(msg: str) -> None:
 
 
 def _summary(values: np.ndarray, n_boot: int, seed: int) -> dict:
-    med, lo, hi = g.bootstrap_ci(values, np.median, n_boot=n_boot, seed=seed)
+    med, lo, hi = bootstrap_ci(np.median, values, n_boot=n_boot, seed=seed)
     return {"median": med, "ci": [lo, hi], "p10": float(np.quantile(values, 0.1)),
             "p90": float(np.quantile(values, 0.9)), "mean": float(values.mean())}
-
-
-def _median_diff_ci(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
-    rng = np.random.default_rng(seed)
-    boots = [np.median(a[rng.integers(0, len(a), len(a))]) - np.median(b[rng.integers(0, len(b), len(b))])
-             for _ in range(n_boot)]
-    return float(np.median(a) - np.median(b)), float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
 
 
 def run(cfg: OrthogonalityConfig) -> dict:
@@ -137,7 +131,7 @@ def run(cfg: OrthogonalityConfig) -> dict:
         rng = np.random.default_rng(cfg.seed)
         null_dirs = rng.multivariate_normal(np.zeros(d), cov, size=len(atoms)).astype(np.float32)
         best_null = g.best_abs_cos(null_dirs, W_E)
-        diff = _median_diff_ci(best, best_null, cfg.n_boot, cfg.seed)
+        diff = bootstrap_ci(lambda a, b: np.median(a) - np.median(b), best, best_null, n_boot=cfg.n_boot, seed=cfg.seed)
         res["alignment"] = {"expansion": e, "atoms": _summary(best, cfg.n_boot, cfg.seed),
                             "null": _summary(best_null, cfg.n_boot, cfg.seed), "median_diff": diff,
                             "frac_atoms_above_null_p99": float((best > np.quantile(best_null, 0.99)).mean())}
