@@ -151,7 +151,7 @@ def bench_harvest(q: bool) -> dict:
     packed = pack_contexts(lm.tokenizer, corpus, 256, default_bos_id(lm.tokenizer), tokens)
     bare_forward_time(lm, pack_contexts(lm.tokenizer, corpus, 256, 1, 512), 2)  # warm-up
     bare = bare_forward_time(lm, packed, 8)
-    import superpos.store as store_mod
+    import superpos.store.writer as store_mod
 
     def timed(check: bool, seal: bool) -> float:
         """One harvest; ``check=False`` swaps the per-batch representability check for a no-op, ``seal=False``

@@ -231,6 +231,9 @@ def test_broken_dictionary_folders(planted, tmp_path):
         load_dictionary(tmp_path / "q")
     shutil.copytree(tmp_path / "p", tmp_path / "r")
     (tmp_path / "r" / "weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(SuperposError, match="weights.safetensors is damaged"):  # caught by checksums.json
+        load_dictionary(tmp_path / "r")
+    (tmp_path / "r" / "checksums.json").unlink()  # a folder assembled by hand: read unchecked, still refused
     with pytest.raises(SuperposError, match="unreadable"):
         load_dictionary(tmp_path / "r")
 

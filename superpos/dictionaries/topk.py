@@ -1,0 +1,82 @@
+"""TopK (Gao et al. 2024) and BatchTopK (Bussmann et al. 2024) SAEs: sparse codes by selection, trained with
+sparse kernels and the AuxK loss for dead latents."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .sparse_ops import encoder_pre, select_batch_topk, select_topk, sparse_decode, sparse_encode
+from .trainer import _COMMON_DOC, SparseAutoencoder, _reconstruction_terms
+
+
+class _SparseSelectSAE(SparseAutoencoder):
+    """TopK-style SAEs trained with sparse codes and the AuxK loss for dead latents."""
+
+    def _select(self, pre_BF: torch.Tensor):  # pragma: no cover
+        raise NotImplementedError
+
+    def _train_forward(self, s: dict, x: torch.Tensor, dead: torch.Tensor) -> dict:
+        x_c = x - s["b_dec"]
+        with torch.no_grad():
+            buf = getattr(self, "_pre_buffer", None)
+            if buf is None or buf.shape != (x.shape[0], s["W_enc"].shape[0]) or buf.device != x.device:
+                buf = self._pre_buffer = torch.empty(x.shape[0], s["W_enc"].shape[0], dtype=x.dtype, device=x.device)
+            pre = encoder_pre(x_c, s["W_enc"], s["b_enc"], buf)  # read only within this step
+        rows, cols, pre_nnz = self._select(pre)
+        codes = sparse_encode(x_c, s["W_enc"], s["b_enc"], pre, rows, cols, pre_nnz)
+        x_hat = sparse_decode(codes, s["W_dec"]) + s["b_dec"]
+        loss = _reconstruction_terms(x, x_hat)
+        n_dead = int(dead.sum())
+        if n_dead and self.aux_coeff > 0:
+            k_aux = min(self.aux_k or x.shape[1] // 2, n_dead)
+            pre_dead = pre.masked_fill(~dead, float("-inf"))
+            r2, c2, _ = select_topk(pre_dead, k_aux)
+            aux = sparse_encode(x_c, s["W_enc"], s["b_enc"], pre, r2, c2)
+            e = (x - x_hat).detach()
+            e_hat = sparse_decode(aux, s["W_dec"])
+            denom = (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+            loss = loss + self.aux_coeff * (e_hat - e).pow(2).sum(-1).mean() / denom
+        fired = cols[codes.vals.detach() > 0]
+        counts = torch.bincount(fired, minlength=s["W_dec"].shape[0])
+        return {"loss": loss, "x_hat": x_hat.detach(), "l0": fired.numel() / x.shape[0], "counts": counts}
+
+
+class TopKSAE(_SparseSelectSAE):
+    __doc__ = "TopK SAE (Gao et al. 2024): exactly ``k`` active latents per token.\n" + _COMMON_DOC
+    kind = "topk"
+
+    def __init__(self, n_components=None, expansion=16.0, k=32, batch_size=1024, n_tokens=None, lr=None,
+                 warmup_steps=100, decay_frac=0.2, aux_k=None, aux_coeff=1 / 32, dead_after_tokens=250_000,
+                 b_dec_init="median", normalize=True, min_pos=1, seed=0, precision="float32", device="auto",
+                 progress=True):
+        self._set_params(locals())
+
+    def _select(self, pre_BF):
+        return select_topk(pre_BF, self.k)
+
+    def _encode(self, x_BD):
+        pre = self._pre(x_BD)
+        vals, idx = pre.topk(self.k, dim=1)
+        return torch.zeros_like(pre).scatter_(1, idx, F.relu(vals))
+
+
+class BatchTopKSAE(TopKSAE):  # same parameters as TopK
+    __doc__ = ("BatchTopK SAE (Bussmann et al. 2024): the top ``k × batch`` activations over a batch while "
+               "training; at inference a single threshold ``threshold_`` (estimated after training so the mean "
+               "L0 on training rows is ``k``) makes it a per-token JumpReLU.\n" + _COMMON_DOC)
+    kind = "batchtopk"
+    _state_names = SparseAutoencoder._state_names + ("threshold_",)
+
+    def _select(self, pre_BF):
+        return select_batch_topk(pre_BF, self.k)
+
+    def _finish_extra(self, state, X, layer, scale) -> None:
+        # threshold: the (k·N)-th largest positive pre-activation over a sample → mean L0 = k there
+        sample = self._sample(X, layer, 16384, seed=self.seed + 1, min_pos=self.min_pos).to(self.components_.device)
+        pre = F.relu(self._pre(sample)).reshape(-1)
+        kth = min(self.k * sample.shape[0], pre.numel())
+        self.threshold_ = pre.topk(kth, sorted=False).values.min().clamp_min(0.0).reshape(1)
+
+    def _encode(self, x_BD):
+        pre = self._pre(x_BD)
+        return pre * (pre > self.threshold_)

@@ -1,0 +1,278 @@
+"""``ActivationStore``: open, validate and read a store (writing, streaming and checks are mixed in from
+``writer``, ``stream`` and ``check``). The schema is in ``schema.py`` and docs/store.md."""
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from ..errors import SuperposError
+from .check import StoreChecker
+from .schema import LIVE_RETRIES, REQUIRED_ATTRS, ROW_FIELDS, SCHEMA_VERSION, attrs_digest, layer_key
+from .stream import StoreStreamer
+from .writer import StoreWriter, repair_eof
+
+
+class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
+    """Read (and, for harvests, append to) an activation file. Opening validates it."""
+
+    def __init__(self, path: str | os.PathLike, mode: str = "r", live: bool = False):
+        """``live=True`` opens a store that a harvest may still be writing: read-only, without HDF5 file
+        locking, retrying while the writer is mid-flush, and frozen at the rows complete at opening
+        (the writer flushes rows before it advances the counter, never rewrites a written chunk, and
+        every chunk carries a Fletcher-32 checksum, so a reader sees a consistent prefix or an error,
+        never torn rows)."""
+        self.path = Path(path)
+        if mode not in ("r", "r+"):
+            raise ValueError("mode must be 'r' or 'r+'")
+        if live and mode != "r":
+            raise ValueError("live stores are read-only")
+        if not self.path.exists():
+            raise SuperposError(f"store {self.path} does not exist")
+        if not self.path.is_file():
+            raise SuperposError(f"store {self.path} is not a file")
+        if not h5py.is_hdf5(self.path):
+            raise SuperposError(f"{self.path} is not an HDF5 file")
+        self._frozen: int | None = None
+        if mode == "r+" and repair_eof(self.path):
+            print(f"superpos: {self.path} was cut short by a failed write; extended it to its recorded size "
+                  f"(rows past the counter will be rewritten)", file=sys.stderr)
+        for attempt in range(LIVE_RETRIES if live else 1):
+            try:
+                self.file = h5py.File(self.path, mode, locking=False) if live else h5py.File(self.path, mode)
+                if live:
+                    self._frozen = int(self.file.attrs["n_rows_complete"])
+                break
+            except (OSError, KeyError) as e:
+                if attempt + 1 >= (LIVE_RETRIES if live else 1):
+                    raise SuperposError(f"cannot open store {self.path}: truncated or corrupted HDF5 "
+                                        f"({str(e).splitlines()[0]})") from None
+                time.sleep(0.05)
+        try:
+            self._validate()
+        except SuperposError:
+            self.file.close()
+            raise
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as e:  # damaged HDF5 structure
+            self.file.close()
+            raise SuperposError(f"{self.path}: its HDF5 structure is damaged ({' '.join(str(e).split())[:120]})") from None
+        self._pos: np.ndarray | None = None
+        self._writers: dict | None = None
+        self._limit: tuple[int, int] | None = None
+
+    def restrict(self, start: int, stop: int) -> "ActivationStore":
+        """A view whose training/statistics readers (stream, batches, sample, iter_rows) see rows [start, stop) only."""
+        import copy
+
+        view = copy.copy(self)
+        view._limit = (max(0, int(start)), min(int(stop), self.n_rows))
+        return view
+
+    def split_row(self, train_frac: float) -> int:
+        """First row of the held-out tail when the first ``train_frac`` of whole contexts are for training."""
+        C = int(self.file.attrs["context_length"])
+        n_ctx = self.n_rows // C
+        return int(round(n_ctx * train_frac)) * C
+
+    # ------------------------------------------------------------------ creation
+
+    def _validate(self) -> None:
+        f, p = self.file, self.path
+        missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
+        if missing:
+            raise SuperposError(f"{p} is not a superpos store (missing attribute '{missing[0]}')")
+        version = int(f.attrs["schema_version"])
+        if version != SCHEMA_VERSION:
+            raise SuperposError(f"{p} has store schema version {version}; this superpos reads version {SCHEMA_VERSION}")
+        if "attrs_sha256" in f.attrs and attrs_digest(f.attrs) != f.attrs["attrs_sha256"]:
+            raise SuperposError(f"{p}: its metadata is damaged (the attributes do not match their checksum)")
+        n_total, n_done = int(f.attrs["n_rows_total"]), int(f.attrs["n_rows_complete"])
+        if not 0 <= n_done <= n_total:
+            raise SuperposError(f"{p}: row counter {n_done} outside 0..{n_total}")
+        for name in ROW_FIELDS:
+            if name not in f:
+                raise SuperposError(f"{p}: missing dataset '/{name}'")
+            if f[name].shape != (n_total,):
+                raise SuperposError(f"{p}: dataset '/{name}' has shape {f[name].shape}, expected ({n_total},)")
+        d = int(f.attrs["d_model"])
+        for layer in self.layers:
+            key = layer_key(layer)
+            if key not in f:
+                raise SuperposError(f"{p}: missing dataset '/{key}' for listed layer {layer}")
+            if f[key].shape != (n_total, d):
+                raise SuperposError(f"{p}: dataset '/{key}' has shape {f[key].shape}, expected ({n_total}, {d})")
+            if f[key].dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
+                raise SuperposError(f"{p}: dataset '/{key}' has type {f[key].dtype}, expected float16 or float32")
+        for name, dt in ROW_FIELDS.items():
+            if f[name].dtype != np.dtype(dt):
+                raise SuperposError(f"{p}: dataset '/{name}' has type {f[name].dtype}, expected {np.dtype(dt)}")
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def attrs(self) -> dict:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.file.attrs.items()}
+
+    @property
+    def layers(self) -> list[int]:
+        return [int(x) for x in np.atleast_1d(self.file.attrs["layers"])]
+
+    @property
+    def layer_dtypes(self) -> dict[int, str]:
+        """Each layer's storage dtype (``float16`` or ``float32``)."""
+        return {layer: str(self.file[layer_key(layer)].dtype) for layer in self.layers}
+
+    @property
+    def d_model(self) -> int:
+        return int(self.file.attrs["d_model"])
+
+    @property
+    def n_rows(self) -> int:
+        """Rows complete and readable."""
+        if self._frozen is not None:
+            return self._frozen
+        return int(self.file.attrs["n_rows_complete"])
+
+    @property
+    def n_rows_total(self) -> int:
+        return int(self.file.attrs["n_rows_total"])
+
+    @property
+    def complete(self) -> bool:
+        return self.n_rows == self.n_rows_total
+
+    @property
+    def chunk_rows(self) -> int:
+        if "chunk_rows" in self.file.attrs:  # also set on merged (virtual, unchunked) stores
+            return int(self.file.attrs["chunk_rows"])
+        return int(self.file[layer_key(self.layers[0])].chunks[0])
+
+    def check_layer(self, layer: int) -> int:
+        layer = int(layer)
+        if layer not in self.layers:
+            raise SuperposError(f"layer {layer} is not in store {self.path} (it has layers {self.layers})")
+        if self.n_rows == 0:
+            raise SuperposError(f"store {self.path} has no complete rows yet")
+        return layer
+
+    # ------------------------------------------------------------------ writing
+
+    # ------------------------------------------------------------------ reading
+    def _check_live(self, ds) -> None:
+        """A live reader's view of the chunk index can lag behind the row counter it read on opening (HDF5 reads
+        index blocks lazily). Chunks are written in order, so if the chunk holding the last complete row is
+        allocated in this view, every earlier one is; if not, reading would return fill values: refuse instead."""
+        if self._frozen is None or not self._frozen or ds.chunks is None:
+            return
+        coord = ((self._frozen - 1) // ds.chunks[0] * ds.chunks[0],) + (0,) * (ds.ndim - 1)
+        try:
+            allocated = ds.id.get_chunk_info_by_coord(coord).byte_offset is not None
+        except RuntimeError:  # the index moved under us mid-read
+            allocated = False
+        if not allocated:
+            raise OSError(errno.EAGAIN, f"{self.path}: the writer is between flushes; open it again")
+
+    def row_field(self, name: str) -> np.ndarray:
+        if name not in ROW_FIELDS:
+            raise SuperposError(f"unknown row field '{name}' (expected one of {', '.join(ROW_FIELDS)})")
+        ds = self.file[name]
+        self._check_live(ds)
+        return ds[: self.n_rows]
+
+    @property
+    def pos(self) -> np.ndarray:
+        if self._pos is None:
+            self._pos = self.row_field("pos")
+        return self._pos
+
+    def row_mask(self, min_pos: int = 1) -> np.ndarray:
+        """Rows used for training and statistics: position ≥ ``min_pos`` (0 keeps the BOS/sink rows)."""
+        mask = self.pos >= min_pos
+        if self._limit is not None:
+            mask[: self._limit[0]] = False
+            mask[self._limit[1]:] = False
+        return mask
+
+    def to_numpy(self, layer: int, rows=None) -> np.ndarray:
+        """Activations of ``layer`` for ``rows`` (a slice, or sorted/unsorted integer indices) as float32."""
+        ds = self.file[layer_key(self.check_layer(layer))]
+        self._check_live(ds)
+        if rows is None:
+            rows = slice(0, self.n_rows)
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(self.n_rows)
+            return self._check_finite(ds[start:stop:step], layer, np.arange(start, stop, step)).astype(np.float32)
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise SuperposError(f"row index out of range 0..{self.n_rows - 1}")
+        uniq, inverse = np.unique(rows, return_inverse=True)  # h5py wants sorted, distinct indices
+        return self._check_finite(ds[uniq], layer, uniq).astype(np.float32)[inverse]
+
+    def sample(self, layer: int, n: int, seed: int = 0, min_pos: int = 1) -> np.ndarray:
+        """``n`` rows drawn without replacement from the training rows (sink rows left out)."""
+        idx = np.flatnonzero(self.row_mask(min_pos))
+        rng = np.random.default_rng(seed)
+        idx = np.sort(rng.choice(idx, size=min(n, len(idx)), replace=False))
+        return self.to_numpy(layer, idx)
+
+    def n_train_rows(self, min_pos: int = 1) -> int:
+        return int(self.row_mask(min_pos).sum())
+
+    def iter_rows(self, layer: int, batch_size: int = 8192, min_pos: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Sequential reader: yields ``(row_indices, acts)`` in file order (float32)."""
+        ds = self.file[layer_key(self.check_layer(layer))]
+        mask = self.row_mask(min_pos)
+        lo, hi = self._limit or (0, self.n_rows)
+        for start in range(lo, hi, batch_size):
+            stop = min(start + batch_size, hi)
+            keep = mask[start:stop]
+            rows = np.arange(start, stop)[keep]
+            if len(rows):
+                yield rows, self._check_finite(ds[start:stop][keep], layer, rows).astype(np.float32)
+
+    # ------------------------------------------------------------------ misc
+    def summary(self) -> str:
+        a = self.attrs
+        size = self.path.stat().st_size
+        lines = [
+            f"store          {self.path}  ({size / 2**20:.1f} MiB)",
+            f"schema         v{a['schema_version']} (superpos {a.get('superpos_version', '?')})",
+            f"model          {a['model']}  rev {str(a.get('model_revision', ''))[:12] or '-'}",
+            f"corpus         {a.get('corpus', '?')}",
+            f"rows           {self.n_rows:,} / {self.n_rows_total:,} complete"
+            + ("" if self.complete else "  (PARTIAL: re-run the same harvest command to resume)"),
+            f"context        {a['context_length']} tokens, BOS id {a.get('bos_token_id', -1)}",
+            f"layers         {self.layers} of 0..{a.get('n_model_layers', '?')}",
+            f"d_model        {self.d_model}, stored as {self._dtype_text()}",
+        ]
+        if self.n_rows:
+            lp = self.row_field("next_logprob")
+            lp = lp[np.isfinite(lp)]
+            if len(lp):
+                lines.append(f"next-token CE  {-lp.mean():.3f} nats/token over {len(lp):,} predictions")
+        return "\n".join(lines)
+
+    def _dtype_text(self) -> str:
+        per = self.layer_dtypes
+        kinds = sorted(set(per.values()))
+        if len(kinds) == 1:
+            return kinds[0]
+        return ", ".join(f"{k} (layers {','.join(str(x) for x in per if per[x] == k)})" for k in kinds)
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ActivationStore({str(self.path)!r}, rows={self.n_rows}, layers={self.layers}, d_model={self.d_model})"
