@@ -181,10 +181,11 @@ def test_second_writer_refused_then_stale_claim_taken_over(tiny_models, tmp_path
 
 
 def test_harvest_killed_then_resumed_under_claims(tiny_models, tmp_path):
-    """SIGKILL mid-harvest: the claim dies with the writer and the same command resumes to the full store."""
+    """Two harvests on one path: the second is refused while the first writes; SIGKILL the first, and the same
+    command takes its claim over and resumes to the full store."""
     out = tmp_path / "k.h5"
     args = [sys.executable, "-m", "superpos", "harvest", "--model", str(tiny_models["llama"]), "--layers", "all",
-            "--tokens", "20480", "--context", "32", "--batch-size", "2", "--device", "cpu", "--out", str(out)]
+            "--tokens", "12800", "--context", "32", "--batch-size", "1", "--device", "cpu", "--out", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": os.getcwd()})
     deadline = time.time() + 120
@@ -194,12 +195,16 @@ def test_harvest_killed_then_resumed_under_claims(tiny_models, tmp_path):
                 if st.n_rows >= 64:
                     break
         time.sleep(0.2)
+    second = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert proc.poll() is None, "the first harvest finished before the second could be tried"
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"is being written by pid {proc.pid}" in second.stderr.strip().splitlines()[-1]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with ActivationStore(out) as st:
         assert 0 < st.n_rows < st.n_rows_total
     res = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert res.returncode == 0, res.stderr
-    assert "resuming" in res.stderr
+    assert "resuming" in res.stderr and f"taking over {out} from a writer that is gone (pid {proc.pid}" in res.stderr
     with ActivationStore(out) as st:
-        assert st.complete
+        assert st.complete and st.scan_text().startswith("non-finite     none")
