@@ -36,6 +36,7 @@ HIST_BINS = 24
 
 @dataclass
 class BrowseConfig:
+    """Settings of the feature browser (``superpos browse``)."""
     dictionary: str
     store: str
     out: str = "site"

@@ -170,6 +170,7 @@ def _cmd_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: every subcommand and its flags."""
     parser = Parser(prog="superpos", description="Sparse dictionaries over transformer residual "
                                      "streams, and experiments on superposition.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv``; returns the exit code (2 for a user error, 130 for Ctrl-C)."""
     args = argparse.Namespace(debug=False)
     try:
         args = build_parser().parse_args(argv)

@@ -5,6 +5,7 @@ from .cli_common import positive
 
 
 def register(sub) -> None:
+    """Add ``superpos browse`` to the subcommands."""
     p = sub.add_parser("browse", help="write a static HTML feature browser for a dictionary (open OUT/index.html)",
                        description="Encode a store's rows with a dictionary and write a static site: an index of "
                                    "features sortable by frequency, max activation and max |cos| to other atoms, with "
@@ -31,6 +32,7 @@ def register(sub) -> None:
 
 
 def cmd_browse(args) -> int:
+    """``superpos browse``: write the static feature site."""
     from .browse import BrowseConfig, browse
     from .errors import SuperposError
 

@@ -22,6 +22,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``superpos: error: ...``, exit 2); subcommand parsers inherit it."""
 
     def error(self, message):
+        """Print one line ``superpos: error: ...`` and exit 2."""
         sub = self.prog.removeprefix("superpos").strip()
         print(f"superpos: error: {sub + ': ' if sub else ''}{message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)

@@ -41,6 +41,7 @@ def _read_config_file(path: str) -> dict:
 
 
 def add_fit(sub) -> None:
+    """Add ``superpos fit``."""
     from .dictionaries import KINDS
 
     p = sub.add_parser("fit", help="learn a dictionary (SAE / NMF / PCA) on one layer of a store",
@@ -67,6 +68,7 @@ def add_fit(sub) -> None:
 
 
 def cmd_fit(args) -> int:
+    """``superpos fit``: fit one dictionary on a store layer and save it."""
     from . import distributed
 
     params = _read_config_file(args.config) if args.config else {}
@@ -89,6 +91,7 @@ def cmd_fit(args) -> int:
 
 
 def add_evaluate(sub) -> None:
+    """Add ``superpos evaluate``."""
     p = sub.add_parser("evaluate", help="metrics of one or more dictionaries on a store (FVU, L0, CE recovered…)",
                        description="Evaluate dictionaries on a store layer: FVU, explained variance, cosine, L0, "
                                    "dead/dense fractions, and (with the model) CE-loss recovered and KL by "
@@ -108,6 +111,7 @@ def add_evaluate(sub) -> None:
 
 def evaluate_folders(dirs, store_path, layer=None, rows="holdout", max_rows=None, model=None, ce_contexts=16,
                      device="auto", lm=None, progress=True):
+    """Reconstruction metrics (and CE loss recovered) of saved dictionaries on a store's held-out rows."""
     from .dictionaries import load_dictionary
     from .metrics import evaluate_dictionaries
     from .models import load_model
@@ -142,6 +146,7 @@ def evaluate_folders(dirs, store_path, layer=None, rows="holdout", max_rows=None
 
 
 def cmd_evaluate(args) -> int:
+    """``superpos evaluate``: the metrics table of one or more dictionaries."""
     from .dictionaries.io import write_json_atomic
     from .metrics import format_table
 
@@ -157,6 +162,7 @@ def cmd_evaluate(args) -> int:
 
 
 def add_demo(sub) -> None:
+    """Add ``superpos demo``."""
     p = sub.add_parser("demo", help="the main job: harvest the default model, fit a TopK SAE and a PCA baseline, "
                        "compare them", description="Harvest SmolLM2-135M over CPython's docs, fit a TopK SAE on a "
                        "middle layer and a PCA baseline with as many components as the SAE's k, and print their "
@@ -174,6 +180,7 @@ def add_demo(sub) -> None:
 
 
 def cmd_demo(args) -> int:
+    """``superpos demo``: the README's main job (harvest, fit TopK and PCA, compare)."""
     from .dictionaries.io import CONFIG, write_json_atomic
     from .harvest import HarvestConfig, harvest
     from .metrics import format_table
@@ -211,6 +218,7 @@ def cmd_demo(args) -> int:
 
 
 def add_export(sub) -> None:
+    """Add ``superpos export``."""
     p = sub.add_parser("export", help="write a saved SAE in SAELens' folder format",
                        description="Export a superpos SAE folder to SAELens' format (cfg.json + "
                                    "sae_weights.safetensors). `load_dictionary` and `evaluate` read such folders back.")
@@ -221,6 +229,7 @@ def add_export(sub) -> None:
 
 
 def cmd_export(args) -> int:
+    """``superpos export``: a dictionary in SAELens' folder format."""
     from .dictionaries import load_dictionary
     from .dictionaries.io import export_saelens
 
@@ -233,6 +242,7 @@ def cmd_export(args) -> int:
 
 
 def register(sub) -> None:
+    """Add the dictionary subcommands (fit, evaluate, demo, export)."""
     add_fit(sub)
     add_evaluate(sub)
     add_export(sub)

@@ -69,6 +69,7 @@ def _experiments(text: str) -> list[str]:
 
 
 def cmd_all(args) -> int:
+    """``superpos run all``: every experiment, then the index page; exit 1 if any failed."""
     from pathlib import Path
 
     from .run_all import EXPERIMENTS, run_all

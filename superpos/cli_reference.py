@@ -25,6 +25,7 @@ def _cell(text: str) -> str:
 
 
 def reference() -> str:
+    """docs/cli.md's text, generated from the parser."""
     from .cli import build_parser
 
     root = build_parser()

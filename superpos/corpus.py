@@ -26,6 +26,7 @@ TEXT_SUFFIXES = (".txt", ".jsonl")
 
 @dataclass
 class Corpus:
+    """Texts and where they came from."""
     texts: list[str]
     description: str  # what was loaded, recorded in the store
 
@@ -40,9 +41,11 @@ class PackedContexts:
 
     @property
     def context_length(self) -> int:
+        """Tokens per context, BOS included."""
         return self.tokens_NC.shape[1]
 
     def sha256(self) -> str:
+        """Digest of the packed token array (what a resumed harvest must match)."""
         return hashlib.sha256(np.ascontiguousarray(self.tokens_NC, dtype=np.int32).tobytes()).hexdigest()
 
 

@@ -45,6 +45,7 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 
 
 def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    """A dtype name (float32, bfloat16, float16) as a torch dtype."""
     if isinstance(name, torch.dtype):
         return name
     try:

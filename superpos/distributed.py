@@ -26,6 +26,7 @@ def world() -> tuple[int, int]:
 
 
 def is_main() -> bool:
+    """True on rank 0 (or without torchrun)."""
     return world()[0] == 0
 
 
@@ -46,11 +47,13 @@ def init_from_env(device: str = "auto") -> str:
 
 
 def shutdown() -> None:
+    """Leave the process group, if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def check_batch(batch: int) -> None:
+    """Refuse a global batch that the ranks cannot split evenly."""
     n = world()[1]
     if batch % n:
         raise SuperposError(f"--batch-size {batch} (the global batch) must be divisible by the {n} ranks")

@@ -16,6 +16,7 @@ from .errors import SuperposError
 
 
 def unit_rows(V) -> np.ndarray:
+    """Rows scaled to unit norm (zero rows stay zero)."""
     V = np.ascontiguousarray(np.asarray(V, dtype=np.float32))
     if V.ndim != 2 or len(V) < 2:
         raise SuperposError(f"need a 2-D array of at least 2 vectors, got shape {V.shape}")
@@ -26,6 +27,7 @@ def unit_rows(V) -> np.ndarray:
 
 
 class MaxCos(NamedTuple):
+    """Each row's largest |cos| to the other rows, and which row attains it."""
     value: np.ndarray  # (n,) max |cos| of each vector to any other
     neighbour: np.ndarray  # (n,) index of that other vector
     build_s: float = 0.0  # seconds spent training and filling the index
@@ -220,11 +222,13 @@ def random_code_size(d: int, eps) -> np.ndarray:
 
 
 def gaussian_null(n: int, d: int, seed: int = 0) -> np.ndarray:
+    """Rows of a Gaussian with the mean and covariance of ``X``."""
     return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
 
 
 # ---------------------------------------------------------------------- matching
 class Matching(NamedTuple):
+    """A one-to-one matching of two dictionaries' atoms (Hungarian) and its cosines."""
     rows: np.ndarray  # atoms of A
     cols: np.ndarray  # matched atoms of B
     abs_cos: np.ndarray  # |cos| of each matched pair

@@ -25,6 +25,7 @@ IDENTITY_ATTRS = ("model", "model_revision", "corpus_sha256", "context_length", 
 
 @dataclass
 class HarvestConfig:
+    """Settings of one harvest (``superpos harvest``)."""
     model: str | None = None  # None → the embedded default (SmolLM2-135M)
     corpus: str | None = None  # None → pydoc_data.topics
     layers: str = "default"  # "default", "all", or "0,5,10"

@@ -26,11 +26,13 @@ def _t(x) -> torch.Tensor:
 
 
 def fvu(x, x_hat) -> float:
+    """Fraction of variance unexplained: Σ‖x − x̂‖² / Σ‖x − mean(x)‖²."""
     x, x_hat = _t(x).double(), _t(x_hat).double()
     return ((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
 
 
 def explained_variance(x, x_hat) -> float:
+    """1 − FVU."""
     return 1.0 - fvu(x, x_hat)
 
 
@@ -46,6 +48,7 @@ def cosine(x, x_hat) -> float:
 
 
 def l0(codes) -> float:
+    """Mean number of non-zero codes per row."""
     return (_t(codes) != 0).sum(-1).double().mean().item()
 
 
@@ -55,19 +58,23 @@ def firing_fractions(codes) -> torch.Tensor:
 
 
 def dead_fraction(firing: torch.Tensor) -> float:
+    """Share of latents that never fire on these codes."""
     return (firing == 0).double().mean().item()
 
 
 def dense_fraction(firing: torch.Tensor, threshold: float = DENSE_THRESHOLD) -> float:
+    """Share of latents firing on more than 10 % of rows."""
     return (firing > threshold).double().mean().item()
 
 
 def ce_loss_recovered(ce_clean: float, ce_spliced: float, ce_zero: float) -> float:
+    """(CE zero-ablated − CE spliced) / (CE zero-ablated − CE clean)."""
     return (ce_zero - ce_spliced) / (ce_zero - ce_clean)
 
 
 @dataclass
 class EvalResult:
+    """The metrics of one dictionary on one store layer."""
     name: str
     kind: str
     n_components: int
@@ -86,6 +93,7 @@ class EvalResult:
     kl_spliced: float | None = None
 
     def as_dict(self) -> dict:
+        """The metrics as a plain dict (for JSON)."""
         return asdict(self)
 
 
@@ -200,6 +208,7 @@ def evaluate_dictionaries(dictionaries: dict, store, layer: int, lm=None, n_rows
 
 
 def format_table(results: list[EvalResult]) -> str:
+    """The metrics of several dictionaries as an aligned text table."""
     cols = [("name", "{}"), ("kind", "{}"), ("n_components", "{}"), ("l0", "{:.1f}"), ("fvu", "{:.4f}"),
             ("explained_variance", "{:.4f}"), ("cosine", "{:.4f}"), ("dead_fraction", "{:.3f}"),
             ("dense_fraction", "{:.3f}"), ("ce_loss_recovered", "{:.4f}"), ("kl_spliced", "{:.4f}")]

@@ -71,17 +71,21 @@ class LoadedModel:
 
     @property
     def d_model(self) -> int:
+        """Width of the residual stream."""
         return self.model.get_input_embeddings().weight.shape[1]
 
     @property
     def W_E_VD(self) -> torch.Tensor:
+        """The token embedding matrix (vocabulary × d_model)."""
         return self.model.get_input_embeddings().weight
 
     @property
     def W_U_VD(self) -> torch.Tensor:
+        """The unembedding matrix (vocabulary × d_model)."""
         return self.model.get_output_embeddings().weight
 
     def check_layers(self, layers) -> list[int]:
+        """The sorted distinct ``layers``, refused in one line when one is out of range."""
         layers = sorted(set(int(layer) for layer in layers))
         bad = [layer for layer in layers if not 0 <= layer <= self.n_layers]
         if bad:

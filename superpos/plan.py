@@ -21,6 +21,7 @@ BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 @dataclass
 class MemoryPlan:
+    """Predicted memory per rank for one TopK SAE training setup, by part."""
     d_model: int
     n_latents: int
     k: int
@@ -34,9 +35,11 @@ class MemoryPlan:
 
     @property
     def total(self) -> int:
+        """Bytes in all."""
         return self.parameters + self.gradients + self.optimizer + self.activations
 
     def table(self) -> str:
+        """The plan as a text table."""
         gib = 2 ** 30
         rows = [("parameters (fp32)", self.parameters), ("gradients (fp32)", self.gradients),
                 ("Adam moments (fp32)", self.optimizer), (f"activations ({self.compute_dtype})", self.activations),
@@ -46,6 +49,7 @@ class MemoryPlan:
         return "\n".join([head] + [f"  {name:<28} {v / gib:10.2f} GiB" for name, v in rows])
 
     def as_dict(self) -> dict:
+        """The plan as a plain dict."""
         return {**asdict(self), "total": self.total}
 
 

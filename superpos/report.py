@@ -27,22 +27,28 @@ class Report:
         self.figures: dict[str, object] = {}
 
     def heading(self, text: str) -> None:
+        """Add a section heading."""
         self.blocks.append(("h2", text))
 
     def text(self, text: str) -> None:
+        """Add a paragraph."""
         self.blocks.append(("p", text))
 
     def code(self, text: str) -> None:
+        """Add a code block."""
         self.blocks.append(("pre", text))
 
     def table(self, header: list[str], rows: list[list]) -> None:
+        """Add a table (numbers formatted)."""
         self.blocks.append(("table", (header, [[_fmt(c) for c in r] for r in rows])))
 
     def figure(self, fig, name: str, caption: str) -> None:
+        """Add a matplotlib figure, saved as ``name`` beside the report."""
         self.figures[name] = fig
         self.blocks.append(("img", (name, caption)))
 
     def markdown(self) -> str:
+        """The report as markdown."""
         out = [f"# {self.title}", ""]
         for kind, body in self.blocks:
             if kind == "h2":
@@ -61,6 +67,7 @@ class Report:
         return "\n".join(out)
 
     def html(self) -> str:
+        """The report as a standalone HTML page."""
         parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>",
                  "<style>body{font-family:sans-serif;max-width:60em;margin:auto;padding:1em}table{border-collapse:"
                  "collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}img{max-width:100%}"
@@ -96,6 +103,7 @@ class Report:
         self.code(command_line(experiment, config))
 
     def save(self, folder: str | os.PathLike) -> Path:
+        """Write report.md, report.html and the figures into ``folder`` (each atomically)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for name, fig in self.figures.items():

@@ -27,6 +27,7 @@ class ResidualSample:
 
     @property
     def n_positions(self) -> int:
+        """Number of sampled positions."""
         return len(self.ctx_P)
 
     def at(self, layer: int) -> torch.Tensor:
@@ -56,6 +57,7 @@ class ResidualSample:
         return np.stack([self.offset_tokens(-i) for i in range(k)], axis=1)
 
     def subset(self, mask_P: np.ndarray) -> "ResidualSample":
+        """The sample restricted to the positions ``idx``."""
         idx = np.flatnonzero(mask_P)
         return ResidualSample(self.resid_LPD[:, torch.from_numpy(idx)], self.layers, self.tokens_NC,
                               self.ctx_P[idx], self.pos_P[idx])

@@ -20,6 +20,7 @@ EXPERIMENTS = list(REGISTRY)
 
 
 def parse_only(text: str) -> list[str]:
+    """``--only``'s comma list, checked against the registry and put in run order."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in EXPERIMENTS]
     if bad or not names:
@@ -45,6 +46,7 @@ def experiment_config(name: str, out: Path, model: str | None, corpus: str | Non
 
 
 def headline(folder: Path) -> str:
+    """The verdict headline in a finished experiment's results.json."""
     try:
         res = json.loads((folder / "results.json").read_text())
     except (OSError, json.JSONDecodeError):
@@ -57,6 +59,7 @@ def headline(folder: Path) -> str:
 
 def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, device: str, seed: int,
             quick: bool) -> list[dict]:
+    """Run ``names`` in order into ``out``, writing the index after each; returns the index rows."""
     from dataclasses import asdict
 
     out.mkdir(parents=True, exist_ok=True)
@@ -80,6 +83,7 @@ def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, 
 
 
 def write_index(out: Path, rows: list[dict], names: list[str]) -> None:
+    """index.md, index.html and index.json for the experiments run so far."""
     from .dictionaries.io import write_json_atomic
 
     done = {r["name"] for r in rows}

@@ -51,6 +51,7 @@ def validate_rows(X):
 
 
 def as_tensor(X, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``X`` as a 2-D tensor of ``dtype`` on ``device``."""
     t = X if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
     if t.ndim != 2:
         raise SuperposError(f"expected a 2-D array (rows × d_model), got shape {tuple(t.shape)}")
@@ -70,6 +71,7 @@ class NotFittedError(SuperposError, AttributeError):
 
 
 def check_finite(x: torch.Tensor, where: str) -> None:
+    """Refuse (one line) a tensor holding NaN or inf."""
     if not torch.isfinite(x).all():
         raise SuperposError(f"{where} contains NaN or inf values")
 
@@ -204,11 +206,13 @@ class BaseDictionary(TransformerMixin, BaseEstimator):
 
     @property
     def n_components_(self) -> int:
+        """Number of atoms."""
         self._check_fitted()
         return self.components_.shape[0]
 
     @property
     def d_model_(self) -> int:
+        """Width of the rows the dictionary takes."""
         self._check_fitted()
         return self.components_.shape[1]
 
@@ -225,12 +229,14 @@ class BaseDictionary(TransformerMixin, BaseEstimator):
         return {k: torch.as_tensor(v).detach().cpu().contiguous() for k, v in out.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> "BaseDictionary":
+        """Set the fitted tensors from ``state`` (as ``state_dict`` returns them)."""
         dev = self._device()
         for k, v in state.items():
             setattr(self, k, v.to(dev))
         return self
 
     def summary(self) -> str:
+        """A few lines for ``superpos info``."""
         params = ", ".join(f"{k}={v}" for k, v in self.get_params().items() if v is not None)
         fitted = f"{self.n_components_} atoms × d_model {self.d_model_}" if hasattr(self, "components_") else "not fitted"
         lines = [f"{type(self).__name__} ({self.kind}): {fitted}", f"  {params}"]

@@ -38,6 +38,7 @@ def _json_default(o):
 
 
 def write_json_atomic(path: Path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (temp file, then rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
     os.replace(tmp, path)
@@ -91,6 +92,7 @@ def save_dictionary(dictionary, path: str | os.PathLike, meta: dict | None = Non
 
 
 def read_config(path: Path) -> dict:
+    """A dictionary folder's config.json, refused in one line when it is not JSON."""
     try:
         return json.loads((path / CONFIG).read_text())
     except json.JSONDecodeError as e:

@@ -18,12 +18,14 @@ class _JumpReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pre, threshold, bandwidth):
+        """Autograd forward (see the class docstring)."""
         ctx.save_for_backward(pre, threshold)
         ctx.bandwidth = bandwidth
         return pre * (pre > threshold)
 
     @staticmethod
     def backward(ctx, g):
+        """Autograd backward: the straight-through gradient (see the class docstring)."""
         pre, threshold = ctx.saved_tensors
         bw = ctx.bandwidth
         g_pre = g * (pre > threshold)
@@ -36,12 +38,14 @@ class _Step(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pre, threshold, bandwidth):
+        """Autograd forward (see the class docstring)."""
         ctx.save_for_backward(pre, threshold)
         ctx.bandwidth = bandwidth
         return (pre > threshold).to(pre.dtype)
 
     @staticmethod
     def backward(ctx, g):
+        """Autograd backward: the straight-through gradient (see the class docstring)."""
         pre, threshold = ctx.saved_tensors
         bw = ctx.bandwidth
         return torch.zeros_like(pre), (-(1.0 / bw) * _rect((pre - threshold) / bw) * g).sum(0), None

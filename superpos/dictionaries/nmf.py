@@ -136,6 +136,7 @@ class _FactorisationBase(BaseDictionary):
         return codes_BF @ self.components_
 
     def load_state_dict(self, state):
+        """Set the fitted tensors, and the internal factor ``W`` they come from."""
         super().load_state_dict(state)
         self._W = self.W_
         return self

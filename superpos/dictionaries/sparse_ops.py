@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 
 class SparseCodes(NamedTuple):
+    """Codes of a batch in coordinate form: row and latent indices with their values."""
     rows: torch.Tensor  # (nnz,) int64, sorted
     cols: torch.Tensor  # (nnz,) int64 latent ids
     vals: torch.Tensor  # (nnz,) activations (differentiable)
@@ -22,6 +23,7 @@ class SparseCodes(NamedTuple):
     n_rows: int
 
     def to_dense(self, n_latents: int) -> torch.Tensor:
+        """The (rows × latents) dense code matrix."""
         out = torch.zeros(self.n_rows, n_latents, dtype=self.vals.dtype, device=self.vals.device)
         out[self.rows, self.cols] = self.vals
         return out
@@ -63,11 +65,13 @@ class _SparseEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_BD, W_enc_FD, b_enc_F, rows, cols, pre_nnz):
+        """Autograd forward (see the class docstring)."""
         ctx.save_for_backward(x_BD, W_enc_FD, rows, cols)
         return pre_nnz.clone()
 
     @staticmethod
     def backward(ctx, g_nnz):
+        """Autograd backward: the straight-through gradient (see the class docstring)."""
         x_BD, W_enc_FD, rows, cols = ctx.saved_tensors
         B, Fn = x_BD.shape[0], W_enc_FD.shape[0]
         g_nnz = g_nnz.contiguous()

@@ -111,6 +111,7 @@ def donation_from_grads(g_LJTW: torch.Tensor, lengths: list[int]) -> dict:
 
 
 def run_donation(cfg: DonationConfig) -> dict:
+    """``superpos run donation``: the gradient that later positions donate to keys/values."""
     from ..dictionaries.io import write_json_atomic
     from ..models import load_model
     from ..residuals import contexts_from_corpus

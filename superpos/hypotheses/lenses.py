@@ -51,6 +51,7 @@ class TunedLens(nn.Module):
         self.meta: dict = {}
 
     def translate(self, h_PD: torch.Tensor, layer: int) -> torch.Tensor:
+        """The tuned lens's translation of residuals at ``layer`` (unit RMS, then affine)."""
         if layer >= self.n_layers:
             return h_PD
         h = h_PD / h_PD.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()  # unit RMS: see the module docstring
@@ -110,12 +111,14 @@ class TunedLens(nn.Module):
                           *(f"{k:<14} {v}" for k, v in trained.items())])
 
     def check_model(self, lm) -> None:
+        """Refuse a lens made for another model's width or depth."""
         if (self.d_model, self.n_layers) != (lm.d_model, lm.n_layers):
             raise SuperposError(f"tuned lens is for d_model {self.d_model} × {self.n_layers} layers, "
                                 f"{lm.name} has {lm.d_model} × {lm.n_layers}")
 
 
 def lens_logits(lm, h_PD: torch.Tensor, layer: int, lens: TunedLens | None = None) -> torch.Tensor:
+    """Logits read off residuals at ``layer``: the logit lens, or the tuned lens when given."""
     if lens is not None:
         h_PD = lens.translate(h_PD.to(lens.weight_LDD.device), layer)
     return unembed(lm, h_PD)

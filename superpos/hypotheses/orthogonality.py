@@ -38,6 +38,7 @@ def _summary(values: np.ndarray, n_boot: int, seed: int) -> dict:
 
 
 def run(cfg: OrthogonalityConfig) -> dict:
+    """``superpos run orthogonality``: embedding geometry, the dictionary-size sweep, the verdict and report."""
     from ..dictionaries.fitting import fit_dictionary
     from ..dictionaries import PCA, load_dictionary
     from ..dictionaries.io import CONFIG, write_json_atomic
@@ -184,6 +185,7 @@ def verdict(res: dict) -> dict:
 
 
 def write_report(res: dict, maxcos: dict, out: Path) -> Path:
+    """report.md/.html and figures of an orthogonality run."""
     import matplotlib.pyplot as plt
 
     from ..report import Report

@@ -36,9 +36,11 @@ class RidgeProbe:
     std_D: torch.Tensor
 
     def scores(self, X_PD: torch.Tensor) -> torch.Tensor:
+        """Class scores of standardised rows."""
         return ((X_PD - self.mean_D) / self.std_D) @ self.W_DK + self.b_K
 
     def predict(self, X_PD: torch.Tensor) -> np.ndarray:
+        """The most likely class of each row."""
         return self.classes[self.scores(X_PD).argmax(1).numpy()]
 
     @property
@@ -48,6 +50,7 @@ class RidgeProbe:
 
 
 def frequent_classes(targets: np.ndarray, n_classes: int) -> np.ndarray:
+    """The ``n_classes`` most frequent tokens among ``targets``."""
     ids, counts = np.unique(targets[targets >= 0], return_counts=True)
     return ids[np.argsort(-counts, kind="stable")[:n_classes]]
 
@@ -260,6 +263,7 @@ def _half_layer(energy: list[float], var: list[float]) -> float:
 
 
 def probes_verdict(res: dict) -> dict:
+    """The probes experiment's verdict from its results."""
     cur = res["targets"]["current token"]
     acc = cur["acc"]
     layers = res["layers"]
@@ -294,6 +298,7 @@ def probes_verdict(res: dict) -> dict:
 
 
 def write_probe_report(res: dict, out: Path) -> Path:
+    """report.md/.html and figures of a probes run."""
     import matplotlib.pyplot as plt
 
     from ..report import Report, band

@@ -243,6 +243,7 @@ def shuffle_contexts(ctx_P: np.ndarray) -> np.ndarray:
 # the experiment
 # ------------------------------------------------------------------------------------------------------
 def run(cfg: RepurposingConfig) -> dict:
+    """``superpos run repurposing``: the per-layer effect with its nulls, the lens view, the verdict and report."""
     from ..dictionaries.io import write_json_atomic
     from ..models import load_model
     from ..residuals import contexts_from_corpus, sample_residuals
@@ -463,6 +464,7 @@ def dictionary_alignment(dic, sample, U_PV, L_PV, tok_VD, shuffle, cfg, min_cos:
 # report
 # ------------------------------------------------------------------------------------------------------
 def write_report(res: dict, out: Path) -> Path:
+    """report.md/.html and figures of a repurposing run."""
     import matplotlib.pyplot as plt
 
     from ..report import Report, band

@@ -116,10 +116,12 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
     # ------------------------------------------------------------------ properties
     @property
     def attrs(self) -> dict:
+        """The file's attributes as plain Python values."""
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.file.attrs.items()}
 
     @property
     def layers(self) -> list[int]:
+        """The stored residual layers."""
         return [int(x) for x in np.atleast_1d(self.file.attrs["layers"])]
 
     @property
@@ -129,6 +131,7 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
 
     @property
     def d_model(self) -> int:
+        """Width of the stored rows."""
         return int(self.file.attrs["d_model"])
 
     @property
@@ -140,19 +143,23 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
 
     @property
     def n_rows_total(self) -> int:
+        """Rows the finished file holds."""
         return int(self.file.attrs["n_rows_total"])
 
     @property
     def complete(self) -> bool:
+        """True when every row is written."""
         return self.n_rows == self.n_rows_total
 
     @property
     def chunk_rows(self) -> int:
+        """Rows per HDF5 chunk."""
         if "chunk_rows" in self.file.attrs:  # also set on merged (virtual, unchunked) stores
             return int(self.file.attrs["chunk_rows"])
         return int(self.file[layer_key(self.layers[0])].chunks[0])
 
     def check_layer(self, layer: int) -> int:
+        """``layer``, refused in one line when the store does not hold it or has no complete rows."""
         layer = int(layer)
         if layer not in self.layers:
             raise SuperposError(f"layer {layer} is not in store {self.path} (it has layers {self.layers})")
@@ -178,6 +185,7 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
             raise OSError(errno.EAGAIN, f"{self.path}: the writer is between flushes; open it again")
 
     def row_field(self, name: str) -> np.ndarray:
+        """A per-row field (tokens, doc, pos, next_logprob, next_rank) of the complete rows."""
         if name not in ROW_FIELDS:
             raise SuperposError(f"unknown row field '{name}' (expected one of {', '.join(ROW_FIELDS)})")
         ds = self.file[name]
@@ -186,6 +194,7 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
 
     @property
     def pos(self) -> np.ndarray:
+        """Each row's position in its context (cached)."""
         if self._pos is None:
             self._pos = self.row_field("pos")
         return self._pos
@@ -221,6 +230,7 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
         return self.to_numpy(layer, idx)
 
     def n_train_rows(self, min_pos: int = 1) -> int:
+        """Rows used for training and statistics (position ≥ ``min_pos``)."""
         return int(self.row_mask(min_pos).sum())
 
     def iter_rows(self, layer: int, batch_size: int = 8192, min_pos: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -237,6 +247,7 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
 
     # ------------------------------------------------------------------ misc
     def summary(self) -> str:
+        """The lines ``superpos info`` prints about the store."""
         a = self.attrs
         size = self.path.stat().st_size
         lines = [
@@ -265,6 +276,7 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
         return ", ".join(f"{k} (layers {','.join(str(x) for x in per if per[x] == k)})" for k in kinds)
 
     def close(self) -> None:
+        """Close the file (idempotent)."""
         if self.file.id.valid:
             self.file.close()
 
