@@ -44,6 +44,11 @@ def register(sub) -> None:
         for s in settings(e.config):
             p.add_argument(s.flag, dest=s.name, type=_arg_type(s.parse), default=s.default, help=s.help_text(),
                            metavar=s.name.upper())
+        if e.controls:
+            p.add_argument("--calibrate", action="store_true",
+                           help="also run the identical analysis on its controls (" + "; ".join(
+                               f"{c.kind}: {c.name}" for c in e.controls) + ") into OUT/controls/ and write "
+                           "OUT/calibration.md with real, null and planted side by side")
         p.set_defaults(func=cmd_experiment)
 
 
@@ -55,6 +60,14 @@ def cmd_experiment(args) -> int:
 
     e = EXPERIMENTS[args.experiment]
     cfg = e.config(**{f.name: getattr(args, f.name) for f in fields(e.config)})
+    if getattr(args, "calibrate", False):
+        from .protocol import run_calibrated
+
+        res = run_calibrated(e.name, cfg)
+        _print_verdict(res["real"]["verdict"], cfg.out)
+        print(f"calibration: {'every control as expected' if res['calibrated'] else 'A CONTROL FAILED'} "
+              f"({cfg.out}/calibration.md)")
+        return 0 if res["calibrated"] else 1
     _print_verdict(e.run(cfg)["verdict"], cfg.out)
     return 0
 

@@ -109,6 +109,17 @@ def settings(config_cls) -> list[Setting]:
 
 # ------------------------------------------------------------------ the registry
 @dataclass(frozen=True)
+class Control:
+    """A calibration run: the identical analysis with settings that remove the effect (a null) or plant one of
+    known size; the verdict on it must come out as ``expect_supported``."""
+
+    name: str
+    kind: str  # "null" or "planted"
+    settings: dict
+    expect_supported: bool
+
+
+@dataclass(frozen=True)
 class Experiment:
     """An experiment: its config class, where its run function lives, what it is, and its --quick settings."""
 
@@ -118,6 +129,7 @@ class Experiment:
     help: str
     description: str
     quick: dict = field(default_factory=dict)  # field values for a smoke run (run all --quick)
+    controls: tuple[Control, ...] = ()  # its null and planted calibration runs (run_calibrated)
 
     def run(self, cfg) -> dict:
         """Run it; returns its results (also written to cfg.out/results.json with the report)."""
@@ -144,7 +156,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "before the output? Per-layer effect with nulls (Gaussian with the layer's covariance, random "
                "directions, shuffled contexts, same tokens where likely), the logit/tuned-lens view, and optionally a "
                "dictionary view. See docs/repurposing.md.",
-               {"contexts": 8, "context_length": 64, "per_context": 16}),
+               {"contexts": 8, "context_length": 64, "per_context": 16},
+               (Control("random directions", "null", {"control": "negative"}, False),
+                Control("planted token directions", "planted", {"control": "positive"}, True))),
     Experiment("probes", C.ProbeConfig, "superpos.hypotheses.probes:run_probes",
                "linear probes for the input (and previous) token by depth, vs the embedding matrix",
                "Per layer, held-out accuracy of linear probes that recover the current and the previous input token; "
@@ -182,3 +196,44 @@ def command_line(name: str, config: dict) -> str:
             continue
         parts += [s.flag, shlex.quote(format_value(value))]
     return " ".join(parts)
+
+
+def run_calibrated(name: str, cfg) -> dict:
+    """``cfg`` and, through the identical analysis, each of the experiment's controls (same settings but the
+    control's, into ``OUT/controls/<control>``; a tuned lens trained by the real run is reused). Writes
+    ``OUT/calibration.md`` and ``calibration.json``: real, nulls and planted side by side, and whether every
+    control came out as it must. Returns {"real": results, control name: results, ..., "calibrated": bool}."""
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    e = EXPERIMENTS[name]
+    if not e.controls:
+        raise ValueError(f"{name} declares no controls")
+    out = Path(cfg.out)
+    results = {"real": e.run(cfg)}
+    shared = {}
+    if hasattr(cfg, "lens") and cfg.lens is None and (out / "tuned_lens").is_dir():
+        shared["lens"] = str(out / "tuned_lens")
+    rows = [("real", "—", results["real"]["verdict"], None)]
+    for c in e.controls:
+        res = e.run(replace(cfg, **shared, **c.settings, out=str(out / "controls" / c.name.replace(" ", "_"))))
+        results[c.name] = res
+        rows.append((c.name, c.kind, res["verdict"], c.expect_supported))
+    ok = all(bool(v.get("supported")) == want for _, _, v, want in rows if want is not None)
+    results["calibrated"] = ok
+    md = [f"# {name}: real run and calibration controls", "",
+          "The identical analysis on the real model, on a null (no effect) and on a planted effect of known size.",
+          "", "| run | kind | verdict | expected | as expected |", "|---|---|---|---|---|"]
+    for run_name, kind, v, want in rows:
+        verdict = "SUPPORTED" if v.get("supported") else "NOT SUPPORTED"
+        expected = "—" if want is None else ("SUPPORTED" if want else "NOT SUPPORTED")
+        as_expected = "—" if want is None else ("yes" if bool(v.get("supported")) == want else "**no**")
+        md.append(f"| {run_name} | {kind} | {verdict}: {v['headline'].replace('|', '/')} | {expected} | {as_expected} |")
+    md += ["", "Calibrated: " + ("every control came out as it must." if ok else "**a control did not come out as it "
+                                 "must; the real verdict cannot be trusted.**"), ""]
+    (out / "calibration.md").write_text("\n".join(md))
+    (out / "calibration.json").write_text(json.dumps(
+        {"calibrated": ok, "runs": [{"run": r, "kind": k, "supported": bool(v.get("supported")),
+                                     "headline": v["headline"], "expected": w} for r, k, v, w in rows]}, indent=2))
+    return results

@@ -44,22 +44,26 @@ def test_tuned_lens_beats_logit_lens_and_round_trips(peaked_llama, tmp_path):
     assert json.loads((tmp_path / "lens" / "lens.json").read_text())["n_layers"] == lm.n_layers
 
 
-def _run(model, tmp_path, control):
-    cfg = RepurposingConfig(model=str(model), contexts=16, context_length=64, per_context=24, unlikely=1e-4,
-                            likely=0.05, exclude_recent=4, lens_steps=20, control=control, n_boot=200,
-                            device="cpu", out=str(tmp_path / control))
-    return run(cfg)
+def test_calibrated_run_flags_the_planted_control_and_not_the_nulls(peaked_llama, tmp_path):
+    """The protocol's calibrated runner: the identical analysis on the (unhooked) model, a null (random
+    directions written and removed) and a planted effect (token directions): only the planted one is flagged."""
+    from superpos.protocol import run_calibrated
 
-
-def test_positive_control_is_flagged_and_negative_controls_are_not(peaked_llama, tmp_path):
-    pos = _run(peaked_llama, tmp_path, "positive")
+    cfg = RepurposingConfig(model=str(peaked_llama), contexts=16, context_length=64, per_context=24, unlikely=1e-4,
+                            likely=0.05, exclude_recent=4, lens_steps=20, n_boot=200, device="cpu",
+                            out=str(tmp_path / "rep"))
+    res = run_calibrated("repurposing", cfg)
+    pos = res["planted token directions"]
     assert pos["verdict"]["supported"], pos["verdict"]["headline"]
     assert pos["verdict"]["peak_layer"] in range(*pos["control_layers"])  # where the control writes
-    assert (tmp_path / "positive" / "report.md").exists() and (tmp_path / "positive" / "effect_by_layer.png").exists()
-    for control in ("negative", "none"):
-        res = _run(peaked_llama, tmp_path, control)
-        assert not res["verdict"]["supported"], (control, res["verdict"]["headline"])
-        assert not res["verdict"]["present"], (control, res["verdict"]["criteria"])
+    for name in ("real", "random directions"):
+        assert not res[name]["verdict"]["supported"], (name, res[name]["verdict"]["headline"])
+        assert not res[name]["verdict"]["present"], (name, res[name]["verdict"]["criteria"])
+    assert res["calibrated"]
+    table = (tmp_path / "rep" / "calibration.md").read_text()
+    assert table.count("| yes |") == 2 and "every control came out as it must" in table
+    assert (tmp_path / "rep" / "controls" / "planted_token_directions" / "report.md").exists()
+    assert pos["config"]["lens"] == str(tmp_path / "rep" / "tuned_lens")  # the real run's lens, reused
 
 
 def test_off_output_part_removes_exactly_what_the_output_predicts():
