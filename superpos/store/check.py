@@ -33,6 +33,11 @@ class StoreChecker:
         import hashlib
 
         digests, bad = {}, {}
+        try:  # every object of the file, as plain h5py readers walk it, not only the datasets superpos reads
+            if self.complete:  # (a partial store may have a writer moving its metadata under a live reader)
+                self.file.visititems(lambda name, obj: None)
+        except (KeyError, OSError, RuntimeError, ValueError) as e:
+            raise SuperposError(f"{self.path}: its HDF5 structure is damaged ({' '.join(str(e).split())[:100]})") from None
         n = self.n_rows
         for layer, name in [*((x, layer_key(x)) for x in self.layers), *((None, f) for f in ROW_FIELDS)]:
             ds = self.file[name]
