@@ -106,7 +106,7 @@ def reconstruction_metrics(dictionary, store, layer: int, n_rows: int | None = N
     n_feat = dictionary.n_components_
     fire = torch.zeros(n_feat, dtype=torch.float64)
     sums = dict(n=0, err=0.0, sx=torch.zeros(d, dtype=torch.float64), sxx=0.0, cos=0.0, l0=0.0)
-    dev = dictionary.components_.device
+    dev = dictionary.device_
     total = min(n_rows or store.n_rows, int(store.row_mask(min_pos).sum()))
     bar = tqdm(total=total, desc="evaluate", unit="row", unit_scale=True, file=sys.stderr, disable=not progress)
     for rows, x in store.iter_rows(layer, batch_size, min_pos=min_pos):
