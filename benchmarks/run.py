@@ -156,11 +156,11 @@ def bench_harvest(q: bool) -> dict:
     def timed(check: bool, seal: bool) -> float:
         """One harvest; ``check=False`` swaps the per-batch representability check for a no-op, ``seal=False``
         the content checksums written at the end (what the overflow-safe storage adds, measured by removal)."""
-        saved = store_mod.check_representable, store_mod.ActivationStore.seal_content
+        saved = store_mod.check_representable, store_mod.StoreWriter.seal_content
         if not check:
             store_mod.check_representable = lambda *a, **k: None
         if not seal:
-            store_mod.ActivationStore.seal_content = lambda self: None
+            store_mod.StoreWriter.seal_content = lambda self: None
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
@@ -168,7 +168,7 @@ def bench_harvest(q: bool) -> dict:
                         progress=False)
                 return time.perf_counter() - t0
         finally:
-            store_mod.check_representable, store_mod.ActivationStore.seal_content = saved
+            store_mod.check_representable, store_mod.StoreWriter.seal_content = saved
 
     runs = {"full": [], "no_check": [], "no_check_no_seal": []}
     for _ in range(1 if q else 2):  # interleaved, best of each
