@@ -30,8 +30,8 @@ def _add_harvest(sub) -> None:
     p.add_argument("--context", type=positive(int), default=256, help="context length in tokens incl. BOS (default 256)")
     p.add_argument("--batch-size", type=positive(int), default=8, help="contexts per forward pass (default 8)")
     p.add_argument("--dtype", choices=["auto", "float16", "float32"], default="auto",
-                   help="stored precision: auto (default) picks float16 per layer where the first batch peaks below "
-                        "65,504/8 and float32 elsewhere; every batch is checked, and a value the storage cannot hold "
+                   help="stored precision: auto (default) picks float16 per layer where the first batch peaks at most at "
+                        "65,504/2 and float32 elsewhere; every batch is checked, and a value the storage cannot hold "
                         "(or NaN/inf from the model) is refused, never written")
     p.add_argument("--model-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="the model's compute dtype (default float32; bfloat16 halves memory and time on GPUs)")

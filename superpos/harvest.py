@@ -32,7 +32,7 @@ class HarvestConfig:
     tokens: int | None = None  # cap on rows (whole contexts); None → the whole corpus
     context_length: int = 256
     batch_size: int = 8  # contexts per forward pass
-    dtype: str = "auto"  # storage: auto (float16 per layer where it fits with 8× headroom, else float32), float16, float32
+    dtype: str = "auto"  # storage: auto (float16 per layer where the first batch peaks ≤ 65,504/2, else float32), float16, float32
     device: str = "auto"
     bos: bool = True  # prepend BOS (or EOS if the tokenizer has no BOS) to every context
     compression: str = "lzf"
