@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SuperposError
-from .schema import ROW_FIELDS, layer_key
+from .schema import ROW_FIELDS, layer_key, nonfinite_index
 
 
 class StoreChecker:
@@ -13,7 +13,7 @@ class StoreChecker:
     def _check_finite(self, rows: np.ndarray, layer: int, row_ids=None) -> np.ndarray:
         """Refuse (one line) rows of ``layer`` that hold NaN/inf; return them unchanged otherwise."""
         if rows.size and not np.isfinite(rows).all():
-            bad = int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
+            bad = int(nonfinite_index(rows)[0])
             where = f"row {int(row_ids[bad]):,}" if row_ids is not None else "a row"
             raise SuperposError(f"{self.path}: layer {layer} holds NaN/inf values ({where}); they cannot be used for "
                                 f"training or statistics — `superpos info {self.path}` lists them; re-harvest with "
@@ -24,7 +24,7 @@ class StoreChecker:
         """Indices of complete rows of ``layer`` holding NaN or inf (a full read of the layer)."""
         ds = self.file[layer_key(self.check_layer(layer))]
         self._check_live(ds)
-        bad = [start + np.flatnonzero(~np.isfinite(ds[start:min(start + block_rows, self.n_rows)]).all(axis=1))
+        bad = [start + nonfinite_index(ds[start:min(start + block_rows, self.n_rows)])
                for start in range(0, self.n_rows, block_rows)]
         return np.concatenate(bad) if bad else np.zeros(0, np.int64)
 
@@ -48,7 +48,7 @@ class StoreChecker:
                     a = ds[start:min(start + block_rows, n)]
                     h.update(np.ascontiguousarray(a).tobytes())
                     if layer is not None:
-                        rows.append(start + np.flatnonzero(~np.isfinite(a).all(axis=1)))
+                        rows.append(start + nonfinite_index(a))
             except OSError as e:
                 raise SuperposError(f"{self.path}: dataset '/{name}' is unreadable (a damaged chunk: "
                                     f"{' '.join(str(e).split())[:100]})") from None

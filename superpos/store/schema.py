@@ -54,3 +54,8 @@ def attrs_digest(attrs) -> str:
         v = v.tolist() if isinstance(v, np.ndarray) else v
         h.update(repr((key, v.decode() if isinstance(v, bytes) else v)).encode())
     return h.hexdigest()
+
+
+def nonfinite_index(rows: np.ndarray) -> np.ndarray:
+    """Indices of the rows of ``rows`` (n × d) holding NaN or inf."""
+    return np.flatnonzero(~np.isfinite(rows).all(axis=1))

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import SuperposError
 from .schema import (AUTO_HEADROOM, DEFAULT_CHUNK_BYTES, ROW_FIELDS, SCHEMA_VERSION, STORAGE_DTYPES, attrs_digest,
-                     layer_key)
+                     layer_key, nonfinite_index)
 
 
 def choose_dtypes(policy: str, acts: dict[int, np.ndarray]) -> dict[int, str]:
@@ -30,7 +30,7 @@ def check_representable(acts: dict[int, np.ndarray], dtypes: dict[int, str], fir
     for layer, a in acts.items():
         peak = float(np.abs(a).max()) if a.size else 0.0
         if not np.isfinite(peak):
-            bad = int(np.flatnonzero(~np.isfinite(a).all(axis=1))[0])
+            bad = int(nonfinite_index(a)[0])
             raise SuperposError(f"the model produced NaN/inf at layer {layer} (row {first_row + bad:,}); nothing of "
                                 f"this batch was written to {path} ({first_row:,} rows are safe) — check the model "
                                 f"and --model-dtype")
