@@ -8,7 +8,6 @@ error and the rest still run.
 from __future__ import annotations
 
 import html
-import json
 import time
 from pathlib import Path
 
@@ -45,18 +44,6 @@ def experiment_config(name: str, out: Path, model: str | None, corpus: str | Non
     return replace(cfg, **shared, **(e.quick if quick else {}))
 
 
-def headline(folder: Path) -> str:
-    """The verdict headline in a finished experiment's results.json."""
-    try:
-        res = json.loads((folder / "results.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return ""
-    if isinstance(res.get("verdict"), dict):
-        return res["verdict"].get("headline", "")
-    summary = res.get("summary") or []
-    return "; ".join(summary[:1])
-
-
 def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, device: str, seed: int,
             quick: bool) -> list[dict]:
     """Run ``names`` in order into ``out``, writing the index after each; returns the index rows."""
@@ -71,8 +58,8 @@ def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, 
         t0 = time.perf_counter()
         row = {"name": name, "command": command, "folder": name}
         try:
-            REGISTRY[name].run(cfg)
-            row.update(status="ok", headline=headline(out / name))
+            res = REGISTRY[name].run(cfg)
+            row.update(status="ok", headline=res["verdict"]["headline"])
         except SuperposError as e:
             row.update(status="failed", headline=f"error: {e}")
             print(f"superpos: error: {name}: {e}", flush=True)
