@@ -63,12 +63,12 @@ def cmd_experiment(args) -> int:
     if getattr(args, "calibrate", False):
         from .protocol import run_calibrated
 
-        res = run_calibrated(e.name, cfg)
-        _print_verdict(res["real"]["verdict"], cfg.out)
-        print(f"calibration: {'every control as expected' if res['calibrated'] else 'A CONTROL FAILED'} "
+        cal = run_calibrated(e.name, cfg)
+        _print_verdict(cal.real.verdict, cfg.out)
+        print(f"calibration: {'every control as expected' if cal.calibrated else 'A CONTROL FAILED'} "
               f"({cfg.out}/calibration.md)")
-        return 0 if res["calibrated"] else 1
-    _print_verdict(e.run(cfg)["verdict"], cfg.out)
+        return 0 if cal.calibrated else 1
+    _print_verdict(e.run(cfg).verdict, cfg.out)
     return 0
 
 
@@ -96,10 +96,10 @@ def cmd_all(args) -> int:
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 
-def _print_verdict(v: dict, out: str) -> None:
-    print(v["headline"])
-    for line in v["criteria"]:
+def _print_verdict(v, out: str) -> None:
+    print(v.headline)
+    for line in v.criteria:
         print("  " + line)
-    if v.get("context"):
-        print("  " + v["context"])
+    if getattr(v, "context", None):
+        print("  " + v.context)
     print(f"report: {out}/report.md")

@@ -1,6 +1,8 @@
 """The experiment protocol: one registry of experiments, each a documented ``Config`` dataclass
-(``superpos.hypotheses.configs``) and a ``run(config) -> results`` function that prints nothing and writes its
-report. The CLI (``superpos run NAME``), ``run all`` and each report's reproduce line are generated from here, so
+(``superpos.hypotheses.configs``), a ``run(config) -> Result`` function that writes results.json and its report,
+its typed ``Result`` dataclass (``superpos.hypotheses.results``, read back with ``Experiment.read``), and its
+``verdict(result)`` (``superpos.hypotheses.verdicts``: a pure function of the result, so a stored result can be
+judged again). The CLI (``superpos run NAME``), ``run all`` and each report's reproduce line are generated from here, so
 every setting has exactly one default — its dataclass field's.
 
 This module is the library's; the CLI builds argparse flags from ``settings(name)`` and nothing here imports it.
@@ -10,9 +12,12 @@ from __future__ import annotations
 import importlib
 import shlex
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .hypotheses import configs as C
+from .hypotheses import results as R
+from .hypotheses import verdicts as V
+from .results import Result, Verdict
 
 
 # ------------------------------------------------------------------ parsers for flag values (raise ValueError)
@@ -121,36 +126,46 @@ class Control:
 
 @dataclass(frozen=True)
 class Experiment:
-    """An experiment: its config class, where its run function lives, what it is, and its --quick settings."""
+    """An experiment: its config and result classes, where its run function lives, its verdict, what it is, and its
+    --quick settings."""
 
     name: str
     config: type
+    result: type
     run_path: str  # "module:function", imported on use (the registry stays light)
+    verdict: Callable[[Result], Verdict]
     help: str
     description: str
     quick: dict = field(default_factory=dict)  # field values for a smoke run (run all --quick)
     controls: tuple[Control, ...] = ()  # its null and planted calibration runs (run_calibrated)
 
-    def run(self, cfg) -> dict:
-        """Run it; returns its results (also written to cfg.out/results.json with the report)."""
+    def run(self, cfg) -> Result:
+        """Run it; returns its typed result (also written to cfg.out/results.json with the report)."""
         module, func = self.run_path.split(":")
         return getattr(importlib.import_module(module), func)(cfg)
 
+    def read(self, folder) -> Result:
+        """The typed result a run of this experiment stored in ``folder`` (or a results.json path)."""
+        return self.result.read(folder)
+
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
-    Experiment("orthogonality", C.OrthogonalityConfig, "superpos.hypotheses.orthogonality:run",
+    Experiment("orthogonality", C.OrthogonalityConfig, R.OrthogonalityResult,
+               "superpos.hypotheses.orthogonality:run", V.orthogonality,
                "exp(N_emb) near-orthogonality of token directions and dictionaries",
                "Hypothesis 1: does the residual stream hold far more than d nearly orthogonal directions? Token-"
                "embedding geometry vs random nulls and bounds, a sweep of TopK SAE sizes, and atom–token alignment. "
                "See docs/orthogonality.md.",
                {"harvest_tokens": 8192, "expansions": [1, 2], "fit_tokens": 40000, "capacity_sample": 1024}),
-    Experiment("lenses", C.LensesConfig, "superpos.hypotheses.lenses:run_lenses",
+    Experiment("lenses", C.LensesConfig, R.LensesResult,
+               "superpos.hypotheses.lenses:run_lenses", V.lenses,
                "logit lens vs tuned lens per layer (trains and saves a tuned lens)",
                "Train a tuned lens (one affine translator per layer) and compare it with the logit lens on held-out "
                "contexts: KL to the final output, top-1 agreement and CE per layer. The lens is saved to "
                "OUT/tuned_lens and can be passed to `run repurposing --lens`.",
                {"contexts": 8, "context_length": 64, "per_context": 16, "steps": 30}),
-    Experiment("repurposing", C.RepurposingConfig, "superpos.hypotheses.repurposing:run",
+    Experiment("repurposing", C.RepurposingConfig, R.RepurposingResult,
+               "superpos.hypotheses.repurposing:run", V.repurposing,
                "unlikely-token repurposing, with logit and tuned lens",
                "Hypothesis 2: are directions of tokens that are near-impossible in context used mid-stack and removed "
                "before the output? Per-layer effect with nulls (Gaussian with the layer's covariance, random "
@@ -159,23 +174,27 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                {"contexts": 8, "context_length": 64, "per_context": 16},
                (Control("random directions", "null", {"control": "negative"}, False),
                 Control("planted token directions", "planted", {"control": "positive"}, True))),
-    Experiment("probes", C.ProbeConfig, "superpos.hypotheses.probes:run_probes",
+    Experiment("probes", C.ProbeConfig, R.ProbesResult,
+               "superpos.hypotheses.probes:run_probes", V.probes,
                "linear probes for the input (and previous) token by depth, vs the embedding matrix",
                "Per layer, held-out accuracy of linear probes that recover the current and the previous input token; "
                "the probe matrix against the embedding matrix (same-token cosine, Procrustes, shuffled-token null) "
                "and where its weight sits in PCA / NMF / coordinate bases of the embedding. See docs/probes.md.",
                {"contexts": 12, "context_length": 64, "per_context": 32, "n_classes": 64}),
-    Experiment("lookahead", C.LookaheadConfig, "superpos.hypotheses.lookahead:run_lookahead",
+    Experiment("lookahead", C.LookaheadConfig, R.LookaheadResult,
+               "superpos.hypotheses.lookahead:run_lookahead", V.lookahead,
                "probes at position i for the tokens at i+1, i+2, i+3, vs current-token baselines",
                "Per layer, held-out accuracy of probes from position i for tokens i+k, against what the current "
                "token alone predicts (a bigram table and a probe on its embedding). See docs/probes.md.",
                {"contexts": 12, "context_length": 64, "per_context": 32, "n_classes": 64}),
-    Experiment("donation", C.DonationConfig, "superpos.hypotheses.donation:run_donation",
+    Experiment("donation", C.DonationConfig, R.DonationResult,
+               "superpos.hypotheses.donation:run_donation", V.donation,
                "share of the gradient on keys/values donated by later positions' losses",
                "Per layer, the gradient on a position's keys and values from the losses of later positions vs its "
                "own loss, by context length, averaged over real text. See docs/probes.md.",
                {"contexts": 2, "context_length": 16}),
-    Experiment("reinject", C.ReinjectConfig, "superpos.hypotheses.reinject:run_reinject",
+    Experiment("reinject", C.ReinjectConfig, R.ReinjectResult,
+               "superpos.hypotheses.reinject:run_reinject", V.reinject,
                "re-inject the true token's embedding into late layers",
                "Teacher-forced on real text: add α × the embedding of the token at position p into late layers at p, "
                "and measure the change in loss on token p+1, stratified by how surprising token p was. Sampling with "
@@ -198,42 +217,53 @@ def command_line(name: str, config: dict) -> str:
     return " ".join(parts)
 
 
-def run_calibrated(name: str, cfg) -> dict:
+class Calibration(NamedTuple):
+    """A real run and its controls: each result by run name, and whether every control came out as it must."""
+
+    real: Result
+    controls: dict[str, Result]
+    calibrated: bool
+
+
+def run_calibrated(name: str, cfg) -> Calibration:
     """``cfg`` and, through the identical analysis, each of the experiment's controls (same settings but the
     control's, into ``OUT/controls/<control>``; a tuned lens trained by the real run is reused). Writes
     ``OUT/calibration.md`` and ``calibration.json``: real, nulls and planted side by side, and whether every
-    control came out as it must. Returns {"real": results, control name: results, ..., "calibrated": bool}."""
-    import json
+    control came out as it must."""
     from dataclasses import replace
     from pathlib import Path
+
+    from .dictionaries.io import write_json_atomic
 
     e = EXPERIMENTS[name]
     if not e.controls:
         raise ValueError(f"{name} declares no controls")
     out = Path(cfg.out)
-    results = {"real": e.run(cfg)}
+    real = e.run(cfg)
     shared = {}
     if hasattr(cfg, "lens") and cfg.lens is None and (out / "tuned_lens").is_dir():
         shared["lens"] = str(out / "tuned_lens")
-    rows = [("real", "—", results["real"]["verdict"], None)]
-    for c in e.controls:
-        res = e.run(replace(cfg, **shared, **c.settings, out=str(out / "controls" / c.name.replace(" ", "_"))))
-        results[c.name] = res
-        rows.append((c.name, c.kind, res["verdict"], c.expect_supported))
-    ok = all(bool(v.get("supported")) == want for _, _, v, want in rows if want is not None)
-    results["calibrated"] = ok
+    controls = {c.name: e.run(replace(cfg, **shared, **c.settings, out=str(out / "controls" / c.name.replace(" ", "_"))))
+                for c in e.controls}
+    rows = [("real", "—", real.verdict, None)]
+    rows += [(c.name, c.kind, controls[c.name].verdict, c.expect_supported) for c in e.controls]
+    ok = all(bool(v.supported) == want for _, _, v, want in rows if want is not None)
+
+    def said(supported) -> str:
+        return "SUPPORTED" if supported else "NOT SUPPORTED"
+
     md = [f"# {name}: real run and calibration controls", "",
           "The identical analysis on the real model, on a null (no effect) and on a planted effect of known size.",
           "", "| run | kind | verdict | expected | as expected |", "|---|---|---|---|---|"]
     for run_name, kind, v, want in rows:
-        verdict = "SUPPORTED" if v.get("supported") else "NOT SUPPORTED"
-        expected = "—" if want is None else ("SUPPORTED" if want else "NOT SUPPORTED")
-        as_expected = "—" if want is None else ("yes" if bool(v.get("supported")) == want else "**no**")
-        md.append(f"| {run_name} | {kind} | {verdict}: {v['headline'].replace('|', '/')} | {expected} | {as_expected} |")
+        expected = "—" if want is None else said(want)
+        as_expected = "—" if want is None else ("yes" if bool(v.supported) == want else "**no**")
+        md.append(f"| {run_name} | {kind} | {said(v.supported)}: {v.headline.replace('|', '/')} | {expected} | "
+                  f"{as_expected} |")
     md += ["", "Calibrated: " + ("every control came out as it must." if ok else "**a control did not come out as it "
                                  "must; the real verdict cannot be trusted.**"), ""]
     (out / "calibration.md").write_text("\n".join(md))
-    (out / "calibration.json").write_text(json.dumps(
-        {"calibrated": ok, "runs": [{"run": r, "kind": k, "supported": bool(v.get("supported")),
-                                     "headline": v["headline"], "expected": w} for r, k, v, w in rows]}, indent=2))
-    return results
+    write_json_atomic(out / "calibration.json", {
+        "calibrated": ok, "runs": [{"run": r, "kind": k, "supported": bool(v.supported), "headline": v.headline,
+                                    "expected": w} for r, k, v, w in rows]})
+    return Calibration(real, controls, ok)

@@ -11,10 +11,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def band(ax, x, c: dict, label: str, **kw):
-    """Plot c["mean"] over x with its [c["lo"], c["hi"]] confidence band in the line's colour."""
-    line, = ax.plot(x, c["mean"], label=label, **kw)
-    ax.fill_between(x, c["lo"], c["hi"], alpha=0.2, color=line.get_color())
+def band(ax, x, c, label: str, **kw):
+    """Plot a ``Band``'s mean over x with its [lo, hi] confidence band in the line's colour."""
+    line, = ax.plot(x, c.mean, label=label, **kw)
+    ax.fill_between(x, c.lo, c.hi, alpha=0.2, color=line.get_color())
     return line
 
 
@@ -92,9 +92,19 @@ class Report:
         parts.append("</body></html>")
         return "\n".join(parts)
 
-    def reproduce(self, experiment: str, config: dict) -> None:
+    def verdict(self, verdict) -> None:
+        """The opening section every experiment report has: the verdict's headline and its criteria."""
+        self.heading("Verdict")
+        self.text(verdict.headline)
+        for line in verdict.criteria:
+            self.text(line)
+
+    def reproduce(self, experiment: str, config) -> None:
         """The closing sections every experiment report has: all its settings, and the command that
         reproduces it (every flag that differs from its default, from the experiment's config dataclass)."""
+        from dataclasses import asdict, is_dataclass
+
+        config = asdict(config) if is_dataclass(config) else config
         self.heading("Settings")
         self.table(["setting", "value"], [[k, _setting(v)] for k, v in config.items()])
         self.heading("Reproduce")

@@ -59,7 +59,7 @@ def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, 
         row = {"name": name, "command": command, "folder": name}
         try:
             res = REGISTRY[name].run(cfg)
-            row.update(status="ok", headline=res["verdict"]["headline"])
+            row.update(status="ok", headline=res.verdict.headline)
         except SuperposError as e:
             row.update(status="failed", headline=f"error: {e}")
             print(f"superpos: error: {name}: {e}", flush=True)

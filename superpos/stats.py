@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .results import Band, Interval
+
 
 def _cluster_sums(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     _, inv = np.unique(groups, return_inverse=True)
@@ -31,6 +33,19 @@ def cluster_bootstrap_mean(values, groups, n_boot: int = 1000, level: float = 0.
     if np.ndim(values) == 1:
         return float(mean[0]), float(lo[0]), float(hi[0])
     return mean, lo, hi
+
+
+def cluster_band(values_PK, groups, n_boot: int = 1000, seed: int = 0) -> Band:
+    """``cluster_bootstrap_mean`` of (P, K) values as a typed per-column ``Band``."""
+    m, lo, hi = cluster_bootstrap_mean(values_PK, groups, n_boot=n_boot, seed=seed)
+    return Band(np.atleast_1d(m).tolist(), np.atleast_1d(lo).tolist(), np.atleast_1d(hi).tolist())
+
+
+def cluster_interval(values_P, groups, n_boot: int = 1000, seed: int = 0) -> Interval:
+    """``cluster_bootstrap_mean`` of (P,) values as a typed ``Interval`` (NaNs when there are none)."""
+    if len(values_P) == 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    return Interval(*cluster_bootstrap_mean(values_P, groups, n_boot=n_boot, seed=seed))
 
 
 def bootstrap_ci(stat, *samples, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:

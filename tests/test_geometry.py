@@ -73,6 +73,7 @@ def test_bootstrap_ci_brackets_statistic():
 
 def test_orthogonality_experiment_on_tiny_model(tiny_models, tmp_path):
     from superpos.hypotheses.orthogonality import OrthogonalityConfig, run
+    from superpos.hypotheses.results import OrthogonalityResult
 
     out = tmp_path / "orth"
     res = run(OrthogonalityConfig(model=str(tiny_models["llama"]), layer=2, harvest_tokens=4096, expansions=[1, 4],
@@ -81,13 +82,13 @@ def test_orthogonality_experiment_on_tiny_model(tiny_models, tmp_path):
     for name in ("report.md", "report.html", "results.json", "maxcos_tokens.png", "capacity.png", "fvu_vs_size.png",
                  "maxcos_vs_size.png"):
         assert (out / name).exists(), name
-    assert res["tied_embeddings"] is True
+    assert res.tied_embeddings is True
     # the Gaussian null sits on the theoretical median for its size
-    assert res["tokens"]["random null"]["max_abs_cos"]["median"] == pytest.approx(res["tokens_theory_median"], rel=0.1)
-    sizes = [r["n_atoms"] for r in res["sweep"]]
-    assert sizes == [32, 128]
-    assert res["sweep"][1]["fvu"] < res["sweep"][0]["fvu"] + 0.05
-    assert isinstance(res["verdict"]["supported"], bool) and len(res["verdict"]["criteria"]) == 3
+    assert res.tokens["random null"].max_abs_cos.median == pytest.approx(res.tokens_theory_median, rel=0.1)
+    assert [r.n_atoms for r in res.sweep] == [32, 128]
+    assert res.sweep[1].fvu < res.sweep[0].fvu + 0.05
+    assert isinstance(res.verdict.supported, bool) and len(res.verdict.criteria) == 3
+    assert OrthogonalityResult.read(out) == res
     assert "Verdict" in (out / "report.md").read_text()
 
 

@@ -34,7 +34,7 @@ def test_tuned_lens_beats_logit_lens_and_round_trips(peaked_llama, tmp_path):
     lm = load_model(str(peaked_llama), device="cpu")
     sample = sample_residuals(lm, _tokens(lm, n=32, c=64), per_context=32, progress=False)
     lens, res = compare_lenses(lm, sample, steps=150, lr=1e-2, n_boot=100, save_to=tmp_path / "lens", progress=False)
-    kl_logit, kl_tuned = np.array(res["logit lens"]["kl"]["mean"]), np.array(res["tuned lens"]["kl"]["mean"])
+    kl_logit, kl_tuned = np.array(res.logit_lens.kl.mean), np.array(res.tuned_lens.kl.mean)
     assert np.all(kl_tuned[:-1] < kl_logit[:-1]), (kl_logit, kl_tuned)  # held-out contexts, every layer
     assert kl_tuned[-1] == pytest.approx(0, abs=1e-6) and kl_logit[-1] == pytest.approx(0, abs=1e-6)
     loaded = TunedLens.load(tmp_path / "lens")
@@ -52,18 +52,18 @@ def test_calibrated_run_flags_the_planted_control_and_not_the_nulls(peaked_llama
     cfg = RepurposingConfig(model=str(peaked_llama), contexts=16, context_length=64, per_context=24, unlikely=1e-4,
                             likely=0.05, exclude_recent=4, lens_steps=20, n_boot=200, device="cpu",
                             out=str(tmp_path / "rep"))
-    res = run_calibrated("repurposing", cfg)
-    pos = res["planted token directions"]
-    assert pos["verdict"]["supported"], pos["verdict"]["headline"]
-    assert pos["verdict"]["peak_layer"] in range(*pos["control_layers"])  # where the control writes
-    for name in ("real", "random directions"):
-        assert not res[name]["verdict"]["supported"], (name, res[name]["verdict"]["headline"])
-        assert not res[name]["verdict"]["present"], (name, res[name]["verdict"]["criteria"])
-    assert res["calibrated"]
+    cal = run_calibrated("repurposing", cfg)
+    pos = cal.controls["planted token directions"]
+    assert pos.verdict.supported, pos.verdict.headline
+    assert pos.verdict.peak_layer in range(*pos.control_layers)  # where the control writes
+    for res in (cal.real, cal.controls["random directions"]):
+        assert not res.verdict.supported, res.verdict.headline
+        assert not res.verdict.present, res.verdict.criteria
+    assert cal.calibrated
     table = (tmp_path / "rep" / "calibration.md").read_text()
     assert table.count("| yes |") == 2 and "every control came out as it must" in table
     assert (tmp_path / "rep" / "controls" / "planted_token_directions" / "report.md").exists()
-    assert pos["config"]["lens"] == str(tmp_path / "rep" / "tuned_lens")  # the real run's lens, reused
+    assert pos.config.lens == str(tmp_path / "rep" / "tuned_lens")  # the real run's lens, reused
 
 
 def test_off_output_part_removes_exactly_what_the_output_predicts():
@@ -104,9 +104,9 @@ def test_dictionary_view_runs_on_a_saved_sae(peaked_llama, tmp_path):
     cfg = RepurposingConfig(model=str(peaked_llama), contexts=8, context_length=64, per_context=16, unlikely=1e-4,
                             likely=0.05, exclude_recent=4, lens_steps=5, dictionary=str(tmp_path / "sae"), n_boot=50,
                             device="cpu", out=str(tmp_path / "run"))
-    d = run(cfg)["dictionary"]
-    assert d["layer"] == 3 and d["n_atoms"] == 128 and 0 <= d["token_aligned_atoms"] <= 128
-    if d["positions_with_active_aligned"]:
+    d = run(cfg).dictionary
+    assert d.layer == 3 and d.n_atoms == 128 and 0 <= d.token_aligned_atoms <= 128
+    if d.positions_with_active_aligned:
         for key in ("near_impossible", "near_impossible_shuffled", "likely", "likely_shuffled"):
-            assert 0 <= d[key]["mean"][0] <= 1
+            assert 0 <= getattr(d, key).mean[0] <= 1
     assert "Dictionary view" in (tmp_path / "run" / "report.md").read_text()

@@ -21,11 +21,11 @@ def test_probe_reads_the_input_token_perfectly_from_the_embedding_layer(peaked_l
     lm = load_model(str(peaked_llama), device="cpu")  # Llama: residual layer 0 is the token embedding
     tokens = np.random.default_rng(0).integers(2, 50, size=(40, 64))  # 48 distinct tokens < d_model = 64
     sample = sample_residuals(lm, tokens, per_context=48, layers=[0, 3, 6], progress=False)
-    r = probe_by_depth(sample, 0, n_classes=48, ridge=1e-6, seed=0, n_boot=100)
-    assert r["coverage"] == 1.0
-    assert r["acc"]["mean"][0] > 0.99, r["acc"]
+    r, probes = probe_by_depth(sample, 0, n_classes=48, ridge=1e-6, seed=0, n_boot=100)
+    assert r.coverage == 1.0
+    assert r.acc.mean[0] > 0.99, r.acc
     W_E = lm.W_E_VD.detach().float().numpy()
-    assert nearest_embedding_accuracy(sample, W_E, r["probes"][0].classes)[0] == 1.0
+    assert nearest_embedding_accuracy(sample, W_E, probes[0].classes)[0] == 1.0
 
 
 def test_embedding_comparison_finds_a_planted_relation_and_rejects_a_random_one():
@@ -34,9 +34,9 @@ def test_embedding_comparison_finds_a_planted_relation_and_rejects_a_random_one(
     R, _ = np.linalg.qr(rng.standard_normal((24, 24)))
     planted = compare_to_embedding(E @ R + 0.3 * rng.standard_normal(E.shape), E, n_shuffle=50)
     random = compare_to_embedding(rng.standard_normal(E.shape), E, n_shuffle=50)
-    assert planted["p_value"] < 0.05 and planted["procrustes_residual"] < 0.5 * planted["null_procrustes_mean"]
-    assert random["p_value"] > 0.05
-    assert abs(random["procrustes_residual"] - random["null_procrustes_mean"]) < 0.05
+    assert planted.p_value < 0.05 and planted.procrustes_residual < 0.5 * planted.null_procrustes_mean
+    assert random.p_value > 0.05
+    assert abs(random.procrustes_residual - random.null_procrustes_mean) < 0.05
 
 
 def test_conditional_mode_baseline_by_hand():
@@ -78,14 +78,21 @@ def test_reinjection_with_alpha_zero_is_bit_identical(tiny_models):
 
 
 def test_experiment_commands_write_reports(peaked_llama, tmp_path):
+    """Each run returns its typed result, and results.json reads back as the same typed object."""
+    from superpos.protocol import EXPERIMENTS
+
     m = str(peaked_llama)
     small = dict(model=m, contexts=12, context_length=48, device="cpu", n_boot=100)
     r = run_probes(ProbeConfig(**small, per_context=32, n_classes=64, n_shuffle=10, out=str(tmp_path / "p")))
-    assert len(r["targets"]["current token"]["acc"]["mean"]) == 7 and (tmp_path / "p" / "probe_basis.png").exists()
+    assert len(r.targets["current token"].acc.mean) == 7 and (tmp_path / "p" / "probe_basis.png").exists()
+    assert EXPERIMENTS["probes"].read(tmp_path / "p") == r
     r = run_lookahead(LookaheadConfig(**small, per_context=32, n_classes=64, out=str(tmp_path / "l")))
-    assert set(r["offsets"]) == {"+1", "+2", "+3"} and (tmp_path / "l" / "report.md").exists()
+    assert set(r.offsets) == {"+1", "+2", "+3"} and (tmp_path / "l" / "report.md").exists()
+    assert EXPERIMENTS["lookahead"].read(tmp_path / "l") == r
     r = run_donation(DonationConfig(model=m, contexts=2, context_length=16, device="cpu", n_boot=50,
                                     out=str(tmp_path / "d")))
-    assert 0 < r["share"][16]["mean"][0] < 1 and (tmp_path / "d" / "donation.png").exists()
+    assert 0 < r.share[16].mean[0] < 1 and (tmp_path / "d" / "donation.png").exists()
+    assert EXPERIMENTS["donation"].read(tmp_path / "d") == r
     r = run_reinject(ReinjectConfig(**small, alphas=[1.0, 8.0], out=str(tmp_path / "r")))
-    assert set(r["alphas"]) == {1.0, 8.0} and (tmp_path / "r" / "reinject.png").exists()
+    assert set(r.alphas) == {1.0, 8.0} and (tmp_path / "r" / "reinject.png").exists()
+    assert EXPERIMENTS["reinject"].read(tmp_path / "r") == r

@@ -132,11 +132,22 @@ class ProbeConfig:
 
 
 @dataclass
-class LookaheadConfig(ProbeConfig):
+class LookaheadConfig:
     """Probes at position i for the tokens at i+1, i+2, i+3, against current-token baselines."""
 
+    model: str | None = _model()
+    corpus: str | None = _corpus()
+    contexts: int = setting(96, "contexts to read", parse="positive_int")
+    context_length: int = setting(256, "tokens per context", parse="positive_int")
+    per_context: int = setting(96, "positions sampled per context", parse="positive_int")
+    n_classes: int = setting(1024, "probe the N most frequent tokens (coverage is reported)", parse="positive_int",
+                             flag="classes")
+    ridge: float = setting(1e-2, "ridge strength", parse="positive_float")
     offsets: list[int] = setting(help="target token offsets after the probed position", parse="offset_list",
                                  factory=lambda: [1, 2, 3])
+    n_boot: int = _n_boot()
+    seed: int = _seed()
+    device: str = _device()
     out: str = _out("runs/lookahead")
 
 

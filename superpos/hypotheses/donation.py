@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import SuperposError
+from ..stats import cluster_band
 from .configs import DonationConfig
-from ..stats import cluster_bootstrap_mean
+from .results import DonationRatio, DonationResult, PowerLaw
 
 
 def _kv_points(lm) -> list[tuple[torch.nn.Module, list[slice]]]:
@@ -110,11 +110,12 @@ def donation_from_grads(g_LJTW: torch.Tensor, lengths: list[int]) -> dict:
     return out
 
 
-def run_donation(cfg: DonationConfig) -> dict:
+def run_donation(cfg: DonationConfig) -> DonationResult:
     """``superpos run donation``: the gradient that later positions donate to keys/values."""
-    from ..dictionaries.io import write_json_atomic
     from ..models import load_model
     from ..residuals import contexts_from_corpus
+    from .reports.donation import write_report
+    from .verdicts import donation as verdict
 
     if cfg.context_length < 4:
         raise SuperposError("--context-length must be at least 4")
@@ -135,68 +136,22 @@ def run_donation(cfg: DonationConfig) -> dict:
         ratios.append(d["ratio_full"])
         owns.append(d["own"])
         later_count = d["later_count"]
-    layers = list(range(lm.n_layers))
-    res: dict = {"config": asdict(cfg), "model": lm.name, "layers": layers, "lengths": lengths, "share": {},
-                 "ratio_vs_later": {}, "later_count": later_count.tolist()}
+    share = {}
     for n in lengths:
-        if not shares[n]:
-            continue
-        v = np.stack([s.mean(1) for s in shares[n]])  # (contexts, layers): mean over positions
-        m, lo, hi = cluster_bootstrap_mean(v, np.arange(len(v)), n_boot=cfg.n_boot, seed=cfg.seed)
-        res["share"][n] = {"mean": m.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
+        if shares[n]:
+            v = np.stack([s.mean(1) for s in shares[n]])  # (contexts, layers): mean over positions
+            share[n] = cluster_band(v, np.arange(len(v)), n_boot=cfg.n_boot, seed=cfg.seed)
     R = np.stack(ratios)  # (contexts, layers, positions)
-    res["ratio_vs_later"] = {"median_over_layers_and_contexts": np.median(R, axis=(0, 1)).tolist(),
-                             "per_layer_mean_ratio": R.mean(axis=(0, 2)).tolist()}
     # scaling exponent: ratio ~ k^b, fitted on medians over contexts and layers (k ≥ 1)
-    k = later_count
     med = np.median(R, axis=(0, 1))
-    ok = (k >= 1) & (med > 0)
-    b, a = np.polyfit(np.log(k[ok]), np.log(med[ok]), 1)
-    res["ratio_fit"] = {"exponent": float(b), "prefactor": float(np.exp(a))}
-    mean_share = {n: float(np.mean(v["mean"])) for n, v in res["share"].items()}
-    nN = max(res["share"])
-    expected = (nN - 2) / 2
-    mean_ratio = float(np.mean(R))
-    res["verdict"] = {
-        "headline": (f"Later positions donate {100 * mean_share[nN]:.0f}% of the gradient on a position's keys and "
-                     f"values at N = {nN} (mean over layers); the ratio later/own grows like k^{b:.2f} with the "
-                     f"number k of later losses ({'close to' if abs(b - 1) < 0.25 else 'unlike'} the linear "
-                     f"(N−1)/2-against-1 picture)."),
-        "criteria": [f"N = {n}: share from later losses {100 * mean_share[n]:.1f}% "
-                     f"(layer range {100 * min(res['share'][n]['mean']):.1f}–{100 * max(res['share'][n]['mean']):.1f}%)"
-                     for n in res["share"]] +
-                    [f"Mean ratio later/own at N = {nN}: {mean_ratio:.2f}, against (N−2)/2 = {expected:.1f} if every "
-                     f"later loss pushed like the own loss, in the same direction."],
-    }
-    res["timings"] = {"total_s": time.perf_counter() - t0}
-    write_json_atomic(out / "results.json", res)
-    _write_report(res, out)
+    ok = (later_count >= 1) & (med > 0)
+    b, a = np.polyfit(np.log(later_count[ok]), np.log(med[ok]), 1)
+    res = DonationResult(config=cfg, model=lm.name, layers=list(range(lm.n_layers)), lengths=lengths, share=share,
+                         ratio_vs_later=DonationRatio(median_over_layers_and_contexts=med.tolist(),
+                                                      per_layer_mean_ratio=R.mean(axis=(0, 2)).tolist()),
+                         later_count=later_count.tolist(), ratio_fit=PowerLaw(exponent=float(b), prefactor=float(np.exp(a))))
+    res.verdict = verdict(res)
+    res.timings["total_s"] = time.perf_counter() - t0
+    res.save(out)
+    write_report(res, out)
     return res
-
-
-def _write_report(res: dict, out: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    from ..report import Report, band
-
-    cfg = res["config"]
-    rep = Report(f"Gradient donation to keys and values — {res['model']}")
-    rep.heading("Verdict")
-    rep.text(res["verdict"]["headline"])
-    for line in res["verdict"]["criteria"]:
-        rep.text(line)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    for n, s in res["share"].items():
-        band(axes[0], res["layers"], s, f"N = {n}")
-    axes[0].set(xlabel="layer (block)", ylabel="share of the k/v gradient from later losses", ylim=(0, 1))
-    axes[0].legend(fontsize=8)
-    k = np.asarray(res["later_count"])
-    axes[1].loglog(k, res["ratio_vs_later"]["median_over_layers_and_contexts"], "o-", ms=3, label="measured (median)")
-    axes[1].loglog(k, k, "k--", label="ratio = k (aligned, equal pushes)")
-    axes[1].loglog(k, np.sqrt(k), "k:", label="ratio = √k (independent pushes)")
-    axes[1].set(xlabel="k = number of later losses", ylabel="‖later gradient‖ / ‖own gradient‖")
-    axes[1].legend(fontsize=8)
-    rep.figure(fig, "donation.png", "Left: share of the gradient on keys/values that comes from later positions, per "
-               "layer and context length (95% CIs over contexts). Right: the ratio against the number of later losses")
-    rep.reproduce("donation", cfg)
-    return rep.save(out)

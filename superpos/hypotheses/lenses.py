@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ..errors import SuperposError
 from .configs import LensesConfig
+from .results import LensComparison, LensesResult, LensScores
 from ..residuals import ResidualSample
 
 LENS_CONFIG, LENS_WEIGHTS = "lens.json", "lens.safetensors"
@@ -190,83 +191,53 @@ def lens_metrics(lm, sample: ResidualSample, lens: TunedLens | None = None, chun
 
 
 def compare_lenses(lm, sample: ResidualSample, lens: TunedLens | None = None, steps: int = 300, lr: float = 1e-3,
-                   seed: int = 0, n_boot: int = 1000, save_to=None, progress: bool = True) -> tuple[TunedLens, dict]:
+                   seed: int = 0, n_boot: int = 1000, save_to=None,
+                   progress: bool = True) -> tuple[TunedLens, LensComparison]:
     """Train a tuned lens on 75% of the sample's contexts (unless given one) and score both lenses on the rest.
 
-    Returns the lens and {"logit lens"|"tuned lens": {"kl"|"top1"|"ce": {"mean","lo","hi"} per layer},
-    "held_out_positions", "history"}; CIs are bootstrapped over held-out contexts.
+    Returns the lens and the comparison: per layer KL, top-1 and CE of each lens with CIs bootstrapped over
+    held-out contexts, and the training loss history.
     """
-    from ..stats import cluster_bootstrap_mean
+    from ..stats import cluster_band
 
     train, held = sample.split_contexts(0.75, seed=seed)
-    res: dict = {"held_out_positions": held.n_positions, "train_positions": train.n_positions, "history": []}
+    history: list[float] = []
     if lens is None:
-        lens, res["history"] = train_tuned_lens(lm, train, steps=steps, lr=lr, seed=seed, progress=progress)
+        lens, history = train_tuned_lens(lm, train, steps=steps, lr=lr, seed=seed, progress=progress)
         if save_to is not None:
             lens.save(save_to)
-    for name, ln in (("logit lens", None), ("tuned lens", lens)):
+    scores = {}
+    for name, ln in (("logit", None), ("tuned", lens)):
         m = lens_metrics(lm, held, ln)
-        res[name] = {}
-        for k, v in m.items():
-            mean, lo, hi = cluster_bootstrap_mean(v.T, held.ctx_P, n_boot=n_boot, seed=seed)
-            res[name][k] = {"mean": mean.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
-    return lens, res
+        scores[name] = LensScores(**{k: cluster_band(v.T, held.ctx_P, n_boot=n_boot, seed=seed) for k, v in m.items()})
+    return lens, LensComparison(held_out_positions=held.n_positions, train_positions=train.n_positions,
+                                history=list(history), logit_lens=scores["logit"], tuned_lens=scores["tuned"])
 
 
-def add_lens_section(rep, res: dict, layers: list[int]) -> None:
-    """Figure (KL, top-1, CE per layer with CIs) and table for a ``compare_lenses`` result."""
-    import matplotlib.pyplot as plt
-
-    from ..report import band
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for name in ("logit lens", "tuned lens"):
-        for ax, key in zip(axes, ("kl", "top1", "ce")):
-            band(ax, layers, res[name][key], name)
-    axes[0].set(xlabel="residual layer", ylabel="KL(final ‖ lens) [nats]", yscale="symlog")
-    axes[1].set(xlabel="residual layer", ylabel="top-1 agreement with the output")
-    axes[2].set(xlabel="residual layer", ylabel="CE on the true next token [nats]")
-    for ax in axes:
-        ax.legend(fontsize=8)
-    rep.figure(fig, "lenses.png", f"Logit lens vs tuned lens on {res['held_out_positions']:,} held-out positions "
-               f"(contexts not used to train the tuned lens), 95% CIs over contexts")
-    lo, tu = res["logit lens"], res["tuned lens"]
-    rep.table(["layer", "KL logit lens", "KL tuned lens", "top-1 logit", "top-1 tuned", "CE logit", "CE tuned"],
-              [[layer, lo["kl"]["mean"][i], tu["kl"]["mean"][i], lo["top1"]["mean"][i], tu["top1"]["mean"][i],
-                lo["ce"]["mean"][i], tu["ce"]["mean"][i]] for i, layer in enumerate(layers)])
-
-
-def run_lenses(cfg: LensesConfig) -> dict:
+def run_lenses(cfg: LensesConfig) -> LensesResult:
     """``superpos run lenses``: train + save a tuned lens, compare with the logit lens, write a report."""
-    from ..dictionaries.io import write_json_atomic
     from ..models import load_model
-    from ..report import Report
     from ..residuals import contexts_from_corpus, sample_residuals
+    from .reports.lenses import write_report
+    from .verdicts import lenses as verdict
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
     lm = load_model(cfg.model, device=cfg.device)
     tokens_NC = contexts_from_corpus(lm, cfg.corpus, cfg.contexts, cfg.context_length)
     sample = sample_residuals(lm, tokens_NC, cfg.per_context, seed=cfg.seed)
-    lens, res = compare_lenses(lm, sample, steps=cfg.steps, seed=cfg.seed, n_boot=cfg.n_boot, save_to=out / "tuned_lens")
-    layers = sample.layers
+    _, comparison = compare_lenses(lm, sample, steps=cfg.steps, seed=cfg.seed, n_boot=cfg.n_boot,
+                                   save_to=out / "tuned_lens")
+    lo, tu = comparison.logit_lens.kl.mean, comparison.tuned_lens.kl.mean
+    t1_lo, t1_tu = comparison.logit_lens.top1.mean, comparison.tuned_lens.top1.mean
     summary = [f"{'layer':>5} {'KL logit':>9} {'KL tuned':>9} {'top1 logit':>10} {'top1 tuned':>10}"]
-    for i, layer in enumerate(layers):
-        summary.append(f"{layer:>5} {res['logit lens']['kl']['mean'][i]:>9.3f} {res['tuned lens']['kl']['mean'][i]:>9.3f} "
-                       f"{res['logit lens']['top1']['mean'][i]:>10.3f} {res['tuned lens']['top1']['mean'][i]:>10.3f}")
-    kl_logit, kl_tuned = (np.asarray(res[k]["kl"]["mean"]) for k in ("logit lens", "tuned lens"))
-    inner = slice(0, len(layers) - 1)  # the last layer is the output itself: both lenses are exact there
-    headline = (f"The tuned lens is closer to the final output than the logit lens at {int((kl_tuned < kl_logit)[inner].sum())} "
-                f"of {len(layers) - 1} layers before the last (mean KL {kl_tuned[inner].mean():.3f} vs "
-                f"{kl_logit[inner].mean():.3f} nats on held-out positions).")
-    res.update({"model": lm.name, "layers": layers, "summary": [headline, *summary],
-                "verdict": {"headline": headline, "criteria": summary},
-                "config": asdict(cfg)})
-    write_json_atomic(out / "results.json", res)
-    rep = Report(f"Logit lens vs tuned lens — {lm.name}")
-    rep.text(f"{sample.n_positions:,} positions from {len(tokens_NC)} contexts; the tuned lens (saved in "
-             f"{out / 'tuned_lens'}) trained {cfg.steps} steps on {res['train_positions']:,} positions.")
-    add_lens_section(rep, res, layers)
-    rep.reproduce("lenses", res["config"])
-    rep.save(out)
+    summary += [f"{layer:>5} {lo[i]:>9.3f} {tu[i]:>9.3f} {t1_lo[i]:>10.3f} {t1_tu[i]:>10.3f}"
+                for i, layer in enumerate(sample.layers)]
+    res = LensesResult(config=cfg, model=lm.name, n_positions=sample.n_positions, n_contexts=len(tokens_NC),
+                       layers=sample.layers, lenses=comparison, summary=summary)
+    res.verdict = verdict(res)
+    res.timings["total_s"] = time.perf_counter() - t0
+    res.save(out)
+    write_report(res, out)
     return res

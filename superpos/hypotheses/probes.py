@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,9 @@ import torch
 
 from ..errors import SuperposError
 from ..residuals import ResidualSample
-from ..stats import cluster_bootstrap_mean
+from ..stats import cluster_band
 from .configs import ProbeConfig
+from .results import EmbeddingComparison, ProbeBasis, ProbesResult, ProbeTarget
 
 
 @dataclass
@@ -120,7 +121,8 @@ def procrustes_fit(A_KD: np.ndarray, B_KD: np.ndarray) -> float:
     return float(np.linalg.norm(A @ (U @ Vt) - B) / np.linalg.norm(B))
 
 
-def compare_to_embedding(read_KD: np.ndarray, emb_KD: np.ndarray, n_shuffle: int = 100, seed: int = 0) -> dict:
+def compare_to_embedding(read_KD: np.ndarray, emb_KD: np.ndarray, n_shuffle: int = 100,
+                         seed: int = 0) -> EmbeddingComparison:
     """Same-token cosine (after the best orthogonal alignment and without it) vs a shuffled-token null.
 
     ``read_KD[k]`` and ``emb_KD[k]`` belong to the same token. The null pairs probe rows with the
@@ -138,10 +140,11 @@ def compare_to_embedding(read_KD: np.ndarray, emb_KD: np.ndarray, n_shuffle: int
         null_cos.append(float((A * B[perm]).sum(1).mean()))
         null_fit.append(procrustes_fit(A, B[perm]))
     null_cos, null_fit = np.array(null_cos), np.array(null_fit)
-    return {"same_token_cos": cos, "null_cos_mean": float(null_cos.mean()), "null_cos_p95": float(np.quantile(null_cos, 0.95)),
-            "procrustes_residual": fit, "null_procrustes_mean": float(null_fit.mean()),
-            "null_procrustes_p05": float(np.quantile(null_fit, 0.05)),
-            "p_value": float((1 + (null_fit <= fit).sum()) / (1 + n_shuffle))}
+    return EmbeddingComparison(same_token_cos=cos, null_cos_mean=float(null_cos.mean()),
+                               null_cos_p95=float(np.quantile(null_cos, 0.95)), procrustes_residual=fit,
+                               null_procrustes_mean=float(null_fit.mean()),
+                               null_procrustes_p05=float(np.quantile(null_fit, 0.05)),
+                               p_value=float((1 + (null_fit <= fit).sum()) / (1 + n_shuffle)))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -152,34 +155,30 @@ def _say(msg: str) -> None:
 
 
 def probe_by_depth(sample: ResidualSample, offset: int, n_classes: int, ridge: float, seed: int, n_boot: int,
-                   pooled: bool = False) -> dict:
+                   pooled: bool = False) -> tuple[ProbeTarget, list[RidgeProbe]]:
     """Held-out top-1 accuracy per layer of probes for the token at pos + offset (split by context).
 
-    Returns per-layer accuracy with CIs, the probes, the coverage, and (``pooled``) the accuracy per
-    layer of one probe trained on rows from all layers together.
+    Returns the per-layer accuracy with CIs, the coverage and (``pooled``) the accuracy per layer of one probe
+    trained on rows from all layers together; and the probes, one per layer.
     """
     train, test = sample.split_contexts(0.75, seed=seed)
     y_tr, y_te = train.offset_tokens(offset), test.offset_tokens(offset)
     classes = np.sort(frequent_classes(y_tr, n_classes))
-    res: dict = {"offset": offset, "n_classes": len(classes), "coverage": float(np.isin(y_te, classes).mean()),
-                 "layers": sample.layers, "acc": [], "probes": []}
-    per_layer = []
-    for j, layer in enumerate(sample.layers):
+    probes, per_layer = [], []
+    for j in range(len(sample.layers)):
         probe = fit_ridge_probe(train.resid_LPD[j], y_tr, classes, ridge)
-        correct, keep = probe_accuracy(probe, test.resid_LPD[j], y_te)
-        per_layer.append(correct)
-        res["probes"].append(probe)
+        per_layer.append(probe_accuracy(probe, test.resid_LPD[j], y_te)[0])
+        probes.append(probe)
     ctx = test.ctx_P[np.isin(y_te, classes)]
-    m, lo, hi = cluster_bootstrap_mean(np.stack(per_layer, 1), ctx, n_boot=n_boot, seed=seed)
-    res["acc"] = {"mean": m.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
-    res["majority"] = float(np.mean(y_te[np.isin(y_te, classes)] == frequent_classes(y_tr, 1)[0]))
+    target = ProbeTarget(offset=offset, n_classes=len(classes), coverage=float(np.isin(y_te, classes).mean()),
+                         layers=sample.layers, acc=cluster_band(np.stack(per_layer, 1), ctx, n_boot=n_boot, seed=seed),
+                         majority=float(np.mean(y_te[np.isin(y_te, classes)] == frequent_classes(y_tr, 1)[0])))
     if pooled:
         X = train.resid_LPD.reshape(-1, train.resid_LPD.shape[-1])
         probe = fit_ridge_probe(X, np.tile(y_tr, len(sample.layers)), classes, ridge)
         acc = [probe_accuracy(probe, test.resid_LPD[j], y_te)[0] for j in range(len(sample.layers))]
-        m, lo, hi = cluster_bootstrap_mean(np.stack(acc, 1), ctx, n_boot=n_boot, seed=seed)
-        res["pooled_acc"] = {"mean": m.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
-    return res
+        target.pooled_acc = cluster_band(np.stack(acc, 1), ctx, n_boot=n_boot, seed=seed)
+    return target, probes
 
 
 def nearest_embedding_accuracy(sample: ResidualSample, W_E: np.ndarray, classes: np.ndarray) -> list[float]:
@@ -196,15 +195,16 @@ def nearest_embedding_accuracy(sample: ResidualSample, W_E: np.ndarray, classes:
     return out
 
 
-def run_probes(cfg: ProbeConfig) -> dict:
+def run_probes(cfg: ProbeConfig) -> ProbesResult:
     """Input-token probes by depth against the embedding matrix (``superpos run probes``)."""
     if 0 not in cfg.offsets or any(o > 0 for o in cfg.offsets):
         raise SuperposError("run probes needs offset 0 (the current token) and no positive offsets (use run "
                             "lookahead)")
     from ..dictionaries import NMF
-    from ..dictionaries.io import write_json_atomic
     from ..models import load_model
     from ..residuals import contexts_from_corpus, sample_residuals
+    from .reports.probes import write_report
+    from .verdicts import probes as verdict
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,17 +212,16 @@ def run_probes(cfg: ProbeConfig) -> dict:
     lm = load_model(cfg.model, device=cfg.device)
     tokens = contexts_from_corpus(lm, cfg.corpus, cfg.contexts, cfg.context_length)
     sample = sample_residuals(lm, tokens, cfg.per_context, seed=cfg.seed, min_pos=max(1, -min(cfg.offsets)))
-    res: dict = {"config": asdict(cfg), "model": lm.name, "n_positions": sample.n_positions, "layers": sample.layers,
-                 "targets": {}}
+    targets, current_probes = {}, None
     for off in cfg.offsets:
         name = {0: "current token", -1: "previous token"}.get(off, f"token at {off:+d}")
         _say(f"probing the {name} at {len(sample.layers)} layers")
-        r = probe_by_depth(sample, off, cfg.n_classes, cfg.ridge, cfg.seed, cfg.n_boot, pooled=off == 0)
-        res["targets"][name] = r
-    cur = res["targets"]["current token"]
+        targets[name], probes = probe_by_depth(sample, off, cfg.n_classes, cfg.ridge, cfg.seed, cfg.n_boot,
+                                               pooled=off == 0)
+        if off == 0:
+            current_probes = probes
     W_E = lm.W_E_VD.detach().float().cpu().numpy()
-    classes = cur["probes"][0].classes
-    res["nearest_embedding_acc"] = nearest_embedding_accuracy(sample, W_E, classes)
+    classes = current_probes[0].classes
 
     # where do the current-token probes put their weight, relative to the embedding? -----------------
     E = W_E - W_E.mean(0)
@@ -235,116 +234,20 @@ def run_probes(cfg: ProbeConfig) -> dict:
     nmf_emb = nmf_energy(E[classes], nmf_C[nmf_order])
     coord_var = E.var(0) / E.var(0).sum()
     coord_order = np.argsort(-coord_var)
-    basis = {"layers": sample.layers, "pca_embedding_var": emb_var.tolist(), "pca": [], "nmf": [], "coord": [],
-             "nmf_embedding": nmf_emb.tolist(), "coord_embedding": coord_var[coord_order].tolist(),
-             "coord_order": coord_order.tolist(), "embedding_comparison": []}
-    for j, probe in enumerate(cur["probes"]):
+    basis = ProbeBasis(layers=sample.layers, pca_embedding_var=emb_var.tolist(), pca=[], nmf=[], coord=[],
+                       nmf_embedding=nmf_emb.tolist(), coord_embedding=coord_var[coord_order].tolist(),
+                       coord_order=coord_order.tolist(), embedding_comparison=[])
+    for probe in current_probes:
         read = probe.read_directions_KD.numpy().astype(np.float64)
-        basis["pca"].append(energy_in_basis(read, Vt).tolist())
-        basis["nmf"].append(nmf_energy(read, nmf_C[nmf_order]).tolist())
-        basis["coord"].append(energy_in_basis(read, np.eye(E.shape[1])[coord_order]).tolist())
-        basis["embedding_comparison"].append(compare_to_embedding(read, W_E[classes], cfg.n_shuffle, cfg.seed))
-    res["basis"] = basis
-    for r in res["targets"].values():
-        r.pop("probes")
-    res["verdict"] = probes_verdict(res)
-    res["timings"] = {"total_s": time.perf_counter() - t0}
-    write_json_atomic(out / "results.json", res)
-    write_probe_report(res, out)
+        basis.pca.append(energy_in_basis(read, Vt).tolist())
+        basis.nmf.append(nmf_energy(read, nmf_C[nmf_order]).tolist())
+        basis.coord.append(energy_in_basis(read, np.eye(E.shape[1])[coord_order]).tolist())
+        basis.embedding_comparison.append(compare_to_embedding(read, W_E[classes], cfg.n_shuffle, cfg.seed))
+    res = ProbesResult(config=cfg, model=lm.name, n_positions=sample.n_positions, layers=sample.layers,
+                       targets=targets, nearest_embedding_acc=nearest_embedding_accuracy(sample, W_E, classes),
+                       basis=basis)
+    res.verdict = verdict(res)
+    res.timings["total_s"] = time.perf_counter() - t0
+    res.save(out)
+    write_report(res, out)
     return res
-
-
-def _half_layer(energy: list[float], var: list[float]) -> float:
-    """Share of the probe's energy on the components that together hold the *last* half of the
-    embedding's variance (ordered from most to least used by the embedding)."""
-    cum = np.cumsum(var)
-    tail = cum > 0.5
-    return float(np.asarray(energy)[tail].sum())
-
-
-def probes_verdict(res: dict) -> dict:
-    """The probes experiment's verdict from its results."""
-    cur = res["targets"]["current token"]
-    acc = cur["acc"]
-    layers = res["layers"]
-    b = res["basis"]
-    tail_share = [_half_layer(e, b["pca_embedding_var"]) for e in b["pca"]]
-    emb_tail = _half_layer(b["pca_embedding_var"], b["pca_embedding_var"])
-    mid = len(layers) // 2
-    lines = [
-        f"Input token (top-{cur['n_classes']} tokens, {100 * cur['coverage']:.0f}% of held-out positions): probe "
-        f"accuracy {acc['mean'][0]:.3f} at layer {layers[0]}, {acc['mean'][1]:.3f} at layer {layers[1]}, "
-        f"{acc['mean'][mid]:.3f} [{acc['lo'][mid]:.3f}, {acc['hi'][mid]:.3f}] at layer {layers[mid]}, "
-        f"{acc['mean'][-1]:.3f} at layer {layers[-1]} (majority class {cur['majority']:.3f}); nearest-embedding "
-        f"read-out {res['nearest_embedding_acc'][0]:.3f} → {res['nearest_embedding_acc'][1]:.3f} → "
-        f"{res['nearest_embedding_acc'][mid]:.3f}.",
-    ]
-    if "previous token" in res["targets"]:
-        prev = res["targets"]["previous token"]["acc"]
-        lines.append(f"Previous token: {prev['mean'][0]:.3f} at layer {layers[0]}, peak "
-                     f"{max(prev['mean']):.3f} at layer {layers[int(np.argmax(prev['mean']))]}.")
-    ec = b["embedding_comparison"][mid]
-    lines.append(f"Probe vs embedding at layer {layers[mid]}: same-token cos {ec['same_token_cos']:.3f} vs shuffled "
-                 f"{ec['null_cos_mean']:.3f} (95th pct {ec['null_cos_p95']:.3f}); Procrustes residual "
-                 f"{ec['procrustes_residual']:.3f} vs shuffled {ec['null_procrustes_mean']:.3f} (p = {ec['p_value']:.3f}).")
-    lines.append(f"Where the layer-{layers[mid]} probe reads: {100 * tail_share[mid]:.0f}% of its energy lies on the "
-                 f"embedding's low-variance PCA components (those holding the last 50% of its variance; "
-                 f"the embedding itself puts {100 * emb_tail:.0f}% there, so above that means 'off to the side').")
-    side = tail_share[mid] > emb_tail
-    head = (f"The input token stays linearly decodable through the stack (mid-stack accuracy {acc['mean'][mid]:.3f}); "
-            f"mid-stack probes read it {'mostly off to the side of' if side else 'mostly along'} the embedding's "
-            f"main directions.")
-    return {"headline": head, "criteria": lines, "tail_share": tail_share, "embedding_tail_share": emb_tail}
-
-
-def write_probe_report(res: dict, out: Path) -> Path:
-    """report.md/.html and figures of a probes run."""
-    import matplotlib.pyplot as plt
-
-    from ..report import Report, band
-
-    cfg = res["config"]
-    rep = Report(f"Input-token probes by depth — {res['model']}")
-    v = res["verdict"]
-    rep.heading("Verdict")
-    rep.text(v["headline"])
-    for line in v["criteria"]:
-        rep.text(line)
-    x = res["layers"]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name, r in res["targets"].items():
-        band(ax, x, r["acc"], f"probe: {name}")
-    band(ax, x, res["targets"]["current token"]["pooled_acc"], "one probe pooled over layers: current token", ls="--")
-    ax.plot(x, res["nearest_embedding_acc"], "k:", label="nearest embedding (no training)")
-    ax.set(xlabel="residual layer", ylabel="held-out top-1 accuracy", ylim=(0, 1.02))
-    ax.legend(fontsize=8)
-    rep.figure(fig, "accuracy_by_depth.png", "Linear probes for the input token and the previous one, per layer, "
-               "with 95% CIs over held-out contexts")
-    cur = res["targets"]["current token"]
-    rep.text(f"{res['n_positions']:,} positions; probes over the {cur['n_classes']} most frequent training tokens, "
-             f"which cover {100 * cur['coverage']:.1f}% of held-out positions (the rest are not scored). Ridge "
-             f"{cfg['ridge']:g} on standardised residuals; 75/25 split by context.")
-    rep.table(["layer", *[f"acc {k}" for k in res["targets"]], "pooled probe", "nearest embedding",
-               "same-token cos", "shuffled cos", "Procrustes", "shuffled Procrustes", "tail share"],
-              [[layer, *[r["acc"]["mean"][i] for r in res["targets"].values()], cur["pooled_acc"]["mean"][i],
-                res["nearest_embedding_acc"][i], res["basis"]["embedding_comparison"][i]["same_token_cos"],
-                res["basis"]["embedding_comparison"][i]["null_cos_mean"],
-                res["basis"]["embedding_comparison"][i]["procrustes_residual"],
-                res["basis"]["embedding_comparison"][i]["null_procrustes_mean"], v["tail_share"][i]]
-               for i, layer in enumerate(x)])
-    b = res["basis"]
-    show = sorted({0, 1, len(x) // 2, len(x) - 1})
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
-    for ax, key, emb_key, title in ((axes[0], "pca", "pca_embedding_var", "PCA basis of the embedding"),
-                                    (axes[1], "nmf", "nmf_embedding", "NMF basis of the embedding"),
-                                    (axes[2], "coord", "coord_embedding", "coordinate basis")):
-        ax.plot(np.cumsum(b[emb_key]), "k", lw=2, label="embedding itself")
-        for i in show:
-            ax.plot(np.cumsum(b[key][i]), label=f"probe, layer {x[i]}")
-        ax.set(title=title, xlabel="component, ordered by the embedding's use", ylabel="cumulative share of energy")
-        ax.legend(fontsize=8)
-    rep.figure(fig, "probe_basis.png", "Where the current-token probes put their weight: cumulative energy over "
-               "components ordered by how much the embedding uses them. A probe curve below the black one reads "
-               "from components the embedding barely uses (off to the side)")
-    rep.reproduce("probes", cfg)
-    return rep.save(out)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import SuperposError
+from ..results import Interval
+from ..stats import cluster_interval
 from .configs import ReinjectConfig
-from ..stats import cluster_bootstrap_mean
+from .results import AlphaEffect, ReinjectResult
 
 
 @contextlib.contextmanager
@@ -80,11 +81,12 @@ def teacher_forced_losses(lm, tokens_NC: np.ndarray, layers, alpha: float, batch
     return np.concatenate(out)
 
 
-def run_reinject(cfg: ReinjectConfig) -> dict:
+def run_reinject(cfg: ReinjectConfig) -> ReinjectResult:
     """Δ loss on token p+1 when token p's embedding is re-injected at p, by surprisal of token p."""
-    from ..dictionaries.io import write_json_atomic
     from ..models import load_model
     from ..residuals import contexts_from_corpus
+    from .reports.reinject import write_report
+    from .verdicts import reinject as verdict
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,86 +104,26 @@ def run_reinject(cfg: ReinjectConfig) -> dict:
     ctx = np.repeat(np.arange(len(tokens)), surprisal.shape[1])
     edges = np.quantile(surprisal, np.linspace(0, 1, cfg.n_bins + 1))
     bins = np.clip(np.searchsorted(edges, surprisal.reshape(-1), side="right") - 1, 0, cfg.n_bins - 1)
-    res: dict = {"config": asdict(cfg), "model": lm.name, "layers": layers, "clean_loss": float(clean[:, 1:].mean()),
-                 "bin_edges": edges.tolist(), "alphas": {}}
+    res = ReinjectResult(config=cfg, model=lm.name, layers=layers, clean_loss=float(clean[:, 1:].mean()),
+                         bin_edges=edges.tolist(), alphas={})
     for alpha in tqdm(cfg.alphas, desc="alpha", file=sys.stderr):
         delta = (teacher_forced_losses(lm, tokens, layers, alpha) - clean)[:, 1:].reshape(-1)
-        per_bin = []
-        for b in range(cfg.n_bins):
-            m = bins == b
-            per_bin.append(dict(zip(("mean", "lo", "hi"), cluster_bootstrap_mean(delta[m], ctx[m], n_boot=cfg.n_boot,
-                                                                                  seed=cfg.seed))))
-        hi_m, lo_m = bins == cfg.n_bins - 1, bins == 0
+        per_bin = [cluster_interval(delta[bins == b], ctx[bins == b], n_boot=cfg.n_boot, seed=cfg.seed)
+                   for b in range(cfg.n_bins)]
         # most- minus least-surprising bin, paired by context (difference of per-context means)
-        diff = _bin_difference(delta, ctx, hi_m, lo_m, cfg)
-        res["alphas"][alpha] = {"overall": dict(zip(("mean", "lo", "hi"), cluster_bootstrap_mean(
-            delta, ctx, n_boot=cfg.n_boot, seed=cfg.seed))), "bins": per_bin, "top_minus_bottom": diff}
-    res["verdict"] = _verdict(res, cfg)
-    res["timings"] = {"total_s": time.perf_counter() - t0}
-    write_json_atomic(out / "results.json", res)
-    _write_report(res, out)
+        diff = _bin_difference(delta, ctx, bins == cfg.n_bins - 1, bins == 0, cfg)
+        res.alphas[alpha] = AlphaEffect(overall=cluster_interval(delta, ctx, n_boot=cfg.n_boot, seed=cfg.seed),
+                                        bins=per_bin, top_minus_bottom=diff)
+    res.verdict = verdict(res)
+    res.timings["total_s"] = time.perf_counter() - t0
+    res.save(out)
+    write_report(res, out)
     return res
 
 
-def _bin_difference(delta, ctx, a_mask, b_mask, cfg) -> dict:
+def _bin_difference(delta, ctx, a_mask, b_mask, cfg) -> Interval:
     ids = np.unique(ctx)
     va = np.array([delta[a_mask & (ctx == c)].mean() if (a_mask & (ctx == c)).any() else np.nan for c in ids])
     vb = np.array([delta[b_mask & (ctx == c)].mean() if (b_mask & (ctx == c)).any() else np.nan for c in ids])
     ok = ~np.isnan(va) & ~np.isnan(vb)
-    m, lo, hi = cluster_bootstrap_mean(va[ok] - vb[ok], ids[ok], n_boot=cfg.n_boot, seed=cfg.seed)
-    return {"mean": m, "lo": lo, "hi": hi}
-
-
-def _verdict(res: dict, cfg) -> dict:
-    best = min(res["alphas"], key=lambda a: res["alphas"][a]["bins"][-1]["mean"])
-    r = res["alphas"][best]
-    top, bottom, d = r["bins"][-1], r["bins"][0], r["top_minus_bottom"]
-    helps = top["hi"] < 0
-    most = d["hi"] < 0
-    lines = [f"α = {a:g}: Δloss overall {v['overall']['mean']:+.4f} nats; most-surprising fifth "
-             f"{v['bins'][-1]['mean']:+.4f} [{v['bins'][-1]['lo']:+.4f}, {v['bins'][-1]['hi']:+.4f}], least-surprising "
-             f"fifth {v['bins'][0]['mean']:+.4f}" for a, v in res["alphas"].items()]
-    if helps and most:
-        head = (f"SUPPORTED: re-injecting the true token's embedding at layers {res['layers']} lowers the loss on the "
-                f"following token most where that token was surprising (α = {best:g}: {top['mean']:+.4f} nats "
-                f"[{top['lo']:+.4f}, {top['hi']:+.4f}] in the most-surprising fifth vs {bottom['mean']:+.4f} in the "
-                f"least; difference {d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]).")
-    else:
-        head = (f"NOT SUPPORTED: at the best α ({best:g}) re-injection changes the loss on the following token by "
-                f"{top['mean']:+.4f} [{top['lo']:+.4f}, {top['hi']:+.4f}] nats where the token was most surprising "
-                f"and {bottom['mean']:+.4f} where least (difference {d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]).")
-    return {"headline": head, "criteria": lines, "best_alpha": best, "supported": bool(helps and most)}
-
-
-def _write_report(res: dict, out: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    from ..report import Report
-
-    cfg = res["config"]
-    rep = Report(f"True-token re-injection — {res['model']}")
-    rep.heading("Verdict")
-    rep.text(res["verdict"]["headline"])
-    for line in res["verdict"]["criteria"]:
-        rep.text(line)
-    rep.text(f"Teacher-forced over {cfg['contexts']} contexts × {cfg['context_length']} tokens; the embedding of token p "
-             f"is added (× α) to the residual at layers {res['layers']} at position p; Δ = loss on token p+1 with minus "
-             f"without. Bins: fifths of token p's surprisal under the clean model (edges "
-             f"{', '.join(f'{e:.2f}' for e in res['bin_edges'])} nats). Clean loss {res['clean_loss']:.3f} nats.")
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    centers = np.arange(cfg["n_bins"])
-    for a, v in res["alphas"].items():
-        m = [b["mean"] for b in v["bins"]]
-        err = np.array([[b["mean"] - b["lo"], b["hi"] - b["mean"]] for b in v["bins"]]).T
-        ax.errorbar(centers, m, yerr=err, marker="o", capsize=3, label=f"α = {float(a):g}")
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set(xticks=centers, xticklabels=[f"Q{i + 1}" for i in centers], xlabel="surprisal of the re-injected token "
-           "(fifths, low → high)", ylabel="Δ loss on the following token [nats]")
-    ax.legend(fontsize=8)
-    rep.figure(fig, "reinject.png", "Change in next-token loss from re-injecting the true token's embedding, by how "
-               "surprising that token was (95% CIs over contexts)")
-    rep.table(["α", "overall Δ", *[f"Q{i + 1}" for i in range(cfg["n_bins"])], "Q5 − Q1", "95% CI"],
-              [[f"{float(a):g}", v["overall"]["mean"], *[b["mean"] for b in v["bins"]], v["top_minus_bottom"]["mean"],
-                f"{v['top_minus_bottom']['lo']:+.4f} to {v['top_minus_bottom']['hi']:+.4f}"] for a, v in res["alphas"].items()])
-    rep.reproduce("reinject", cfg)
-    return rep.save(out)
+    return cluster_interval(va[ok] - vb[ok], ids[ok], n_boot=cfg.n_boot, seed=cfg.seed)

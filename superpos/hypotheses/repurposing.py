@@ -29,7 +29,6 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SuperposError
+from ..stats import cluster_band, cluster_interval
 from .configs import RepurposingConfig
-from ..stats import cluster_bootstrap_mean
+from .results import DictionaryView, GroupSizes, PairedTokens, RepurposingResult
 
 CONTROLS = ("none", "positive", "negative")
 
@@ -242,12 +242,13 @@ def shuffle_contexts(ctx_P: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------
 # the experiment
 # ------------------------------------------------------------------------------------------------------
-def run(cfg: RepurposingConfig) -> dict:
+def run(cfg: RepurposingConfig) -> RepurposingResult:
     """``superpos run repurposing``: the per-layer effect with its nulls, the lens view, the verdict and report."""
-    from ..dictionaries.io import write_json_atomic
     from ..models import load_model
     from ..residuals import contexts_from_corpus, sample_residuals
     from .lenses import TunedLens, compare_lenses, final_logprobs, lens_logits
+    from .reports.repurposing import write_report
+    from .verdicts import repurposing as verdict
 
     if not 0 < cfg.unlikely < cfg.likely < 1:
         raise SuperposError(f"need 0 < --unlikely ({cfg.unlikely}) < --likely ({cfg.likely}) < 1")
@@ -267,23 +268,21 @@ def run(cfg: RepurposingConfig) -> dict:
          f"control: {cfg.control}")
     with planted_control(lm, cfg.control, cfg.control_alpha, cfg.seed):
         sample = sample_residuals(lm, tokens_NC, cfg.per_context, seed=cfg.seed)
-    res: dict = {"config": asdict(cfg), "model": lm.name, "n_layers": lm.n_layers, "d_model": lm.d_model,
-                 "n_positions": sample.n_positions, "n_contexts": int(len(np.unique(sample.ctx_P))),
-                 "control_layers": list(control_layers(lm.n_layers)), "timings": {}}
+    timings = {}
 
     # lenses: logit lens and tuned lens (trained on 75% of contexts, scored on the rest) ----------------
     t0 = time.perf_counter()
-    lens, res["lenses"] = compare_lenses(lm, sample, lens, steps=cfg.lens_steps, seed=cfg.seed, n_boot=cfg.n_boot,
-                                         save_to=None if cfg.lens else out / "tuned_lens")
-    res["timings"]["lenses_s"] = time.perf_counter() - t0
+    lens, lenses = compare_lenses(lm, sample, lens, steps=cfg.lens_steps, seed=cfg.seed, n_boot=cfg.n_boot,
+                                  save_to=None if cfg.lens else out / "tuned_lens")
+    timings["lenses_s"] = time.perf_counter() - t0
 
     # token-direction statistics at every layer -------------------------------------------------------
     t0 = time.perf_counter()
     logp = final_logprobs(lm, sample)
     U, L = token_groups(logp, cfg.unlikely, cfg.likely, sample.recent_tokens(cfg.exclude_recent))
     del logp
-    res["group_sizes"] = {"near_impossible_mean": float(U.sum(1).float().mean()),
-                          "likely_mean": float(L.sum(1).float().mean()), "vocab": int(U.shape[1])}
+    group_sizes = GroupSizes(near_impossible_mean=float(U.sum(1).float().mean()),
+                             likely_mean=float(L.sum(1).float().mean()), vocab=int(U.shape[1]))
     W_U = lm.W_U_VD.detach().float()
     tok_VD = W_U / W_U.norm(dim=1, keepdim=True)
     rand_VD = torch.randn(tok_VD.shape, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(tok_VD.device)
@@ -307,7 +306,7 @@ def run(cfg: RepurposingConfig) -> dict:
         u, li = paired_token_means(st)
         paired["unlikely"].append(u)
         paired["likely"].append(li)
-    res["timings"]["token_stats_s"] = time.perf_counter() - t0
+    timings["token_stats_s"] = time.perf_counter() - t0
     arr = {k: np.stack(v, 1) for k, v in per_layer.items()}  # (P, layers)
     arr["final_z"] = final_raw_z(final_PD, tok_VD, arr.pop("top_token"))
     ctx = sample.ctx_P
@@ -323,87 +322,24 @@ def run(cfg: RepurposingConfig) -> dict:
         "drop": (arr["raw_z"] - arr["final_z"])[:, off],
         "lens_hits": arr["lens_hits"], "lens_hits_G": arr["lens_hits_G"], "lens_hits_S": arr["lens_hits_S"],
     }
-    res["layers"] = sample.layers
-    res["off_layers"] = [sample.layers[i] for i in off]
-    res["curves"] = {k: _ci_dict(v, ctx, cfg) for k, v in curves.items()}
-    res["null_peak_sd"] = arr["peak_G"][:, off].std(0).tolist()
-    res["paired_tokens"] = {
-        "n_tokens": [len(u) for u in paired["unlikely"]],
-        "unlikely": [_token_ci(u, cfg) for u in paired["unlikely"]],
-        "likely": [_token_ci(v, cfg) for v in paired["likely"]],
-    }
-    res["verdict"] = verdict(res, curves, ctx, cfg)
-
+    paired_tokens = PairedTokens(
+        n_tokens=[len(u) for u in paired["unlikely"]],
+        unlikely=[cluster_interval(u, np.arange(len(u)), n_boot=cfg.n_boot, seed=cfg.seed) for u in paired["unlikely"]],
+        likely=[cluster_interval(v, np.arange(len(v)), n_boot=cfg.n_boot, seed=cfg.seed) for v in paired["likely"]])
+    res = RepurposingResult(
+        config=cfg, model=lm.name, timings=timings, n_layers=lm.n_layers, d_model=lm.d_model,
+        n_positions=sample.n_positions, n_contexts=int(len(np.unique(ctx))),
+        control_layers=list(control_layers(lm.n_layers)), lenses=lenses, group_sizes=group_sizes,
+        layers=sample.layers, off_layers=[sample.layers[i] for i in off],
+        curves={k: cluster_band(v, ctx, n_boot=cfg.n_boot, seed=cfg.seed) for k, v in curves.items()},
+        null_peak_sd=arr["peak_G"][:, off].std(0).tolist(), paired_tokens=paired_tokens)
+    res.verdict = verdict(res)
     if dictionary is not None:
-        res["dictionary"] = dictionary_alignment(dictionary, sample, U, L, tok_VD, shuffle, cfg)
-    res["timings"]["total_s"] = time.perf_counter() - t_start
-    write_json_atomic(out / "results.json", res)
+        res.dictionary = dictionary_alignment(dictionary, sample, U, L, tok_VD, shuffle, cfg)
+    res.timings["total_s"] = time.perf_counter() - t_start
+    res.save(out)
     write_report(res, out)
     return res
-
-
-def _ci_dict(v_PL: np.ndarray, ctx: np.ndarray, cfg) -> dict:
-    m, lo, hi = cluster_bootstrap_mean(v_PL, ctx, n_boot=cfg.n_boot, seed=cfg.seed)
-    return {"mean": np.atleast_1d(m).tolist(), "lo": np.atleast_1d(lo).tolist(), "hi": np.atleast_1d(hi).tolist()}
-
-
-def _token_ci(values: np.ndarray, cfg) -> dict:
-    if len(values) == 0:
-        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan")}
-    m, lo, hi = cluster_bootstrap_mean(values, np.arange(len(values)), n_boot=cfg.n_boot, seed=cfg.seed)
-    return {"mean": m, "lo": lo, "hi": hi}
-
-
-def mid_layers(layers: list[int], n_layers: int) -> list[int]:
-    """Indices into ``layers`` of the middle half of the stack (n/4 ≤ l ≤ 3n/4)."""
-    return [i for i, layer in enumerate(layers) if n_layers / 4 <= layer <= 3 * n_layers / 4]
-
-
-def verdict(res: dict, curves: dict, ctx: np.ndarray, cfg) -> dict:
-    """SUPPORTED when (i) the mid-stack excess over the Gaussian null, alone and beyond random directions, has its
-    CI above 0 and (ii) the favoured near-impossible token
-    at the peak layer is pushed at most half as hard at the output (paired drop with CI above 0)."""
-    layers, n = res["off_layers"], res["n_layers"]
-    c = res["curves"]
-    mid = mid_layers(layers, n)
-    if not mid:
-        raise SuperposError("the verdict needs the middle layers (n/4 .. 3n/4)")
-    # conservative: a layer counts by the smaller of its token excess and its excess beyond random directions
-    i = max(mid, key=lambda j: min(c["effect"]["mean"][j], c["excess_tokens"]["mean"][j]))
-    peak = (c["effect"]["mean"][i], c["effect"]["lo"][i], c["effect"]["hi"][i])
-    tok = (c["excess_tokens"]["mean"][i], c["excess_tokens"]["lo"][i], c["excess_tokens"]["hi"][i])
-    raw, fin, drop = (c[k]["mean"][i] for k in ("raw_z", "final_z", "drop"))
-    drop_ci = (c["drop"]["lo"][i], c["drop"]["hi"][i])
-    sd = res["null_peak_sd"][i]
-    present = peak[1] > 0 and tok[1] > 0
-    removed = raw > 0 and drop_ci[0] > 0 and fin <= 0.5 * raw
-    supported = present and removed
-    L = layers[i]
-    lines = [
-        f"(i) Mid-stack weight on near-impossible tokens: at layer {L} (best of layers {layers[mid[0]]}–"
-        f"{layers[mid[-1]]}), in the part of the residual the output does not predict, the strongest push toward a "
-        f"near-impossible token beats a covariance-matched Gaussian by {tok[0]:+.2f} null SDs (95% CI {tok[1]:+.2f} to "
-        f"{tok[2]:+.2f}), and by {peak[0]:+.2f} more than random directions do (95% CI {peak[1]:+.2f} to {peak[2]:+.2f}; "
-        f"{peak[0] / max(sd, 1e-9):+.2f} × the null peak's spread) {'(both CIs above 0: yes)' if present else '(both CIs above 0: no)'}.",
-        f"(ii) Removed before the output: that token's standardised projection is {raw:+.2f} at layer {L} and "
-        f"{fin:+.2f} at the last layer (drop {drop:+.2f}, 95% CI {drop_ci[0]:+.2f} to {drop_ci[1]:+.2f}) "
-        f"{'(falls to at most half, CI above 0: yes)' if removed else '(no)'}.",
-    ]
-    what = {"positive": "the planted positive control", "negative": "the planted negative control"}.get(
-        cfg.control, res["model"])
-    if supported:
-        head = (f"SUPPORTED for {what}: mid-stack residuals put extra weight on directions of tokens that are "
-                f"near-impossible in context, and it is gone by the output (layer {L}: effect {peak[0]:+.2f} "
-                f"[{peak[1]:+.2f}, {peak[2]:+.2f}] null SDs; the favoured token's z {raw:+.2f} → {fin:+.2f}).")
-    elif present:
-        head = (f"NOT SUPPORTED for {what}: mid-stack weight on near-impossible tokens exists (layer {L}, "
-                f"{peak[0]:+.2f} [{peak[1]:+.2f}, {peak[2]:+.2f}]) but it is not removed before the output "
-                f"(z {raw:+.2f} → {fin:+.2f}).")
-    else:
-        head = (f"NOT SUPPORTED for {what}: no mid-stack excess weight on near-impossible-token directions beyond "
-                f"the nulls (best layer {L}: {peak[0]:+.2f} [{peak[1]:+.2f}, {peak[2]:+.2f}] null SDs).")
-    return {"supported": supported, "present": present, "removed": removed, "headline": head, "criteria": lines,
-            "peak_layer": L, "peak": list(peak), "raw_z": raw, "final_z": fin, "drop": [drop, *drop_ci]}
 
 
 def _load_sae(path: str, lm):
@@ -419,7 +355,7 @@ def _load_sae(path: str, lm):
     return dic
 
 
-def dictionary_alignment(dic, sample, U_PV, L_PV, tok_VD, shuffle, cfg, min_cos: float = 0.3) -> dict:
+def dictionary_alignment(dic, sample, U_PV, L_PV, tok_VD, shuffle, cfg, min_cos: float = 0.3) -> DictionaryView:
     """Do atoms active at the dictionary's layer point at this context's near-impossible tokens?
 
     Each atom's best-aligned token (max |cos| with the unit unembedding rows); an active atom with
@@ -450,117 +386,10 @@ def dictionary_alignment(dic, sample, U_PV, L_PV, tok_VD, shuffle, cfg, min_cos:
         shares[name] = torch.where(n_act > 0, hit / n_act.clamp_min(1), torch.nan).numpy()
     keep = n_act.numpy() > 0
     ctx = sample.ctx_P[keep]
-    out = {"layer": layer, "n_atoms": len(W), "token_aligned_atoms": int(aligned.sum()), "min_cos": min_cos,
-           "positions_with_active_aligned": int(keep.sum()), "mean_active_aligned": float(n_act.mean())}
-    for name, v in shares.items():
-        out[name] = _ci_dict(v[keep], ctx, cfg) if keep.any() else None
+    view = DictionaryView(layer=layer, n_atoms=len(W), token_aligned_atoms=int(aligned.sum()), min_cos=min_cos,
+                          positions_with_active_aligned=int(keep.sum()), mean_active_aligned=float(n_act.mean()))
     if keep.any():
-        d = shares["near_impossible"][keep] - shares["near_impossible_shuffled"][keep]
-        out["near_impossible_minus_shuffled"] = _ci_dict(d, ctx, cfg)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------
-# report
-# ------------------------------------------------------------------------------------------------------
-def write_report(res: dict, out: Path) -> Path:
-    """report.md/.html and figures of a repurposing run."""
-    import matplotlib.pyplot as plt
-
-    from ..report import Report, band
-    from .lenses import add_lens_section
-
-    cfg = res["config"]
-    title = f"Unlikely-token repurposing — {res['model']}"
-    if cfg["control"] != "none":
-        title += f" ({cfg['control']} control)"
-    rep = Report(title)
-    v = res["verdict"]
-    rep.heading("Verdict")
-    rep.text(v["headline"])
-    for line in v["criteria"]:
-        rep.text(line)
-    x, xo = res["layers"], res["off_layers"]
-    C = res["curves"]
-    rep.heading("Setup")
-    g = res["group_sizes"]
-    rep.text(f"{res['n_positions']:,} positions from {res['n_contexts']} contexts of {cfg['context_length']} tokens "
-             f"(position 0, the attention sink, left out); residual layers {x[0]}–{x[-1]}. Near-impossible: final "
-             f"probability < {cfg['unlikely']:g} (on average {g['near_impossible_mean']:,.0f} of {g['vocab']:,} tokens "
-             f"per position, after removing the last {cfg['exclude_recent']} input tokens); likely: ≥ {cfg['likely']:g} "
-             f"({g['likely_mean']:.1f} per position). z = standardised projection on the unit unembedding row "
-             f"under the layer's own mean and covariance; z_high = {cfg['z_high']:g}.")
-    if cfg["control"] != "none":
-        a, b = res["control_layers"]
-        rep.text(f"Control: every position ≥ 1 gets {cfg['control_alpha']:g} × |r| along "
-                 f"{'a random token' + chr(39) + 's unembedding direction' if cfg['control'] == 'positive' else 'a random non-token direction'}"
-                 f" added at residual layer {a} and subtracted at layer {b}.")
-    rep.heading("Effect per layer")
-    rep.text("Statistics on the off-output part of each layer's residual (what the final residual does not "
-             "predict linearly; the last layer has none, so it is left out here).")
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    band(ax, xo, C["effect"], "effect (tokens − random dirs)", lw=2)
-    band(ax, xo, C["excess_tokens"], "real − Gaussian null, token dirs")
-    band(ax, xo, C["excess_random_dirs"], "real − Gaussian null, random dirs")
-    band(ax, xo, C["matched_minus_shuffled"], "matched − shuffled contexts")
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set(xlabel="residual layer", ylabel="Δ max z over near-impossible tokens (null SDs)")
-    ax.legend(fontsize=8)
-    rep.figure(fig, "effect_by_layer.png", "Excess push toward the most-favoured near-impossible token, per layer, "
-               "with 95% bootstrap CIs over contexts")
-    rep.table(["layer", "effect", "95% CI", "real−G (tokens)", "real−G (random)", "matched−shuffled",
-               "n(z>z_high) real", "Gaussian", "random dirs", "favoured token z here", "…at output"],
-              [[layer, C["effect"]["mean"][i], f"{C['effect']['lo'][i]:+.2f} to {C['effect']['hi'][i]:+.2f}",
-                C["excess_tokens"]["mean"][i], C["excess_random_dirs"]["mean"][i],
-                C["matched_minus_shuffled"]["mean"][i], C["n_high"]["mean"][i], C["n_high_G"]["mean"][i],
-                C["n_high_Q"]["mean"][i], C["raw_z"]["mean"][i], C["final_z"]["mean"][i]] for i, layer in enumerate(xo)])
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
-    for key, label in (("peak", "real"), ("peak_G", "Gaussian null"), ("peak_Q", "random directions"),
-                       ("peak_S", "shuffled contexts")):
-        band(axes[0], xo, C[key], label)
-    axes[0].set(xlabel="residual layer", ylabel="max z over near-impossible tokens")
-    for key, label in (("n_high", "real"), ("n_high_G", "Gaussian null"), ("n_high_Q", "random directions")):
-        band(axes[1], xo, C[key], label)
-    axes[1].set(xlabel="residual layer", ylabel=f"# near-impossible tokens with z > {cfg['z_high']:g}", yscale="symlog")
-    band(axes[2], xo, C["raw_z"], "at its layer")
-    band(axes[2], xo, C["final_z"], "at the output")
-    axes[2].set(xlabel="layer where the token is favoured", ylabel="standardised projection (raw residual)")
-    for a in axes:
-        a.legend(fontsize=8)
-    rep.figure(fig, "peaks_counts_removal.png", "Left: the statistic and its nulls. Middle: how many near-impossible "
-               "tokens the stream pushes toward beyond z_high. Right: rise and fall — the favoured near-impossible "
-               "token's projection at its layer and at the output")
-
-    pt = res["paired_tokens"]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for key, label in (("unlikely", "same tokens where near-impossible"), ("likely", "same tokens where likely")):
-        band(ax, x, {k: [d[k] for d in pt[key]] for k in ("mean", "lo", "hi")}, label)
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set(xlabel="residual layer", ylabel="mean z of the token")
-    ax.legend(fontsize=8)
-    rep.figure(fig, "paired_tokens.png", f"Paired per-token view over the tokens that are likely somewhere in the "
-               f"sample (≈{int(np.median(pt['n_tokens']))} tokens): their mean z where near-impossible vs where likely")
-
-    rep.heading("Lens view")
-    add_lens_section(rep, res["lenses"], x)
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for key, label in (("lens_hits", "real"), ("lens_hits_S", "shuffled contexts"), ("lens_hits_G", "Gaussian null")):
-        band(ax, x, C[key], label)
-    ax.set(xlabel="residual layer", ylabel=f"# tokens, lens prob ≥ {cfg['likely']:g}, final < {cfg['unlikely']:g}")
-    ax.legend(fontsize=8)
-    rep.figure(fig, "lens_hits.png", "Tokens the tuned lens calls likely mid-stack that are near-impossible at the output")
-
-    if "dictionary" in res:
-        d = res["dictionary"]
-        rep.heading("Dictionary view")
-        rep.text(f"Dictionary at layer {d['layer']}: {d['token_aligned_atoms']:,} of {d['n_atoms']:,} atoms have "
-                 f"|cos| ≥ {d['min_cos']} with some token; {d['mean_active_aligned']:.2f} of them are active per position.")
-        if d.get("near_impossible"):
-            rows = [[k, d[k]["mean"][0], f"{d[k]['lo'][0]:.4f}–{d[k]['hi'][0]:.4f}"]
-                    for k in ("near_impossible", "near_impossible_shuffled", "likely", "likely_shuffled",
-                              "near_impossible_minus_shuffled")]
-            rep.table(["share of active token-aligned atoms whose token is…", "mean", "95% CI"], rows)
-    rep.reproduce("repurposing", cfg)
-    return rep.save(out)
-
+        shares["near_impossible_minus_shuffled"] = shares["near_impossible"] - shares["near_impossible_shuffled"]
+        for name, v in shares.items():
+            setattr(view, name, cluster_band(v[keep], ctx, n_boot=cfg.n_boot, seed=cfg.seed))
+    return view

@@ -1,0 +1,351 @@
+"""Every experiment's typed result, in one light module (no torch), beside ``configs.py``.
+
+A result holds the experiment's config, the model, the numbers its verdict and report are made from, and the
+verdict itself. ``Result.save`` writes results.json; ``XResult.read(folder)`` reads one back, typed. Field names
+are the results.json keys.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..results import Band, Interval, Result, Verdict
+from .configs import (DonationConfig, LensesConfig, LookaheadConfig, OrthogonalityConfig, ProbeConfig,
+                      ReinjectConfig, RepurposingConfig)
+
+
+# ------------------------------------------------------------------ lenses (also part of repurposing)
+@dataclass(kw_only=True)
+class LensScores:
+    """One lens, per layer on held-out positions: KL to the final output, top-1 agreement, CE on the next token."""
+
+    kl: Band
+    top1: Band
+    ce: Band
+
+
+@dataclass(kw_only=True)
+class LensComparison:
+    """Logit lens vs tuned lens (``lenses.compare_lenses``); CIs over held-out contexts."""
+
+    held_out_positions: int
+    train_positions: int
+    history: list[float]  # tuned-lens training loss per step (empty when a saved lens was given)
+    logit_lens: LensScores = field(metadata={"json": "logit lens"})
+    tuned_lens: LensScores = field(metadata={"json": "tuned lens"})
+
+
+@dataclass(kw_only=True)
+class LensesResult(Result):
+    """``run lenses``."""
+
+    config: LensesConfig
+    n_positions: int
+    n_contexts: int
+    layers: list[int]
+    lenses: LensComparison
+    summary: list[str]
+
+
+# ------------------------------------------------------------------ orthogonality
+@dataclass(kw_only=True)
+class Summary:
+    """A distribution's median with its 95% CI, deciles and mean."""
+
+    median: float
+    ci: list[float]
+    p10: float
+    p90: float
+    mean: float
+
+
+@dataclass(kw_only=True)
+class TokenSet:
+    """Max |cos| of each vector of one set (embedding, centred embedding, random null …) to the others."""
+
+    n: int
+    max_abs_cos: Summary
+    seconds: float
+
+
+@dataclass(kw_only=True)
+class Capacity:
+    """Greedy packings (pairwise |cos| ≤ ε) of ``n_candidates`` vectors of each set, vs exp(dε²/4)."""
+
+    eps: list[float]
+    n_candidates: int
+    random_code_bound: list[float]
+    kept: dict[str, list[int]]  # set name -> directions kept at each ε
+
+
+@dataclass(kw_only=True)
+class StoreInfo:
+    """The activation store the dictionaries were fitted on."""
+
+    path: str
+    rows: int
+    holdout_rows: int
+
+
+@dataclass(kw_only=True)
+class SweepPoint:
+    """One TopK SAE of the size sweep: held-out reconstruction and its atoms' max |cos|."""
+
+    expansion: int
+    n_atoms: int
+    fvu: float
+    l0: float
+    dead: float
+    max_abs_cos: Summary
+    null_median: float
+    theory_median: float
+    frac_above_0_9: float
+
+
+@dataclass(kw_only=True)
+class Alignment:
+    """Best |cos| of the largest SAE's atoms to token embeddings vs covariance-matched random directions."""
+
+    expansion: int
+    atoms: Summary
+    null: Summary
+    median_diff: list[float]  # [estimate, lo, hi]
+    frac_atoms_above_null_p99: float
+
+
+@dataclass(kw_only=True)
+class OrthogonalityVerdict(Verdict):
+    """The orthogonality verdict, with its context line and the FVU drop over the sweep."""
+
+    context: str
+    fvu_drop: float
+
+
+@dataclass(kw_only=True)
+class OrthogonalityResult(Result):
+    """``run orthogonality``."""
+
+    config: OrthogonalityConfig
+    verdict: OrthogonalityVerdict | None = None
+    d_model: int
+    layer: int
+    tied_embeddings: bool
+    tokens: dict[str, TokenSet]
+    tokens_theory_median: float
+    capacity: Capacity
+    store: StoreInfo
+    pca_fvu: float
+    sweep: list[SweepPoint]
+    alignment: Alignment
+
+
+# ------------------------------------------------------------------ repurposing
+@dataclass(kw_only=True)
+class GroupSizes:
+    """Tokens per position in each group (near-impossible, likely) and the vocabulary size."""
+
+    near_impossible_mean: float
+    likely_mean: float
+    vocab: int
+
+
+@dataclass(kw_only=True)
+class PairedTokens:
+    """Per layer: the mean z of the same tokens where near-impossible vs where likely."""
+
+    n_tokens: list[int]
+    unlikely: list[Interval]
+    likely: list[Interval]
+
+
+@dataclass(kw_only=True)
+class DictionaryView:
+    """Shares of active token-aligned atoms whose token is near-impossible / likely here vs in another context."""
+
+    layer: int
+    n_atoms: int
+    token_aligned_atoms: int
+    min_cos: float
+    positions_with_active_aligned: int
+    mean_active_aligned: float
+    near_impossible: Band | None = None
+    near_impossible_shuffled: Band | None = None
+    likely: Band | None = None
+    likely_shuffled: Band | None = None
+    near_impossible_minus_shuffled: Band | None = None
+
+
+@dataclass(kw_only=True)
+class RepurposingVerdict(Verdict):
+    """The repurposing verdict and the numbers it rests on (at the peak mid-stack layer)."""
+
+    present: bool
+    removed: bool
+    peak_layer: int
+    peak: list[float]  # effect [mean, lo, hi]
+    raw_z: float
+    final_z: float
+    drop: list[float]  # [mean, lo, hi]
+
+
+@dataclass(kw_only=True)
+class RepurposingResult(Result):
+    """``run repurposing``. ``curves`` are per off-output layer (``off_layers``) except ``lens_hits*`` (per
+    ``layers``)."""
+
+    config: RepurposingConfig
+    verdict: RepurposingVerdict | None = None
+    n_layers: int
+    d_model: int
+    n_positions: int
+    n_contexts: int
+    control_layers: list[int]
+    lenses: LensComparison
+    group_sizes: GroupSizes
+    layers: list[int]
+    off_layers: list[int]
+    curves: dict[str, Band]
+    null_peak_sd: list[float]
+    paired_tokens: PairedTokens
+    dictionary: DictionaryView | None = None
+
+
+# ------------------------------------------------------------------ probes and lookahead
+@dataclass(kw_only=True)
+class ProbeTarget:
+    """Held-out accuracy per layer of probes for the token at position + ``offset``."""
+
+    offset: int
+    n_classes: int
+    coverage: float  # share of held-out positions whose target is one of the probed classes
+    layers: list[int]
+    acc: Band
+    majority: float
+    pooled_acc: Band | None = None  # one probe trained on all layers together
+
+
+@dataclass(kw_only=True)
+class EmbeddingComparison:
+    """A layer's probe read directions against the embedding rows of the same tokens, with a shuffled null."""
+
+    same_token_cos: float
+    null_cos_mean: float
+    null_cos_p95: float
+    procrustes_residual: float
+    null_procrustes_mean: float
+    null_procrustes_p05: float
+    p_value: float
+
+
+@dataclass(kw_only=True)
+class ProbeBasis:
+    """Where the current-token probes put their weight in PCA / NMF / coordinate bases of the embedding."""
+
+    layers: list[int]
+    pca_embedding_var: list[float]
+    pca: list[list[float]]
+    nmf: list[list[float]]
+    coord: list[list[float]]
+    nmf_embedding: list[float]
+    coord_embedding: list[float]
+    coord_order: list[int]
+    embedding_comparison: list[EmbeddingComparison]
+
+
+@dataclass(kw_only=True)
+class ProbesVerdict(Verdict):
+    """The probes verdict with the per-layer share of probe energy on the embedding's low-variance half."""
+
+    tail_share: list[float]
+    embedding_tail_share: float
+
+
+@dataclass(kw_only=True)
+class ProbesResult(Result):
+    """``run probes``."""
+
+    config: ProbeConfig
+    verdict: ProbesVerdict | None = None
+    n_positions: int
+    layers: list[int]
+    targets: dict[str, ProbeTarget]  # "current token", "previous token", ...
+    nearest_embedding_acc: list[float]
+    basis: ProbeBasis
+
+
+@dataclass(kw_only=True)
+class LookaheadTarget(ProbeTarget):
+    """Probes for token i + k against what the current token alone predicts."""
+
+    bigram: Interval
+    embedding_probe: Interval
+    baseline_either: float
+    best_layer: int
+    gain_over_baseline: Interval
+
+
+@dataclass(kw_only=True)
+class LookaheadResult(Result):
+    """``run lookahead``."""
+
+    config: LookaheadConfig
+    layers: list[int]
+    n_positions: int
+    offsets: dict[str, LookaheadTarget]  # "+1", "+2", ...
+
+
+# ------------------------------------------------------------------ donation and re-injection
+@dataclass(kw_only=True)
+class DonationRatio:
+    """‖later gradient‖ / ‖own gradient‖ by the number of later losses, and per layer."""
+
+    median_over_layers_and_contexts: list[float]
+    per_layer_mean_ratio: list[float]
+
+
+@dataclass(kw_only=True)
+class PowerLaw:
+    """ratio ≈ prefactor · k^exponent."""
+
+    exponent: float
+    prefactor: float
+
+
+@dataclass(kw_only=True)
+class DonationResult(Result):
+    """``run donation``."""
+
+    config: DonationConfig
+    layers: list[int]
+    lengths: list[int]
+    share: dict[int, Band]  # context length -> per-layer share of the k/v gradient from later losses
+    ratio_vs_later: DonationRatio
+    later_count: list[float]
+    ratio_fit: PowerLaw
+
+
+@dataclass(kw_only=True)
+class AlphaEffect:
+    """Δ loss on the following token at one re-injection strength: overall, per surprisal bin, top − bottom."""
+
+    overall: Interval
+    bins: list[Interval]
+    top_minus_bottom: Interval
+
+
+@dataclass(kw_only=True)
+class ReinjectVerdict(Verdict):
+    """The re-injection verdict and the strength it judged."""
+
+    best_alpha: float
+
+
+@dataclass(kw_only=True)
+class ReinjectResult(Result):
+    """``run reinject``."""
+
+    config: ReinjectConfig
+    verdict: ReinjectVerdict | None = None
+    layers: list[int]
+    clean_loss: float
+    bin_edges: list[float]
+    alphas: dict[float, AlphaEffect]

@@ -1,0 +1,76 @@
+"""Typed results: every committed results.json reads back as its experiment's Result, judges again to the verdict
+it stores word for word, and round-trips; bad files are refused in one line naming the field."""
+import json
+from pathlib import Path
+
+import pytest
+
+from superpos.errors import SuperposError
+from superpos.hypotheses.results import DonationResult, ReinjectResult
+from superpos.protocol import EXPERIMENTS
+from superpos.results import Band, Interval, to_jsonable
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+COMMITTED = {folder.name: folder.name.split("_positive_control")[0]
+             for folder in sorted(RESULTS.iterdir()) if (folder / "results.json").exists()}
+
+
+def test_every_committed_result_is_covered():
+    assert set(COMMITTED.values()) == set(EXPERIMENTS) - {"lenses"}  # lenses has no committed report
+
+
+@pytest.mark.parametrize("folder", sorted(COMMITTED))
+def test_committed_result_reads_back_and_judges_to_its_stored_verdict(folder):
+    e = EXPERIMENTS[COMMITTED[folder]]
+    res = e.read(RESULTS / folder)
+    assert isinstance(res, e.result) and isinstance(res.config, e.config)
+    assert to_jsonable(e.verdict(res)) == to_jsonable(res.verdict)  # the verdict is a function of the numbers
+    assert e.result.from_dict(json.loads(json.dumps(res.to_dict()))) == res
+
+
+def _donation_dict():
+    band = Band([0.5, 0.6], [0.4, 0.5], [0.6, 0.7])
+    res = DonationResult(config=EXPERIMENTS["donation"].config(), model="m", layers=[0, 1], lengths=[4],
+                         share={4: band}, ratio_vs_later={"median_over_layers_and_contexts": [1.0, 2.0],
+                                                          "per_layer_mean_ratio": [1.5, 1.5]},
+                         later_count=[2.0, 1.0], ratio_fit={"exponent": 1.0, "prefactor": 1.0})
+    return json.loads(json.dumps(to_jsonable(res)))
+
+
+def test_round_trip_restores_types_of_nested_fields_and_keys(tmp_path):
+    data = _donation_dict()
+    res = DonationResult.from_dict(data)
+    assert list(res.share) == [4] and isinstance(res.share[4], Band)  # the JSON key "4" back to int
+    assert res.ratio_fit.exponent == 1.0 and res.ratio_vs_later.per_layer_mean_ratio == [1.5, 1.5]
+    res.save(tmp_path)
+    assert DonationResult.read(tmp_path) == res
+    alpha = ReinjectResult.from_dict({
+        "config": {}, "model": "m", "layers": [3], "clean_loss": 3.0, "bin_edges": [0.0, 1.0],
+        "alphas": {"0.5": {"overall": {"mean": 0, "lo": -1, "hi": 1}, "bins": [], "top_minus_bottom":
+                           {"mean": 0.0, "lo": 0.0, "hi": 0.0}}}})
+    assert list(alpha.alphas) == [0.5] and isinstance(alpha.alphas[0.5].overall, Interval)
+    assert alpha.config == EXPERIMENTS["reinject"].config()  # missing config fields take their defaults
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(extra=1), "unknown field 'extra' for DonationResult"),
+    (lambda d: d.pop("layers"), "missing field 'layers'"),
+    (lambda d: d["share"]["4"].update(mean="high"), "share['4'].mean: expected a list"),
+    (lambda d: d["share"].update(four=d["share"]["4"]), "key 'four' is not a int"),
+    (lambda d: d["ratio_fit"].update(exponent=True), "ratio_fit.exponent: expected a number"),
+])
+def test_a_damaged_results_file_is_refused_naming_the_field(tmp_path, edit, message):
+    data = _donation_dict()
+    edit(data)
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    with pytest.raises(SuperposError, match="does not hold a DonationResult") as err:
+        DonationResult.read(tmp_path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_or_unparsable_results_are_one_line_errors(tmp_path):
+    with pytest.raises(SuperposError, match="no results at"):
+        DonationResult.read(tmp_path)
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(SuperposError, match="not valid JSON"):
+        DonationResult.read(tmp_path)
