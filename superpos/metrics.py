@@ -141,12 +141,13 @@ def reconstruction_metrics(dictionary, store, layer: int, n_rows: int | None = N
 def _context_tokens(store, n_contexts: int) -> torch.Tensor:
     """The first ``n_contexts`` whole contexts inside the store's (possibly restricted) row range."""
     C = int(store.attrs["context_length"])
-    lo, hi = store._limit or (0, store.n_rows)
+    lo, hi = store.row_range
     first = -(-lo // C)
     n = min(n_contexts, hi // C - first)
     if n <= 0:
         raise SuperposError(f"store {store.path} has no complete context for CE evaluation")
-    return torch.from_numpy(store.row_field("tokens")[first * C:(first + n) * C].reshape(n, C).astype(np.int64))
+    tokens = store.row_field("tokens", slice(first * C, (first + n) * C))
+    return torch.from_numpy(tokens.reshape(n, C).astype(np.int64))
 
 
 def spliced_ce(lm, tokens_NC: torch.Tensor, layer: int, splices: dict, min_pos: int = 1, batch_size: int = 8,

@@ -210,6 +210,27 @@ def test_to_numpy_and_sample(tmp_path):
     s.close()
 
 
+def test_a_restricted_view_reads_only_its_rows_through_every_reader(tmp_path):
+    s = _synthetic_store(tmp_path / "s.h5")  # column 0 of every row holds its row index
+    view = s.restrict(100, 320)
+    assert view.row_range == (100, 320) and s.row_range == (0, s.n_rows)
+    np.testing.assert_array_equal(view.to_numpy(3)[:, 0], np.arange(100, 320))
+    np.testing.assert_array_equal(view.row_field("pos"), s.row_field("pos")[100:320])
+    np.testing.assert_array_equal(view.to_numpy(3, slice(150, 160))[:, 0], np.arange(150, 160))
+    rows = np.concatenate([r for r, _ in view.iter_rows(3, batch_size=64)])
+    in_view = np.arange(100, 320)
+    np.testing.assert_array_equal(rows, in_view[s.pos[100:320] >= 1])
+    assert view.n_train_rows() == len(rows) and set(view.sample(3, 10_000)[:, 0].astype(int)) == set(rows)
+    narrower = view.restrict(0, 200)  # a view of a view: the intersection
+    assert narrower.row_range == (100, 200)
+    np.testing.assert_array_equal(narrower.to_numpy(3)[:, 0], np.arange(100, 200))
+    for bad in (lambda: view.to_numpy(3, [99, 120]), lambda: view.to_numpy(3, slice(300, 330)),
+                lambda: view.row_field("tokens", slice(0, 10))):
+        with pytest.raises(SuperposError, match="outside this store's rows 100..319|out of range 100..319"):
+            bad()
+    s.close()
+
+
 def test_next_token_stats_match_log_softmax_and_a_sorted_rank():
     import torch
 

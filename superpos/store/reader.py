@@ -67,12 +67,23 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
         self._limit: tuple[int, int] | None = None
 
     def restrict(self, start: int, stop: int) -> "ActivationStore":
-        """A view whose training/statistics readers (stream, batches, sample, iter_rows) see rows [start, stop) only."""
+        """A view of rows [start, stop) of this store (or of this view): every reader — ``to_numpy``,
+        ``row_field``, ``sample``, ``iter_rows``, ``stream``, ``batches``, ``n_train_rows`` — sees those rows
+        only. Row indices keep meaning the file's rows, so results from a view line up with the whole store."""
         import copy
 
+        lo, hi = self.row_range
+        start = min(max(lo, int(start)), hi)
         view = copy.copy(self)
-        view._limit = (max(0, int(start)), min(int(stop), self.n_rows))
+        view._limit = (start, min(max(start, int(stop)), hi))
         return view
+
+    @property
+    def row_range(self) -> tuple[int, int]:
+        """The rows this store (or view) reads: [first, stop)."""
+        if self._limit is None:
+            return 0, self.n_rows
+        return self._limit[0], min(self._limit[1], self.n_rows)
 
     def split_row(self, train_frac: float) -> int:
         """First row of the held-out tail when the first ``train_frac`` of whole contexts are for training."""
@@ -184,41 +195,57 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
         if not allocated:
             raise OSError(errno.EAGAIN, f"{self.path}: the writer is between flushes; open it again")
 
-    def row_field(self, name: str) -> np.ndarray:
-        """A per-row field (tokens, doc, pos, next_logprob, next_rank) of the complete rows."""
+    def row_field(self, name: str, rows: slice | None = None) -> np.ndarray:
+        """A per-row field (tokens, doc, pos, next_logprob, next_rank) of ``rows`` (a slice of file rows; default:
+        every row of this store or view)."""
         if name not in ROW_FIELDS:
             raise SuperposError(f"unknown row field '{name}' (expected one of {', '.join(ROW_FIELDS)})")
         ds = self.file[name]
         self._check_live(ds)
-        return ds[: self.n_rows]
+        start, stop = self._slice_in_view(rows)
+        return ds[start:stop]
+
+    def _slice_in_view(self, rows: slice | None) -> tuple[int, int]:
+        lo, hi = self.row_range
+        if rows is None:
+            return lo, hi
+        if rows.step not in (None, 1):
+            raise SuperposError("row slices must have step 1")
+        start = lo if rows.start is None else rows.start
+        stop = hi if rows.stop is None else rows.stop
+        if not lo <= start <= stop <= hi:
+            raise SuperposError(f"rows {start}..{stop - 1} are outside this store's rows {lo}..{hi - 1}")
+        return start, stop
 
     @property
     def pos(self) -> np.ndarray:
-        """Each row's position in its context (cached)."""
+        """Every complete row's position in its context, indexed by file row (cached)."""
         if self._pos is None:
-            self._pos = self.row_field("pos")
+            ds = self.file["pos"]
+            self._check_live(ds)
+            self._pos = ds[: self.n_rows]
         return self._pos
 
     def row_mask(self, min_pos: int = 1) -> np.ndarray:
         """Rows used for training and statistics: position ≥ ``min_pos`` (0 keeps the BOS/sink rows)."""
         mask = self.pos >= min_pos
-        if self._limit is not None:
-            mask[: self._limit[0]] = False
-            mask[self._limit[1]:] = False
+        lo, hi = self.row_range
+        mask[:lo] = False
+        mask[hi:] = False
         return mask
 
     def to_numpy(self, layer: int, rows=None) -> np.ndarray:
-        """Activations of ``layer`` for ``rows`` (a slice, or sorted/unsorted integer indices) as float32."""
+        """Activations of ``layer`` as float32 for ``rows``: a slice or integer indices (sorted or not) of file
+        rows inside this store or view; default: all of its rows."""
         ds = self.file[layer_key(self.check_layer(layer))]
         self._check_live(ds)
-        if rows is None:
-            rows = slice(0, self.n_rows)
-        if isinstance(rows, slice):
-            start, stop, step = rows.indices(self.n_rows)
-            return self._check_finite(ds[start:stop:step], layer, np.arange(start, stop, step)).astype(np.float32)
+        if rows is None or isinstance(rows, slice):
+            start, stop = self._slice_in_view(rows)
+            return self._check_finite(ds[start:stop], layer, np.arange(start, stop)).astype(np.float32)
         rows = np.asarray(rows, dtype=np.int64)
-        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
-            raise SuperposError(f"row index out of range 0..{self.n_rows - 1}")
+        lo, hi = self.row_range
+        if rows.size and (rows.min() < lo or rows.max() >= hi):
+            raise SuperposError(f"row index out of range {lo}..{hi - 1}")
         uniq, inverse = np.unique(rows, return_inverse=True)  # h5py wants sorted, distinct indices
         return self._check_finite(ds[uniq], layer, uniq).astype(np.float32)[inverse]
 
@@ -237,7 +264,7 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
         """Sequential reader: yields ``(row_indices, acts)`` in file order (float32)."""
         ds = self.file[layer_key(self.check_layer(layer))]
         mask = self.row_mask(min_pos)
-        lo, hi = self._limit or (0, self.n_rows)
+        lo, hi = self.row_range
         for start in range(lo, hi, batch_size):
             stop = min(start + batch_size, hi)
             keep = mask[start:stop]
