@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 
-from .cli_common import Parser, positive
+from .cli_common import Parser, add_settings, config_from_args, positive
 from .errors import SuperposError
 
 
@@ -19,40 +19,11 @@ def _add_harvest(sub) -> None:
                        description="Run a causal LM over a text corpus and write residual-stream activations, "
                                    "token ids, positions and next-token log-probs to one HDF5 file. Re-running "
                                    "the same command on an interrupted file resumes where it stopped.")
-    p.add_argument("--model", default=None, help="a known name (see `superpos models`: smollm2-135m, gemma3-270m), "
-                   "a .gguf file, a model folder, or an HF model name in the local cache; default: smollm2-135m "
-                   "(SmolLM2-135M-Instruct)")
-    p.add_argument("--corpus", default=None, help=".txt file, .jsonl file (text field), folder of them, or an "
-                   "offline HF dataset name; default: CPython's pydoc_data.topics")
-    p.add_argument("--layers", default="default", help="residual layers: 'default' (7 evenly spaced incl. 0 and L), "
-                   "'all', or a comma list like 0,5,10 (0 = embeddings, l = output of block l)")
-    p.add_argument("--tokens", type=positive(int), default=None, help="cap on tokens (whole contexts); default: whole corpus")
-    p.add_argument("--context", type=positive(int), default=256, help="context length in tokens incl. BOS (default 256)")
-    p.add_argument("--batch-size", type=positive(int), default=8, help="contexts per forward pass (default 8)")
-    p.add_argument("--dtype", choices=["auto", "float16", "float32"], default="auto",
-                   help="stored precision: auto (default) picks float16 per layer where the first batch peaks at most at "
-                        "65,504/2 and float32 elsewhere; every batch is checked, and a value the storage cannot hold "
-                        "(or NaN/inf from the model) is refused, never written")
-    p.add_argument("--model-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                   help="the model's compute dtype (default float32; bfloat16 halves memory and time on GPUs)")
-    p.add_argument("--compression", choices=["lzf", "gzip", "none"], default="lzf", help="HDF5 compression (default lzf)")
-    p.add_argument("--no-bos", action="store_true", help="do not prepend BOS to each context")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
-                   help="harvest only the I-th of N equal runs of contexts (0-based), e.g. one per GPU or node; "
-                        "join the shard files with `superpos merge`")
+    from .harvest import HarvestConfig
+
+    add_settings(p, HarvestConfig)
     p.add_argument("--out", required=True, help="output .h5 file (resumed if it is a partial harvest with the same settings)")
     p.set_defaults(func=_cmd_harvest)
-
-
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected I/N like 0/4, got '{text}'") from None
-    if not 0 <= i < n:
-        raise argparse.ArgumentTypeError(f"need 0 <= I < N, got '{text}'")
-    return i, n
 
 
 def _add_merge(sub) -> None:
@@ -79,11 +50,7 @@ def _cmd_merge(args) -> int:
 def _cmd_harvest(args) -> int:
     from .harvest import HarvestConfig, harvest
 
-    cfg = HarvestConfig(model=args.model, corpus=args.corpus, layers=args.layers, tokens=args.tokens,
-                        context_length=args.context, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-                        bos=not args.no_bos, compression=args.compression, shard=args.shard,
-                        model_dtype=args.model_dtype)
-    out = harvest(cfg, args.out)
+    out = harvest(config_from_args(HarvestConfig, args), args.out)
     from .store import ActivationStore
 
     with ActivationStore(out) as store:
@@ -197,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     except SuperposError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"superpos: error: {e}", file=sys.stderr)
+        print(f"superpos: error: {_as_flags(e, args)}", file=sys.stderr)
         if getattr(e, "exit_now", False):  # an HDF5 file could not be flushed (disk full): skip its teardown
             sys.stderr.flush()
             sys.stdout.flush()
@@ -212,6 +179,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("superpos: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+
+
+def _as_flags(e: SuperposError, args) -> str:
+    """A library error as the CLI says it: a config field's name replaced by the flag that sets it."""
+    from .errors import ConfigError
+    from .settings import flag_for
+
+    if isinstance(e, ConfigError) and getattr(args, "config_class", None) is not None:
+        try:
+            return e.naming(flag_for(args.config_class, e.field))
+        except KeyError:
+            pass
+    return str(e)
 
 
 if __name__ == "__main__":

@@ -26,3 +26,36 @@ class Parser(argparse.ArgumentParser):
         sub = self.prog.removeprefix("superpos").strip()
         print(f"superpos: error: {sub + ': ' if sub else ''}{message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def _arg_type(parse):
+    """A settings parser (raises ValueError) as an argparse type (one-line error naming the flag)."""
+    def arg(text: str):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    arg.__name__ = getattr(parse, "__name__", "value")
+    return arg
+
+
+def add_settings(p: argparse.ArgumentParser, config_cls) -> None:
+    """One flag per field of a settings dataclass (``superpos.settings``), its help ending in the field's default;
+    ``config_from_args`` builds the config back, and a ``ConfigError`` for a field is shown with its flag."""
+    from .settings import settings
+
+    for s in settings(config_cls):
+        if isinstance(s.default, bool):
+            p.add_argument(s.flag, dest=s.name, action="store_false" if s.default else "store_true",
+                           help=s.help_text())
+        else:
+            p.add_argument(s.flag, dest=s.name, type=_arg_type(s.parse), default=s.default, help=s.help_text(),
+                           metavar=s.flag.removeprefix("--").upper().replace("-", "_"))
+    p.set_defaults(config_class=config_cls)
+
+
+def config_from_args(config_cls, args):
+    """The config dataclass from the flags ``add_settings`` made."""
+    from dataclasses import fields
+
+    return config_cls(**{f.name: getattr(args, f.name) for f in fields(config_cls)})

@@ -3,22 +3,12 @@ from __future__ import annotations
 
 import argparse
 
-
-
-def _arg_type(parse):
-    """A protocol parser (raises ValueError) as an argparse type (one-line error naming the flag)."""
-    def arg(text: str):
-        try:
-            return parse(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    arg.__name__ = getattr(parse, "__name__", "value")
-    return arg
+from .cli_common import add_settings, config_from_args
 
 
 def register(sub) -> None:
     """``run all`` and one ``run NAME`` per registered experiment, with a flag per config field."""
-    from .protocol import EXPERIMENTS, settings
+    from .protocol import EXPERIMENTS
 
     run = sub.add_parser("run", help="run an experiment (prints a verdict, writes report.md/.html + figures)",
                          description="Run one of superpos's hypothesis experiments on a model.")
@@ -41,9 +31,7 @@ def register(sub) -> None:
 
     for e in EXPERIMENTS.values():
         p = exp.add_parser(e.name, help=e.help, description=e.description)
-        for s in settings(e.config):
-            p.add_argument(s.flag, dest=s.name, type=_arg_type(s.parse), default=s.default, help=s.help_text(),
-                           metavar=s.name.upper())
+        add_settings(p, e.config)
         if e.controls:
             p.add_argument("--calibrate", action="store_true",
                            help="also run the identical analysis on its controls (" + "; ".join(
@@ -54,12 +42,10 @@ def register(sub) -> None:
 
 def cmd_experiment(args) -> int:
     """Build the experiment's config from the flags (one per field), run it, print its verdict."""
-    from dataclasses import fields
-
     from .protocol import EXPERIMENTS
 
     e = EXPERIMENTS[args.experiment]
-    cfg = e.config(**{f.name: getattr(args, f.name) for f in fields(e.config)})
+    cfg = config_from_args(e.config, args)
     if getattr(args, "calibrate", False):
         from .protocol import run_calibrated
 

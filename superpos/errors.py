@@ -8,3 +8,21 @@ exits with code 2; everything else is a bug and keeps its traceback.
 
 class SuperposError(Exception):
     """A user-facing error with a one-line message."""
+
+
+class ConfigError(SuperposError):
+    """A setting that cannot be used, raised for one field of a config dataclass.
+
+    ``message`` writes ``{field}`` where the setting is named: read from the library it names the config field
+    (``expansions must be positive numbers``); the CLI shows the same message with the field's flag instead
+    (``--expansions must be positive numbers``).
+    """
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.template = message
+        super().__init__(message.format(field=field))
+
+    def naming(self, name: str) -> str:
+        """The message with the setting called ``name`` (e.g. its command-line flag)."""
+        return self.template.format(field=name)

@@ -13,8 +13,9 @@ from tqdm import tqdm
 from . import interrupts
 from .corpus import PackedContexts, default_bos_id, load_corpus, pack_contexts
 from .device import resolve_dtype
-from .errors import SuperposError
+from .errors import ConfigError, SuperposError
 from .models import LoadedModel, load_model
+from .settings import setting
 from .store import ActivationStore, choose_dtypes
 from .writelock import claim
 
@@ -25,19 +26,29 @@ IDENTITY_ATTRS = ("model", "model_revision", "corpus_sha256", "context_length", 
 
 @dataclass
 class HarvestConfig:
-    """Settings of one harvest (``superpos harvest``)."""
-    model: str | None = None  # None → the embedded default (SmolLM2-135M)
-    corpus: str | None = None  # None → pydoc_data.topics
-    layers: str = "default"  # "default", "all", or "0,5,10"
-    tokens: int | None = None  # cap on rows (whole contexts); None → the whole corpus
-    context_length: int = 256
-    batch_size: int = 8  # contexts per forward pass
-    dtype: str = "auto"  # storage: auto (float16 per layer where the first batch peaks ≤ 65,504/2, else float32), float16, float32
-    device: str = "auto"
-    bos: bool = True  # prepend BOS (or EOS if the tokenizer has no BOS) to every context
-    compression: str = "lzf"
-    model_dtype: str = "float32"  # the model's compute dtype: bfloat16/float16 halve memory and time on GPUs
-    shard: tuple[int, int] | None = None  # (i, n): this run harvests the i-th of n equal runs of contexts
+    """Settings of one harvest (``superpos harvest``; its flags are generated from these fields)."""
+
+    model: str | None = setting(None, "a known name (see `superpos models`: smollm2-135m, gemma3-270m), a .gguf file, "
+                                      "a model folder, or an HF model name in the local cache; empty: smollm2-135m")
+    corpus: str | None = setting(None, ".txt file, .jsonl file (text field), folder of them, or an offline HF dataset "
+                                       "name; empty: CPython's pydoc_data.topics")
+    layers: str = setting("default", "residual layers: 'default' (7 evenly spaced incl. 0 and L), 'all', or a comma "
+                                     "list like 0,5,10 (0 = embeddings, l = output of block l)")
+    tokens: int | None = setting(None, "cap on tokens (whole contexts); empty: the whole corpus", parse="positive_int")
+    context_length: int = setting(256, "context length in tokens incl. BOS", parse="positive_int", flag="context")
+    batch_size: int = setting(8, "contexts per forward pass", parse="positive_int")
+    dtype: str = setting("auto", "stored precision: auto picks float16 per layer where the first batch peaks at most "
+                                 "at 65,504/2 and float32 elsewhere; every batch is checked, and a value the storage "
+                                 "cannot hold (or NaN/inf from the model) is refused, never written",
+                         parse="store_dtype")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    bos: bool = setting(True, "do not prepend BOS (or EOS if the tokenizer has no BOS) to each context")
+    compression: str = setting("lzf", "HDF5 compression: lzf, gzip or none", parse="compression")
+    model_dtype: str = setting("float32", "the model's compute dtype: float32, bfloat16 or float16 (bfloat16 halves "
+                                          "memory and time on GPUs)", parse="model_dtype")
+    shard: tuple[int, int] | None = setting(None, "harvest only the I-th of N equal runs of contexts (0-based), e.g. "
+                                                  "one per GPU or node; join the shard files with `superpos merge`",
+                                            parse="shard")
 
 
 _ABANDONED: list = []  # stores whose file could not be flushed (disk full); see harvest()
@@ -63,7 +74,7 @@ def parse_layers(spec: str | list[int], n_layers: int) -> list[int]:
         try:
             layers = [int(x) for x in str(spec).split(",") if x.strip()]
         except ValueError:
-            raise SuperposError(f"--layers must be 'default', 'all' or a comma list of integers, got '{spec}'") from None
+            raise ConfigError("layers", f"{{field}} must be 'default', 'all' or a comma list of integers, got '{spec}'") from None
     if not layers:
         raise SuperposError("no layers requested")
     bad = [x for x in layers if not 0 <= x <= n_layers]
@@ -133,13 +144,13 @@ def harvest(cfg: HarvestConfig, out: str | Path, lm: LoadedModel | None = None, 
     if not out.parent.exists():
         raise SuperposError(f"--out folder {out.parent} does not exist")
     if cfg.context_length < 2:
-        raise SuperposError(f"--context must be at least 2, got {cfg.context_length}")
+        raise ConfigError("context_length", f"{{field}} must be at least 2, got {cfg.context_length}")
     if cfg.batch_size < 1:
-        raise SuperposError(f"--batch-size must be positive, got {cfg.batch_size}")
+        raise ConfigError("batch_size", f"{{field}} must be positive, got {cfg.batch_size}")
     if cfg.tokens is not None and cfg.tokens < 1:
-        raise SuperposError(f"--tokens must be positive, got {cfg.tokens}")
+        raise ConfigError("tokens", f"{{field}} must be positive, got {cfg.tokens}")
     if cfg.dtype not in ("auto", "float16", "float32"):
-        raise SuperposError(f"--dtype must be auto, float16 or float32, got {cfg.dtype}")
+        raise ConfigError("dtype", f"{{field}} must be auto, float16 or float32, got {cfg.dtype}")
     with claim(out, "harvest"):  # one writer per store, claimed before anything is loaded
         return _harvest_claimed(cfg, out, lm, progress)
 

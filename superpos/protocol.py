@@ -11,105 +11,14 @@ from __future__ import annotations
 
 import importlib
 import shlex
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Callable, NamedTuple
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 
 from .hypotheses import configs as C
 from .hypotheses import results as R
 from .hypotheses import verdicts as V
 from .results import Result, Verdict
-
-
-# ------------------------------------------------------------------ parsers for flag values (raise ValueError)
-def _number(kind):
-    def parse(text: str):
-        try:
-            return kind(float(text)) if kind is int and "e" in text.lower() else kind(text)
-        except ValueError:
-            raise ValueError(f"expected a number, got '{text}'") from None
-    return parse
-
-
-def _checked(parse, ok, what: str):
-    def check(text: str):
-        value = parse(text)
-        if not ok(value):
-            raise ValueError(f"expected {what}, got '{text}'")
-        return value
-    return check
-
-
-def _list(parse, ok, what: str):
-    def parse_list(text: str):
-        try:
-            values = [parse(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"expected a comma list of numbers, got '{text}'") from None
-        if not values or not all(ok(v) for v in values):
-            raise ValueError(f"expected {what}, got '{text}'")
-        return values
-    return parse_list
-
-
-def _choice(*options: str):
-    def parse(text: str):
-        if text not in options:
-            raise ValueError(f"expected one of {', '.join(options)}, got '{text}'")
-        return text
-    return parse
-
-
-PARSERS: dict[str, Callable[[str], Any]] = {
-    "int": _number(int),
-    "float": _number(float),
-    "positive_int": _checked(_number(int), lambda v: v > 0, "a positive integer"),
-    "nonneg_int": _checked(_number(int), lambda v: v >= 0, "a non-negative integer"),
-    "positive_float": _checked(_number(float), lambda v: v > 0, "a positive number"),
-    "probability": _checked(_number(float), lambda v: 0 < v < 1, "a probability in (0, 1)"),
-    "int_list": _list(int, lambda v: v > 0, "positive integers"),
-    "unit_list": _list(float, lambda v: 0 < v <= 1, "numbers in (0, 1]"),
-    "positive_float_list": _list(float, lambda v: v > 0, "positive numbers"),
-    "offset_list": _list(int, lambda v: abs(v) <= 16, "offsets between -16 and 16"),
-    "control": _choice("none", "positive", "negative"),
-}
-
-
-# ------------------------------------------------------------------ settings
-@dataclass(frozen=True)
-class Setting:
-    """One config field as the CLI and the reproduce line see it."""
-
-    name: str  # the dataclass field
-    flag: str  # --flag-name
-    default: Any
-    help: str
-    parse: Callable[[str], Any]
-
-    def help_text(self) -> str:
-        """The help line, ending with the default (the field's, written once)."""
-        return f"{self.help} (default {'not set' if self.default is None else format_value(self.default)})"
-
-
-def format_value(value) -> str:
-    """A setting's value as typed on the command line (``empty`` for None)."""
-    if value is None:
-        return "empty"
-    if isinstance(value, (list, tuple)):
-        return ",".join(format_value(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def settings(config_cls) -> list[Setting]:
-    """The settings of a config dataclass, in field order."""
-    out = []
-    for f in fields(config_cls):
-        default = f.default_factory() if f.default is MISSING else f.default
-        parse = PARSERS[f.metadata["parse"]] if f.metadata.get("parse") else str
-        flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
-        out.append(Setting(f.name, flag, default, f.metadata.get("help", ""), parse))
-    return out
+from .settings import format_value, settings
 
 
 # ------------------------------------------------------------------ the registry
@@ -213,7 +122,7 @@ def command_line(name: str, config: dict) -> str:
         if value == s.default or (isinstance(value, (list, tuple)) and isinstance(s.default, (list, tuple))
                                   and list(value) == list(s.default)):
             continue
-        parts += [s.flag, shlex.quote(format_value(value))]
+        parts += [s.flag] if isinstance(s.default, bool) else [s.flag, shlex.quote(format_value(value))]
     return " ".join(parts)
 
 

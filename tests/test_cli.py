@@ -77,3 +77,19 @@ def test_fit_reads_toml_config_and_flags_override(store, tmp_path):
                  "--out", str(out)]) == 0
     params = json.loads((out / "config.json").read_text())["params"]
     assert params["k"] == 5 and params["expansion"] == 2.0 and params["seed"] == 4 and params["batch_size"] == 128
+
+
+def test_a_config_error_names_the_field_in_the_library_and_the_flag_on_the_command_line(tiny_models, tmp_path, capsys):
+    from superpos.cli import main
+    from superpos.errors import ConfigError
+    from superpos.hypotheses.configs import RepurposingConfig
+    from superpos.hypotheses.repurposing import run
+
+    with pytest.raises(ConfigError, match=r"need 0 < unlikely \(0.5\) < likely \(0.1\) < 1") as err:
+        run(RepurposingConfig(model=str(tiny_models["llama"]), unlikely=0.5, likely=0.1, out=str(tmp_path / "r")))
+    assert err.value.field == "likely"
+    assert main(["run", "repurposing", "--model", str(tiny_models["llama"]), "--unlikely", "0.5", "--likely", "0.1",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "need 0 < unlikely (0.5) < --likely (0.1) < 1" in capsys.readouterr().err
+    assert main(["harvest", "--model", str(tiny_models["llama"]), "--context", "1", "--out", str(tmp_path / "s.h5")]) == 2
+    assert "superpos: error: --context must be at least 2, got 1" in capsys.readouterr().err

@@ -81,19 +81,27 @@ def test_report_command_reproduces_the_settings():
 
 
 def test_every_setting_has_one_default_shown_everywhere(capsys):
-    """--help of every `run` subcommand and the CLI reference list every config field with its dataclass default."""
+    """--help of every `run` subcommand and of `harvest`, and the CLI reference, list every config field with its
+    dataclass default."""
     from pathlib import Path
 
     from superpos.cli import main
-    from superpos.protocol import EXPERIMENTS, format_value, settings
+    from superpos.harvest import HarvestConfig
+    from superpos.protocol import EXPERIMENTS
+    from superpos.settings import format_value, settings
 
     reference = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
-    for name, e in EXPERIMENTS.items():
+    commands = [(["run", name], f"run {name}", e.config) for name, e in EXPERIMENTS.items()]
+    for argv, title, config in [*commands, (["harvest"], "harvest", HarvestConfig)]:
         with pytest.raises(SystemExit):
-            main(["run", name, "--help"])
+            main([*argv, "--help"])
         text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # argparse wraps at hyphens
-        section = reference.split(f"## run {name}\n")[1].split("\n## ")[0]
-        for s in settings(e.config):
+        section = reference.split(f"## {title}\n")[1].split("\n## ")[0]
+        for s in settings(config):
+            if isinstance(s.default, bool):  # a switch: its flag turns the default around
+                assert f"{s.flag} {' '.join(s.help.split())}" in text and s.flag in section, (title, s)
+                continue
             default = "not set" if s.default is None else format_value(s.default)
-            assert f"{s.flag} {s.name.upper()} {' '.join(s.help.split())} (default {default})" in text, (name, s)
-            assert s.flag in section and f"(default {default})" in section, (name, s.flag)
+            metavar = s.flag.removeprefix("--").upper().replace("-", "_")
+            assert f"{s.flag} {metavar} {' '.join(s.help.split())} (default {default})" in text, (title, s)
+            assert s.flag in section and f"(default {default})" in section, (title, s.flag)

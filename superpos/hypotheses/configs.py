@@ -3,21 +3,15 @@
 Each field's default is the only default of that setting: ``superpos run NAME --help``, the CLI reference, ``run
 all`` and every report's reproduce line are generated from these classes (``superpos.protocol``). A field's
 ``metadata`` holds its ``help`` text and, where the plain type is not enough, the name of a ``parse``r in
-``superpos.protocol.PARSERS`` (and a ``flag`` where the flag is not ``--field-name``).
+``superpos.settings.PARSERS`` (and a ``flag`` where the flag is not ``--field-name``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from ..settings import setting
 
 EPS_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
-
-
-def setting(default=None, help: str = "", *, parse: str | None = None, flag: str | None = None, factory=None):
-    """A config field: its one default, its help text, and optionally its parser and flag name."""
-    meta = {"help": help, "parse": parse, "flag": flag}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 def _model(default=None):

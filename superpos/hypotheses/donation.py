@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..errors import SuperposError
+from ..errors import ConfigError, SuperposError
 from ..stats import cluster_band
 from .configs import DonationConfig
 from .results import DonationRatio, DonationResult, PowerLaw
@@ -118,7 +118,7 @@ def run_donation(cfg: DonationConfig) -> DonationResult:
     from .verdicts import donation as verdict
 
     if cfg.context_length < 4:
-        raise SuperposError("--context-length must be at least 4")
+        raise ConfigError("context_length", "{field} must be at least 4")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SuperposError
+from ..errors import ConfigError
 from ..stats import cluster_interval
 from .configs import LookaheadConfig
 from .results import LookaheadResult, LookaheadTarget
@@ -19,7 +19,7 @@ def run_lookahead(cfg: LookaheadConfig) -> LookaheadResult:
     the best conditional-mode guess (bigram table from the training split) and a probe on the current
     token's embedding. Lookahead = accuracy above both, at the same held-out positions."""
     if any(o <= 0 for o in cfg.offsets):
-        raise SuperposError("run lookahead takes positive offsets (tokens after the probed position)")
+        raise ConfigError("offsets", "{field} must be positive for lookahead (tokens after the probed position)")
     from ..models import load_model
     from ..residuals import contexts_from_corpus, sample_residuals
     from .reports.lookahead import write_report

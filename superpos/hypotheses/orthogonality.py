@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import geometry as g
-from ..errors import SuperposError
+from ..errors import ConfigError, SuperposError
 from ..stats import bootstrap_ci
 from .configs import OrthogonalityConfig
 from .results import (Alignment, Capacity, OrthogonalityResult, StoreInfo, Summary, SweepPoint,
@@ -51,7 +51,7 @@ def run(cfg: OrthogonalityConfig) -> OrthogonalityResult:
     from .verdicts import orthogonality as verdict
 
     if not cfg.expansions or min(cfg.expansions) <= 0:
-        raise SuperposError("--expansions must be positive numbers")
+        raise ConfigError("expansions", "{field} must be positive numbers")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import SuperposError
+from ..errors import ConfigError, SuperposError
 from ..residuals import ResidualSample
 from ..stats import cluster_band
 from .configs import ProbeConfig
@@ -198,8 +198,8 @@ def nearest_embedding_accuracy(sample: ResidualSample, W_E: np.ndarray, classes:
 def run_probes(cfg: ProbeConfig) -> ProbesResult:
     """Input-token probes by depth against the embedding matrix (``superpos run probes``)."""
     if 0 not in cfg.offsets or any(o > 0 for o in cfg.offsets):
-        raise SuperposError("run probes needs offset 0 (the current token) and no positive offsets (use run "
-                            "lookahead)")
+        raise ConfigError("offsets", "{field} must include 0 (the current token) and no positive offsets (use run "
+                                     "lookahead)")
     from ..dictionaries import NMF
     from ..models import load_model
     from ..residuals import contexts_from_corpus, sample_residuals

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import SuperposError
+from ..errors import ConfigError, SuperposError
 from ..stats import cluster_band, cluster_interval
 from .configs import RepurposingConfig
 from .results import DictionaryView, GroupSizes, PairedTokens, RepurposingResult
@@ -251,9 +251,9 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
     from .verdicts import repurposing as verdict
 
     if not 0 < cfg.unlikely < cfg.likely < 1:
-        raise SuperposError(f"need 0 < --unlikely ({cfg.unlikely}) < --likely ({cfg.likely}) < 1")
+        raise ConfigError("likely", f"need 0 < unlikely ({cfg.unlikely}) < {{field}} ({cfg.likely}) < 1")
     if cfg.control not in CONTROLS:
-        raise SuperposError(f"unknown control '{cfg.control}' (choose from {', '.join(CONTROLS)})")
+        raise ConfigError("control", f"unknown {{field}} '{cfg.control}' (choose from {', '.join(CONTROLS)})")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

@@ -1,0 +1,140 @@
+"""Settings as documented dataclass fields: one default per setting, written once.
+
+A config dataclass (an experiment's, ``HarvestConfig``) declares each field with ``setting(default, help, parse=,
+flag=)``. The CLI builds its flags from ``settings(ConfigClass)`` (flag name, type, help ending in the default),
+reproduce lines are written from it (``format_value``), and a ``ConfigError`` raised for a field is shown by the
+CLI with that field's flag. Nothing here imports the CLI or argparse.
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Callable
+
+
+def setting(default=None, help: str = "", *, parse: str | None = None, flag: str | None = None, factory=None):
+    """A config field: its one default, its help text, and optionally its parser and flag name."""
+    meta = {"help": help, "parse": parse, "flag": flag}  # parse: a name in PARSERS
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ------------------------------------------------------------------ parsers for flag values (raise ValueError)
+def _number(kind):
+    def parse(text: str):
+        try:
+            return kind(float(text)) if kind is int and "e" in text.lower() else kind(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got '{text}'") from None
+    return parse
+
+
+def _checked(parse, ok, what: str):
+    def check(text: str):
+        value = parse(text)
+        if not ok(value):
+            raise ValueError(f"expected {what}, got '{text}'")
+        return value
+    return check
+
+
+def _list(parse, ok, what: str):
+    def parse_list(text: str):
+        try:
+            values = [parse(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"expected a comma list of numbers, got '{text}'") from None
+        if not values or not all(ok(v) for v in values):
+            raise ValueError(f"expected {what}, got '{text}'")
+        return values
+    return parse_list
+
+
+def _choice(*options: str):
+    def parse(text: str):
+        if text not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got '{text}'")
+        return text
+    return parse
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"expected I/N like 0/4, got '{text}'") from None
+    if not 0 <= i < n:
+        raise ValueError(f"need 0 <= I < N, got '{text}'")
+    return i, n
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "int": _number(int),
+    "float": _number(float),
+    "positive_int": _checked(_number(int), lambda v: v > 0, "a positive integer"),
+    "nonneg_int": _checked(_number(int), lambda v: v >= 0, "a non-negative integer"),
+    "positive_float": _checked(_number(float), lambda v: v > 0, "a positive number"),
+    "probability": _checked(_number(float), lambda v: 0 < v < 1, "a probability in (0, 1)"),
+    "int_list": _list(int, lambda v: v > 0, "positive integers"),
+    "unit_list": _list(float, lambda v: 0 < v <= 1, "numbers in (0, 1]"),
+    "positive_float_list": _list(float, lambda v: v > 0, "positive numbers"),
+    "offset_list": _list(int, lambda v: abs(v) <= 16, "offsets between -16 and 16"),
+    "control": _choice("none", "positive", "negative"),
+    "store_dtype": _choice("auto", "float16", "float32"),
+    "model_dtype": _choice("float32", "bfloat16", "float16"),
+    "compression": _choice("lzf", "gzip", "none"),
+    "shard": _shard,
+}
+
+
+# ------------------------------------------------------------------ settings
+@dataclass(frozen=True)
+class Setting:
+    """One config field as the CLI and the reproduce line see it."""
+
+    name: str  # the dataclass field
+    flag: str  # --flag-name
+    default: Any
+    help: str
+    parse: Callable[[str], Any]
+
+    def help_text(self) -> str:
+        """The help line, ending with the default (the field's, written once); switches have no default to show."""
+        if isinstance(self.default, bool):
+            return self.help
+        return f"{self.help} (default {'not set' if self.default is None else format_value(self.default)})"
+
+
+def flag_for(config_cls, name: str) -> str:
+    """The command-line flag of field ``name`` of ``config_cls`` (``--no-NAME`` for a switch that is on by
+    default)."""
+    for s in settings(config_cls):
+        if s.name == name:
+            return s.flag
+    raise KeyError(name)
+
+
+def format_value(value) -> str:
+    """A setting's value as typed on the command line (``empty`` for None)."""
+    if value is None:
+        return "empty"
+    if isinstance(value, (list, tuple)):
+        return ",".join(format_value(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def settings(config_cls) -> list[Setting]:
+    """The settings of a config dataclass, in field order."""
+    out = []
+    for f in fields(config_cls):
+        default = f.default_factory() if f.default is MISSING else f.default
+        parse = PARSERS[f.metadata["parse"]] if f.metadata.get("parse") else str
+        flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+        if default is True:  # a switch that is on by default is turned off with --no-NAME
+            flag = "--no-" + flag[2:]
+        out.append(Setting(f.name, flag, default, f.metadata.get("help", ""), parse))
+    return out
+
+
