@@ -3,9 +3,9 @@
 * ``__init__`` only stores parameters (``get_params`` / ``set_params`` / ``clone`` come from sklearn), in one
   way for every kind: ``self._set_params(locals())``.
 * ``fit(X, y=None, *, layer=None)`` and ``partial_fit(X, y=None, *, layer=None)`` return ``self``; ``X`` is an
-  array, a tensor, or an :class:`~superpos.store.ActivationStore` together with ``layer`` (streamed,
-  out-of-core). ``fit`` starts afresh (and resets any streaming state); ``partial_fit`` continues from the
-  fitted dictionary when there is one — after ``fit``, after ``load_dictionary``, or after an earlier
+  array, a tensor, or an :class:`~superpos.store.ActivationStore` together with ``layer`` (streamed, out of
+  core); ``superpos.dictionaries.sources.rows_from`` turns each into a ``RowSource``. ``fit`` starts afresh (and
+  resets any streaming state); ``partial_fit`` continues from the fitted dictionary when there is one — after ``fit``, after ``load_dictionary``, or after an earlier
   ``partial_fit`` — as scikit-learn's ``MiniBatchNMF.partial_fit`` does.
 * learned state ends in ``_``; ``components_`` holds unit-norm atoms, shape (n_components, d_model). An
   unfitted estimator raises :class:`NotFittedError`, an ``AttributeError`` (so ``hasattr`` is False).
@@ -14,8 +14,6 @@
   tensor-level versions (on ``device_``), for code that stays in torch.
 """
 from __future__ import annotations
-
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -102,52 +100,6 @@ class BaseDictionary(TransformerMixin, BaseEstimator):
     def _check_fitted(self) -> None:
         if "components_" not in vars(self):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit() first")
-
-    @staticmethod
-    def _d_model_of(X, layer) -> int:
-        X = validate_rows(X)
-        if isinstance(X, ActivationStore):
-            if layer is None:
-                raise SuperposError("fitting on an ActivationStore needs layer=...")
-            X.check_layer(layer)
-            return X.d_model
-        return int(as_tensor(X[:1] if len(X) else X).shape[1])
-
-    @staticmethod
-    def _batches(X, layer, batch_size: int, device, seed: int = 0, start_batch: int = 0, min_pos: int = 1,
-                 epochs: int | None = None) -> Iterator[torch.Tensor]:
-        """Shuffled batches, endlessly over epochs (or for ``epochs``), resumable at ``start_batch``."""
-        if isinstance(X, ActivationStore):
-            yield from X.stream(layer, batch_size, seed=seed, start_batch=start_batch, min_pos=min_pos,
-                                epochs=epochs, device=device)
-            return
-        x = as_tensor(X)
-        n = len(x)
-        if n == 0:
-            raise SuperposError("cannot fit on zero rows")
-        bs = min(batch_size, n)
-        per_epoch = n // bs
-        epoch, i = divmod(start_batch, per_epoch)
-        while epochs is None or epoch < epochs:
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-            for j in range(i, per_epoch):
-                yield x[perm[j * bs:(j + 1) * bs]].to(device)
-            i = 0
-            epoch += 1
-
-    @staticmethod
-    def _sample(X, layer, n: int, seed: int = 0, min_pos: int = 1) -> torch.Tensor:
-        if isinstance(X, ActivationStore):
-            return torch.from_numpy(X.sample(layer, n, seed=seed, min_pos=min_pos))
-        x = as_tensor(X)
-        if len(x) <= n:
-            return x
-        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-        return x[idx]
-
-    @staticmethod
-    def _n_rows(X, min_pos: int = 1) -> int:
-        return X.n_train_rows(min_pos) if isinstance(X, ActivationStore) else len(X)
 
     # ---------------------------------------------------------------- public API
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:

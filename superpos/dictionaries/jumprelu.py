@@ -80,7 +80,7 @@ class JumpReLUSAE(SparseAutoencoder):
         return {"loss": _reconstruction_terms(x, x_hat) + self.l0_coeff * l0, "x_hat": x_hat.detach(),
                 "l0": l0.item(), "counts": counts}
 
-    def _finish_extra(self, state, X, layer, scale) -> None:
+    def _finish_extra(self, state, src, scale) -> None:
         self.threshold_ = state["log_threshold"].detach().exp() / scale
 
     def _extra_from_fitted(self, scale: float) -> dict[str, torch.Tensor]:

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..errors import SuperposError
-from ..store import ActivationStore
-from .base import BaseDictionary, as_tensor, check_finite, validate_rows
+from .base import BaseDictionary, as_tensor, check_finite
+from .sources import rows_from
 
 EPS = 1e-10
 
@@ -46,14 +46,14 @@ class _FactorisationBase(BaseDictionary):
 
     def fit(self, X, y=None, *, layer: int | None = None):
         """Fit afresh: multiplicative updates in memory for small ``X``, else mini-batch over a stream."""
-        X = validate_rows(X)
-        d = self._d_model_of(X, layer)
+        src = rows_from(X, layer)
+        d = src.d_model
         dev = self._device()
         for name in ("_A", "_B"):  # streaming statistics belong to the dictionary being replaced
             self.__dict__.pop(name, None)
         gen = torch.Generator().manual_seed(self.seed)
-        if not isinstance(X, ActivationStore) and len(X) <= self.batch_size:
-            x = self._prepare(as_tensor(X, dev))
+        if src.in_memory and src.n_rows() <= self.batch_size:
+            x = self._prepare(src.tensor().to(dev))
             check_finite(x, f"{self.kind} input")
             W = self._init_W(x, gen)
             H = self._init_H(x, W)
@@ -63,9 +63,9 @@ class _FactorisationBase(BaseDictionary):
             self._W = W
             self.n_iter_ = self.max_iter
         else:
-            n_rows = self._n_rows(X, self.min_pos)
+            n_rows = src.n_rows(self.min_pos)
             steps = max(1, (self.n_tokens or n_rows) // min(self.batch_size, n_rows))
-            batches = self._batches(X, layer, min(self.batch_size, n_rows), dev, seed=self.seed, min_pos=self.min_pos)
+            batches = src.batches(min(self.batch_size, n_rows), dev, seed=self.seed, min_pos=self.min_pos)
             first = self._prepare(next(batches))
             check_finite(first, f"{self.kind} input")
             W = self._init_W(first, gen)
@@ -94,11 +94,11 @@ class _FactorisationBase(BaseDictionary):
     def partial_fit(self, X, y=None, *, layer: int | None = None):
         """Update the dictionary with one mini-batch pass over ``X``, keeping accumulated statistics; continues
         from the fitted dictionary (after ``fit`` or ``load_dictionary``) when there is one."""
-        X = validate_rows(X)
-        d = self._d_model_of(X, layer)
+        src = rows_from(X, layer)
+        d = src.d_model
         self._check_width(d)
         dev = self._device()
-        for x in self._batches(X, layer, self.batch_size, dev, seed=self.seed, min_pos=self.min_pos, epochs=1):
+        for x in src.batches(self.batch_size, dev, seed=self.seed, min_pos=self.min_pos, epochs=1):
             x = self._prepare(x)
             if not hasattr(self, "_A"):
                 fitted = "W_" in vars(self)

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 
 from ..errors import SuperposError
-from ..store import ActivationStore
-from .base import BaseDictionary, InvalidInputError, as_tensor, check_finite, validate_rows
+from .base import BaseDictionary, InvalidInputError, check_finite
+from .sources import rows_from
 
 
 class PCA(BaseDictionary):
@@ -32,12 +32,12 @@ class PCA(BaseDictionary):
 
     def fit(self, X, y=None, *, layer: int | None = None):
         """Fit afresh (exact SVD in memory; one streaming pass over a store); a later ``partial_fit`` adds rows."""
-        X = validate_rows(X)
+        src = rows_from(X, layer)
         for attr in ("_n", "_sum", "_outer"):
             self.__dict__.pop(attr, None)
-        if isinstance(X, ActivationStore):
-            return self.partial_fit(X, layer=layer)
-        x = as_tensor(X, dtype=torch.float64).numpy()
+        if not src.in_memory:
+            return self._add_rows(src)
+        x = src.tensor(torch.float64).numpy()
         check_finite(torch.from_numpy(x), "PCA input")
         k = self._k(x.shape[1])
         if len(x) < 2:
@@ -52,8 +52,10 @@ class PCA(BaseDictionary):
 
     def partial_fit(self, X, y=None, *, layer: int | None = None):
         """Add ``X``'s rows to the running float64 sums and re-derive the components (continues after ``fit``)."""
-        X = validate_rows(X)
-        d = self._d_model_of(X, layer)
+        return self._add_rows(rows_from(X, layer))
+
+    def _add_rows(self, src) -> "PCA":
+        d = src.d_model
         self._check_width(d)
         k = self._k(d)
         if not hasattr(self, "_n") and "components_" in vars(self):
@@ -61,11 +63,7 @@ class PCA(BaseDictionary):
                                 "adds to; fit() it again on all the rows")
         if not hasattr(self, "_n"):
             self._n, self._sum, self._outer = 0, np.zeros(d), np.zeros((d, d))
-        if isinstance(X, ActivationStore):
-            chunks = (a for _, a in X.iter_rows(layer, self.batch_size, min_pos=self.min_pos))
-        else:
-            chunks = [as_tensor(X, dtype=torch.float64).numpy()]
-        for a in chunks:
+        for a in src.chunks(self.batch_size, min_pos=self.min_pos):
             a = np.asarray(a, dtype=np.float64)
             if not np.isfinite(a).all():
                 raise SuperposError("PCA input contains NaN or inf values")

@@ -70,9 +70,9 @@ class BatchTopKSAE(TopKSAE):  # same parameters as TopK
     def _select(self, pre_BF):
         return select_batch_topk(pre_BF, self.k)
 
-    def _finish_extra(self, state, X, layer, scale) -> None:
+    def _finish_extra(self, state, src, scale) -> None:
         # threshold: the (k·N)-th largest positive pre-activation over a sample → mean L0 = k there
-        sample = self._sample(X, layer, 16384, seed=self.seed + 1, min_pos=self.min_pos).to(self.components_.device)
+        sample = src.sample(16384, seed=self.seed + 1, min_pos=self.min_pos).to(self.components_.device)
         pre = F.relu(self._pre(sample)).reshape(-1)
         kth = min(self.k * sample.shape[0], pre.numel())
         self.threshold_ = pre.topk(kth, sorted=False).values.min().clamp_min(0.0).reshape(1)

@@ -23,7 +23,8 @@ from .. import distributed, interrupts
 from ..errors import SuperposError
 from ..integrity import load_checkpoint
 from ..integrity import save_checkpoint as save_checkpoint_file
-from .base import BaseDictionary, check_finite, validate_rows
+from .base import BaseDictionary, check_finite
+from .sources import RowSource, rows_from
 
 CHECKPOINT = "checkpoint.pt"
 DEFAULT_LR = 2e-3
@@ -131,12 +132,12 @@ class SparseAutoencoder(BaseDictionary):
         the end, and a later ``fit`` with the same parameters resumes it exactly.
         ``callback(step, stats)`` is called at each logging step.
         """
-        X = validate_rows(X)
-        d = self._d_model_of(X, layer)
+        src = rows_from(X, layer)
+        d = src.d_model
         self._check_params(d)
         dev = self._device()
         self._forget_stream()
-        n_rows = self._n_rows(X, self.min_pos)
+        n_rows = src.n_rows(self.min_pos)
         batch = min(self.batch_size, n_rows)
         distributed.check_batch(batch)  # under torchrun the batch is global; each rank trains on a slice
         n_tokens = self.n_tokens or n_rows
@@ -151,9 +152,8 @@ class SparseAutoencoder(BaseDictionary):
                 raise SuperposError(f"checkpoint {ckpt_path} was made with other settings; use another output folder")
             start_step = ckpt["step"]
         if ckpt is None:
-            sample = self._sample(X, layer, 8192, seed=self.seed, min_pos=self.min_pos)
-            check_finite(sample, f"layer {layer} of store {X.path}" if layer is not None and hasattr(X, "path")
-                         else "training data")
+            sample = src.sample(8192, seed=self.seed, min_pos=self.min_pos)
+            check_finite(sample, src.where)
             state = self._init_params(sample, d, dev)
         else:
             state = {k: v.to(dev).requires_grad_(k != "scale") for k, v in ckpt["state"].items()}
@@ -189,7 +189,7 @@ class SparseAutoencoder(BaseDictionary):
 
         scale = float(state["scale"])
         amp = getattr(self, "precision", "float32") == "bfloat16"
-        batches = self._batches(X, layer, batch, dev, seed=self.seed, start_batch=start_step, min_pos=self.min_pos)
+        batches = src.batches(batch, dev, seed=self.seed, start_batch=start_step, min_pos=self.min_pos)
         bar = tqdm(total=total_steps, initial=start_step, desc=f"fit {self.kind}", unit="step", file=sys.stderr,
                    disable=not self.progress or not main_rank, dynamic_ncols=True)
         log_every = max(1, min(50, total_steps // 20))
@@ -250,7 +250,7 @@ class SparseAutoencoder(BaseDictionary):
             raise
         bar.close()
         save_checkpoint(total_steps)
-        self._finish(state, X, layer, scale)
+        self._finish(state, src, scale)
         self.n_iter_ = total_steps
         self.n_tokens_seen_ = total_steps * batch
         self.history_ = history
@@ -283,13 +283,13 @@ class SparseAutoencoder(BaseDictionary):
         Continues from the fitted dictionary when there is one (after ``fit``, ``load_dictionary`` or an earlier
         ``partial_fit``; the optimizer's moments restart after ``fit``/loading), else initialises from ``X``.
         """
-        X = validate_rows(X)
-        d = self._d_model_of(X, layer)
+        src = rows_from(X, layer)
+        d = src.d_model
         self._check_params(d)
         dev = self._device()
         self._check_width(d)
         if not hasattr(self, "_pf_state"):
-            sample = self._sample(X, layer, 8192, seed=self.seed, min_pos=self.min_pos)
+            sample = src.sample(8192, seed=self.seed, min_pos=self.min_pos)
             if "components_" in vars(self):
                 self._pf_state = self._state_from_fitted(dev, sample)
             else:
@@ -298,7 +298,7 @@ class SparseAutoencoder(BaseDictionary):
             self._pf_opt = _adam(self._param_groups(self._pf_state, lr), lr)
             self._pf_fired = torch.zeros(self._pf_state["W_dec"].shape[0], dtype=torch.long, device=dev)
         state, scale = self._pf_state, float(self._pf_state["scale"])
-        for x in self._batches(X, layer, self.batch_size, dev, seed=self.seed, min_pos=self.min_pos, epochs=1):
+        for x in src.batches(self.batch_size, dev, seed=self.seed, min_pos=self.min_pos, epochs=1):
             x = x * scale
             out = self._train_forward(state, x, self._pf_fired >= self.dead_after_tokens)
             self._pf_opt.zero_grad(set_to_none=True)
@@ -309,10 +309,10 @@ class SparseAutoencoder(BaseDictionary):
                 renormalise_decoder_(state["W_dec"])
                 self._pf_fired += x.shape[0]
                 self._pf_fired[out["counts"] > 0] = 0
-        self._finish(state, X, layer, scale)
+        self._finish(state, src, scale)
         return self
 
-    def _finish(self, state: dict, X, layer, scale: float) -> None:
+    def _finish(self, state: dict, src: RowSource, scale: float) -> None:
         """Fold the input scale into the weights (codes and thresholds divide by it) and publish them."""
         self._pre_buffer = None  # the training step's (batch × latents) scratch
         with torch.no_grad():
@@ -321,9 +321,9 @@ class SparseAutoencoder(BaseDictionary):
             self.b_enc_ = state["b_enc"].detach() / scale
             self.b_dec_ = state["b_dec"].detach() / scale
             self.scale_ = torch.tensor(scale)
-            self._finish_extra(state, X, layer, scale)
+            self._finish_extra(state, src, scale)
 
-    def _finish_extra(self, state, X, layer, scale) -> None:
+    def _finish_extra(self, state, src: RowSource, scale) -> None:
         pass
 
     # ---------------------------------------------------------------- inference (raw input space)
