@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +30,7 @@ from .sources import RowSource, rows_from
 CHECKPOINT = "checkpoint.pt"
 DEFAULT_LR = 2e-3
 DENSE_FRACTION = 0.10  # a latent firing on more tokens than this is "dense" (SAEBench)
+_SHOWN = {"loss": ".3g", "fvu": ".3f", "l0": ".1f", "dead": ".2f", "dense": ".2f", "tok_s": ".0f"}  # progress bar
 
 
 def geometric_median(x_ND: torch.Tensor, iters: int = 100, eps: float = 1e-6) -> torch.Tensor:
@@ -55,6 +57,60 @@ def project_decoder_grad_(W_dec_FD: torch.Tensor) -> None:
 def renormalise_decoder_(W_dec_FD: torch.Tensor) -> None:
     """Put every atom back on the unit sphere after the optimizer step (in place)."""
     W_dec_FD /= W_dec_FD.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+@dataclass
+class _TrainRun:
+    """The state of one ``fit``: weights, optimizer, schedule, dead-latent counters, history, and where the run
+    checkpoints; ``step`` counts completed optimizer steps."""
+
+    d: int
+    state: dict[str, torch.Tensor]
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    since_fired: torch.Tensor  # tokens since each latent last fired
+    ckpt_path: Path | None
+    amp: bool
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    window_counts: torch.Tensor | None = None  # firings per latent since the last log line
+
+    @property
+    def scale(self) -> float:
+        """The input scale training runs at (E‖x‖² = d_model after it)."""
+        return float(self.state["scale"])
+
+    def save(self, sae) -> None:
+        """Checkpoint the run (main rank only; nothing without a checkpoint folder)."""
+        if self.ckpt_path is None or not distributed.is_main():
+            return
+        self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint_file({"params": sae.get_params(), "d_model": self.d, "step": self.step,
+                              "state": {k: v.detach().cpu() for k, v in self.state.items()},
+                              "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                              "since_fired": self.since_fired.cpu(), "history": self.history}, self.ckpt_path)
+
+
+@dataclass
+class _Meter:
+    """Tokens and time since the last log line; ``log`` turns a step's outputs into one history row."""
+
+    tokens: int = 0
+    since: float = field(default_factory=time.perf_counter)
+
+    @torch.no_grad()
+    def log(self, sae, run: _TrainRun, out: dict, step: int) -> dict:
+        x = out["x"]
+        now = time.perf_counter()
+        counts = run.window_counts if run.window_counts is not None else torch.zeros_like(run.since_fired)
+        stats = {"step": step, "loss": out["loss"].item(),
+                 "fvu": ((out["x_hat"] - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item(), "l0": out["l0"],
+                 "dead": (run.since_fired >= sae.dead_after_tokens).float().mean().item(),
+                 "dense": (counts > DENSE_FRACTION * self.tokens).float().mean().item(),
+                 "tok_s": self.tokens / (now - self.since)}
+        self.tokens, self.since, run.window_counts = 0, now, None
+        run.history.append(stats)
+        return stats
 
 
 class SparseAutoencoder(BaseDictionary):
@@ -133,30 +189,61 @@ class SparseAutoencoder(BaseDictionary):
         ``callback(step, stats)`` is called at each logging step.
         """
         src = rows_from(X, layer)
-        d = src.d_model
-        self._check_params(d)
+        self._check_params(src.d_model)
         dev = self._device()
         self._forget_stream()
         n_rows = src.n_rows(self.min_pos)
         batch = min(self.batch_size, n_rows)
         distributed.check_batch(batch)  # under torchrun the batch is global; each rank trains on a slice
-        n_tokens = self.n_tokens or n_rows
-        total_steps = max(1, n_tokens // batch)
-        ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
-        main_rank = distributed.is_main()
+        total_steps = max(1, (self.n_tokens or n_rows) // batch)
+        run = self._start_run(src, dev, total_steps, Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None)
+        batches = src.batches(batch, dev, seed=self.seed, start_batch=run.step, min_pos=self.min_pos)
+        bar = tqdm(total=total_steps, initial=run.step, desc=f"fit {self.kind}", unit="step", file=sys.stderr,
+                   disable=not self.progress or not distributed.is_main(), dynamic_ncols=True)
+        log_every = max(1, min(50, total_steps // 20))
+        meter = _Meter()
+        try:
+            with interrupts.deferred():
+                for step in range(run.step, total_steps):
+                    interrupts.check()  # Ctrl-C stops here, between steps
+                    out = self._train_step(run, distributed.shard(next(batches) * run.scale), step, batch)
+                    meter.tokens += batch
+                    if (step + 1) % log_every == 0 or step + 1 == total_steps:
+                        stats = meter.log(self, run, out, step + 1)
+                        bar.set_postfix({k: format(stats[k], f) for k, f in _SHOWN.items()}, refresh=False)
+                        if callback is not None:
+                            callback(step + 1, stats)
+                    bar.update(1)
+                    if run.step % checkpoint_every == 0:
+                        run.save(self)
+        except KeyboardInterrupt:
+            bar.close()
+            run.save(self)  # at the last step the optimizer completed
+            if run.ckpt_path is not None:
+                print(f"\nsuperpos: stopped at step {run.step}; checkpoint saved in {run.ckpt_path.parent}",
+                      file=sys.stderr)
+            raise
+        bar.close()
+        run.save(self)
+        self._finish(run.state, src, run.scale)
+        self.n_iter_ = total_steps
+        self.n_tokens_seen_ = total_steps * batch
+        self.history_ = run.history
+        return self
 
-        start_step, ckpt = 0, None
+    def _start_run(self, src: RowSource, dev, total_steps: int, ckpt_path: Path | None) -> "_TrainRun":
+        """A fresh run initialised from a sample of ``src``, or the one saved in ``ckpt_path`` (same settings)."""
+        d = src.d_model
+        ckpt = None
         if ckpt_path is not None and ckpt_path.exists():
             ckpt = load_checkpoint(ckpt_path, map_location=dev)
             if ckpt["params"] != self.get_params() or ckpt["d_model"] != d:
                 raise SuperposError(f"checkpoint {ckpt_path} was made with other settings; use another output folder")
-            start_step = ckpt["step"]
-        if ckpt is None:
+            state = {k: v.to(dev).requires_grad_(k != "scale") for k, v in ckpt["state"].items()}
+        else:
             sample = src.sample(8192, seed=self.seed, min_pos=self.min_pos)
             check_finite(sample, src.where)
             state = self._init_params(sample, d, dev)
-        else:
-            state = {k: v.to(dev).requires_grad_(k != "scale") for k, v in ckpt["state"].items()}
         lr = self._lr(state["W_dec"].shape[0])
         opt = _adam(self._param_groups(state, lr), lr)
         warm, decay_from = max(1, self.warmup_steps), int(total_steps * (1 - self.decay_frac))
@@ -168,93 +255,40 @@ class SparseAutoencoder(BaseDictionary):
                 return max(0.0, (total_steps - step) / max(1, total_steps - decay_from))
             return 1.0
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        since_fired = torch.zeros(state["W_dec"].shape[0], dtype=torch.long, device=dev)
-        window_counts = torch.zeros_like(since_fired)  # firings per latent since the last log line
-        history: list[dict] = []
+        run = _TrainRun(d=d, state=state, opt=opt, sched=torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+                        since_fired=torch.zeros(state["W_dec"].shape[0], dtype=torch.long, device=dev),
+                        ckpt_path=ckpt_path, amp=getattr(self, "precision", "float32") == "bfloat16")
         if ckpt is not None:
-            opt.load_state_dict(ckpt["opt"])
-            sched.load_state_dict(ckpt["sched"])
-            since_fired = ckpt["since_fired"].to(dev)
-            history = ckpt["history"]
+            run.opt.load_state_dict(ckpt["opt"])
+            run.sched.load_state_dict(ckpt["sched"])
+            run.since_fired = ckpt["since_fired"].to(dev)
+            run.history, run.step = ckpt["history"], ckpt["step"]
+        return run
 
-        def save_checkpoint(step: int) -> None:
-            if ckpt_path is None or not main_rank:
-                return
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint_file({"params": self.get_params(), "d_model": d, "step": step,
-                                  "state": {k: v.detach().cpu() for k, v in state.items()},
-                                  "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                  "since_fired": since_fired.cpu(), "history": history}, ckpt_path)
-
-        scale = float(state["scale"])
-        amp = getattr(self, "precision", "float32") == "bfloat16"
-        batches = src.batches(batch, dev, seed=self.seed, start_batch=start_step, min_pos=self.min_pos)
-        bar = tqdm(total=total_steps, initial=start_step, desc=f"fit {self.kind}", unit="step", file=sys.stderr,
-                   disable=not self.progress or not main_rank, dynamic_ncols=True)
-        log_every = max(1, min(50, total_steps // 20))
-        t_last, tok_last = time.perf_counter(), 0
-        step = start_step
-        try:
-            with interrupts.deferred():
-                for step in range(start_step, total_steps):
-                    interrupts.check()  # Ctrl-C stops here, between steps
-                    x = distributed.shard(next(batches) * scale)
-                    if not torch.isfinite(x).all():
-                        raise SuperposError(f"NaN/inf in training batch at step {step}" + _last_good(ckpt_path))
-                    dead = since_fired >= self.dead_after_tokens
-                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):  # fp32 master weights
-                        out = self._train_forward(state, x, dead)
-                    loss = out["loss"].float()
-                    if not torch.isfinite(loss):
-                        raise SuperposError(f"loss became NaN/inf at step {step}" + _last_good(ckpt_path))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    distributed.average_grads_(state.values())
-                    project_decoder_grad_(state["W_dec"])
-                    opt.step()
-                    sched.step()
-                    with torch.no_grad():
-                        renormalise_decoder_(state["W_dec"])
-                        counts = distributed.all_reduce_(out["counts"].clone())  # firing over the global batch
-                        since_fired += batch
-                        since_fired[counts > 0] = 0
-                        window_counts += counts
-                    tok_last += batch
-                    if (step + 1) % log_every == 0 or step + 1 == total_steps:
-                        with torch.no_grad():
-                            err = (out["x_hat"] - x).pow(2).sum()
-                            var = (x - x.mean(0)).pow(2).sum()
-                            now = time.perf_counter()
-                            stats = {"step": step + 1, "loss": loss.item(), "fvu": (err / var).item(),
-                                     "l0": out["l0"], "dead": (since_fired >= self.dead_after_tokens).float().mean().item(),
-                                     "dense": (window_counts > DENSE_FRACTION * tok_last).float().mean().item(),
-                                     "tok_s": tok_last / (now - t_last)}
-                        t_last, tok_last = now, 0
-                        window_counts.zero_()
-                        history.append(stats)
-                        bar.set_postfix(loss=f"{stats['loss']:.3g}", fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.1f}",
-                                        dead=f"{stats['dead']:.2f}", dense=f"{stats['dense']:.2f}", tok_s=f"{stats['tok_s']:.0f}", refresh=False)
-                        if callback is not None:
-                            callback(step + 1, stats)
-                    bar.update(1)
-                    if (step + 1) % checkpoint_every == 0:
-                        save_checkpoint(step + 1)
-        except KeyboardInterrupt:
-            bar.close()
-            # a step interrupted before the optimizer ran leaves the state at `step`; otherwise at step+1
-            done = step + 1 if sched.last_epoch > step else step
-            save_checkpoint(done)
-            if ckpt_path is not None:
-                print(f"\nsuperpos: stopped at step {done}; checkpoint saved in {ckpt_path.parent}", file=sys.stderr)
-            raise
-        bar.close()
-        save_checkpoint(total_steps)
-        self._finish(state, src, scale)
-        self.n_iter_ = total_steps
-        self.n_tokens_seen_ = total_steps * batch
-        self.history_ = history
-        return self
+    def _train_step(self, run: "_TrainRun", x: torch.Tensor, step: int, batch: int) -> dict:
+        """One optimizer step on the (scaled) batch ``x``; returns the forward's outputs with ``x`` and ``loss``."""
+        if not torch.isfinite(x).all():
+            raise SuperposError(f"NaN/inf in training batch at step {step}" + _last_good(run.ckpt_path))
+        dead = run.since_fired >= self.dead_after_tokens
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=run.amp):  # fp32 master weights
+            out = self._train_forward(run.state, x, dead)
+        loss = out["loss"].float()
+        if not torch.isfinite(loss):
+            raise SuperposError(f"loss became NaN/inf at step {step}" + _last_good(run.ckpt_path))
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.average_grads_(run.state.values())
+        project_decoder_grad_(run.state["W_dec"])
+        run.opt.step()
+        run.sched.step()
+        run.step = step + 1
+        with torch.no_grad():
+            renormalise_decoder_(run.state["W_dec"])
+            counts = distributed.all_reduce_(out["counts"].clone())  # firing over the global batch
+            run.since_fired += batch
+            run.since_fired[counts > 0] = 0
+            run.window_counts = counts if run.window_counts is None else run.window_counts + counts
+        return {**out, "x": x, "loss": loss}
 
     def _forget_stream(self) -> None:
         for name in ("_pf_state", "_pf_opt", "_pf_fired"):
