@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from superpos.hypotheses.lenses import TunedLens, compare_lenses, lens_logits, unembed
-from superpos.hypotheses.repurposing import RepurposingConfig, off_output_part, run, shuffle_contexts
+from superpos.hypotheses.repurposing import RepurposingConfig, run
+from superpos.hypotheses.token_stats import off_output_part, shuffle_contexts
 from superpos.models import load_model
 from superpos.residuals import sample_residuals
 from superpos.stats import cluster_bootstrap_mean

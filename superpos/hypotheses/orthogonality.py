@@ -40,11 +40,7 @@ def _summary(values: np.ndarray, n_boot: int, seed: int) -> Summary:
 
 def run(cfg: OrthogonalityConfig) -> OrthogonalityResult:
     """``superpos run orthogonality``: embedding geometry, the dictionary-size sweep, the verdict and report."""
-    from ..dictionaries.fitting import fit_dictionary
-    from ..dictionaries import PCA, load_dictionary
-    from ..dictionaries.io import CONFIG
     from ..harvest import HarvestConfig, harvest
-    from ..metrics import reconstruction_metrics
     from ..models import load_model
     from ..store import ActivationStore
     from .reports.orthogonality import write_report
@@ -67,16 +63,40 @@ def run(cfg: OrthogonalityConfig) -> OrthogonalityResult:
     W_E = lm.W_E_VD.detach().float().cpu().numpy()
     W_U = lm.W_U_VD.detach().float().cpu().numpy()
     tied = W_E.shape == W_U.shape and np.array_equal(W_E, W_U)
+    tokens, capacity, maxcos = token_geometry(W_E, None if tied else W_U, cfg)
 
-    # (a) token directions -------------------------------------------------------------------------
+    if cfg.store:
+        store_path = Path(cfg.store)
+    else:
+        store_path = out / "acts.h5"
+        harvest(HarvestConfig(model=cfg.model, layers=str(layer), tokens=cfg.harvest_tokens, device=cfg.device),
+                store_path, lm=lm)
+    with ActivationStore(store_path) as store:  # a given --store was checked on entry; harvest checks its own
+        store_info, pca_fvu, sweep, atoms = dictionary_sweep(store, layer, out / "dicts", cfg)
+        split = store.split_row(0.9)
+        alignment = atom_alignment(atoms, W_E, store.restrict(0, split), layer, max(cfg.expansions), cfg)
+    res = OrthogonalityResult(config=cfg, model=lm.name, d_model=d, layer=layer, tied_embeddings=tied, tokens=tokens,
+                              tokens_theory_median=g.expected_max_abs_cos(len(W_E), d), capacity=capacity,
+                              store=store_info, pca_fvu=pca_fvu, sweep=sweep, alignment=alignment)
+    res.verdict = verdict(res)
+    res.timings["total_s"] = time.perf_counter() - t_start
+    res.save(out)
+    write_report(res, maxcos, out)
+    return res
+
+
+def token_geometry(W_E: np.ndarray, W_U: np.ndarray | None,
+                   cfg: OrthogonalityConfig) -> tuple[dict[str, TokenSet], Capacity, dict[str, np.ndarray]]:
+    """(a) Each token vector's max |cos| to the others (embedding, unembedding when untied, each raw and
+    mean-centred, and a Gaussian null of the same size) and greedy ε-packings of a subsample; also returns the
+    raw max |cos| values per set (for the report's histogram)."""
+    n_vocab, d = W_E.shape
     sets = {"embedding": W_E, "embedding (centred)": W_E - W_E.mean(0)}
-    if not tied:
+    if W_U is not None:
         sets.update({"unembedding": W_U, "unembedding (centred)": W_U - W_U.mean(0)})
-    n_vocab = len(W_E)
-    null = g.gaussian_null(n_vocab, d, seed=cfg.seed)
-    tokens = {}
-    maxcos = {}
-    for name, V in {**sets, "random null": null}.items():
+    sets["random null"] = g.gaussian_null(n_vocab, d, seed=cfg.seed)
+    tokens, maxcos = {}, {}
+    for name, V in sets.items():
         t0 = time.perf_counter()
         mc = g.max_abs_cos(V).value
         secs = time.perf_counter() - t0
@@ -86,61 +106,58 @@ def run(cfg: OrthogonalityConfig) -> OrthogonalityResult:
     sub = np.random.default_rng(cfg.seed).choice(n_vocab, size=min(cfg.capacity_sample, n_vocab), replace=False)
     capacity = Capacity(eps=list(cfg.eps_grid), n_candidates=len(sub),
                         random_code_bound=g.random_code_size(d, cfg.eps_grid).tolist(), kept={})
-    for name, V in {**sets, "random null": null}.items():
+    for name, V in sets.items():
         caps = g.greedy_capacity(V[sub], cfg.eps_grid, seed=cfg.seed)
         capacity.kept[name] = caps.tolist()
         _say(f"capacity {name}: {dict(zip(cfg.eps_grid, caps.tolist()))}")
+    return tokens, capacity, maxcos
 
-    # (b) dictionaries of growing size ---------------------------------------------------------------
-    if cfg.store:
-        store_path = Path(cfg.store)
-    else:
-        store_path = out / "acts.h5"
-        harvest(HarvestConfig(model=cfg.model, layers=str(layer), tokens=cfg.harvest_tokens, device=cfg.device),
-                store_path, lm=lm)
-    with ActivationStore(store_path) as store:  # a given --store was checked on entry; harvest checks its own
-        split = store.split_row(0.9)
-        holdout = store.restrict(split, store.n_rows)
-        store_info = StoreInfo(path=str(store_path), rows=store.n_rows, holdout_rows=store.n_rows - split)
-        pca = PCA(n_components=cfg.k).fit(store.restrict(0, split), layer=layer)
-        pca_fvu = reconstruction_metrics(pca, holdout, layer, progress=False).fvu
-        sweep = []
-        largest = None
-        for e in sorted(cfg.expansions):
-            folder = out / "dicts" / f"topk_x{e}"
-            if not (folder / CONFIG).exists():
-                fit_dictionary(store_path, layer, "topk", folder, {"expansion": float(e), "k": cfg.k,
-                               "n_tokens": cfg.fit_tokens, "seed": cfg.seed}, device=cfg.device)
-            sae = load_dictionary(folder, device=cfg.device)
-            ev = reconstruction_metrics(sae, holdout, layer, progress=False)
-            atoms = sae.components_.detach().cpu().numpy()
-            mc = g.max_abs_cos(atoms).value
-            null_mc = g.max_abs_cos(g.gaussian_null(len(atoms), d, seed=cfg.seed + e)).value
-            row = SweepPoint(expansion=e, n_atoms=len(atoms), fvu=ev.fvu, l0=ev.l0, dead=ev.dead_fraction,
-                             max_abs_cos=_summary(mc, cfg.n_boot, cfg.seed), null_median=float(np.median(null_mc)),
-                             theory_median=g.expected_max_abs_cos(len(atoms), d),
-                             frac_above_0_9=float((mc > 0.9).mean()))
-            sweep.append(row)
-            _say(f"{e}×: FVU {ev.fvu:.4f}, median max|cos| {row.max_abs_cos.median:.3f} (null {row.null_median:.3f})")
-            largest = (e, atoms, mc)
 
-        # (c) atoms vs token embeddings ----------------------------------------------------------------
-        e, atoms, _ = largest
-        best = g.best_abs_cos(atoms, W_E)
-        sample = store.restrict(0, split).sample(layer, 20000, seed=cfg.seed)
-        cov = np.cov(sample, rowvar=False)
-        rng = np.random.default_rng(cfg.seed)
-        null_dirs = rng.multivariate_normal(np.zeros(d), cov, size=len(atoms)).astype(np.float32)
-        best_null = g.best_abs_cos(null_dirs, W_E)
-        diff = bootstrap_ci(lambda a, b: np.median(a) - np.median(b), best, best_null, n_boot=cfg.n_boot, seed=cfg.seed)
-        alignment = Alignment(expansion=e, atoms=_summary(best, cfg.n_boot, cfg.seed),
-                              null=_summary(best_null, cfg.n_boot, cfg.seed), median_diff=list(diff),
-                              frac_atoms_above_null_p99=float((best > np.quantile(best_null, 0.99)).mean()))
-    res = OrthogonalityResult(config=cfg, model=lm.name, d_model=d, layer=layer, tied_embeddings=tied, tokens=tokens,
-                              tokens_theory_median=g.expected_max_abs_cos(n_vocab, d), capacity=capacity,
-                              store=store_info, pca_fvu=pca_fvu, sweep=sweep, alignment=alignment)
-    res.verdict = verdict(res)
-    res.timings["total_s"] = time.perf_counter() - t_start
-    res.save(out)
-    write_report(res, maxcos, out)
-    return res
+def dictionary_sweep(store, layer: int, folder: Path,
+                     cfg: OrthogonalityConfig) -> tuple[StoreInfo, float, list[SweepPoint], np.ndarray]:
+    """(b) TopK SAEs of growing size on the first 90% of contexts (fitted once into ``folder``, reused after),
+    scored on the rest, with their atoms' max |cos| against a Gaussian null; PCA at equal L0 as the baseline.
+    Returns the store info, PCA's FVU, the sweep and the largest dictionary's atoms."""
+    from ..dictionaries import PCA, load_dictionary
+    from ..dictionaries.fitting import fit_dictionary
+    from ..dictionaries.io import CONFIG
+    from ..metrics import reconstruction_metrics
+
+    split = store.split_row(0.9)
+    holdout = store.restrict(split, store.n_rows)
+    info = StoreInfo(path=str(store.path), rows=store.n_rows, holdout_rows=store.n_rows - split)
+    pca = PCA(n_components=cfg.k).fit(store.restrict(0, split), layer=layer)
+    pca_fvu = reconstruction_metrics(pca, holdout, layer, progress=False).fvu
+    sweep, atoms = [], None
+    for e in sorted(cfg.expansions):
+        where = folder / f"topk_x{e}"
+        if not (where / CONFIG).exists():
+            fit_dictionary(store.path, layer, "topk", where, {"expansion": float(e), "k": cfg.k,
+                           "n_tokens": cfg.fit_tokens, "seed": cfg.seed}, device=cfg.device)
+        sae = load_dictionary(where, device=cfg.device)
+        ev = reconstruction_metrics(sae, holdout, layer, progress=False)
+        atoms = sae.components_.detach().cpu().numpy()
+        mc = g.max_abs_cos(atoms).value
+        null_mc = g.max_abs_cos(g.gaussian_null(len(atoms), store.d_model, seed=cfg.seed + e)).value
+        row = SweepPoint(expansion=e, n_atoms=len(atoms), fvu=ev.fvu, l0=ev.l0, dead=ev.dead_fraction,
+                         max_abs_cos=_summary(mc, cfg.n_boot, cfg.seed), null_median=float(np.median(null_mc)),
+                         theory_median=g.expected_max_abs_cos(len(atoms), store.d_model),
+                         frac_above_0_9=float((mc > 0.9).mean()))
+        sweep.append(row)
+        _say(f"{e}×: FVU {ev.fvu:.4f}, median max|cos| {row.max_abs_cos.median:.3f} (null {row.null_median:.3f})")
+    return info, pca_fvu, sweep, atoms
+
+
+def atom_alignment(atoms: np.ndarray, W_E: np.ndarray, train, layer: int, expansion: int,
+                   cfg: OrthogonalityConfig) -> Alignment:
+    """(c) Each atom's best |cos| to any token embedding, against random directions drawn with the layer's
+    covariance (from 20,000 training rows)."""
+    best = g.best_abs_cos(atoms, W_E)
+    cov = np.cov(train.sample(layer, 20000, seed=cfg.seed), rowvar=False)
+    rng = np.random.default_rng(cfg.seed)
+    null_dirs = rng.multivariate_normal(np.zeros(len(cov)), cov, size=len(atoms)).astype(np.float32)
+    best_null = g.best_abs_cos(null_dirs, W_E)
+    diff = bootstrap_ci(lambda a, b: np.median(a) - np.median(b), best, best_null, n_boot=cfg.n_boot, seed=cfg.seed)
+    return Alignment(expansion=expansion, atoms=_summary(best, cfg.n_boot, cfg.seed),
+                     null=_summary(best_null, cfg.n_boot, cfg.seed), median_diff=list(diff),
+                     frac_atoms_above_null_p99=float((best > np.quantile(best_null, 0.99)).mean()))

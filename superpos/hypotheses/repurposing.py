@@ -33,12 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError, SuperposError
 from ..stats import cluster_band, cluster_interval
 from .configs import RepurposingConfig
 from .results import DictionaryView, GroupSizes, PairedTokens, RepurposingResult
+from .token_stats import token_groups, token_statistics
 
 CONTROLS = ("none", "positive", "negative")
 
@@ -99,154 +99,13 @@ def planted_control(lm, kind: str, alpha: float = 1.0, seed: int = 0):
 
 
 # ------------------------------------------------------------------------------------------------------
-# statistics
-# ------------------------------------------------------------------------------------------------------
-def token_groups(final_logp_PV: torch.Tensor, unlikely: float, likely: float, recent_PK: np.ndarray):
-    """Boolean (P, V) masks: near-impossible (recent input tokens removed) and likely."""
-    p = final_logp_PV.exp()
-    U = p < unlikely
-    L = p >= likely
-    rows = np.repeat(np.arange(len(recent_PK)), recent_PK.shape[1])
-    cols = recent_PK.reshape(-1)
-    ok = cols >= 0
-    U[torch.from_numpy(rows[ok]), torch.from_numpy(cols[ok])] = False
-    return U, L
-
-
-def _null_scale(dirs_VD: torch.Tensor, cov_DD: torch.Tensor) -> torch.Tensor:
-    """σ_t = sqrt(dᵀ Σ d) for every direction (the null SD of a projection on it)."""
-    return ((dirs_VD @ cov_DD) * dirs_VD).sum(1).clamp_min(1e-12).sqrt()
-
-
-def _masked_max(z: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return z.masked_fill(~mask, float("-inf")).max(1)
-
-
-def _covariance(X_PD: torch.Tensor) -> torch.Tensor:
-    """Covariance of centred rows, with a tiny ridge."""
-    P, D = X_PD.shape
-    cov = X_PD.T @ X_PD / max(1, P - 1)
-    return cov + torch.eye(D, device=X_PD.device) * (1e-6 * cov.diagonal().mean().clamp_min(1e-12))
-
-
-def _gaussian(E_PD: torch.Tensor, cov_DD: torch.Tensor) -> torch.Tensor:
-    """Rows E Lᵀ with L Lᵀ = Σ: Gaussian with covariance Σ from standard normals E. Cholesky (float64); when
-    the covariance is too badly conditioned for it (massive activations plus a planted control can do that),
-    the eigen square root, which gives the same distribution."""
-    try:
-        return E_PD @ torch.linalg.cholesky(cov_DD.double()).float().T
-    except torch.linalg.LinAlgError:
-        evals, evecs = torch.linalg.eigh(cov_DD.double())
-        return (E_PD.double() @ (evecs * evals.clamp_min(0).sqrt()).T).float()
-
-
-def off_output_part(R_PD: torch.Tensor, final_PD: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
-    """The part of a layer's residual that the final residual does not predict linearly (centred).
-
-    Least squares ``R ≈ [final, 1] A`` (ridge-regularised) over the sample; what is left is what this
-    layer carries that is gone, or rotated away, by the output — where repurposed directions must live.
-    """
-    X = torch.cat([final_PD, torch.ones(len(final_PD), 1, dtype=final_PD.dtype, device=final_PD.device)], 1)
-    gram = X.T @ X
-    gram = gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
-    A = torch.linalg.solve(gram, X.T @ R_PD)
-    return R_PD - X @ A
-
-
-def layer_stats(R_PD: torch.Tensor, final_PD: torch.Tensor | None, U_PV: torch.Tensor, L_PV: torch.Tensor,
-                tok_VD: torch.Tensor, rand_VD: torch.Tensor, shuffle: np.ndarray, z_high: float, seed: int,
-                lens_fn=None, likely: float = 1e-2, chunk: int = 512) -> dict[str, np.ndarray]:
-    """Every per-position statistic of one layer (see the module docstring).
-
-    The repurposing statistics (peak*, n_high*, top_token) use the off-output part of the residual
-    (``off_output_part(R, final)``; the raw centred residual when ``final_PD`` is None). ``raw_z`` and the
-    per-token sums (``tok_*``, length V, for the paired null) use the raw centred residual.
-    ``shuffle[p]`` is the position whose groups are paired with residual p in the shuffled null;
-    ``lens_fn(h_PD) -> log-probs`` adds the lens view.
-    """
-    P, D = R_PD.shape
-    dev = tok_VD.device
-    R = R_PD.to(dev, torch.float32)
-    mu = R.mean(0)
-    Xraw = R - mu
-    X = Xraw if final_PD is None else off_output_part(Xraw.double(), final_PD.to(dev).double()).float()
-    cov, cov_raw = _covariance(X), _covariance(Xraw)
-    gen = torch.Generator().manual_seed(seed)
-    E = torch.randn(P, D, generator=gen).to(dev)
-    G = _gaussian(E, cov)  # Gaussian null of X
-    G_raw = _gaussian(E, cov_raw)  # Gaussian null of the raw residual (lens view)
-    sig_tok, sig_rand, sig_raw = _null_scale(tok_VD, cov), _null_scale(rand_VD, cov), _null_scale(tok_VD, cov_raw)
-    names = ("peak", "peak_G", "peak_Q", "peak_GQ", "peak_S", "n_high", "n_high_G", "n_high_Q", "raw_z",
-             "lens_hits", "lens_hits_G", "lens_hits_S")
-    out = {k: np.zeros(P) for k in names}
-    out["top_token"] = np.zeros(P, dtype=np.int64)
-    V = tok_VD.shape[0]
-    sums = {k: torch.zeros(V, dtype=torch.float64) for k in ("tok_sum_U", "tok_cnt_U", "tok_sum_L", "tok_cnt_L")}
-    inv = np.argsort(shuffle)  # inverse permutation: the position whose groups pair with each residual
-    for i in range(0, P, chunk):
-        sl = slice(i, min(P, i + chunk))
-        U = U_PV[sl].to(dev)
-        U_shuf = U_PV[torch.from_numpy(inv[sl])].to(dev)  # groups of the position paired with these residuals
-        z = (X[sl] @ tok_VD.T) / sig_tok
-        zg = (G[sl] @ tok_VD.T) / sig_tok
-        zq = (X[sl] @ rand_VD.T) / sig_rand
-        zgq = (G[sl] @ rand_VD.T) / sig_rand
-        peak, top = _masked_max(z, U)
-        out["peak"][sl], out["top_token"][sl] = peak.cpu().numpy(), top.cpu().numpy()
-        for name, zz, mask in (("peak_G", zg, U), ("peak_Q", zq, U), ("peak_GQ", zgq, U), ("peak_S", z, U_shuf)):
-            out[name][sl] = _masked_max(zz, mask)[0].cpu().numpy()
-        for name, zz in (("n_high", z), ("n_high_G", zg), ("n_high_Q", zq)):
-            out[name][sl] = ((zz > z_high) & U).sum(1).cpu().numpy()
-        z_raw = (Xraw[sl] @ tok_VD.T) / sig_raw
-        out["raw_z"][sl] = z_raw.gather(1, top[:, None])[:, 0].cpu().numpy()
-        Lm = L_PV[sl].to(dev)
-        sums["tok_sum_U"] += (z_raw * U).sum(0).double().cpu()
-        sums["tok_cnt_U"] += U.sum(0).double().cpu()
-        sums["tok_sum_L"] += (z_raw * Lm).sum(0).double().cpu()
-        sums["tok_cnt_L"] += Lm.sum(0).double().cpu()
-        if lens_fn is not None:
-            hit = lens_fn(R[sl]) >= np.log(likely)
-            out["lens_hits"][sl] = (hit & U).sum(1).cpu().numpy()
-            out["lens_hits_S"][sl] = (hit & U_shuf).sum(1).cpu().numpy()
-            out["lens_hits_G"][sl] = ((lens_fn(G_raw[sl] + mu) >= np.log(likely)) & U).sum(1).cpu().numpy()
-    out.update({k: v.numpy() for k, v in sums.items()})
-    return out
-
-
-def final_raw_z(R_final_PD: torch.Tensor, tok_VD: torch.Tensor, tokens_PK: np.ndarray) -> np.ndarray:
-    """Standardised raw projection at the last layer of given tokens (P, K) — where each went by the output."""
-    dev = tok_VD.device
-    R = R_final_PD.to(dev, torch.float32)
-    X = R - R.mean(0)
-    sig = _null_scale(tok_VD, _covariance(X))
-    idx = torch.from_numpy(tokens_PK).to(dev)
-    proj = torch.einsum("pd,pkd->pk", X, tok_VD[idx])
-    return (proj / sig[idx]).cpu().numpy()
-
-
-def paired_token_means(st: dict, min_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """For tokens seen both likely and near-impossible: (mean z when near-impossible, mean z when likely)."""
-    ok = (st["tok_cnt_U"] >= min_count) & (st["tok_cnt_L"] >= min_count)
-    return st["tok_sum_U"][ok] / st["tok_cnt_U"][ok], st["tok_sum_L"][ok] / st["tok_cnt_L"][ok]
-
-
-def shuffle_contexts(ctx_P: np.ndarray) -> np.ndarray:
-    """For each position, the same slot of the next context (positions come grouped by context, k each)."""
-    k = int((ctx_P == ctx_P[0]).sum())
-    perm = (np.arange(len(ctx_P)) + k) % len(ctx_P)
-    if np.any(ctx_P[perm] == ctx_P):
-        raise SuperposError("the shuffled-context null needs at least 2 contexts with equal position counts")
-    return perm
-
-
-# ------------------------------------------------------------------------------------------------------
 # the experiment
 # ------------------------------------------------------------------------------------------------------
 def run(cfg: RepurposingConfig) -> RepurposingResult:
     """``superpos run repurposing``: the per-layer effect with its nulls, the lens view, the verdict and report."""
     from ..models import load_model
     from ..residuals import contexts_from_corpus, sample_residuals
-    from .lenses import TunedLens, compare_lenses, final_logprobs, lens_logits
+    from .lenses import TunedLens, compare_lenses, final_logprobs
     from .reports.repurposing import write_report
     from .verdicts import repurposing as verdict
 
@@ -283,45 +142,9 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
     del logp
     group_sizes = GroupSizes(near_impossible_mean=float(U.sum(1).float().mean()),
                              likely_mean=float(L.sum(1).float().mean()), vocab=int(U.shape[1]))
-    W_U = lm.W_U_VD.detach().float()
-    tok_VD = W_U / W_U.norm(dim=1, keepdim=True)
-    rand_VD = torch.randn(tok_VD.shape, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(tok_VD.device)
-    rand_VD = rand_VD / rand_VD.norm(dim=1, keepdim=True)
-    shuffle = shuffle_contexts(sample.ctx_P)
-    per_layer: dict[str, list] = {}
-    paired = {"unlikely": [], "likely": []}
-    from tqdm import tqdm
-
-    n = lm.n_layers
-    final_PD = sample.at(n)
-    for j, layer in enumerate(tqdm(sample.layers, desc="layers", file=sys.stderr)):
-        def lens_fn(h, layer=layer):
-            with torch.no_grad():
-                return F.log_softmax(lens_logits(lm, h, layer, lens), -1)
-        st = layer_stats(sample.resid_LPD[j], final_PD if layer < n else None, U, L, tok_VD, rand_VD, shuffle,
-                         cfg.z_high, cfg.seed + layer, lens_fn=lens_fn, likely=cfg.likely)
-        for k, v in st.items():
-            if not k.startswith("tok_"):
-                per_layer.setdefault(k, []).append(v)
-        u, li = paired_token_means(st)
-        paired["unlikely"].append(u)
-        paired["likely"].append(li)
+    ts = token_statistics(lm, sample, U, L, lens, cfg)
     timings["token_stats_s"] = time.perf_counter() - t0
-    arr = {k: np.stack(v, 1) for k, v in per_layer.items()}  # (P, layers)
-    arr["final_z"] = final_raw_z(final_PD, tok_VD, arr.pop("top_token"))
-    ctx = sample.ctx_P
-    off = [i for i, layer in enumerate(sample.layers) if layer < n]  # the off-output statistics need layer < n
-    effect = (arr["peak"] - arr["peak_G"]) - (arr["peak_Q"] - arr["peak_GQ"])
-    curves = {
-        "effect": effect[:, off],
-        "excess_tokens": (arr["peak"] - arr["peak_G"])[:, off],
-        "excess_random_dirs": (arr["peak_Q"] - arr["peak_GQ"])[:, off],
-        "matched_minus_shuffled": (arr["peak"] - arr["peak_S"])[:, off],
-        **{k: arr[k][:, off] for k in ("peak", "peak_G", "peak_Q", "peak_S", "n_high", "n_high_G", "n_high_Q")},
-        "raw_z": arr["raw_z"][:, off], "final_z": arr["final_z"][:, off],
-        "drop": (arr["raw_z"] - arr["final_z"])[:, off],
-        "lens_hits": arr["lens_hits"], "lens_hits_G": arr["lens_hits_G"], "lens_hits_S": arr["lens_hits_S"],
-    }
+    ctx, paired = sample.ctx_P, ts.paired
     paired_tokens = PairedTokens(
         n_tokens=[len(u) for u in paired["unlikely"]],
         unlikely=[cluster_interval(u, np.arange(len(u)), n_boot=cfg.n_boot, seed=cfg.seed) for u in paired["unlikely"]],
@@ -330,12 +153,12 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
         config=cfg, model=lm.name, timings=timings, n_layers=lm.n_layers, d_model=lm.d_model,
         n_positions=sample.n_positions, n_contexts=int(len(np.unique(ctx))),
         control_layers=list(control_layers(lm.n_layers)), lenses=lenses, group_sizes=group_sizes,
-        layers=sample.layers, off_layers=[sample.layers[i] for i in off],
-        curves={k: cluster_band(v, ctx, n_boot=cfg.n_boot, seed=cfg.seed) for k, v in curves.items()},
-        null_peak_sd=arr["peak_G"][:, off].std(0).tolist(), paired_tokens=paired_tokens)
+        layers=sample.layers, off_layers=ts.off_layers,
+        curves={k: cluster_band(v, ctx, n_boot=cfg.n_boot, seed=cfg.seed) for k, v in ts.curves.items()},
+        null_peak_sd=ts.null_peak_sd, paired_tokens=paired_tokens)
     res.verdict = verdict(res)
     if dictionary is not None:
-        res.dictionary = dictionary_alignment(dictionary, sample, U, L, tok_VD, shuffle, cfg)
+        res.dictionary = dictionary_alignment(dictionary, sample, U, L, ts.tok_VD, ts.shuffle, cfg)
     res.timings["total_s"] = time.perf_counter() - t_start
     res.save(out)
     write_report(res, out)

@@ -7,21 +7,19 @@ import numpy as np
 
 from ...report import Report, band
 from ...results import Band
-from ..results import RepurposingResult
+from ..results import DictionaryView, RepurposingResult
 from .lenses import add_lens_section
 
 
 def write_report(res: RepurposingResult, out: Path) -> Path:
     """report.md/.html and figures of a repurposing run."""
-    import matplotlib.pyplot as plt
-
     cfg = res.config
     title = f"Unlikely-token repurposing — {res.model}"
     if cfg.control != "none":
         title += f" ({cfg.control} control)"
     rep = Report(title)
     rep.verdict(res.verdict)
-    x, xo, C = res.layers, res.off_layers, res.curves
+    x = res.layers
     rep.heading("Setup")
     g = res.group_sizes
     rep.text(f"{res.n_positions:,} positions from {res.n_contexts} contexts of {cfg.context_length} tokens "
@@ -36,6 +34,22 @@ def write_report(res: RepurposingResult, out: Path) -> Path:
                      else "a random non-token direction")
         rep.text(f"Control: every position ≥ 1 gets {cfg.control_alpha:g} × |r| along {direction} added at residual "
                  f"layer {a} and subtracted at layer {b}.")
+    _effect_section(rep, res)
+    _paired_section(rep, res)
+    rep.heading("Lens view")
+    add_lens_section(rep, res.lenses, res.layers)
+    _lens_hits_figure(rep, res)
+    if res.dictionary is not None:
+        _dictionary_section(rep, res.dictionary)
+    rep.reproduce("repurposing", cfg)
+    return rep.save(out)
+
+
+def _effect_section(rep: Report, res: RepurposingResult) -> None:
+    """The effect per layer: figure, table, and the statistic with its nulls / counts / rise and fall."""
+    import matplotlib.pyplot as plt
+
+    cfg, xo, C = res.config, res.off_layers, res.curves
     rep.heading("Effect per layer")
     rep.text("Statistics on the off-output part of each layer's residual (what the final residual does not "
              "predict linearly; the last layer has none, so it is left out here).")
@@ -73,7 +87,13 @@ def write_report(res: RepurposingResult, out: Path) -> Path:
                "tokens the stream pushes toward beyond z_high. Right: rise and fall — the favoured near-impossible "
                "token's projection at its layer and at the output")
 
-    pt = res.paired_tokens
+
+
+def _paired_section(rep: Report, res: RepurposingResult) -> None:
+    """The same tokens where near-impossible vs where likely."""
+    import matplotlib.pyplot as plt
+
+    x, pt = res.layers, res.paired_tokens
     fig, ax = plt.subplots(figsize=(8, 4))
     for ivs, label in ((pt.unlikely, "same tokens where near-impossible"), (pt.likely, "same tokens where likely")):
         band(ax, x, Band([v.mean for v in ivs], [v.lo for v in ivs], [v.hi for v in ivs]), label)
@@ -83,8 +103,13 @@ def write_report(res: RepurposingResult, out: Path) -> Path:
     rep.figure(fig, "paired_tokens.png", f"Paired per-token view over the tokens that are likely somewhere in the "
                f"sample (≈{int(np.median(pt.n_tokens))} tokens): their mean z where near-impossible vs where likely")
 
-    rep.heading("Lens view")
-    add_lens_section(rep, res.lenses, x)
+
+
+def _lens_hits_figure(rep: Report, res: RepurposingResult) -> None:
+    """Tokens the lens calls likely mid-stack that are near-impossible at the output, against the nulls."""
+    import matplotlib.pyplot as plt
+
+    cfg, x, C = res.config, res.layers, res.curves
     fig, ax = plt.subplots(figsize=(8, 4))
     for key, label in (("lens_hits", "real"), ("lens_hits_S", "shuffled contexts"), ("lens_hits_G", "Gaussian null")):
         band(ax, x, C[key], label)
@@ -92,16 +117,14 @@ def write_report(res: RepurposingResult, out: Path) -> Path:
     ax.legend(fontsize=8)
     rep.figure(fig, "lens_hits.png", "Tokens the tuned lens calls likely mid-stack that are near-impossible at the output")
 
-    if res.dictionary is not None:
-        d = res.dictionary
-        rep.heading("Dictionary view")
-        rep.text(f"Dictionary at layer {d.layer}: {d.token_aligned_atoms:,} of {d.n_atoms:,} atoms have "
-                 f"|cos| ≥ {d.min_cos} with some token; {d.mean_active_aligned:.2f} of them are active per position.")
-        if d.near_impossible is not None:
-            keys = ("near_impossible", "near_impossible_shuffled", "likely", "likely_shuffled",
-                    "near_impossible_minus_shuffled")
-            rep.table(["share of active token-aligned atoms whose token is…", "mean", "95% CI"],
-                      [[k, getattr(d, k).mean[0], f"{getattr(d, k).lo[0]:.4f}–{getattr(d, k).hi[0]:.4f}"]
-                       for k in keys])
-    rep.reproduce("repurposing", cfg)
-    return rep.save(out)
+
+def _dictionary_section(rep: Report, d: DictionaryView) -> None:
+    """Shares of active token-aligned atoms pointing at near-impossible / likely tokens, vs shuffled contexts."""
+    rep.heading("Dictionary view")
+    rep.text(f"Dictionary at layer {d.layer}: {d.token_aligned_atoms:,} of {d.n_atoms:,} atoms have "
+             f"|cos| ≥ {d.min_cos} with some token; {d.mean_active_aligned:.2f} of them are active per position.")
+    if d.near_impossible is not None:
+        keys = ("near_impossible", "near_impossible_shuffled", "likely", "likely_shuffled",
+                "near_impossible_minus_shuffled")
+        rep.table(["share of active token-aligned atoms whose token is…", "mean", "95% CI"],
+                  [[k, getattr(d, k).mean[0], f"{getattr(d, k).lo[0]:.4f}–{getattr(d, k).hi[0]:.4f}"] for k in keys])
