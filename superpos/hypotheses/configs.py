@@ -105,8 +105,8 @@ class RepurposingConfig:
 
 
 @dataclass
-class ProbeConfig:
-    """Linear probes for the input (and previous) token by depth, and the probe against the embedding."""
+class _ProbeSettings:
+    """What probes and lookahead probes share: the sample and the ridge probes."""
 
     model: str | None = _model()
     corpus: str | None = _corpus()
@@ -116,6 +116,12 @@ class ProbeConfig:
     n_classes: int = setting(1024, "probe the N most frequent tokens (coverage is reported)", parse="positive_int",
                              flag="classes")
     ridge: float = setting(1e-2, "ridge strength", parse="positive_float")
+
+
+@dataclass
+class ProbeConfig(_ProbeSettings):
+    """Linear probes for the input (and previous) token by depth, and the probe against the embedding."""
+
     offsets: list[int] = setting(help="target token offsets from the probed position (0 = current, -1 = previous)",
                                  parse="offset_list", factory=lambda: [0, -1])
     n_shuffle: int = setting(100, "shuffled-token permutations for the chance level", parse="positive_int")
@@ -126,17 +132,9 @@ class ProbeConfig:
 
 
 @dataclass
-class LookaheadConfig:
+class LookaheadConfig(_ProbeSettings):
     """Probes at position i for the tokens at i+1, i+2, i+3, against current-token baselines."""
 
-    model: str | None = _model()
-    corpus: str | None = _corpus()
-    contexts: int = setting(96, "contexts to read", parse="positive_int")
-    context_length: int = setting(256, "tokens per context", parse="positive_int")
-    per_context: int = setting(96, "positions sampled per context", parse="positive_int")
-    n_classes: int = setting(1024, "probe the N most frequent tokens (coverage is reported)", parse="positive_int",
-                             flag="classes")
-    ridge: float = setting(1e-2, "ridge strength", parse="positive_float")
     offsets: list[int] = setting(help="target token offsets after the probed position", parse="offset_list",
                                  factory=lambda: [1, 2, 3])
     n_boot: int = _n_boot()

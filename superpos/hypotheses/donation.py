@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -112,18 +111,14 @@ def donation_from_grads(g_LJTW: torch.Tensor, lengths: list[int]) -> dict:
 
 def run_donation(cfg: DonationConfig) -> DonationResult:
     """``superpos run donation``: the gradient that later positions donate to keys/values."""
-    from ..models import load_model
-    from ..residuals import contexts_from_corpus
+    from .opening import open_experiment
     from .reports.donation import write_report
     from .verdicts import donation as verdict
 
     if cfg.context_length < 4:
         raise ConfigError("context_length", "{field} must be at least 4")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    lm = load_model(cfg.model, device=cfg.device)
-    tokens = contexts_from_corpus(lm, cfg.corpus, cfg.contexts, cfg.context_length)
+    out, lm, tokens = open_experiment(cfg)
     N = cfg.context_length
     lengths = sorted({n for n in (4, 8, 16, 32, 64, 128, 256, 512) if n <= N} | {N})
     shares = {n: [] for n in lengths}

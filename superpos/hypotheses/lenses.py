@@ -216,16 +216,13 @@ def compare_lenses(lm, sample: ResidualSample, lens: TunedLens | None = None, st
 
 def run_lenses(cfg: LensesConfig) -> LensesResult:
     """``superpos run lenses``: train + save a tuned lens, compare with the logit lens, write a report."""
-    from ..models import load_model
-    from ..residuals import contexts_from_corpus, sample_residuals
+    from ..residuals import sample_residuals
+    from .opening import open_experiment
     from .reports.lenses import write_report
     from .verdicts import lenses as verdict
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    lm = load_model(cfg.model, device=cfg.device)
-    tokens_NC = contexts_from_corpus(lm, cfg.corpus, cfg.contexts, cfg.context_length)
+    out, lm, tokens_NC = open_experiment(cfg)
     sample = sample_residuals(lm, tokens_NC, cfg.per_context, seed=cfg.seed)
     _, comparison = compare_lenses(lm, sample, steps=cfg.steps, seed=cfg.seed, n_boot=cfg.n_boot,
                                    save_to=out / "tuned_lens")

@@ -3,7 +3,6 @@ alone predicts (a bigram table and a probe on its embedding). Method and reading
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -20,16 +19,13 @@ def run_lookahead(cfg: LookaheadConfig) -> LookaheadResult:
     token's embedding. Lookahead = accuracy above both, at the same held-out positions."""
     if any(o <= 0 for o in cfg.offsets):
         raise ConfigError("offsets", "{field} must be positive for lookahead (tokens after the probed position)")
-    from ..models import load_model
-    from ..residuals import contexts_from_corpus, sample_residuals
+    from ..residuals import sample_residuals
+    from .opening import open_experiment
     from .reports.lookahead import write_report
     from .verdicts import lookahead as verdict
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    lm = load_model(cfg.model, device=cfg.device)
-    tokens = contexts_from_corpus(lm, cfg.corpus, cfg.contexts, cfg.context_length)
+    out, lm, tokens = open_experiment(cfg)
     sample = sample_residuals(lm, tokens, cfg.per_context, seed=cfg.seed, max_offset=max(cfg.offsets))
     train, test = sample.split_contexts(0.75, seed=cfg.seed)
     W_E = lm.W_E_VD.detach().float().cpu()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -201,16 +200,13 @@ def run_probes(cfg: ProbeConfig) -> ProbesResult:
         raise ConfigError("offsets", "{field} must include 0 (the current token) and no positive offsets (use run "
                                      "lookahead)")
     from ..dictionaries import NMF
-    from ..models import load_model
-    from ..residuals import contexts_from_corpus, sample_residuals
+    from ..residuals import sample_residuals
+    from .opening import open_experiment
     from .reports.probes import write_report
     from .verdicts import probes as verdict
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    lm = load_model(cfg.model, device=cfg.device)
-    tokens = contexts_from_corpus(lm, cfg.corpus, cfg.contexts, cfg.context_length)
+    out, lm, tokens = open_experiment(cfg)
     sample = sample_residuals(lm, tokens, cfg.per_context, seed=cfg.seed, min_pos=max(1, -min(cfg.offsets)))
     targets, current_probes = {}, None
     for off in cfg.offsets:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -83,21 +82,17 @@ def teacher_forced_losses(lm, tokens_NC: np.ndarray, layers, alpha: float, batch
 
 def run_reinject(cfg: ReinjectConfig) -> ReinjectResult:
     """Δ loss on token p+1 when token p's embedding is re-injected at p, by surprisal of token p."""
-    from ..models import load_model
-    from ..residuals import contexts_from_corpus
+    from .opening import open_experiment
     from .reports.reinject import write_report
     from .verdicts import reinject as verdict
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    lm = load_model(cfg.model, device=cfg.device)
+    out, lm, tokens = open_experiment(cfg)
     n = lm.n_layers
     # not layer n: the final residual goes straight to the unembedding, where (with tied embeddings) adding the
     # current token's embedding just votes for repeating it
     layers = cfg.layers or list(range(max(1, (3 * n) // 4), n, 2))
     lm.check_layers(layers)
-    tokens = contexts_from_corpus(lm, cfg.corpus, cfg.contexts, cfg.context_length)
     clean = teacher_forced_losses(lm, tokens, [], 0.0)  # clean[:, p] = loss predicting token p+1
     # token p's surprisal = clean loss at p-1; the following token's loss = loss at p; p from 1 (not BOS)
     surprisal = clean[:, :-1]
