@@ -57,9 +57,11 @@ class TensorRows:
         return self.x.to(dtype=dtype)
 
     def n_rows(self, min_pos: int = 1) -> int:
+        """Every row (``min_pos`` does not apply)."""
         return len(self.x)
 
     def batches(self, batch_size, device, *, seed=0, start_batch=0, min_pos=1, epochs=None):
+        """A fresh permutation per epoch (seeded by ``seed`` and the epoch), cut into whole batches."""
         x = self.tensor()
         n = len(x)
         if n == 0:
@@ -75,12 +77,14 @@ class TensorRows:
             epoch += 1
 
     def sample(self, n, seed=0, min_pos=1):
+        """``n`` rows at random (all rows when there are fewer)."""
         x = self.tensor()
         if len(x) <= n:
             return x
         return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
 
     def chunks(self, batch_size, min_pos=1):
+        """All rows as one array."""
         yield self.x.detach().cpu().numpy()
 
 
@@ -97,16 +101,20 @@ class StoreRows:
         self.where = f"layer {layer} of store {store.path}"
 
     def n_rows(self, min_pos: int = 1) -> int:
+        """The store's training rows at positions ≥ ``min_pos`` (inside its view)."""
         return self.store.n_train_rows(min_pos)
 
     def batches(self, batch_size, device, *, seed=0, start_batch=0, min_pos=1, epochs=None):
+        """The store's shuffled, resumable stream (``ActivationStore.stream``)."""
         yield from self.store.stream(self.layer, batch_size, seed=seed, start_batch=start_batch, min_pos=min_pos,
                                      epochs=epochs, device=device)
 
     def sample(self, n, seed=0, min_pos=1):
+        """``ActivationStore.sample`` as a tensor."""
         return torch.from_numpy(self.store.sample(self.layer, n, seed=seed, min_pos=min_pos))
 
     def chunks(self, batch_size, min_pos=1):
+        """``ActivationStore.iter_rows``' activations, in file order."""
         for _, acts in self.store.iter_rows(self.layer, batch_size, min_pos=min_pos):
             yield acts
 
