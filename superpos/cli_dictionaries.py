@@ -1,6 +1,7 @@
 """CLI subcommands for dictionaries: fit, evaluate, and the demo (README's main job)."""
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import time
@@ -8,22 +9,40 @@ from pathlib import Path
 
 from .cli_common import positive as _positive
 from .dictionaries.fitting import fit_dictionary
+from .dictionaries.trainer import DEFAULT_LR
 from .errors import SuperposError
 
-# CLI flag → estimator parameter (only passed when given, so config files and class defaults apply)
+# CLI flag → estimator parameter (only passed when given, so config files and class defaults apply). The
+# "(default …)" of each help line is read from the estimators' signatures (``_default_text``), not written here.
 PARAM_FLAGS = {
     "n_components": ("--n-components", int, "number of atoms (default: expansion × d_model; for pca: --k)"),
-    "expansion": ("--expansion", float, "atoms per d_model dimension (default 16 for SAEs, 4 for NMF)"),
-    "k": ("--k", int, "active latents per token for topk/batchtopk; also PCA's default size (default 32)"),
+    "expansion": ("--expansion", float, "atoms per d_model dimension"),
+    "k": ("--k", int, "active latents per token for topk/batchtopk; also PCA's default size"),
     "n_tokens": ("--tokens", int, "training tokens (default: one epoch of the training rows)"),
-    "batch_size": ("--batch-size", int, "rows per step (default 1024)"),
-    "lr": ("--lr", float, "Adam learning rate (default 2e-3)"),
-    "l1_coeff": ("--l1-coeff", float, "relu: L1 penalty (default 5, normalised input units)"),
-    "l0_coeff": ("--l0-coeff", float, "jumprelu: L0 penalty (default 1)"),
-    "dead_after_tokens": ("--dead-after", int, "tokens without firing before a latent counts as dead (default 250000)"),
-    "seed": ("--seed", int, "random seed (default 0)"),
-    "min_pos": ("--min-pos", int, "leave out positions below this (default 1: drop the BOS/attention-sink row)"),
+    "batch_size": ("--batch-size", int, "rows per step"),
+    "lr": ("--lr", float, f"Adam learning rate for SAEs (default {DEFAULT_LR:g})"),
+    "l1_coeff": ("--l1-coeff", float, "relu: L1 penalty, in normalised input units"),
+    "l0_coeff": ("--l0-coeff", float, "jumprelu: L0 penalty"),
+    "dead_after_tokens": ("--dead-after", int, "tokens without firing before a latent counts as dead"),
+    "seed": ("--seed", int, "random seed"),
+    "min_pos": ("--min-pos", int, "leave out positions below this (1 drops the BOS/attention-sink row)"),
 }
+
+
+def _default_text(name: str) -> str:
+    """`` (default …)`` for estimator parameter ``name``, from the signatures of the kinds that take it."""
+    from .dictionaries import KINDS
+
+    by_value: dict = {}
+    for kind, cls in sorted(KINDS.items()):
+        p = inspect.signature(cls.__init__).parameters.get(name)
+        if p is not None and p.default is not None:
+            by_value.setdefault(p.default, []).append(kind)
+    if not by_value:
+        return ""
+    if len(by_value) == 1:
+        return f" (default {next(iter(by_value)):g})"
+    return " (default " + "; ".join(f"{', '.join(kinds)}: {v:g}" for v, kinds in by_value.items()) + ")"
 
 
 def _read_config_file(path: str) -> dict:
@@ -52,15 +71,18 @@ def add_fit(sub) -> None:
     p.add_argument("--layer", type=int, required=True, help="residual layer to fit (must be in the store)")
     p.add_argument("--kind", choices=sorted(KINDS), default="topk", help="dictionary kind (default topk)")
     for name, (flag, kind, help_) in PARAM_FLAGS.items():
-        p.add_argument(flag, dest=name, type=_positive(kind, zero=name in ("seed", "min_pos")), default=None, help=help_)
+        p.add_argument(flag, dest=name, type=_positive(kind, zero=name in ("seed", "min_pos")), default=None,
+                       help=help_ + ("" if "(default" in help_ else _default_text(name)))
     p.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
                    help="SAE compute precision: bfloat16 autocasts the forward/backward (fp32 master weights; meant "
                         "for CUDA, works on CPU); default float32")
-    p.add_argument("--train-frac", type=float, default=0.9, help="fraction of contexts used for training; the rest "
-                   "is held out for `evaluate` (default 0.9)")
+    defaults = {n: q.default for n, q in inspect.signature(fit_dictionary).parameters.items()}
+    p.add_argument("--train-frac", type=float, default=defaults["train_frac"], help="fraction of contexts used for "
+                   f"training; the rest is held out for `evaluate` (default {defaults['train_frac']:g})")
     p.add_argument("--config", default=None, help="JSON or TOML file of parameters (flags override it)")
-    p.add_argument("--checkpoint-every", type=_positive(int), default=500, help="steps between checkpoints (default 500)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--checkpoint-every", type=_positive(int), default=defaults["checkpoint_every"],
+                   help=f"steps between checkpoints (default {defaults['checkpoint_every']})")
+    p.add_argument("--device", default=defaults["device"], help=f"auto, cpu, cuda or cuda:N (default {defaults['device']})")
     p.add_argument("--overwrite", action="store_true", help="replace a finished dictionary in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output folder")
