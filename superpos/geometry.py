@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import NamedTuple
 
 import faiss
@@ -170,20 +171,32 @@ def sampled_abs_cos(V, n_pairs: int = 200_000, seed: int = 0) -> np.ndarray:
     return np.abs(np.einsum("nd,nd->n", U[i], U[j]))
 
 
-def greedy_capacity(V, eps_grid, seed: int = 0, block: int = 2048) -> np.ndarray:
+class CappedCapacityWarning(UserWarning):
+    """A greedy packing that was still growing when its candidates ran out: the count is a floor set by the
+    sample, not a capacity."""
+
+
+def greedy_capacity(V, eps_grid, seed: int = 0, block: int = 2048, saturation: float = 0.01,
+                    strict: bool = False) -> np.ndarray:
     """Size of a greedily packed subset with pairwise |cos| ≤ ε, for each ε (random visiting order).
 
     A lower bound on the largest such subset. Blocked: each block of candidates is screened against the
-    accepted set with one matmul, then packed greedily within itself.
+    accepted set with one matmul, then packed greedily within itself. A packing is *capped* when the last
+    tenth of the candidates still added more than ``saturation`` of themselves: it would have kept growing
+    with more candidates. Capped values warn (``CappedCapacityWarning``), or with ``strict`` raise.
     """
     U = unit_rows(V)[np.random.default_rng(seed).permutation(len(V))]
-    out = []
+    tail_start = len(U) - max(1, len(U) // 10)
+    out, capped = [], []
     for eps in eps_grid:
         accepted = np.zeros((0, U.shape[1]), np.float32)
+        kept_in_tail = 0
         for lo in range(0, len(U), block):
             cand = U[lo:lo + block]
+            index = np.arange(lo, lo + len(cand))
             if len(accepted):
-                cand = cand[np.abs(cand @ accepted.T).max(1) <= eps]
+                ok = np.abs(cand @ accepted.T).max(1) <= eps
+                cand, index = cand[ok], index[ok]
             if not len(cand):
                 continue
             G = np.abs(cand @ cand.T)
@@ -194,8 +207,31 @@ def greedy_capacity(V, eps_grid, seed: int = 0, block: int = 2048) -> np.ndarray
                     keep.append(a)
                     alive &= G[a] <= eps  # drop every later candidate that conflicts with a
             accepted = np.concatenate([accepted, cand[keep]])
+            kept_in_tail += int((index[keep] >= tail_start).sum())
         out.append(len(accepted))
+        if kept_in_tail > saturation * (len(U) - tail_start):
+            capped.append(eps)
+    if capped:
+        msg = (f"greedy capacity at ε = {', '.join(f'{e:g}' for e in capped)} is capped by its {len(U):,} candidates "
+               f"(the packing was still growing when they ran out): use more candidates")
+        if strict:
+            raise SuperposError(msg)
+        warnings.warn(msg, CappedCapacityWarning, stacklevel=2)
     return np.asarray(out)
+
+
+def feature_dimensionality(W_FD) -> np.ndarray:
+    """Per-feature dimensionality (Elhage et al. 2022, *Toy Models of Superposition*):
+    D_i = ‖W_i‖⁴ / Σ_j (W_i · W_j)² = ‖W_i‖² / Σ_j (Ŵ_i · W_j)², the share of a dimension feature i has to
+    itself. A feature orthogonal to all others has D = 1 whatever its norm; two features along one direction have
+    D = ½ each. Zero rows (dead features) get 0."""
+    W = np.asarray(W_FD, dtype=np.float64)
+    sq = (W * W).sum(1)
+    out = np.zeros(len(W))
+    live = sq > 0
+    gram = W[live] @ W[live].T
+    out[live] = sq[live] ** 2 / (gram ** 2).sum(1)
+    return out
 
 
 # ---------------------------------------------------------------------- theory

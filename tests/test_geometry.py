@@ -115,3 +115,30 @@ def test_best_abs_cos_against_brute_force():
     want = np.abs(g.unit_rows(Q) @ g.unit_rows(V).T).max(1)
     np.testing.assert_allclose(g.best_abs_cos(Q, V), want, atol=1e-6)
     assert g.best_abs_cos(Q, V)[5] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_feature_dimensionality_by_hand():
+    from superpos.geometry import feature_dimensionality
+
+    np.testing.assert_allclose(feature_dimensionality(3 * np.eye(4)), 1.0)  # orthogonal: 1 each, whatever the norm
+    two = np.array([[1.0, 0, 0], [1.0, 0, 0], [0, 2.0, 0]])
+    np.testing.assert_allclose(feature_dimensionality(two), [0.5, 0.5, 1.0])  # sharing one direction: ½ each
+    ang = np.array([[1.0, 0], [np.cos(0.3), np.sin(0.3)]])  # hand case: 1 / (1 + cos²θ)
+    np.testing.assert_allclose(feature_dimensionality(ang), 1 / (1 + np.cos(0.3) ** 2))
+    assert feature_dimensionality(np.array([[0.0, 0], [1, 0]]))[0] == 0  # a dead feature
+
+
+def test_capacity_capped_by_its_candidates_warns_or_refuses():
+    from superpos.errors import SuperposError
+    from superpos.geometry import CappedCapacityWarning, greedy_capacity
+
+    V = np.random.default_rng(0).standard_normal((300, 256))  # 300 random directions in 256-d: all fit at ε = 0.4
+    with pytest.warns(CappedCapacityWarning, match="ε = 0.4 is capped by its 300 candidates"):
+        assert greedy_capacity(V, [0.4])[0] == 300
+    with pytest.raises(SuperposError, match="capped"):
+        greedy_capacity(V, [0.4], strict=True)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a saturated packing does not warn: 2000 candidates in 8-d at ε = 0.1
+        assert greedy_capacity(np.random.default_rng(1).standard_normal((2000, 8)), [0.1])[0] < 100
