@@ -117,6 +117,40 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _add_surrogate(sub) -> None:
+    from .surrogates import KINDS
+
+    p = sub.add_parser("surrogate", help="write a null or planted-superposition store shaped like a store's layer",
+                       description="Write a one-layer store with a known answer, shaped like LAYER of STORE (same d, "
+                                   "about the same rows): gaussian (the layer's mean and covariance, nothing else), "
+                                   "pc-shuffle (each principal-component coordinate permuted across rows: same "
+                                   "spectrum and marginals, no joint structure) or planted (sparse superposition of "
+                                   "8×d known atoms, k = 32 per row). Experiments and fits take it with --store OUT "
+                                   "--layer LAYER, to calibrate a verdict on a null and a planted positive.")
+    p.add_argument("--store", required=True, help="activation store (.h5) whose layer the surrogate copies")
+    p.add_argument("--layer", type=int, required=True, help="residual layer (must be in the store)")
+    p.add_argument("--kind", required=True, choices=KINDS, help="which surrogate")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, help="new store to write (.h5)")
+    p.set_defaults(func=_cmd_surrogate)
+
+
+def _cmd_surrogate(args) -> int:
+    from pathlib import Path
+
+    from .store import ActivationStore
+    from .surrogates import surrogate_of_store
+
+    if Path(args.out).exists():
+        raise SuperposError(f"--out {args.out} exists; surrogate writes a new file")
+    with ActivationStore(args.store) as store:
+        store.check_layer(args.layer)
+        out = surrogate_of_store(store, args.layer, args.kind, args.out, seed=args.seed)
+    with ActivationStore(out) as st:
+        print(st.summary())
+    return 0
+
+
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the models superpos can fetch by name, and whether they are cached",
                        description="List the known model names (for --model): size, architecture, licence, and "
@@ -147,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_models(sub)
     _add_plan(sub)
+    _add_surrogate(sub)
     from . import cli_browse, cli_dictionaries, cli_experiments
 
     cli_dictionaries.register(sub)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -98,11 +97,8 @@ def _isolated_cache(tmp_path_factory):
 
 
 def planted_data(n: int, d: int, n_features: int, k: int, noise: float = 0.01, seed: int = 0):
-    """Rows = sparse non-negative combinations of ``k`` of ``n_features`` unit atoms, plus noise."""
-    rng = np.random.default_rng(seed)
-    atoms = rng.standard_normal((n_features, d)).astype(np.float32)
-    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
-    idx = np.argsort(rng.random((n, n_features)), axis=1)[:, :k]
-    coef = rng.uniform(0.5, 1.5, (n, k)).astype(np.float32)
-    x = np.einsum("nk,nkd->nd", coef, atoms[idx]) + noise * rng.standard_normal((n, d)).astype(np.float32)
-    return x.astype(np.float32), atoms
+    """Rows = sparse non-negative combinations of ``k`` of ``n_features`` unit atoms, plus noise (the library's
+    ``planted_superposition``)."""
+    from superpos.surrogates import planted_superposition
+
+    return planted_superposition(n, d, n_features, k, noise=noise, seed=seed)
