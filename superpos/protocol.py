@@ -47,6 +47,7 @@ class Experiment:
     description: str
     quick: dict = field(default_factory=dict)  # field values for a smoke run (run all --quick)
     controls: tuple[Control, ...] = ()  # its null and planted calibration runs (run_calibrated)
+    reused: dict = field(default_factory=dict)  # field -> what the real run leaves in OUT that controls reuse
 
     def run(self, cfg) -> Result:
         """Run it; returns its typed result (also written to cfg.out/results.json with the report)."""
@@ -65,7 +66,11 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "Hypothesis 1: does the residual stream hold far more than d nearly orthogonal directions? Token-"
                "embedding geometry vs random nulls and bounds, a sweep of TopK SAE sizes, and atom–token alignment. "
                "See docs/orthogonality.md.",
-               {"harvest_tokens": 8192, "expansions": [1, 2], "fit_tokens": 40000, "capacity_sample": 1024}),
+               {"harvest_tokens": 8192, "expansions": [1, 2], "fit_tokens": 40000, "capacity_sample": 1024},
+               (Control("gaussian", "null", {"control": "gaussian"}, False),
+                Control("pc-shuffle", "null", {"control": "pc-shuffle"}, False),
+                Control("planted superposition", "planted", {"control": "planted"}, True)),
+               {"store": "acts.h5"}),
     Experiment("lenses", C.LensesConfig, R.LensesResult,
                "superpos.hypotheses.lenses:run_lenses", V.lenses,
                "logit lens vs tuned lens per layer (trains and saves a tuned lens)",
@@ -82,7 +87,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "dictionary view. See docs/repurposing.md.",
                {"contexts": 8, "context_length": 64, "per_context": 16},
                (Control("random directions", "null", {"control": "negative"}, False),
-                Control("planted token directions", "planted", {"control": "positive"}, True))),
+                Control("planted token directions", "planted", {"control": "positive"}, True)),
+               {"lens": "tuned_lens"}),
     Experiment("probes", C.ProbeConfig, R.ProbesResult,
                "superpos.hypotheses.probes:run_probes", V.probes,
                "linear probes for the input (and previous) token by depth, vs the embedding matrix",
@@ -136,7 +142,8 @@ class Calibration(NamedTuple):
 
 def run_calibrated(name: str, cfg) -> Calibration:
     """``cfg`` and, through the identical analysis, each of the experiment's controls (same settings but the
-    control's, into ``OUT/controls/<control>``; a tuned lens trained by the real run is reused). Writes
+    control's, into ``OUT/controls/<control>``; what the real run leaves for them — a tuned lens, a harvested
+    store — is reused). Writes
     ``OUT/calibration.md`` and ``calibration.json``: real, nulls and planted side by side, and whether every
     control came out as it must."""
     from dataclasses import replace
@@ -149,9 +156,8 @@ def run_calibrated(name: str, cfg) -> Calibration:
         raise ValueError(f"{name} declares no controls")
     out = Path(cfg.out)
     real = e.run(cfg)
-    shared = {}
-    if hasattr(cfg, "lens") and cfg.lens is None and (out / "tuned_lens").is_dir():
-        shared["lens"] = str(out / "tuned_lens")
+    shared = {name: str(out / path) for name, path in e.reused.items()  # e.g. the real run's tuned lens or store
+              if getattr(cfg, name) is None and (out / path).exists()}
     controls = {c.name: e.run(replace(cfg, **shared, **c.settings, out=str(out / "controls" / c.name.replace(" ", "_"))))
                 for c in e.controls}
     rows = [("real", "—", real.verdict, None)]

@@ -80,6 +80,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "positive_float_list": _list(float, lambda v: v > 0, "positive numbers"),
     "offset_list": _list(int, lambda v: abs(v) <= 16, "offsets between -16 and 16"),
     "control": _choice("none", "positive", "negative"),
+    "surrogate": _choice("none", "gaussian", "pc-shuffle", "planted"),
     "store_dtype": _choice("auto", "float16", "float32"),
     "model_dtype": _choice("float32", "bfloat16", "float16"),
     "compression": _choice("lzf", "gzip", "none"),

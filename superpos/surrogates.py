@@ -86,11 +86,12 @@ def write_surrogate_store(x_ND: np.ndarray, out, layer: int, *, description: str
     return out
 
 
-def surrogate_of_store(store, layer: int, kind: str, out, *, seed: int = 0, n_features_per_d: int = 8, k: int = 32,
-                       noise: float = 0.05):
+def surrogate_of_store(store, layer: int, kind: str, out, *, seed: int = 0, n_features_per_d: int = 8,
+                       k: int | None = None, noise: float = 0.05):
     """A surrogate of ``store``'s ``layer`` written to ``out``: ``gaussian`` or ``pc-shuffle`` of its rows
     (position 0, the attention sink, left out), or ``planted`` superposition with the same number of rows and d
-    (``n_features_per_d`` × d atoms, ``k`` active per row, rescaled to the layer's mean squared norm)."""
+    (``n_features_per_d`` × d atoms, ``k`` active per row — default d/18, 32 at d = 576 — rescaled to the
+    layer's mean squared norm)."""
     if kind not in KINDS:
         raise SuperposError(f"unknown surrogate '{kind}' (expected one of {', '.join(KINDS)})")
     x = store.to_numpy(layer)[store.row_mask(1)[slice(*store.row_range)]]
@@ -100,6 +101,7 @@ def surrogate_of_store(store, layer: int, kind: str, out, *, seed: int = 0, n_fe
         y = pc_shuffle(x, seed=seed)
     else:
         d = x.shape[1]
+        k = k or max(2, round(d / 18))
         y, _ = planted_superposition(len(x), d, n_features_per_d * d, k, noise=noise, seed=seed)
         y *= np.sqrt((x.astype(np.float64) ** 2).sum(1).mean() / (y.astype(np.float64) ** 2).sum(1).mean())
     C = int(store.attrs["context_length"]) - 1  # the sink rows are gone: contexts one row shorter

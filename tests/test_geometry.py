@@ -142,3 +142,22 @@ def test_capacity_capped_by_its_candidates_warns_or_refuses():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a saturated packing does not warn: 2000 candidates in 8-d at ε = 0.1
         assert greedy_capacity(np.random.default_rng(1).standard_normal((2000, 8)), [0.1])[0] < 100
+
+
+def test_orthogonality_calibration_runs_the_sweep_on_nulls_and_planted_superposition(tiny_models, tmp_path):
+    """run orthogonality --calibrate: the identical sweep on a Gaussian and a PC-shuffle surrogate of the layer
+    (no sparse features: more atoms barely help) and on planted superposition (more atoms help a lot)."""
+    from superpos.hypotheses.orthogonality import OrthogonalityConfig
+    from superpos.protocol import run_calibrated
+
+    cfg = OrthogonalityConfig(model=str(tiny_models["llama"]), layer=2, harvest_tokens=8192, expansions=[1, 8], k=4,
+                              fit_tokens=400_000, eps_grid=[0.3], capacity_sample=256, n_boot=50, device="cpu",
+                              out=str(tmp_path / "orth"))
+    cal = run_calibrated("orthogonality", cfg)
+    drop = {name: r.verdict.fvu_drop for name, r in cal.controls.items()}
+    assert drop["planted superposition"] > 0.3 and drop["gaussian"] < 0.15 and drop["pc-shuffle"] < 0.15, drop
+    assert not cal.controls["gaussian"].verdict.supported and not cal.controls["pc-shuffle"].verdict.supported
+    assert "gaussian surrogate of layer 2" in cal.controls["gaussian"].verdict.headline
+    for r in cal.controls.values():  # every control reused the real run's store instead of harvesting again
+        assert r.config.store == str(tmp_path / "orth" / "acts.h5") and r.store.path.endswith("surrogate.h5")
+    assert (tmp_path / "orth" / "calibration.md").read_text().count("| null |") == 2

@@ -55,6 +55,10 @@ class OrthogonalityConfig:
     eps_grid: list[float] = setting(help="ε grid for the capacity curves", parse="unit_list", flag="eps",
                                     factory=lambda: list(EPS_GRID))
     capacity_sample: int = setting(16384, "token directions used for the capacity curves", parse="positive_int")
+    control: str = setting("none", "run the dictionary sweep on a surrogate of the layer (OUT/surrogate.h5) instead: "
+                                   "gaussian or pc-shuffle (nulls: same covariance, no sparse features) or planted "
+                                   "(sparse superposition of 8×d known atoms); one of none, gaussian, pc-shuffle, "
+                                   "planted", parse="surrogate")
     n_boot: int = _n_boot()
     seed: int = _seed()
     device: str = _device()

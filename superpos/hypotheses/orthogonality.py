@@ -71,6 +71,14 @@ def run(cfg: OrthogonalityConfig) -> OrthogonalityResult:
         store_path = out / "acts.h5"
         harvest(HarvestConfig(model=cfg.model, layers=str(layer), tokens=cfg.harvest_tokens, device=cfg.device),
                 store_path, lm=lm)
+    if cfg.control != "none":  # a calibration run: the identical sweep on a surrogate of the layer
+        from ..surrogates import surrogate_of_store
+
+        surrogate = out / "surrogate.h5"
+        if not surrogate.exists():
+            with ActivationStore(store_path) as store:
+                surrogate_of_store(store, layer, cfg.control, surrogate, seed=cfg.seed)
+        store_path = surrogate
     with ActivationStore(store_path) as store:  # a given --store was checked on entry; harvest checks its own
         store_info, pca_fvu, sweep, atoms = dictionary_sweep(store, layer, out / "dicts", cfg)
         split = store.split_row(0.9)

@@ -57,11 +57,14 @@ def orthogonality(res: R.OrthogonalityResult) -> R.OrthogonalityVerdict:
                f"{tok['random null']:.3f} for random vectors (near-duplicate tokens such as case and leading-space "
                f"variants share directions); the many directions live in the residual stream's learned features "
                f"more than in the raw vocabulary.")
+    where = f"layer {res.layer} of {res.model}"
+    if res.config.control != "none":
+        where = f"a {res.config.control} surrogate of {where}"
     if supported:
-        head = (f"SUPPORTED: layer {res.layer} of {res.model} uses far more than d = {d} directions that stay "
-                "nearly orthogonal — the over-complete (exp(d)-like) regime, not the d regime.")
+        head = (f"SUPPORTED: {where} uses far more than d = {d} directions that stay nearly orthogonal — the "
+                "over-complete (exp(d)-like) regime, not the d regime.")
     else:
-        head = f"NOT SUPPORTED on these criteria for layer {res.layer} of {res.model} (d = {d})."
+        head = f"NOT SUPPORTED on these criteria for {where} (d = {d})."
     return R.OrthogonalityVerdict(supported=supported, headline=head, criteria=lines, context=context,
                                   fvu_drop=fvu_drop)
 
