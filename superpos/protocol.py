@@ -173,8 +173,8 @@ def run_calibrated(name: str, cfg) -> Calibration:
     for run_name, kind, v, want in rows:
         expected = "—" if want is None else said(want)
         as_expected = "—" if want is None else ("yes" if bool(v.supported) == want else "**no**")
-        md.append(f"| {run_name} | {kind} | {said(v.supported)}: {v.headline.replace('|', '/')} | {expected} | "
-                  f"{as_expected} |")
+        headline = v.headline if v.headline.startswith(said(v.supported)) else f"{said(v.supported)}: {v.headline}"
+        md.append(f"| {run_name} | {kind} | {headline.replace('|', '/')} | {expected} | {as_expected} |")
     md += ["", "Calibrated: " + ("every control came out as it must." if ok else "**a control did not come out as it "
                                  "must; the real verdict cannot be trusted.**"), ""]
     (out / "calibration.md").write_text("\n".join(md))
