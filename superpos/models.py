@@ -52,6 +52,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SUPERPOS_CACHE", Path.home() / ".cache" / "superpos")).expanduser()
 
 
+def cache_folder(what: str) -> Path:
+    """``cache_dir() / what``, created (one line naming $SUPERPOS_CACHE when it cannot be)."""
+    folder = cache_dir() / what
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SuperposError(f"cannot create the {what} cache {folder} ({e.strerror}); set SUPERPOS_CACHE") from None
+    return folder
+
+
 @dataclass
 class LoadedModel:
     """A causal LM, its tokenizer, and where its residual stream lives."""
@@ -238,10 +248,7 @@ def known_gguf_path(name: str = DEFAULT_MODEL) -> Path:
     installed = [_installed(m) for m in km.parts]
     if len(km.parts) == 1 and installed[0] is not None:
         return installed[0]
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SuperposError(f"cannot create the model cache {target.parent} ({e.strerror}); set SUPERPOS_CACHE") from None
+    cache_folder("models")
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         tmp = Path(tmp)
         if any(p is None for p in installed) or (km.licence_file and _installed(km.licence_file) is None):
