@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_dictionaries.register(sub)
     cli_browse.register(sub)
     cli_experiments.register(sub)
+    cli_experiments.register_replicate(sub)
     return parser
 
 

@@ -58,6 +58,25 @@ def cmd_experiment(args) -> int:
     return 0
 
 
+def register_replicate(sub) -> None:
+    """``superpos replicate``: the replication tables from several ``run all`` folders."""
+    p = sub.add_parser("replicate", help="put several `run all` folders side by side (one table per experiment)",
+                       description="Read the results of several `python -m superpos run all` output folders (one per "
+                                   "model × corpus; each column is labelled with its folder's name) and write one "
+                                   "markdown table per experiment: each run's verdict and the numbers it rests on.")
+    p.add_argument("runs", nargs="+", help="`run all` output folders")
+    p.add_argument("--out", default="replication.md", help="markdown file to write (default replication.md)")
+    p.set_defaults(func=cmd_replicate)
+
+
+def cmd_replicate(args) -> int:
+    """Write the replication tables and say where."""
+    from .replication import write_replication
+
+    print(f"wrote {write_replication(args.runs, args.out)}")
+    return 0
+
+
 def _experiments(text: str) -> list[str]:
     from .run_all import parse_only
 

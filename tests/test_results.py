@@ -74,3 +74,30 @@ def test_missing_or_unparsable_results_are_one_line_errors(tmp_path):
     (tmp_path / "results.json").write_text("{not json")
     with pytest.raises(SuperposError, match="not valid JSON"):
         DonationResult.read(tmp_path)
+
+
+def test_replication_tables_put_runs_side_by_side(tmp_path):
+    """Two `run all` folders (built from the committed results; the second lacks two experiments)."""
+    import shutil
+
+    from superpos.cli import main
+
+    for label, skip in (("smollm2-pydoc", ()), ("other-run", ("donation", "probes"))):
+        for folder, name in COMMITTED.items():
+            if folder == name and name not in skip:
+                (tmp_path / label / name).mkdir(parents=True)
+                shutil.copy(RESULTS / folder / "results.json", tmp_path / label / name / "results.json")
+        (tmp_path / label / "index.json").write_text("{}")
+    out = tmp_path / "replication.md"
+    assert main(["replicate", str(tmp_path / "smollm2-pydoc"), str(tmp_path / "other-run"), "--out", str(out)]) == 0
+    text = out.read_text()
+    rep = EXPERIMENTS["repurposing"].read(RESULTS / "repurposing")
+    section = text.split("## repurposing\n")[1].split("\n## ")[0]
+    assert "| | smollm2-pydoc | other-run |" in section and "| verdict | NOT SUPPORTED | NOT SUPPORTED |" in section
+    assert f"| peak layer | {rep.verdict.peak_layer} | {rep.verdict.peak_layer} |" in section
+    assert "FVU drop" in text.split("## orthogonality\n")[1] and "## lenses" not in text  # lenses: nothing committed
+    assert "| not run |" in text.split("## donation\n")[1].split("\n## ")[0]
+    with pytest.raises(SuperposError, match="not a `run all` output folder"):
+        from superpos.replication import replication_markdown
+
+        replication_markdown([RESULTS])

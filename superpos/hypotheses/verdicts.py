@@ -215,3 +215,44 @@ def reinject(res: R.ReinjectResult) -> R.ReinjectVerdict:
                 f"{top.mean:+.4f} [{top.lo:+.4f}, {top.hi:+.4f}] nats where the token was most surprising "
                 f"and {bottom.mean:+.4f} where least (difference {d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]).")
     return R.ReinjectVerdict(headline=head, criteria=lines, best_alpha=best, supported=bool(helps and most))
+
+
+# ------------------------------------------------------------------ headline numbers (the replication table)
+def _ci(iv) -> str:
+    return f"{iv.mean:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}]"
+
+
+def numbers(name: str, res) -> dict[str, str]:
+    """The few numbers each experiment's verdict rests on, formatted, for tables that put runs side by side."""
+    v = res.verdict
+    if name == "orthogonality":
+        last = res.sweep[-1]
+        i3 = min(range(len(res.capacity.eps)), key=lambda i: abs(res.capacity.eps[i] - 0.3))
+        kept = res.capacity.kept["embedding (centred)"][i3]
+        return {"layer": str(res.layer), "FVU 1× → largest": f"{res.sweep[0].fvu:.3f} → {last.fvu:.3f}",
+                "FVU drop": f"{100 * v.fvu_drop:.0f}%", "largest: median max abs cos (null)":
+                f"{last.max_abs_cos.median:.3f} ({last.null_median:.3f})",
+                "centred embedding kept at ε≈0.3": f"{kept:,} ({kept / res.d_model:.1f}× d)"}
+    if name == "lenses":
+        inner = slice(0, len(res.layers) - 1)
+        kl_t, kl_l = res.lenses.tuned_lens.kl.mean[inner], res.lenses.logit_lens.kl.mean[inner]
+        return {"tuned closer at": f"{sum(t < g for t, g in zip(kl_t, kl_l))} of {len(kl_t)} layers",
+                "mean KL tuned / logit": f"{np.mean(kl_t):.3f} / {np.mean(kl_l):.3f}"}
+    if name == "repurposing":
+        return {"peak layer": str(v.peak_layer), "effect [95% CI]": f"{v.peak[0]:+.2f} [{v.peak[1]:+.2f}, {v.peak[2]:+.2f}]",
+                "favoured z: layer → output": f"{v.raw_z:+.2f} → {v.final_z:+.2f}"}
+    if name == "probes":
+        acc, mid = res.targets["current token"].acc, len(res.layers) // 2
+        return {"input-token acc, layer 0 / mid / last": f"{acc.mean[0]:.3f} / {acc.mean[mid]:.3f} / {acc.mean[-1]:.3f}",
+                "mid tail share (embedding)": f"{v.tail_share[mid]:.2f} ({v.embedding_tail_share:.2f})"}
+    if name == "lookahead":
+        return {f"gain {k}": _ci(r.gain_over_baseline) for k, r in res.offsets.items()}
+    if name == "donation":
+        n = max(res.share)
+        return {f"share from later losses, N = {n}": f"{100 * np.mean(res.share[n].mean):.0f}%",
+                "ratio ~ k^b": f"b = {res.ratio_fit.exponent:.2f}"}
+    if name == "reinject":
+        r = res.alphas[v.best_alpha]
+        return {"best α": f"{v.best_alpha:g}", "Δ loss, most surprising fifth": _ci(r.bins[-1]),
+                "most − least surprising": _ci(r.top_minus_bottom)}
+    raise KeyError(name)
