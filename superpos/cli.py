@@ -222,11 +222,15 @@ def _as_flags(e: SuperposError, args) -> str:
     from .errors import ConfigError
     from .settings import flag_for
 
-    if isinstance(e, ConfigError) and getattr(args, "config_class", None) is not None:
+    if not isinstance(e, ConfigError):
+        return str(e)
+    if getattr(args, "config_class", None) is not None:
         try:
             return e.naming(flag_for(args.config_class, e.field))
         except KeyError:
             pass
+    if hasattr(args, e.field):  # a hand-written flag whose dest is the field: --field-name
+        return e.naming("--" + e.field.replace("_", "-"))
     return str(e)
 
 

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from .errors import SuperposError
+from .errors import ConfigError, SuperposError
 
 _said_cpu_fallback = False
 
@@ -36,10 +36,10 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise SuperposError(f"--device {spec} requested but no CUDA device is available (use --device cpu or auto)")
+            raise ConfigError("device", f"{{field}} {spec} requested but no CUDA device is available (use cpu or auto)")
         dev = torch.device(spec)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SuperposError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise ConfigError("device", f"{{field}} {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
         return dev
     raise SuperposError(f"unknown device '{spec}' (expected auto, cpu, cuda or cuda:N)")
 

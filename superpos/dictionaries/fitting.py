@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..errors import SuperposError
+from ..errors import ConfigError, SuperposError
 
 
 def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_frac: float = 0.9,
@@ -18,11 +18,11 @@ def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_f
 
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise SuperposError(f"--out {out} exists and is not a folder")
+        raise ConfigError("out", f"{{field}} {out} exists and is not a folder")
     if (out / CONFIG).exists() and not overwrite:
-        raise SuperposError(f"{out} already holds a finished dictionary (use --overwrite or another --out)")
+        raise ConfigError("out", f"{out} already holds a finished dictionary (choose another {{field}}, or replace it: --overwrite / overwrite=True)")
     if not 0 < train_frac <= 1:
-        raise SuperposError(f"--train-frac must be in (0, 1], got {train_frac}")
+        raise ConfigError("train_frac", f"{{field}} must be in (0, 1], got {train_frac}")
     cls = KINDS[kind]
     valid = set(cls().get_params())
     params = dict(params)
@@ -37,7 +37,7 @@ def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_f
         layer = store.check_layer(layer)
         split = store.split_row(train_frac)
         if split == 0:
-            raise SuperposError(f"--train-frac {train_frac} leaves no whole context for training")
+            raise ConfigError("train_frac", f"{{field}} {train_frac} leaves no whole context for training")
         train = store.restrict(0, split)
         t0 = time.perf_counter()
         created = not out.exists()
