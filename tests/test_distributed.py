@@ -81,7 +81,8 @@ def test_checkpoint_from_one_process_resumes_on_two(store, tmp_path):
     _ok(_cli(*_fit_args(store, tmp_path / "ref", tokens=200_000)))
     out = tmp_path / "mixed"
     proc = subprocess.Popen(_cli(*_fit_args(store, out, tokens=200_000)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see test_reliability
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

@@ -47,6 +47,12 @@ def _fit_args(store, out, tokens=40_000 * max(3, KILLS)):  # more kills need a l
                 "--out", out)
 
 
+def _ctrl_c_reaches_child() -> None:
+    """A child started from a background job inherits SIGINT ignored (non-interactive shells do that): give it
+    the default disposition, so the Ctrl-C tests test superpos, not how the suite was launched."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run(args, **kw):
     r = subprocess.run(args, capture_output=True, text=True, **kw)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -158,7 +164,8 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(model, reference, tmp_path,
     ref, times = reference
     out = tmp_path / ("h.h5" if what == "harvest" else "d")
     args = _harvest_args(model, out) if what == "harvest" else _fit_args(ref / "ref.h5", out)
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_reaches_child)
     started = out if what == "harvest" else out / "checkpoint.pt"  # the work is under way once this exists
     deadline = time.time() + 120
     while not started.exists() and proc.poll() is None and time.time() < deadline:
