@@ -125,7 +125,7 @@ def _add_surrogate(sub) -> None:
                                    "about the same rows): gaussian (the layer's mean and covariance, nothing else), "
                                    "pc-shuffle (each principal-component coordinate permuted across rows: same "
                                    "spectrum and marginals, no joint structure) or planted (sparse superposition of "
-                                   "8×d known atoms, d/18 of them per row: 32 at d = 576). Experiments and fits take it with --store OUT "
+                                   "4×d known atoms, d/72 of them per row: 8 at d = 576). Experiments and fits take it with --store OUT "
                                    "--layer LAYER, to calibrate a verdict on a null and a planted positive.")
     p.add_argument("--store", required=True, help="activation store (.h5) whose layer the surrogate copies")
     p.add_argument("--layer", type=int, required=True, help="residual layer (must be in the store)")

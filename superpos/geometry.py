@@ -176,18 +176,24 @@ class CappedCapacityWarning(UserWarning):
     sample, not a capacity."""
 
 
-def greedy_capacity(V, eps_grid, seed: int = 0, block: int = 2048, saturation: float = 0.01,
-                    strict: bool = False) -> np.ndarray:
-    """Size of a greedily packed subset with pairwise |cos| ≤ ε, for each ε (random visiting order).
+class Packing(NamedTuple):
+    """Greedy ε-packings: the number kept at each ε, and whether that count is capped by the candidates."""
+
+    kept: np.ndarray
+    capped: np.ndarray  # bool per ε
+
+
+def greedy_packing(V, eps_grid, seed: int = 0, block: int = 2048, saturation: float = 0.01) -> Packing:
+    """Size of a greedily packed subset with pairwise |cos| ≤ ε, for each ε (random visiting order), and whether
+    each is *capped*: the last tenth of the candidates still added more than ``saturation`` of themselves, so the
+    packing would have kept growing with more candidates.
 
     A lower bound on the largest such subset. Blocked: each block of candidates is screened against the
-    accepted set with one matmul, then packed greedily within itself. A packing is *capped* when the last
-    tenth of the candidates still added more than ``saturation`` of themselves: it would have kept growing
-    with more candidates. Capped values warn (``CappedCapacityWarning``), or with ``strict`` raise.
+    accepted set with one matmul, then packed greedily within itself.
     """
     U = unit_rows(V)[np.random.default_rng(seed).permutation(len(V))]
     tail_start = len(U) - max(1, len(U) // 10)
-    out, capped = [], []
+    kept, capped = [], []
     for eps in eps_grid:
         accepted = np.zeros((0, U.shape[1]), np.float32)
         kept_in_tail = 0
@@ -208,16 +214,24 @@ def greedy_capacity(V, eps_grid, seed: int = 0, block: int = 2048, saturation: f
                     alive &= G[a] <= eps  # drop every later candidate that conflicts with a
             accepted = np.concatenate([accepted, cand[keep]])
             kept_in_tail += int((index[keep] >= tail_start).sum())
-        out.append(len(accepted))
-        if kept_in_tail > saturation * (len(U) - tail_start):
-            capped.append(eps)
-    if capped:
-        msg = (f"greedy capacity at ε = {', '.join(f'{e:g}' for e in capped)} is capped by its {len(U):,} candidates "
+        kept.append(len(accepted))
+        capped.append(kept_in_tail > saturation * (len(U) - tail_start))
+    return Packing(np.asarray(kept), np.asarray(capped, bool))
+
+
+def greedy_capacity(V, eps_grid, seed: int = 0, block: int = 2048, saturation: float = 0.01,
+                    strict: bool = False) -> np.ndarray:
+    """``greedy_packing``'s counts; a count capped by its candidates warns (``CappedCapacityWarning``), or with
+    ``strict`` raises."""
+    kept, capped = greedy_packing(V, eps_grid, seed=seed, block=block, saturation=saturation)
+    if capped.any():
+        eps = [e for e, c in zip(eps_grid, capped) if c]
+        msg = (f"greedy capacity at ε = {', '.join(f'{e:g}' for e in eps)} is capped by its {len(V):,} candidates "
                f"(the packing was still growing when they ran out): use more candidates")
         if strict:
             raise SuperposError(msg)
         warnings.warn(msg, CappedCapacityWarning, stacklevel=2)
-    return np.asarray(out)
+    return kept
 
 
 def feature_dimensionality(W_FD) -> np.ndarray:
@@ -253,12 +267,52 @@ def max_abs_cos_asymptotic(m: int, d: int) -> float:
 
 
 def random_code_size(d: int, eps) -> np.ndarray:
-    """exp(d ε²/4): how many random unit vectors keep every pairwise |cos| ≤ ε (union bound, JL-style count)."""
-    return np.exp(d * np.asarray(eps, dtype=np.float64) ** 2 / 4)
+    """A lower bound on the largest set of lines in d dimensions with pairwise |cos| ≤ ε, by alteration: draw N
+    random unit vectors and drop one of each pair with |cos| > ε; E[kept] = N − C(N, 2)·p with p = P(|cos| > ε)
+    exactly (``abs_cos_tail``), maximised at N ≈ 1/p + ½, so a set of ≈ 1/(2p) exists (≥ d always: an orthonormal
+    basis). ≈ exp(d ε²/2) / 2 for small ε."""
+    p = np.maximum(abs_cos_tail(eps, d), 1e-300)
+    n = np.floor(1 / p + 0.5)
+    return np.maximum(n - n * (n - 1) * p / 2, d)
+
+
+def code_upper_bound(d: int, eps) -> np.ndarray:
+    """An upper bound on the number of lines in d dimensions with pairwise |cos| ≤ ε, valid at every d: the
+    relative bound d(1 − ε²)/(1 − dε²) where dε² < 1 (Lemmens & Seidel 1973; Delsarte, Goethals & Seidel 1975),
+    else the cap-packing bound (the 2N antipodal points' caps of angular radius arccos(ε)/2 are disjoint:
+    N ≤ 1 / (2 Ω), Ω the caps' share of the sphere)."""
+    eps = np.asarray(eps, dtype=np.float64)
+    half = np.arccos(eps) / 2
+    cap = 0.5 * special.betainc((d - 1) / 2, 0.5, np.sin(half) ** 2)  # share of the sphere within angle `half`
+    bound = 1 / (2 * np.maximum(cap, 1e-300))
+    with np.errstate(divide="ignore"):
+        relative = np.where(d * eps**2 < 1, d * (1 - eps**2) / (1 - d * eps**2), np.inf)
+    return np.minimum(bound, relative)
+
+
+def kl_rate(eps) -> np.ndarray:
+    """The Kabatiansky–Levenshtein (1978) asymptotic bound on spherical codes of minimum angle θ = arccos ε, in
+    nats per dimension: ln N ≤ d·R(θ) + o(d), R = x ln x − y ln y, x = (1 + sin θ)/(2 sin θ), y = x − 1 (Conway
+    & Sloane, *Sphere Packings, Lattices and Groups*, ch. 9). Asymptotic only: at small d it can fall below what
+    exists (d orthogonal lines), so it is a reference slope, not a finite-d bound."""
+    s = np.sqrt(1 - np.asarray(eps, dtype=np.float64) ** 2)
+    x = (1 + s) / (2 * s)
+    y = x - 1
+    return x * np.log(x) - np.where(y > 0, y * np.log(np.maximum(y, 1e-300)), 0.0)
+
+
+def random_projection(V_ND, d: int, seed: int = 0) -> np.ndarray:
+    """Rows projected to ``d`` dimensions by a Gaussian matrix (Johnson–Lindenstrauss); unchanged if ``d`` is
+    their own width."""
+    V = np.asarray(V_ND, dtype=np.float32)
+    if d == V.shape[1]:
+        return V
+    P = np.random.default_rng(seed).standard_normal((V.shape[1], d)).astype(np.float32) / np.sqrt(d)
+    return V @ P
 
 
 def gaussian_null(n: int, d: int, seed: int = 0) -> np.ndarray:
-    """Rows of a Gaussian with the mean and covariance of ``X``."""
+    """``n`` standard Gaussian rows in ``d`` dimensions: uniformly random directions."""
     return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
 
 

@@ -57,3 +57,28 @@ def bootstrap_ci(stat, *samples, n_boot: int = 1000, level: float = 0.95, seed: 
     res = bootstrap(samples, stat, n_resamples=n_boot, confidence_level=level, method="percentile", paired=False,
                     vectorized=False, rng=np.random.default_rng(seed))
     return float(stat(*samples)), float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of a few independent replicates (seeds) and its Student-t interval (scipy); with one value the
+    interval is the value itself."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    m = float(v.mean())
+    if len(v) < 2 or np.ptp(v) == 0:
+        return m, m, m
+    lo, hi = stats.ttest_1samp(v, m).confidence_interval(level)
+    return m, float(lo), float(hi)
+
+
+def welch_difference(a, b, level: float = 0.95) -> tuple[float, float, float]:
+    """Difference of means of two independent groups of replicates with its Welch t-interval (scipy)."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    diff = float(a.mean() - b.mean())
+    if min(len(a), len(b)) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
+        return diff, diff, diff
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
+    return diff, float(ci.low), float(ci.high)

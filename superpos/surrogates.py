@@ -64,46 +64,61 @@ def planted_superposition(n: int, d: int, n_features: int, k: int, noise: float 
 
 def write_surrogate_store(x_ND: np.ndarray, out, layer: int, *, description: str, context_length: int = 256,
                           dtype: str = "float32"):
-    """Write rows as a finished one-layer store at ``out`` (whole contexts of ``context_length`` rows, the rest
-    dropped; token ids 0, positions 0..C-1). ``description`` is recorded as its model and corpus."""
+    """Write rows as a finished one-layer store at ``out`` (see ``write_store``)."""
+    return write_store({layer: x_ND}, out, description=description, context_length=context_length, dtype=dtype)
+
+
+def write_store(rows_by_layer: dict[int, np.ndarray], out, *, description: str, context_length: int = 256,
+                dtype: str = "float32"):
+    """Write equally long row arrays, one per layer, as a finished store at ``out`` (whole contexts of
+    ``context_length`` rows, the rest dropped; token ids 0, positions 0..C-1). ``description`` is recorded as its
+    model and corpus."""
     from .store import ActivationStore
 
-    x = np.asarray(x_ND, dtype=np.float32)
-    n = (len(x) // context_length) * context_length
+    xs = {layer: np.asarray(x, dtype=np.float32) for layer, x in sorted(rows_by_layer.items())}
+    first = next(iter(xs.values()))
+    n = (len(first) // context_length) * context_length
     if n == 0:
-        raise SuperposError(f"{len(x)} rows are fewer than one context of {context_length}")
+        raise SuperposError(f"{len(first)} rows are fewer than one context of {context_length}")
     out = Path(out)
-    with ActivationStore.create(out, layers=[layer], d_model=x.shape[1], n_rows=n, dtype=dtype,
+    with ActivationStore.create(out, layers=list(xs), d_model=first.shape[1], n_rows=n, dtype=dtype,
                                 attrs={"model": description, "corpus": description,
                                        "context_length": context_length}) as st:
         rows = np.arange(n)
         for lo in range(0, n, 8192):
             r = rows[lo:lo + 8192]
-            st.write_rows(lo, {layer: x[r]}, tokens=np.zeros(len(r), np.int32), doc=(r // context_length).astype(np.int32),
-                          pos=(r % context_length).astype(np.int32), next_logprob=np.zeros(len(r), np.float32),
-                          next_rank=np.zeros(len(r), np.int32))
+            st.write_rows(lo, {layer: x[r] for layer, x in xs.items()}, tokens=np.zeros(len(r), np.int32),
+                          doc=(r // context_length).astype(np.int32), pos=(r % context_length).astype(np.int32),
+                          next_logprob=np.zeros(len(r), np.float32), next_rank=np.zeros(len(r), np.int32))
         st.seal_content()
     return out
 
 
-def surrogate_of_store(store, layer: int, kind: str, out, *, seed: int = 0, n_features_per_d: int = 8,
+def surrogate_of_store(store, layers: int | list[int], kind: str, out, *, seed: int = 0, n_features_per_d: int = 4,
                        k: int | None = None, noise: float = 0.05):
-    """A surrogate of ``store``'s ``layer`` written to ``out``: ``gaussian`` or ``pc-shuffle`` of its rows
-    (position 0, the attention sink, left out), or ``planted`` superposition with the same number of rows and d
-    (``n_features_per_d`` × d atoms, ``k`` active per row — default d/18, 32 at d = 576 — rescaled to the
-    layer's mean squared norm)."""
+    """A surrogate of ``store``'s ``layers`` (one or several) written to ``out``: ``gaussian`` or ``pc-shuffle`` of
+    each layer's rows (position 0, the attention sink, left out), or ``planted`` superposition with the same number
+    of rows and d (``n_features_per_d`` × d atoms, ``k`` active per row — default d/72, 8 at d = 576, at least 2 —
+    rescaled to the layer's mean squared norm; fresh atoms per layer)."""
     if kind not in KINDS:
         raise SuperposError(f"unknown surrogate '{kind}' (expected one of {', '.join(KINDS)})")
-    x = store.to_numpy(layer)[store.row_mask(1)[slice(*store.row_range)]]
-    if kind == "gaussian":
-        y = gaussian_like(x, seed=seed)
-    elif kind == "pc-shuffle":
-        y = pc_shuffle(x, seed=seed)
-    else:
-        d = x.shape[1]
-        k = k or max(2, round(d / 18))
-        y, _ = planted_superposition(len(x), d, n_features_per_d * d, k, noise=noise, seed=seed)
-        y *= np.sqrt((x.astype(np.float64) ** 2).sum(1).mean() / (y.astype(np.float64) ** 2).sum(1).mean())
+    layers = [layers] if isinstance(layers, int) else list(layers)
+    keep = store.row_mask(1)[slice(*store.row_range)]
+    made = {}
+    for layer in layers:
+        x = store.to_numpy(layer)[keep]
+        s = seed + 1000 * layer
+        if kind == "gaussian":
+            y = gaussian_like(x, seed=s)
+        elif kind == "pc-shuffle":
+            y = pc_shuffle(x, seed=s)
+        else:
+            d = x.shape[1]
+            y, _ = planted_superposition(len(x), d, n_features_per_d * d, k or max(2, round(d / 72)), noise=noise,
+                                         seed=s)
+            y *= np.sqrt((x.astype(np.float64) ** 2).sum(1).mean() / (y.astype(np.float64) ** 2).sum(1).mean())
+        made[layer] = y
     C = int(store.attrs["context_length"]) - 1  # the sink rows are gone: contexts one row shorter
-    return write_surrogate_store(y, out, layer, description=f"{kind} surrogate of layer {layer} of {store.path}",
-                                 context_length=C)
+    where = ", ".join(map(str, layers))
+    return write_store(made, out, description=f"{kind} surrogate of layer{'s' if len(layers) > 1 else ''} {where} "
+                                               f"of {store.path}", context_length=C)
