@@ -50,7 +50,7 @@ def cmd_experiment(args) -> int:
         from .protocol import run_calibrated
 
         cal = run_calibrated(e.name, cfg)
-        _print_verdict(cal.real.verdict, cfg.out)
+        _print_verdict(cal.verdict or cal.real.verdict, cfg.out)
         print(f"calibration: {'every control as expected' if cal.calibrated else 'A CONTROL FAILED'} "
               f"({cfg.out}/calibration.md)")
         return 0 if cal.calibrated else 1

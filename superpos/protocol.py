@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple
 from .hypotheses import configs as C
 from .hypotheses import results as R
 from .hypotheses import verdicts as V
-from .results import Result, Verdict
+from .results import Result, Verdict, to_jsonable
 from .settings import format_value, settings
 
 
@@ -48,6 +48,10 @@ class Experiment:
     quick: dict = field(default_factory=dict)  # field values for a smoke run (run all --quick)
     controls: tuple[Control, ...] = ()  # its null and planted calibration runs (run_calibrated)
     reused: dict = field(default_factory=dict)  # field -> what the real run leaves in OUT that controls reuse
+    # the verdict relative to the controls, (real, {control name: result}) -> Verdict; None: each judged alone
+    calibrated_verdict: Callable[[Result, dict], Verdict] | None = None
+    # "module:function"(real, out, controls=, calibrated=) rewriting the report with the controls side by side
+    calibrated_report: str | None = None
 
     def run(self, cfg) -> Result:
         """Run it; returns its typed result (also written to cfg.out/results.json with the report)."""
@@ -66,11 +70,13 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "Hypothesis 1: does the residual stream hold far more than d nearly orthogonal directions? Token-"
                "embedding geometry vs random nulls and bounds, a sweep of TopK SAE sizes, and atom–token alignment. "
                "See docs/orthogonality.md.",
-               {"harvest_tokens": 8192, "expansions": [1, 2], "fit_tokens": 40000, "capacity_sample": 1024},
-               (Control("gaussian", "null", {"control": "gaussian"}, False),
-                Control("pc-shuffle", "null", {"control": "pc-shuffle"}, False),
-                Control("planted superposition", "planted", {"control": "planted"}, True)),
-               {"store": "acts.h5"}),
+               {"harvest_tokens": 8192, "expansions": [1, 2], "seeds": 2, "fit_tokens": 40000, "capacity_sample": 1024,
+                "capacity_dims": [8], "ce_contexts": 2},
+               (Control("gaussian", "null", {"control": "gaussian", "capacity": False}, False),
+                Control("pc-shuffle", "null", {"control": "pc-shuffle", "capacity": False}, False),
+                Control("planted superposition", "planted", {"control": "planted", "capacity": False}, True)),
+               {"store": "acts.h5"}, V.orthogonality_calibrated,
+               "superpos.hypotheses.reports.orthogonality:write_report"),
     Experiment("lenses", C.LensesConfig, R.LensesResult,
                "superpos.hypotheses.lenses:run_lenses", V.lenses,
                "logit lens vs tuned lens per layer (trains and saves a tuned lens)",
@@ -133,23 +139,21 @@ def command_line(name: str, config: dict) -> str:
 
 
 class Calibration(NamedTuple):
-    """A real run and its controls: each result by run name, and whether every control came out as it must."""
+    """A real run and its controls: each result by run name, whether every control came out as it must, and (for
+    an experiment that defines one) the verdict judged relative to the controls."""
 
     real: Result
     controls: dict[str, Result]
     calibrated: bool
+    verdict: Verdict | None = None
 
 
 def run_calibrated(name: str, cfg) -> Calibration:
     """``cfg`` and, through the identical analysis, each of the experiment's controls (same settings but the
     control's, into ``OUT/controls/<control>``; what the real run leaves for them — a tuned lens, a harvested
-    store — is reused). Writes
-    ``OUT/calibration.md`` and ``calibration.json``: real, nulls and planted side by side, and whether every
-    control came out as it must."""
+    store — is reused), then ``judge_calibration``."""
     from dataclasses import replace
     from pathlib import Path
-
-    from .dictionaries.io import write_json_atomic
 
     e = EXPERIMENTS[name]
     if not e.controls:
@@ -158,8 +162,28 @@ def run_calibrated(name: str, cfg) -> Calibration:
     real = e.run(cfg)
     shared = {name: str(out / path) for name, path in e.reused.items()  # e.g. the real run's tuned lens or store
               if getattr(cfg, name) is None and (out / path).exists()}
-    controls = {c.name: e.run(replace(cfg, **shared, **c.settings, out=str(out / "controls" / c.name.replace(" ", "_"))))
+    controls = {c.name: e.run(replace(cfg, **shared, **c.settings, out=str(control_folder(out, c))))
                 for c in e.controls}
+    return judge_calibration(name, real, controls, out)
+
+
+def control_folder(out, control: Control):
+    """Where a run with output folder ``out`` puts one of its controls."""
+    from pathlib import Path
+
+    return Path(out) / "controls" / control.name.replace(" ", "_")
+
+
+def judge_calibration(name: str, real: Result, controls: dict[str, Result], out) -> Calibration:
+    """Whether every control came out as it must and (where the experiment defines one) the verdict relative to the
+    controls; writes ``OUT/calibration.md`` and ``calibration.json`` (real, nulls and planted side by side) and the
+    experiment's calibrated report. Works as well on results read back from disk."""
+    from pathlib import Path
+
+    from .dictionaries.io import write_json_atomic
+
+    e = EXPERIMENTS[name]
+    out = Path(out)
     rows = [("real", "—", real.verdict, None)]
     rows += [(c.name, c.kind, controls[c.name].verdict, c.expect_supported) for c in e.controls]
     ok = all(bool(v.supported) == want for _, _, v, want in rows if want is not None)
@@ -177,8 +201,16 @@ def run_calibrated(name: str, cfg) -> Calibration:
         md.append(f"| {run_name} | {kind} | {headline.replace('|', '/')} | {expected} | {as_expected} |")
     md += ["", "Calibrated: " + ("every control came out as it must." if ok else "**a control did not come out as it "
                                  "must; the real verdict cannot be trusted.**"), ""]
+    verdict = e.calibrated_verdict(real, controls) if e.calibrated_verdict else None
+    if verdict is not None:
+        md += ["## The verdict relative to the controls", "", f"**{verdict.headline}**", "",
+               *[f"- {line}" for line in verdict.criteria], ""]
     (out / "calibration.md").write_text("\n".join(md))
     write_json_atomic(out / "calibration.json", {
         "calibrated": ok, "runs": [{"run": r, "kind": k, "supported": bool(v.supported), "headline": v.headline,
-                                    "expected": w} for r, k, v, w in rows]})
-    return Calibration(real, controls, ok)
+                                    "expected": w} for r, k, v, w in rows],
+        "verdict": None if verdict is None else to_jsonable(verdict)})
+    if e.calibrated_report:
+        module, func = e.calibrated_report.split(":")
+        getattr(importlib.import_module(module), func)(real, out, controls=controls, calibrated=verdict)
+    return Calibration(real, controls, ok, verdict)

@@ -59,8 +59,9 @@ class Report:
                 out += ["```", body, "```", ""]
             elif kind == "table":
                 header, rows = body
-                out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                out += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+                cell = lambda c: c.replace("|", "\\|")  # noqa: E731  a literal | (as in |cos|) must not split the cell
+                out += ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
+                out += ["| " + " | ".join(map(cell, r)) + " |" for r in rows] + [""]
             elif kind == "img":
                 name, caption = body
                 out += [f"![{caption}]({name})", "", f"*{caption}*", ""]
@@ -99,9 +100,10 @@ class Report:
         for line in verdict.criteria:
             self.text(line)
 
-    def reproduce(self, experiment: str, config) -> None:
+    def reproduce(self, experiment: str, config, calibrate: bool = False) -> None:
         """The closing sections every experiment report has: all its settings, and the command that
-        reproduces it (every flag that differs from its default, from the experiment's config dataclass)."""
+        reproduces it (every flag that differs from its default, from the experiment's config dataclass; with
+        ``calibrate``, the run with its controls)."""
         from dataclasses import asdict, is_dataclass
 
         config = asdict(config) if is_dataclass(config) else config
@@ -110,7 +112,7 @@ class Report:
         self.heading("Reproduce")
         from .protocol import command_line
 
-        self.code(command_line(experiment, config))
+        self.code(command_line(experiment, config) + (" --calibrate" if calibrate else ""))
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write report.md, report.html and the figures into ``folder`` (each atomically)."""

@@ -77,6 +77,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "probability": _checked(_number(float), lambda v: 0 < v < 1, "a probability in (0, 1)"),
     "int_list": _list(int, lambda v: v > 0, "positive integers"),
     "unit_list": _list(float, lambda v: 0 < v <= 1, "numbers in (0, 1]"),
+    "layer_list": _list(int, lambda v: v >= 0, "layer numbers (0 or more)"),
     "positive_float_list": _list(float, lambda v: v > 0, "positive numbers"),
     "offset_list": _list(int, lambda v: abs(v) <= 16, "offsets between -16 and 16"),
     "control": _choice("none", "positive", "negative"),

@@ -76,20 +76,73 @@ def test_orthogonality_experiment_on_tiny_model(tiny_models, tmp_path):
     from superpos.hypotheses.results import OrthogonalityResult
 
     out = tmp_path / "orth"
-    res = run(OrthogonalityConfig(model=str(tiny_models["llama"]), layer=2, harvest_tokens=4096, expansions=[1, 4],
-                                  k=4, fit_tokens=20_000, eps_grid=[0.3, 0.6], capacity_sample=384, n_boot=100,
-                                  device="cpu", out=str(out)))
-    for name in ("report.md", "report.html", "results.json", "maxcos_tokens.png", "capacity.png", "fvu_vs_size.png",
-                 "maxcos_vs_size.png"):
+    res = run(OrthogonalityConfig(model=str(tiny_models["llama"]), layers=[1, 2], harvest_tokens=4096,
+                                  expansions=[1, 4], seeds=2, k=4, fit_tokens=20_000, eps_grid=[0.3, 0.6],
+                                  capacity_dims=[8, 16], capacity_sample=384, ce_contexts=2, n_boot=100, device="cpu",
+                                  out=str(out)))
+    for name in ("report.md", "report.html", "results.json", "maxcos_tokens.png", "capacity_vs_d.png",
+                 "fvu_vs_size.png", "matched_cos.png"):
         assert (out / name).exists(), name
     assert res.tied_embeddings is True
     # the Gaussian null sits on the theoretical median for its size
     assert res.tokens["random null"].max_abs_cos.median == pytest.approx(res.tokens_theory_median, rel=0.1)
-    assert [r.n_atoms for r in res.sweep] == [32, 128]
-    assert res.sweep[1].fvu < res.sweep[0].fvu + 0.05
-    assert isinstance(res.verdict.supported, bool) and len(res.verdict.criteria) == 3
+    assert [x.layer for x in res.layers] == [1, 2]
+    for lay in res.layers:
+        assert [s.n_atoms for s in lay.sizes] == [32, 128] and len(lay.gain.values) == 2
+        assert lay.gain.values == pytest.approx([1 - b / a for a, b in zip(lay.sizes[0].fvu.values,
+                                                                          lay.sizes[1].fvu.values)])
+        assert lay.sizes[1].ce_recovered is not None and lay.alignment is not None  # the model's own store
+        assert lay.atoms.stable.mean <= lay.atoms.live.mean <= 128
+    assert res.capacity.dims == [8, 16, 32] and set(res.capacity.kept) == {
+        "embedding (centred)", "atoms (layer 2, 4×)", "random directions"}
+    assert isinstance(res.verdict.supported, bool) and len(res.verdict.criteria) == 2
     assert OrthogonalityResult.read(out) == res
     assert "Verdict" in (out / "report.md").read_text()
+
+
+def _judge_store(path, layer, cfg, tmp_path):
+    """The orthogonality verdict on one store layer, without a model (no CE, no token geometry)."""
+    from superpos.hypotheses.orthogonality import layer_sweep
+    from superpos.hypotheses.results import OrthogonalityResult
+    from superpos.hypotheses.verdicts import orthogonality
+    from superpos.store import ActivationStore
+
+    with ActivationStore(path) as st:
+        sweep, _ = layer_sweep(st, layer, tmp_path / f"dicts_{path.stem}", cfg, None, None)
+        res = OrthogonalityResult(config=cfg, model="test rows", d_model=st.d_model, tied_embeddings=True,
+                                  store=str(path), layers=[sweep])
+    return res, orthogonality(res)
+
+
+@pytest.fixture(scope="module")
+def small_stores(tmp_path_factory):
+    """Planted superposition (4×d unit atoms, 2 per row, d = 32), and its Gaussian and PC-shuffle nulls."""
+    from superpos.surrogates import gaussian_like, pc_shuffle, planted_superposition, write_store
+
+    folder = tmp_path_factory.mktemp("stores")
+    x, _ = planted_superposition(8_000, 32, 128, 2, noise=0.02, seed=0)
+    return {name: write_store({1: rows}, folder / f"{name}.h5", description=name, context_length=100)
+            for name, rows in (("planted", x), ("gaussian", gaussian_like(x, seed=1)), ("pc-shuffle", pc_shuffle(x, 2)))}
+
+
+def test_orthogonality_verdict_on_planted_and_null_stores(small_stores, tmp_path):
+    """SUPPORTED on planted superposition, NOT SUPPORTED on the Gaussian and PC-shuffle nulls of the same rows."""
+    from superpos.hypotheses.configs import OrthogonalityConfig
+
+    cfg = OrthogonalityConfig(expansions=[1, 8], seeds=2, k=4, fit_tokens=120_000, batch_size=256, orth_eps=0.5,
+                              device="cpu")
+    judged = {name: _judge_store(path, 1, cfg, tmp_path) for name, path in small_stores.items()}
+    planted, v = judged["planted"]
+    assert v.supported, v.criteria
+    assert min(planted.layers[0].atoms.stable_orthogonal.values) > 32 and planted.layers[0].gain.mean > 0.3
+    for name in ("gaussian", "pc-shuffle"):
+        res, v = judged[name]
+        assert not v.supported, (name, v.criteria)
+        assert res.layers[0].atoms.stable.mean < 8, name  # nothing recurs across seeds without sparse features
+    # the census by hand: the Hungarian partners' |cos| histogram holds every live atom of every seed pair
+    a = planted.layers[0].atoms
+    assert sum(a.matched_cos_hist) == pytest.approx(sum(min(x, y) for i, x in enumerate(a.live.values)
+                                                        for y in a.live.values[i + 1:]))
 
 
 @pytest.mark.parametrize("index", ["exact", "ivf", "pq"])
@@ -128,6 +181,36 @@ def test_feature_dimensionality_by_hand():
     assert feature_dimensionality(np.array([[0.0, 0], [1, 0]]))[0] == 0  # a dead feature
 
 
+def test_spherical_code_bounds_bracket_what_exists():
+    d, eps = 16, np.array([0.05, 0.2, 0.4, 0.6])
+    lo, hi = g.random_code_size(d, eps), g.code_upper_bound(d, eps)
+    assert (lo >= d).all() and (hi >= lo).all()  # an orthonormal basis always fits; the bounds never cross
+    # the relative bound by hand where dε² < 1: d(1 − ε²)/(1 − dε²)
+    assert hi[0] == pytest.approx(min(d * (1 - 0.05**2) / (1 - d * 0.05**2), hi[0]))
+    assert g.code_upper_bound(2, [0.0])[0] == pytest.approx(2.0)  # at ε = 0 only an orthonormal basis: N ≤ d
+    # the alteration bound by hand: with p = P(|cos| > ε), N = round(1/p) random vectors keep N − C(N,2)p
+    p = g.abs_cos_tail(0.6, d)
+    n = np.floor(1 / p + 0.5)
+    assert lo[3] == pytest.approx(max(n - n * (n - 1) * p / 2, d))
+    packed = g.greedy_packing(g.gaussian_null(4000, d, seed=1), [0.4, 0.6])
+    assert not packed.capped[0] and packed.capped[1]  # 4,000 candidates saturate at ε = 0.4, not at 0.6
+    assert lo[2] <= packed.kept[0] <= hi[2]  # an uncapped greedy packing lands between the bounds
+    assert g.kl_rate([0.3])[0] > g.kl_rate([0.1])[0] > 0
+
+
+def test_capacity_line_fit_and_projection():
+    from superpos.hypotheses.orthogonality import line_fit
+
+    dims, eps = [8, 16], [0.2, 0.4]
+    kept = [[int(round(np.exp(3 + 0.5 * x * e * e))) for e in eps] for x in dims]
+    fit = line_fit(dims, eps, kept, [[False, False], [False, True]])  # the capped point is left out
+    assert fit.points == 3 and fit.dims == 2 and fit.slope == pytest.approx(0.5, rel=0.1) and fit.r2 > 0.99
+    assert line_fit(dims, eps, kept, [[True, True], [False, True]]).slope is None  # too few uncapped points
+    V = g.gaussian_null(50, 40, seed=3)
+    assert g.random_projection(V, 40) is not None and g.random_projection(V, 10).shape == (50, 10)
+    np.testing.assert_array_equal(g.random_projection(V, 40), V)
+
+
 def test_capacity_capped_by_its_candidates_warns_or_refuses():
     from superpos.errors import SuperposError
     from superpos.geometry import CappedCapacityWarning, greedy_capacity
@@ -146,18 +229,31 @@ def test_capacity_capped_by_its_candidates_warns_or_refuses():
 
 def test_orthogonality_calibration_runs_the_sweep_on_nulls_and_planted_superposition(tiny_models, tmp_path):
     """run orthogonality --calibrate: the identical sweep on a Gaussian and a PC-shuffle surrogate of the layer
-    (no sparse features: more atoms barely help) and on planted superposition (more atoms help a lot)."""
+    (no sparse features: more atoms barely help, nothing recurs across seeds) and on planted superposition; the
+    calibrated verdict judges the real run against them."""
     from superpos.hypotheses.orthogonality import OrthogonalityConfig
     from superpos.protocol import run_calibrated
 
-    cfg = OrthogonalityConfig(model=str(tiny_models["llama"]), layer=2, harvest_tokens=8192, expansions=[1, 8], k=4,
-                              fit_tokens=400_000, eps_grid=[0.3], capacity_sample=256, n_boot=50, device="cpu",
-                              out=str(tmp_path / "orth"))
+    cfg = OrthogonalityConfig(model=str(tiny_models["llama"]), layers=[2], harvest_tokens=8192, expansions=[1, 8],
+                              k=4, seeds=2, fit_tokens=100_000, batch_size=256, orth_eps=0.5, capacity=False,
+                              n_boot=50, device="cpu", out=str(tmp_path / "orth"))
     cal = run_calibrated("orthogonality", cfg)
-    drop = {name: r.verdict.fvu_drop for name, r in cal.controls.items()}
-    assert drop["planted superposition"] > 0.3 and drop["gaussian"] < 0.15 and drop["pc-shuffle"] < 0.15, drop
+    gain = {name: r.layers[0].gain.mean for name, r in cal.controls.items()}
+    assert gain["planted superposition"] > 0.3 and gain["gaussian"] < 0.2 and gain["pc-shuffle"] < 0.2, gain
     assert not cal.controls["gaussian"].verdict.supported and not cal.controls["pc-shuffle"].verdict.supported
-    assert "gaussian surrogate of layer 2" in cal.controls["gaussian"].verdict.headline
+    assert cal.controls["planted superposition"].verdict.supported, cal.controls["planted superposition"].verdict
+    assert cal.calibrated and "gaussian surrogate of" in cal.controls["gaussian"].verdict.headline
     for r in cal.controls.values():  # every control reused the real run's store instead of harvesting again
-        assert r.config.store == str(tmp_path / "orth" / "acts.h5") and r.store.path.endswith("surrogate.h5")
-    assert (tmp_path / "orth" / "calibration.md").read_text().count("| null |") == 2
+        assert r.config.store == str(tmp_path / "orth" / "acts.h5") and r.store.endswith("surrogate.h5")
+    text = (tmp_path / "orth" / "calibration.md").read_text()
+    assert text.count("| null |") == 2 and "relative to the controls" in text
+    assert cal.verdict.headline.split(":")[0] in ("SUPPORTED, calibrated", "NOT SUPPORTED after calibration")
+    report = (tmp_path / "orth" / "report.md").read_text()
+    assert "Real, nulls and planted side by side" in report and "--calibrate" in report
+    # every verdict is a function of the stored results: judged again from disk, the same calibration
+    from superpos.protocol import EXPERIMENTS, control_folder, judge_calibration
+
+    e = EXPERIMENTS["orthogonality"]
+    again = judge_calibration("orthogonality", e.read(tmp_path / "orth"),
+                              {c.name: e.read(control_folder(tmp_path / "orth", c)) for c in e.controls}, tmp_path / "orth")
+    assert again.verdict == cal.verdict and again.calibrated == cal.calibrated

@@ -95,7 +95,7 @@ def test_replication_tables_put_runs_side_by_side(tmp_path):
     section = text.split("## repurposing\n")[1].split("\n## ")[0]
     assert "| | smollm2-pydoc | other-run |" in section and "| verdict | NOT SUPPORTED | NOT SUPPORTED |" in section
     assert f"| peak layer | {rep.verdict.peak_layer} | {rep.verdict.peak_layer} |" in section
-    assert "FVU drop" in text.split("## orthogonality\n")[1] and "## lenses" not in text  # lenses: nothing committed
+    assert "FVU gain" in text.split("## orthogonality\n")[1] and "## lenses" not in text  # lenses: nothing committed
     assert "| not run |" in text.split("## donation\n")[1].split("\n## ")[0]
     with pytest.raises(SuperposError, match="not a `run all` output folder"):
         from superpos.replication import replication_markdown

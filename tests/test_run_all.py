@@ -66,7 +66,9 @@ def test_report_command_reproduces_the_settings():
             elif f.name in ("unlikely", "likely"):
                 values[f.name] = 1e-7 if f.name == "unlikely" else 0.05
             elif isinstance(default, list) or f.name == "layers":
-                values[f.name] = [3, 1] if f.name in ("expansions", "layers") else [0.25, 0.5]
+                values[f.name] = [3, 1] if f.name in ("expansions", "layers", "capacity_dims") else [0.25, 0.5]
+            elif isinstance(default, bool):
+                values[f.name] = not default
             elif f.name in ("layer", "seed"):
                 values[f.name] = 3
             else:
