@@ -142,9 +142,9 @@ def orthogonality_calibrated(real: R.OrthogonalityResult,
     elif not controls_ok:
         head = "NOT CALIBRATED: a control did not come out as it must, so the real verdict cannot be trusted."
     else:
-        alone = "SUPPORTED" if real.verdict.supported else "NOT SUPPORTED"
-        head = (f"NOT SUPPORTED after calibration: the real run is {alone} on its own, but it does not beat both "
-                f"nulls at every layer.")
+        head = ("NOT SUPPORTED after calibration (every control came out as it must): "
+                + (real.verdict.headline.removeprefix("NOT SUPPORTED ") if not real.verdict.supported
+                   else "the real run does not beat both nulls at every layer."))
     return R.OrthogonalityVerdict(supported=supported, headline=head, criteria=lines, context=real.verdict.context,
                                   layers_passed=passed)
 

@@ -172,7 +172,8 @@ def _capacity(rep: Report, res, plt) -> None:
         ax.plot(xs, [x * r for r in cap.kl_rate], color="k", lw=0.6, ls=":")
     ax.plot([], [], color="gray", ls="--", label="random-code lower bound (each d')")
     ax.plot([], [], color="k", ls=":", label="KL asymptotic upper rate (each d')")
-    ax.set(xlabel="d'·ε²", ylabel="ln N (directions kept)", ylim=(0, None),
+    top = max(np.log(max(k, 1)) for kept in cap.kept.values() for row in kept for k in row)
+    ax.set(xlabel="d'·ε²", ylabel="ln N (directions kept)", ylim=(0, 1.6 * top + 1),  # the bounds run far above
            title="markers: " + ", ".join(f"{markers[i % 5]} d'={x}" for i, x in enumerate(cap.dims)))
     ax.legend(fontsize=7)
     rep.figure(fig, "capacity_vs_d.png", "How many nearly orthogonal directions fit, against d·ε²")
