@@ -29,10 +29,9 @@ from .. import geometry as g
 from ..errors import ConfigError, SuperposError
 from ..stats import bootstrap_ci, t_interval
 from .configs import OrthogonalityConfig
-from .results import (Alignment, AtomCensus, CapacityCurves, LayerSweep, LineFit, OrthogonalityResult, SeedValues,
-                      SizeFit, Summary, TokenSet)
+from .results import (MAXCOS, Alignment, AtomCensus, CapacityCurves, LayerSweep, LineFit, OrthogonalityResult,
+                      SeedValues, SizeFit, Summary, TokenSet)
 
-MAXCOS = "maxcos.npz"  # each token set's max |cos| values, for the report's histogram
 
 
 def _say(msg: str) -> None:

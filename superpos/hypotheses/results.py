@@ -47,6 +47,8 @@ class LensesResult(Result):
 
 
 # ------------------------------------------------------------------ orthogonality
+MAXCOS = "maxcos.npz"  # beside an orthogonality result: each token set's max |cos| values, for the report's histogram
+
 @dataclass(kw_only=True)
 class Summary:
     """A distribution's median with its 95% CI, deciles and mean."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ...report import Report
-from ..results import OrthogonalityResult, OrthogonalityVerdict
+from ..results import MAXCOS, OrthogonalityResult, OrthogonalityVerdict
 from ..verdicts import describe_fit
 
 STYLES = {"gaussian": "--", "pc-shuffle": "-.", "planted": ":"}
@@ -190,8 +190,6 @@ def _capacity(rep: Report, res, plt) -> None:
 
 def _tokens(rep: Report, res, out: Path, plt) -> None:
     """Each token vector's max |cos| to the others, against random vectors."""
-    from ..orthogonality import MAXCOS
-
     rep.heading("(d) Token directions")
     rep.text(f"Embedding and unembedding are {'tied (one matrix)' if res.tied_embeddings else 'separate'}. Each "
              f"vector's max |cos| to the other {res.tokens['embedding'].n - 1:,}; the random null is Gaussian with the "
