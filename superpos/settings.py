@@ -58,6 +58,15 @@ def _choice(*options: str):
     return parse
 
 
+def _choice_list(*options: str):
+    def parse(text: str):
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        if not values or any(v not in options for v in values):
+            raise ValueError(f"expected a comma list of {', '.join(options)}, got '{text}'")
+        return values
+    return parse
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
@@ -85,6 +94,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "store_dtype": _choice("auto", "float16", "float32"),
     "model_dtype": _choice("float32", "bfloat16", "float16"),
     "compression": _choice("lzf", "gzip", "none"),
+    "reinject_targets": _choice_list("mean", "embedding"),
     "shard": _shard,
 }
 

@@ -82,3 +82,13 @@ def welch_difference(a, b, level: float = 0.95) -> tuple[float, float, float]:
         return diff, diff, diff
     ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
     return diff, float(ci.low), float(ci.high)
+
+
+def per_context_difference(values, ctx, a_mask, b_mask) -> tuple[np.ndarray, np.ndarray]:
+    """Per context that has both: the mean of ``values`` where ``a_mask`` minus the mean where ``b_mask`` (NaN
+    values ignored); and those contexts' ids. The paired unit for a difference between two groups of positions."""
+    ids = np.unique(ctx)
+    va = np.array([np.nanmean(values[a_mask & (ctx == c)]) if (a_mask & (ctx == c)).any() else np.nan for c in ids])
+    vb = np.array([np.nanmean(values[b_mask & (ctx == c)]) if (b_mask & (ctx == c)).any() else np.nan for c in ids])
+    ok = ~np.isnan(va) & ~np.isnan(vb)
+    return va[ok] - vb[ok], ids[ok]

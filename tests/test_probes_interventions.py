@@ -1,6 +1,8 @@
 """Probes, lookahead, gradient donation and re-injection on tiny models."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,10 +11,15 @@ import torch.nn.functional as F
 from superpos.hypotheses.donation import DonationConfig, _kv_leaves, donation_from_grads, pairwise_kv_grads, run_donation
 from superpos.hypotheses.configs import LookaheadConfig, ProbeConfig
 from superpos.hypotheses.lookahead import run_lookahead
-from superpos.hypotheses.probes import (compare_to_embedding, conditional_mode_baseline, nearest_embedding_accuracy,
+from superpos.hypotheses.ngrams import BackoffNgram
+from superpos.hypotheses.probe_geometry import frequency_basis, procrustes_test
+from superpos.hypotheses.probes import (embedding_geometry, guess_test, model_guesses, nearest_embedding_accuracy,
                                         probe_by_depth, run_probes)
-from superpos.hypotheses.reinject import ReinjectConfig, generate, reinjection, run_reinject, teacher_forced_losses
+from superpos.hypotheses.token_table import token_means
+from superpos.hypotheses.reinject import (ReinjectConfig, cached_losses, generate, interpolation, run_reinject,
+                                         teacher_forced_losses)
 from superpos.models import load_model
+from superpos.results import to_jsonable
 from superpos.residuals import sample_residuals
 from conftest import make_tiny_model
 
@@ -28,22 +35,68 @@ def test_probe_reads_the_input_token_perfectly_from_the_embedding_layer(peaked_l
     assert nearest_embedding_accuracy(sample, W_E, probes[0].classes)[0] == 1.0
 
 
-def test_embedding_comparison_finds_a_planted_relation_and_rejects_a_random_one():
+def test_procrustes_test_finds_a_planted_relation_and_rejects_a_random_one():
     rng = np.random.default_rng(0)
     E = rng.standard_normal((300, 24))
     R, _ = np.linalg.qr(rng.standard_normal((24, 24)))
-    planted = compare_to_embedding(E @ R + 0.3 * rng.standard_normal(E.shape), E, n_shuffle=50)
-    random = compare_to_embedding(rng.standard_normal(E.shape), E, n_shuffle=50)
-    assert planted.p_value < 0.05 and planted.procrustes_residual < 0.5 * planted.null_procrustes_mean
-    assert random.p_value > 0.05
-    assert abs(random.procrustes_residual - random.null_procrustes_mean) < 0.05
+    fit, null_mean, _, p = procrustes_test(E @ R + 0.3 * rng.standard_normal(E.shape), E, n_shuffle=50)
+    assert p < 0.05 and fit < 0.5 * null_mean
+    fit, null_mean, _, p = procrustes_test(rng.standard_normal(E.shape), E, n_shuffle=50)
+    assert p > 0.05 and abs(fit - null_mean) < 0.05
+    assert procrustes_test(E @ R, E, n_shuffle=5)[0] < 1e-6  # a pure rotation: residual 0
 
 
-def test_conditional_mode_baseline_by_hand():
-    cur = np.array([5, 5, 5, 7, 7, 9])
-    y = np.array([1, 1, 2, 3, 3, 4])
-    guess = conditional_mode_baseline(cur, y, np.array([5, 7, 8]), classes=np.array([1, 2, 3, 4]))
-    assert guess.tolist() == [1, 3, 1]  # unseen token 8 -> the overall most common target (1 and 3 tie: lower id)
+def test_frequency_basis_starts_at_the_most_frequent_tokens():
+    E = np.random.default_rng(0).standard_normal((50, 8))
+    B = frequency_basis(E, np.array([7, 3, 7, 11]))
+    Ec = E - E.mean(0)
+    np.testing.assert_allclose(B @ B.T, np.eye(8), atol=1e-10)
+    np.testing.assert_allclose(abs(B[0] @ Ec[7]), np.linalg.norm(Ec[7]), rtol=1e-10)  # token 7 first
+    assert abs(B[2] @ Ec[7]) < 1e-10 and abs(B[2] @ Ec[3]) < 1e-10  # the repeat skipped; 11 comes third
+
+
+def test_geometry_and_guess_test_report_no_difference_where_a_layer_copies_layer_0(tiny_models):
+    """Blocks 0 and 1 write nothing, so residual layers 1 and 2 are exact copies of layer 0: every calibrated
+    metric must read 0 there; layer 3 (block 2 writes) must not."""
+    lm = load_model(str(tiny_models["llama"]), device="cpu")
+    with torch.no_grad():
+        for block in lm.blocks[:2]:
+            block.self_attn.o_proj.weight.zero_()
+            block.mlp.down_proj.weight.zero_()
+    tokens = np.random.default_rng(0).integers(2, 120, size=(16, 48))
+    sample = sample_residuals(lm, tokens, per_context=46, progress=False)
+    torch.testing.assert_close(sample.resid_LPD[2], sample.resid_LPD[0], rtol=0, atol=0)
+    cfg = ProbeConfig(n_classes=64, n_shuffle=40, n_boot=200)
+    r, probes = probe_by_depth(sample, 0, cfg.n_classes, cfg.ridge, 0, cfg.n_boot)
+    W_E = lm.W_E_VD.detach().float().numpy()
+    geo = embedding_geometry(sample, W_E, probes[0].classes, cfg)
+    for i in (1, 2):
+        assert geo.tail_vs_layer0.mean[i] == 0 and geo.tail_vs_layer0.lo[i] == 0 == geo.tail_vs_layer0.hi[i]
+        assert geo.profiles["frequency"][i] == geo.profiles["frequency"][0]
+    assert geo.tail_vs_layer0.mean[3] != 0
+    assert geo.procrustes[0].residual < 1e-4 and geo.procrustes[0].p_value < 0.05  # layer 0: class means = embedding
+    _, test = sample.split_contexts(0.75, seed=0)
+    guesses = model_guesses(lm, tokens)
+    assert guesses.shape == tokens.shape and (guesses < lm.W_E_VD.shape[0]).all()
+    guesses[:, :-1:2] = tokens[:, 1::2]  # a model that had guessed every odd position's input
+    g = guess_test(probes, test, guesses, n_boot=100, seed=0)
+    assert 0.4 < g.guess_accuracy.mean < 0.6
+    assert g.vs_layer0.mean[1] == 0 == g.vs_layer0.mean[2] and g.right_minus_wrong.mean[2] == g.right_minus_wrong.mean[0]
+    assert not np.isnan(g.vs_layer0.mean[3])
+
+
+def test_backoff_ngram_matches_a_hand_count():
+    train = np.array([[1, 2, 3, 1, 2, 4, 1, 2, 3]])
+    trigram = BackoffNgram(3, offset=1).fit(train)
+    test = np.array([[1, 2, 9, 5, 2, 7, 7]])
+    # (1, 2) -> 3 twice, 4 once; (5, 2) unseen -> back off to (2,) -> 3; (2, 9) and (9,) unseen -> the most
+    # frequent target overall (2: three times); (7, 7) -> (7,) unseen -> 2
+    assert BackoffNgram(3, 1).fit(train).predict(test, [0, 0, 0, 0], [1, 4, 2, 6]).tolist() == [3, 3, 2, 2]
+    assert trigram.table_[2][(1, 2)] == 3 and trigram.table_[1][(2,)] == 3
+    skip = BackoffNgram(2, offset=2).fit(train)  # two tokens on: after 1 come 3, 4, 3; after 2 always 1
+    assert skip.table_[1] == {(1,): 3, (2,): 1, (3,): 2, (4,): 2}
+    only = BackoffNgram(2, offset=1, classes=np.array([4])).fit(train)  # targets outside the classes not counted
+    assert only.predict(test, [0], [1]).tolist() == [4]
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -61,19 +114,47 @@ def test_donation_matches_one_backward_per_loss(tmp_path, kind):
     d = donation_from_grads(g, [10])
     own = g[0, torch.arange(9), torch.arange(9)].norm(dim=-1)
     later = torch.stack([g[0, i + 1:9, i].sum(0).norm() for i in range(8)])  # hand sum over later losses
-    np.testing.assert_allclose(d["share"][10][0], (later / (later + own[:8])).numpy(), rtol=1e-5)
-    np.testing.assert_allclose(d["later_count"], np.arange(8, 0, -1))
+    share = (later / (later + own[:8])).numpy()
+    np.testing.assert_allclose(d["share"][10][0], share[1:], rtol=1e-5)  # the sink (position 0) left out ...
+    np.testing.assert_allclose(d["sink_share"][10][0], share[0], rtol=1e-5)  # ... and reported apart
+    np.testing.assert_allclose(d["ratio"][0], (later / own[:8]).numpy()[1:], rtol=1e-5)
+    np.testing.assert_allclose(d["later_count"], np.arange(7, 0, -1))
+    pair = [g[0, i + 2, i].norm() / own[i] for i in range(1, 7)]  # one later loss at distance 2, positions ≥ 1
+    np.testing.assert_allclose(d["decay"][1], np.median(pair), rtol=1e-5)
 
 
-def test_reinjection_with_alpha_zero_is_bit_identical(tiny_models):
+def test_interpolation_at_weight_zero_is_bit_identical_and_the_cached_loop_matches(tiny_models):
     lm = load_model(str(tiny_models["llama"]), device="cpu")
-    plain = generate(lm, "The quick brown fox", max_new_tokens=12, seed=3)
-    assert generate(lm, "The quick brown fox", max_new_tokens=12, alpha=0.0, layers=[2, 3], seed=3) == plain
+    ref = np.random.default_rng(1).integers(2, 300, size=(6, 32))
+    table = token_means(lm, ref, [1, 2, 3], min_count=2)
+    # the table holds each kept token's mean residual (hand check for one token at layer 2)
+    tok = int(np.unique(ref, return_counts=True)[0][np.unique(ref, return_counts=True)[1] >= 2][0])
+    with torch.inference_mode(), lm.capture([2]) as acts:
+        lm.model(torch.from_numpy(ref))
+    torch.testing.assert_close(table.means_LRD[1, table.index_V[tok]], acts[2][torch.from_numpy(ref == tok)].mean(0))
+    assert (table.counts_R >= 2).all() and table.index_V[1] == -1  # token 1 never occurs
+
+    def interp(w, target="mean"):
+        return interpolation(lm, [2, 3], w, table.targets(lm, target, [2, 3]), table.index_V)
+
+    prompt = ref[0, :8]
+    plain = generate(lm, prompt, max_new_tokens=12)
+    assert generate(lm, prompt, max_new_tokens=12, intervention=interp(0.0)) == plain
     tokens = np.random.default_rng(0).integers(2, 300, size=(3, 16))
-    clean = teacher_forced_losses(lm, tokens, [], 0.0)
-    assert np.array_equal(teacher_forced_losses(lm, tokens, [2, 3], 0.0), clean)
-    assert not np.allclose(teacher_forced_losses(lm, tokens, [3], 50.0), clean)
-    with pytest.raises(Exception, match="start at 1"), reinjection(lm, [0], 1.0):
+    clean = teacher_forced_losses(lm, tokens)
+    assert np.array_equal(teacher_forced_losses(lm, tokens, interp(0.0)), clean)
+    moved = teacher_forced_losses(lm, tokens, interp(0.5, "embedding"))
+    assert not np.allclose(moved, clean)
+    # the sampler's loop (one token at a time, KV cache) applies the same intervention as whole windows
+    np.testing.assert_allclose(cached_losses(lm, tokens[0], interp(0.5, "embedding")), moved[0], atol=1e-4)
+    # w = 1 replaces: the residual at the layer becomes the target direction at the residual's norm
+    with torch.inference_mode(), interp(1.0), lm.capture([2]) as acts:
+        lm.model(torch.from_numpy(ref[:1]))
+    r, rows = acts[2][0], table.index_V[torch.from_numpy(ref[0])]
+    t = table.means_LRD[1][rows.clamp_min(0)]
+    cos = F.cosine_similarity(r, t, dim=-1)[rows >= 0]
+    assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)
+    with pytest.raises(Exception, match="start at 1"), interpolation(lm, [0], 1.0, table.means_LRD, table.index_V):
         pass
 
 
@@ -84,8 +165,10 @@ def test_experiment_commands_write_reports(peaked_llama, tmp_path):
     m = str(peaked_llama)
     small = dict(model=m, contexts=12, context_length=48, device="cpu", n_boot=100)
     r = run_probes(ProbeConfig(**small, per_context=32, n_classes=64, n_shuffle=10, out=str(tmp_path / "p")))
+    assert r.geometry.tail_vs_layer0.mean[0] == 0 and r.vocabulary.coverage > 0.5 and 0 <= r.guess.guess_accuracy.mean
     assert len(r.targets["current token"].acc.mean) == 7 and (tmp_path / "p" / "probe_basis.png").exists()
-    assert EXPERIMENTS["probes"].read(tmp_path / "p") == r
+    same = json.dumps(to_jsonable(EXPERIMENTS["probes"].read(tmp_path / "p"))) == json.dumps(to_jsonable(r))
+    assert same  # (as JSON: a random tiny model never guesses the input, so the guess gaps are NaN)
     r = run_lookahead(LookaheadConfig(**small, per_context=32, n_classes=64, out=str(tmp_path / "l")))
     assert set(r.offsets) == {"+1", "+2", "+3"} and (tmp_path / "l" / "report.md").exists()
     assert EXPERIMENTS["lookahead"].read(tmp_path / "l") == r
@@ -93,6 +176,9 @@ def test_experiment_commands_write_reports(peaked_llama, tmp_path):
                                     out=str(tmp_path / "d")))
     assert 0 < r.share[16].mean[0] < 1 and (tmp_path / "d" / "donation.png").exists()
     assert EXPERIMENTS["donation"].read(tmp_path / "d") == r
-    r = run_reinject(ReinjectConfig(**small, alphas=[1.0, 8.0], out=str(tmp_path / "r")))
-    assert set(r.alphas) == {1.0, 8.0} and (tmp_path / "r" / "reinject.png").exists()
+    r = run_reinject(ReinjectConfig(**small, reference_contexts=12, weights=[0.5, 1.0], samples=1,
+                                    out=str(tmp_path / "r")))
+    assert set(r.effects) == {"mean w=0.5", "mean w=1", "embedding w=0.5", "embedding w=1"}
+    assert r.chosen in r.effects and r.cached.max_abs_diff < 1e-3 and (tmp_path / "r" / "reinject.png").exists()
+    assert min(r.premise.decodable[0].mean) > 0.99  # layer 0: the representation is the embedding itself
     assert EXPERIMENTS["reinject"].read(tmp_path / "r") == r

@@ -30,10 +30,12 @@ def test_committed_result_reads_back_and_judges_to_its_stored_verdict(folder):
 
 def _donation_dict():
     band = Band([0.5, 0.6], [0.4, 0.5], [0.6, 0.7])
+    iv = Interval(1.0, 0.5, 1.5)
+    law = {"exponent": {"mean": 1.0, "lo": 0.9, "hi": 1.1}, "prefactor": 1.0}
     res = DonationResult(config=EXPERIMENTS["donation"].config(), model="m", layers=[0, 1], lengths=[4],
-                         share={4: band}, ratio_vs_later={"median_over_layers_and_contexts": [1.0, 2.0],
-                                                          "per_layer_mean_ratio": [1.5, 1.5]},
-                         later_count=[2.0, 1.0], ratio_fit={"exponent": 1.0, "prefactor": 1.0})
+                         share={4: band}, share_median={4: iv}, later_count=[2.0, 1.0], ratio_by_later=band,
+                         ratio_fit=law, mean_ratio=iv, distance=[1, 2], decay=band, decay_fit=law,
+                         sink={"share": iv, "ratio": iv})
     return json.loads(json.dumps(to_jsonable(res)))
 
 
@@ -41,7 +43,7 @@ def test_round_trip_restores_types_of_nested_fields_and_keys(tmp_path):
     data = _donation_dict()
     res = DonationResult.from_dict(data)
     assert list(res.share) == [4] and isinstance(res.share[4], Band)  # the JSON key "4" back to int
-    assert res.ratio_fit.exponent == 1.0 and res.ratio_vs_later.per_layer_mean_ratio == [1.5, 1.5]
+    assert res.ratio_fit.exponent == Interval(1.0, 0.9, 1.1) and res.sink.ratio.lo == 0.5
     res.save(tmp_path)
     assert DonationResult.read(tmp_path) == res
     alpha = ReinjectResult.from_dict({
@@ -57,7 +59,7 @@ def test_round_trip_restores_types_of_nested_fields_and_keys(tmp_path):
     (lambda d: d.pop("layers"), "missing field 'layers'"),
     (lambda d: d["share"]["4"].update(mean="high"), "share['4'].mean: expected a list"),
     (lambda d: d["share"].update(four=d["share"]["4"]), "key 'four' is not a int"),
-    (lambda d: d["ratio_fit"].update(exponent=True), "ratio_fit.exponent: expected a number"),
+    (lambda d: d["ratio_fit"].update(prefactor=True), "ratio_fit.prefactor: expected a number"),
 ])
 def test_a_damaged_results_file_is_refused_naming_the_field(tmp_path, edit, message):
     data = _donation_dict()

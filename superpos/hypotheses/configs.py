@@ -134,7 +134,7 @@ class _ProbeSettings:
     corpus: str | None = _corpus()
     contexts: int = setting(96, "contexts to read", parse="positive_int")
     context_length: int = setting(256, "tokens per context", parse="positive_int")
-    per_context: int = setting(96, "positions sampled per context", parse="positive_int")
+    per_context: int = setting(256, "positions sampled per context (at most all of them)", parse="positive_int")
     n_classes: int = setting(1024, "probe the N most frequent tokens (coverage is reported)", parse="positive_int",
                              flag="classes")
     ridge: float = setting(1e-2, "ridge strength", parse="positive_float")
@@ -146,7 +146,9 @@ class ProbeConfig(_ProbeSettings):
 
     offsets: list[int] = setting(help="target token offsets from the probed position (0 = current, -1 = previous)",
                                  parse="offset_list", factory=lambda: [0, -1])
-    n_shuffle: int = setting(100, "shuffled-token permutations for the chance level", parse="positive_int")
+    n_shuffle: int = setting(1000, "shuffled-token permutations for the Procrustes null at layer 0, the middle and "
+                                   "the last layer (1/50 of it, at least 20, at every third layer for the curve)",
+                             parse="positive_int")
     n_boot: int = _n_boot()
     seed: int = _seed()
     device: str = _device()
@@ -171,7 +173,7 @@ class DonationConfig:
 
     model: str | None = _model()
     corpus: str | None = _corpus()
-    contexts: int = setting(8, "contexts to average over", parse="positive_int")
+    contexts: int = setting(64, "contexts (the unit every interval resamples)", parse="positive_int")
     context_length: int = setting(64, "longest context N; shorter lengths are prefixes (memory grows like N²)",
                                   parse="positive_int")
     n_boot: int = _n_boot()
@@ -182,17 +184,27 @@ class DonationConfig:
 
 @dataclass
 class ReinjectConfig:
-    """Re-injecting the true token's embedding into late layers, teacher-forced, by surprisal."""
+    """Re-injection as the seed means it: a premise test (do late layers lose track of surprising input tokens?),
+    then late residuals interpolated toward the true token's own representation, teacher-forced and cached."""
 
     model: str | None = _model()
     corpus: str | None = _corpus()
-    contexts: int = setting(48, "contexts", parse="positive_int")
+    contexts: int = setting(48, "evaluation contexts (the unit every interval resamples)", parse="positive_int")
+    reference_contexts: int = setting(96, "further contexts, read first and kept apart, that give each token's mean "
+                                          "residual per layer (its representation there)", parse="positive_int")
     context_length: int = setting(256, "tokens per context", parse="positive_int")
-    layers: list[int] | None = setting(None, "residual layers to inject into; empty: every other block output of the "
-                                             "last quarter, not the final residual", parse="int_list")
-    alphas: list[float] = setting(help="α values (× the raw embedding, whose norm is ≈ 3 on SmolLM2)",
-                                  parse="positive_float_list", factory=lambda: [0.5, 2.0, 8.0])
+    layers: list[int] | None = setting(None, "residual layers to interpolate at; empty: every other block output of "
+                                             "the last quarter, not the final residual", parse="int_list")
+    weights: list[float] = setting(help="interpolation weights w: r ← (1−w)·r + w·‖r‖·t̂ (w = 1 replaces)",
+                                   parse="unit_list", factory=lambda: [0.1, 0.25, 0.5, 1.0])
+    targets: list[str] = setting(help="what r moves toward: mean (the token's mean residual at that layer) and/or "
+                                      "embedding (its input embedding), both norm-matched",
+                                 parse="reinject_targets", factory=lambda: ["mean", "embedding"])
+    min_count: int = setting(2, "a token needs this many occurrences in the reference contexts to have a "
+                                "representation (others are left alone and not scored)", parse="positive_int")
     n_bins: int = setting(5, "surprisal bins (equal counts)", parse="positive_int")
+    samples: int = setting(3, "prompts to sample continuations from, clean and intervened (KV-cached)",
+                           parse="nonneg_int")
     n_boot: int = _n_boot()
     seed: int = _seed()
     device: str = _device()

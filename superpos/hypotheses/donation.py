@@ -8,9 +8,12 @@ of every position i ≤ j through attention. With g_l[j, i] = ∂loss_j / ∂(k,
 * later_n(i)    = ‖Σ_{i<j≤n-2} g[j, i]‖      (the losses of later positions in a context of n tokens)
 * donation_n    = mean_i later_n(i) / (later_n(i) + own(i))      (share from later positions)
 * ratio(i)      = later_N(i) / own(i), against k = N-2-i, the number of later losses
+* decay(δ)      = ‖g[i+δ, i]‖ / ‖g[i, i]‖: one later loss's push against the own loss, by distance
 
-If every later loss pushed as hard as the own loss and in the same direction, ratio = k; averaged over
-positions that is (N-2)/2 against 1. All g[j, i] come from one backward pass over N-1 copies of the
+If every later loss pushed as hard as the own loss and in the same direction, ratio = k (exponent 1); if the
+pushes were equal and independent, ratio = √k (exponent ½). Position 0 is the attention sink, whose keys every
+later query reads: it is left out of every statistic and reported apart. Medians over positions and layers per
+context, then the median over contexts with a bootstrap over contexts. All g[j, i] come from one backward pass over N-1 copies of the
 context, copy j carrying only loss j. Keys and values are read at the k/v projections (Llama-style
 ``k_proj``/``v_proj``) or split from a fused GPT-2 ``c_attn``; a zero tensor added there makes the
 gradient the total derivative (every downstream path kept). Reading in docs/probes.md.
@@ -27,9 +30,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import ConfigError, SuperposError
-from ..stats import cluster_band
+from ..results import Band, Interval
+from ..stats import bootstrap_ci, cluster_band, cluster_interval
 from .configs import DonationConfig
-from .results import DonationRatio, DonationResult, PowerLaw
+from .results import DonationResult, PowerLaw, SinkDonation
 
 
 def _kv_points(lm) -> list[tuple[torch.nn.Module, list[slice]]]:
@@ -69,44 +73,87 @@ def _kv_leaves(lm):
             h.remove()
 
 
-def pairwise_kv_grads(lm, tokens_T: torch.Tensor) -> torch.Tensor:
+def _loss_logits(lm, batch_BT: torch.Tensor, pos_B: torch.Tensor) -> torch.Tensor:
+    """Logits of copy b at position pos_B[b] only (the unembedding of the other positions is never needed)."""
+    h = lm.model.base_model(batch_BT).last_hidden_state  # after the final norm
+    logits = lm.model.get_output_embeddings()(h[torch.arange(len(pos_B), device=h.device), pos_B]).float()
+    cap = getattr(lm.model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def pairwise_kv_grads(lm, tokens_T: torch.Tensor, buckets: int = 4) -> torch.Tensor:
     """(n_layers, J, T) norms are not enough (sums need vectors): returns g as (n_layers, J, T, width) with
-    J = T-1 loss positions; g[l, j, i] = ∂loss_j/∂(k,v)_l[i] (k and v concatenated)."""
+    J = T-1 loss positions; g[l, j, i] = ∂loss_j/∂(k,v)_l[i] (k and v concatenated).
+
+    Copy j of the context carries only loss j, which reads tokens 0..j: copies are grouped into ``buckets``
+    prefix lengths so no copy runs past the longest prefix of its group (about 5/8 of the full cost)."""
     T = len(tokens_T)
     J = T - 1
-    batch = tokens_T[None].expand(J, T).to(lm.device)
-    with torch.enable_grad(), _kv_leaves(lm) as leaves:
-        logits = lm.model(batch).logits.float()
-        idx = torch.arange(J, device=lm.device)
-        loss = F.cross_entropy(logits[idx, idx], batch[0, 1:], reduction="sum")  # copy j: loss at position j
-        zs = [z for _, _, z in leaves]
-        grads = torch.autograd.grad(loss, zs)
-    per_layer: dict[int, list[torch.Tensor]] = {}
-    for (layer, slices, _), g in zip(leaves, grads):
-        per_layer.setdefault(layer, []).extend(g[..., s] for s in slices)
-    return torch.stack([torch.cat(per_layer[layer], -1) for layer in range(lm.n_layers)]).detach().cpu()
+    tokens_T = tokens_T.to(lm.device)
+    bounds = sorted({max(1, -(-J * q // buckets)) for q in range(1, buckets + 1)})
+    out, start = None, 0
+    for end in bounds:  # copies j in [start, end) need prefixes of length ≤ end
+        j = torch.arange(start, end, device=lm.device)
+        batch = tokens_T[None, :end].expand(len(j), end)
+        with torch.enable_grad(), _kv_leaves(lm) as leaves:
+            loss = F.cross_entropy(_loss_logits(lm, batch, j), tokens_T[j + 1], reduction="sum")
+            grads = torch.autograd.grad(loss, [z for _, _, z in leaves])
+        per_layer: dict[int, list[torch.Tensor]] = {}
+        for (layer, slices, _), g in zip(leaves, grads):
+            per_layer.setdefault(layer, []).extend(g[..., s] for s in slices)
+        g = torch.stack([torch.cat(per_layer[layer], -1) for layer in range(lm.n_layers)]).detach().cpu()
+        if out is None:
+            out = torch.zeros(lm.n_layers, J, T, g.shape[-1])
+        out[:, start:end, :end] = g
+        start = end
+    return out
 
 
 def donation_from_grads(g_LJTW: torch.Tensor, lengths: list[int]) -> dict:
-    """Own / later gradient norms per layer and position, the donation share per context length, and the
-    ratio against the number of later losses (see the module docstring)."""
+    """Own / later gradient norms per layer and position, the donation share per context length, the ratio
+    against the number of later losses, and how one later loss's push decays with distance (see the module
+    docstring). Position 0 (the attention sink) is left out of every statistic and returned apart."""
     Lyr, J, T, _ = g_LJTW.shape
     i = torch.arange(J)
     own = g_LJTW[:, i, i].norm(dim=-1)  # (L, J)
     # later_n(i) = ‖Σ_{i<j≤n-2} g[j, i]‖ via prefix sums over j
     csum = torch.cumsum(g_LJTW[:, :, :J], dim=1)  # (L, J, J, W): sum over j' ≤ j
-    out = {"own": own.numpy(), "share": {}, "ratio_full": None}
+    out = {"own": own.numpy(), "share": {}, "sink_share": {}}
     for n in lengths:
         last = n - 2  # the last loss position inside a context of n tokens
-        if last < 1 or n > T:
+        if last < 2 or n > T:
             continue
         later = (csum[:, last, :last] - csum[:, i[:last], i[:last]]).norm(dim=-1)  # (L, last) for i < last
-        o = own[:, :last]
-        out["share"][n] = (later / (later + o).clamp_min(1e-30)).numpy()  # (L, positions)
+        share = (later / (later + own[:, :last]).clamp_min(1e-30)).numpy()
+        out["share"][n], out["sink_share"][n] = share[:, 1:], share[:, 0]  # (L, positions 1..last-1), (L,)
         if n == T:
-            out["ratio_full"] = (later / o.clamp_min(1e-30)).numpy()
-            out["later_count"] = (last - np.arange(last)).astype(np.float64)
+            ratio = (later / own[:, :last].clamp_min(1e-30)).numpy()
+            out["ratio"], out["sink_ratio"] = ratio[:, 1:], ratio[:, 0]
+            out["later_count"] = (last - np.arange(1, last)).astype(np.float64)
+    # one later loss against the own loss, by distance δ = j - i (positions i ≥ 1)
+    pair = (g_LJTW[:, :, :J].norm(dim=-1) / own[:, None, :].clamp_min(1e-30)).numpy()  # (L, j, i)
+    out["decay"] = np.array([np.median(np.stack([pair[:, i0 + d, i0] for i0 in range(1, J - d)]))
+                             for d in range(1, J - 1)])
     return out
+
+
+def _median_band(v_CK: np.ndarray, n_boot: int, seed: int) -> tuple[Band, np.ndarray]:
+    """Median over contexts per column with a percentile bootstrap over contexts; also the resampled medians."""
+    v = np.asarray(v_CK, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(v), size=(n_boot, len(v)))
+    boots = np.median(v[idx], axis=1)  # (n_boot, K)
+    lo, hi = np.quantile(boots, [0.025, 0.975], axis=0)
+    return Band(np.median(v, 0).tolist(), lo.tolist(), hi.tolist()), boots
+
+
+def _power_fit(x: np.ndarray, band: Band, boots: np.ndarray) -> PowerLaw:
+    """log y = log c + b log x on the medians; b's interval from refitting every bootstrap resample."""
+    med = np.asarray(band.mean)
+    ok = (x > 0) & (med > 0) & (boots > 0).all(0)
+    b, a = np.polyfit(np.log(x[ok]), np.log(med[ok]), 1)
+    bb = [np.polyfit(np.log(x[ok]), np.log(r[ok]), 1)[0] for r in boots]
+    return PowerLaw(exponent=Interval(float(b), *map(float, np.quantile(bb, [0.025, 0.975]))),
+                    prefactor=float(np.exp(a)))
 
 
 def run_donation(cfg: DonationConfig) -> DonationResult:
@@ -115,36 +162,36 @@ def run_donation(cfg: DonationConfig) -> DonationResult:
     from .reports.donation import write_report
     from .verdicts import donation as verdict
 
-    if cfg.context_length < 4:
-        raise ConfigError("context_length", "{field} must be at least 4")
+    if cfg.context_length < 6:
+        raise ConfigError("context_length", "{field} must be at least 6")
     t0 = time.perf_counter()
     out, lm, tokens = open_experiment(cfg)
     N = cfg.context_length
-    lengths = sorted({n for n in (4, 8, 16, 32, 64, 128, 256, 512) if n <= N} | {N})
-    shares = {n: [] for n in lengths}
-    ratios, owns = [], []
+    lengths = sorted({n for n in (8, 16, 32, 64, 128, 256, 512) if n <= N} | {N})
+    per = []
     for c in tqdm(range(len(tokens)), desc="donation", unit="ctx", file=sys.stderr):
-        g = pairwise_kv_grads(lm, torch.from_numpy(tokens[c].astype(np.int64)))
-        d = donation_from_grads(g, lengths)
-        for n, v in d["share"].items():
-            shares[n].append(v)
-        ratios.append(d["ratio_full"])
-        owns.append(d["own"])
-        later_count = d["later_count"]
-    share = {}
-    for n in lengths:
-        if shares[n]:
-            v = np.stack([s.mean(1) for s in shares[n]])  # (contexts, layers): mean over positions
-            share[n] = cluster_band(v, np.arange(len(v)), n_boot=cfg.n_boot, seed=cfg.seed)
-    R = np.stack(ratios)  # (contexts, layers, positions)
-    # scaling exponent: ratio ~ k^b, fitted on medians over contexts and layers (k ≥ 1)
-    med = np.median(R, axis=(0, 1))
-    ok = (later_count >= 1) & (med > 0)
-    b, a = np.polyfit(np.log(later_count[ok]), np.log(med[ok]), 1)
+        per.append(donation_from_grads(pairwise_kv_grads(lm, torch.from_numpy(tokens[c].astype(np.int64))), lengths))
+    ctx = np.arange(len(per))
+    share = {n: cluster_band(np.stack([d["share"][n].mean(1) for d in per]), ctx, n_boot=cfg.n_boot, seed=cfg.seed)
+             for n in lengths}
+    share_median = {n: Interval(*bootstrap_ci(np.median, [np.median(d["share"][n]) for d in per],
+                                              n_boot=cfg.n_boot, seed=cfg.seed)) for n in lengths}
+    k = per[0]["later_count"]
+    ratio, ratio_boots = _median_band(np.stack([np.median(d["ratio"], 0) for d in per]), cfg.n_boot, cfg.seed)
+    decay, decay_boots = _median_band(np.stack([d["decay"] for d in per]), cfg.n_boot, cfg.seed)
+    distance = np.arange(1, len(decay.mean) + 1)
+    sink = SinkDonation(
+        share=Interval(*bootstrap_ci(np.median, [np.median(d["sink_share"][N]) for d in per], n_boot=cfg.n_boot,
+                                     seed=cfg.seed)),
+        ratio=Interval(*bootstrap_ci(np.median, [np.median(d["sink_ratio"]) for d in per], n_boot=cfg.n_boot,
+                                     seed=cfg.seed)))
     res = DonationResult(config=cfg, model=lm.name, layers=list(range(lm.n_layers)), lengths=lengths, share=share,
-                         ratio_vs_later=DonationRatio(median_over_layers_and_contexts=med.tolist(),
-                                                      per_layer_mean_ratio=R.mean(axis=(0, 2)).tolist()),
-                         later_count=later_count.tolist(), ratio_fit=PowerLaw(exponent=float(b), prefactor=float(np.exp(a))))
+                         share_median=share_median, later_count=k.tolist(), ratio_by_later=ratio,
+                         ratio_fit=_power_fit(k, ratio, ratio_boots),
+                         mean_ratio=cluster_interval(np.array([d["ratio"].mean() for d in per]), ctx,
+                                                     n_boot=cfg.n_boot, seed=cfg.seed),
+                         distance=distance.tolist(), decay=decay, decay_fit=_power_fit(distance, decay, decay_boots),
+                         sink=sink)
     res.verdict = verdict(res)
     res.timings["total_s"] = time.perf_counter() - t0
     res.save(out)

@@ -1,22 +1,96 @@
-"""Lookahead: probes at position i for the tokens at i+1, i+2, i+3 per layer, against what the current token
-alone predicts (a bigram table and a probe on its embedding). Method and reading in docs/probes.md."""
+"""Lookahead: probes at position i for the tokens at i+1, i+2, i+3 per layer, against baselines that see the
+context: the best back-off n-gram over the preceding tokens (n = 2, 3, 4) and a probe on the model's own
+next-token distribution at i. The layer and the stronger baseline are chosen on validation contexts and scored on
+test contexts. Method and reading in docs/probes.md."""
 from __future__ import annotations
 
 import time
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..residuals import ResidualSample
+from ..results import Interval
 from ..stats import cluster_interval
 from .configs import LookaheadConfig
+from .ngrams import BackoffNgram
+from .probes import _say, fit_ridge_probe, frequent_classes, probe_accuracy, probe_by_depth
 from .results import LookaheadResult, LookaheadTarget
-from .probes import _say, conditional_mode_baseline, fit_ridge_probe, frequent_classes, probe_accuracy, probe_by_depth
+
+NGRAM_ORDERS = (2, 3, 4)
+
+
+def guess_features(lm, sample: ResidualSample, classes: np.ndarray, chunk: int = 512) -> torch.Tensor:
+    """(P, len(classes)) log-probabilities of the model's own next-token distribution at the sampled positions,
+    on the probed classes: what "the model's guess" offers a linear read-out."""
+    from .lenses import unembed
+
+    h, cols = sample.at(lm.n_layers), torch.from_numpy(classes)
+    with torch.no_grad():
+        return torch.cat([F.log_softmax(unembed(lm, h[i:i + chunk]), -1).cpu()[:, cols]
+                          for i in range(0, len(h), chunk)])
+
+
+def _right(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return (pred == y).astype(np.float64)
+
+
+def lookahead_target(sample: ResidualSample, guess_PK: torch.Tensor, k: int, cfg: LookaheadConfig) -> LookaheadTarget:
+    """One offset: the per-layer curve (train → test), the layer and the stronger baseline chosen on validation
+    contexts (fit → validation), then the paired gain of that layer over that baseline on test contexts."""
+    curve, _ = probe_by_depth(sample, k, cfg.n_classes, cfg.ridge, cfg.seed, cfg.n_boot)
+    train, test = sample.split_contexts(0.75, seed=cfg.seed)
+    fit, val = train.split_contexts(0.8, seed=cfg.seed + 1)
+    classes = np.sort(frequent_classes(train.offset_tokens(k), cfg.n_classes))
+    rows = {name: np.flatnonzero(np.isin(s.offset_tokens(k), classes)) for name, s in
+            (("fit", fit), ("val", val), ("test", test))}
+    y = {"fit": fit.offset_tokens(k), "val": val.offset_tokens(k), "train": train.offset_tokens(k),
+         "test": test.offset_tokens(k)}
+    yv, yt = y["val"][rows["val"]], y["test"][rows["test"]]
+
+    def ctx_tokens(s):  # every position of the split's contexts counts for the n-gram tables
+        return s.tokens_NC[np.unique(s.ctx_P)]
+
+    def ngram(order, on, s, r):
+        return BackoffNgram(order, k, classes).fit(ctx_tokens(on)).predict(s.tokens_NC, s.ctx_P[r], s.pos_P[r])
+
+    # choices on validation
+    val_acc = [probe_accuracy(fit_ridge_probe(fit.resid_LPD[j], y["fit"], classes, cfg.ridge), val.resid_LPD[j],
+                              y["val"])[0].mean() for j in range(len(sample.layers))]
+    best = int(np.argmax(val_acc))
+    order = max(NGRAM_ORDERS, key=lambda n: _right(ngram(n, fit, val, rows["val"]), yv).mean())
+    g_fit, g_val = guess_features_split(guess_PK, sample, fit), guess_features_split(guess_PK, sample, val)
+    guess_val = _right(fit_ridge_probe(g_fit, y["fit"], classes, cfg.ridge).predict(g_val[rows["val"]]), yv).mean()
+    ngram_val = _right(ngram(order, fit, val, rows["val"]), yv).mean()
+    baseline = "model's guess" if guess_val > ngram_val else f"{order}-gram"
+
+    # scored on test, fitted on all training contexts
+    ctx = test.ctx_P[rows["test"]]
+    ngram_right = {n: _right(ngram(n, train, test, rows["test"]), yt) for n in NGRAM_ORDERS}
+    g_train, g_test = guess_features_split(guess_PK, sample, train), guess_features_split(guess_PK, sample, test)
+    guess_right = _right(fit_ridge_probe(g_train, y["train"], classes, cfg.ridge).predict(g_test[rows["test"]]), yt)
+    probe_right = _right(fit_ridge_probe(train.resid_LPD[best], y["train"], classes, cfg.ridge)
+                         .predict(test.resid_LPD[best][rows["test"]]), yt)
+    stronger = guess_right if baseline == "model's guess" else ngram_right[order]
+
+    def iv(v) -> Interval:
+        return cluster_interval(v, ctx, n_boot=cfg.n_boot, seed=cfg.seed)
+
+    return LookaheadTarget(**vars(curve), ngram={n: iv(v) for n, v in ngram_right.items()}, ngram_order=order,
+                           model_guess=iv(guess_right), baseline=baseline, best_layer=sample.layers[best],
+                           best_layer_acc=iv(probe_right), gain_over_baseline=iv(probe_right - stronger))
+
+
+def guess_features_split(guess_PK: torch.Tensor, sample: ResidualSample, part: ResidualSample) -> torch.Tensor:
+    """The rows of ``guess_PK`` (aligned with ``sample``) that belong to ``part`` (a context split of it)."""
+    index = {(c, p): i for i, (c, p) in enumerate(zip(sample.ctx_P.tolist(), sample.pos_P.tolist()))}
+    return guess_PK[torch.tensor([index[c, p] for c, p in zip(part.ctx_P.tolist(), part.pos_P.tolist())])]
 
 
 def run_lookahead(cfg: LookaheadConfig) -> LookaheadResult:
-    """Probes at position i for the token at i + k, per layer, against what the current token alone gives:
-    the best conditional-mode guess (bigram table from the training split) and a probe on the current
-    token's embedding. Lookahead = accuracy above both, at the same held-out positions."""
+    """Probes at position i for the token at i + k, per layer, against the context-aware baselines."""
     if any(o <= 0 for o in cfg.offsets):
         raise ConfigError("offsets", "{field} must be positive for lookahead (tokens after the probed position)")
     from ..residuals import sample_residuals
@@ -27,33 +101,13 @@ def run_lookahead(cfg: LookaheadConfig) -> LookaheadResult:
     t0 = time.perf_counter()
     out, lm, tokens = open_experiment(cfg)
     sample = sample_residuals(lm, tokens, cfg.per_context, seed=cfg.seed, max_offset=max(cfg.offsets))
-    train, test = sample.split_contexts(0.75, seed=cfg.seed)
-    W_E = lm.W_E_VD.detach().float().cpu()
     res = LookaheadResult(config=cfg, model=lm.name, layers=sample.layers, n_positions=sample.n_positions,
                           offsets={})
     for k in cfg.offsets:
         _say(f"lookahead +{k}")
-        r, _ = probe_by_depth(sample, k, cfg.n_classes, cfg.ridge, cfg.seed, cfg.n_boot)
-        classes = np.sort(frequent_classes(train.offset_tokens(k), cfg.n_classes))
-        y_tr, y_te = train.offset_tokens(k), test.offset_tokens(k)
-        keep = np.isin(y_te, classes)
-        ctx = test.ctx_P[keep]
-        bigram_right = (conditional_mode_baseline(train.token_P, y_tr, test.token_P[keep], classes)
-                        == y_te[keep]).astype(float)
-        emb_probe = fit_ridge_probe(W_E[train.token_P], y_tr, classes, cfg.ridge)
-        emb_right, _ = probe_accuracy(emb_probe, W_E[test.token_P], y_te)
-        bigram = cluster_interval(bigram_right, ctx, n_boot=cfg.n_boot, seed=cfg.seed)
-        embedding = cluster_interval(emb_right, ctx, n_boot=cfg.n_boot, seed=cfg.seed)
-        # best layer minus the stronger baseline, paired per position
-        best = int(np.argmax(r.acc.mean))
-        probe = fit_ridge_probe(train.resid_LPD[best], y_tr, classes, cfg.ridge)
-        best_right, _ = probe_accuracy(probe, test.resid_LPD[best], y_te)
-        stronger = bigram_right if bigram.mean >= embedding.mean else emb_right
-        res.offsets[f"+{k}"] = LookaheadTarget(
-            **vars(r), bigram=bigram, embedding_probe=embedding,
-            baseline_either=float(np.maximum(bigram_right, emb_right).mean()),  # per position: either one right
-            best_layer=sample.layers[best],
-            gain_over_baseline=cluster_interval(best_right - stronger, ctx, n_boot=cfg.n_boot, seed=cfg.seed))
+        classes = np.sort(frequent_classes(sample.split_contexts(0.75, seed=cfg.seed)[0].offset_tokens(k),
+                                           cfg.n_classes))
+        res.offsets[f"+{k}"] = lookahead_target(sample, guess_features(lm, sample, classes), k, cfg)
     res.verdict = verdict(res)
     res.timings["total_s"] = time.perf_counter() - t0
     res.save(out)

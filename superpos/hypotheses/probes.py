@@ -20,9 +20,13 @@ import torch
 
 from ..errors import ConfigError, SuperposError
 from ..residuals import ResidualSample
-from ..stats import cluster_band
+from ..results import Band
+from ..stats import cluster_band, cluster_interval, per_context_difference
 from .configs import ProbeConfig
-from .results import EmbeddingComparison, ProbeBasis, ProbesResult, ProbeTarget
+from .probe_geometry import (calibrated_tail, class_sums, energy_profile, frequency_basis, nmf_energy,
+                             procrustes_test, tail_shares)
+from .results import FullVocab, GuessTest, ProbeGeometry, ProbesResult, ProbeTarget, ProcrustesTest
+from .token_table import decodable, table_from_sample
 
 
 @dataclass
@@ -80,72 +84,6 @@ def probe_accuracy(probe: RidgeProbe, X_PD: torch.Tensor, y_P: np.ndarray) -> tu
     return (pred == y_P[keep]).astype(np.float64), keep
 
 
-def conditional_mode_baseline(cur_train: np.ndarray, y_train: np.ndarray, cur_test: np.ndarray,
-                              classes: np.ndarray) -> np.ndarray:
-    """Best guess of y from the current token alone: the most common y after that token in training
-    (over targets among ``classes``), else the overall most common. This is the bigram-style predictor a
-    lookahead probe has to beat."""
-    keep = np.isin(y_train, classes)
-    pairs = np.stack([cur_train[keep], y_train[keep]], 1)
-    uniq, counts = np.unique(pairs, axis=0, return_counts=True)
-    order = np.lexsort((-counts, uniq[:, 0]))
-    uniq = uniq[order]
-    first = np.unique(uniq[:, 0], return_index=True)[1]
-    table = dict(zip(uniq[first, 0].tolist(), uniq[first, 1].tolist()))
-    fallback = frequent_classes(y_train[keep], 1)[0]
-    return np.array([table.get(int(t), fallback) for t in cur_test])
-
-
-# ------------------------------------------------------------------------------------------------------
-# basis analysis: where does a probe put its weight, relative to the embedding matrix?
-# ------------------------------------------------------------------------------------------------------
-def energy_in_basis(dirs_KD: np.ndarray, basis_CD: np.ndarray) -> np.ndarray:
-    """Share of the directions' squared norm along each (orthonormal) basis vector."""
-    e = ((dirs_KD @ basis_CD.T) ** 2).sum(0)
-    return e / e.sum()
-
-
-def nmf_energy(dirs_KD: np.ndarray, components_CD: np.ndarray) -> np.ndarray:
-    """Share of the least-squares coefficients' energy on each (non-orthogonal) NMF component."""
-    coef, *_ = np.linalg.lstsq(components_CD.T, dirs_KD.T, rcond=None)
-    e = (coef ** 2).sum(1)
-    return e / e.sum()
-
-
-def procrustes_fit(A_KD: np.ndarray, B_KD: np.ndarray) -> float:
-    """Relative residual of the best orthogonal map A R ≈ B (rows unit-normalised): 0 = same geometry."""
-    A = A_KD / np.linalg.norm(A_KD, axis=1, keepdims=True)
-    B = B_KD / np.linalg.norm(B_KD, axis=1, keepdims=True)
-    U, _, Vt = np.linalg.svd(A.T @ B)
-    return float(np.linalg.norm(A @ (U @ Vt) - B) / np.linalg.norm(B))
-
-
-def compare_to_embedding(read_KD: np.ndarray, emb_KD: np.ndarray, n_shuffle: int = 100,
-                         seed: int = 0) -> EmbeddingComparison:
-    """Same-token cosine (after the best orthogonal alignment and without it) vs a shuffled-token null.
-
-    ``read_KD[k]`` and ``emb_KD[k]`` belong to the same token. The null pairs probe rows with the
-    embeddings of other tokens (random permutations); the p-value is the share of shuffles at least as
-    good as the true pairing.
-    """
-    rng = np.random.default_rng(seed)
-    A = read_KD / np.linalg.norm(read_KD, axis=1, keepdims=True)
-    B = emb_KD / np.linalg.norm(emb_KD, axis=1, keepdims=True)
-    cos = float((A * B).sum(1).mean())
-    fit = procrustes_fit(A, B)
-    null_cos, null_fit = [], []
-    for _ in range(n_shuffle):
-        perm = rng.permutation(len(B))
-        null_cos.append(float((A * B[perm]).sum(1).mean()))
-        null_fit.append(procrustes_fit(A, B[perm]))
-    null_cos, null_fit = np.array(null_cos), np.array(null_fit)
-    return EmbeddingComparison(same_token_cos=cos, null_cos_mean=float(null_cos.mean()),
-                               null_cos_p95=float(np.quantile(null_cos, 0.95)), procrustes_residual=fit,
-                               null_procrustes_mean=float(null_fit.mean()),
-                               null_procrustes_p05=float(np.quantile(null_fit, 0.05)),
-                               p_value=float((1 + (null_fit <= fit).sum()) / (1 + n_shuffle)))
-
-
 # ------------------------------------------------------------------------------------------------------
 # experiments
 # ------------------------------------------------------------------------------------------------------
@@ -194,12 +132,111 @@ def nearest_embedding_accuracy(sample: ResidualSample, W_E: np.ndarray, classes:
     return out
 
 
+def model_guesses(lm, tokens_NC: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """(N, C) the model's top next-token guess at every position: ``guess[:, p]`` is its guess for token p+1."""
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(tokens_NC), batch_size):
+            tok = torch.from_numpy(tokens_NC[i:i + batch_size].astype(np.int64)).to(lm.device)
+            out.append(lm.model(tok).logits.argmax(-1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def guess_test(probes: list[RidgeProbe], test: ResidualSample, guesses_NC: np.ndarray, n_boot: int,
+               seed: int) -> GuessTest:
+    """Is the input token held via the model's own guess for it? Per layer, the current-token probe's accuracy
+    where the guess (made at p−1) was right minus where it was wrong, paired by context, and that gap minus layer
+    0's (where no guess is involved); plus how often a wrong read-out names the guess."""
+    y = test.token_P
+    g = guesses_NC[test.ctx_P, test.pos_P - 1]
+    keep = np.isin(y, probes[0].classes) & (test.pos_P >= 1)
+    y, g, ctx = y[keep], g[keep], test.ctx_P[keep]
+    right_guess = g == y
+    rows = torch.from_numpy(np.flatnonzero(keep))
+    gaps, per_ctx, to_guess = [], [], []
+    for j, probe in enumerate(probes):
+        pred = probe.predict(test.resid_LPD[j][rows])
+        ok = (pred == y).astype(float)
+        d, ids = per_context_difference(ok, ctx, right_guess, ~right_guess)
+        gaps.append(cluster_interval(d, ids, n_boot=n_boot, seed=seed))
+        per_ctx.append(dict(zip(ids.tolist(), d)))
+        wrong = ~right_guess & (pred != y)
+        to_guess.append(float((pred[wrong] == g[wrong]).mean()) if wrong.any() else float("nan"))
+    vs0 = []
+    for j in range(len(probes)):
+        common = sorted(set(per_ctx[j]) & set(per_ctx[0]))
+        vs0.append(cluster_interval(np.array([per_ctx[j][c] - per_ctx[0][c] for c in common]), np.array(common),
+                                    n_boot=n_boot, seed=seed))
+    return GuessTest(guess_accuracy=cluster_interval(right_guess.astype(float), ctx, n_boot=n_boot, seed=seed),
+                     right_minus_wrong=_band(gaps), vs_layer0=_band(vs0), errors_to_guess=to_guess)
+
+
+def _band(intervals) -> Band:
+    return Band([i.mean for i in intervals], [i.lo for i in intervals], [i.hi for i in intervals])
+
+
+def full_vocabulary(train: ResidualSample, test: ResidualSample, vocab: int, n_boot: int, seed: int) -> FullVocab:
+    """The nearest-token-representation read-out over every token seen in the training contexts (no fitting):
+    accuracy per layer on test positions whose token was seen, and that coverage."""
+    table = table_from_sample(train, vocab)
+    right = [decodable(table, test.resid_LPD[j], torch.from_numpy(test.token_P), layer)
+             for j, layer in enumerate(test.layers)]
+    scored = ~np.isnan(right[0])
+    return FullVocab(tokens=len(table.counts_R), coverage=float(scored.mean()),
+                     acc=cluster_band(np.stack([r[scored] for r in right], 1), test.ctx_P[scored], n_boot=n_boot,
+                                      seed=seed))
+
+
+def embedding_geometry(sample: ResidualSample, W_E: np.ndarray, classes: np.ndarray, cfg: ProbeConfig) -> ProbeGeometry:
+    """Class-mean geometry against the embedding, calibrated at layer 0 and against a random basis
+    (``probe_geometry``)."""
+    from ..dictionaries import NMF
+
+    sums, counts, _ = class_sums(sample, classes)
+    seen = counts.sum(0) > 0
+    classes, sums, counts = classes[seen], sums[:, :, seen], counts[:, seen]
+    E = W_E - W_E.mean(0)
+    _, svals, Vt = np.linalg.svd(E, full_matrices=False)
+    var = svals ** 2 / (svals ** 2).sum()
+    head = int(np.searchsorted(np.cumsum(var), 0.5)) + 1  # components holding the first 50% of the variance
+    tail = torch.from_numpy(Vt[head:].T.copy()).float()
+    nmf = NMF(n_components=min(64, E.shape[1]), seed=cfg.seed, max_iter=200, device="cpu", progress=False).fit(W_E)
+    nmf_C = np.asarray(nmf.components_, dtype=np.float64)
+    nmf_C = nmf_C[np.argsort(-np.asarray(nmf.transform(W_E)).mean(0) * np.linalg.norm(nmf_C, axis=1))]
+    coord_order = np.argsort(-E.var(0))
+    ids, freq = np.unique(sample.tokens_NC, return_counts=True)
+    freq_basis = frequency_basis(W_E, ids[np.argsort(-freq, kind="stable")])
+    bases = {"pca": Vt, "coord": np.eye(E.shape[1])[coord_order], "frequency": freq_basis}
+    mid, last = len(sample.layers) // 2, len(sample.layers) - 1
+    geo = ProbeGeometry(layers=sample.layers, classes=len(classes), tail_components=E.shape[1] - head,
+                        random_share=0.0, tail=Band([], [], []), tail_vs_layer0=Band([], [], []),
+                        embedding={name: energy_profile(E[classes], b).tolist() for name, b in bases.items()},
+                        profiles={name: [] for name in [*bases, "nmf"]}, procrustes={})
+    geo.embedding["nmf"] = nmf_energy(E[classes], nmf_C).tolist()
+    values, boots = [], []
+    for j in range(len(sample.layers)):
+        v, b = tail_shares(sums[j], counts, tail, cfg.n_boot, cfg.seed)
+        values.append(v)
+        boots.append(b)
+        M = (sums[j].sum(0) / torch.from_numpy(counts.sum(0)).float()[:, None]).double().numpy()
+        for name, b_ in bases.items():
+            geo.profiles[name].append(energy_profile(M, b_).tolist())
+        geo.profiles["nmf"].append(nmf_energy(M - M.mean(0), nmf_C).tolist())
+        if j in (0, mid, last) or j % 3 == 0:  # the tested layers with the full count, a curve elsewhere
+            n = cfg.n_shuffle if j in (0, mid, last) else max(20, cfg.n_shuffle // 50)
+            fit, null_mean, null_p05, p = procrustes_test(M, W_E[classes], n, cfg.seed)
+            geo.procrustes[sample.layers[j]] = ProcrustesTest(residual=fit, null_mean=null_mean, null_p05=null_p05,
+                                                              p_value=p, shuffles=n)
+    geo.tail, geo.tail_vs_layer0, geo.random_share = calibrated_tail(values, boots, E.shape[1] - head, E.shape[1])
+    return geo
+
+
 def run_probes(cfg: ProbeConfig) -> ProbesResult:
-    """Input-token probes by depth against the embedding matrix (``superpos run probes``)."""
+    """Input-token probes by depth, calibrated geometry against the embedding, the full-vocabulary read-out and
+    the via-the-guess test (``superpos run probes``)."""
     if 0 not in cfg.offsets or any(o > 0 for o in cfg.offsets):
         raise ConfigError("offsets", "{field} must include 0 (the current token) and no positive offsets (use run "
                                      "lookahead)")
-    from ..dictionaries import NMF
     from ..residuals import sample_residuals
     from .opening import open_experiment
     from .reports.probes import write_report
@@ -218,30 +255,15 @@ def run_probes(cfg: ProbeConfig) -> ProbesResult:
             current_probes = probes
     W_E = lm.W_E_VD.detach().float().cpu().numpy()
     classes = current_probes[0].classes
-
-    # where do the current-token probes put their weight, relative to the embedding? -----------------
-    E = W_E - W_E.mean(0)
-    _, svals, Vt = np.linalg.svd(E, full_matrices=False)
-    emb_var = svals ** 2 / (svals ** 2).sum()
-    nmf = NMF(n_components=min(64, E.shape[1]), seed=cfg.seed, max_iter=200, device="cpu", progress=False).fit(W_E)
-    nmf_C = np.asarray(nmf.components_, dtype=np.float64)
-    nmf_importance = np.asarray(nmf.transform(W_E)).mean(0) * np.linalg.norm(nmf_C, axis=1)
-    nmf_order = np.argsort(-nmf_importance)
-    nmf_emb = nmf_energy(E[classes], nmf_C[nmf_order])
-    coord_var = E.var(0) / E.var(0).sum()
-    coord_order = np.argsort(-coord_var)
-    basis = ProbeBasis(layers=sample.layers, pca_embedding_var=emb_var.tolist(), pca=[], nmf=[], coord=[],
-                       nmf_embedding=nmf_emb.tolist(), coord_embedding=coord_var[coord_order].tolist(),
-                       coord_order=coord_order.tolist(), embedding_comparison=[])
-    for probe in current_probes:
-        read = probe.read_directions_KD.numpy().astype(np.float64)
-        basis.pca.append(energy_in_basis(read, Vt).tolist())
-        basis.nmf.append(nmf_energy(read, nmf_C[nmf_order]).tolist())
-        basis.coord.append(energy_in_basis(read, np.eye(E.shape[1])[coord_order]).tolist())
-        basis.embedding_comparison.append(compare_to_embedding(read, W_E[classes], cfg.n_shuffle, cfg.seed))
+    train, test = sample.split_contexts(0.75, seed=cfg.seed)
+    _say("class-mean geometry against the embedding")
+    geometry = embedding_geometry(sample, W_E, classes, cfg)
+    _say("the model's guesses, and the full-vocabulary read-out")
+    guess = guess_test(current_probes, test, model_guesses(lm, tokens), cfg.n_boot, cfg.seed)
+    vocab = full_vocabulary(train, test, W_E.shape[0], cfg.n_boot, cfg.seed)
     res = ProbesResult(config=cfg, model=lm.name, n_positions=sample.n_positions, layers=sample.layers,
                        targets=targets, nearest_embedding_acc=nearest_embedding_accuracy(sample, W_E, classes),
-                       basis=basis)
+                       geometry=geometry, guess=guess, vocabulary=vocab)
     res.verdict = verdict(res)
     res.timings["total_s"] = time.perf_counter() - t0
     res.save(out)

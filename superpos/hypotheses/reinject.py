@@ -1,78 +1,86 @@
-"""True-token re-injection: add α × (embedding of the token at a position) into chosen late layers at
-that position, and see whether the prediction of the *following* token improves.
+"""True-token re-injection, as the seed means it: late layers hold the model's guesses, so where the true token
+was surprising they may have lost track of it; moving late residuals back toward the true token's own
+representation might help the prediction that follows.
 
-The first block adds a vector ~15× the embedding's norm, so by the late layers the identity of the
-current token is held only indirectly. Re-injecting its embedding tests whether the late layers can
-use a fresh copy, and where: the claim is that it helps most where the token was surprising (the
-model's own guess for it was poor, so the stream holds the "wrong" token's features).
-
-* ``reinjection(lm, layers, alpha)``: a context manager; inside it every forward (teacher-forced or
-  incremental generation with a KV cache) adds ``alpha * W_E[input id]`` to the residual at each layer.
-* ``generate(lm, prompt, ...)``: sampling with the intervention; ``alpha = 0`` is bit-identical to plain
-  generation (tested).
-* ``run_reinject``: teacher-forced on real text, Δ loss on the following token, stratified by the
-  surprisal of the re-injected token, for a sweep of α. Reading in docs/probes.md.
+* **Premise test**: each token's representation at a layer is its mean residual there over separate reference
+  contexts (``token_means``). A position's input token is *decodable* at a layer when the nearest representation
+  (cosine, after removing the layer's mean) is its own. Decodability by surprisal fifths and layer: does it fall
+  late for surprising tokens more than right after the first block? Layer 0 is the calibration point: there the
+  representation is the embedding itself.
+* **Interpolation** (``interpolation``): at the chosen layers, ``r ← (1−w)·r + w·‖r‖·t̂`` where t̂ is the unit
+  target of the position's input token — its mean residual at that layer, or its input embedding. w = 0 leaves
+  every forward bit-identical (tested); w = 1 replaces. It acts in every forward, teacher-forced or incremental
+  with a KV cache (``generate``, ``cached_losses``).
+* ``run_reinject``: the premise, then Δ loss on the following token by surprisal fifths for every target × w;
+  the setting is chosen on half of the evaluation contexts and judged on the other half. Reading in docs/probes.md.
 """
 from __future__ import annotations
 
 import contextlib
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..errors import SuperposError
-from ..results import Interval
-from ..stats import cluster_interval
+from ..errors import ConfigError, SuperposError
+from ..results import Band
+from ..stats import cluster_interval, per_context_difference
 from .configs import ReinjectConfig
-from .results import AlphaEffect, ReinjectResult
+from .results import AlphaEffect, CachedCheck, Premise, ReinjectResult, ReinjectSample
+from .token_table import decodable, token_means
 
 
 @contextlib.contextmanager
-def reinjection(lm, layers, alpha: float):
-    """Add ``alpha × embedding(input token)`` to the residual at ``layers`` (1..n_layers) at every position."""
+def interpolation(lm, layers, weight: float, targets_LRD: torch.Tensor, index_V: torch.Tensor):
+    """Inside the block, every forward moves the residual at ``layers`` (1..n_layers) toward the norm-matched
+    target of each position's input token: ``lerp(r, ‖r‖·t/‖t‖, weight)``; tokens without a target row are left
+    alone. ``weight = 0`` changes nothing, bit for bit."""
     layers = lm.check_layers(layers)
     if 0 in layers:
         raise SuperposError("re-injection layers start at 1 (layer 0 already is the embedding)")
-    emb = lm.model.get_input_embeddings()
+    targets = targets_LRD.to(lm.device)
+    index = index_V.to(lm.device)
     state: dict = {}
 
     def record(module, args, out):
-        state["emb"] = out.detach()  # (B, T, D): the embeddings of this forward's input tokens
+        state["rows"] = index[args[0]]  # (B, T): this forward's input tokens' target rows
 
-    def add(resid):
-        return resid + alpha * state["emb"].to(resid.dtype)
+    def move(resid, j):
+        rows = state["rows"]
+        t = targets[j][rows.clamp_min(0)].to(resid.dtype)
+        t = t * (resid.norm(dim=-1, keepdim=True) / t.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        return torch.lerp(resid, torch.where((rows >= 0)[..., None], t, resid), weight)
 
-    handle = emb.register_forward_hook(record)
+    handle = lm.model.get_input_embeddings().register_forward_hook(record)
     try:
         with contextlib.ExitStack() as stack:
-            for layer in layers:
-                stack.enter_context(lm.splice(layer, add))
+            for j, layer in enumerate(layers):
+                stack.enter_context(lm.splice(layer, lambda r, j=j: move(r, j)))
             yield
     finally:
         handle.remove()
 
 
-def generate(lm, prompt: str, max_new_tokens: int = 32, alpha: float = 0.0, layers=(), temperature: float = 1.0,
-             seed: int = 0) -> str:
-    """Sample a continuation of ``prompt`` while re-injecting each token's embedding at ``layers``."""
-    ids = lm.tokenizer(prompt, return_tensors="pt")["input_ids"].to(lm.device)
+def generate(lm, prompt_ids, max_new_tokens: int = 32, intervention=None, temperature: float = 0.0,
+             seed: int = 0) -> list[int]:
+    """Continue ``prompt_ids`` (KV-cached ``generate``) inside ``intervention`` (a context manager, or None)."""
+    ids = torch.as_tensor(np.asarray(prompt_ids, dtype=np.int64))[None].to(lm.device)
     torch.manual_seed(seed)
-    ctx = reinjection(lm, layers, alpha) if layers else contextlib.nullcontext()
-    with torch.inference_mode(), ctx:
-        out = lm.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                                temperature=temperature if temperature > 0 else None, top_k=0, top_p=1.0,
-                                pad_token_id=lm.tokenizer.eos_token_id)
-    return lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    with torch.inference_mode(), intervention or contextlib.nullcontext():
+        out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                                top_k=None, top_p=None, pad_token_id=lm.tokenizer.eos_token_id)
+    return out[0, ids.shape[1]:].tolist()
 
 
-def teacher_forced_losses(lm, tokens_NC: np.ndarray, layers, alpha: float, batch_size: int = 8) -> np.ndarray:
-    """(N, C-1) next-token losses with the intervention (alpha = 0 and no layers: the clean model)."""
+def teacher_forced_losses(lm, tokens_NC: np.ndarray, intervention=None, batch_size: int = 8) -> np.ndarray:
+    """(N, C-1) next-token losses, whole windows at once, inside ``intervention`` (None: the clean model)."""
     out = []
-    with torch.inference_mode(), (reinjection(lm, layers, alpha) if layers else contextlib.nullcontext()):
+    with torch.inference_mode(), intervention or contextlib.nullcontext():
         for i in range(0, len(tokens_NC), batch_size):
             tok = torch.from_numpy(tokens_NC[i:i + batch_size].astype(np.int64)).to(lm.device)
             logits = lm.model(tok).logits[:, :-1].float()
@@ -80,45 +88,117 @@ def teacher_forced_losses(lm, tokens_NC: np.ndarray, layers, alpha: float, batch
     return np.concatenate(out)
 
 
+def cached_losses(lm, tokens_T: np.ndarray, intervention=None) -> np.ndarray:
+    """(T-1,) next-token losses fed one token at a time with a KV cache — the sampler's loop, on known text."""
+    tok = torch.from_numpy(np.asarray(tokens_T, dtype=np.int64)).to(lm.device)
+    past, losses = None, []
+    with torch.inference_mode(), intervention or contextlib.nullcontext():
+        for p in range(len(tok) - 1):
+            out = lm.model(tok[None, p:p + 1], past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            losses.append(F.cross_entropy(out.logits[0, -1].float()[None], tok[p + 1:p + 2]).item())
+    return np.array(losses)
+
+
+def _effect(delta, ctx, bins, cfg) -> AlphaEffect:
+    per_bin = [cluster_interval(delta[bins == b], ctx[bins == b], n_boot=cfg.n_boot, seed=cfg.seed)
+               for b in range(cfg.n_bins)]
+    diff, ids = per_context_difference(delta, ctx, bins == cfg.n_bins - 1, bins == 0)
+    return AlphaEffect(overall=cluster_interval(delta, ctx, n_boot=cfg.n_boot, seed=cfg.seed), bins=per_bin,
+                       top_minus_bottom=cluster_interval(diff, ids, n_boot=cfg.n_boot, seed=cfg.seed))
+
+
+def _premise(lm, table, ev, layers, decode_layers, bins, ctx, cfg) -> Premise:
+    """Decodability of the input token by layer and surprisal fifth, from the residuals of the evaluation
+    contexts at positions 1..T-2 (those with a surprisal and a following token)."""
+    N, T = ev.shape
+    with torch.inference_mode(), lm.capture(decode_layers) as acts:
+        parts: dict[int, list[np.ndarray]] = {layer: [] for layer in decode_layers}
+        for i in range(0, N, 8):
+            tok = torch.from_numpy(ev[i:i + 8].astype(np.int64))
+            lm.model(tok.to(lm.device))
+            for layer in decode_layers:
+                x = acts[layer][:, 1:T - 1].reshape(-1, lm.d_model).cpu()
+                parts[layer].append(decodable(table, x, tok[:, 1:T - 1].reshape(-1), layer))
+    right = {layer: np.concatenate(v) for layer, v in parts.items()}
+    scored = ~np.isnan(right[decode_layers[0]])
+    by_bin, gaps, gap_per_ctx = {}, [], {}
+    for layer in decode_layers:
+        v = right[layer]
+        by_bin[layer] = [cluster_interval(v[scored & (bins == b)], ctx[scored & (bins == b)], n_boot=cfg.n_boot,
+                                          seed=cfg.seed) for b in range(cfg.n_bins)]
+        d, ids = per_context_difference(v, ctx, scored & (bins == cfg.n_bins - 1), scored & (bins == 0))
+        gap_per_ctx[layer] = dict(zip(ids.tolist(), d))
+        gaps.append(cluster_interval(d, ids, n_boot=cfg.n_boot, seed=cfg.seed))
+    # late gap minus the gap right after the first block, paired by context
+    common = sorted(set.intersection(*(set(gap_per_ctx[layer]) for layer in [1, *layers])))
+    dd = np.array([np.mean([gap_per_ctx[layer][c] for layer in layers]) - gap_per_ctx[1][c] for c in common])
+    return Premise(layers=decode_layers, coverage=float(scored.mean()),
+                   decodable={layer: Band([b.mean for b in by_bin[layer]], [b.lo for b in by_bin[layer]],
+                                          [b.hi for b in by_bin[layer]]) for layer in decode_layers},
+                   gap=Band([g.mean for g in gaps], [g.lo for g in gaps], [g.hi for g in gaps]),
+                   late_minus_early=cluster_interval(dd, np.array(common), n_boot=cfg.n_boot, seed=cfg.seed))
+
+
 def run_reinject(cfg: ReinjectConfig) -> ReinjectResult:
-    """Δ loss on token p+1 when token p's embedding is re-injected at p, by surprisal of token p."""
+    """The premise test, then Δ loss on token p+1 when the residual at p moves toward token p's representation."""
     from .opening import open_experiment
     from .reports.reinject import write_report
     from .verdicts import reinject as verdict
 
+    if cfg.contexts < 4:
+        raise ConfigError("contexts", "{field} must be at least 4 (half choose the setting, half judge it)")
     t0 = time.perf_counter()
-    out, lm, tokens = open_experiment(cfg)
+    out, lm, tokens = open_experiment(replace(cfg, contexts=cfg.contexts + cfg.reference_contexts))
+    ref, ev = tokens[:cfg.reference_contexts], tokens[cfg.reference_contexts:]
     n = lm.n_layers
-    # not layer n: the final residual goes straight to the unembedding, where (with tied embeddings) adding the
-    # current token's embedding just votes for repeating it
-    layers = cfg.layers or list(range(max(1, (3 * n) // 4), n, 2))
-    lm.check_layers(layers)
-    clean = teacher_forced_losses(lm, tokens, [], 0.0)  # clean[:, p] = loss predicting token p+1
-    # token p's surprisal = clean loss at p-1; the following token's loss = loss at p; p from 1 (not BOS)
-    surprisal = clean[:, :-1]
-    ctx = np.repeat(np.arange(len(tokens)), surprisal.shape[1])
+    # not layer n: the final residual goes straight to the unembedding
+    layers = lm.check_layers(cfg.layers or list(range(max(1, (3 * n) // 4), n, 2)))
+    if 0 in layers:
+        raise ConfigError("layers", "{field} start at 1 (layer 0 already is the embedding)")
+    decode_layers = sorted(set(range(0, n + 1, 2)) | set(layers) | {1})
+    table = token_means(lm, ref, decode_layers, cfg.min_count)
+    clean = teacher_forced_losses(lm, ev)  # clean[:, p] = loss predicting token p+1
+    # token p's surprisal = clean loss at p-1; the following token's loss = loss at p; p = 1 .. T-2
+    surprisal = clean[:, :-1].reshape(-1)
+    ctx = np.repeat(np.arange(len(ev)), clean.shape[1] - 1)
     edges = np.quantile(surprisal, np.linspace(0, 1, cfg.n_bins + 1))
-    bins = np.clip(np.searchsorted(edges, surprisal.reshape(-1), side="right") - 1, 0, cfg.n_bins - 1)
+    bins = np.clip(np.searchsorted(edges, surprisal, side="right") - 1, 0, cfg.n_bins - 1)
+    premise = _premise(lm, table, ev, layers, decode_layers, bins, ctx, cfg)
+
+    select = np.isin(ctx, np.random.default_rng(cfg.seed).permutation(len(ev))[:len(ev) // 2])
+    effects, deltas = {}, {}
+    for target in cfg.targets:
+        targets = table.targets(lm, target, layers)
+        for w in tqdm(cfg.weights, desc=f"interpolate toward {target}", file=sys.stderr):
+            with_w = teacher_forced_losses(lm, ev, interpolation(lm, layers, w, targets, table.index_V))
+            key = f"{target} w={w:g}"
+            deltas[key] = (with_w - clean)[:, 1:].reshape(-1)
+            effects[key] = _effect(deltas[key], ctx, bins, cfg)
+    chosen = min(deltas, key=lambda k: deltas[k][select & (bins == cfg.n_bins - 1)].mean())
+    judged = _effect(deltas[chosen][~select], ctx[~select], bins[~select], cfg)
+
+    target, w = chosen.split(" w=")
+
+    def chosen_ctx():  # a fresh context manager for each use
+        return interpolation(lm, layers, float(w), table.targets(lm, target, layers), table.index_V)
+
+    short = ev[:4, :64]
+    tf = teacher_forced_losses(lm, short, chosen_ctx())
+    loop = np.stack([cached_losses(lm, row, chosen_ctx()) for row in short])
+    cached = CachedCheck(contexts=len(short), tokens=int(short.shape[1]), max_abs_diff=float(np.abs(tf - loop).max()),
+                         delta=float((loop - teacher_forced_losses(lm, short)).mean()))
+    samples = []
+    for row in ev[:cfg.samples]:
+        prompt = row[:24]
+        decode = lm.tokenizer.decode
+        samples.append(ReinjectSample(prompt=decode(prompt), clean=decode(generate(lm, prompt)),
+                                      intervened=decode(generate(lm, prompt, intervention=chosen_ctx()))))
     res = ReinjectResult(config=cfg, model=lm.name, layers=layers, clean_loss=float(clean[:, 1:].mean()),
-                         bin_edges=edges.tolist(), alphas={})
-    for alpha in tqdm(cfg.alphas, desc="alpha", file=sys.stderr):
-        delta = (teacher_forced_losses(lm, tokens, layers, alpha) - clean)[:, 1:].reshape(-1)
-        per_bin = [cluster_interval(delta[bins == b], ctx[bins == b], n_boot=cfg.n_boot, seed=cfg.seed)
-                   for b in range(cfg.n_bins)]
-        # most- minus least-surprising bin, paired by context (difference of per-context means)
-        diff = _bin_difference(delta, ctx, bins == cfg.n_bins - 1, bins == 0, cfg)
-        res.alphas[alpha] = AlphaEffect(overall=cluster_interval(delta, ctx, n_boot=cfg.n_boot, seed=cfg.seed),
-                                        bins=per_bin, top_minus_bottom=diff)
+                         bin_edges=edges.tolist(), premise=premise, effects=effects, chosen=chosen, judged=judged,
+                         cached=cached, samples=samples)
     res.verdict = verdict(res)
     res.timings["total_s"] = time.perf_counter() - t0
     res.save(out)
     write_report(res, out)
     return res
-
-
-def _bin_difference(delta, ctx, a_mask, b_mask, cfg) -> Interval:
-    ids = np.unique(ctx)
-    va = np.array([delta[a_mask & (ctx == c)].mean() if (a_mask & (ctx == c)).any() else np.nan for c in ids])
-    vb = np.array([delta[b_mask & (ctx == c)].mean() if (b_mask & (ctx == c)).any() else np.nan for c in ids])
-    ok = ~np.isnan(va) & ~np.isnan(vb)
-    return cluster_interval(va[ok] - vb[ok], ids[ok], n_boot=cfg.n_boot, seed=cfg.seed)

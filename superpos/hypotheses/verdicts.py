@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SuperposError
-from ..results import Verdict
+from ..results import Interval, Verdict
 from . import results as R
 
 
@@ -202,99 +202,135 @@ def repurposing(res: R.RepurposingResult) -> R.RepurposingVerdict:
 
 
 # ------------------------------------------------------------------ probes and lookahead
-def tail_share(energy: list[float], var: list[float]) -> float:
-    """Share of the probe's energy on the components that together hold the *last* half of the
-    embedding's variance (ordered from most to least used by the embedding)."""
-    tail = np.cumsum(var) > 0.5
-    return float(np.asarray(energy)[tail].sum())
-
-
 def probes(res: R.ProbesResult) -> R.ProbesVerdict:
-    """Descriptive: how decodable the input token stays by depth, and whether mid-stack probes read it along or
-    off to the side of the embedding's main directions."""
-    cur = res.targets["current token"]
-    acc, layers, b, near = cur.acc, res.layers, res.basis, res.nearest_embedding_acc
-    tails = [tail_share(e, b.pca_embedding_var) for e in b.pca]
-    emb_tail = tail_share(b.pca_embedding_var, b.pca_embedding_var)
+    """Three answers at the middle layer, each against its calibration: decodability (vs layer 0 and the
+    nearest-embedding read-out); "off to the side" — the class means' tail share above layer 0's (interval over
+    contexts above 0) and above a random basis's; "via the guess" — the probe's accuracy gap between positions
+    whose input the model had guessed and those it had not, larger than at layer 0 (interval above 0)."""
+    cur, g, geo, voc = res.targets["current token"], res.guess, res.geometry, res.vocabulary
+    acc, layers, near = cur.acc, res.layers, res.nearest_embedding_acc
     mid = len(layers) // 2
+    lm = layers[mid]
+    tail, d0 = Interval(geo.tail.mean[mid], geo.tail.lo[mid], geo.tail.hi[mid]), Interval(
+        geo.tail_vs_layer0.mean[mid], geo.tail_vs_layer0.lo[mid], geo.tail_vs_layer0.hi[mid])
+    side = bool(d0.lo > 0 and tail.mean > geo.random_share)
+    gv = Interval(g.vs_layer0.mean[mid], g.vs_layer0.lo[mid], g.vs_layer0.hi[mid])
+    via = bool(gv.lo > 0)
+    pr0, prm = geo.procrustes[layers[0]], geo.procrustes[lm]
     lines = [
-        f"Input token (top-{cur.n_classes} tokens, {100 * cur.coverage:.0f}% of held-out positions): probe "
-        f"accuracy {acc.mean[0]:.3f} at layer {layers[0]}, {acc.mean[1]:.3f} at layer {layers[1]}, "
-        f"{acc.mean[mid]:.3f} [{acc.lo[mid]:.3f}, {acc.hi[mid]:.3f}] at layer {layers[mid]}, "
-        f"{acc.mean[-1]:.3f} at layer {layers[-1]} (majority class {cur.majority:.3f}); nearest-embedding "
-        f"read-out {near[0]:.3f} → {near[1]:.3f} → {near[mid]:.3f}.",
+        f"Input token (top-{cur.n_classes} tokens, {100 * cur.coverage:.0f}% of held-out positions): probe accuracy "
+        f"{acc.mean[0]:.3f} at layer {layers[0]}, {acc.mean[mid]:.3f} [{acc.lo[mid]:.3f}, {acc.hi[mid]:.3f}] at layer "
+        f"{lm}, {acc.mean[-1]:.3f} at layer {layers[-1]} (majority class {cur.majority:.3f}); nearest-embedding "
+        f"read-out {near[0]:.3f} → {near[mid]:.3f}.",
+        f"Whole vocabulary ({voc.tokens:,} tokens seen in training, {100 * voc.coverage:.0f}% of test positions): "
+        f"nearest-token-representation read-out {voc.acc.mean[0]:.3f} at layer {layers[0]}, {voc.acc.mean[mid]:.3f} at "
+        f"layer {lm}, {voc.acc.mean[-1]:.3f} at layer {layers[-1]}.",
+        f"Off to the side: class means at layer {lm} put {_pct(tail.mean)} [{_pct(tail.lo)}, {_pct(tail.hi)}] of their "
+        f"energy on the {geo.tail_components} PCA components holding the embedding's last 50% of variance; at layer 0 "
+        f"(the embedding itself) {_pct(geo.tail.mean[0])}; difference {d0.mean:+.3f} [{d0.lo:+.3f}, {d0.hi:+.3f}]; "
+        f"a random basis of that size holds {_pct(geo.random_share)}.",
+        f"Procrustes (class means vs embedding rows, unit rows): {pr0.residual:.3f} at layer 0, {prm.residual:.3f} at "
+        f"layer {lm} vs shuffled {prm.null_mean:.3f} (p = {prm.p_value:.4f}, {prm.shuffles} shuffles).",
+        f"Via the guess: the model's top guess names the input {_pct(g.guess_accuracy.mean)} of the time; probe accuracy "
+        f"where it did minus where it did not: {g.right_minus_wrong.mean[0]:+.3f} at layer 0, "
+        f"{g.right_minus_wrong.mean[mid]:+.3f} at layer {lm} (difference {_ci(gv)}); wrong read-outs name the "
+        f"guess {_pct(g.errors_to_guess[mid])} of the time at layer {lm} ({_pct(g.errors_to_guess[0])} at layer 0).",
     ]
     if "previous token" in res.targets:
         prev = res.targets["previous token"].acc.mean
-        lines.append(f"Previous token: {prev[0]:.3f} at layer {layers[0]}, peak "
-                     f"{max(prev):.3f} at layer {layers[int(np.argmax(prev))]}.")
-    ec = b.embedding_comparison[mid]
-    lines.append(f"Probe vs embedding at layer {layers[mid]}: same-token cos {ec.same_token_cos:.3f} vs shuffled "
-                 f"{ec.null_cos_mean:.3f} (95th pct {ec.null_cos_p95:.3f}); Procrustes residual "
-                 f"{ec.procrustes_residual:.3f} vs shuffled {ec.null_procrustes_mean:.3f} (p = {ec.p_value:.3f}).")
-    lines.append(f"Where the layer-{layers[mid]} probe reads: {100 * tails[mid]:.0f}% of its energy lies on the "
-                 f"embedding's low-variance PCA components (those holding the last 50% of its variance; "
-                 f"the embedding itself puts {100 * emb_tail:.0f}% there, so above that means 'off to the side').")
-    side = tails[mid] > emb_tail
-    head = (f"The input token stays linearly decodable through the stack (mid-stack accuracy {acc.mean[mid]:.3f}); "
-            f"mid-stack probes read it {'mostly off to the side of' if side else 'mostly along'} the embedding's "
-            f"main directions.")
-    return R.ProbesVerdict(headline=head, criteria=lines, tail_share=tails, embedding_tail_share=emb_tail)
+        lines.append(f"Previous token: {prev[0]:.3f} at layer {layers[0]}, peak {max(prev):.3f} at layer "
+                     f"{layers[int(np.argmax(prev))]}.")
+    head = (f"The input token stays linearly decodable through the stack (layer {lm}: {acc.mean[mid]:.3f}). At layer "
+            f"{lm} it is {'held more off to the side of the embedding than at layer 0' if side else 'not held more off to the side of the embedding than at layer 0 (or than a random basis)'} "
+            f"(tail share {tail.mean:.2f} vs {geo.tail.mean[0]:.2f}; difference {d0.mean:+.3f} [{d0.lo:+.3f}, "
+            f"{d0.hi:+.3f}]), and {'partly via the model' + chr(39) + 's guess' if via else 'not via the model' + chr(39) + 's guess'} "
+            f"(accuracy gap guessed − not guessed, minus layer 0's: {_ci(gv)}).")
+    return R.ProbesVerdict(headline=head, criteria=lines, decodable_mid=float(acc.mean[mid]), off_to_the_side=side,
+                           via_guess=via)
 
 
 def lookahead(res: R.LookaheadResult) -> Verdict:
-    """YES when every offset beyond +1 beats the stronger current-token baseline with its CI above 0."""
+    """YES when every offset beyond +1 beats the stronger context-aware baseline (chosen on validation contexts)
+    at the layer chosen on validation contexts, with the test-context CI of the paired gain above 0."""
     lines = []
     for name, r in res.offsets.items():
-        g = r.gain_over_baseline
-        lines.append(f"token {name}: best probe (layer {r.best_layer}) {max(r.acc.mean):.3f} vs current-token "
-                     f"baselines {r.bigram.mean:.3f} (bigram table) / {r.embedding_probe.mean:.3f} "
-                     f"(embedding probe); gain {g.mean:+.3f} [{g.lo:+.3f}, {g.hi:+.3f}]")
+        g, grams = r.gain_over_baseline, " / ".join(f"{r.ngram[n].mean:.3f}" for n in sorted(r.ngram))
+        lines.append(f"token {name}: probe at layer {r.best_layer} (chosen on validation) {r.best_layer_acc.mean:.3f} "
+                     f"vs n-grams (n = {', '.join(map(str, sorted(r.ngram)))}) {grams} and a probe on the model's "
+                     f"own next-token distribution {r.model_guess.mean:.3f}; gain over the {r.baseline} baseline "
+                     f"{g.mean:+.3f} [{g.lo:+.3f}, {g.hi:+.3f}]")
     beyond = [r.gain_over_baseline.lo > 0 for name, r in res.offsets.items() if name != "+1"]
-    head = ("Lookahead beyond bigram statistics: YES — the residual at i predicts tokens i+2/i+3 better than the "
-            "current token alone does." if beyond and all(beyond) else
-            "Lookahead beyond bigram statistics: " + ("PARTLY" if any(beyond) else "NO") +
-            " — see the per-offset gains.")
+    answer = "YES" if beyond and all(beyond) else "PARTLY" if any(beyond) else "NO"
+    gains = ", ".join(f"{name}: {_ci(r.gain_over_baseline)}" for name, r in res.offsets.items() if name != "+1")
+    head = (f"Lookahead beyond n-grams and the model's own guess: {answer} — at the layer chosen on validation "
+            f"contexts, the residual at i predicts later tokens {'better than' if answer == 'YES' else 'no better than' if answer == 'NO' else 'partly better than'} "
+            f"the stronger of a back-off n-gram and a probe on the model's next-token distribution ({gains}).")
     return Verdict(headline=head, criteria=lines)
 
 
 # ------------------------------------------------------------------ donation and re-injection
 def donation(res: R.DonationResult) -> Verdict:
-    """Descriptive: the share of the k/v gradient that later positions donate, and how the ratio scales."""
-    mean_share = {n: float(np.mean(v.mean)) for n, v in res.share.items()}
+    """Descriptive, calibrated against the two simple pictures: the later/own ratio ≈ k (every later loss pushes
+    like the own loss, aligned: exponent 1) or ≈ √k (equal, independent pushes: exponent ½). The sink (position 0)
+    is out of every number and reported apart."""
     nN = max(res.share)
-    b = res.ratio_fit.exponent
-    mean_ratio = float(np.mean(res.ratio_vs_later.per_layer_mean_ratio))  # = mean over contexts, layers, positions
-    head = (f"Later positions donate {100 * mean_share[nN]:.0f}% of the gradient on a position's keys and values at "
-            f"N = {nN} (mean over layers); the ratio later/own grows like k^{b:.2f} with the number k of later losses "
-            f"({'close to' if abs(b - 1) < 0.25 else 'unlike'} the linear (N−1)/2-against-1 picture).")
-    lines = [f"N = {n}: share from later losses {100 * mean_share[n]:.1f}% (layer range "
+    b, c = res.ratio_fit.exponent, res.decay_fit.exponent
+    med = res.share_median[nN]
+    picture = ("rejects the linear picture (exponent 1)" if b.hi < 1 else "is consistent with the linear picture")
+    if b.lo <= 0.5 <= b.hi:
+        picture += " and is consistent with independent pushes (½)"
+    elif b.hi < 0.5:
+        picture += " and grows more slowly than independent pushes (½)"
+    n_ctx = res.config.contexts
+    head = (f"Leaving out the attention sink, later positions donate a median {100 * med.mean:.0f}% "
+            f"[{100 * med.lo:.0f}, {100 * med.hi:.0f}] of the gradient on a position's keys and values at N = {nN} "
+            f"({n_ctx} contexts); the later/own ratio grows like k^{b.mean:.2f} [{b.lo:.2f}, {b.hi:.2f}] with the "
+            f"number k of later losses, which {picture}.")
+    lines = [f"N = {n}: median share from later losses {100 * res.share_median[n].mean:.1f}% "
+             f"[{100 * res.share_median[n].lo:.1f}, {100 * res.share_median[n].hi:.1f}] (per-layer means "
              f"{100 * min(s.mean):.1f}–{100 * max(s.mean):.1f}%)" for n, s in res.share.items()]
-    lines.append(f"Mean ratio later/own at N = {nN}: {mean_ratio:.2f}, against (N−2)/2 = {(nN - 2) / 2:.1f} if every "
-                 f"later loss pushed like the own loss, in the same direction.")
+    lines.append(f"Mean ratio later/own at N = {nN} (positions 1..N−3): {res.mean_ratio.mean:.2f} "
+                 f"[{res.mean_ratio.lo:.2f}, {res.mean_ratio.hi:.2f}], against {np.mean(res.later_count):.1f} (the "
+                 f"mean k) if every later loss pushed like the own loss, in the same direction.")
+    lines.append(f"One later loss at distance δ pushes ≈ {res.decay_fit.prefactor:.2f} · δ^{c.mean:.2f} "
+                 f"[{c.lo:.2f}, {c.hi:.2f}] of the own loss's push (median over positions, layers and contexts).")
+    lines.append(f"The sink (position 0), apart: median share from later losses {100 * res.sink.share.mean:.0f}% "
+                 f"[{100 * res.sink.share.lo:.0f}, {100 * res.sink.share.hi:.0f}], ratio later/own "
+                 f"{res.sink.ratio.mean:.1f} [{res.sink.ratio.lo:.1f}, {res.sink.ratio.hi:.1f}] at k = {nN - 2}.")
     return Verdict(headline=head, criteria=lines)
 
 
 def reinject(res: R.ReinjectResult) -> R.ReinjectVerdict:
-    """SUPPORTED when, at the α that helps the most-surprising bin most, that bin's Δ loss has its CI below 0 and
-    so does its difference from the least-surprising bin."""
-    best = min(res.alphas, key=lambda a: res.alphas[a].bins[-1].mean)
-    r = res.alphas[best]
-    top, bottom, d = r.bins[-1], r.bins[0], r.top_minus_bottom
-    helps, most = top.hi < 0, d.hi < 0
-    lines = [f"α = {a:g}: Δloss overall {v.overall.mean:+.4f} nats; most-surprising fifth "
-             f"{v.bins[-1].mean:+.4f} [{v.bins[-1].lo:+.4f}, {v.bins[-1].hi:+.4f}], least-surprising "
-             f"fifth {v.bins[0].mean:+.4f}" for a, v in res.alphas.items()]
-    if helps and most:
-        head = (f"SUPPORTED: re-injecting the true token's embedding at layers {res.layers} lowers the loss on the "
-                f"following token most where that token was surprising (α = {best:g}: {top.mean:+.4f} nats "
-                f"[{top.lo:+.4f}, {top.hi:+.4f}] in the most-surprising fifth vs {bottom.mean:+.4f} in the "
-                f"least; difference {d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]).")
-    else:
-        head = (f"NOT SUPPORTED: at the best α ({best:g}) re-injection changes the loss on the following token by "
-                f"{top.mean:+.4f} [{top.lo:+.4f}, {top.hi:+.4f}] nats where the token was most surprising "
-                f"and {bottom.mean:+.4f} where least (difference {d.mean:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}]).")
-    return R.ReinjectVerdict(headline=head, criteria=lines, best_alpha=best, supported=bool(helps and most))
+    """Two answers. The premise is MET when, at the re-injection layers, the most-surprising fifth's decodability
+    gap (vs the least-surprising fifth) is more negative than right after the first block, CI below 0. The
+    sampler is SUPPORTED when the setting chosen on the selection half lowers the most-surprising fifth's loss on
+    the other half, and more than the least-surprising fifth's (both CIs below 0)."""
+    p, j = res.premise, res.judged
+    met = p.late_minus_early.hi < 0
+    i1, late = p.layers.index(1), [p.layers.index(layer) for layer in res.layers]
+    d0, d1 = p.decodable[0], p.decodable[1]
+    top, d = j.bins[-1], j.top_minus_bottom
+    helps = bool(top.hi < 0 and d.hi < 0)
+    lines = [f"Calibration: at layer 0 the representation is the embedding; decodability {d0.mean[0]:.3f} (least "
+             f"surprising fifth) / {d0.mean[-1]:.3f} (most); after the first block {d1.mean[0]:.3f} / "
+             f"{d1.mean[-1]:.3f} (coverage {100 * p.coverage:.0f}% of positions).",
+             f"Most − least surprising fifth, decodability: {_ci(Interval(p.gap.mean[i1], p.gap.lo[i1], p.gap.hi[i1]))}"
+             f" at layer 1, " + ", ".join(f"{_ci(Interval(p.gap.mean[i], p.gap.lo[i], p.gap.hi[i]))} at layer "
+                                         f"{p.layers[i]}" for i in late) + ".",
+             f"Late gap minus layer-1 gap: {_ci(p.late_minus_early)} (premise {'MET' if met else 'NOT MET'}).",
+             f"Chosen on half the contexts: {res.chosen}; on the other half Δ loss {_ci(top)} nats in the most-"
+             f"surprising fifth, {_ci(j.bins[0])} in the least; difference {_ci(d)}.",
+             f"The same intervention in the sampler's KV-cached loop: per-position losses within "
+             f"{res.cached.max_abs_diff:.1e} of whole windows ({res.cached.contexts} × {res.cached.tokens} tokens)."]
+    lines += [f"{k}: Δ loss overall {v.overall.mean:+.4f}; most-surprising fifth {v.bins[-1].mean:+.4f}, least "
+              f"{v.bins[0].mean:+.4f}" for k, v in res.effects.items()]
+    head = (f"Premise {'MET' if met else 'NOT MET'}: late layers (at {res.layers}) "
+            f"{'do' if met else 'do not'} lose track of surprising input tokens more than early ones (gap difference "
+            f"{_ci(p.late_minus_early)}). Re-injection {'SUPPORTED' if helps else 'NOT SUPPORTED'}: moving late "
+            f"residuals toward the true token ({res.chosen}, chosen on held-apart contexts) changes the loss on the "
+            f"following token by {_ci(top)} nats where that token was most surprising (vs least: {_ci(d)}).")
+    return R.ReinjectVerdict(headline=head, criteria=lines, premise_met=bool(met), chosen=res.chosen,
+                             supported=helps)
 
 
 # ------------------------------------------------------------------ headline numbers (the replication table)
@@ -323,17 +359,19 @@ def numbers(name: str, res) -> dict[str, str]:
         return {"peak layer": str(v.peak_layer), "effect [95% CI]": f"{v.peak[0]:+.2f} [{v.peak[1]:+.2f}, {v.peak[2]:+.2f}]",
                 "favoured z: layer → output": f"{v.raw_z:+.2f} → {v.final_z:+.2f}"}
     if name == "probes":
-        acc, mid = res.targets["current token"].acc, len(res.layers) // 2
+        acc, mid, geo = res.targets["current token"].acc, len(res.layers) // 2, res.geometry
+        d0 = Interval(geo.tail_vs_layer0.mean[mid], geo.tail_vs_layer0.lo[mid], geo.tail_vs_layer0.hi[mid])
+        gv = Interval(res.guess.vs_layer0.mean[mid], res.guess.vs_layer0.lo[mid], res.guess.vs_layer0.hi[mid])
         return {"input-token acc, layer 0 / mid / last": f"{acc.mean[0]:.3f} / {acc.mean[mid]:.3f} / {acc.mean[-1]:.3f}",
-                "mid tail share (embedding)": f"{v.tail_share[mid]:.2f} ({v.embedding_tail_share:.2f})"}
+                "mid tail share − layer 0's": _ci(d0), "via the guess (gap − layer 0's)": _ci(gv)}
     if name == "lookahead":
         return {f"gain {k}": _ci(r.gain_over_baseline) for k, r in res.offsets.items()}
     if name == "donation":
-        n = max(res.share)
-        return {f"share from later losses, N = {n}": f"{100 * np.mean(res.share[n].mean):.0f}%",
-                "ratio ~ k^b": f"b = {res.ratio_fit.exponent:.2f}"}
+        n, b = max(res.share), res.ratio_fit.exponent
+        return {f"median share from later losses, N = {n} (no sink)": _ci(res.share_median[n]),
+                "ratio ~ k^b": _ci(b), "sink: ratio later/own": _ci(res.sink.ratio)}
     if name == "reinject":
-        r = res.alphas[v.best_alpha]
-        return {"best α": f"{v.best_alpha:g}", "Δ loss, most surprising fifth": _ci(r.bins[-1]),
-                "most − least surprising": _ci(r.top_minus_bottom)}
+        return {"premise: late − early decodability gap": _ci(res.premise.late_minus_early),
+                "chosen setting": res.chosen, "Δ loss, most surprising fifth (held out)": _ci(res.judged.bins[-1]),
+                "most − least surprising": _ci(res.judged.top_minus_bottom)}
     raise KeyError(name)

@@ -16,13 +16,19 @@ def write_report(res: LookaheadResult, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, r in res.offsets.items():
         band(ax, res.layers, r.acc, f"probe for token {name}")
-        ax.axhline(max(r.bigram.mean, r.embedding_probe.mean), ls=":", color=ax.lines[-1].get_color(), lw=1)
+        color = ax.lines[-1].get_color()
+        ax.axhline(max(r.ngram[r.ngram_order].mean, r.model_guess.mean), ls=":", color=color, lw=1)
+        ax.plot([r.best_layer], [r.best_layer_acc.mean], "*", color=color, ms=10)
     ax.set(xlabel="residual layer at position i", ylabel="held-out top-1 accuracy")
     ax.legend(fontsize=8)
-    rep.figure(fig, "lookahead.png", "Probes from position i for the tokens at i+1, i+2, i+3 (95% CIs over held-out "
-               "contexts); dotted: the stronger current-token-only baseline for each")
-    rep.table(["token", "best layer", "best acc", "bigram table", "embedding probe", "gain", "95% CI", "coverage"],
-              [[name, r.best_layer, max(r.acc.mean), r.bigram.mean, r.embedding_probe.mean, r.gain_over_baseline.mean,
+    rep.figure(fig, "lookahead.png", "Probes from position i for the tokens at i+1, i+2, i+3 (95% CIs over test "
+               "contexts); dotted: the stronger context-aware baseline (back-off n-gram or a probe on the model's "
+               "own next-token distribution); star: the layer chosen on validation contexts, scored on test")
+    orders = sorted(next(iter(res.offsets.values())).ngram)
+    rep.table(["token", "layer (val)", "probe acc"] + [f"{n}-gram" for n in orders] +
+              ["model's guess", "baseline (val)", "gain", "95% CI", "coverage"],
+              [[name, r.best_layer, r.best_layer_acc.mean] + [r.ngram[n].mean for n in orders] +
+               [r.model_guess.mean, r.baseline, r.gain_over_baseline.mean,
                 f"{r.gain_over_baseline.lo:+.3f} to {r.gain_over_baseline.hi:+.3f}", r.coverage]
                for name, r in res.offsets.items()])
     rep.reproduce("lookahead", res.config)
