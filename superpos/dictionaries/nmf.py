@@ -8,6 +8,10 @@ Residual activations are signed. Two ways to use non-negativity:
   linear: x̂ = H (W₊ − W₋). ``components_`` are those atoms, unit-norm; codes absorb their norms.
   With ``sign_split=False`` the input itself must be non-negative (plain NMF).
 * :class:`SemiNMF` (Ding, Li & Jordan 2010): signed atoms W, non-negative codes H, x ≈ H W.
+
+Both run at a chosen L0 with ``k``: the code step keeps each row's ``k`` largest contributions halfway through
+its multiplicative updates, which then refine them on that support (they never revive a zero), so every code has
+at most ``k`` non-zeros — while fitting and in ``transform``. ``k=None`` leaves the codes dense.
 """
 from __future__ import annotations
 
@@ -49,6 +53,8 @@ class _FactorisationBase(BaseDictionary):
         src = rows_from(X, layer)
         d = src.d_model
         dev = self._device()
+        if self.k is not None and self.k < 1:
+            raise SuperposError(f"k must be at least 1 (or None for dense codes), got {self.k}")
         for name in ("_A", "_B"):  # streaming statistics belong to the dictionary being replaced
             self.__dict__.pop(name, None)
         gen = torch.Generator().manual_seed(self.seed)
@@ -58,7 +64,8 @@ class _FactorisationBase(BaseDictionary):
             W = self._init_W(x, gen)
             H = self._init_H(x, W)
             for _ in tqdm(range(self.max_iter), desc=f"fit {self.kind}", file=sys.stderr, disable=not self.progress):
-                H = self._update_H(x, H, W)
+                # sparse codes are solved afresh each time, so their support can follow the atoms
+                H = self._solve_codes(x, W) if self.k else self._update_H(x, H, W)
                 W = self._update_W_full(x, H, W)
             self._W = W
             self.n_iter_ = self.max_iter
@@ -113,10 +120,21 @@ class _FactorisationBase(BaseDictionary):
         return self
 
     def _solve_codes(self, x, W) -> torch.Tensor:
+        """Multiplicative updates from ``_init_H``. With ``k``: halfway, all but each row's ``k`` largest
+        contributions (code × atom norm) are set to 0 — multiplicative updates keep zeros at zero, so the
+        codes end with at most ``k`` non-zeros, refined on that support."""
         H = self._init_H(x, W)
-        for _ in range(self.transform_iter):
+        cut = self.transform_iter // 2 if self.k else -1
+        for it in range(self.transform_iter):
+            if it == cut:
+                H = self._keep_top_k(H, W)
             H = self._update_H(x, H, W)
-        return H
+        return self._keep_top_k(H, W) if self.k and self.transform_iter == 0 else H
+
+    def _keep_top_k(self, H, W) -> torch.Tensor:
+        k = min(self.k, H.shape[1])
+        idx = (H * self._atoms(W).norm(dim=1)).topk(k, dim=1).indices
+        return torch.zeros_like(H).scatter_(1, idx, H.gather(1, idx))
 
     def _init_H(self, x, W) -> torch.Tensor:
         gram = (W * W).sum(1).clamp_min(EPS)
@@ -148,7 +166,7 @@ class NMF(_FactorisationBase):
     kind = "nmf"
     _state_names = ("W_", "atom_norms_")
 
-    def __init__(self, n_components=None, expansion=4.0, sign_split=True, max_iter=300, transform_iter=100,
+    def __init__(self, n_components=None, expansion=4.0, k=None, sign_split=True, max_iter=300, transform_iter=100,
                  batch_size=4096, n_tokens=None, forget=0.99, min_pos=1, seed=0, device="auto", progress=True):
         self._set_params(locals())
 
@@ -188,7 +206,7 @@ class SemiNMF(_FactorisationBase):
     kind = "seminmf"
     _state_names = ("W_", "atom_norms_")
 
-    def __init__(self, n_components=None, expansion=4.0, max_iter=300, transform_iter=100, batch_size=4096,
+    def __init__(self, n_components=None, expansion=4.0, k=None, max_iter=300, transform_iter=100, batch_size=4096,
                  n_tokens=None, forget=0.99, ridge=1e-6, min_pos=1, seed=0, device="auto", progress=True):
         self._set_params(locals())
 

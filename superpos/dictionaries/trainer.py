@@ -25,11 +25,14 @@ from ..errors import SuperposError
 from ..integrity import load_checkpoint
 from ..integrity import save_checkpoint as save_checkpoint_file
 from .base import BaseDictionary, check_finite
-from .sources import RowSource, rows_from
+from .sources import RowSource, TensorRows, rows_from
 
 CHECKPOINT = "checkpoint.pt"
 DEFAULT_LR = 2e-3
 DENSE_FRACTION = 0.10  # a latent firing on more tokens than this is "dense" (SAEBench)
+WARMUP_FRACTION = 0.05  # default warm-up: this share of the run's steps (of one epoch while converging)
+MIN_EVAL_STEPS = 50  # while converging, the held-out FVU is measured every epoch, at least this many steps apart
+MAX_VALIDATION_ROWS = 16384
 _SHOWN = {"loss": ".3g", "fvu": ".3f", "l0": ".1f", "dead": ".2f", "dense": ".2f", "tok_s": ".0f"}  # progress bar
 
 
@@ -60,6 +63,46 @@ def renormalise_decoder_(W_dec_FD: torch.Tensor) -> None:
 
 
 @dataclass
+class _Schedule:
+    """The learning-rate multiplier per step: linear warm-up, constant, then a linear decay to 0 over the final
+    ``decay_frac`` of the run. With a fixed budget the decay starts at ``(1 − decay_frac) × total``; while
+    converging it starts when the held-out FVU stops improving (``start_decay``), and the run ends with it."""
+
+    warm: int
+    total: int
+    decay_from: int | None  # None: not decaying yet (converging)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warm:
+            return (step + 1) / self.warm
+        if self.decay_from is not None and step >= self.decay_from:
+            return max(0.0, (self.total - step) / max(1, self.total - self.decay_from))
+        return 1.0
+
+    def start_decay(self, step: int, decay_frac: float) -> None:
+        """Decay from ``step`` on, over ``decay_frac`` of the whole run (which then ends)."""
+        self.decay_from = step
+        self.total = min(self.total, step + max(1, int(round(step * decay_frac / max(1e-9, 1 - decay_frac)))))
+
+
+@dataclass
+class _Convergence:
+    """Early stopping on held-out FVU (in-memory data with ``n_tokens=None``): evaluated every ``every`` steps;
+    after ``patience`` evaluations without a relative improvement of ``tol`` the final decay starts."""
+
+    val_x: torch.Tensor  # held-out rows, in training units
+    every: int
+    tol: float
+    patience: int
+    best: float = math.inf
+    bad: int = 0
+    history: list[dict] = field(default_factory=list)  # {"step", "val_fvu"} per measurement
+
+    def state(self) -> dict:
+        return {"best": self.best, "bad": self.bad, "history": self.history}
+
+
+@dataclass
 class _TrainRun:
     """The state of one ``fit``: weights, optimizer, schedule, dead-latent counters, history, and where the run
     checkpoints; ``step`` counts completed optimizer steps."""
@@ -71,6 +114,8 @@ class _TrainRun:
     since_fired: torch.Tensor  # tokens since each latent last fired
     ckpt_path: Path | None
     amp: bool
+    schedule: _Schedule | None = None
+    convergence: _Convergence | None = None
     step: int = 0
     history: list[dict] = field(default_factory=list)
     window_counts: torch.Tensor | None = None  # firings per latent since the last log line
@@ -88,7 +133,9 @@ class _TrainRun:
         save_checkpoint_file({"params": sae.get_params(), "d_model": self.d, "step": self.step,
                               "state": {k: v.detach().cpu() for k, v in self.state.items()},
                               "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                              "since_fired": self.since_fired.cpu(), "history": self.history}, self.ckpt_path)
+                              "since_fired": self.since_fired.cpu(), "history": self.history,
+                              "schedule": vars(self.schedule),
+                              "convergence": self.convergence.state() if self.convergence else None}, self.ckpt_path)
 
 
 @dataclass
@@ -142,6 +189,8 @@ class SparseAutoencoder(BaseDictionary):
             raise SuperposError(f"k={k} must be between 1 and the number of latents ({n})")
         if self.n_tokens is not None and self.n_tokens < 1:
             raise SuperposError(f"n_tokens must be positive, got {self.n_tokens}")
+        if not 0 < self.validation_fraction < 1 or self.max_epochs < 1 or self.n_iter_no_change < 1 or self.tol < 0:
+            raise SuperposError("need 0 < validation_fraction < 1, max_epochs ≥ 1, n_iter_no_change ≥ 1 and tol ≥ 0")
         if getattr(self, "precision", "float32") not in ("float32", "bfloat16"):
             raise SuperposError(f"precision must be float32 or bfloat16, got {self.precision}")
 
@@ -182,37 +231,51 @@ class SparseAutoencoder(BaseDictionary):
     # ---------------------------------------------------------------- training
     def fit(self, X, y=None, *, layer: int | None = None, checkpoint_dir: str | os.PathLike | None = None,
             checkpoint_every: int = 500, callback: Callable[[int, dict], None] | None = None):
-        """Train on ``X`` (array, tensor, or ActivationStore + layer) for ``n_tokens`` (default one epoch).
+        """Train on ``X`` (array, tensor, or ActivationStore + layer).
 
-        With ``checkpoint_dir``, training state is saved every ``checkpoint_every`` steps, on Ctrl-C and at
-        the end, and a later ``fit`` with the same parameters resumes it exactly.
-        ``callback(step, stats)`` is called at each logging step.
+        With ``n_tokens`` the run makes ``n_tokens // batch_size`` steps. With ``n_tokens=None`` (the default)
+        in-memory data trains until it converges: ``validation_fraction`` of the rows is held out, its FVU is
+        measured every epoch (at least every 50 steps), and after ``n_iter_no_change`` measurements without a
+        relative improvement of ``tol`` the final decay starts and the run ends (at most ``max_epochs`` passes);
+        ``converged_`` says which ended it. A store trains for one epoch. With ``checkpoint_dir``, training state is
+        saved every ``checkpoint_every`` steps, on Ctrl-C and at the end, and a later ``fit`` with the same
+        parameters resumes it exactly. ``callback(step, stats)`` is called at each logging step.
         """
         src = rows_from(X, layer)
         self._check_params(src.d_model)
         dev = self._device()
         self._forget_stream()
+        val = None
+        if self.n_tokens is None and src.in_memory:
+            src, val = _hold_out(src, self.validation_fraction, self.seed)
         n_rows = src.n_rows(self.min_pos)
         batch = min(self.batch_size, n_rows)
         distributed.check_batch(batch)  # under torchrun the batch is global; each rank trains on a slice
-        total_steps = max(1, (self.n_tokens or n_rows) // batch)
-        run = self._start_run(src, dev, total_steps, Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None)
+        per_epoch = max(1, n_rows // batch)
+        total_steps = per_epoch * self.max_epochs if val is not None else max(1, (self.n_tokens or n_rows) // batch)
+        run = self._start_run(src, dev, total_steps, per_epoch, val,
+                              Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None)
+        sched = run.schedule
         batches = src.batches(batch, dev, seed=self.seed, start_batch=run.step, min_pos=self.min_pos)
-        bar = tqdm(total=total_steps, initial=run.step, desc=f"fit {self.kind}", unit="step", file=sys.stderr,
+        bar = tqdm(total=sched.total, initial=run.step, desc=f"fit {self.kind}", unit="step", file=sys.stderr,
                    disable=not self.progress or not distributed.is_main(), dynamic_ncols=True)
-        log_every = max(1, min(50, total_steps // 20))
+        log_every = max(1, min(50, per_epoch // 20 if val is not None else total_steps // 20))
         meter = _Meter()
         try:
             with interrupts.deferred():
-                for step in range(run.step, total_steps):
+                while run.step < sched.total:
                     interrupts.check()  # Ctrl-C stops here, between steps
+                    step = run.step
                     out = self._train_step(run, distributed.shard(next(batches) * run.scale), step, batch)
                     meter.tokens += batch
-                    if (step + 1) % log_every == 0 or step + 1 == total_steps:
+                    if (step + 1) % log_every == 0 or step + 1 == sched.total:
                         stats = meter.log(self, run, out, step + 1)
                         bar.set_postfix({k: format(stats[k], f) for k, f in _SHOWN.items()}, refresh=False)
                         if callback is not None:
                             callback(step + 1, stats)
+                    if run.convergence is not None and sched.decay_from is None:
+                        self._check_convergence(run)
+                        bar.total = sched.total
                     bar.update(1)
                     if run.step % checkpoint_every == 0:
                         run.save(self)
@@ -226,12 +289,41 @@ class SparseAutoencoder(BaseDictionary):
         bar.close()
         run.save(self)
         self._finish(run.state, src, run.scale)
-        self.n_iter_ = total_steps
-        self.n_tokens_seen_ = total_steps * batch
+        self.n_iter_ = run.step
+        self.n_tokens_seen_ = run.step * batch
         self.history_ = run.history
+        if run.convergence is not None:
+            self.converged_ = run.convergence.bad >= run.convergence.patience
+            self.validation_history_ = run.convergence.history
         return self
 
-    def _start_run(self, src: RowSource, dev, total_steps: int, ckpt_path: Path | None) -> "_TrainRun":
+    def _check_convergence(self, run: "_TrainRun") -> None:
+        """Every ``every`` steps: the held-out FVU; start the final decay after ``patience`` measurements without
+        a relative improvement of ``tol``, or when the budget's last ``decay_frac`` begins."""
+        c, sched, step = run.convergence, run.schedule, run.step
+        if step % c.every == 0:
+            fvu = self._held_out_fvu(run)
+            c.history.append({"step": step, "val_fvu": fvu})
+            if fvu < c.best * (1 - c.tol):
+                c.best, c.bad = fvu, 0
+            else:
+                c.bad += 1
+            if c.bad >= c.patience:
+                sched.start_decay(step, self.decay_frac)
+        if sched.decay_from is None and step >= int(sched.total * (1 - self.decay_frac)):
+            sched.decay_from = step
+
+    @torch.no_grad()
+    def _held_out_fvu(self, run: "_TrainRun") -> float:
+        x = run.convergence.val_x
+        dead = run.since_fired >= self.dead_after_tokens
+        err = sum(float((self._train_forward(run.state, x[i:i + self.batch_size], dead)["x_hat"]
+                         - x[i:i + self.batch_size]).pow(2).sum()) for i in range(0, len(x), self.batch_size))
+        self._pre_buffer = None
+        return err / float((x - x.mean(0)).pow(2).sum().clamp_min(1e-30))
+
+    def _start_run(self, src: RowSource, dev, total_steps: int, per_epoch: int, val: torch.Tensor | None,
+                   ckpt_path: Path | None) -> "_TrainRun":
         """A fresh run initialised from a sample of ``src``, or the one saved in ``ckpt_path`` (same settings)."""
         d = src.d_model
         ckpt = None
@@ -246,21 +338,23 @@ class SparseAutoencoder(BaseDictionary):
             state = self._init_params(sample, d, dev)
         lr = self._lr(state["W_dec"].shape[0])
         opt = _adam(self._param_groups(state, lr), lr)
-        warm, decay_from = max(1, self.warmup_steps), int(total_steps * (1 - self.decay_frac))
-
-        def schedule(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            if step >= decay_from:
-                return max(0.0, (total_steps - step) / max(1, total_steps - decay_from))
-            return 1.0
-
+        # warm-up: a share of the run (of one epoch while converging, when the run's length is not known)
+        warm = self.warmup_steps or max(1, round(WARMUP_FRACTION * (per_epoch if val is not None else total_steps)))
+        schedule = _Schedule(warm=max(1, warm), total=total_steps,
+                             decay_from=None if val is not None else int(total_steps * (1 - self.decay_frac)))
         run = _TrainRun(d=d, state=state, opt=opt, sched=torch.optim.lr_scheduler.LambdaLR(opt, schedule),
                         since_fired=torch.zeros(state["W_dec"].shape[0], dtype=torch.long, device=dev),
-                        ckpt_path=ckpt_path, amp=getattr(self, "precision", "float32") == "bfloat16")
+                        ckpt_path=ckpt_path, amp=getattr(self, "precision", "float32") == "bfloat16",
+                        schedule=schedule)
+        if val is not None:
+            run.convergence = _Convergence(val_x=val.to(dev) * run.scale, every=max(per_epoch, MIN_EVAL_STEPS),
+                                           tol=self.tol, patience=self.n_iter_no_change)
         if ckpt is not None:
             run.opt.load_state_dict(ckpt["opt"])
             run.sched.load_state_dict(ckpt["sched"])
+            vars(schedule).update(ckpt["schedule"])
+            if run.convergence is not None:
+                vars(run.convergence).update(ckpt["convergence"])
             run.since_fired = ckpt["since_fired"].to(dev)
             run.history, run.step = ckpt["history"], ckpt["step"]
         return run
@@ -375,6 +469,18 @@ def _adam(groups: list[dict], lr: float) -> torch.optim.Adam:
     fused = all(p.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16) and p.device.type in ("cpu", "cuda")
                 for p in params)
     return torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), fused=fused)
+
+
+def _hold_out(src: RowSource, fraction: float, seed: int) -> tuple[RowSource, torch.Tensor]:
+    """In-memory rows split at random (seeded): (training rows, held-out rows); at most MAX_VALIDATION_ROWS and
+    at least one row held out, and at least one left to train on."""
+    x = src.tensor()
+    n = len(x)
+    if n < 2:
+        raise SuperposError(f"need at least 2 rows to hold some out for convergence, got {n} (or pass n_tokens)")
+    n_val = min(MAX_VALIDATION_ROWS, n - 1, max(1, round(fraction * n)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    return TensorRows(x[perm[n_val:]]), x[perm[:n_val]]
 
 
 def _last_good(ckpt_path: Path | None) -> str:
