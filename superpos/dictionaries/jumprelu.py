@@ -56,12 +56,13 @@ class JumpReLUSAE(SparseAutoencoder):
                "estimators (rectangle kernel, ``bandwidth``) under an L0 penalty ``l0_coeff``. Thresholds, "
                "``bandwidth`` and ``threshold_init`` are in units of the normalised input (E‖x‖² = d_model).\n" + _COMMON_DOC)
     kind = "jumprelu"
+    _sparsity_param = "l0_coeff"
     _state_names = SparseAutoencoder._state_names + ("threshold_",)
     _extra_params = ("log_threshold",)
     # Adam moves a parameter by ≈ lr per step; log-thresholds need to travel O(1) in a few hundred steps
     _extra_lr_mult = 30.0
 
-    def __init__(self, n_components=None, expansion=16.0, l0_coeff=1.0, bandwidth=0.05, threshold_init=0.1,
+    def __init__(self, n_components=None, expansion=16.0, l0_coeff=1.0, target_l0=None, bandwidth=0.05, threshold_init=0.1,
                  batch_size=1024, n_tokens=None, lr=None, max_epochs=50, tol=1e-2, n_iter_no_change=2,
                  validation_fraction=0.1, warmup_steps=None, decay_frac=0.2, aux_k=None,
                  aux_coeff=0.0, dead_after_tokens=250_000, b_dec_init="median", normalize=True, min_pos=1, seed=0,
@@ -78,7 +79,7 @@ class JumpReLUSAE(SparseAutoencoder):
         x_hat = f @ s["W_dec"] + s["b_dec"]
         l0 = _Step.apply(pre, thr, self.bandwidth).sum(-1).mean()
         counts = (f.detach() > 0).sum(0)
-        return {"loss": _reconstruction_terms(x, x_hat) + self.l0_coeff * l0, "x_hat": x_hat.detach(),
+        return {"loss": _reconstruction_terms(x, x_hat) + self._coeff(s) * l0, "x_hat": x_hat.detach(),
                 "l0": l0.item(), "counts": counts}
 
     def _finish_extra(self, state, src, scale) -> None:

@@ -33,6 +33,7 @@ DENSE_FRACTION = 0.10  # a latent firing on more tokens than this is "dense" (SA
 WARMUP_FRACTION = 0.05  # default warm-up: this share of the run's steps (of one epoch while converging)
 MIN_EVAL_STEPS = 50  # while converging, the held-out FVU is measured every epoch, at least this many steps apart
 MAX_VALIDATION_ROWS = 16384
+L0_CONTROL_RATE = 0.01  # per step: the penalty coefficient is multiplied by (L0 / target_l0) ** rate
 _SHOWN = {"loss": ".3g", "fvu": ".3f", "l0": ".1f", "dead": ".2f", "dense": ".2f", "tok_s": ".0f"}  # progress bar
 
 
@@ -119,6 +120,7 @@ class _TrainRun:
     step: int = 0
     history: list[dict] = field(default_factory=list)
     window_counts: torch.Tensor | None = None  # firings per latent since the last log line
+    l0_ema: float | None = None  # smoothed L0 for the target-L0 controller
 
     @property
     def scale(self) -> float:
@@ -214,7 +216,20 @@ class SparseAutoencoder(BaseDictionary):
         params.update(self._init_extra(n))
         state = {k: v.to(dev).requires_grad_(True) for k, v in params.items()}
         state["scale"] = torch.tensor(scale)
+        if self._controls_sparsity:
+            state["coeff"] = torch.tensor(float(getattr(self, self._sparsity_param)))
         return state
+
+    #: the penalty coefficient a ``target_l0`` controls (ReLU: l1_coeff, JumpReLU: l0_coeff)
+    _sparsity_param: str | None = None
+
+    @property
+    def _controls_sparsity(self) -> bool:
+        return self._sparsity_param is not None and getattr(self, "target_l0", None) is not None
+
+    def _coeff(self, state: dict) -> float:
+        """The sparsity coefficient in force: the controller's while training toward ``target_l0``."""
+        return float(state["coeff"]) if "coeff" in state else float(getattr(self, self._sparsity_param))
 
     def _init_extra(self, n_latents: int) -> dict[str, torch.Tensor]:
         return {}
@@ -331,7 +346,7 @@ class SparseAutoencoder(BaseDictionary):
             ckpt = load_checkpoint(ckpt_path, map_location=dev)
             if ckpt["params"] != self.get_params() or ckpt["d_model"] != d:
                 raise SuperposError(f"checkpoint {ckpt_path} was made with other settings; use another output folder")
-            state = {k: v.to(dev).requires_grad_(k != "scale") for k, v in ckpt["state"].items()}
+            state = {k: v.to(dev).requires_grad_(k not in ("scale", "coeff")) for k, v in ckpt["state"].items()}
         else:
             sample = src.sample(8192, seed=self.seed, min_pos=self.min_pos)
             check_finite(sample, src.where)
@@ -381,6 +396,10 @@ class SparseAutoencoder(BaseDictionary):
             counts = distributed.all_reduce_(out["counts"].clone())  # firing over the global batch
             run.since_fired += batch
             run.since_fired[counts > 0] = 0
+            if "coeff" in run.state:  # multiplicative control of the penalty toward the target L0 (smoothed L0)
+                run.l0_ema = out["l0"] if run.l0_ema is None else 0.9 * run.l0_ema + 0.1 * out["l0"]
+                err = max(-1.0, min(1.0, math.log(max(run.l0_ema, 0.1) / self.target_l0)))
+                run.state["coeff"] *= math.exp(L0_CONTROL_RATE * err)
             run.window_counts = counts if run.window_counts is None else run.window_counts + counts
         return {**out, "x": x, "loss": loss}
 
@@ -449,6 +468,8 @@ class SparseAutoencoder(BaseDictionary):
             self.b_enc_ = state["b_enc"].detach() / scale
             self.b_dec_ = state["b_dec"].detach() / scale
             self.scale_ = torch.tensor(scale)
+            if "coeff" in state:
+                self.sparsity_coeff_ = float(state["coeff"])
             self._finish_extra(state, src, scale)
 
     def _finish_extra(self, state, src: RowSource, scale) -> None:
