@@ -62,9 +62,9 @@ class JumpReLUSAE(SparseAutoencoder):
     # Adam moves a parameter by ≈ lr per step; log-thresholds need to travel O(1) in a few hundred steps
     _extra_lr_mult = 30.0
 
-    def __init__(self, n_components=None, expansion=16.0, l0_coeff=1.0, target_l0=None, bandwidth=0.05, threshold_init=0.1,
-                 batch_size=1024, n_tokens=None, lr=None, max_epochs=50, tol=1e-2, n_iter_no_change=2,
-                 validation_fraction=0.1, warmup_steps=None, decay_frac=0.2, aux_k=None,
+    def __init__(self, n_components=None, expansion=16.0, l0_coeff=1.0, target_l0=None, bandwidth=0.05,
+                 threshold_init=0.1, batch_size=1024, n_tokens=None, lr=None, max_epochs=50, tol=1e-2,
+                 n_iter_no_change=2, validation_fraction=0.1, warmup_steps=None, decay_frac=0.2, aux_k=None,
                  aux_coeff=0.0, dead_after_tokens=250_000, b_dec_init="median", normalize=True, min_pos=1, seed=0,
                  precision="float32", device="auto", progress=True):
         self._set_params(locals())

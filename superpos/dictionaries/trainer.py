@@ -30,7 +30,8 @@ from .sources import RowSource, TensorRows, rows_from
 CHECKPOINT = "checkpoint.pt"
 DEFAULT_LR = 2e-3
 DENSE_FRACTION = 0.10  # a latent firing on more tokens than this is "dense" (SAEBench)
-WARMUP_FRACTION = 0.05  # default warm-up: this share of the run's steps (of one epoch while converging)
+WARMUP_FRACTION = 0.05  # default warm-up while converging: this share of one epoch's steps
+FIXED_BUDGET_WARMUP = 100  # default warm-up with a fixed n_tokens
 MIN_EVAL_STEPS = 50  # while converging, the held-out FVU is measured every epoch, at least this many steps apart
 MAX_VALIDATION_ROWS = 16384
 L0_CONTROL_RATE = 0.01  # per step: the penalty coefficient is multiplied by (L0 / target_l0) ** rate
@@ -192,7 +193,7 @@ class SparseAutoencoder(BaseDictionary):
         if self.n_tokens is not None and self.n_tokens < 1:
             raise SuperposError(f"n_tokens must be positive, got {self.n_tokens}")
         if not 0 < self.validation_fraction < 1 or self.max_epochs < 1 or self.n_iter_no_change < 1 or self.tol < 0:
-            raise SuperposError("need 0 < validation_fraction < 1, max_epochs ≥ 1, n_iter_no_change ≥ 1 and tol ≥ 0")
+            raise SuperposError("need 0 < validation_fraction < 1, max_epochs ≥ 1, n_iter_no_change ≥ 1, tol ≥ 0")
         if getattr(self, "precision", "float32") not in ("float32", "bfloat16"):
             raise SuperposError(f"precision must be float32 or bfloat16, got {self.precision}")
 
@@ -220,7 +221,7 @@ class SparseAutoencoder(BaseDictionary):
             state["coeff"] = torch.tensor(float(getattr(self, self._sparsity_param)))
         return state
 
-    #: the penalty coefficient a ``target_l0`` controls (ReLU: l1_coeff, JumpReLU: l0_coeff)
+    #: the penalty coefficient a ``target_l0`` controls (JumpReLU: l0_coeff)
     _sparsity_param: str | None = None
 
     @property
@@ -319,9 +320,10 @@ class SparseAutoencoder(BaseDictionary):
         if step % c.every == 0:
             fvu = self._held_out_fvu(run)
             c.history.append({"step": step, "val_fvu": fvu})
+            on_target = run.l0_ema is None or abs(math.log(max(run.l0_ema, 0.1) / self.target_l0)) < math.log(1.2)
             if fvu < c.best * (1 - c.tol):
                 c.best, c.bad = fvu, 0
-            else:
+            elif on_target:  # while the controller still moves L0, a worse FVU is not a plateau
                 c.bad += 1
             if c.bad >= c.patience:
                 sched.start_decay(step, self.decay_frac)
@@ -353,8 +355,10 @@ class SparseAutoencoder(BaseDictionary):
             state = self._init_params(sample, d, dev)
         lr = self._lr(state["W_dec"].shape[0])
         opt = _adam(self._param_groups(state, lr), lr)
-        # warm-up: a share of the run (of one epoch while converging, when the run's length is not known)
-        warm = self.warmup_steps or max(1, round(WARMUP_FRACTION * (per_epoch if val is not None else total_steps)))
+        # warm-up: while converging, a share of one epoch (the run's length is not known); a fixed budget keeps
+        # FIXED_BUDGET_WARMUP steps, the setting every committed result was made with
+        warm = self.warmup_steps or (max(1, round(WARMUP_FRACTION * per_epoch)) if val is not None
+                                     else FIXED_BUDGET_WARMUP)
         schedule = _Schedule(warm=max(1, warm), total=total_steps,
                              decay_from=None if val is not None else int(total_steps * (1 - self.decay_frac)))
         run = _TrainRun(d=d, state=state, opt=opt, sched=torch.optim.lr_scheduler.LambdaLR(opt, schedule),
@@ -516,10 +520,14 @@ def _reconstruction_terms(x, x_hat) -> torch.Tensor:
 
 _COMMON_DOC = """
     Common parameters: ``n_components`` (latents; default ``expansion × d_model``), ``batch_size``,
-    ``n_tokens`` (training tokens; default one epoch), ``lr`` (Adam; default 2e-3, chosen by measurement
-    for CPU-sized budgets — see ``_lr``), ``warmup_steps``, ``decay_frac`` (final fraction with linear decay to 0), ``aux_k`` /
-    ``aux_coeff`` (AuxK loss on dead latents, default d_model/2 and 1/32), ``dead_after_tokens`` (a
-    latent is dead after this many tokens without firing), ``b_dec_init`` (median|mean|zeros),
-    ``normalize`` (scale inputs to E‖x‖² = d_model while training), ``min_pos`` (store rows at
-    positions below it — the BOS/attention sink — are left out), ``seed``, ``device``, ``progress``.
+    ``n_tokens`` (training tokens; default: in-memory data trains until the held-out FVU stops improving —
+    ``max_epochs``, ``tol``, ``n_iter_no_change``, ``validation_fraction`` as in scikit-learn's early stopping —
+    and a store for one epoch), ``lr`` (Adam; default 2e-3, chosen by measurement for CPU-sized budgets — see
+    ``_lr``), ``warmup_steps`` (default 5 % of an epoch while converging, 100 with a fixed ``n_tokens``),
+    ``decay_frac`` (final fraction with linear decay to 0), ``aux_k`` / ``aux_coeff`` (AuxK loss on dead latents,
+    default d_model/2 and 1/32), ``dead_after_tokens`` (a latent is dead after this many tokens without firing),
+    ``b_dec_init`` (median|mean|zeros), ``normalize`` (scale inputs to E‖x‖² = d_model while training),
+    ``min_pos`` (store rows at positions below it — the BOS/attention sink — are left out), ``seed``, ``device``,
+    ``progress``. JumpReLU takes ``target_l0``: its L0 coefficient is then steered toward that L0 while training
+    (``sparsity_coeff_`` is where it ended).
 """
