@@ -17,12 +17,14 @@ from .errors import SuperposError
 PARAM_FLAGS = {
     "n_components": ("--n-components", int, "number of atoms (default: expansion × d_model; for pca: --k)"),
     "expansion": ("--expansion", float, "atoms per d_model dimension"),
-    "k": ("--k", int, "active latents per token for topk/batchtopk; also PCA's default size"),
+    "k": ("--k", int, "active latents per token for topk/batchtopk, most non-zeros per code for nmf/seminmf (default "
+                      "there: dense); also PCA's default size"),
     "n_tokens": ("--tokens", int, "training tokens (default: one epoch of the training rows)"),
     "batch_size": ("--batch-size", int, "rows per step"),
     "lr": ("--lr", float, f"Adam learning rate for SAEs (default {DEFAULT_LR:g})"),
     "l1_coeff": ("--l1-coeff", float, "relu: L1 penalty, in normalised input units"),
     "l0_coeff": ("--l0-coeff", float, "jumprelu: L0 penalty"),
+    "target_l0": ("--target-l0", float, "jumprelu: steer the L0 penalty toward this L0 while training"),
     "dead_after_tokens": ("--dead-after", int, "tokens without firing before a latent counts as dead"),
     "seed": ("--seed", int, "random seed"),
     "min_pos": ("--min-pos", int, "leave out positions below this (1 drops the BOS/attention-sink row)"),

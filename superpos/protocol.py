@@ -97,30 +97,35 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                {"lens": "tuned_lens"}),
     Experiment("probes", C.ProbeConfig, R.ProbesResult,
                "superpos.hypotheses.probes:run_probes", V.probes,
-               "linear probes for the input (and previous) token by depth, vs the embedding matrix",
-               "Per layer, held-out accuracy of linear probes that recover the current and the previous input token; "
-               "the probe matrix against the embedding matrix (same-token cosine, Procrustes, shuffled-token null) "
-               "and where its weight sits in PCA / NMF / coordinate bases of the embedding. See docs/probes.md.",
-               {"contexts": 12, "context_length": 64, "per_context": 32, "n_classes": 64}),
+               "input (and previous) token by depth; geometry vs the embedding calibrated at layer 0; via the guess?",
+               "Per layer, held-out accuracy of linear probes that recover the current and the previous input token, "
+               "and a training-free read-out over the whole vocabulary; class means against the embedding (tail share "
+               "vs layer 0 and a random basis, Procrustes vs shuffles, PCA / NMF / coordinate / frequency bases); and "
+               "whether the input is held via the model's guess for it. See docs/probes.md.",
+               {"contexts": 12, "context_length": 64, "per_context": 32, "n_classes": 64, "n_shuffle": 20}),
     Experiment("lookahead", C.LookaheadConfig, R.LookaheadResult,
                "superpos.hypotheses.lookahead:run_lookahead", V.lookahead,
-               "probes at position i for the tokens at i+1, i+2, i+3, vs current-token baselines",
-               "Per layer, held-out accuracy of probes from position i for tokens i+k, against what the current "
-               "token alone predicts (a bigram table and a probe on its embedding). See docs/probes.md.",
+               "probes at position i for the tokens at i+1, i+2, i+3, vs n-grams and the model's own guess",
+               "Per layer, held-out accuracy of probes from position i for tokens i+k, against back-off n-grams (n = 2, "
+               "3, 4) over the tokens up to i and a probe on the model's own next-token distribution; the layer and "
+               "the baseline are chosen on validation contexts. See docs/probes.md.",
                {"contexts": 12, "context_length": 64, "per_context": 32, "n_classes": 64}),
     Experiment("donation", C.DonationConfig, R.DonationResult,
                "superpos.hypotheses.donation:run_donation", V.donation,
                "share of the gradient on keys/values donated by later positions' losses",
                "Per layer, the gradient on a position's keys and values from the losses of later positions vs its "
-               "own loss, by context length, averaged over real text. See docs/probes.md.",
+               "own loss, by context length, with the attention sink apart; how the ratio grows with the number of "
+               "later losses and how one loss's push decays with distance. See docs/probes.md.",
                {"contexts": 2, "context_length": 16}),
     Experiment("reinject", C.ReinjectConfig, R.ReinjectResult,
                "superpos.hypotheses.reinject:run_reinject", V.reinject,
-               "re-inject the true token's embedding into late layers",
-               "Teacher-forced on real text: add α × the embedding of the token at position p into late layers at p, "
-               "and measure the change in loss on token p+1, stratified by how surprising token p was. Sampling with "
-               "the intervention: superpos.hypotheses.reinject.generate. See docs/probes.md.",
-               {"contexts": 6, "context_length": 64}),
+               "do late layers lose surprising tokens? Interpolate late residuals toward the true token",
+               "First the premise: is the input token still decodable late, by its surprisal? Then, teacher-forced on "
+               "real text, move late residuals at p toward token p's own representation (its mean residual there, or "
+               "its embedding) and measure the change in loss on token p+1 by surprisal fifths; the setting is chosen "
+               "on half the contexts and judged on the other. The KV-cached sampler: "
+               "superpos.hypotheses.reinject.generate. See docs/probes.md.",
+               {"contexts": 6, "reference_contexts": 6, "context_length": 64, "samples": 1}),
 )}
 
 

@@ -44,6 +44,12 @@ class Band:
         """The interval at index ``i``."""
         return Interval(self.mean[i], self.lo[i], self.hi[i])
 
+    @classmethod
+    def of(cls, intervals) -> "Band":
+        """The band made of a sequence of intervals."""
+        intervals = list(intervals)
+        return cls([i.mean for i in intervals], [i.lo for i in intervals], [i.hi for i in intervals])
+
 
 @dataclass(kw_only=True)
 class Verdict:

@@ -133,6 +133,9 @@ def test_interpolation_at_weight_zero_is_bit_identical_and_the_cached_loop_match
         lm.model(torch.from_numpy(ref))
     torch.testing.assert_close(table.means_LRD[1, table.index_V[tok]], acts[2][torch.from_numpy(ref == tok)].mean(0))
     assert (table.counts_R >= 2).all() and table.index_V[1] == -1  # token 1 never occurs
+    null = table.targets(lm, "mean", [2], shuffled=True)[0]  # the null moves toward another token's mean, never its own
+    same = (null[:, None] == table.means_LRD[1][None]).all(-1)
+    assert same.sum(1).eq(1).all() and not same.diagonal().any()
 
     def interp(w, target="mean"):
         return interpolation(lm, [2, 3], w, table.targets(lm, target, [2, 3]), table.index_V)
@@ -178,7 +181,7 @@ def test_experiment_commands_write_reports(peaked_llama, tmp_path):
     assert EXPERIMENTS["donation"].read(tmp_path / "d") == r
     r = run_reinject(ReinjectConfig(**small, reference_contexts=12, weights=[0.5, 1.0], samples=1,
                                     out=str(tmp_path / "r")))
-    assert set(r.effects) == {"mean w=0.5", "mean w=1", "embedding w=0.5", "embedding w=1"}
+    assert set(r.effects) == {"mean w=0.5", "mean w=1", "embedding w=0.5", "embedding w=1", f"null: {r.chosen}"}
     assert r.chosen in r.effects and r.cached.max_abs_diff < 1e-3 and (tmp_path / "r" / "reinject.png").exists()
     assert min(r.premise.decodable[0].mean) > 0.99  # layer 0: the representation is the embedding itself
     assert EXPERIMENTS["reinject"].read(tmp_path / "r") == r

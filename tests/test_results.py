@@ -1,14 +1,16 @@
 """Typed results: every committed results.json reads back as its experiment's Result, judges again to the verdict
 it stores word for word, and round-trips; bad files are refused in one line naming the field."""
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from superpos.errors import SuperposError
-from superpos.hypotheses.results import DonationResult, ReinjectResult
+from superpos.hypotheses.configs import ReinjectConfig
+from superpos.hypotheses.results import DonationResult
 from superpos.protocol import EXPERIMENTS
-from superpos.results import Band, Interval, to_jsonable
+from superpos.results import Band, Interval, Result, to_jsonable
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 COMMITTED = {folder.name: folder.name.split("_positive_control")[0]
@@ -46,12 +48,15 @@ def test_round_trip_restores_types_of_nested_fields_and_keys(tmp_path):
     assert res.ratio_fit.exponent == Interval(1.0, 0.9, 1.1) and res.sink.ratio.lo == 0.5
     res.save(tmp_path)
     assert DonationResult.read(tmp_path) == res
-    alpha = ReinjectResult.from_dict({
-        "config": {}, "model": "m", "layers": [3], "clean_loss": 3.0, "bin_edges": [0.0, 1.0],
-        "alphas": {"0.5": {"overall": {"mean": 0, "lo": -1, "hi": 1}, "bins": [], "top_minus_bottom":
-                           {"mean": 0.0, "lo": 0.0, "hi": 0.0}}}})
-    assert list(alpha.alphas) == [0.5] and isinstance(alpha.alphas[0.5].overall, Interval)
-    assert alpha.config == EXPERIMENTS["reinject"].config()  # missing config fields take their defaults
+    scan = _Scan.from_dict({"config": {}, "model": "m", "by_alpha": {"0.5": {"mean": 0, "lo": -1, "hi": 1}}})
+    assert list(scan.by_alpha) == [0.5] and isinstance(scan.by_alpha[0.5], Interval)  # "0.5" back to a float
+    assert scan.config == EXPERIMENTS["reinject"].config()  # missing config fields take their defaults
+
+
+@dataclass(kw_only=True)
+class _Scan(Result):
+    config: ReinjectConfig
+    by_alpha: dict[float, Interval]
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -63,6 +63,8 @@ def test_report_command_reproduces_the_settings():
                 values[f.name] = [0, -2] if name == "probes" else [2, 5]
             elif f.name == "control":
                 values[f.name] = "planted" if name == "orthogonality" else "positive"
+            elif f.name == "targets":
+                values[f.name] = ["embedding"]
             elif f.name in ("unlikely", "likely"):
                 values[f.name] = 1e-7 if f.name == "unlikely" else 0.05
             elif isinstance(default, list) or f.name == "layers":

@@ -168,11 +168,7 @@ def guess_test(probes: list[RidgeProbe], test: ResidualSample, guesses_NC: np.nd
         vs0.append(cluster_interval(np.array([per_ctx[j][c] - per_ctx[0][c] for c in common]), np.array(common),
                                     n_boot=n_boot, seed=seed))
     return GuessTest(guess_accuracy=cluster_interval(right_guess.astype(float), ctx, n_boot=n_boot, seed=seed),
-                     right_minus_wrong=_band(gaps), vs_layer0=_band(vs0), errors_to_guess=to_guess)
-
-
-def _band(intervals) -> Band:
-    return Band([i.mean for i in intervals], [i.lo for i in intervals], [i.hi for i in intervals])
+                     right_minus_wrong=Band.of(gaps), vs_layer0=Band.of(vs0), errors_to_guess=to_guess)
 
 
 def full_vocabulary(train: ResidualSample, test: ResidualSample, vocab: int, n_boot: int, seed: int) -> FullVocab:
@@ -192,9 +188,9 @@ def embedding_geometry(sample: ResidualSample, W_E: np.ndarray, classes: np.ndar
     (``probe_geometry``)."""
     from ..dictionaries import NMF
 
-    sums, counts, _ = class_sums(sample, classes)
-    seen = counts.sum(0) > 0
-    classes, sums, counts = classes[seen], sums[:, :, seen], counts[:, seen]
+    seen = np.isin(classes, sample.token_P)
+    classes = classes[seen]
+    layer_sums, counts = class_sums(sample, classes)
     E = W_E - W_E.mean(0)
     _, svals, Vt = np.linalg.svd(E, full_matrices=False)
     var = svals ** 2 / (svals ** 2).sum()
@@ -215,10 +211,11 @@ def embedding_geometry(sample: ResidualSample, W_E: np.ndarray, classes: np.ndar
     geo.embedding["nmf"] = nmf_energy(E[classes], nmf_C).tolist()
     values, boots = [], []
     for j in range(len(sample.layers)):
-        v, b = tail_shares(sums[j], counts, tail, cfg.n_boot, cfg.seed)
+        sums = layer_sums(j)
+        v, b = tail_shares(sums, counts, tail, cfg.n_boot, cfg.seed)
         values.append(v)
         boots.append(b)
-        M = (sums[j].sum(0) / torch.from_numpy(counts.sum(0)).float()[:, None]).double().numpy()
+        M = (sums.sum(0) / torch.from_numpy(counts.sum(0)).float()[:, None]).double().numpy()
         for name, b_ in bases.items():
             geo.profiles[name].append(energy_profile(M, b_).tolist())
         geo.profiles["nmf"].append(nmf_energy(M - M.mean(0), nmf_C).tolist())

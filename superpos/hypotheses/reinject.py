@@ -134,9 +134,7 @@ def _premise(lm, table, ev, layers, decode_layers, bins, ctx, cfg) -> Premise:
     common = sorted(set.intersection(*(set(gap_per_ctx[layer]) for layer in [1, *layers])))
     dd = np.array([np.mean([gap_per_ctx[layer][c] for layer in layers]) - gap_per_ctx[1][c] for c in common])
     return Premise(layers=decode_layers, coverage=float(scored.mean()),
-                   decodable={layer: Band([b.mean for b in by_bin[layer]], [b.lo for b in by_bin[layer]],
-                                          [b.hi for b in by_bin[layer]]) for layer in decode_layers},
-                   gap=Band([g.mean for g in gaps], [g.lo for g in gaps], [g.hi for g in gaps]),
+                   decodable={layer: Band.of(by_bin[layer]) for layer in decode_layers}, gap=Band.of(gaps),
                    late_minus_early=cluster_interval(dd, np.array(common), n_boot=cfg.n_boot, seed=cfg.seed))
 
 
@@ -179,6 +177,13 @@ def run_reinject(cfg: ReinjectConfig) -> ReinjectResult:
     judged = _effect(deltas[chosen][~select], ctx[~select], bins[~select], cfg)
 
     target, w = chosen.split(" w=")
+    # the null: the same move toward another token's representation (generic perturbation, no true token)
+    null_targets = table.targets(lm, target, layers, shuffled=True)
+    null = (teacher_forced_losses(lm, ev, interpolation(lm, layers, float(w), null_targets, table.index_V))
+            - clean)[:, 1:].reshape(-1)
+    effects[f"null: {chosen}"] = _effect(null, ctx, bins, cfg)
+    top = ~select & (bins == cfg.n_bins - 1)
+    vs_null = cluster_interval((deltas[chosen] - null)[top], ctx[top], n_boot=cfg.n_boot, seed=cfg.seed)
 
     def chosen_ctx():  # a fresh context manager for each use
         return interpolation(lm, layers, float(w), table.targets(lm, target, layers), table.index_V)
@@ -195,7 +200,7 @@ def run_reinject(cfg: ReinjectConfig) -> ReinjectResult:
         samples.append(ReinjectSample(prompt=decode(prompt), clean=decode(generate(lm, prompt)),
                                       intervened=decode(generate(lm, prompt, intervention=chosen_ctx()))))
     res = ReinjectResult(config=cfg, model=lm.name, layers=layers, clean_loss=float(clean[:, 1:].mean()),
-                         bin_edges=edges.tolist(), premise=premise, effects=effects, chosen=chosen, judged=judged,
+                         bin_edges=edges.tolist(), premise=premise, effects=effects, chosen=chosen, judged=judged, vs_null=vs_null,
                          cached=cached, samples=samples)
     res.verdict = verdict(res)
     res.timings["total_s"] = time.perf_counter() - t0

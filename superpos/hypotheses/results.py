@@ -261,4 +261,8 @@ class RepurposingResult(Result):
     dictionary: DictionaryView | None = None
 
 
-from .seed_results import *  # noqa: E402,F401,F403  (the seed experiments' results)
+# the seed experiments' results, re-exported
+from .seed_results import (  # noqa: E402,F401
+    ProbeTarget, ProcrustesTest, ProbeGeometry, GuessTest, FullVocab, ProbesVerdict, ProbesResult,
+    LookaheadTarget, LookaheadResult, PowerLaw, SinkDonation, DonationResult, AlphaEffect, Premise,
+    CachedCheck, ReinjectSample, ReinjectVerdict, ReinjectResult)

@@ -99,10 +99,15 @@ class LookaheadTarget(ProbeTarget):
     ngram: dict[int, Interval]  # n -> accuracy of the back-off n-gram over the tokens up to i
     ngram_order: int  # the n chosen on validation
     model_guess: Interval  # a probe on the model's own next-token log-probabilities at i
-    baseline: str  # the stronger baseline on validation: "model's guess" or "<n>-gram"
     best_layer: int  # chosen on validation
     best_layer_acc: Interval
-    gain_over_baseline: Interval  # best layer minus the stronger baseline, paired per position
+    gain_over_ngram: Interval  # the chosen layer's probe minus the chosen n-gram, paired per position
+    gain_over_guess: Interval  # ... minus the probe on the model's own next-token distribution
+
+    @property
+    def gain(self) -> Interval:
+        """The smaller of the two gains (by its lower bound): lookahead must beat both baselines."""
+        return min(self.gain_over_ngram, self.gain_over_guess, key=lambda g: g.lo)
 
 
 @dataclass(kw_only=True)
@@ -212,5 +217,6 @@ class ReinjectResult(Result):
     effects: dict[str, AlphaEffect]  # "mean w=0.5" -> Δ loss on the following token, every evaluation context
     chosen: str  # the setting with the lowest most-surprising-fifth Δ on the selection half
     judged: AlphaEffect  # that setting on the other half
+    vs_null: Interval  # on the other half, most-surprising fifth: Δ toward the true token minus toward another token
     cached: CachedCheck
     samples: list[ReinjectSample]

@@ -21,14 +21,21 @@ class TokenTable:
     means_LRD: torch.Tensor  # float32
     counts_R: np.ndarray
 
-    def targets(self, lm, kind: str, layers: list[int]) -> torch.Tensor:
-        """(len(layers), R, D): what each row's token moves toward at ``layers`` ("mean" or "embedding")."""
+    def targets(self, lm, kind: str, layers: list[int], shuffled: bool = False) -> torch.Tensor:
+        """(len(layers), R, D): what each row's token moves toward at ``layers`` ("mean" or "embedding").
+        ``shuffled``: the null — each row gets another token's target (a fixed random derangement of the rows)."""
         if kind == "embedding":
             rows = torch.full((len(self.counts_R),), -1, dtype=torch.long)
             seen = torch.nonzero(self.index_V >= 0).squeeze(1)
             rows[self.index_V[seen]] = seen
-            return lm.W_E_VD.detach().float().cpu()[rows][None].expand(len(layers), -1, -1)
-        return self.means_LRD[[self.layers.index(layer) for layer in layers]]
+            out = lm.W_E_VD.detach().float().cpu()[rows][None].expand(len(layers), -1, -1)
+        else:
+            out = self.means_LRD[[self.layers.index(layer) for layer in layers]]
+        if shuffled:
+            R = out.shape[1]
+            shift = torch.randperm(R, generator=torch.Generator().manual_seed(0))
+            out = out[:, shift[(torch.argsort(shift) + 1) % R]]  # a cyclic shift along a random order: no fixed point
+        return out
 
 
 def table_from_sample(sample, vocab: int, min_count: int = 1) -> TokenTable:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SuperposError
-from ..results import Interval, Verdict
+from ..results import Verdict
 from . import results as R
 
 
@@ -211,10 +211,9 @@ def probes(res: R.ProbesResult) -> R.ProbesVerdict:
     acc, layers, near = cur.acc, res.layers, res.nearest_embedding_acc
     mid = len(layers) // 2
     lm = layers[mid]
-    tail, d0 = Interval(geo.tail.mean[mid], geo.tail.lo[mid], geo.tail.hi[mid]), Interval(
-        geo.tail_vs_layer0.mean[mid], geo.tail_vs_layer0.lo[mid], geo.tail_vs_layer0.hi[mid])
+    tail, d0 = geo.tail.at(mid), geo.tail_vs_layer0.at(mid)
     side = bool(d0.lo > 0 and tail.mean > geo.random_share)
-    gv = Interval(g.vs_layer0.mean[mid], g.vs_layer0.lo[mid], g.vs_layer0.hi[mid])
+    gv = g.vs_layer0.at(mid)
     via = bool(gv.lo > 0)
     pr0, prm = geo.procrustes[layers[0]], geo.procrustes[lm]
     lines = [
@@ -233,38 +232,50 @@ def probes(res: R.ProbesResult) -> R.ProbesVerdict:
         f"layer {lm} vs shuffled {prm.null_mean:.3f} (p = {prm.p_value:.4f}, {prm.shuffles} shuffles).",
         f"Via the guess: the model's top guess names the input {_pct(g.guess_accuracy.mean)} of the time; probe accuracy "
         f"where it did minus where it did not: {g.right_minus_wrong.mean[0]:+.3f} at layer 0, "
-        f"{g.right_minus_wrong.mean[mid]:+.3f} at layer {lm} (difference {_ci(gv)}); wrong read-outs name the "
+        f"{g.right_minus_wrong.mean[mid]:+.3f} at layer {lm} (difference {fmt_ci(gv)}); wrong read-outs name the "
         f"guess {_pct(g.errors_to_guess[mid])} of the time at layer {lm} ({_pct(g.errors_to_guess[0])} at layer 0).",
     ]
     if "previous token" in res.targets:
         prev = res.targets["previous token"].acc.mean
         lines.append(f"Previous token: {prev[0]:.3f} at layer {layers[0]}, peak {max(prev):.3f} at layer "
                      f"{layers[int(np.argmax(prev))]}.")
+    more = d0.lo > 0
+    if side:
+        where = "held more off to the side of the embedding's main directions than at layer 0, and more than a random "
+        where += "orientation would put there"
+    elif more:
+        where = ("moved away from the embedding's main directions relative to layer 0, but no further than a random "
+                 "orientation would put it — not concentrated in the components the embedding barely uses")
+    else:
+        where = "not held more off to the side of the embedding's main directions than at layer 0"
     head = (f"The input token stays linearly decodable through the stack (layer {lm}: {acc.mean[mid]:.3f}). At layer "
-            f"{lm} it is {'held more off to the side of the embedding than at layer 0' if side else 'not held more off to the side of the embedding than at layer 0 (or than a random basis)'} "
-            f"(tail share {tail.mean:.2f} vs {geo.tail.mean[0]:.2f}; difference {d0.mean:+.3f} [{d0.lo:+.3f}, "
-            f"{d0.hi:+.3f}]), and {'partly via the model' + chr(39) + 's guess' if via else 'not via the model' + chr(39) + 's guess'} "
-            f"(accuracy gap guessed − not guessed, minus layer 0's: {_ci(gv)}).")
+            f"{lm} it is {where} (tail share {tail.mean:.2f} vs {geo.tail.mean[0]:.2f} at layer 0, difference "
+            f"{fmt_ci(d0)}; random orientation {geo.random_share:.2f}), and "
+            f"{'partly held via the model' + chr(39) + 's guess' if via else 'not held via the model' + chr(39) + 's guess'} "
+            f"(accuracy gap guessed − not guessed, minus layer 0's: {fmt_ci(gv)}).")
     return R.ProbesVerdict(headline=head, criteria=lines, decodable_mid=float(acc.mean[mid]), off_to_the_side=side,
                            via_guess=via)
 
 
 def lookahead(res: R.LookaheadResult) -> Verdict:
-    """YES when every offset beyond +1 beats the stronger context-aware baseline (chosen on validation contexts)
-    at the layer chosen on validation contexts, with the test-context CI of the paired gain above 0."""
+    """YES when, for every offset beyond +1, the probe at the layer chosen on validation contexts beats both
+    context-aware baselines (the n-gram with n chosen on validation, and a probe on the model's own next-token
+    distribution) on test contexts, each paired gain's CI above 0."""
     lines = []
     for name, r in res.offsets.items():
-        g, grams = r.gain_over_baseline, " / ".join(f"{r.ngram[n].mean:.3f}" for n in sorted(r.ngram))
+        grams = " / ".join(f"{r.ngram[n].mean:.3f}" for n in sorted(r.ngram))
         lines.append(f"token {name}: probe at layer {r.best_layer} (chosen on validation) {r.best_layer_acc.mean:.3f} "
                      f"vs n-grams (n = {', '.join(map(str, sorted(r.ngram)))}) {grams} and a probe on the model's "
-                     f"own next-token distribution {r.model_guess.mean:.3f}; gain over the {r.baseline} baseline "
-                     f"{g.mean:+.3f} [{g.lo:+.3f}, {g.hi:+.3f}]")
-    beyond = [r.gain_over_baseline.lo > 0 for name, r in res.offsets.items() if name != "+1"]
-    answer = "YES" if beyond and all(beyond) else "PARTLY" if any(beyond) else "NO"
-    gains = ", ".join(f"{name}: {_ci(r.gain_over_baseline)}" for name, r in res.offsets.items() if name != "+1")
-    head = (f"Lookahead beyond n-grams and the model's own guess: {answer} — at the layer chosen on validation "
-            f"contexts, the residual at i predicts later tokens {'better than' if answer == 'YES' else 'no better than' if answer == 'NO' else 'partly better than'} "
-            f"the stronger of a back-off n-gram and a probe on the model's next-token distribution ({gains}).")
+                     f"own next-token distribution {r.model_guess.mean:.3f}; gain over the {r.ngram_order}-gram "
+                     f"(n chosen on validation) {fmt_ci(r.gain_over_ngram)}, over the guess {fmt_ci(r.gain_over_guess)}")
+    later = {name: r for name, r in res.offsets.items() if name != "+1"}
+    beyond = {name: r.gain.lo > 0 for name, r in later.items()}
+    answer = "YES" if beyond and all(beyond.values()) else "PARTLY" if any(beyond.values()) else "NO"
+    gains = "; ".join(f"{name}: {fmt_ci(r.gain_over_ngram)} over the {r.ngram_order}-gram, {fmt_ci(r.gain_over_guess)} "
+                      f"over the guess" for name, r in later.items())
+    head = (f"Lookahead beyond n-grams and the model's own guess: {answer} — the residual at i, read at the layer "
+            f"chosen on validation contexts, beats both baselines on test contexts for "
+            f"{', '.join(n for n, ok in beyond.items() if ok) or 'no later token'} ({gains}).")
     return Verdict(headline=head, criteria=lines)
 
 
@@ -293,7 +304,9 @@ def donation(res: R.DonationResult) -> Verdict:
                  f"[{res.mean_ratio.lo:.2f}, {res.mean_ratio.hi:.2f}], against {np.mean(res.later_count):.1f} (the "
                  f"mean k) if every later loss pushed like the own loss, in the same direction.")
     lines.append(f"One later loss at distance δ pushes ≈ {res.decay_fit.prefactor:.2f} · δ^{c.mean:.2f} "
-                 f"[{c.lo:.2f}, {c.hi:.2f}] of the own loss's push (median over positions, layers and contexts).")
+                 f"[{c.lo:.2f}, {c.hi:.2f}] of the own loss's push (median over positions, layers and contexts); such "
+                 f"pushes, added in line, would make the ratio grow like k^{1 + c.mean:.2f} (measured: k^{b.mean:.2f}); "
+                 f"added in random directions, it would level off.")
     lines.append(f"The sink (position 0), apart: median share from later losses {100 * res.sink.share.mean:.0f}% "
                  f"[{100 * res.sink.share.lo:.0f}, {100 * res.sink.share.hi:.0f}], ratio later/own "
                  f"{res.sink.ratio.mean:.1f} [{res.sink.ratio.lo:.1f}, {res.sink.ratio.hi:.1f}] at k = {nN - 2}.")
@@ -309,32 +322,36 @@ def reinject(res: R.ReinjectResult) -> R.ReinjectVerdict:
     met = p.late_minus_early.hi < 0
     i1, late = p.layers.index(1), [p.layers.index(layer) for layer in res.layers]
     d0, d1 = p.decodable[0], p.decodable[1]
-    top, d = j.bins[-1], j.top_minus_bottom
-    helps = bool(top.hi < 0 and d.hi < 0)
+    top, d, vn = j.bins[-1], j.top_minus_bottom, res.vs_null
+    helps = bool(top.hi < 0 and d.hi < 0 and vn.hi < 0)
     lines = [f"Calibration: at layer 0 the representation is the embedding; decodability {d0.mean[0]:.3f} (least "
              f"surprising fifth) / {d0.mean[-1]:.3f} (most); after the first block {d1.mean[0]:.3f} / "
              f"{d1.mean[-1]:.3f} (coverage {100 * p.coverage:.0f}% of positions).",
-             f"Most − least surprising fifth, decodability: {_ci(Interval(p.gap.mean[i1], p.gap.lo[i1], p.gap.hi[i1]))}"
-             f" at layer 1, " + ", ".join(f"{_ci(Interval(p.gap.mean[i], p.gap.lo[i], p.gap.hi[i]))} at layer "
+             f"Most − least surprising fifth, decodability: {fmt_ci(p.gap.at(i1))}"
+             f" at layer 1, " + ", ".join(f"{fmt_ci(p.gap.at(i))} at layer "
                                          f"{p.layers[i]}" for i in late) + ".",
-             f"Late gap minus layer-1 gap: {_ci(p.late_minus_early)} (premise {'MET' if met else 'NOT MET'}).",
-             f"Chosen on half the contexts: {res.chosen}; on the other half Δ loss {_ci(top)} nats in the most-"
-             f"surprising fifth, {_ci(j.bins[0])} in the least; difference {_ci(d)}.",
+             f"Late gap minus layer-1 gap: {fmt_ci(p.late_minus_early)} (premise {'MET' if met else 'NOT MET'}).",
+             f"Chosen on half the contexts: {res.chosen}; on the other half Δ loss {fmt_ci(top)} nats in the most-"
+             f"surprising fifth, {fmt_ci(j.bins[0])} in the least; difference {fmt_ci(d)}; against the same move "
+             f"toward another token's representation (the null), most-surprising fifth {fmt_ci(vn)}.",
              f"The same intervention in the sampler's KV-cached loop: per-position losses within "
              f"{res.cached.max_abs_diff:.1e} of whole windows ({res.cached.contexts} × {res.cached.tokens} tokens)."]
     lines += [f"{k}: Δ loss overall {v.overall.mean:+.4f}; most-surprising fifth {v.bins[-1].mean:+.4f}, least "
               f"{v.bins[0].mean:+.4f}" for k, v in res.effects.items()]
+    opposite = p.late_minus_early.lo > 0
     head = (f"Premise {'MET' if met else 'NOT MET'}: late layers (at {res.layers}) "
-            f"{'do' if met else 'do not'} lose track of surprising input tokens more than early ones (gap difference "
-            f"{_ci(p.late_minus_early)}). Re-injection {'SUPPORTED' if helps else 'NOT SUPPORTED'}: moving late "
+            f"{'do' if met else 'do not'} lose track of surprising input tokens more than early ones"
+            f"{' — surprising tokens stay the more decodable ones' if opposite else ''} (gap difference "
+            f"{fmt_ci(p.late_minus_early)}). Re-injection {'SUPPORTED' if helps else 'NOT SUPPORTED'}: moving late "
             f"residuals toward the true token ({res.chosen}, chosen on held-apart contexts) changes the loss on the "
-            f"following token by {_ci(top)} nats where that token was most surprising (vs least: {_ci(d)}).")
+            f"following token by {fmt_ci(top)} nats where that token was most surprising (vs least: {fmt_ci(d)}; vs "
+            f"the same move toward another token: {fmt_ci(vn)}).")
     return R.ReinjectVerdict(headline=head, criteria=lines, premise_met=bool(met), chosen=res.chosen,
                              supported=helps)
 
 
 # ------------------------------------------------------------------ headline numbers (the replication table)
-def _ci(iv) -> str:
+def fmt_ci(iv) -> str:
     return f"{iv.mean:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}]"
 
 
@@ -360,18 +377,17 @@ def numbers(name: str, res) -> dict[str, str]:
                 "favoured z: layer → output": f"{v.raw_z:+.2f} → {v.final_z:+.2f}"}
     if name == "probes":
         acc, mid, geo = res.targets["current token"].acc, len(res.layers) // 2, res.geometry
-        d0 = Interval(geo.tail_vs_layer0.mean[mid], geo.tail_vs_layer0.lo[mid], geo.tail_vs_layer0.hi[mid])
-        gv = Interval(res.guess.vs_layer0.mean[mid], res.guess.vs_layer0.lo[mid], res.guess.vs_layer0.hi[mid])
+        d0, gv = geo.tail_vs_layer0.at(mid), res.guess.vs_layer0.at(mid)
         return {"input-token acc, layer 0 / mid / last": f"{acc.mean[0]:.3f} / {acc.mean[mid]:.3f} / {acc.mean[-1]:.3f}",
-                "mid tail share − layer 0's": _ci(d0), "via the guess (gap − layer 0's)": _ci(gv)}
+                "mid tail share − layer 0's": fmt_ci(d0), "via the guess (gap − layer 0's)": fmt_ci(gv)}
     if name == "lookahead":
-        return {f"gain {k}": _ci(r.gain_over_baseline) for k, r in res.offsets.items()}
+        return {f"gain {k} (the smaller of the two)": fmt_ci(r.gain) for k, r in res.offsets.items()}
     if name == "donation":
         n, b = max(res.share), res.ratio_fit.exponent
-        return {f"median share from later losses, N = {n} (no sink)": _ci(res.share_median[n]),
-                "ratio ~ k^b": _ci(b), "sink: ratio later/own": _ci(res.sink.ratio)}
+        return {f"median share from later losses, N = {n} (no sink)": fmt_ci(res.share_median[n]),
+                "ratio ~ k^b": fmt_ci(b), "sink: ratio later/own": fmt_ci(res.sink.ratio)}
     if name == "reinject":
-        return {"premise: late − early decodability gap": _ci(res.premise.late_minus_early),
-                "chosen setting": res.chosen, "Δ loss, most surprising fifth (held out)": _ci(res.judged.bins[-1]),
-                "most − least surprising": _ci(res.judged.top_minus_bottom)}
+        return {"premise: late − early decodability gap": fmt_ci(res.premise.late_minus_early),
+                "chosen setting": res.chosen, "Δ loss, most surprising fifth (held out)": fmt_ci(res.judged.bins[-1]),
+                "most − least surprising": fmt_ci(res.judged.top_minus_bottom)}
     raise KeyError(name)

@@ -31,7 +31,7 @@ def write_report(res: DonationResult, out: Path) -> Path:
     d, dec = np.asarray(res.distance), res.decay
     axes[2].fill_between(d, dec.lo, dec.hi, alpha=0.25)
     axes[2].loglog(d, dec.mean, "o-", ms=3, label=f"median; fit δ^{res.decay_fit.exponent.mean:.2f}")
-    axes[2].set(xlabel="distance δ of the later loss", ylabel="‖∂loss_{i+δ}/∂kv_i‖ / ‖∂loss_i/∂kv_i‖")
+    axes[2].set(xlabel="distance δ of the later loss", ylabel="push of the loss at i+δ / push of the own loss")
     axes[2].legend(fontsize=8)
     rep.figure(fig, "donation.png", "Left: share of the gradient on keys/values that comes from later positions, per "
                "layer and context length (means, 95% CIs over contexts; the sink left out). Middle: the ratio "

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ...report import Report, band
 from ..results import LookaheadResult
+from ..verdicts import fmt_ci
 
 
 def write_report(res: LookaheadResult, out: Path) -> Path:
@@ -22,14 +23,14 @@ def write_report(res: LookaheadResult, out: Path) -> Path:
     ax.set(xlabel="residual layer at position i", ylabel="held-out top-1 accuracy")
     ax.legend(fontsize=8)
     rep.figure(fig, "lookahead.png", "Probes from position i for the tokens at i+1, i+2, i+3 (95% CIs over test "
-               "contexts); dotted: the stronger context-aware baseline (back-off n-gram or a probe on the model's "
-               "own next-token distribution); star: the layer chosen on validation contexts, scored on test")
+               "contexts); dotted: the stronger context-aware baseline on test contexts (back-off n-gram or a probe "
+               "on the model's own next-token distribution); star: the layer chosen on validation contexts, scored on "
+               "test")
     orders = sorted(next(iter(res.offsets.values())).ngram)
     rep.table(["token", "layer (val)", "probe acc"] + [f"{n}-gram" for n in orders] +
-              ["model's guess", "baseline (val)", "gain", "95% CI", "coverage"],
+              ["model's guess", "n (val)", "gain over the n-gram [95% CI]", "gain over the guess [95% CI]", "coverage"],
               [[name, r.best_layer, r.best_layer_acc.mean] + [r.ngram[n].mean for n in orders] +
-               [r.model_guess.mean, r.baseline, r.gain_over_baseline.mean,
-                f"{r.gain_over_baseline.lo:+.3f} to {r.gain_over_baseline.hi:+.3f}", r.coverage]
+               [r.model_guess.mean, r.ngram_order, fmt_ci(r.gain_over_ngram), fmt_ci(r.gain_over_guess), r.coverage]
                for name, r in res.offsets.items()])
     rep.reproduce("lookahead", res.config)
     return rep.save(out)

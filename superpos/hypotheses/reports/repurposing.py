@@ -96,7 +96,7 @@ def _paired_section(rep: Report, res: RepurposingResult) -> None:
     x, pt = res.layers, res.paired_tokens
     fig, ax = plt.subplots(figsize=(8, 4))
     for ivs, label in ((pt.unlikely, "same tokens where near-impossible"), (pt.likely, "same tokens where likely")):
-        band(ax, x, Band([v.mean for v in ivs], [v.lo for v in ivs], [v.hi for v in ivs]), label)
+        band(ax, x, Band.of(ivs), label)
     ax.axhline(0, color="k", lw=0.8)
     ax.set(xlabel="residual layer", ylabel="mean z of the token")
     ax.legend(fontsize=8)
