@@ -37,7 +37,7 @@ def _right(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (pred == y).astype(np.float64)
 
 
-def lookahead_target(sample: ResidualSample, guess_PK: torch.Tensor, k: int, cfg: LookaheadConfig) -> LookaheadTarget:
+def lookahead_target(lm, sample: ResidualSample, k: int, cfg: LookaheadConfig) -> LookaheadTarget:
     """One offset: the per-layer curve (train → test), the layer and the n-gram order chosen on validation contexts
     (fit → validation), then the paired gains of that layer over each baseline on test contexts."""
     curve, _ = probe_by_depth(sample, k, cfg.n_classes, cfg.ridge, cfg.seed, cfg.n_boot)
@@ -65,7 +65,7 @@ def lookahead_target(sample: ResidualSample, guess_PK: torch.Tensor, k: int, cfg
     # scored on test, fitted on all training contexts
     ctx = test.ctx_P[rows["test"]]
     ngram_right = {n: _right(ngram(n, train, test, rows["test"]), yt) for n in NGRAM_ORDERS}
-    g_train, g_test = guess_features_split(guess_PK, sample, train), guess_features_split(guess_PK, sample, test)
+    g_train, g_test = guess_features(lm, train, classes), guess_features(lm, test, classes)
     guess_right = _right(fit_ridge_probe(g_train, y["train"], classes, cfg.ridge).predict(g_test[rows["test"]]), yt)
     probe_right = _right(fit_ridge_probe(train.resid_LPD[best], y["train"], classes, cfg.ridge)
                          .predict(test.resid_LPD[best][rows["test"]]), yt)
@@ -77,12 +77,6 @@ def lookahead_target(sample: ResidualSample, guess_PK: torch.Tensor, k: int, cfg
                            model_guess=iv(guess_right), best_layer=sample.layers[best], best_layer_acc=iv(probe_right),
                            gain_over_ngram=iv(probe_right - ngram_right[order]),
                            gain_over_guess=iv(probe_right - guess_right))
-
-
-def guess_features_split(guess_PK: torch.Tensor, sample: ResidualSample, part: ResidualSample) -> torch.Tensor:
-    """The rows of ``guess_PK`` (aligned with ``sample``) that belong to ``part`` (a context split of it)."""
-    index = {(c, p): i for i, (c, p) in enumerate(zip(sample.ctx_P.tolist(), sample.pos_P.tolist()))}
-    return guess_PK[torch.tensor([index[c, p] for c, p in zip(part.ctx_P.tolist(), part.pos_P.tolist())])]
 
 
 def run_lookahead(cfg: LookaheadConfig) -> LookaheadResult:
@@ -101,9 +95,7 @@ def run_lookahead(cfg: LookaheadConfig) -> LookaheadResult:
                           offsets={})
     for k in cfg.offsets:
         _say(f"lookahead +{k}")
-        classes = np.sort(frequent_classes(sample.split_contexts(0.75, seed=cfg.seed)[0].offset_tokens(k),
-                                           cfg.n_classes))
-        res.offsets[f"+{k}"] = lookahead_target(sample, guess_features(lm, sample, classes), k, cfg)
+        res.offsets[f"+{k}"] = lookahead_target(lm, sample, k, cfg)
     res.verdict = verdict(res)
     res.timings["total_s"] = time.perf_counter() - t0
     res.save(out)
