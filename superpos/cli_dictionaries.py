@@ -24,7 +24,7 @@ PARAM_FLAGS = {
     "lr": ("--lr", float, f"Adam learning rate for SAEs (default {DEFAULT_LR:g})"),
     "l1_coeff": ("--l1-coeff", float, "relu: L1 penalty, in normalised input units"),
     "l0_coeff": ("--l0-coeff", float, "jumprelu: L0 penalty"),
-    "target_l0": ("--target-l0", float, "jumprelu: steer the L0 penalty toward this L0 while training"),
+    "target_l0": ("--target-l0", float, "jumprelu, relu: steer the sparsity penalty toward this L0 while training"),
     "dead_after_tokens": ("--dead-after", int, "tokens without firing before a latent counts as dead"),
     "seed": ("--seed", int, "random seed"),
     "min_pos": ("--min-pos", int, "leave out positions below this (1 drops the BOS/attention-sink row)"),

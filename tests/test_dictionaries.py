@@ -297,3 +297,17 @@ def test_jumprelu_lands_on_a_target_l0_and_recovers_planted_atoms():
     assert abs(l0 - 3) <= 0.6, l0  # within 20 %
     assert _recovery(atoms, sae.components_.numpy()).mean() >= 0.9
     assert sae.sparsity_coeff_ != sae.l0_coeff  # the controller moved it
+
+
+def test_relu_lands_on_a_target_l0_with_auxk_and_recovers_planted_atoms():
+    """ReLU-L1 at 4× the planted k: within 20 % of the target, every atom recovered. At the planted k itself the
+    L1 shrinkage would drop the weaker atoms, and the controller (which never collapses the SAE) stops short."""
+    x, atoms = planted_data(30000, 32, 64, 3, noise=0.01, seed=1)
+    sae = ReLUSAE(n_components=128, target_l0=12, device="cpu", progress=False).fit(x)
+    assert sae.aux_coeff > 0  # AuxK on by default
+    l0 = (np.asarray(sae.transform(x[:5000])) > 0).sum(1).mean()
+    assert abs(l0 - 12) <= 0.2 * 12, l0
+    assert _recovery(atoms, sae.components_.numpy()).mean() >= 0.9
+    assert fvu(x, sae.reconstruct(x)) < 0.25
+    tight = ReLUSAE(n_components=128, target_l0=3, device="cpu", progress=False).fit(x)
+    assert fvu(x, tight.reconstruct(x)) < 0.5  # not collapsed (FVU ≈ 1), but not at L0 3 either

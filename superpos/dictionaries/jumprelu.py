@@ -65,7 +65,7 @@ class JumpReLUSAE(SparseAutoencoder):
     def __init__(self, n_components=None, expansion=16.0, l0_coeff=1.0, target_l0=None, bandwidth=0.05,
                  threshold_init=0.1, batch_size=1024, n_tokens=None, lr=None, max_epochs=50, tol=1e-2,
                  n_iter_no_change=2, validation_fraction=0.1, warmup_steps=None, decay_frac=0.2, aux_k=None,
-                 aux_coeff=0.0, dead_after_tokens=250_000, b_dec_init="median", normalize=True, min_pos=1, seed=0,
+                 aux_coeff=1 / 32, dead_after_tokens=250_000, b_dec_init="median", normalize=True, min_pos=1, seed=0,
                  precision="float32", device="auto", progress=True):
         self._set_params(locals())
 
@@ -79,7 +79,8 @@ class JumpReLUSAE(SparseAutoencoder):
         x_hat = f @ s["W_dec"] + s["b_dec"]
         l0 = _Step.apply(pre, thr, self.bandwidth).sum(-1).mean()
         counts = (f.detach() > 0).sum(0)
-        return {"loss": _reconstruction_terms(x, x_hat) + self._coeff(s) * l0, "x_hat": x_hat.detach(),
+        loss = self._with_aux(_reconstruction_terms(x, x_hat) + self._coeff(s) * l0, x, x_hat, pre, dead, s["W_dec"])
+        return {"loss": loss, "x_hat": x_hat.detach(),
                 "l0": l0.item(), "counts": counts}
 
     def _finish_extra(self, state, src, scale) -> None:

@@ -11,20 +11,23 @@ class ReLUSAE(SparseAutoencoder):
     __doc__ = ("ReLU SAE with an L1 penalty weighted by decoder norms (Σ_i f_i‖d_i‖), trained densely. "
                "``l1_coeff`` is in units of the normalised input.\n" + _COMMON_DOC)
     kind = "relu"
+    _sparsity_param = "l1_coeff"
 
-    def __init__(self, n_components=None, expansion=16.0, l1_coeff=5.0, batch_size=1024,
+    def __init__(self, n_components=None, expansion=16.0, l1_coeff=2.0, target_l0=None, batch_size=1024,
                  n_tokens=None, lr=None, max_epochs=50, tol=1e-2, n_iter_no_change=2, validation_fraction=0.1,
-                 warmup_steps=None, decay_frac=0.2, aux_k=None, aux_coeff=0.0, dead_after_tokens=250_000,
+                 warmup_steps=None, decay_frac=0.2, aux_k=None, aux_coeff=1 / 32, dead_after_tokens=250_000,
                  b_dec_init="median", normalize=True, min_pos=1, seed=0, precision="float32", device="auto",
                  progress=True):
         self._set_params(locals())
 
     def _train_forward(self, s, x, dead):
-        f = F.relu(torch.addmm(s["b_enc"], x - s["b_dec"], s["W_enc"].T))
+        pre = torch.addmm(s["b_enc"], x - s["b_dec"], s["W_enc"].T)
+        f = F.relu(pre)
         x_hat = f @ s["W_dec"] + s["b_dec"]
         l1 = (f * s["W_dec"].norm(dim=1)).sum(-1).mean()
         counts = (f.detach() > 0).sum(0)
-        return {"loss": _reconstruction_terms(x, x_hat) + self.l1_coeff * l1, "x_hat": x_hat.detach(),
+        loss = self._with_aux(_reconstruction_terms(x, x_hat) + self._coeff(s) * l1, x, x_hat, pre, dead, s["W_dec"])
+        return {"loss": loss, "x_hat": x_hat.detach(),
                 "l0": counts.sum().item() / x.shape[0], "counts": counts}
 
     def _encode(self, x_BD):

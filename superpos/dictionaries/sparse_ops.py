@@ -101,3 +101,20 @@ def sparse_decode(codes: SparseCodes, W_dec_FD: torch.Tensor) -> torch.Tensor:
     """Σ_j vals_j · W_dec[cols_j] per row (no bias), via one embedding_bag."""
     W = W_dec_FD.to(codes.vals.dtype)  # bf16 under autocast, like the matmul it replaces
     return F.embedding_bag(codes.cols, W, codes.offsets, mode="sum", per_sample_weights=codes.vals)
+
+
+def dense_pairs(pre_BF: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> SparseCodes:
+    """The ReLU'd entries of a dense (differentiable) pre-activation matrix at the given pairs, as codes."""
+    return SparseCodes(rows, cols, F.relu(pre_BF[rows, cols]), _offsets(rows, pre_BF.shape[0]), pre_BF.shape[0])
+
+
+def aux_k_loss(x_BD: torch.Tensor, x_hat_BD: torch.Tensor, pre_BF: torch.Tensor, dead_F: torch.Tensor, k_aux: int,
+               W_dec_FD: torch.Tensor, codes_at) -> torch.Tensor:
+    """AuxK (Gao et al. 2024): the ``k_aux`` most active dead latents of each row reconstruct the main
+    reconstruction's error, normalised by the error's variance. ``codes_at(rows, cols)`` returns the
+    (differentiable) :class:`SparseCodes` at the selected pairs."""
+    k_aux = min(k_aux, int(dead_F.sum()))
+    rows, cols, _ = select_topk(pre_BF.detach().masked_fill(~dead_F, float("-inf")), k_aux)
+    e = (x_BD - x_hat_BD).detach()
+    e_hat = sparse_decode(codes_at(rows, cols), W_dec_FD)
+    return (e_hat - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)

@@ -26,16 +26,8 @@ class _SparseSelectSAE(SparseAutoencoder):
         codes = sparse_encode(x_c, s["W_enc"], s["b_enc"], pre, rows, cols, pre_nnz)
         x_hat = sparse_decode(codes, s["W_dec"]) + s["b_dec"]
         loss = _reconstruction_terms(x, x_hat)
-        n_dead = int(dead.sum())
-        if n_dead and self.aux_coeff > 0:
-            k_aux = min(self.aux_k or x.shape[1] // 2, n_dead)
-            pre_dead = pre.masked_fill(~dead, float("-inf"))
-            r2, c2, _ = select_topk(pre_dead, k_aux)
-            aux = sparse_encode(x_c, s["W_enc"], s["b_enc"], pre, r2, c2)
-            e = (x - x_hat).detach()
-            e_hat = sparse_decode(aux, s["W_dec"])
-            denom = (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-            loss = loss + self.aux_coeff * (e_hat - e).pow(2).sum(-1).mean() / denom
+        loss = self._with_aux(loss, x, x_hat, pre, dead, s["W_dec"],
+                              lambda r, c: sparse_encode(x_c, s["W_enc"], s["b_enc"], pre, r, c))
         fired = cols[codes.vals.detach() > 0]
         counts = torch.bincount(fired, minlength=s["W_dec"].shape[0])
         return {"loss": loss, "x_hat": x_hat.detach(), "l0": fired.numel() / x.shape[0], "counts": counts}

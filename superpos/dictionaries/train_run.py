@@ -23,6 +23,7 @@ FIXED_BUDGET_WARMUP = 100  # default warm-up with a fixed n_tokens
 MIN_EVAL_STEPS = 50  # while converging, the held-out FVU is measured every epoch, at least this many steps apart
 MAX_VALIDATION_ROWS = 16384
 L0_CONTROL_RATE = 0.01  # per step: the penalty coefficient is multiplied by (L0 / target_l0) ** rate
+L0_SETTLED = 0.02  # |log(fast / slow smoothed L0)| below this: L0 is not moving by itself
 _SHOWN = {"loss": ".3g", "fvu": ".3f", "l0": ".1f", "dead": ".2f", "dense": ".2f", "tok_s": ".0f"}  # progress bar
 
 
@@ -77,8 +78,8 @@ class _Schedule:
 
 @dataclass
 class _Convergence:
-    """Early stopping on held-out FVU (in-memory data with ``n_tokens=None``): evaluated every ``every`` steps;
-    after ``patience`` evaluations without a relative improvement of ``tol`` the final decay starts."""
+    """Early stopping on the held-out objective (in-memory data with ``n_tokens=None``): evaluated every ``every``
+    steps; after ``patience`` evaluations without a relative improvement of ``tol`` the final decay starts."""
 
     val_x: torch.Tensor  # held-out rows, in training units
     every: int
@@ -86,7 +87,7 @@ class _Convergence:
     patience: int
     best: float = math.inf
     bad: int = 0
-    history: list[dict] = field(default_factory=list)  # {"step", "val_fvu"} per measurement
+    history: list[dict] = field(default_factory=list)  # {"step", "val_fvu", "val_objective"} per measurement
 
     def state(self) -> dict:
         return {"best": self.best, "bad": self.bad, "history": self.history}
@@ -110,6 +111,20 @@ class _TrainRun:
     history: list[dict] = field(default_factory=list)
     window_counts: torch.Tensor | None = None  # firings per latent since the last log line
     l0_ema: float | None = None  # smoothed L0 for the target-L0 controller
+    l0_slow: float | None = None  # the same, smoothed ten times longer: its trend
+
+    def step_controller(self, l0: float, target: float) -> None:
+        """Multiplicative control of the sparsity coefficient toward ``target`` L0: by (L0/target)^rate per step
+        (the log-ratio clipped to ±1), and only while the smoothed L0 is not already heading to the target by
+        itself. The weights answer a new coefficient hundreds of steps late; without that hold, the coefficient
+        overshoots while the dense start thins out, and a ReLU-L1 SAE collapses (FVU ≈ 1) once it has."""
+        self.l0_ema = l0 if self.l0_ema is None else 0.9 * self.l0_ema + 0.1 * l0
+        self.l0_slow = l0 if self.l0_slow is None else 0.99 * self.l0_slow + 0.01 * l0
+        err = max(-1.0, min(1.0, math.log(max(self.l0_ema, 0.1) / target)))
+        trend = math.log(max(self.l0_ema, 0.1) / max(self.l0_slow, 0.1))
+        if err * trend < 0 and abs(trend) > L0_SETTLED:  # on its way: let the weights catch up
+            return
+        self.state["coeff"] *= math.exp(L0_CONTROL_RATE * err)
 
     @property
     def scale(self) -> float:

@@ -23,10 +23,11 @@ from .. import distributed, interrupts
 from ..errors import SuperposError
 from ..integrity import load_checkpoint
 from .base import BaseDictionary, check_finite
+from .sparse_ops import aux_k_loss, dense_pairs
 from .sources import RowSource, rows_from
 
 from .train_run import (CHECKPOINT, DEFAULT_LR, DENSE_FRACTION, FIXED_BUDGET_WARMUP,  # noqa: F401 (re-exported)
-                        L0_CONTROL_RATE, MIN_EVAL_STEPS, WARMUP_FRACTION, _adam, _Convergence, _hold_out, _last_good,
+                        MIN_EVAL_STEPS, WARMUP_FRACTION, _adam, _Convergence, _hold_out, _last_good,
                         _Meter, _Schedule, _SHOWN, _TrainRun, geometric_median, project_decoder_grad_,
                         renormalise_decoder_)
 
@@ -102,6 +103,18 @@ class SparseAutoencoder(BaseDictionary):
 
     def _init_extra(self, n_latents: int) -> dict[str, torch.Tensor]:
         return {}
+
+    def _k_aux(self, d_model: int) -> int:
+        """How many dead latents the AuxK loss lets reconstruct the error (default d_model / 2)."""
+        return self.aux_k or d_model // 2
+
+    def _with_aux(self, loss, x, x_hat, pre_BF, dead, W_dec_FD, codes_at=None):
+        """``loss`` plus the AuxK term on dead latents (when there are some and ``aux_coeff`` > 0); ``codes_at``
+        defaults to the ReLU'd entries of the dense, differentiable ``pre_BF``."""
+        if self.aux_coeff <= 0 or not bool(dead.any()):
+            return loss
+        codes_at = codes_at or (lambda r, c: dense_pairs(pre_BF, r, c))
+        return loss + self.aux_coeff * aux_k_loss(x, x_hat, pre_BF, dead, self._k_aux(x.shape[1]), W_dec_FD, codes_at)
 
     #: learning-rate multiplier for the extra parameters (JumpReLU's log-thresholds)
     _extra_lr_mult = 1.0
@@ -186,12 +199,12 @@ class SparseAutoencoder(BaseDictionary):
         a relative improvement of ``tol``, or when the budget's last ``decay_frac`` begins."""
         c, sched, step = run.convergence, run.schedule, run.step
         if step % c.every == 0:
-            fvu = self._held_out_fvu(run)
-            c.history.append({"step": step, "val_fvu": fvu})
+            fvu, objective = self._held_out(run)
+            c.history.append({"step": step, "val_fvu": fvu, "val_objective": objective})
             on_target = run.l0_ema is None or abs(math.log(max(run.l0_ema, 0.1) / self.target_l0)) < math.log(1.2)
-            if fvu < c.best * (1 - c.tol):
-                c.best, c.bad = fvu, 0
-            elif on_target:  # while the controller still moves L0, a worse FVU is not a plateau
+            if objective < c.best * (1 - c.tol):
+                c.best, c.bad = objective, 0
+            elif on_target:  # while the controller still moves L0, a worse objective is not a plateau
                 c.bad += 1
             if c.bad >= c.patience:
                 sched.start_decay(step, self.decay_frac)
@@ -199,13 +212,21 @@ class SparseAutoencoder(BaseDictionary):
             sched.decay_from = step
 
     @torch.no_grad()
-    def _held_out_fvu(self, run: "_TrainRun") -> float:
+    def _held_out(self, run: "_TrainRun") -> tuple[float, float]:
+        """On the held-out rows: (FVU, the training objective — reconstruction plus sparsity penalty, no AuxK — in
+        the same units). Early stopping watches the objective: a penalised SAE trades FVU for sparsity on its way
+        to convergence, so its FVU alone can rise while training is still improving it."""
         x = run.convergence.val_x
-        dead = run.since_fired >= self.dead_after_tokens
-        err = sum(float((self._train_forward(run.state, x[i:i + self.batch_size], dead)["x_hat"]
-                         - x[i:i + self.batch_size]).pow(2).sum()) for i in range(0, len(x), self.batch_size))
+        no_dead = torch.zeros_like(run.since_fired, dtype=torch.bool)
+        err = obj = 0.0
+        for i in range(0, len(x), self.batch_size):
+            xb = x[i:i + self.batch_size]
+            out = self._train_forward(run.state, xb, no_dead)
+            err += float((out["x_hat"] - xb).pow(2).sum())
+            obj += float(out["loss"]) * len(xb)
         self._pre_buffer = None
-        return err / float((x - x.mean(0)).pow(2).sum().clamp_min(1e-30))
+        var = float((x - x.mean(0)).pow(2).sum().clamp_min(1e-30))
+        return err / var, obj / var
 
     def _start_run(self, src: RowSource, dev, total_steps: int, per_epoch: int, val: torch.Tensor | None,
                    ckpt_path: Path | None) -> "_TrainRun":
@@ -269,9 +290,7 @@ class SparseAutoencoder(BaseDictionary):
             run.since_fired += batch
             run.since_fired[counts > 0] = 0
             if "coeff" in run.state:  # multiplicative control of the penalty toward the target L0 (smoothed L0)
-                run.l0_ema = out["l0"] if run.l0_ema is None else 0.9 * run.l0_ema + 0.1 * out["l0"]
-                err = max(-1.0, min(1.0, math.log(max(run.l0_ema, 0.1) / self.target_l0)))
-                run.state["coeff"] *= math.exp(L0_CONTROL_RATE * err)
+                run.step_controller(out["l0"], self.target_l0)
             run.window_counts = counts if run.window_counts is None else run.window_counts + counts
         return {**out, "x": x, "loss": loss}
 
@@ -368,6 +387,6 @@ _COMMON_DOC = """
     default d_model/2 and 1/32), ``dead_after_tokens`` (a latent is dead after this many tokens without firing),
     ``b_dec_init`` (median|mean|zeros), ``normalize`` (scale inputs to E‖x‖² = d_model while training),
     ``min_pos`` (store rows at positions below it — the BOS/attention sink — are left out), ``seed``, ``device``,
-    ``progress``. JumpReLU takes ``target_l0``: its L0 coefficient is then steered toward that L0 while training
+    ``progress``. JumpReLU and ReLU take ``target_l0``: their penalty coefficient is then steered toward that L0 while training
     (``sparsity_coeff_`` is where it ended).
 """
