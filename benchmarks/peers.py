@@ -1,10 +1,23 @@
-"""Peer SAE toolkits on the identical synthetic stream, each in its own virtual environment.
+"""Peer SAE toolkits at their own defaults, on one planted-feature stream and on real layer-15 activations.
 
-Each peer gets a venv under ~/.cache/superpos/bench-venvs/NAME (``--system-site-packages``, so that
-the installed torch is reused instead of a multi-GB download), installs from PyPI, and trains a TopK SAE
-with the same width, k, batch, learning-rate schedule length and number of tokens as superpos, on the
-same rows (a .npy file). FVU is measured the same way for all: ‖x − x̂‖² / ‖x − mean‖² on the same
-held-out rows. A peer that does not install or run is reported with the reason.
+Each peer gets a venv under ~/.cache/superpos/bench-venvs/NAME (``--system-site-packages`` and this process's
+torch pinned, so that every toolkit runs on the same torch build), installs from PyPI, and trains a TopK SAE with
+the same width, k and batch on the same rows (``.npy`` files, read through a memory map), each with **its own**
+optimizer, learning rate, schedule and initialisation:
+
+* EleutherAI sparsify: sign-SGD wrapped in schedule-free (momentum 0.95), lr 5e-3/√(latents/2¹⁴), b_dec from the
+  first batch's mean, the averaged weights swapped in (``optimizer.eval()``) before every evaluation — what its
+  ``Trainer`` does with its default ``optimizer="signum"``.
+* SAELens: its ``TopKTrainingSAE`` stepped by its own ``SAETrainer`` through ``step()``, as its ``fit()`` does
+  (Adam at its default lr 3e-4 and constant schedule, grad-norm clipping).
+* saprmarks dictionary_learning: its ``TopKTrainer`` (Adam at its own lr rule, AuxK, grad clipping) called as its
+  ``trainSAE`` loop calls it; its 1,000-step warm-up is cut to a tenth of the run when the run is shorter.
+
+superpos trains with ``TopKSAE`` at its defaults, given the same token budget. Every run reports tokens/s (the
+training steps only), held-out FVU on the same rows, and — on the planted stream — the mean max cosine of each
+planted atom with the decoder (MMCS) and the share of atoms recovered at cos > 0.9. Quality per second: superpos
+at several budgets (each a whole run with its schedule) against the schedule-free peer's averaged weights
+evaluated along one run (wall time of the training steps only).
 """
 from __future__ import annotations
 
@@ -22,8 +35,8 @@ VENVS = Path.home() / ".cache" / "superpos" / "bench-venvs"
 
 PEERS = {
     "EleutherAI sparsify": ("eai-sparsify", "sparsify"),
-    "saprmarks dictionary_learning": ("dictionary-learning", "dictionary_learning"),
     "SAELens": ("sae-lens", "sae_lens"),
+    "saprmarks dictionary_learning": ("dictionary-learning", "dictionary_learning"),
 }
 
 COMMON = '''
@@ -31,60 +44,92 @@ import json, sys, time
 import numpy as np, torch
 torch.manual_seed(0)
 cfg = json.loads(sys.argv[1])
-x = torch.from_numpy(np.load(cfg["train"])); ev = torch.from_numpy(np.load(cfg["eval"]))
-B, steps, D, F, k = cfg["batch"], cfg["steps"], x.shape[1], cfg["n_latents"], cfg["k"]
+x = np.load(cfg["train"], mmap_mode="r"); ev = torch.from_numpy(np.load(cfg["eval"]))
+B, D, F, k = cfg["batch"], x.shape[1], cfg["n_latents"], cfg["k"]
+steps = cfg["tokens"] // B
 def batches():
-    g = torch.Generator().manual_seed(0)
+    g = np.random.default_rng(0)
     while True:
-        perm = torch.randperm(len(x), generator=g)
+        perm = g.permutation(len(x))
         for i in range(0, len(x) - B + 1, B):
-            yield x[perm[i:i + B]]
-def report(t_steps, recon):
+            yield torch.from_numpy(np.ascontiguousarray(x[np.sort(perm[i:i + B])]))
+def fvu(recon):
     with torch.no_grad():
-        fvu = float((ev - recon(ev)).pow(2).sum() / (ev - ev.mean(0)).pow(2).sum())
-    print(json.dumps({"tokens_per_s": B * (steps - 2) / t_steps, "fvu": fvu}))
+        return float(sum((ev[i:i + 4096] - recon(ev[i:i + 4096])).pow(2).sum() for i in range(0, len(ev), 4096))
+                     / (ev - ev.mean(0)).pow(2).sum())
+class Clock:
+    """Wall time of the training steps only (data loading and evaluations left out)."""
+    def __init__(self): self.train_s, self.curve = 0.0, []
+    def step(self, fn, s):
+        t0 = time.perf_counter(); fn(); dt = time.perf_counter() - t0
+        if s >= 2: self.train_s += dt  # the first two steps pay for allocation
+    def report(self, recon, decoder_FD):
+        np.save(cfg["decoder_out"], decoder_FD.detach().float().cpu().numpy())
+        print(json.dumps({"tokens_per_s": B * (steps - 2) / self.train_s, "fvu": fvu(recon), "train_s": self.train_s,
+                          "curve": self.curve}))
+clock = Clock()
 '''
 
 SCRIPTS = {
     "sparsify": COMMON + '''
+from schedulefree import ScheduleFreeWrapper
 from sparsify import SparseCoder, SparseCoderConfig
-sae = SparseCoder(D, SparseCoderConfig(num_latents=F, k=k), device="cpu")
-opt = torch.optim.Adam(sae.parameters(), lr=cfg["lr"])
+from sparsify.sign_sgd import SignSGD
+sae = SparseCoder(D, SparseCoderConfig(num_latents=F, k=k), torch.device("cpu"), dtype=torch.float32)
+opt = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=5e-3 / (F / 2**14) ** 0.5)]), momentum=0.95)
+opt.train()
 it = batches()
+every = max(1, steps // cfg.get("curve_points", 1))
 for s in range(steps):
-    if s == 2: t0 = time.perf_counter()
-    out = sae(next(it))
-    loss = out.fvu
-    opt.zero_grad(); loss.backward()
-    sae.remove_gradient_parallel_to_decoder_directions(); opt.step(); sae.set_decoder_norm_to_unit_norm()
-report(time.perf_counter() - t0, lambda v: sae(v).sae_out)
+    xb = next(it)
+    if s == 0:
+        sae.b_dec.data = xb.mean(0)
+    def step():
+        sae.set_decoder_norm_to_unit_norm()
+        out = sae(xb)
+        out.fvu.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step(); opt.zero_grad()
+    clock.step(step, s)
+    if (s + 1) % every == 0 or s + 1 == steps:
+        opt.eval(); clock.curve.append([clock.train_s, fvu(lambda v: sae(v).sae_out), (s + 1) * B]); opt.train()
+opt.eval()
+clock.report(lambda v: sae(v).sae_out, sae.W_dec)
 ''',
     "dictionary_learning": COMMON + '''
 from dictionary_learning.trainers.top_k import TopKTrainer
-tr = TopKTrainer(steps=steps, activation_dim=D, dict_size=F, k=k, layer=0, lm_name="bench", lr=cfg["lr"],
-                 warmup_steps=1, decay_start=None, device="cpu", seed=0)
+tr = TopKTrainer(steps=steps, activation_dim=D, dict_size=F, k=k, layer=0, lm_name="bench",
+                 warmup_steps=min(1000, max(1, steps // 10)), device="cpu", seed=0)
 it = batches()
 for s in range(steps):
-    if s == 2: t0 = time.perf_counter()
-    tr.update(s, next(it))
-report(time.perf_counter() - t0, lambda v: tr.ae(v))
+    xb = next(it)
+    clock.step(lambda: tr.update(s, xb), s)
+clock.report(lambda v: tr.ae(v), tr.ae.decoder.weight.T)
 ''',
     "sae_lens": COMMON + '''
+import dataclasses
 from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
-from sae_lens.saes.sae import TrainStepInput
+from sae_lens.training.sae_trainer import SAETrainer
+from sae_lens.config import SAETrainerConfig
 sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D, d_sae=F, k=k, device="cpu"))
-opt = torch.optim.Adam(sae.parameters(), lr=cfg["lr"])
+lr = {f.name: f.default for f in dataclasses.fields(SAETrainerConfig)}["lr"]
+# its defaults; lr_end is what its runner config's post-init sets (lr / 10)
+tcfg = SAETrainerConfig(total_training_samples=steps * B, train_batch_size_samples=B, device="cpu", lr_end=lr / 10)
+trainer = SAETrainer(cfg=tcfg, sae=sae, data_provider=batches())
 it = batches()
 for s in range(steps):
-    if s == 2: t0 = time.perf_counter()
-    out = sae.training_forward_pass(step_input=TrainStepInput(sae_in=next(it), coefficients={}, dead_neuron_mask=None, n_training_steps=s, is_logging_step=False))
-    opt.zero_grad(); out.loss.backward(); opt.step()
-report(time.perf_counter() - t0, lambda v: sae(v))
+    xb = next(it)
+    def step():  # what SAETrainer.fit does per step (no logging, no checkpoints)
+        trainer.maybe_reset_sparsity()
+        trainer.step(xb)
+        trainer.n_training_steps += 1
+    clock.step(step, s)
+clock.report(lambda v: sae(v), sae.W_dec)
 ''',
 }
 
 
-def _venv(name: str, package: str) -> tuple[Path | None, str]:
+def _venv(name: str, package: str, *extra: str) -> tuple[Path | None, str]:
     folder = VENVS / name
     py = folder / "bin" / "python"
     marker = folder / ".installed"
@@ -93,60 +138,245 @@ def _venv(name: str, package: str) -> tuple[Path | None, str]:
     r = subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(folder)], capture_output=True, text=True)
     if r.returncode:
         return None, f"venv failed: {r.stderr.strip()[-200:]}"
-    r = subprocess.run([str(py), "-m", "pip", "install", "-q", package], capture_output=True, text=True, timeout=900)
+    # the torch this process runs, pinned: an unpinned resolve pulls a newer multi-GB CUDA build into the venv, and
+    # the peer would then be timed on other kernels than superpos
+    pins = folder / "constraints.txt"
+    pins.write_text(f"torch=={torch.__version__.split('+')[0]}\n")
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "-c", str(pins), package, *extra],
+                       capture_output=True, text=True, timeout=900)
     if r.returncode:
         return None, "pip install failed: " + " ".join(r.stderr.strip().splitlines()[-2:])[-300:]
+    # a torchvision resolved for another torch build breaks `import transformers` (dictionary_learning pulls it in
+    # through nnsight); none of these peers' SAE code uses it
+    if subprocess.run([str(py), "-c", "import torchvision"], capture_output=True).returncode:
+        subprocess.run([str(py), "-m", "pip", "uninstall", "-q", "-y", "torchvision"], capture_output=True)
     marker.write_text(package)
     return py, ""
 
 
-def run_peers(quick: bool, ours: dict | None) -> dict:
+def planted_stream(n: int, d: int, n_features: int, k: int, noise: float, seed: int = 0,
+                   chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """``superpos.surrogates.planted_superposition`` in chunks (its n × n_features draw would not fit at 2M rows):
+    k distinct atoms of ``n_features`` per row, coefficients uniform in [0.5, 1.5], Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    atoms = rng.standard_normal((n_features, d)).astype(np.float32)
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    x = np.empty((n, d), np.float32)
+    for lo in range(0, n, chunk):
+        c = min(chunk, n - lo)
+        idx = np.argpartition(rng.random((c, n_features), dtype=np.float32), k, axis=1)[:, :k]
+        coef = rng.uniform(0.5, 1.5, (c, k)).astype(np.float32)
+        x[lo:lo + c] = np.einsum("nk,nkd->nd", coef, atoms[idx]) + noise * rng.standard_normal((c, d), dtype=np.float32)
+    return x, atoms
+
+
+def recovery(atoms_MD: np.ndarray, decoder_FD: np.ndarray) -> dict:
+    """Mean over planted atoms of the best |cos| with a decoder row, and the share above 0.9."""
+    dec = decoder_FD / np.maximum(np.linalg.norm(decoder_FD, axis=1, keepdims=True), 1e-12)
+    best = np.abs(torch.from_numpy(atoms_MD) @ torch.from_numpy(dec.astype(np.float32)).T).max(1).values.numpy()
+    return {"mmcs": float(best.mean()), "recovered": float((best > 0.9).mean())}
+
+
+def _superpos(train: np.ndarray, ev: np.ndarray, n_latents: int, k: int, batch: int, tokens: int) -> dict:
+    """superpos's TopKSAE at its defaults for ``tokens``; tokens/s from the training steps' own timings."""
     from superpos.dictionaries import TopKSAE
 
-    d, batch, k, expansion = (64, 512, 8, 4) if quick else (576, 4096, 32, 16)
-    steps = 8 if quick else 60
-    from run import synthetic_stream
-
-    x = synthetic_stream(batch * 16 + 8192, d, seed=3)
-    train, ev = x[:-8192].numpy(), x[-8192:].numpy()
-    lr = 2e-3
-    res: dict = {}
-    # same schedule as the peer scripts: a constant learning rate (superpos's default warm-up of 100 steps and final
-    # decay would leave it at a lower rate for most of a 60-step run)
+    sae = TopKSAE(n_components=n_latents, k=k, batch_size=batch, n_tokens=tokens, device="cpu", progress=False)
+    t0 = time.perf_counter()
+    sae.fit(train)
+    wall = time.perf_counter() - t0
+    steps_tok_s = [h["tok_s"] for h in sae.history_[1:]] or [sae.history_[-1]["tok_s"]]
     evt = torch.from_numpy(ev)
-    # the same rate as the peers first; then a higher one: at 60 steps FVU is decided by how fast the parametrisation
-    # moves under Adam (SAELens's unconstrained Kaiming-scale decoder moves further per step than unit-norm rows)
-    for label, run_lr in (("superpos", lr), ("superpos, lr 6e-3", 6e-3)):
-        sae = TopKSAE(n_components=expansion * d, k=k, batch_size=batch, n_tokens=batch * steps, lr=run_lr,
-                      warmup_steps=1, decay_frac=0.0, device="cpu", progress=False)
-        sae.fit(train)
-        tok_s = float(np.median([h["tok_s"] for h in sae.history_[1:]] or [sae.history_[-1]["tok_s"]]))
-        fvu = float(((evt - torch.as_tensor(sae.reconstruct(ev))).pow(2).sum() / (evt - evt.mean(0)).pow(2).sum()))
-        res[label] = {"status": "ok", "tokens_per_s": tok_s, "fvu": fvu,
-                      "note": "this run" + ("" if run_lr == lr else ", same settings but the learning rate")}
-        print(f"[peers] {label}: {tok_s:,.0f} tok/s, FVU {fvu:.3f}", flush=True)
+    fvu = float((evt - torch.as_tensor(sae.reconstruct(ev))).pow(2).sum() / (evt - evt.mean(0)).pow(2).sum())
+    train_s = tokens / float(np.median(steps_tok_s))
+    return {"status": "ok", "tokens_per_s": tokens / train_s, "fvu": fvu, "train_s": train_s, "wall_s": wall,
+            "tokens": tokens, "decoder": sae.components_.numpy()}
+
+
+def _peer(label: str, tmp: Path, cfg: dict) -> dict:
+    package, module = PEERS[label]
+    t0 = time.perf_counter()
+    try:
+        py, why = _venv(module, package)
+    except subprocess.TimeoutExpired:
+        py, why = None, "pip install timed out (15 min)"
+    if py is None:
+        return {"status": "skipped", "note": why}
+    cfg = {**cfg, "decoder_out": str(tmp / f"{module}_decoder.npy")}
+    r = subprocess.run([str(py), "-c", SCRIPTS[module], json.dumps(cfg)], capture_output=True, text=True, timeout=7200)
+    if r.returncode:
+        return {"status": "failed", "note": "its training script failed: " + " ".join(r.stderr.strip().splitlines()[-1:])[-300:]}
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"status": "ok", **out, "decoder": np.load(cfg["decoder_out"]),
+            "note": f"{package} (installed and ran in {time.perf_counter() - t0:.0f} s)"}
+
+
+def run_peers(quick: bool, real_rows: np.ndarray | None = None) -> dict:
+    """Every peer and superpos on the planted stream; superpos and the fastest peer on ``real_rows`` too."""
+    d, n_feat, k_planted = (64, 256, 4) if quick else (576, 2304, 8)
+    n_latents, k, batch = (4 * d, 8, 512) if quick else (16 * d, 32, 4096)
+    tokens = 64 * 512 if quick else 2_000_000
+    n_eval = 4096 if quick else 16384
+    res: dict = {"setup": {"d": d, "planted_atoms": n_feat, "planted_k": k_planted, "noise": 0.05, "n_latents": n_latents,
+                           "k": k, "batch": batch, "tokens": tokens, "eval_rows": n_eval}}
+    x, atoms = planted_stream(tokens + n_eval, d, n_feat, k_planted, noise=0.05, seed=3)
+    train, ev = x[:tokens], x[tokens:]
+    del x
     with tempfile.TemporaryDirectory() as tmp:
-        np.save(Path(tmp) / "train.npy", train)
-        np.save(Path(tmp) / "eval.npy", ev)
-        cfg = json.dumps({"train": str(Path(tmp) / "train.npy"), "eval": str(Path(tmp) / "eval.npy"), "batch": batch,
-                          "steps": steps, "n_latents": expansion * d, "k": k, "lr": lr})
-        for label, (package, module) in PEERS.items():
-            t0 = time.perf_counter()
-            try:
-                py, why = _venv(module, package)
-            except subprocess.TimeoutExpired:
-                py, why = None, "pip install timed out (15 min)"
-            if py is None:
-                res[label] = {"status": "skipped", "note": why}
-                print(f"[peers] {label}: skipped ({why})", flush=True)
-                continue
-            r = subprocess.run([str(py), "-c", SCRIPTS[module], cfg], capture_output=True, text=True, timeout=1800)
-            if r.returncode:
-                last = " ".join(r.stderr.strip().splitlines()[-1:])[-300:]
-                res[label] = {"status": "failed", "note": f"its training script failed: {last}"}
-                print(f"[peers] {label}: failed ({last})", flush=True)
-                continue
-            out = json.loads(r.stdout.strip().splitlines()[-1])
-            res[label] = {"status": "ok", **out, "note": f"{package} (installed/ran in {time.perf_counter() - t0:.0f} s)"}
-            print(f"[peers] {label}: {out['tokens_per_s']:,.0f} tok/s, FVU {out['fvu']:.3f}", flush=True)
+        tmp = Path(tmp)
+        np.save(tmp / "train.npy", train)
+        np.save(tmp / "eval.npy", ev)
+        cfg = {"train": str(tmp / "train.npy"), "eval": str(tmp / "eval.npy"), "batch": batch, "n_latents": n_latents,
+               "k": k, "tokens": tokens, "curve_points": 8}
+        planted = {}
+        ours = _superpos(train, ev, n_latents, k, batch, tokens)
+        rec = recovery(atoms, ours.pop("decoder"))
+        planted["superpos"] = {**ours, **rec, "note": "this run, TopKSAE defaults"}
+        print(f"[peers] superpos: {ours['tokens_per_s']:,.0f} tok/s, FVU {ours['fvu']:.3f}", flush=True)
+        for label in PEERS:
+            r = _peer(label, tmp, cfg)
+            if r["status"] == "ok":
+                r.update(recovery(atoms, r.pop("decoder")))
+                print(f"[peers] {label}: {r['tokens_per_s']:,.0f} tok/s, FVU {r['fvu']:.3f}, MMCS {r['mmcs']:.3f}", flush=True)
+            else:
+                print(f"[peers] {label}: {r['status']} ({r['note']})", flush=True)
+            planted[label] = r
+        res["planted"] = planted
+        fastest = max((lbl for lbl in PEERS if planted[lbl]["status"] == "ok"),
+                      key=lambda lbl: planted[lbl]["tokens_per_s"], default=None)
+        res["fastest_peer"] = fastest
+        res["planted_quality_per_second"] = _superpos_budgets(train, ev, n_latents, k, batch, tokens, planted["superpos"])
+        del train
+        if real_rows is not None and fastest is not None:
+            real_tokens = tokens // 2
+            rtrain, rev = real_rows[:-n_eval], real_rows[-n_eval:]
+            np.save(tmp / "train.npy", rtrain)
+            np.save(tmp / "eval.npy", rev)
+            peer = _peer(fastest, tmp, {**cfg, "tokens": real_tokens})
+            peer.pop("decoder", None)
+            ours = _superpos(rtrain, rev, n_latents, k, batch, real_tokens)
+            ours.pop("decoder")
+            res["real"] = {"rows": len(rtrain), "eval_rows": len(rev), "tokens": real_tokens, "peer": peer,
+                           "superpos": ours, "budgets": _superpos_budgets(rtrain, rev, n_latents, k, batch, real_tokens, ours)}
     return res
+
+
+def _superpos_budgets(train, ev, n_latents, k, batch, tokens, full: dict) -> list[dict]:
+    """superpos's quality per second: whole runs at ⅛, ¼ and ½ of ``tokens`` (each with its own warm-up and decay),
+    and the full run already made."""
+    out = []
+    for frac in (8, 4, 2):
+        r = _superpos(train, ev, n_latents, k, batch, tokens // frac)
+        r.pop("decoder")
+        out.append({"tokens": tokens // frac, "train_s": r["train_s"], "fvu": r["fvu"]})
+        print(f"[peers] superpos at {tokens // frac:,} tokens: FVU {r['fvu']:.3f} in {r['train_s']:.0f} s", flush=True)
+    return out + [{"tokens": tokens, "train_s": full["train_s"], "fvu": full["fvu"]}]
+
+
+def time_to_reach(budgets: list[dict], fvu: float) -> float | None:
+    """The training time of superpos's shortest run (of its budgets) whose FVU is at most ``fvu``; None if none."""
+    ok = [b["train_s"] for b in budgets if b["fvu"] <= fvu]
+    return min(ok) if ok else None
+
+
+def _curve_figure(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = [("planted stream", res["planted"], res.get("planted_quality_per_second"))]
+    if "real" in res:
+        parts.append(("SmolLM2 layer 15", {res["fastest_peer"]: res["real"]["peer"], "superpos": res["real"]["superpos"]},
+                      res["real"]["budgets"]))
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4), squeeze=False)
+    for ax, (title, runs, budgets) in zip(axes[0], parts):
+        for label, r in runs.items():
+            if r.get("status", "ok") != "ok" or label == "superpos":
+                continue
+            pts = r.get("curve") or []
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{label} (one run, averaged weights)")
+            else:
+                ax.plot([r["train_s"]], [r["fvu"]], "s", label=f"{label} (end of run)")
+        if budgets:
+            ax.plot([b["train_s"] for b in budgets], [b["fvu"] for b in budgets], "o-", color="k",
+                    label="superpos (a whole run per budget)")
+        ax.set_xscale("log")
+        ax.set_xlabel("training time, s (steps only)")
+        ax.set_ylabel("held-out FVU")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def peers_section(res: dict, folder: Path) -> list[str]:
+    """RESULTS.md: the peer table, quality per second (table and figure)."""
+    if "planted" not in res:
+        return []
+    st = res["setup"]
+    L = [f"## Peers at their own defaults, {st['tokens']:,} planted tokens", "",
+         f"One stream for all: d {st['d']}, {st['planted_atoms']:,} planted unit atoms, {st['planted_k']} active per row "
+         f"(coefficients uniform in [0.5, 1.5]), noise SD {st['noise']}; each toolkit trains a TopK SAE with "
+         f"{st['n_latents']:,} latents, k {st['k']}, batch {st['batch']:,}, on the same rows in the same order, with "
+         f"its own optimizer, learning rate, schedule and initialisation (benchmarks/peers.py). FVU on "
+         f"{st['eval_rows']:,} held-out rows; MMCS = mean over planted atoms of the best |cos| with a decoder row; "
+         "recovered = share of atoms with a row at cos > 0.9. tokens/s counts the training steps only.", "",
+         "| toolkit | status | tokens/s | held-out FVU | MMCS | atoms recovered | training time | note |",
+         "|---|---|---|---|---|---|---|---|"]
+    for name, r in res["planted"].items():
+        if r.get("status") != "ok":
+            L.append(f"| {name} | {r.get('status')} | | | | | | {r.get('note', '')} |")
+            continue
+        L.append(f"| {name} | ok | {r['tokens_per_s']:,.0f} | {r['fvu']:.3f} | {r['mmcs']:.3f} | "
+                 f"{r['recovered']:.1%} | {r['train_s']:,.0f} s | {r.get('note', '')} |")
+    L.append("")
+    fastest = res.get("fastest_peer")
+    if fastest:
+        _curve_figure(res, folder / "quality_per_second.png")
+        L += ["### Quality per second", "",
+              f"Held-out FVU against training time: superpos as whole runs at ⅛, ¼, ½ and all of the budget (each with "
+              f"its own warm-up and decay), against {fastest} (the fastest peer) along one run"
+              + (" — its schedule-free averaged weights evaluated at 8 points" if res["planted"][fastest].get("curve") else "")
+              + ".", "", "![quality per second](quality_per_second.png)", "",
+              "| stream | superpos: tokens → FVU (training s) | " + fastest + ": final FVU (training s) | "
+              "superpos's time to that FVU |", "|---|---|---|---|"]
+        streams = [("planted", res["planted"][fastest], res.get("planted_quality_per_second", []))]
+        if "real" in res:
+            streams.append((f"SmolLM2 layer 15 ({res['real']['rows']:,} rows, {res['real']['tokens']:,} tokens)",
+                            res["real"]["peer"], res["real"]["budgets"]))
+        for name, peer, budgets in streams:
+            if peer.get("status") != "ok":
+                L.append(f"| {name} | | {peer.get('status')}: {peer.get('note')} | |")
+                continue
+            reach = time_to_reach(budgets, peer["fvu"])
+            L.append(f"| {name} | " + "; ".join(f"{b['tokens']:,} → {b['fvu']:.3f} ({b['train_s']:.0f} s)" for b in budgets)
+                     + f" | {peer['fvu']:.3f} ({peer['train_s']:.0f} s) | "
+                     + (f"{reach:.0f} s = {reach / peer['train_s']:.2f}× its time" if reach else "not reached") + " |")
+        L.append("")
+    return L
+
+
+def peer_targets(res: dict) -> list[list]:
+    """The issue's peer targets: ≥ 2× the fastest peer's tokens/s at equal or better FVU and MMCS; its final FVU in
+    ≤ 0.5× its training time on the planted and the real stream."""
+    fastest = res.get("fastest_peer")
+    if not fastest:
+        return [["≥ 2× the fastest peer", "no peer ran", False]]
+    ours, peer = res["planted"]["superpos"], res["planted"][fastest]
+    ratio = ours["tokens_per_s"] / peer["tokens_per_s"]
+    rows = [[f"≥ 2× the fastest peer's tokens/s ({fastest}) at ≥ its FVU and MMCS",
+             f"{ratio:.2f}×; FVU {ours['fvu']:.3f} vs {peer['fvu']:.3f}; MMCS {ours['mmcs']:.3f} vs {peer['mmcs']:.3f}",
+             ratio >= 2 and ours["fvu"] <= peer["fvu"] and ours["mmcs"] >= peer["mmcs"]]]
+    streams = [("planted", peer, res.get("planted_quality_per_second", []))]
+    if "real" in res:
+        streams.append(("real layer 15", res["real"]["peer"], res["real"]["budgets"]))
+    for name, p, budgets in streams:
+        if p.get("status") != "ok":
+            continue
+        reach = time_to_reach(budgets, p["fvu"])
+        rows.append([f"{fastest}'s final FVU in ≤ 0.5× its time ({name})",
+                     f"{reach / p['train_s']:.2f}×" if reach else "not reached", bool(reach and reach <= 0.5 * p["train_s"])])
+    return rows

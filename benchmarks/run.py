@@ -1,14 +1,18 @@
 """The benchmark suite: one command, every figure a ratio taken in the same run, written to RESULTS.md.
 
-    python benchmarks/run.py                 # full suite (~15-20 min on a 2-core CPU)
+    python benchmarks/run.py                 # full suite (~2.5 h on a 2-core CPU: peers ~1 h, frontier ~45 min)
     python benchmarks/run.py --quick --out /tmp/bench   # smoke run with tiny sizes (CI)
-    python benchmarks/run.py --only sae,stream         # some sections
+    python benchmarks/run.py --only peers,frontier --merge   # some sections, the others kept from the last run
 
 Sections:
   sae      TopK SAE training (d 576, 16× and 32×, k 32, batch 4096; fp32 on CPU, bf16 on CUDA): tokens/s and
            the ratio to the roofline = the dense encoder matmul a TopK step cannot avoid, timed here.
-  peers    SAELens, EleutherAI sparsify, saprmarks dictionary_learning on the identical synthetic stream, each in
-           its own virtual environment (benchmarks/peers.py); skipped with the reason when one does not install.
+  peers    EleutherAI sparsify, SAELens, saprmarks dictionary_learning at their own defaults against superpos on
+           2M planted tokens (tok/s, FVU, planted atoms recovered), and quality per second against the fastest
+           peer on the planted stream and on real layer-15 activations; each peer in its own virtual environment
+           (benchmarks/peers.py), skipped with the reason when one does not install.
+  frontier every dictionary kind at several L0: held-out FVU and CE loss recovered on the default model's layer
+           15, MMCS on a planted set (benchmarks/frontier.py).
   harvest  `superpos harvest` on the default model vs a bare forward over the same batches.
   stream   shuffled-batch reads from a store vs the rows per second the SAE step consumes.
   geometry max |cos| over the 49,152 × 576 embedding (exact faiss vs blocked torch), and over 1M × 576 atoms
@@ -36,6 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from superpos.dictionaries import TopKSAE  # noqa: E402
+
+
+SECTIONS = ("sae", "peers", "frontier", "harvest", "stream", "geometry", "scaling", "ddp")
 
 
 def machine() -> dict:
@@ -78,6 +85,28 @@ def clustered_atoms(n: int, d: int, per_cluster: int = 32, seed: int = 2) -> np.
     V = centres[np.arange(n) // per_cluster] + rng.uniform(0.03, 0.08, (n, 1)).astype(np.float32) * \
         rng.standard_normal((n, d)).astype(np.float32)
     return V / np.linalg.norm(V, axis=1, keepdims=True)
+
+
+def real_store(layer: int = 15, tokens: int = 65536) -> Path:
+    """A store of the default model's layer ``layer`` over the default corpus, harvested once into the benchmark
+    cache (the real activations the peer and frontier sections train on)."""
+    from superpos.harvest import HarvestConfig, harvest
+
+    path = Path.home() / ".cache" / "superpos" / "bench-data" / f"smollm2_L{layer}_{tokens}.h5"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        harvest(HarvestConfig(layers=str(layer), tokens=tokens), path)
+    return path
+
+
+def real_layer_rows(layer: int = 15) -> np.ndarray:
+    """Layer-``layer`` rows of ``real_store``, position 0 (the attention sink) left out, in corpus order: the last
+    rows are the last contexts."""
+    import h5py
+
+    with h5py.File(real_store(layer), "r") as f:
+        keep = f["pos"][:] >= 1
+        return f[f"acts/L{layer}"][:][keep].astype(np.float32)
 
 
 def _time(fn, repeat: int) -> float:
@@ -336,9 +365,12 @@ def bench_scaling(q: bool) -> dict:
 # ------------------------------------------------------------------------------------------------------
 def write_results(res: dict, path: Path) -> None:
     m = res["machine"]
+    runs = res.get("runs") or [{"date": m["date"], "seconds": res["seconds"], "sections": None}]
+    when = "; ".join(f"{r['date']}" + (f" ({', '.join(r['sections'])})" if r["sections"] and len(runs) > 1 else "")
+                     + f", {r['seconds']:.0f} s" for r in runs)
     L = ["# superpos benchmark results", "",
-         f"Measured {m['date']} with `python benchmarks/run.py{' --quick' if res['quick'] else ''}` "
-         f"({res['seconds']:.0f} s). Every ratio compares two timings taken in the same run.", "",
+         f"Measured with `python benchmarks/run.py{' --quick' if res['quick'] else ''}`: {when}. Every ratio "
+         "compares two timings taken in the same run.", "",
          f"**Machine:** {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['memory_gib']} GiB, "
          f"GPU: {m['cuda'] or 'none'}. Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
          f"faiss {m['faiss']}, h5py {m['h5py']}.", ""]
@@ -358,11 +390,13 @@ def write_results(res: dict, path: Path) -> None:
                      f"{r['matmul_fresh_output_s'] * 1e3:.0f} ms: {r['fraction_of_fresh_matmul']:.2f} |")
         L.append("")
     if "peers" in res:
-        L += ["## Peers on the identical stream", "", "| toolkit | status | tokens/s | final FVU | note |", "|---|---|---|---|---|"]
-        for name, r in res["peers"].items():
-            L.append(f"| {name} | {r.get('status')} | {r.get('tokens_per_s', float('nan')):,.0f} | "
-                     f"{r.get('fvu', float('nan')):.3f} | {r.get('note', '')} |")
-        L.append("")
+        from peers import peers_section
+
+        L += peers_section(res["peers"], path.parent)
+    if "frontier" in res:
+        from frontier import frontier_section
+
+        L += frontier_section(res["frontier"], path.parent)
     if "harvest" in res:
         r = res["harvest"]
         L += ["## Harvest vs a bare forward pass", "",
@@ -444,12 +478,10 @@ def targets_section(res: dict) -> list[str]:
                          "row while the tile is in cache, as sparsify's Triton kernels do on GPUs); blocking the GEMM "
                          "by rows to keep tiles in cache made it slower on this CPU (measured 320 ms for 1024-row "
                          "blocks against 285 ms for one GEMM + top-k).")
-    if "peers" in res:
-        ours = res["peers"].get("superpos", {}).get("tokens_per_s", 0)
-        others = {k: v.get("tokens_per_s", 0) for k, v in res["peers"].items() if not k.startswith("superpos")
-                  and v.get("status") == "ok"}
-        rows.append(["faster than every peer that installs", ", ".join(f"{ours / v:.1f}× {k}" for k, v in others.items()),
-                     all(ours > v for v in others.values())])
+    if "peers" in res and "planted" in res["peers"]:
+        from peers import peer_targets
+
+        rows += peer_targets(res["peers"])
     if "harvest" in res:
         r = res["harvest"]["ratio_harvest_over_bare"]
         rows.append(["harvest ≤ 1.10 × bare forward", f"{r:.2f}", r <= 1.10])
@@ -490,7 +522,9 @@ def targets_section(res: dict) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run (CI)")
-    ap.add_argument("--only", default="sae,peers,harvest,stream,geometry,scaling,ddp", help="comma list of sections")
+    ap.add_argument("--only", default=",".join(SECTIONS), help="comma list of sections")
+    ap.add_argument("--merge", action="store_true", help="keep the other sections of the results.json already in --out "
+                                                          "(each section says when it was measured)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"), help="folder for RESULTS.md and results.json")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
@@ -499,12 +533,24 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     res: dict = {"machine": machine(), "quick": args.quick}
+    before = {}
+    if args.merge and (out / "results.json").exists():
+        before = json.loads((out / "results.json").read_text())
+        runs = before.get("runs") or [{"date": before["machine"]["date"], "seconds": before["seconds"],
+                                       "sections": [k for k in before if k in SECTIONS]}]
+        before["runs"] = [r for r in runs if set(r["sections"]) - only]
+        for r in before["runs"]:
+            r["sections"] = [k for k in r["sections"] if k not in only]
     if "sae" in only:
         res["sae"] = bench_sae(args.quick, args.device)
     if "peers" in only:
         from peers import run_peers
 
-        res["peers"] = run_peers(args.quick, res.get("sae", {}).get("16x"))
+        res["peers"] = run_peers(args.quick, None if args.quick else real_layer_rows())
+    if "frontier" in only:
+        from frontier import run_frontier
+
+        res["frontier"] = run_frontier(args.quick, None if args.quick else real_store())
     if "harvest" in only:
         res["harvest"] = bench_harvest(args.quick)
     if "stream" in only:
@@ -517,6 +563,9 @@ def main() -> int:
         res["ddp"] = bench_ddp(args.quick)
     res["seconds"] = time.perf_counter() - t0
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["runs"] = before.get("runs", []) + [{"date": res["machine"]["date"], "seconds": res["seconds"],
+                                              "sections": [k for k in SECTIONS if k in only]}]
+    res = {**{k: v for k, v in before.items() if k in SECTIONS}, **res}
     (out / "results.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
     write_results(res, out / "RESULTS.md")
     print(f"wrote {out / 'RESULTS.md'}")
