@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from peers import recovery
 from superpos.dictionaries import PCA, BatchTopKSAE, JumpReLUSAE, NMF, ReLUSAE, SemiNMF, TopKSAE
+from superpos.metrics import fvu
 
 KINDS = ("topk", "batchtopk", "jumprelu", "relu", "nmf", "seminmf", "pca")
 
@@ -35,12 +37,9 @@ def make(kind: str, l0: int, d: int, *, expansion: float, nmf_expansion: float, 
 
 
 def _fvu_l0(dic, x: np.ndarray) -> tuple[float, float]:
-    xt = torch.from_numpy(x)
     with torch.no_grad():
-        codes = dic.encode(xt)
-        x_hat = dic.decode(codes)
-    return (float((xt - x_hat).pow(2).sum() / (xt - xt.mean(0)).pow(2).sum()),
-            float((codes != 0).sum(1).double().mean()))
+        codes = dic.encode(torch.from_numpy(x))
+        return fvu(x, dic.decode(codes)), float((codes != 0).sum(1).double().mean())
 
 
 def planted_setup(quick: bool) -> dict:
@@ -63,13 +62,10 @@ def planted_frontier(l0s: list[int], quick: bool) -> list[dict]:
             dic = make(kind, l0, d, expansion=512 / 64, nmf_expansion=512 / 64, n_tokens=20_000 if quick else None,
                        nmf_iter=10 if quick else 150)
             dic.fit(train)
-            fvu, got = _fvu_l0(dic, test)
-            comp = np.asarray(dic.components_)
-            comp = comp / np.maximum(np.linalg.norm(comp, axis=1, keepdims=True), 1e-12)
-            best = np.abs(atoms @ comp.T).max(1)
-            out.append({"kind": kind, "target_l0": l0, "l0": got, "fvu": fvu, "mmcs": float(best.mean()),
-                        "recovered": float((best > 0.9).mean()), "seconds": time.perf_counter() - t0})
-            print(f"[frontier] planted {kind} L0 {l0}: got {got:.1f}, FVU {fvu:.3f}, MMCS {best.mean():.3f} "
+            err, got = _fvu_l0(dic, test)
+            rec = recovery(atoms, np.asarray(dic.components_))
+            out.append({"kind": kind, "target_l0": l0, "l0": got, "fvu": err, **rec, "seconds": time.perf_counter() - t0})
+            print(f"[frontier] planted {kind} L0 {l0}: got {got:.1f}, FVU {err:.3f}, MMCS {rec['mmcs']:.3f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     return out
 

@@ -186,8 +186,9 @@ def _superpos(train: np.ndarray, ev: np.ndarray, n_latents: int, k: int, batch: 
     sae.fit(train)
     wall = time.perf_counter() - t0
     steps_tok_s = [h["tok_s"] for h in sae.history_[1:]] or [sae.history_[-1]["tok_s"]]
-    evt = torch.from_numpy(ev)
-    fvu = float((evt - torch.as_tensor(sae.reconstruct(ev))).pow(2).sum() / (evt - evt.mean(0)).pow(2).sum())
+    from superpos.metrics import fvu as fvu_of
+
+    fvu = fvu_of(ev, sae.reconstruct(ev))
     train_s = tokens / float(np.median(steps_tok_s))
     return {"status": "ok", "tokens_per_s": tokens / train_s, "fvu": fvu, "train_s": train_s, "wall_s": wall,
             "tokens": tokens, "decoder": sae.components_.numpy()}

@@ -113,6 +113,10 @@ class _TrainRun:
     l0_ema: float | None = None  # smoothed L0 for the target-L0 controller
     l0_slow: float | None = None  # the same, smoothed ten times longer: its trend
 
+    def l0_gap(self, target: float) -> float:
+        """log(smoothed L0 / target): how far the controller still has to go."""
+        return math.log(max(self.l0_ema, 0.1) / target)
+
     def step_controller(self, l0: float, target: float) -> None:
         """Multiplicative control of the sparsity coefficient toward ``target`` L0: by (L0/target)^rate per step
         (the log-ratio clipped to ±1), and only while the smoothed L0 is not already heading to the target by
@@ -120,7 +124,7 @@ class _TrainRun:
         overshoots while the dense start thins out, and a ReLU-L1 SAE collapses (FVU ≈ 1) once it has."""
         self.l0_ema = l0 if self.l0_ema is None else 0.9 * self.l0_ema + 0.1 * l0
         self.l0_slow = l0 if self.l0_slow is None else 0.99 * self.l0_slow + 0.01 * l0
-        err = max(-1.0, min(1.0, math.log(max(self.l0_ema, 0.1) / target)))
+        err = max(-1.0, min(1.0, self.l0_gap(target)))
         trend = math.log(max(self.l0_ema, 0.1) / max(self.l0_slow, 0.1))
         if err * trend < 0 and abs(trend) > L0_SETTLED:  # on its way: let the weights catch up
             return

@@ -201,7 +201,7 @@ class SparseAutoencoder(BaseDictionary):
         if step % c.every == 0:
             fvu, objective = self._held_out(run)
             c.history.append({"step": step, "val_fvu": fvu, "val_objective": objective})
-            on_target = run.l0_ema is None or abs(math.log(max(run.l0_ema, 0.1) / self.target_l0)) < math.log(1.2)
+            on_target = run.l0_ema is None or abs(run.l0_gap(self.target_l0)) < math.log(1.2)
             if objective < c.best * (1 - c.tol):
                 c.best, c.bad = objective, 0
             elif on_target:  # while the controller still moves L0, a worse objective is not a plateau
