@@ -198,6 +198,7 @@ def test_save_load_and_saelens_roundtrip(planted, tmp_path, cls):
     save_dictionary(sae, tmp_path / "d", meta={"layer": 3})
     back = load_dictionary(tmp_path / "d", device="cpu")
     assert type(back) is cls and back.meta_["layer"] == 3 and back.get_params() == {**sae.get_params(), "device": "cpu"}
+    assert sae.n_iter_ == 20_000 // 512 and back.warmup_steps_ == sae.warmup_steps_ == 4  # a tenth of a short run
     np.testing.assert_array_equal(back.transform(x[:500]), codes)
     export_saelens(back, tmp_path / "sl", hook_name="blocks.2.hook_resid_post")
     sl = load_saelens(tmp_path / "sl", device="cpu")

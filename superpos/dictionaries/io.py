@@ -69,7 +69,7 @@ def save_dictionary(dictionary, path: str | os.PathLike, meta: dict | None = Non
         "superpos_version": __import__("superpos").__version__,
         "meta": meta or {},
     }
-    for attr in ("n_iter_", "n_tokens_seen_"):
+    for attr in ("n_iter_", "n_tokens_seen_", "warmup_steps_"):
         if hasattr(dictionary, attr):
             config[attr] = int(getattr(dictionary, attr))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ def load_dictionary(path: str | os.PathLike, device: str = "auto"):
         raise SuperposError(f"{path / WEIGHTS}: components_ has shape {tuple(comp.shape)}, config says "
                             f"({config['n_components']}, {config['d_model']})")
     est.load_state_dict(state)
-    for attr in ("n_iter_", "n_tokens_seen_"):
+    for attr in ("n_iter_", "n_tokens_seen_", "warmup_steps_"):
         if attr in config:
             setattr(est, attr, config[attr])
     est.meta_ = config.get("meta", {})

@@ -27,7 +27,7 @@ from .sparse_ops import aux_k_loss, dense_pairs
 from .sources import RowSource, rows_from
 
 from .train_run import (CHECKPOINT, DEFAULT_LR, DENSE_FRACTION, FIXED_BUDGET_WARMUP,  # noqa: F401 (re-exported)
-                        MIN_EVAL_STEPS, WARMUP_FRACTION, _adam, _Convergence, _hold_out, _last_good,
+                        FIXED_BUDGET_WARMUP_FRACTION, MIN_EVAL_STEPS, WARMUP_FRACTION, _adam, _Convergence, _hold_out, _last_good,
                         _Meter, _Schedule, _SHOWN, _TrainRun, geometric_median, project_decoder_grad_,
                         renormalise_decoder_)
 
@@ -244,11 +244,12 @@ class SparseAutoencoder(BaseDictionary):
             state = self._init_params(sample, d, dev)
         lr = self._lr(state["W_dec"].shape[0])
         opt = _adam(self._param_groups(state, lr), lr)
-        # warm-up: while converging, a share of one epoch (the run's length is not known); a fixed budget keeps
-        # FIXED_BUDGET_WARMUP steps, the setting every committed result was made with
-        warm = self.warmup_steps or (max(1, round(WARMUP_FRACTION * per_epoch)) if val is not None
-                                     else FIXED_BUDGET_WARMUP)
-        schedule = _Schedule(warm=max(1, warm), total=total_steps,
+        # warm-up: while converging, a share of one epoch (the run's length is not known); with a fixed budget,
+        # FIXED_BUDGET_WARMUP steps or a tenth of the run when that is fewer (a short run is never all warm-up)
+        warm = self.warmup_steps or (round(WARMUP_FRACTION * per_epoch) if val is not None else
+                                     min(FIXED_BUDGET_WARMUP, round(FIXED_BUDGET_WARMUP_FRACTION * total_steps)))
+        self.warmup_steps_ = warm = max(1, warm)
+        schedule = _Schedule(warm=warm, total=total_steps,
                              decay_from=None if val is not None else int(total_steps * (1 - self.decay_frac)))
         run = _TrainRun(d=d, state=state, opt=opt, sched=torch.optim.lr_scheduler.LambdaLR(opt, schedule),
                         since_fired=torch.zeros(state["W_dec"].shape[0], dtype=torch.long, device=dev),
@@ -382,7 +383,8 @@ _COMMON_DOC = """
     ``n_tokens`` (training tokens; default: in-memory data trains until the held-out FVU stops improving —
     ``max_epochs``, ``tol``, ``n_iter_no_change``, ``validation_fraction`` as in scikit-learn's early stopping —
     and a store for one epoch), ``lr`` (Adam; default 2e-3, chosen by measurement for CPU-sized budgets — see
-    ``_lr``), ``warmup_steps`` (default 5 % of an epoch while converging, 100 with a fixed ``n_tokens``),
+    ``_lr``), ``warmup_steps`` (default 5 % of an epoch while converging; with a fixed ``n_tokens``, 100 steps or a tenth
+    of the run when that is fewer),
     ``decay_frac`` (final fraction with linear decay to 0), ``aux_k`` / ``aux_coeff`` (AuxK loss on dead latents,
     default d_model/2 and 1/32), ``dead_after_tokens`` (a latent is dead after this many tokens without firing),
     ``b_dec_init`` (median|mean|zeros), ``normalize`` (scale inputs to E‖x‖² = d_model while training),
