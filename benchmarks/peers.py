@@ -212,8 +212,10 @@ def _peer(label: str, tmp: Path, cfg: dict) -> dict:
             "note": f"{package} (installed and ran in {time.perf_counter() - t0:.0f} s)"}
 
 
-def run_peers(quick: bool, real_rows: np.ndarray | None = None) -> dict:
-    """Every peer and superpos on the planted stream; superpos and the fastest peer on ``real_rows`` too."""
+def run_peers(quick: bool, real_rows: np.ndarray | None = None, labels: list[str] | None = None) -> dict:
+    """Every peer (or those in ``labels``) and superpos on the planted stream; superpos and the fastest of them on
+    ``real_rows`` too."""
+    labels = list(PEERS) if labels is None else labels
     d, n_feat, k_planted = (64, 256, 4) if quick else (576, 2304, 8)
     n_latents, k, batch = (4 * d, 8, 512) if quick else (16 * d, 32, 4096)
     tokens = 64 * 512 if quick else 2_000_000
@@ -234,7 +236,7 @@ def run_peers(quick: bool, real_rows: np.ndarray | None = None) -> dict:
         rec = recovery(atoms, ours.pop("decoder"))
         planted["superpos"] = {**ours, **rec, "note": "this run, TopKSAE defaults"}
         print(f"[peers] superpos: {ours['tokens_per_s']:,.0f} tok/s, FVU {ours['fvu']:.3f}", flush=True)
-        for label in PEERS:
+        for label in labels:
             r = _peer(label, tmp, cfg)
             if r["status"] == "ok":
                 r.update(recovery(atoms, r.pop("decoder")))
@@ -243,7 +245,7 @@ def run_peers(quick: bool, real_rows: np.ndarray | None = None) -> dict:
                 print(f"[peers] {label}: {r['status']} ({r['note']})", flush=True)
             planted[label] = r
         res["planted"] = planted
-        fastest = max((lbl for lbl in PEERS if planted[lbl]["status"] == "ok"),
+        fastest = max((lbl for lbl in labels if planted[lbl]["status"] == "ok"),
                       key=lambda lbl: planted[lbl]["tokens_per_s"], default=None)
         res["fastest_peer"] = fastest
         res["planted_quality_per_second"] = _superpos_budgets(train, ev, n_latents, k, batch, tokens, planted["superpos"])
@@ -260,6 +262,14 @@ def run_peers(quick: bool, real_rows: np.ndarray | None = None) -> dict:
             res["real"] = {"rows": len(rtrain), "eval_rows": len(rev), "tokens": real_tokens, "peer": peer,
                            "superpos": ours, "budgets": _superpos_budgets(rtrain, rev, n_latents, k, batch, real_tokens, ours)}
     return res
+
+
+def keep_other_peers(new: dict, old: dict, date: str) -> None:
+    """Rows of peers that ``new`` did not rerun, taken from the earlier run ``old`` (marked with its date), in
+    PEERS order. The ratios stay those of this run: the fastest peer is one this run measured."""
+    kept = {lbl: {**r, "note": f"{r.get('note', '')}; from the run of {date}"}
+            for lbl, r in old.get("planted", {}).items() if lbl not in new["planted"]}
+    new["planted"] = {lbl: (new["planted"] | kept)[lbl] for lbl in ["superpos", *PEERS] if lbl in new["planted"] | kept}
 
 
 def _superpos_budgets(train, ev, n_latents, k, batch, tokens, full: dict) -> list[dict]:

@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # full suite (~2.5 h on a 2-core CPU: peers ~1 h, frontier ~45 min)
     python benchmarks/run.py --quick --out /tmp/bench   # smoke run with tiny sizes (CI)
     python benchmarks/run.py --only peers,frontier --merge   # some sections, the others kept from the last run
+    python benchmarks/run.py --only peers --peers sparsify --merge   # rerun one peer (and superpos); keep the others' rows
 
 Sections:
   sae      TopK SAE training (d 576, 16× and 32×, k 32, batch 4096; fp32 on CPU, bf16 on CUDA): tokens/s and
@@ -527,8 +528,18 @@ def main() -> int:
                                                           "(each section says when it was measured)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"), help="folder for RESULTS.md and results.json")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--peers", default=None, help="comma list of peers to rerun in the peers section: sparsify, "
+                                                   "sae_lens, dictionary_learning (default: all); with --merge the others "
+                                                   "keep their rows from the last run")
     args = ap.parse_args()
     only = set(args.only.split(","))
+    from peers import PEERS, keep_other_peers
+
+    by_module = {module: label for label, (_, module) in PEERS.items()}
+    labels = [by_module.get(m) for m in args.peers.split(",")] if args.peers else None
+    if None in (labels or []) or only - set(SECTIONS):
+        print(f"run.py: --only takes {','.join(SECTIONS)}; --peers takes {','.join(by_module)}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -536,6 +547,7 @@ def main() -> int:
     before = {}
     if args.merge and (out / "results.json").exists():
         before = json.loads((out / "results.json").read_text())
+        peers_date = next((r["date"] for r in before.get("runs", []) if "peers" in r["sections"]), "an earlier run")
         runs = before.get("runs") or [{"date": before["machine"]["date"], "seconds": before["seconds"],
                                        "sections": [k for k in before if k in SECTIONS]}]
         before["runs"] = [r for r in runs if set(r["sections"]) - only]
@@ -546,7 +558,9 @@ def main() -> int:
     if "peers" in only:
         from peers import run_peers
 
-        res["peers"] = run_peers(args.quick, None if args.quick else real_layer_rows())
+        res["peers"] = run_peers(args.quick, None if args.quick else real_layer_rows(), labels)
+        if labels and "peers" in before:
+            keep_other_peers(res["peers"], before["peers"], peers_date)
     if "frontier" in only:
         from frontier import run_frontier
 

@@ -52,3 +52,31 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
         return DTYPES[name.lower()]
     except KeyError:
         raise SuperposError(f"unknown dtype '{name}' (expected one of {', '.join(sorted(set(DTYPES)))})") from None
+
+
+_kept_freed_memory = False
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+_GLIBC_MMAP_MAX = 32 * 2**20  # the largest mmap threshold glibc accepts on 64-bit
+
+
+def keep_freed_memory() -> bool:
+    """On glibc, let freed CPU tensors' memory be reused instead of handed back to the kernel.
+
+    torch's CPU allocator is plain malloc: a training step frees and re-allocates (latents × d) gradients of
+    tens of MB, glibc returns them to the kernel (mmap/trim), and every step pays the page faults again —
+    measured as 10–20 ms of ``fill_``/``mul`` on a 9,216 × 576 step. Raising the mmap and trim thresholds (what
+    ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` or jemalloc/tcmalloc do for torch on CPU) keeps that
+    memory mapped; the cost is that the process keeps its peak heap. Called once by CPU training; a no-op
+    elsewhere. Returns whether the setting took."""
+    global _kept_freed_memory
+    if _kept_freed_memory or not sys.platform.startswith("linux"):
+        return _kept_freed_memory
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        _kept_freed_memory = bool(libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_MMAP_MAX)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc (musl, …): leave malloc alone
+        _kept_freed_memory = False
+    return _kept_freed_memory

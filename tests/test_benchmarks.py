@@ -17,3 +17,42 @@ def test_benchmark_suite_quick(tmp_path):
     text = (tmp_path / "RESULTS.md").read_text()
     for heading in ("TopK SAE training", "Store streaming", "Geometry", "Scaling"):
         assert heading in text
+
+
+def test_frontier_quick_and_merge(tmp_path):
+    """The frontier section at smoke sizes: every kind at each L0, the kinds that take an L0 exactly land on it, the
+    figure is written; a later --merge run of another section keeps it."""
+    run = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(tmp_path)]
+    r = subprocess.run(run + ["--only", "frontier"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())["frontier"]
+    kinds = {"topk", "batchtopk", "jumprelu", "relu", "nmf", "seminmf", "pca"}
+    assert {(p["kind"], p["target_l0"]) for p in res["planted"]} == {(k, t) for k in kinds for t in res["planted_l0s"]}
+    for p in res["planted"]:
+        if p["kind"] in ("topk", "pca"):
+            assert p["l0"] == p["target_l0"], p
+        elif p["kind"] in ("batchtopk", "nmf", "seminmf"):
+            assert 0.8 * p["target_l0"] <= p["l0"] <= p["target_l0"] * (1.2 if p["kind"] == "batchtopk" else 1), p
+        assert 0 <= p["mmcs"] <= 1
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
+    r = subprocess.run(run + ["--only", "scaling", "--merge"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    merged = json.loads((tmp_path / "results.json").read_text())
+    assert merged["frontier"] == res and "scaling" in merged
+    assert [run["sections"] for run in merged["runs"]] == [["frontier"], ["scaling"]]
+    assert "quality frontier" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_keep_other_peers_marks_rows_from_the_earlier_run():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from peers import PEERS, keep_other_peers
+
+    sparsify, saelens, dl = PEERS
+    new = {"planted": {"superpos": {"status": "ok"}, sparsify: {"status": "ok", "note": "new"}}}
+    old = {"planted": {"superpos": {"status": "ok", "note": "old"}, sparsify: {"note": "old"}, dl: {"note": "dl"},
+                       saelens: {"status": "failed", "note": "broke"}}}
+    keep_other_peers(new, old, "2026-01-01")
+    assert list(new["planted"]) == ["superpos", sparsify, saelens, dl]
+    assert new["planted"][sparsify]["note"] == "new" and new["planted"]["superpos"] == {"status": "ok"}
+    assert new["planted"][dl]["note"] == "dl; from the run of 2026-01-01"
+    assert new["planted"][saelens]["status"] == "failed"

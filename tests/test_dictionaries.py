@@ -64,6 +64,20 @@ def test_sparse_kernels_match_dense_autograd(selector):
         torch.testing.assert_close(gs, gd, rtol=1e-10, atol=1e-10)
     if selector == "batchtopk":
         assert mask.sum() == k * B and mask.sum(1).float().std() > 0  # variable per-row counts
+    # centred by b_dec: b_dec's gradient through the encoder (a GEMV in the sparse path) equals the dense one
+    b_dec = torch.randn(D, dtype=torch.float64, requires_grad=True)
+    x_c = (x - b_dec).detach()
+    pre = torch.addmm(b_enc, x_c, W_enc.T)
+    rows, cols, pre_nnz = (select_topk if selector == "topk" else select_batch_topk)(pre.detach(), k)
+    codes = sparse_encode(x_c, W_enc, b_enc, pre, rows, cols, pre_nnz, b_dec_D=b_dec)
+    grads_sparse = torch.autograd.grad((sparse_decode(codes, W_dec) + b_dec - target).pow(2).sum(),
+                                       (W_enc, b_enc, W_dec, b_dec))
+    mask = torch.zeros(B, Fn, dtype=torch.bool)
+    mask[rows, cols] = True
+    dense = torch.relu(torch.addmm(b_enc, x - b_dec, W_enc.T)) * mask
+    grads_dense = torch.autograd.grad((dense @ W_dec + b_dec - target).pow(2).sum(), (W_enc, b_enc, W_dec, b_dec))
+    for gs, gd in zip(grads_sparse, grads_dense):
+        torch.testing.assert_close(gs, gd, rtol=1e-10, atol=1e-10)
 
 
 def test_batchtopk_threshold_gives_l0_k(planted):

@@ -61,12 +61,14 @@ def encoder_pre(x_BD: torch.Tensor, W_enc_FD: torch.Tensor, b_enc_F: torch.Tenso
 
 
 class _SparseEncode(torch.autograd.Function):
-    """vals = (x @ W_encᵀ + b_enc)[rows, cols], with a backward that touches only the selected pairs."""
+    """vals = ((x − b_dec) @ W_encᵀ + b_enc)[rows, cols], with a backward that touches only the selected pairs.
+    ``x_c_BD`` is the centred input x − b_dec; ``b_dec_D`` (or None) gets the gradient the centring passes on:
+    −Σ_rows ∂/∂x_c = −(∂/∂b_enc) @ W_enc, one (latents × d) GEMV instead of a per-row gather."""
 
     @staticmethod
-    def forward(ctx, x_BD, W_enc_FD, b_enc_F, rows, cols, pre_nnz):
+    def forward(ctx, x_c_BD, W_enc_FD, b_enc_F, rows, cols, pre_nnz, b_dec_D):
         """Autograd forward (see the class docstring)."""
-        ctx.save_for_backward(x_BD, W_enc_FD, rows, cols)
+        ctx.save_for_backward(x_c_BD, W_enc_FD, rows, cols)
         return pre_nnz.clone()
 
     @staticmethod
@@ -74,26 +76,29 @@ class _SparseEncode(torch.autograd.Function):
         """Autograd backward: the straight-through gradient (see the class docstring)."""
         x_BD, W_enc_FD, rows, cols = ctx.saved_tensors
         B, Fn = x_BD.shape[0], W_enc_FD.shape[0]
-        g_nnz = g_nnz.contiguous()
-        grad_x = grad_W = grad_b = None
+        grad_x = grad_W = grad_b = grad_b_dec = None
         # under autocast the codes (and g) may be bf16 while weights are fp32: compute in the weights' dtype
-        g_nnz = g_nnz.to(W_enc_FD.dtype)
+        g_nnz = g_nnz.contiguous().to(W_enc_FD.dtype)
         if ctx.needs_input_grad[0]:
             grad_x = F.embedding_bag(cols, W_enc_FD, _offsets(rows, B), mode="sum", per_sample_weights=g_nnz)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[1]:
             order = torch.argsort(cols, stable=True)
-            c_sorted = cols[order]
-            grad_W = F.embedding_bag(rows[order], x_BD.to(W_enc_FD.dtype), _offsets(c_sorted, Fn), mode="sum",
+            grad_W = F.embedding_bag(rows[order], x_BD.to(W_enc_FD.dtype), _offsets(cols[order], Fn), mode="sum",
                                      per_sample_weights=g_nnz[order])
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[6]:
             grad_b = torch.zeros(Fn, dtype=g_nnz.dtype, device=g_nnz.device).index_add_(0, cols, g_nnz)
-        return grad_x, grad_W, grad_b, None, None, None
+            if ctx.needs_input_grad[6]:
+                grad_b_dec = -(grad_b @ W_enc_FD)
+        return grad_x, grad_W, grad_b, None, None, None, grad_b_dec
 
 
-def sparse_encode(x_BD, W_enc_FD, b_enc_F, pre_BF, rows, cols, pre_nnz=None) -> SparseCodes:
+def sparse_encode(x_BD, W_enc_FD, b_enc_F, pre_BF, rows, cols, pre_nnz=None, b_dec_D=None) -> SparseCodes:
     """Pre-activations at the selected pairs (``pre_nnz``, or read off ``pre_BF``), ReLU'd, as
-    :class:`SparseCodes` (differentiable with respect to x, W_enc and b_enc)."""
+    :class:`SparseCodes` (differentiable with respect to x, W_enc and b_enc). With ``b_dec_D``, ``x_BD`` is the
+    input already centred by it (x − b_dec) and b_dec receives the centring's gradient: pass the centred input
+    without grad then, so no (batch × d) gradient is formed for it."""
     pre_nnz = pre_BF.detach()[rows, cols] if pre_nnz is None else pre_nnz.detach()
-    vals = _SparseEncode.apply(x_BD, W_enc_FD, b_enc_F, rows, cols, pre_nnz)
+    vals = _SparseEncode.apply(x_BD, W_enc_FD, b_enc_F, rows, cols, pre_nnz, b_dec_D)
     return SparseCodes(rows, cols, F.relu(vals), _offsets(rows, x_BD.shape[0]), x_BD.shape[0])
 
 

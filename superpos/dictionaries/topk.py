@@ -16,18 +16,18 @@ class _SparseSelectSAE(SparseAutoencoder):
         raise NotImplementedError
 
     def _train_forward(self, s: dict, x: torch.Tensor, dead: torch.Tensor) -> dict:
-        x_c = x - s["b_dec"]
         with torch.no_grad():
+            x_c = x - s["b_dec"]  # b_dec's gradient through the encoder comes from sparse_encode
             buf = getattr(self, "_pre_buffer", None)
             if buf is None or buf.shape != (x.shape[0], s["W_enc"].shape[0]) or buf.device != x.device:
                 buf = self._pre_buffer = torch.empty(x.shape[0], s["W_enc"].shape[0], dtype=x.dtype, device=x.device)
             pre = encoder_pre(x_c, s["W_enc"], s["b_enc"], buf)  # read only within this step
         rows, cols, pre_nnz = self._select(pre)
-        codes = sparse_encode(x_c, s["W_enc"], s["b_enc"], pre, rows, cols, pre_nnz)
+        codes = sparse_encode(x_c, s["W_enc"], s["b_enc"], pre, rows, cols, pre_nnz, s["b_dec"])
         x_hat = sparse_decode(codes, s["W_dec"]) + s["b_dec"]
         loss = _reconstruction_terms(x, x_hat)
         loss = self._with_aux(loss, x, x_hat, pre, dead, s["W_dec"],
-                              lambda r, c: sparse_encode(x_c, s["W_enc"], s["b_enc"], pre, r, c))
+                              lambda r, c: sparse_encode(x_c, s["W_enc"], s["b_enc"], pre, r, c, b_dec_D=s["b_dec"]))
         fired = cols[codes.vals.detach() > 0]
         counts = torch.bincount(fired, minlength=s["W_dec"].shape[0])
         return {"loss": loss, "x_hat": x_hat.detach(), "l0": fired.numel() / x.shape[0], "counts": counts}

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .. import distributed, interrupts
+from ..device import keep_freed_memory
 from ..errors import SuperposError
 from ..integrity import load_checkpoint
 from .base import BaseDictionary, check_finite
@@ -141,6 +142,8 @@ class SparseAutoencoder(BaseDictionary):
         src = rows_from(X, layer)
         self._check_params(src.d_model)
         dev = self._device()
+        if dev.type == "cpu":
+            keep_freed_memory()
         self._forget_stream()
         val = None
         if self.n_tokens is None and src.in_memory:
