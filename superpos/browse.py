@@ -206,9 +206,7 @@ def browse(cfg: BrowseConfig) -> dict:
     W_dec_FD = torch.as_tensor(dic.components_, dtype=torch.float32).to(lm.device)
     W_E_VD = lm.W_E_VD.detach().float()
     W_U_VD = lm.W_U_VD.detach().float()
-    norm_w = getattr(lm.final_norm, "weight", None)
-    up_i, up_v, down_i, down_v = logit_effects(W_dec_FD, W_U_VD, None if norm_w is None else norm_w.detach().float(),
-                                               cfg.n_tokens)
+    up_i, up_v, down_i, down_v = logit_effects(W_dec_FD, W_U_VD, lm.output_gain_D().to(W_U_VD.device), cfg.n_tokens)
     atoms = unit_rows(W_dec_FD.cpu().numpy())
     atom_index = faiss.IndexFlatIP(atoms.shape[1])
     atom_index.add(atoms)

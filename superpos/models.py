@@ -94,6 +94,26 @@ class LoadedModel:
         """The unembedding matrix (vocabulary × d_model)."""
         return self.model.get_output_embeddings().weight
 
+    def output_gain_D(self) -> torch.Tensor:
+        """The final norm's per-dimension gain γ (float32 on the CPU; ones without a final norm), read off the norm
+        itself: for x of ±1 with mean 0 (one 0 when the width is odd), RMSNorm gives γ⊙x/RMS(x) and LayerNorm
+        γ⊙x/RMS(x) + β, so γ = RMS(x)·(N(x) − N(−x)) / 2x. This covers norms that store γ − 1 (Gemma's RMSNorm
+        multiplies by 1 + weight). The logits read γ ⊙ W_U: those are the directions the output sees."""
+        D = self.d_model
+        if self.final_norm is None:
+            return torch.ones(D)
+        p = next(self.final_norm.parameters(), None)
+        x = torch.ones(D, device=self.device)
+        x[1::2] = -1
+        if D % 2:
+            x[-1] = 0
+        probes = torch.stack([x, x.roll(1)])  # the odd width's 0 sits elsewhere in the second probe
+        probes = probes.to(p.dtype if p is not None else torch.float32)
+        with torch.no_grad():
+            g = (self.final_norm(probes) - self.final_norm(-probes)).float() / (2 * probes.float())
+        g = g * x.pow(2).mean().sqrt()
+        return torch.where(probes[0] != 0, g[0], g[1]).cpu()
+
     def check_layers(self, layers) -> list[int]:
         """The sorted distinct ``layers``, refused in one line when one is out of range."""
         layers = sorted(set(int(layer) for layer in layers))

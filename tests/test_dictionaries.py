@@ -10,7 +10,8 @@ from superpos.dictionaries import (PCA, BatchTopKSAE, JumpReLUSAE, NMF, ReLUSAE,
                                    save_dictionary)
 from superpos.integrity import load_checkpoint
 from superpos.dictionaries.io import export_saelens, load_saelens
-from superpos.dictionaries.sparse_ops import select_batch_topk, select_topk, sparse_decode, sparse_encode
+from superpos.dictionaries.sparse_ops import (aux_k_loss, dense_pairs, select_batch_topk, select_topk, sparse_decode,
+                                              sparse_encode)
 from superpos.errors import SuperposError
 from superpos.metrics import fvu
 
@@ -37,6 +38,26 @@ def test_topk_recovers_planted_atoms_and_beats_pca(planted):
     pca = PCA(n_components=5).fit(x)
     assert fvu(x, sae.reconstruct(x)) < 0.5 * fvu(x, pca.reconstruct(x))
     assert sae.score(x) == pytest.approx(1 - fvu(x, sae.reconstruct(x)), abs=1e-4)
+
+
+
+def test_aux_k_loss_matches_a_dense_reference():
+    """AuxK: each row's k_aux most active dead latents reconstruct the main error, over its variance."""
+    torch.manual_seed(1)
+    B, D, Fn, k_aux = 32, 8, 40, 3
+    pre = torch.randn(B, Fn, dtype=torch.float64, requires_grad=True)
+    W_dec = torch.randn(Fn, D, dtype=torch.float64)
+    x, x_hat = torch.randn(B, D, dtype=torch.float64), torch.randn(B, D, dtype=torch.float64)
+    dead = torch.zeros(Fn, dtype=torch.bool)
+    dead[[1, 5, 6, 17, 30, 39]] = True
+    got = aux_k_loss(x, x_hat, pre, dead, k_aux, W_dec, lambda r, c: dense_pairs(pre, r, c))
+    masked = pre.masked_fill(~dead, float("-inf"))
+    idx = masked.topk(k_aux, dim=1).indices
+    codes = torch.zeros(B, Fn, dtype=torch.float64).scatter(1, idx, torch.relu(pre.gather(1, idx)))
+    e = x - x_hat
+    want = (codes @ W_dec - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean()
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    assert aux_k_loss(x, x_hat, pre, dead, 100, W_dec, lambda r, c: dense_pairs(pre, r, c)).isfinite()  # k_aux > #dead
 
 
 @pytest.mark.parametrize("selector", ["topk", "batchtopk"])

@@ -118,8 +118,9 @@ def aux_k_loss(x_BD: torch.Tensor, x_hat_BD: torch.Tensor, pre_BF: torch.Tensor,
     """AuxK (Gao et al. 2024): the ``k_aux`` most active dead latents of each row reconstruct the main
     reconstruction's error, normalised by the error's variance. ``codes_at(rows, cols)`` returns the
     (differentiable) :class:`SparseCodes` at the selected pairs."""
-    k_aux = min(k_aux, int(dead_F.sum()))
-    rows, cols, _ = select_topk(pre_BF.detach().masked_fill(~dead_F, float("-inf")), k_aux)
+    dead_idx = dead_F.nonzero()[:, 0]  # select among the dead columns only: no (batch × latents) copy
+    rows, sub_cols, _ = select_topk(pre_BF.detach().index_select(1, dead_idx), min(k_aux, len(dead_idx)))
+    cols = dead_idx[sub_cols]
     e = (x_BD - x_hat_BD).detach()
     e_hat = sparse_decode(codes_at(rows, cols), W_dec_FD)
     return (e_hat - e).pow(2).sum(-1).mean() / (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)

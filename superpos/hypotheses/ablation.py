@@ -1,0 +1,154 @@
+"""The causal test of hypothesis 2: project a per-position subspace out of the residual mid-stack and measure
+what the next-token loss loses.
+
+If the stream borrows the directions of tokens that are near-impossible in context for its computation, then
+removing, at one middle layer, the few near-impossible directions it writes most strongly toward should cost
+more loss than removing equally many directions chosen in ways that cannot be repurposing:
+
+* ``near_impossible_top``: the ``rank`` near-impossible tokens (final probability < ``unlikely``, every token
+  already in the context excluded) whose output directions the centred residual projects on most — the tokens
+  the hypothesis says are borrowed;
+* ``other_context``: the tokens the same rule picks for a position of another context (same selection, same
+  marginal distribution of directions, not this context's);
+* ``near_impossible_random``: ``rank`` near-impossible tokens drawn at random;
+* ``likely``: the ``rank`` tokens the model finds most probable at the output (what removal of output-relevant
+  directions costs);
+* ``random_directions``: ``rank`` isotropic random unit vectors.
+
+Directions are rows of γ ⊙ W_U (what the logits read; ``LoadedModel.output_gain_D``) or of raw W_E. Each
+subspace is orthonormalised per position (QR) and projected out of the residual at ``layer`` at every position
+≥ ``min_pos`` (the attention sink is left alone); the loss change is the mean next-token NLL per context, ablated
+minus clean, so confidence intervals resample contexts.
+"""
+from __future__ import annotations
+
+import sys
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import SuperposError
+
+SETS = ("near_impossible_top", "other_context", "near_impossible_random", "likely", "random_directions")
+
+
+class AblationResult(NamedTuple):
+    """Per-context loss changes of projecting each subspace out at one layer."""
+
+    layer: int
+    rank: int
+    basis: str  # "output" (γ ⊙ W_U) or "embedding" (W_E)
+    sets: tuple[str, ...]
+    clean_nll_C: np.ndarray  # (contexts,) mean next-token NLL, nats
+    delta_nll_CS: np.ndarray  # (contexts, sets) ablated − clean, nats per token
+
+    def delta(self, name: str) -> np.ndarray:
+        """The per-context loss change of one set."""
+        return self.delta_nll_CS[:, self.sets.index(name)]
+
+
+def project_out(resid_BTD: torch.Tensor, Q_BTRD: torch.Tensor) -> torch.Tensor:
+    """The residual minus its projection on each position's subspace (rows of ``Q`` orthonormal; R may be 0)."""
+    Q_BTRD = Q_BTRD.to(resid_BTD.dtype)
+    coef_BTR = torch.einsum("btd,btrd->btr", resid_BTD, Q_BTRD)
+    return resid_BTD - torch.einsum("btr,btrd->btd", coef_BTR, Q_BTRD)
+
+
+def orthonormal_rows(dirs_BTRD: torch.Tensor) -> torch.Tensor:
+    """Orthonormal rows (float64) spanning each position's R directions (reduced QR; R ≤ D)."""
+    if dirs_BTRD.shape[-2] == 0:
+        return dirs_BTRD.double()
+    Q, _ = torch.linalg.qr(dirs_BTRD.transpose(-1, -2).double())
+    return Q.transpose(-1, -2)
+
+
+def context_tokens_mask(tok_BT: torch.Tensor, n_vocab: int) -> torch.Tensor:
+    """(B, T, V) bool: token v occurs in the context at or before position t."""
+    B, T = tok_BT.shape
+    seen = torch.zeros(B, T, n_vocab, dtype=torch.bool, device=tok_BT.device)
+    seen.scatter_(2, tok_BT[..., None], True)
+    return seen.cummax(1).values
+
+
+def choose_subspaces(resid_BTD: torch.Tensor, logp_BTV: torch.Tensor, tok_BT: torch.Tensor, dirs_VD: torch.Tensor,
+                     rank: int, unlikely: float, gen: torch.Generator, min_pos: int = 1) -> dict[str, torch.Tensor]:
+    """Each set's (B, T, rank, D) directions (module docstring). ``dirs_VD``: unit token directions."""
+    B, T, D = resid_BTD.shape
+    if B < 2:
+        raise SuperposError("the other-context subspace needs at least 2 contexts per batch")
+    near = (logp_BTV < np.log(unlikely)) & ~context_tokens_mask(tok_BT, logp_BTV.shape[-1])
+    if int(near[:, min_pos:].sum(-1).min()) < rank:
+        raise SuperposError(f"a position has fewer than rank={rank} near-impossible tokens; lower the rank or raise "
+                            f"the unlikely threshold ({unlikely})")
+    x = resid_BTD.float()
+    x = x - x[:, min_pos:].reshape(-1, D).mean(0)  # centred: the common direction of every residual is no one's
+    proj = x @ dirs_VD.T  # (B, T, V)
+    top = proj.masked_fill(~near, float("-inf")).topk(rank, dim=-1).indices
+    draw = torch.rand(near.shape, generator=gen).to(near.device).masked_fill(~near, -1.0)
+    idx = {"near_impossible_top": top,
+           "other_context": top.roll(1, dims=0),
+           "near_impossible_random": draw.topk(rank, dim=-1).indices,
+           "likely": logp_BTV.topk(rank, dim=-1).indices}
+    out = {name: dirs_VD[i] for name, i in idx.items()}
+    rand = torch.randn(B, T, rank, D, generator=gen).to(resid_BTD.device)
+    out["random_directions"] = rand / rand.norm(dim=-1, keepdim=True)
+    return {name: out[name] for name in SETS}
+
+
+def token_directions(lm, basis: str = "output") -> torch.Tensor:
+    """Unit token directions: rows of γ ⊙ W_U ("output", what the logits read) or of W_E ("embedding")."""
+    if basis == "output":
+        W = lm.W_U_VD.detach().float() * lm.output_gain_D().to(lm.W_U_VD.device)
+    elif basis == "embedding":
+        W = lm.W_E_VD.detach().float()
+    else:
+        raise SuperposError(f"unknown basis '{basis}' (expected output or embedding)")
+    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _nll_per_context(logits_BTV: torch.Tensor, tok_BT: torch.Tensor, min_pos: int) -> torch.Tensor:
+    """Mean next-token NLL per context over predictions made at positions ≥ min_pos."""
+    logp = F.log_softmax(logits_BTV[:, min_pos:-1].float(), -1)
+    return -logp.gather(-1, tok_BT[:, min_pos + 1:, None])[..., 0].mean(1)
+
+
+def subspace_ablation(lm, tokens_NC: np.ndarray, layer: int, rank: int, *, unlikely: float = 1e-6,
+                      basis: str = "output", min_pos: int = 1, batch_size: int = 4, seed: int = 0,
+                      progress: bool = True) -> AblationResult:
+    """Project each set's rank-``rank`` subspace out of the residual at ``layer`` (module docstring) and return
+    the per-context loss change. ``rank`` 0 is the empty subspace: every change is exactly 0."""
+    from tqdm import tqdm
+
+    lm.check_layers([layer])
+    if not 0 <= rank <= lm.d_model:
+        raise SuperposError(f"rank {rank} outside 0..{lm.d_model}")
+    dirs_VD = token_directions(lm, basis)
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.as_tensor(np.asarray(tokens_NC), dtype=torch.long)
+    clean, deltas = [], []
+    with torch.inference_mode():
+        for i in tqdm(range(0, len(tokens), batch_size), desc=f"ablation L{layer}", unit="batch", file=sys.stderr,
+                      disable=not progress):
+            tok = tokens[i:i + batch_size].to(lm.device)
+            with lm.capture([layer]) as cap:
+                logits = lm.model(tok).logits
+            nll0 = _nll_per_context(logits, tok, min_pos)
+            subspaces = choose_subspaces(cap[layer], F.log_softmax(logits.float(), -1), tok, dirs_VD, rank, unlikely,
+                                         gen, min_pos)
+            del logits
+            row = []
+            for name in SETS:
+                Q = orthonormal_rows(subspaces[name])
+
+                def ablate(resid, Q=Q):  # in float64: what is left must be ~0, as the next norm rescales it
+                    new = project_out(resid.double(), Q).to(resid.dtype)
+                    new[:, :min_pos] = resid[:, :min_pos]
+                    return new
+                with lm.splice(layer, ablate):
+                    row.append(_nll_per_context(lm.model(tok).logits, tok, min_pos) - nll0)
+            clean.append(nll0.cpu())
+            deltas.append(torch.stack(row, 1).cpu())
+    return AblationResult(layer, rank, basis, SETS, torch.cat(clean).double().numpy(),
+                          torch.cat(deltas).double().numpy())
