@@ -45,7 +45,7 @@ def project_decoder_grad_(W_dec_FD: torch.Tensor) -> None:
     """Remove from each atom's gradient its component along the atom, so the step stays tangent to the unit
     sphere the atoms live on (in place, on ``W_dec_FD.grad``)."""
     g = W_dec_FD.grad
-    g.addcmul_(torch.linalg.vecdot(g, W_dec_FD).unsqueeze(1), W_dec_FD, value=-1)  # no (latents × d) temporaries
+    g.addcmul_(torch.linalg.vecdot(g, W_dec_FD).unsqueeze(1), W_dec_FD, value=-1)  # in place: one temporary fewer
 
 
 @torch.no_grad()

@@ -28,9 +28,9 @@ from .sparse_ops import aux_k_loss, dense_pairs
 from .sources import RowSource, rows_from
 
 from .train_run import (CHECKPOINT, DEFAULT_LR, DENSE_FRACTION, FIXED_BUDGET_WARMUP,  # noqa: F401 (re-exported)
-                        FIXED_BUDGET_WARMUP_FRACTION, MIN_EVAL_STEPS, WARMUP_FRACTION, _adam, _Convergence, _hold_out, _last_good,
-                        _Meter, _Schedule, _SHOWN, _TrainRun, geometric_median, project_decoder_grad_,
-                        renormalise_decoder_)
+                        FIXED_BUDGET_WARMUP_FRACTION, MIN_EVAL_STEPS, WARMUP_FRACTION, _adam, _Convergence,
+                        _hold_out, _last_good, _Meter, _Schedule, _SHOWN, _TrainRun, geometric_median,
+                        project_decoder_grad_, renormalise_decoder_)
 
 
 class SparseAutoencoder(BaseDictionary):
