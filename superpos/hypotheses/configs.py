@@ -109,8 +109,8 @@ class RepurposingConfig:
     per_context: int = setting(48, "positions sampled per context", parse="positive_int")
     unlikely: float = setting(1e-6, "final probability below which a token is near-impossible", parse="probability")
     likely: float = setting(1e-2, "final probability from which a token is likely", parse="probability")
-    exclude_recent: int = setting(8, "leave the last N input tokens out of the near-impossible group",
-                                  parse="nonneg_int")
+    exclude_recent: int = setting(0, "leave the last N input tokens out of the near-impossible group (0: every "
+                                     "token of the context so far)", parse="nonneg_int")
     z_high: float = setting(5.0, "z threshold for counting strong pushes", parse="float")
     lens: str | None = setting(None, "folder of a saved tuned lens; empty: train one into OUT/tuned_lens")
     lens_steps: int = setting(300, "tuned-lens training steps (when no --lens)", parse="positive_int")
@@ -120,6 +120,15 @@ class RepurposingConfig:
                            parse="control")
     control_alpha: float = setting(1.0, "size of the planted vector, as a multiple of the residual norm",
                                    parse="positive_float")
+    select_fraction: float = setting(0.5, "share of the contexts that chooses the verdict's layer; the verdict is "
+                                          "tested on the others", parse="probability")
+    power_alphas: list[float] = setting(help="planted push sizes (× residual norm) for the power curve at the "
+                                             "chosen layer", parse="unit_list",
+                                        factory=lambda: [0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
+    power_draws: int = setting(10, "draws per size for the power curve (0: no power curve)", parse="nonneg_int")
+    ablation_rank: int = setting(16, "rank of the subspaces projected out at the chosen layer (0: no ablation)",
+                                 parse="nonneg_int")
+    ablation_contexts: int = setting(16, "held-out contexts for the causal ablation", parse="positive_int")
     n_boot: int = _n_boot()
     seed: int = _seed()
     device: str = _device()

@@ -5,7 +5,8 @@ and removed before the output. Method, nulls and reading in docs/repurposing.md.
 residual layer l and sampled position p (attention-sink position 0 left out):
 
 * groups from the model's own final distribution at p: near-impossible U(p) (prob < ``unlikely``,
-  minus the last ``exclude_recent`` input tokens, whose embeddings the stream carries anyway), likely
+  minus every token of the context so far — or the last ``exclude_recent`` — whose embeddings, and with tied
+  embeddings their unembeddings, the stream carries anyway), likely
   L(p) (prob ≥ ``likely``);
 * standardised projection z_lpt = (r_lp − μ_l)·û_t / σ_lt, û_t the unit unembedding row, σ_lt² = û_tᵀ Σ_l û_t:
   under a Gaussian null with the layer's mean and covariance every z is N(0, 1), whatever the
@@ -37,7 +38,7 @@ import torch
 from ..errors import ConfigError, SuperposError
 from ..stats import cluster_band, cluster_interval
 from .configs import RepurposingConfig
-from .results import DictionaryView, GroupSizes, PairedTokens, RepurposingResult
+from .results import AblationView, DictionaryView, GroupSizes, PairedTokens, PowerView, RepurposingResult
 from .token_stats import token_groups, token_statistics
 
 CONTROLS = ("none", "positive", "negative")
@@ -107,7 +108,7 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
     from ..residuals import contexts_from_corpus, sample_residuals
     from .lenses import TunedLens, compare_lenses, final_logprobs
     from .reports.repurposing import write_report
-    from .verdicts import repurposing as verdict
+    from .verdicts import repurposing as verdict, repurposing_layer
 
     if not 0 < cfg.unlikely < cfg.likely < 1:
         raise ConfigError("likely", f"need 0 < unlikely ({cfg.unlikely}) < {{field}} ({cfg.likely}) < 1")
@@ -138,13 +139,18 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
     # token-direction statistics at every layer -------------------------------------------------------
     t0 = time.perf_counter()
     logp = final_logprobs(lm, sample)
-    U, L = token_groups(logp, cfg.unlikely, cfg.likely, sample.recent_tokens(cfg.exclude_recent))
+    U, L = token_groups(logp, cfg.unlikely, cfg.likely, sample.recent_tokens(cfg.exclude_recent or cfg.context_length))
     del logp
     group_sizes = GroupSizes(near_impossible_mean=float(U.sum(1).float().mean()),
                              likely_mean=float(L.sum(1).float().mean()), vocab=int(U.shape[1]))
     ts = token_statistics(lm, sample, U, L, lens, cfg)
     timings["token_stats_s"] = time.perf_counter() - t0
     ctx, paired = sample.ctx_P, ts.paired
+    sel = selection_mask(ctx, cfg.select_fraction, cfg.seed)  # these contexts choose the layer; the others test it
+    held = ~sel if sel.any() else np.ones(len(ctx), dtype=bool)
+
+    def bands(mask, keys):
+        return {k: cluster_band(ts.curves[k][mask], ctx[mask], n_boot=cfg.n_boot, seed=cfg.seed) for k in keys}
     paired_tokens = PairedTokens(
         n_tokens=[len(u) for u in paired["unlikely"]],
         unlikely=[cluster_interval(u, np.arange(len(u)), n_boot=cfg.n_boot, seed=cfg.seed) for u in paired["unlikely"]],
@@ -154,8 +160,19 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
         n_positions=sample.n_positions, n_contexts=int(len(np.unique(ctx))),
         control_layers=list(control_layers(lm.n_layers)), lenses=lenses, group_sizes=group_sizes,
         layers=sample.layers, off_layers=ts.off_layers,
-        curves={k: cluster_band(v, ctx, n_boot=cfg.n_boot, seed=cfg.seed) for k, v in ts.curves.items()},
-        null_peak_sd=ts.null_peak_sd, paired_tokens=paired_tokens)
+        curves=bands(held, ts.curves), null_peak_sd=ts.null_peak_sd, paired_tokens=paired_tokens,
+        selection_contexts=int(len(np.unique(ctx[sel]))),
+        selection_curves=bands(sel, ("effect", "excess_tokens")) if sel.any() else None)
+    layer = res.off_layers[repurposing_layer(res)]
+    test = sample.subset(held)
+    if cfg.power_draws:
+        t0 = time.perf_counter()
+        res.power = layer_power(lm, test, U[torch.from_numpy(held)], L[torch.from_numpy(held)], ts, layer, cfg)
+        timings["power_s"] = time.perf_counter() - t0
+    if cfg.ablation_rank:
+        t0 = time.perf_counter()
+        res.ablation = layer_ablation(lm, tokens_NC[np.unique(test.ctx_P)[:cfg.ablation_contexts]], layer, cfg)
+        timings["ablation_s"] = time.perf_counter() - t0
     res.verdict = verdict(res)
     if dictionary is not None:
         res.dictionary = dictionary_alignment(dictionary, sample, U, L, ts.tok_VD, ts.shuffle, cfg)
@@ -163,6 +180,47 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
     res.save(out)
     write_report(res, out)
     return res
+
+
+def selection_mask(ctx_P: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Positions of the contexts that choose the verdict's layer: ``fraction`` of the whole contexts, at random
+    (seeded); none when there are fewer than 4 contexts (the layer is then chosen and tested on all)."""
+    ctx = np.unique(ctx_P)
+    if len(ctx) < 4:
+        return np.zeros(len(ctx_P), dtype=bool)
+    n = min(len(ctx) - 2, max(2, int(round(fraction * len(ctx)))))
+    return np.isin(ctx_P, np.random.default_rng(seed).permutation(ctx)[:n])
+
+
+def layer_power(lm, test, U_PV, L_PV, ts, layer: int, cfg: RepurposingConfig) -> PowerView:
+    """The power curve of criterion (i) at ``layer`` on the held-out positions (``power.power_curve``)."""
+    from tqdm import tqdm
+
+    from .power import power_curve
+    from .token_stats import shuffle_contexts
+
+    with tqdm(total=len(cfg.power_alphas) * cfg.power_draws, desc=f"power at layer {layer}", file=sys.stderr) as bar:
+        pc = power_curve(test.at(layer), test.at(lm.n_layers), U_PV, L_PV, ts.tok_VD, ts.rand_VD,
+                         shuffle_contexts(test.ctx_P), test.ctx_P, test.pos_P, cfg.power_alphas, layer=layer,
+                         draws=cfg.power_draws, z_high=cfg.z_high, n_boot=min(cfg.n_boot, 200), seed=cfg.seed,
+                         progress=bar)
+    return PowerView(layer=layer, alphas=pc.alphas, rate=pc.rate, draws=pc.draws, power=pc.power,
+                     min_detectable=pc.min_detectable, positions=test.n_positions)
+
+
+def layer_ablation(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConfig) -> AblationView:
+    """The causal subspace ablation at ``layer`` (``ablation.subspace_ablation``) with CIs over contexts."""
+    from .ablation import subspace_ablation
+
+    ab = subspace_ablation(lm, tokens_NC, layer, cfg.ablation_rank, unlikely=cfg.unlikely, seed=cfg.seed)
+    units = np.arange(len(tokens_NC))
+
+    def ci(v):
+        return cluster_interval(v, units, n_boot=cfg.n_boot, seed=cfg.seed)
+    top = ab.delta("near_impossible_top")
+    return AblationView(layer=layer, rank=ab.rank, basis=ab.basis, n_contexts=len(tokens_NC),
+                        clean_nll=float(ab.clean_nll_C.mean()), delta={k: ci(ab.delta(k)) for k in ab.sets},
+                        top_minus={k: ci(top - ab.delta(k)) for k in ab.sets if k != "near_impossible_top"})
 
 
 def _load_sae(path: str, lm):

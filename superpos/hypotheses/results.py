@@ -227,6 +227,34 @@ class DictionaryView:
 
 
 @dataclass(kw_only=True)
+class PowerView:
+    """Detection rate of criterion (i) against a planted push toward each position's own near-impossible token
+    (``power.power_curve``), on the held-out contexts at the chosen layer."""
+
+    layer: int
+    alphas: list[float]
+    rate: list[float]
+    draws: int
+    power: float
+    min_detectable: float | None  # the smallest planted size detected at ``power`` (None: none of those run)
+    positions: int
+
+
+@dataclass(kw_only=True)
+class AblationView:
+    """Loss change of projecting rank-``rank`` subspaces out at ``layer`` (``ablation.subspace_ablation``), per
+    subspace, with CIs over contexts; ``top_minus`` pairs the near-impossible-top change with each other's."""
+
+    layer: int
+    rank: int
+    basis: str
+    n_contexts: int
+    clean_nll: float
+    delta: dict[str, Interval]
+    top_minus: dict[str, Interval]
+
+
+@dataclass(kw_only=True)
 class RepurposingVerdict(Verdict):
     """The repurposing verdict and the numbers it rests on (at the peak mid-stack layer)."""
 
@@ -237,6 +265,8 @@ class RepurposingVerdict(Verdict):
     raw_z: float
     final_z: float
     drop: list[float]  # [mean, lo, hi]
+    held_out: bool = False  # layer chosen on one half of the contexts, tested on the other
+    min_detectable: float | None = None  # from the power curve, when one was run
 
 
 @dataclass(kw_only=True)
@@ -259,6 +289,10 @@ class RepurposingResult(Result):
     null_peak_sd: list[float]
     paired_tokens: PairedTokens
     dictionary: DictionaryView | None = None
+    selection_contexts: int = 0  # contexts that chose the layer (``curves`` are then on the others)
+    selection_curves: dict[str, Band] | None = None  # effect and token excess on those contexts
+    power: PowerView | None = None
+    ablation: AblationView | None = None
 
 
 # the seed experiments' results, re-exported

@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SuperposError
+from .ablation import token_directions
 from .configs import RepurposingConfig
+from .dense_use import group_use, matched_groups
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -72,14 +74,17 @@ def off_output_part(R_PD: torch.Tensor, final_PD: torch.Tensor, ridge: float = 1
 
 def layer_stats(R_PD: torch.Tensor, final_PD: torch.Tensor | None, U_PV: torch.Tensor, L_PV: torch.Tensor,
                 tok_VD: torch.Tensor, rand_VD: torch.Tensor, shuffle: np.ndarray, z_high: float, seed: int,
-                lens_fn=None, likely: float = 1e-2, chunk: int = 512) -> dict[str, np.ndarray]:
+                lens_fn=None, likely: float = 1e-2, chunk: int = 512, dense_dirs: dict | None = None,
+                dense_groups: dict | None = None) -> dict[str, np.ndarray]:
     """Every per-position statistic of one layer (see the module docstring).
 
     The repurposing statistics (peak*, n_high*, top_token) use the off-output part of the residual
     (``off_output_part(R, final)``; the raw centred residual when ``final_PD`` is None). ``raw_z`` and the
     per-token sums (``tok_*``, length V, for the paired null) use the raw centred residual.
     ``shuffle[p]`` is the position whose groups are paired with residual p in the shuffled null;
-    ``lens_fn(h_PD) -> log-probs`` adds the lens view.
+    ``lens_fn(h_PD) -> log-probs`` adds the lens view. ``dense_dirs`` ({basis: unit directions (V, D)}) with
+    ``dense_groups`` (``dense_use.matched_groups``) add the dense-use contrasts on the same off-output part:
+    ``dense_{push|energy}_{basis}_{group}`` = the near-impossible group's value minus that group's.
     """
     P, D = R_PD.shape
     dev = tok_VD.device
@@ -127,6 +132,13 @@ def layer_stats(R_PD: torch.Tensor, final_PD: torch.Tensor | None, U_PV: torch.T
             out["lens_hits_S"][sl] = (hit & U_shuf).sum(1).cpu().numpy()
             out["lens_hits_G"][sl] = ((lens_fn(G_raw[sl] + mu) >= np.log(likely)) & U).sum(1).cpu().numpy()
     out.update({k: v.numpy() for k, v in sums.items()})
+    if dense_dirs:
+        for basis, dirs in dense_dirs.items():
+            use = group_use(X, dirs, dense_groups, chunk)
+            for stat, by_group in use.items():
+                for name, v in by_group.items():
+                    if name != "near_impossible":
+                        out[f"dense_{stat}_{basis}_{name}"] = by_group["near_impossible"] - v
     return out
 
 
@@ -165,6 +177,7 @@ class TokenStats(NamedTuple):
     null_peak_sd: list[float]  # spread of the Gaussian null's peak per off-output layer
     paired: dict[str, list[np.ndarray]]  # per layer: per-token mean z where near-impossible / likely
     tok_VD: torch.Tensor  # unit unembedding rows
+    rand_VD: torch.Tensor  # the random unit directions of the (Q) null
     shuffle: np.ndarray  # the context shuffle of the (S) null
 
 
@@ -180,6 +193,8 @@ def token_statistics(lm, sample, U_PV, L_PV, lens, cfg: RepurposingConfig) -> To
     rand_VD = torch.randn(tok_VD.shape, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(tok_VD.device)
     rand_VD = rand_VD / rand_VD.norm(dim=1, keepdim=True)
     shuffle = shuffle_contexts(sample.ctx_P)
+    dense_dirs = {basis: token_directions(lm, basis) for basis in ("output", "embedding")}
+    dense_groups = matched_groups(U_PV, L_PV, shuffle, seed=cfg.seed)
     per_layer: dict[str, list] = {}
     paired = {"unlikely": [], "likely": []}
     n = lm.n_layers
@@ -189,7 +204,8 @@ def token_statistics(lm, sample, U_PV, L_PV, lens, cfg: RepurposingConfig) -> To
             with torch.no_grad():
                 return F.log_softmax(lens_logits(lm, h, layer, lens), -1)
         st = layer_stats(sample.resid_LPD[j], final_PD if layer < n else None, U_PV, L_PV, tok_VD, rand_VD, shuffle,
-                         cfg.z_high, cfg.seed + layer, lens_fn=lens_fn, likely=cfg.likely)
+                         cfg.z_high, cfg.seed + layer, lens_fn=lens_fn, likely=cfg.likely, dense_dirs=dense_dirs,
+                         dense_groups=dense_groups)
         for k, v in st.items():
             if not k.startswith("tok_"):
                 per_layer.setdefault(k, []).append(v)
@@ -209,6 +225,7 @@ def token_statistics(lm, sample, U_PV, L_PV, lens, cfg: RepurposingConfig) -> To
         "raw_z": arr["raw_z"][:, off], "final_z": arr["final_z"][:, off],
         "drop": (arr["raw_z"] - arr["final_z"])[:, off],
         "lens_hits": arr["lens_hits"], "lens_hits_G": arr["lens_hits_G"], "lens_hits_S": arr["lens_hits_S"],
+        **{k: v[:, off] for k, v in arr.items() if k.startswith("dense_")},
     }
     return TokenStats(curves, [sample.layers[i] for i in off], arr["peak_G"][:, off].std(0).tolist(), paired,
-                      tok_VD, shuffle)
+                      tok_VD, rand_VD, shuffle)

@@ -22,10 +22,11 @@ def write_report(res: RepurposingResult, out: Path) -> Path:
     x = res.layers
     rep.heading("Setup")
     g = res.group_sizes
+    removed = f"the last {cfg.exclude_recent} input tokens" if cfg.exclude_recent else "every token of the context so far"
     rep.text(f"{res.n_positions:,} positions from {res.n_contexts} contexts of {cfg.context_length} tokens "
              f"(position 0, the attention sink, left out); residual layers {x[0]}–{x[-1]}. Near-impossible: final "
              f"probability < {cfg.unlikely:g} (on average {g.near_impossible_mean:,.0f} of {g.vocab:,} tokens "
-             f"per position, after removing the last {cfg.exclude_recent} input tokens); likely: ≥ {cfg.likely:g} "
+             f"per position, after removing {removed}); likely: ≥ {cfg.likely:g} "
              f"({g.likely_mean:.1f} per position). z = standardised projection on the unit unembedding row "
              f"under the layer's own mean and covariance; z_high = {cfg.z_high:g}.")
     if cfg.control != "none":
@@ -35,6 +36,12 @@ def write_report(res: RepurposingResult, out: Path) -> Path:
         rep.text(f"Control: every position ≥ 1 gets {cfg.control_alpha:g} × |r| along {direction} added at residual "
                  f"layer {a} and subtracted at layer {b}.")
     _effect_section(rep, res)
+    if res.power is not None:
+        _power_section(rep, res)
+    if any(k.startswith("dense_") for k in res.curves):
+        _dense_section(rep, res)
+    if res.ablation is not None:
+        _ablation_section(rep, res)
     _paired_section(rep, res)
     rep.heading("Lens view")
     add_lens_section(rep, res.lenses, res.layers)
@@ -52,7 +59,10 @@ def _effect_section(rep: Report, res: RepurposingResult) -> None:
     cfg, xo, C = res.config, res.off_layers, res.curves
     rep.heading("Effect per layer")
     rep.text("Statistics on the off-output part of each layer's residual (what the final residual does not "
-             "predict linearly; the last layer has none, so it is left out here).")
+             "predict linearly; the last layer has none, so it is left out here)."
+             + (f" The verdict's layer was chosen on {res.selection_contexts} of the {res.n_contexts} contexts; every "
+                f"curve and CI here is on the other {res.n_contexts - res.selection_contexts}."
+                if res.selection_curves is not None else ""))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     band(ax, xo, C["effect"], "effect (tokens − random dirs)", lw=2)
     band(ax, xo, C["excess_tokens"], "real − Gaussian null, token dirs")
@@ -87,6 +97,81 @@ def _effect_section(rep: Report, res: RepurposingResult) -> None:
                "tokens the stream pushes toward beyond z_high. Right: rise and fall — the favoured near-impossible "
                "token's projection at its layer and at the output")
 
+
+
+def _power_section(rep: Report, res: RepurposingResult) -> None:
+    """Detection rate of criterion (i) against the planted push size, with the minimum detectable size."""
+    import matplotlib.pyplot as plt
+
+    pw = res.power
+    rep.heading("What the test can see: power")
+    rep.text(f"On the held-out positions ({pw.positions:,}) at layer {pw.layer}, each position ≥ 1 gets α × ‖r − μ‖ "
+             f"along the direction of one of its own near-impossible tokens (drawn anew per position and draw; the "
+             f"output untouched), and criterion (i) is run exactly as on the real residuals; {pw.draws} draws per "
+             f"size. " + (f"{100 * pw.power:.0f} % power from α ≈ {pw.min_detectable:.3g}: a push of this kind at "
+                          f"least that large would have been found." if pw.min_detectable is not None else
+                          f"No size run reaches {100 * pw.power:.0f} % power."))
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(pw.alphas, pw.rate, "o-", label="detection rate of (i)")
+    ax.axhline(pw.power, color="k", lw=0.8, ls="--", label=f"{100 * pw.power:.0f} % power")
+    if pw.min_detectable is not None:
+        ax.axvline(pw.min_detectable, color="r", lw=0.8, label=f"minimum detectable α ≈ {pw.min_detectable:.3g}")
+    ax.set(xscale="log", xlabel="planted push α (× residual norm)", ylabel="share of draws detected", ylim=(-0.02, 1.02))
+    ax.legend(fontsize=8)
+    rep.figure(fig, "power_curve.png", "Power curve of criterion (i) at the verdict's layer")
+    rep.table(["α", "detected"], [[a, f"{100 * r:.0f} %"] for a, r in zip(pw.alphas, pw.rate)])
+
+
+def _dense_section(rep: Report, res: RepurposingResult) -> None:
+    """Dense use: the near-impossible group's mean push and energy minus matched groups', per layer."""
+    import matplotlib.pyplot as plt
+
+    xo, C = res.off_layers, res.curves
+    rep.heading("Dense use: the whole group, not its strongest token")
+    rep.text("Mean standardised projection (push) and mean squared projection (energy) of the off-output residual over "
+             "all of a position's near-impossible tokens, minus the same over another context's near-impossible group "
+             "at the same slot, a random token set of the same expected size, and the likely tokens; token directions "
+             "as the output reads them (γ ⊙ W_U) and as the input writes them (W_E). Above 0: the stream leans into "
+             "this context's near-impossible tokens as a group. 95% CIs over contexts.")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    for ax, stat in zip(axes, ("push", "energy")):
+        for basis in ("output", "embedding"):
+            for group in ("other_context", "random_same_size"):
+                key = f"dense_{stat}_{basis}_{group}"
+                if key in C:
+                    band(ax, xo, C[key], f"{basis} dirs, vs {group.replace('_', ' ')}")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set(xlabel="residual layer", ylabel=f"near-impossible {stat} − matched group's")
+        ax.legend(fontsize=7)
+    rep.figure(fig, "dense_use.png", "Dense use by layer: the near-impossible group against matched groups")
+    i = res.off_layers.index(res.verdict.peak_layer) if res.verdict is not None else len(xo) // 2
+    rows = []
+    for stat in ("push", "energy"):
+        for basis in ("output", "embedding"):
+            for group in ("other_context", "random_same_size", "likely"):
+                key = f"dense_{stat}_{basis}_{group}"
+                if key in C:
+                    b = C[key]
+                    rows.append([stat, basis, group.replace("_", " "), b.mean[i], f"{b.lo[i]:+.4f} to {b.hi[i]:+.4f}"])
+    rep.table([f"at layer {xo[i]}", "directions", "minus", "mean", "95% CI"], rows)
+
+
+def _ablation_section(rep: Report, res: RepurposingResult) -> None:
+    """The causal test: loss change when each subspace is projected out at the verdict's layer."""
+    ab = res.ablation
+    rep.heading("Causal test: projecting the subspace out")
+    rep.text(f"At layer {ab.layer}, at every position after the sink, a rank-{ab.rank} subspace is projected out of "
+             f"the residual and the next-token loss measured on {ab.n_contexts} held-out contexts (clean "
+             f"{ab.clean_nll:.3f} nats/token). near_impossible_top: the {ab.rank} near-impossible tokens (none of the "
+             f"context's own) the residual projects on most; other_context: what that rule picks at the same slot of "
+             f"another context; near_impossible_random: {ab.rank} near-impossible tokens at random; likely: the model's "
+             f"{ab.rank} most probable next tokens; random_directions: isotropic. Directions: {ab.basis} "
+             f"({'γ ⊙ W_U' if ab.basis == 'output' else 'W_E'}). If the stream borrows the favoured near-impossible "
+             f"directions, removing them costs more than removing another context's.")
+    rows = [[k, ab.delta[k].mean, f"{ab.delta[k].lo:+.4f} to {ab.delta[k].hi:+.4f}",
+             "" if k not in ab.top_minus else f"{ab.top_minus[k].mean:+.4f} [{ab.top_minus[k].lo:+.4f}, "
+                                              f"{ab.top_minus[k].hi:+.4f}]"] for k in ab.delta]
+    rep.table(["subspace", "Δ loss (nats/token)", "95% CI", "near_impossible_top minus this"], rows)
 
 
 def _paired_section(rep: Report, res: RepurposingResult) -> None:
