@@ -184,11 +184,11 @@ def repurposing(res: R.RepurposingResult) -> R.RepurposingVerdict:
     supported = present and removed
     L = layers[i]
     held = res.selection_curves is not None
-    chosen = (f"chosen on {res.selection_contexts} contexts, tested on the other {res.n_contexts - res.selection_contexts}"
-              if held else "chosen and tested on the same contexts")
+    chosen = (f", chosen on {res.selection_contexts} contexts, tested on the other "
+              f"{res.n_contexts - res.selection_contexts}" if held else "")  # results from before the split: as they were
     lines = [
         f"(i) Mid-stack weight on near-impossible tokens: at layer {L} (best of layers {layers[mid[0]]}–"
-        f"{layers[mid[-1]]}, {chosen}), in the part of the residual the output does not predict, the strongest push "
+        f"{layers[mid[-1]]}{chosen}), in the part of the residual the output does not predict, the strongest push "
         f"toward a near-impossible token beats a covariance-matched Gaussian by {tok.mean:+.2f} null SDs (95% CI "
         f"{tok.lo:+.2f} to {tok.hi:+.2f}), and by {peak.mean:+.2f} more than random directions do (95% CI {peak.lo:+.2f} "
         f"to {peak.hi:+.2f}; {peak.mean / max(sd, 1e-9):+.2f} × the null peak's spread) "
