@@ -12,6 +12,8 @@ Each kind is asked for an L0 the way it takes one: TopK/BatchTopK ``k``, JumpReL
 """
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -48,29 +50,76 @@ def planted_setup(quick: bool) -> dict:
     return {"rows": n, "d": d, "atoms": n_feat, "k": k, "latents": 8 * d, "held_out": 5000}
 
 
-def planted_frontier(l0s: list[int], quick: bool) -> list[dict]:
+class RowCache:
+    """Rows already measured, kept in a JSON-lines file as each is made, so an interrupted frontier resumes where it
+    stopped. A row's key names the settings it was made with and the git tree of ``superpos/dictionaries`` (a change
+    there measures everything again); without git, or with ``path`` None, nothing is cached."""
+
+    def __init__(self, path: Path | None, version: str | None = None):
+        self.tree = self._dictionaries_tree() if version is None else version
+        self.path = path if self.tree else None
+        self.rows = {}
+        if self.path is not None and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill
+                    continue
+                self.rows[item["key"]] = item["value"]
+
+    @staticmethod
+    def _dictionaries_tree() -> str:
+        """The git tree of superpos/dictionaries at HEAD; "" when git is missing or the folder has local changes."""
+        root = Path(__file__).resolve().parents[1]
+        try:
+            tree = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD:superpos/dictionaries"], capture_output=True,
+                                  text=True, timeout=30).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "superpos/dictionaries"],
+                                   capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return "" if dirty else tree
+
+    def get(self, key: str, compute):
+        key = f"{self.tree}/{key}"
+        if key in self.rows:
+            return self.rows[key]
+        value = compute()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            cut = self.path.exists() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n")
+            with open(self.path, "a") as f:  # after a line cut short by a kill, start a new one
+                f.write(("\n" if cut else "") + json.dumps({"key": key, "value": value}, default=float) + "\n")
+        self.rows[key] = value
+        return value
+
+
+def planted_frontier(l0s: list[int], quick: bool, cache: RowCache) -> list[dict]:
     """Every kind at each L0 on a planted set (``planted_setup``): held-out FVU, L0, MMCS."""
     from superpos.surrogates import planted_superposition
 
-    n, d, n_feat, k = (planted_setup(quick)[key] for key in ("rows", "d", "atoms", "k"))
+    setup = planted_setup(quick)
+    n, d, n_feat, k = (setup[key] for key in ("rows", "d", "atoms", "k"))
     x, atoms = planted_superposition(n + 5000, d, n_feat, k, noise=0.01, seed=0)
     train, test = x[:n], x[n:]
-    out = []
-    for kind in KINDS:
-        for l0 in l0s:
-            t0 = time.perf_counter()
-            dic = make(kind, l0, d, expansion=512 / 64, nmf_expansion=512 / 64, n_tokens=20_000 if quick else None,
-                       nmf_iter=10 if quick else 150)
-            dic.fit(train)
-            err, got = _fvu_l0(dic, test)
-            rec = recovery(atoms, np.asarray(dic.components_))
-            out.append({"kind": kind, "target_l0": l0, "l0": got, "fvu": err, **rec, "seconds": time.perf_counter() - t0})
-            print(f"[frontier] planted {kind} L0 {l0}: got {got:.1f}, FVU {err:.3f}, MMCS {rec['mmcs']:.3f} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    return out
+
+    def measure(kind, l0):
+        t0 = time.perf_counter()
+        dic = make(kind, l0, d, expansion=512 / 64, nmf_expansion=512 / 64, n_tokens=20_000 if quick else None,
+                   nmf_iter=10 if quick else 150)
+        dic.fit(train)
+        err, got = _fvu_l0(dic, test)
+        rec = recovery(atoms, np.asarray(dic.components_))
+        row = {"kind": kind, "target_l0": l0, "l0": got, "fvu": err, **rec, "seconds": time.perf_counter() - t0}
+        print(f"[frontier] planted {kind} L0 {l0}: got {got:.1f}, FVU {err:.3f}, MMCS {rec['mmcs']:.3f} "
+              f"({row['seconds']:.0f} s)", flush=True)
+        return row
+    return [cache.get(f"planted/{json.dumps(setup, sort_keys=True)}/{kind}/{l0}", lambda: measure(kind, l0))
+            for kind in KINDS for l0 in l0s]
 
 
-def real_frontier(store_path: Path, layer: int, l0s: list[int], quick: bool, ce_contexts: int) -> list[dict]:
+def real_frontier(store_path: Path, layer: int, l0s: list[int], quick: bool, ce_contexts: int,
+                  cache: RowCache) -> list[dict]:
     """Every kind at each L0 on a store's layer: fitted on the first ⅞ of its contexts, measured on the rest."""
     from superpos.metrics import evaluate_dictionaries
     from superpos.models import load_model
@@ -84,9 +133,13 @@ def real_frontier(store_path: Path, layer: int, l0s: list[int], quick: bool, ce_
         d = rows.shape[1]
         nmf_rows = rows[np.random.default_rng(0).permutation(len(rows))[:4096 if quick else 16384]]
         held = store.restrict(split, store.n_rows)
-        lm = load_model(store.attrs.get("model_spec", "default"), device="cpu") if ce_contexts else None
-        for kind in KINDS:
-            dicts, secs = {}, {}
+        lm = None
+
+        def measure(kind):
+            nonlocal lm
+            if lm is None and ce_contexts:
+                lm = load_model(store.attrs.get("model_spec", "default"), device="cpu")
+            dicts, secs, rows_out = {}, {}, []
             for l0 in l0s:
                 t0 = time.perf_counter()
                 dic = make(kind, l0, d, expansion=2 if quick else 8, nmf_expansion=1 if quick else 2,
@@ -95,21 +148,29 @@ def real_frontier(store_path: Path, layer: int, l0s: list[int], quick: bool, ce_
                 dicts[f"{kind}@{l0}"], secs[l0] = dic, time.perf_counter() - t0
             for l0, r in zip(l0s, evaluate_dictionaries(dicts, held, layer, lm=lm, ce_contexts=ce_contexts,
                                                         progress=False)):
-                out.append({"kind": kind, "target_l0": l0, "l0": r.l0, "fvu": r.fvu, "ce_recovered": r.ce_loss_recovered,
-                            "n_components": r.n_components, "dead": r.dead_fraction, "seconds": secs[l0]})
+                rows_out.append({"kind": kind, "target_l0": l0, "l0": r.l0, "fvu": r.fvu,
+                                 "ce_recovered": r.ce_loss_recovered, "n_components": r.n_components,
+                                 "dead": r.dead_fraction, "seconds": secs[l0]})
                 print(f"[frontier] real {kind} L0 {l0}: got {r.l0:.1f}, FVU {r.fvu:.3f}, CE recovered "
                       f"{r.ce_loss_recovered if r.ce_loss_recovered is not None else float('nan'):.3f} "
                       f"({secs[l0]:.0f} s)", flush=True)
+            return rows_out
+        setup = f"{store_path.name}/L{layer}/{quick}/{ce_contexts}/{l0s}"
+        for kind in KINDS:
+            out += cache.get(f"real/{setup}/{kind}", lambda: measure(kind))
     return out
 
 
-def run_frontier(quick: bool, store_path: Path | None, layer: int = 15) -> dict:
+def run_frontier(quick: bool, store_path: Path | None, layer: int = 15, cache_path: Path | None = None) -> dict:
+    """The frontier section's numbers. With ``cache_path``, rows measured by an interrupted run are reused
+    (``RowCache``)."""
+    cache = RowCache(cache_path)
     l0s = [4, 8] if quick else [8, 16, 32, 64]
     res = {"planted_l0s": [2, 3] if quick else [3, 5, 10, 20], "real_l0s": l0s}
     res["planted_setup"] = planted_setup(quick)
-    res["planted"] = planted_frontier(res["planted_l0s"], quick)
+    res["planted"] = planted_frontier(res["planted_l0s"], quick, cache)
     if store_path is not None:
-        res["real"] = real_frontier(store_path, layer, l0s, quick, ce_contexts=0 if quick else 16)
+        res["real"] = real_frontier(store_path, layer, l0s, quick, 0 if quick else 16, cache)
         res["layer"] = layer
     return res
 

@@ -564,7 +564,8 @@ def main() -> int:
     if "frontier" in only:
         from frontier import run_frontier
 
-        res["frontier"] = run_frontier(args.quick, None if args.quick else real_store())
+        res["frontier"] = run_frontier(args.quick, None if args.quick else real_store(),
+                                       cache_path=None if args.quick else real_store().parent / "frontier_rows.jsonl")
     if "harvest" in only:
         res["harvest"] = bench_harvest(args.quick)
     if "stream" in only:

@@ -2,7 +2,7 @@
 
 Regenerates docs/results/repurposing (the main run) when called without arguments:
 
-    python experiments/repurposing.py                       # -> docs/results/repurposing
+    python experiments/repurposing.py                       # -> docs/results/repurposing (6 power draws per size)
     python experiments/repurposing.py --control positive --lens docs/results/repurposing/tuned_lens --out ...
 """
 import sys
@@ -10,5 +10,5 @@ import sys
 from superpos.cli import main
 
 if __name__ == "__main__":
-    args = sys.argv[1:] or ["--out", "docs/results/repurposing"]
+    args = sys.argv[1:] or ["--out", "docs/results/repurposing", "--power-draws", "6"]
     sys.exit(main(["run", "repurposing", *args]))

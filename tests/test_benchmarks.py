@@ -56,3 +56,25 @@ def test_keep_other_peers_marks_rows_from_the_earlier_run():
     assert new["planted"][sparsify]["note"] == "new" and new["planted"]["superpos"] == {"status": "ok"}
     assert new["planted"][dl]["note"] == "dl; from the run of 2026-01-01"
     assert new["planted"][saelens]["status"] == "failed"
+
+
+def test_frontier_rows_survive_an_interrupted_run(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from frontier import RowCache
+
+    calls = []
+
+    def compute(v):
+        calls.append(v)
+        return {"fvu": v}
+    path = tmp_path / "rows.jsonl"
+    first = RowCache(path, version="t1")
+    assert first.get("a", lambda: compute(0.5)) == {"fvu": 0.5} and first.get("a", lambda: compute(9)) == {"fvu": 0.5}
+    with open(path, "a") as f:
+        f.write('{"key": "t1/b", "val')  # a line cut short by a kill
+    again = RowCache(path, version="t1")
+    assert again.get("a", lambda: compute(9)) == {"fvu": 0.5} and calls == [0.5]  # read back, not measured again
+    assert again.get("b", lambda: compute(0.7)) == {"fvu": 0.7}  # the cut line is measured again
+    assert RowCache(path, version="t2").get("a", lambda: compute(0.1)) == {"fvu": 0.1}  # other code: measured again
+    assert calls == [0.5, 0.7, 0.1]
+    assert RowCache(path, version="t1").get("b", lambda: compute(5)) == {"fvu": 0.7} and calls == [0.5, 0.7, 0.1]
