@@ -67,7 +67,8 @@ def test_subspaces_follow_their_definitions(peaked_llama):
     with torch.no_grad(), lm.capture([2]) as cap:
         logp = F.log_softmax(lm.model(tok).logits.float(), -1)
     dirs = token_directions(lm)
-    subs = choose_subspaces(cap[2], logp, tok, dirs, 4, 1e-4, torch.Generator().manual_seed(0))
+    subs, ok = choose_subspaces(cap[2], logp, tok, dirs, 4, 1e-4, torch.Generator().manual_seed(0))
+    assert bool(ok[:, 1:].all())
     assert list(subs) == list(SETS) and all(v.shape == (3, 16, 4, lm.d_model) for v in subs.values())
     as_token = {name: (subs[name] @ dirs.T).argmax(-1) for name in SETS if name != "random_directions"}
     seen = context_tokens_mask(tok, logp.shape[-1])
@@ -105,6 +106,8 @@ def test_bad_ablation_inputs_are_one_line_errors(peaked_llama):
     lm = load_model(str(peaked_llama), device="cpu")
     with pytest.raises(SuperposError, match="rank"):
         subspace_ablation(lm, _tokens(2), 3, lm.d_model + 1, progress=False)
+    few = subspace_ablation(lm, _tokens(2), 3, 4, unlikely=1e-30, progress=False)  # no token is that unlikely
+    assert np.all(few.delta_nll_CS == 0) and few.skipped_positions == 2 * 23  # every position left alone
     with pytest.raises(SuperposError, match="2 contexts"):
         subspace_ablation(lm, _tokens(1), 3, 2, unlikely=1e-4, progress=False)
     with pytest.raises(SuperposError, match="basis"):

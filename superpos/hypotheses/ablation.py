@@ -43,6 +43,7 @@ class AblationResult(NamedTuple):
     sets: tuple[str, ...]
     clean_nll_C: np.ndarray  # (contexts,) mean next-token NLL, nats
     delta_nll_CS: np.ndarray  # (contexts, sets) ablated − clean, nats per token
+    skipped_positions: int = 0  # positions with fewer than ``rank`` near-impossible tokens, left alone by every set
 
     def delta(self, name: str) -> np.ndarray:
         """The per-context loss change of one set."""
@@ -74,14 +75,12 @@ def context_tokens_mask(tok_BT: torch.Tensor, n_vocab: int) -> torch.Tensor:
 
 def choose_subspaces(resid_BTD: torch.Tensor, logp_BTV: torch.Tensor, tok_BT: torch.Tensor, dirs_VD: torch.Tensor,
                      rank: int, unlikely: float, gen: torch.Generator, min_pos: int = 1) -> dict[str, torch.Tensor]:
-    """Each set's (B, T, rank, D) directions (module docstring). ``dirs_VD``: unit token directions."""
+    """Each set's (B, T, rank, D) directions (module docstring), and the (B, T) mask of positions that have at least
+    ``rank`` near-impossible tokens (the others are left alone by every set). ``dirs_VD``: unit token directions."""
     B, T, D = resid_BTD.shape
     if B < 2:
         raise SuperposError("the other-context subspace needs at least 2 contexts per batch")
     near = (logp_BTV < np.log(unlikely)) & ~context_tokens_mask(tok_BT, logp_BTV.shape[-1])
-    if int(near[:, min_pos:].sum(-1).min()) < rank:
-        raise SuperposError(f"a position has fewer than rank={rank} near-impossible tokens; lower the rank or raise "
-                            f"the unlikely threshold ({unlikely})")
     x = resid_BTD.float()
     x = x - x[:, min_pos:].reshape(-1, D).mean(0)  # centred: the common direction of every residual is no one's
     proj = x @ dirs_VD.T  # (B, T, V)
@@ -94,7 +93,7 @@ def choose_subspaces(resid_BTD: torch.Tensor, logp_BTV: torch.Tensor, tok_BT: to
     out = {name: dirs_VD[i] for name, i in idx.items()}
     rand = torch.randn(B, T, rank, D, generator=gen).to(resid_BTD.device)
     out["random_directions"] = rand / rand.norm(dim=-1, keepdim=True)
-    return {name: out[name] for name in SETS}
+    return {name: out[name] for name in SETS}, near.sum(-1) >= rank
 
 
 def token_directions(lm, basis: str = "output") -> torch.Tensor:
@@ -127,7 +126,7 @@ def subspace_ablation(lm, tokens_NC: np.ndarray, layer: int, rank: int, *, unlik
     dirs_VD = token_directions(lm, basis)
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.as_tensor(np.asarray(tokens_NC), dtype=torch.long)
-    clean, deltas = [], []
+    clean, deltas, skipped = [], [], 0
     with torch.inference_mode():
         for i in tqdm(range(0, len(tokens), batch_size), desc=f"ablation L{layer}", unit="batch", file=sys.stderr,
                       disable=not progress):
@@ -135,12 +134,13 @@ def subspace_ablation(lm, tokens_NC: np.ndarray, layer: int, rank: int, *, unlik
             with lm.capture([layer]) as cap:
                 logits = lm.model(tok).logits
             nll0 = _nll_per_context(logits, tok, min_pos)
-            subspaces = choose_subspaces(cap[layer], F.log_softmax(logits.float(), -1), tok, dirs_VD, rank, unlikely,
-                                         gen, min_pos)
+            subspaces, ok_BT = choose_subspaces(cap[layer], F.log_softmax(logits.float(), -1), tok, dirs_VD, rank,
+                                                unlikely, gen, min_pos)
             del logits
+            skipped += int((~ok_BT[:, min_pos:]).sum())
             row = []
             for name in SETS:
-                Q = orthonormal_rows(subspaces[name])
+                Q = orthonormal_rows(subspaces[name]) * ok_BT[..., None, None]  # too few near-impossible: no ablation
 
                 def ablate(resid, Q=Q):  # in float64: what is left must be ~0, as the next norm rescales it
                     new = project_out(resid.double(), Q).to(resid.dtype)
@@ -151,4 +151,4 @@ def subspace_ablation(lm, tokens_NC: np.ndarray, layer: int, rank: int, *, unlik
             clean.append(nll0.cpu())
             deltas.append(torch.stack(row, 1).cpu())
     return AblationResult(layer, rank, basis, SETS, torch.cat(clean).double().numpy(),
-                          torch.cat(deltas).double().numpy())
+                          torch.cat(deltas).double().numpy(), skipped)

@@ -220,7 +220,8 @@ def layer_ablation(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConfig
     top = ab.delta("near_impossible_top")
     return AblationView(layer=layer, rank=ab.rank, basis=ab.basis, n_contexts=len(tokens_NC),
                         clean_nll=float(ab.clean_nll_C.mean()), delta={k: ci(ab.delta(k)) for k in ab.sets},
-                        top_minus={k: ci(top - ab.delta(k)) for k in ab.sets if k != "near_impossible_top"})
+                        top_minus={k: ci(top - ab.delta(k)) for k in ab.sets if k != "near_impossible_top"},
+                        skipped_positions=ab.skipped_positions)
 
 
 def _load_sae(path: str, lm):

@@ -252,6 +252,7 @@ class AblationView:
     clean_nll: float
     delta: dict[str, Interval]
     top_minus: dict[str, Interval]
+    skipped_positions: int = 0  # with fewer than ``rank`` near-impossible tokens: left alone by every subspace
 
 
 @dataclass(kw_only=True)

@@ -167,7 +167,9 @@ def _ablation_section(rep: Report, res: RepurposingResult) -> None:
              f"another context; near_impossible_random: {ab.rank} near-impossible tokens at random; likely: the model's "
              f"{ab.rank} most probable next tokens; random_directions: isotropic. Directions: {ab.basis} "
              f"({'γ ⊙ W_U' if ab.basis == 'output' else 'W_E'}). If the stream borrows the favoured near-impossible "
-             f"directions, removing them costs more than removing another context's.")
+             f"directions, removing them costs more than removing another context's."
+             + (f" {ab.skipped_positions:,} positions with fewer than {ab.rank} near-impossible tokens were left alone "
+                f"by every subspace." if ab.skipped_positions else ""))
     rows = [[k, ab.delta[k].mean, f"{ab.delta[k].lo:+.4f} to {ab.delta[k].hi:+.4f}",
              "" if k not in ab.top_minus else f"{ab.top_minus[k].mean:+.4f} [{ab.top_minus[k].lo:+.4f}, "
                                               f"{ab.top_minus[k].hi:+.4f}]"] for k in ab.delta]
