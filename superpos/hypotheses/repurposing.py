@@ -39,7 +39,7 @@ from ..errors import ConfigError, SuperposError
 from ..stats import cluster_band, cluster_interval
 from .configs import RepurposingConfig
 from .results import AblationView, DictionaryView, GroupSizes, PairedTokens, PowerView, RepurposingResult
-from .token_stats import token_groups, token_statistics
+from .token_stats import shuffle_contexts, token_groups, token_statistics
 
 CONTROLS = ("none", "positive", "negative")
 
@@ -197,7 +197,6 @@ def layer_power(lm, test, U_PV, L_PV, ts, layer: int, cfg: RepurposingConfig) ->
     from tqdm import tqdm
 
     from .power import power_curve
-    from .token_stats import shuffle_contexts
 
     with tqdm(total=len(cfg.power_alphas) * cfg.power_draws, desc=f"power at layer {layer}", file=sys.stderr) as bar:
         pc = power_curve(test.at(layer), test.at(lm.n_layers), U_PV, L_PV, ts.tok_VD, ts.rand_VD,
