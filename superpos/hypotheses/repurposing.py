@@ -108,7 +108,7 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
     from ..residuals import contexts_from_corpus, sample_residuals
     from .lenses import TunedLens, compare_lenses, final_logprobs
     from .reports.repurposing import write_report
-    from .verdicts import repurposing as verdict, repurposing_layer
+    from .repurposing_verdict import repurposing as verdict, repurposing_layer
 
     if not 0 < cfg.unlikely < cfg.likely < 1:
         raise ConfigError("likely", f"need 0 < unlikely ({cfg.unlikely}) < {{field}} ({cfg.likely}) < 1")

@@ -1,0 +1,82 @@
+"""The repurposing verdict (hypothesis 2): which layer it tests, and how it reads its criteria and power curve.
+Re-exported by ``verdicts``, with every other experiment's verdict."""
+from __future__ import annotations
+
+from ..errors import SuperposError
+from . import results as R
+
+
+def mid_layers(layers: list[int], n_layers: int) -> list[int]:
+    """Indices into ``layers`` of the middle half of the stack (n/4 ≤ l ≤ 3n/4)."""
+    return [i for i, layer in enumerate(layers) if n_layers / 4 <= layer <= 3 * n_layers / 4]
+
+
+def repurposing_layer(res: R.RepurposingResult) -> int:
+    """Index into ``off_layers`` of the layer the verdict tests: the middle layer (n/4 .. 3n/4) where the smaller of
+    the effect and the token excess is largest, read on the selection contexts (``selection_curves``) when the run
+    split them, so that the layer is chosen on one set of contexts and tested on another."""
+    mid = mid_layers(res.off_layers, res.n_layers)
+    if not mid:
+        raise SuperposError("the verdict needs the middle layers (n/4 .. 3n/4)")
+    c = res.selection_curves or res.curves
+    # conservative: a layer counts by the smaller of its token excess and its excess beyond random directions
+    return max(mid, key=lambda j: min(c["effect"].mean[j], c["excess_tokens"].mean[j]))
+
+
+def repurposing(res: R.RepurposingResult) -> R.RepurposingVerdict:
+    """SUPPORTED when (i) the mid-stack excess over the Gaussian null, alone and beyond random directions, has its
+    CI above 0 and (ii) the favoured near-impossible token at the peak layer is pushed at most half as hard at the
+    output (paired drop with CI above 0). The layer is chosen on the selection contexts and the CIs read on the
+    held-out ones (``repurposing_layer``); with a power curve, "not found" is stated against the smallest planted
+    push it detects."""
+    layers, c = res.off_layers, res.curves
+    mid = mid_layers(layers, res.n_layers)
+    i = repurposing_layer(res)
+    peak, tok, drop = c["effect"].at(i), c["excess_tokens"].at(i), c["drop"].at(i)
+    raw, fin = c["raw_z"].mean[i], c["final_z"].mean[i]
+    sd = res.null_peak_sd[i]
+    present = peak.lo > 0 and tok.lo > 0
+    removed = raw > 0 and drop.lo > 0 and fin <= 0.5 * raw
+    supported = present and removed
+    L = layers[i]
+    held = res.selection_curves is not None
+    chosen = (f", chosen on {res.selection_contexts} contexts, tested on the other "
+              f"{res.n_contexts - res.selection_contexts}" if held else "")  # results from before the split: as they were
+    lines = [
+        f"(i) Mid-stack weight on near-impossible tokens: at layer {L} (best of layers {layers[mid[0]]}–"
+        f"{layers[mid[-1]]}{chosen}), in the part of the residual the output does not predict, the strongest push "
+        f"toward a near-impossible token beats a covariance-matched Gaussian by {tok.mean:+.2f} null SDs (95% CI "
+        f"{tok.lo:+.2f} to {tok.hi:+.2f}), and by {peak.mean:+.2f} more than random directions do (95% CI {peak.lo:+.2f} "
+        f"to {peak.hi:+.2f}; {peak.mean / max(sd, 1e-9):+.2f} × the null peak's spread) "
+        f"{'(both CIs above 0: yes)' if present else '(both CIs above 0: no)'}.",
+        f"(ii) Removed before the output: that token's standardised projection is {raw:+.2f} at layer {L} and "
+        f"{fin:+.2f} at the last layer (drop {drop.mean:+.2f}, 95% CI {drop.lo:+.2f} to {drop.hi:+.2f}) "
+        f"{'(falls to at most half, CI above 0: yes)' if removed else '(no)'}.",
+    ]
+    mde = res.power.min_detectable if res.power is not None else None
+    if res.power is not None:
+        pw = res.power
+        lines.append(f"Power at layer {pw.layer}: a push of α × ‖r‖ toward one of each position's own near-impossible "
+                     f"tokens is detected by (i) in " + ", ".join(f"{100 * r:.0f} % (α {a:g})"
+                                                                for a, r in zip(pw.alphas, pw.rate))
+                     + f" of {pw.draws} draws; " + (f"{100 * pw.power:.0f} % power from α ≈ {mde:.3g}." if mde is not None
+                                                    else f"none of these sizes reaches {100 * pw.power:.0f} % power."))
+    what = {"positive": "the planted positive control", "negative": "the planted negative control"}.get(
+        res.config.control, res.model)
+    span = f"{peak.mean:+.2f} [{peak.lo:+.2f}, {peak.hi:+.2f}]"
+    if supported:
+        head = (f"SUPPORTED for {what}: mid-stack residuals put extra weight on directions of tokens that are "
+                f"near-impossible in context, and it is gone by the output (layer {L}: effect {span} null SDs; the "
+                f"favoured token's z {raw:+.2f} → {fin:+.2f}).")
+    elif present:
+        head = (f"NOT SUPPORTED for {what}: mid-stack weight on near-impossible tokens exists (layer {L}, {span}) but "
+                f"it is not removed before the output (z {raw:+.2f} → {fin:+.2f}).")
+    else:
+        pct = f"{100 * res.power.power:.0f} %" if res.power is not None else ""
+        bound = (f"; no push of this kind larger than α ≈ {mde:.3g} × ‖r‖ is missed ({pct} power)" if mde is not None
+                 else f"; the power curve does not reach {pct} at any size run" if res.power is not None else "")
+        head = (f"NOT SUPPORTED for {what}: no mid-stack excess weight on near-impossible-token directions beyond "
+                f"the nulls (best layer {L}: {span} null SDs{bound}).")
+    return R.RepurposingVerdict(supported=supported, present=present, removed=removed, headline=head, criteria=lines,
+                                peak_layer=L, peak=[peak.mean, peak.lo, peak.hi], raw_z=raw, final_z=fin,
+                                drop=[drop.mean, drop.lo, drop.hi], held_out=held, min_detectable=mde)
