@@ -269,6 +269,8 @@ class SparseAutoencoder(BaseDictionary):
                 vars(run.convergence).update(ckpt["convergence"])
             run.since_fired = ckpt["since_fired"].to(dev)
             run.history, run.step = ckpt["history"], ckpt["step"]
+            if distributed.is_main():
+                print(f"superpos: resuming at step {run.step} of {total_steps} from {ckpt_path}", file=sys.stderr)
         return run
 
     def _train_step(self, run: "_TrainRun", x: torch.Tensor, step: int, batch: int) -> dict:
