@@ -141,6 +141,33 @@ class LoadedModel:
         with self._hook(layer, fn):
             yield
 
+    def component(self, block: int, which: str) -> nn.Module:
+        """The module of ``blocks[block]`` whose output the block adds to the residual: its attention (``"attn"``) or
+        its MLP (``"mlp"``). Where a norm follows them before the addition (Gemma 2/3), that norm."""
+        b = self.blocks[block]
+        gemma = hasattr(b, "pre_feedforward_layernorm")
+        names = {"attn": ("post_attention_layernorm",) if gemma else ("self_attn", "attn", "attention"),
+                 "mlp": ("post_feedforward_layernorm",) if gemma else ("mlp", "feed_forward")}.get(which)
+        if names is None:
+            raise SuperposError(f"unknown component '{which}' (choose from attn, mlp)")
+        for name in names:
+            if isinstance(getattr(b, name, None), nn.Module):
+                return getattr(b, name)
+        raise SuperposError(f"cannot find the {which} output of {type(b).__name__}")
+
+    @contextlib.contextmanager
+    def splice_component(self, block: int, which: str, fn: Callable[[torch.Tensor], torch.Tensor]):
+        """Within the block, what ``blocks[block]``'s attention or MLP adds to the residual is ``fn(its output)``."""
+        def post(module, args, output):
+            out = output[0] if isinstance(output, tuple) else output
+            new = fn(out)
+            return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+        handle = self.component(block, which).register_forward_hook(post)
+        try:
+            yield
+        finally:
+            handle.remove()
+
     @contextlib.contextmanager
     def _hook(self, layer: int, fn):
         """Register ``fn(resid) -> new resid | None`` at a residual layer."""

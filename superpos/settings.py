@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable
 
+#: planted controls of the repurposing experiment (superpos.hypotheses.mechanisms describes each)
+CONTROL_KINDS = ("none", "positive", "negative", "gamma", "subspace", "attn", "mlp", "gated")
+
 
 def setting(default=None, help: str = "", *, parse: str | None = None, flag: str | None = None, factory=None):
     """A config field: its one default, its help text, and optionally its parser and flag name."""
@@ -89,7 +92,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "layer_list": _list(int, lambda v: v >= 0, "layer numbers (0 or more)"),
     "positive_float_list": _list(float, lambda v: v > 0, "positive numbers"),
     "offset_list": _list(int, lambda v: abs(v) <= 16, "offsets between -16 and 16"),
-    "control": _choice("none", "positive", "negative"),
+    "control": _choice(*CONTROL_KINDS),
     "surrogate": _choice("none", "gaussian", "pc-shuffle", "planted"),
     "store_dtype": _choice("auto", "float16", "float32"),
     "model_dtype": _choice("float32", "bfloat16", "float16"),

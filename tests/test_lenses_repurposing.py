@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from superpos.hypotheses.lenses import TunedLens, compare_lenses, lens_logits, unembed
+from superpos.hypotheses.mechanisms import CONTROLS
 from superpos.hypotheses.repurposing import RepurposingConfig, run
 from superpos.hypotheses.token_stats import off_output_part, shuffle_contexts
 from superpos.models import load_model
@@ -65,6 +66,11 @@ def test_calibrated_run_flags_the_planted_control_and_not_the_nulls(peaked_llama
     assert table.count("| yes |") == 2 and "every control came out as it must" in table
     assert (tmp_path / "rep" / "controls" / "planted_token_directions" / "report.md").exists()
     assert pos.config.lens == str(tmp_path / "rep" / "tuned_lens")  # the real run's lens, reused
+    mech = {(r.control, r.alpha): r.detected for r in cal.real.mechanisms.rows}  # every planted control, side by side
+    assert {k for k, _ in mech} == set(CONTROLS) and len(mech) == 1 + 7 * len(cfg.mechanism_alphas)
+    assert not mech[("none", 0.0)] and not any(mech[("negative", a)] for a in cfg.mechanism_alphas)
+    assert mech[("positive", 0.5)]  # on the held-out 8 contexts at the chosen layer
+    assert "Planted mechanisms and negative controls" in (tmp_path / "rep" / "report.md").read_text()
 
 
 def test_off_output_part_removes_exactly_what_the_output_predicts():
@@ -111,3 +117,20 @@ def test_dictionary_view_runs_on_a_saved_sae(peaked_llama, tmp_path):
         for key in ("near_impossible", "near_impossible_shuffled", "likely", "likely_shuffled"):
             assert 0 <= getattr(d, key).mean[0] <= 1
     assert "Dictionary view" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_criterion_ii_null_reads_the_random_argmax_like_the_token_one():
+    """Without an output to regress on, the off-output part is the raw residual: the raw z of each argmax (token or
+    random direction) is then exactly its peak, which is what (ii) and its random-direction null compare."""
+    from superpos.hypotheses.token_stats import layer_stats
+
+    g = torch.Generator().manual_seed(0)
+    R = torch.randn(60, 8, generator=g)
+    tok = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=1)
+    rand = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=1)
+    U = torch.rand(60, 40, generator=g) < 0.5
+    U[:, 0] = True  # every position has a group
+    st = layer_stats(R, None, U, U, tok, rand, np.roll(np.arange(60), 6), 5.0, seed=0)
+    np.testing.assert_allclose(st["raw_z"], st["peak"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(st["raw_z_Q"], st["peak_Q"], rtol=1e-4, atol=1e-5)
+    assert all(U[p, st["top_rand"][p]] for p in range(60))

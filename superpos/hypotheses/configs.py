@@ -115,9 +115,11 @@ class RepurposingConfig:
     lens: str | None = setting(None, "folder of a saved tuned lens; empty: train one into OUT/tuned_lens")
     lens_steps: int = setting(300, "tuned-lens training steps (when no --lens)", parse="positive_int")
     dictionary: str | None = setting(None, "SAE folder for the dictionary view (its layer is read from its metadata)")
-    control: str = setting("none", "plant a control: token directions (positive) or random directions (negative) "
-                                   "written at layer n/3 and removed at 2n/3; one of none, positive, negative",
-                           parse="control")
+    control: str = setting("none", "plant a control written at layer n/3 and removed at 2n/3: token directions "
+                                   "(positive), random directions (negative), γ-scaled token directions (gamma), a "
+                                   "span of 4 tokens (subspace), token directions written by an attention or MLP "
+                                   "output (attn, mlp) or removed by a gate (gated); one of none, positive, negative, "
+                                   "gamma, subspace, attn, mlp, gated", parse="control")
     control_alpha: float = setting(1.0, "size of the planted vector, as a multiple of the residual norm",
                                    parse="positive_float")
     select_fraction: float = setting(0.5, "share of the contexts that chooses the verdict's layer; the verdict is "
@@ -129,6 +131,11 @@ class RepurposingConfig:
     ablation_rank: int = setting(16, "rank of the subspaces projected out at the chosen layer (0: no ablation)",
                                  parse="nonneg_int")
     ablation_contexts: int = setting(16, "held-out contexts for the causal ablation", parse="positive_int")
+    mechanism_alphas: list[float] = setting(help="sizes (× residual norm) at which every planted control (see "
+                                                 "--control) is run through criterion (i) at the chosen layer",
+                                            parse="unit_list", factory=lambda: [0.1, 0.25, 0.5])
+    mechanism_contexts: int = setting(16, "held-out contexts for the planted controls (0: none run)",
+                                      parse="nonneg_int")
     n_boot: int = _n_boot()
     seed: int = _seed()
     device: str = _device()

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..results import Interval
 from ..stats import cluster_interval
 from .token_stats import layer_stats
 
@@ -51,13 +52,19 @@ def plant_token_push(R_PD: torch.Tensor, U_PV: torch.Tensor, tok_VD: torch.Tenso
     return R + ok[:, None] * alpha * norm * tok_VD[t].to(R.device)
 
 
-def detected(st: dict, ctx_P: np.ndarray, n_boot: int, seed: int) -> bool:
-    """Criterion (i) of the repurposing verdict on one layer's statistics: the token excess over the Gaussian
-    null and the effect beyond random directions both have CIs above 0 (bootstrap over contexts)."""
+def criterion_i(st: dict, ctx_P: np.ndarray, n_boot: int, seed: int) -> tuple[Interval, Interval]:
+    """The two intervals of the repurposing verdict's criterion (i) on one layer's statistics (bootstrap over
+    contexts): the token excess over the Gaussian null, and that excess beyond random directions (the effect)."""
     excess = st["peak"] - st["peak_G"]
     effect = excess - (st["peak_Q"] - st["peak_GQ"])
-    return (cluster_interval(excess, ctx_P, n_boot=n_boot, seed=seed).lo > 0
-            and cluster_interval(effect, ctx_P, n_boot=n_boot, seed=seed).lo > 0)
+    return (cluster_interval(excess, ctx_P, n_boot=n_boot, seed=seed),
+            cluster_interval(effect, ctx_P, n_boot=n_boot, seed=seed))
+
+
+def detected(st: dict, ctx_P: np.ndarray, n_boot: int, seed: int) -> bool:
+    """Criterion (i) holds: both intervals of ``criterion_i`` are above 0."""
+    excess, effect = criterion_i(st, ctx_P, n_boot, seed)
+    return excess.lo > 0 and effect.lo > 0
 
 
 def minimum_detectable(alphas: list[float], rate: list[float], power: float) -> float | None:

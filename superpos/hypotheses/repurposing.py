@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,65 +37,14 @@ import torch
 from ..errors import ConfigError, SuperposError
 from ..stats import cluster_band, cluster_interval
 from .configs import RepurposingConfig
-from .results import AblationView, DictionaryView, GroupSizes, PairedTokens, PowerView, RepurposingResult
+from .mechanisms import CONTROLS, control_layers, detect, planted_control
+from .results import (AblationView, DictionaryView, GroupSizes, MechanismRow, MechanismsView, PairedTokens, PowerView,
+                      RepurposingResult)
 from .token_stats import shuffle_contexts, token_groups, token_statistics
-
-CONTROLS = ("none", "positive", "negative")
 
 
 def _say(msg: str) -> None:
     print(f"[repurposing] {msg}", file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------------------------------
-# controls
-# ------------------------------------------------------------------------------------------------------
-def control_layers(n_layers: int) -> tuple[int, int]:
-    """Residual layers where a planted control writes (a) and removes (b) its directions."""
-    a = max(1, round(n_layers / 3))
-    b = min(n_layers - 1, max(a + 1, round(2 * n_layers / 3)))
-    return a, b
-
-
-@contextmanager
-def planted_control(lm, kind: str, alpha: float = 1.0, seed: int = 0):
-    """Install the control hooks: at residual layer a add, at every position ≥ 1, ``alpha × |r|`` along a
-    direction drawn per position, and subtract exactly that vector at layer b.
-
-    ``positive``: the direction is the unembedding row of a uniformly random token — near-impossible in
-    almost every context, so this is repurposing by construction. ``negative``: a random unit vector of
-    the same norm that is not a token direction. ``none``: no hooks.
-    """
-    if kind not in CONTROLS:
-        raise SuperposError(f"unknown control '{kind}' (choose from {', '.join(CONTROLS)})")
-    if kind == "none":
-        yield
-        return
-    a, b = control_layers(lm.n_layers)
-    gen = torch.Generator().manual_seed(seed)
-    W_U = lm.W_U_VD.detach().float()
-    U_VD = W_U / W_U.norm(dim=1, keepdim=True)
-    state: dict = {}
-
-    def write(resid):
-        B, T, D = resid.shape
-        if kind == "positive":
-            dirs = U_VD[torch.randint(0, len(U_VD), (B, T), generator=gen)].to(resid.device)
-        else:
-            dirs = torch.randn(B, T, D, generator=gen).to(resid.device)
-            dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-        v = alpha * resid.float().norm(dim=-1, keepdim=True) * dirs
-        v[:, 0] = 0
-        state["v"] = v
-        return resid + v.to(resid.dtype)
-
-    def remove(resid):
-        return resid - state["v"].to(resid.dtype)
-
-    with ExitStack() as stack:
-        stack.enter_context(lm.splice(a, write))
-        stack.enter_context(lm.splice(b, remove))
-        yield
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -173,6 +121,10 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
         t0 = time.perf_counter()
         res.ablation = layer_ablation(lm, tokens_NC[np.unique(test.ctx_P)[:cfg.ablation_contexts]], layer, cfg)
         timings["ablation_s"] = time.perf_counter() - t0
+    if cfg.mechanism_contexts and cfg.mechanism_alphas:
+        t0 = time.perf_counter()
+        res.mechanisms = layer_mechanisms(lm, tokens_NC[np.unique(test.ctx_P)[:cfg.mechanism_contexts]], layer, cfg)
+        timings["mechanisms_s"] = time.perf_counter() - t0
     res.verdict = verdict(res)
     if dictionary is not None:
         res.dictionary = dictionary_alignment(dictionary, sample, U, L, ts.tok_VD, ts.shuffle, cfg)
@@ -221,6 +173,23 @@ def layer_ablation(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConfig
                         clean_nll=float(ab.clean_nll_C.mean()), delta={k: ci(ab.delta(k)) for k in ab.sets},
                         top_minus={k: ci(top - ab.delta(k)) for k in ab.sets if k != "near_impossible_top"},
                         skipped_positions=ab.skipped_positions)
+
+
+def layer_mechanisms(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConfig) -> MechanismsView:
+    """Every planted control at every ``mechanism_alphas`` size (``none`` once), through criterion (i) at ``layer``
+    — or at the controls' write layer when ``layer`` is outside the span they write (``mechanisms.detect``)."""
+    from tqdm import tqdm
+
+    a, b = control_layers(lm.n_layers)
+    at = layer if a <= layer < b else a
+    runs = [("none", 0.0)] + [(k, al) for k in CONTROLS if k != "none" for al in cfg.mechanism_alphas]
+    rows = []
+    for kind, alpha in tqdm(runs, desc=f"planted controls at layer {at}", file=sys.stderr):
+        d = detect(lm, tokens_NC, kind, alpha, at, per_context=cfg.per_context, unlikely=cfg.unlikely,
+                   likely=cfg.likely, exclude_recent=cfg.exclude_recent, z_high=cfg.z_high,
+                   n_boot=min(cfg.n_boot, 200), seed=cfg.seed)
+        rows.append(MechanismRow(control=kind, alpha=d.alpha, detected=d.detected, excess=d.excess, effect=d.effect))
+    return MechanismsView(layer=at, n_contexts=len(tokens_NC), rows=rows)
 
 
 def _load_sae(path: str, lm):

@@ -26,7 +26,8 @@ def repurposing_layer(res: R.RepurposingResult) -> int:
 def repurposing(res: R.RepurposingResult) -> R.RepurposingVerdict:
     """SUPPORTED when (i) the mid-stack excess over the Gaussian null, alone and beyond random directions, has its
     CI above 0 and (ii) the favoured near-impossible token at the peak layer is pushed at most half as hard at the
-    output (paired drop with CI above 0). The layer is chosen on the selection contexts and the CIs read on the
+    output (paired drop with CI above 0), and falls further than the same argmax taken over random directions does
+    (what selecting a maximum alone makes fall; CI above 0). The layer is chosen on the selection contexts and the CIs read on the
     held-out ones (``repurposing_layer``); with a power curve, "not found" is stated against the smallest planted
     push it detects."""
     layers, c = res.off_layers, res.curves
@@ -36,9 +37,12 @@ def repurposing(res: R.RepurposingResult) -> R.RepurposingVerdict:
     raw, fin = c["raw_z"].mean[i], c["final_z"].mean[i]
     sd = res.null_peak_sd[i]
     present = peak.lo > 0 and tok.lo > 0
-    removed = raw > 0 and drop.lo > 0 and fin <= 0.5 * raw
+    # against the same argmax over random directions (stored since the null was added; older results as they were)
+    null = c["drop_vs_null"].at(i) if "drop_vs_null" in c else None
+    removed = raw > 0 and drop.lo > 0 and fin <= 0.5 * raw and (null is None or null.lo > 0)
     supported = present and removed
     L = layers[i]
+    yes = f"(falls to at most half, CI{'' if null is None else 's'} above 0: yes)"
     held = res.selection_curves is not None
     chosen = (f", chosen on {res.selection_contexts} contexts, tested on the other "
               f"{res.n_contexts - res.selection_contexts}" if held else "")  # results from before the split: as they were
@@ -50,8 +54,10 @@ def repurposing(res: R.RepurposingResult) -> R.RepurposingVerdict:
         f"to {peak.hi:+.2f}; {peak.mean / max(sd, 1e-9):+.2f} × the null peak's spread) "
         f"{'(both CIs above 0: yes)' if present else '(both CIs above 0: no)'}.",
         f"(ii) Removed before the output: that token's standardised projection is {raw:+.2f} at layer {L} and "
-        f"{fin:+.2f} at the last layer (drop {drop.mean:+.2f}, 95% CI {drop.lo:+.2f} to {drop.hi:+.2f}) "
-        f"{'(falls to at most half, CI above 0: yes)' if removed else '(no)'}.",
+        f"{fin:+.2f} at the last layer (drop {drop.mean:+.2f}, 95% CI {drop.lo:+.2f} to {drop.hi:+.2f}"
+        + ("" if null is None else f"; beyond the drop of the same argmax over random directions, {null.mean:+.2f}, "
+                                   f"95% CI {null.lo:+.2f} to {null.hi:+.2f}")
+        + f") {yes if removed else '(no)'}.",
     ]
     mde = res.power.min_detectable if res.power is not None else None
     if res.power is not None:
@@ -61,8 +67,7 @@ def repurposing(res: R.RepurposingResult) -> R.RepurposingVerdict:
                                                                 for a, r in zip(pw.alphas, pw.rate))
                      + f" of {pw.draws} draws; " + (f"{100 * pw.power:.0f} % power from α ≈ {mde:.3g}." if mde is not None
                                                     else f"none of these sizes reaches {100 * pw.power:.0f} % power."))
-    what = {"positive": "the planted positive control", "negative": "the planted negative control"}.get(
-        res.config.control, res.model)
+    what = res.model if res.config.control == "none" else f"the planted {res.config.control} control"
     span = f"{peak.mean:+.2f} [{peak.lo:+.2f}, {peak.hi:+.2f}]"
     if supported:
         head = (f"SUPPORTED for {what}: mid-stack residuals put extra weight on directions of tokens that are "
@@ -79,4 +84,5 @@ def repurposing(res: R.RepurposingResult) -> R.RepurposingVerdict:
                 f"the nulls (best layer {L}: {span} null SDs{bound}).")
     return R.RepurposingVerdict(supported=supported, present=present, removed=removed, headline=head, criteria=lines,
                                 peak_layer=L, peak=[peak.mean, peak.lo, peak.hi], raw_z=raw, final_z=fin,
-                                drop=[drop.mean, drop.lo, drop.hi], held_out=held, min_detectable=mde)
+                                drop=[drop.mean, drop.lo, drop.hi], held_out=held, min_detectable=mde,
+                                drop_vs_null=None if null is None else [null.mean, null.lo, null.hi])

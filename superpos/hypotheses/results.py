@@ -256,6 +256,28 @@ class AblationView:
 
 
 @dataclass(kw_only=True)
+class MechanismRow:
+    """Criterion (i) at ``MechanismsView.layer`` on the model hooked with one control at one size
+    (``mechanisms.detect``)."""
+
+    control: str
+    alpha: float
+    detected: bool
+    excess: Interval
+    effect: Interval
+
+
+@dataclass(kw_only=True)
+class MechanismsView:
+    """Every planted control (``mechanisms.CONTROLS``) at several sizes, read by the verdict's criterion (i) at the
+    chosen layer (or the control's write layer when the chosen one lies outside the span it writes)."""
+
+    layer: int
+    n_contexts: int
+    rows: list[MechanismRow]
+
+
+@dataclass(kw_only=True)
 class RepurposingVerdict(Verdict):
     """The repurposing verdict and the numbers it rests on (at the peak mid-stack layer)."""
 
@@ -268,6 +290,7 @@ class RepurposingVerdict(Verdict):
     drop: list[float]  # [mean, lo, hi]
     held_out: bool = False  # layer chosen on one half of the contexts, tested on the other
     min_detectable: float | None = None  # from the power curve, when one was run
+    drop_vs_null: list[float] | None = None  # (ii)'s drop minus the random-direction argmax's, [mean, lo, hi]
 
 
 @dataclass(kw_only=True)
@@ -294,6 +317,7 @@ class RepurposingResult(Result):
     selection_curves: dict[str, Band] | None = None  # effect and token excess on those contexts
     power: PowerView | None = None
     ablation: AblationView | None = None
+    mechanisms: MechanismsView | None = None
 
 
 # the seed experiments' results, re-exported

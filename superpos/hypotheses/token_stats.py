@@ -98,10 +98,11 @@ def layer_stats(R_PD: torch.Tensor, final_PD: torch.Tensor | None, U_PV: torch.T
     G = _gaussian(E, cov)  # Gaussian null of X
     G_raw = _gaussian(E, cov_raw)  # Gaussian null of the raw residual (lens view)
     sig_tok, sig_rand, sig_raw = _null_scale(tok_VD, cov), _null_scale(rand_VD, cov), _null_scale(tok_VD, cov_raw)
-    names = ("peak", "peak_G", "peak_Q", "peak_GQ", "peak_S", "n_high", "n_high_G", "n_high_Q", "raw_z",
+    names = ("peak", "peak_G", "peak_Q", "peak_GQ", "peak_S", "n_high", "n_high_G", "n_high_Q", "raw_z", "raw_z_Q",
              "lens_hits", "lens_hits_G", "lens_hits_S")
     out = {k: np.zeros(P) for k in names}
     out["top_token"] = np.zeros(P, dtype=np.int64)
+    out["top_rand"] = np.zeros(P, dtype=np.int64)
     V = tok_VD.shape[0]
     sums = {k: torch.zeros(V, dtype=torch.float64) for k in ("tok_sum_U", "tok_cnt_U", "tok_sum_L", "tok_cnt_L")}
     inv = np.argsort(shuffle)  # inverse permutation: the position whose groups pair with each residual
@@ -115,8 +116,12 @@ def layer_stats(R_PD: torch.Tensor, final_PD: torch.Tensor | None, U_PV: torch.T
         zgq = (G[sl] @ rand_VD.T) / sig_rand
         peak, top = _masked_max(z, U)
         out["peak"][sl], out["top_token"][sl] = peak.cpu().numpy(), top.cpu().numpy()
-        for name, zz, mask in (("peak_G", zg, U), ("peak_Q", zq, U), ("peak_GQ", zgq, U), ("peak_S", z, U_shuf)):
+        for name, zz, mask in (("peak_G", zg, U), ("peak_GQ", zgq, U), ("peak_S", z, U_shuf)):
             out[name][sl] = _masked_max(zz, mask)[0].cpu().numpy()
+        peak_q, top_q = _masked_max(zq, U)
+        out["peak_Q"][sl], out["top_rand"][sl] = peak_q.cpu().numpy(), top_q.cpu().numpy()
+        d_q = rand_VD[top_q]  # criterion (ii)'s null: the same argmax taken over random directions
+        out["raw_z_Q"][sl] = ((Xraw[sl] * d_q).sum(1) / ((d_q @ cov_raw) * d_q).sum(1).clamp_min(1e-12).sqrt()).cpu().numpy()
         for name, zz in (("n_high", z), ("n_high_G", zg), ("n_high_Q", zq)):
             out[name][sl] = ((zz > z_high) & U).sum(1).cpu().numpy()
         z_raw = (Xraw[sl] @ tok_VD.T) / sig_raw
@@ -168,6 +173,15 @@ def shuffle_contexts(ctx_P: np.ndarray) -> np.ndarray:
     return perm
 
 
+def scan_directions(lm, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The directions the statistic scans: unit unembedding rows, and as many random unit directions (the (Q)
+    null, drawn with ``seed + 1``)."""
+    W_U = lm.W_U_VD.detach().float()
+    tok_VD = W_U / W_U.norm(dim=1, keepdim=True)
+    rand_VD = torch.randn(tok_VD.shape, generator=torch.Generator().manual_seed(seed + 1)).to(tok_VD.device)
+    return tok_VD, rand_VD / rand_VD.norm(dim=1, keepdim=True)
+
+
 class TokenStats(NamedTuple):
     """Per-position statistics of every layer (``curves``: (positions, layers) arrays, before the bootstrap),
     and what the dictionary view reuses."""
@@ -188,10 +202,7 @@ def token_statistics(lm, sample, U_PV, L_PV, lens, cfg: RepurposingConfig) -> To
 
     from .lenses import lens_logits
 
-    W_U = lm.W_U_VD.detach().float()
-    tok_VD = W_U / W_U.norm(dim=1, keepdim=True)
-    rand_VD = torch.randn(tok_VD.shape, generator=torch.Generator().manual_seed(cfg.seed + 1)).to(tok_VD.device)
-    rand_VD = rand_VD / rand_VD.norm(dim=1, keepdim=True)
+    tok_VD, rand_VD = scan_directions(lm, cfg.seed)
     shuffle = shuffle_contexts(sample.ctx_P)
     dense_dirs = {basis: token_directions(lm, basis) for basis in ("output", "embedding")}
     dense_groups = matched_groups(U_PV, L_PV, shuffle, seed=cfg.seed)
@@ -214,6 +225,7 @@ def token_statistics(lm, sample, U_PV, L_PV, lens, cfg: RepurposingConfig) -> To
         paired["likely"].append(li)
     arr = {k: np.stack(v, 1) for k, v in per_layer.items()}  # (P, layers)
     arr["final_z"] = final_raw_z(final_PD, tok_VD, arr.pop("top_token"))
+    arr["final_z_Q"] = final_raw_z(final_PD, rand_VD, arr.pop("top_rand"))
     off = [i for i, layer in enumerate(sample.layers) if layer < n]  # the off-output statistics need layer < n
     effect = (arr["peak"] - arr["peak_G"]) - (arr["peak_Q"] - arr["peak_GQ"])
     curves = {
@@ -224,6 +236,9 @@ def token_statistics(lm, sample, U_PV, L_PV, lens, cfg: RepurposingConfig) -> To
         **{k: arr[k][:, off] for k in ("peak", "peak_G", "peak_Q", "peak_S", "n_high", "n_high_G", "n_high_Q")},
         "raw_z": arr["raw_z"][:, off], "final_z": arr["final_z"][:, off],
         "drop": (arr["raw_z"] - arr["final_z"])[:, off],
+        # criterion (ii) against the same argmax over random directions (what selection alone makes fall)
+        "drop_Q": (arr["raw_z_Q"] - arr["final_z_Q"])[:, off],
+        "drop_vs_null": ((arr["raw_z"] - arr["final_z"]) - (arr["raw_z_Q"] - arr["final_z_Q"]))[:, off],
         "lens_hits": arr["lens_hits"], "lens_hits_G": arr["lens_hits_G"], "lens_hits_S": arr["lens_hits_S"],
         **{k: v[:, off] for k, v in arr.items() if k.startswith("dense_")},
     }

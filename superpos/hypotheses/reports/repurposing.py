@@ -7,6 +7,7 @@ import numpy as np
 
 from ...report import Report, band
 from ...results import Band
+from ..mechanisms import DESCRIPTIONS
 from ..results import DictionaryView, RepurposingResult
 from .lenses import add_lens_section
 
@@ -31,13 +32,13 @@ def write_report(res: RepurposingResult, out: Path) -> Path:
              f"under the layer's own mean and covariance; z_high = {cfg.z_high:g}.")
     if cfg.control != "none":
         a, b = res.control_layers
-        direction = ("a random token's unembedding direction" if cfg.control == "positive"
-                     else "a random non-token direction")
-        rep.text(f"Control: every position ≥ 1 gets {cfg.control_alpha:g} × |r| along {direction} added at residual "
-                 f"layer {a} and subtracted at layer {b}.")
+        rep.text(f"Control ({cfg.control}): every position ≥ 1 gets {cfg.control_alpha:g} × |r| along "
+                 f"{DESCRIPTIONS[cfg.control]}; written at residual layer {a}, removed at layer {b}.")
     _effect_section(rep, res)
     if res.power is not None:
         _power_section(rep, res)
+    if res.mechanisms is not None:
+        _mechanisms_section(rep, res)
     if any(k.startswith("dense_") for k in res.curves):
         _dense_section(rep, res)
     if res.ablation is not None:
@@ -120,6 +121,23 @@ def _power_section(rep: Report, res: RepurposingResult) -> None:
     ax.legend(fontsize=8)
     rep.figure(fig, "power_curve.png", "Power curve of criterion (i) at the verdict's layer")
     rep.table(["α", "detected"], [[a, f"{100 * r:.0f} %"] for a, r in zip(pw.alphas, pw.rate)])
+
+
+def _mechanisms_section(rep: Report, res: RepurposingResult) -> None:
+    """Every planted control at several sizes through criterion (i): which the test sees, and from what size."""
+    mv = res.mechanisms
+    a, b = res.control_layers
+    rep.heading("Planted mechanisms and negative controls")
+    rep.text(f"Each control hooks the model (written at residual layer {a}, removed at {b}; superpos.hypotheses."
+             f"mechanisms), the groups are formed from the hooked model's own output, and criterion (i) is read at layer "
+             f"{mv.layer} on {mv.n_contexts} held-out contexts, as on the real run. Positive controls must be detected "
+             f"from some size on; `none` (the unhooked model) and `negative` (random non-token directions) must not. "
+             f"Excess and effect in null SDs of z, 95% CIs over contexts.")
+    rows = [[r.control, DESCRIPTIONS.get(r.control, "no hooks (the model as it is)"),
+             "—" if r.control == "none" else f"{r.alpha:g}", "yes" if r.detected else "no",
+             f"{r.excess.mean:+.2f} [{r.excess.lo:+.2f}, {r.excess.hi:+.2f}]",
+             f"{r.effect.mean:+.2f} [{r.effect.lo:+.2f}, {r.effect.hi:+.2f}]"] for r in mv.rows]
+    rep.table(["control", "what it plants", "α", "detected by (i)", "token excess", "effect beyond random dirs"], rows)
 
 
 def _dense_section(rep: Report, res: RepurposingResult) -> None:

@@ -1,0 +1,155 @@
+"""Planted mechanisms of hypothesis 2: controls that the repurposing statistics must see (or must not).
+
+A control hooks the model, and the whole experiment then runs on the hooked model. At every position ≥ 1 (the
+attention sink is left alone) it writes ``alpha × ‖r‖`` along a direction drawn per position at residual layer a,
+and removes it at layer b (``control_layers``). The controls differ in the direction, in where the write enters
+and in how it is removed:
+
+=============  =================================================================  ============  ==========
+control        direction                                                          written by    removed
+=============  =================================================================  ============  ==========
+``positive``   a random token's unembedding row (the direction the statistic       residual a    exactly
+               scans; near-impossible in almost every context)
+``gamma``      a random token's row of γ ⊙ W_U (what the logits read; the          residual a    exactly
+               statistic scans raw W_U)
+``subspace``   a random unit vector in the span of ``rank`` random tokens' rows    residual a    exactly
+``attn``       a random token's unembedding row                                    the attention exactly
+                                                                                   of the block
+                                                                                   making a
+``mlp``        the same                                                            that MLP      exactly
+``gated``      the same                                                            residual a    gated
+``negative``   a random unit vector that is no token's direction                   residual a    exactly
+=============  =================================================================  ============  ==========
+
+Gated removal is what a later component can do: it reads how much of the planted direction v̂ the stream at b
+carries, c = r·v̂, and removes σ(4(c/|v| − ½))·c of it — about 88 % of an intact plant, less of a weaker one,
+and whatever else the stream holds along v̂ with it.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from ..errors import SuperposError
+from ..results import Interval
+from ..settings import CONTROL_KINDS as CONTROLS
+
+SUBSPACE_RANK = 4  # tokens spanning the ``subspace`` control's direction at each position
+DESCRIPTIONS = {
+    "positive": "a random token's unembedding direction",
+    "negative": "a random non-token direction",
+    "gamma": "a random token's direction in γ ⊙ W_U (what the logits read)",
+    "subspace": f"a random direction in the span of {SUBSPACE_RANK} random tokens' unembedding rows",
+    "attn": "a random token's unembedding direction, written by the attention of the block that makes layer a",
+    "mlp": "a random token's unembedding direction, written by the MLP of the block that makes layer a",
+    "gated": "a random token's unembedding direction, removed by a gate that reads the stream (about 88 %)",
+}
+
+
+def control_layers(n_layers: int) -> tuple[int, int]:
+    """Residual layers where a planted control writes (a) and removes (b) its directions."""
+    a = max(1, round(n_layers / 3))
+    b = min(n_layers - 1, max(a + 1, round(2 * n_layers / 3)))
+    return a, b
+
+
+def _unit_rows(W_VD: torch.Tensor) -> torch.Tensor:
+    W = W_VD.detach().float().cpu()
+    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def control_directions(lm, kind: str, B: int, T: int, gen: torch.Generator) -> torch.Tensor:
+    """(B, T, D) unit directions of control ``kind`` (module docstring), one per position."""
+    D = lm.d_model
+    if kind == "negative":
+        dirs = torch.randn(B, T, D, generator=gen)
+        return dirs / dirs.norm(dim=-1, keepdim=True)
+    W = lm.W_U_VD.detach().float().cpu()
+    if kind == "gamma":
+        W = W * lm.output_gain_D()
+    U_VD = _unit_rows(W)
+    if kind == "subspace":
+        t = torch.randint(0, len(U_VD), (B, T, SUBSPACE_RANK), generator=gen)
+        dirs = torch.einsum("btk,btkd->btd", torch.randn(B, T, SUBSPACE_RANK, generator=gen), U_VD[t])
+        return dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return U_VD[torch.randint(0, len(U_VD), (B, T), generator=gen)]
+
+
+def gated_removal(resid: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``resid`` minus σ(4(c/|v| − ½))·c·v̂ with c = resid·v̂ per position (positions where v = 0 untouched)."""
+    norm = v.norm(dim=-1, keepdim=True)
+    v_hat = v / norm.clamp_min(1e-12)
+    c = (resid.float() * v_hat).sum(-1, keepdim=True)
+    gate = torch.sigmoid(4 * (c / norm.clamp_min(1e-12) - 0.5))
+    return resid - (gate * c * v_hat * (norm > 0)).to(resid.dtype)
+
+
+@contextmanager
+def planted_control(lm, kind: str, alpha: float = 1.0, seed: int = 0):
+    """Install control ``kind``'s hooks (module docstring); ``none``: no hooks."""
+    if kind not in CONTROLS:
+        raise SuperposError(f"unknown control '{kind}' (choose from {', '.join(CONTROLS)})")
+    if kind == "none":
+        yield
+        return
+    a, b = control_layers(lm.n_layers)
+    gen = torch.Generator().manual_seed(seed)
+    state: dict = {}
+
+    def plant(resid, size_from):
+        B, T, _ = resid.shape
+        dirs = control_directions(lm, kind, B, T, gen).to(resid.device)
+        v = alpha * size_from.float().norm(dim=-1, keepdim=True) * dirs
+        v[:, 0] = 0
+        state["v"] = v
+        return v
+
+    def write(resid):
+        return resid + plant(resid, resid).to(resid.dtype)
+
+    def remove(resid):
+        if kind == "gated":
+            return gated_removal(resid, state["v"])
+        return resid - state["v"].to(resid.dtype)
+
+    with ExitStack() as stack:
+        if kind in ("attn", "mlp"):  # sized by the residual the block receives, as for the other controls
+            seen = stack.enter_context(lm.capture([a - 1]))
+            stack.enter_context(lm.splice_component(a - 1, kind, lambda out: out + plant(out, seen[a - 1]).to(out.dtype)))
+        else:
+            stack.enter_context(lm.splice(a, write))
+        stack.enter_context(lm.splice(b, remove))
+        yield
+
+
+class Detection(NamedTuple):
+    """What the repurposing statistic saw at ``layer`` on the model hooked with one control."""
+
+    control: str
+    alpha: float
+    layer: int
+    detected: bool  # criterion (i): both intervals above 0
+    excess: Interval  # token excess over the Gaussian null (null SDs of z; CI over contexts)
+    effect: Interval  # that excess beyond random directions
+
+
+def detect(lm, tokens_NC: np.ndarray, kind: str, alpha: float, layer: int, *, per_context: int, unlikely: float,
+           likely: float, exclude_recent: int = 0, z_high: float = 5.0, n_boot: int = 200, seed: int = 0) -> Detection:
+    """Hook ``lm`` with control ``kind`` at size ``alpha``, sample its residuals at ``layer`` and the output over
+    ``tokens_NC``, form the groups from the hooked model's own output, and read criterion (i) of the verdict at
+    ``layer`` exactly as the experiment does."""
+    from ..residuals import sample_residuals
+    from .lenses import final_logprobs
+    from .power import criterion_i
+    from .token_stats import layer_stats, scan_directions, shuffle_contexts, token_groups
+
+    with planted_control(lm, kind, alpha, seed):
+        s = sample_residuals(lm, tokens_NC, per_context, layers=[layer, lm.n_layers], seed=seed, progress=False)
+    U, L = token_groups(final_logprobs(lm, s), unlikely, likely, s.recent_tokens(exclude_recent or tokens_NC.shape[1]))
+    tok_VD, rand_VD = scan_directions(lm, seed)
+    st = layer_stats(s.at(layer), s.at(lm.n_layers), U, L, tok_VD, rand_VD, shuffle_contexts(s.ctx_P), z_high, seed)
+    excess, effect = criterion_i(st, s.ctx_P, n_boot, seed)
+    return Detection(kind, float(alpha), layer, bool(excess.lo > 0 and effect.lo > 0), excess, effect)
