@@ -70,7 +70,10 @@ def test_calibrated_run_flags_the_planted_control_and_not_the_nulls(peaked_llama
     assert {k for k, _ in mech} == set(CONTROLS) and len(mech) == 1 + 7 * len(cfg.mechanism_alphas)
     assert not mech[("none", 0.0)] and not any(mech[("negative", a)] for a in cfg.mechanism_alphas)
     assert mech[("positive", 0.5)]  # on the held-out 8 contexts at the chosen layer
-    assert "Planted mechanisms and negative controls" in (tmp_path / "rep" / "report.md").read_text()
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "Planted mechanisms and negative controls" in report and "Who writes it" in report
+    wv = cal.real.writes
+    assert len(wv.attn.mean) == len(wv.mlp.mean) == 6 and wv.n_contexts == min(cfg.write_contexts, 8)
 
 
 def test_off_output_part_removes_exactly_what_the_output_predicts():

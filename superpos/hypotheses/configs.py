@@ -136,6 +136,8 @@ class RepurposingConfig:
                                             parse="unit_list", factory=lambda: [0.1, 0.25, 0.5])
     mechanism_contexts: int = setting(16, "held-out contexts for the planted controls (0: none run)",
                                       parse="nonneg_int")
+    write_contexts: int = setting(16, "held-out contexts for the per-component write/cancel decomposition (0: none)",
+                                  parse="nonneg_int")
     n_boot: int = _n_boot()
     seed: int = _seed()
     device: str = _device()

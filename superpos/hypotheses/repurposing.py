@@ -39,7 +39,7 @@ from ..stats import cluster_band, cluster_interval
 from .configs import RepurposingConfig
 from .mechanisms import CONTROLS, control_layers, detect, planted_control
 from .results import (AblationView, DictionaryView, GroupSizes, MechanismRow, MechanismsView, PairedTokens, PowerView,
-                      RepurposingResult)
+                      RepurposingResult, WritesView)
 from .token_stats import shuffle_contexts, token_groups, token_statistics
 
 
@@ -113,9 +113,10 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
         selection_curves=bands(sel, ("effect", "excess_tokens")) if sel.any() else None)
     layer = res.off_layers[repurposing_layer(res)]
     test = sample.subset(held)
+    U_test, L_test = U[torch.from_numpy(held)], L[torch.from_numpy(held)]
     if cfg.power_draws:
         t0 = time.perf_counter()
-        res.power = layer_power(lm, test, U[torch.from_numpy(held)], L[torch.from_numpy(held)], ts, layer, cfg)
+        res.power = layer_power(lm, test, U_test, L_test, ts, layer, cfg)
         timings["power_s"] = time.perf_counter() - t0
     if cfg.ablation_rank:
         t0 = time.perf_counter()
@@ -125,6 +126,12 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
         t0 = time.perf_counter()
         res.mechanisms = layer_mechanisms(lm, tokens_NC[np.unique(test.ctx_P)[:cfg.mechanism_contexts]], layer, cfg)
         timings["mechanisms_s"] = time.perf_counter() - t0
+    if cfg.write_contexts:
+        t0 = time.perf_counter()
+        some = np.isin(test.ctx_P, np.unique(test.ctx_P)[:cfg.write_contexts])
+        res.writes = layer_writes(lm, test.subset(some), layer, U_test[torch.from_numpy(some)],
+                                  L_test[torch.from_numpy(some)], ts, cfg)
+        timings["writes_s"] = time.perf_counter() - t0
     res.verdict = verdict(res)
     if dictionary is not None:
         res.dictionary = dictionary_alignment(dictionary, sample, U, L, ts.tok_VD, ts.shuffle, cfg)
@@ -190,6 +197,18 @@ def layer_mechanisms(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConf
                    n_boot=min(cfg.n_boot, 200), seed=cfg.seed)
         rows.append(MechanismRow(control=kind, alpha=d.alpha, detected=d.detected, excess=d.excess, effect=d.effect))
     return MechanismsView(layer=at, n_contexts=len(tokens_NC), rows=rows)
+
+
+def layer_writes(lm, test, layer: int, U_PV, L_PV, ts, cfg: RepurposingConfig) -> WritesView:
+    """The per-component write/cancel decomposition (``writes.write_profile``) along the favoured near-impossible
+    token at ``layer`` and the same argmax over random directions, on ``test``'s positions."""
+    from .token_stats import layer_stats
+    from .writes import write_profile
+
+    st = layer_stats(test.at(layer), test.at(lm.n_layers), U_PV, L_PV, ts.tok_VD, ts.rand_VD,
+                     shuffle_contexts(test.ctx_P), cfg.z_high, cfg.seed)
+    return write_profile(lm, test, layer, st["top_token"], st["top_rand"], ts.tok_VD, ts.rand_VD,
+                         n_boot=cfg.n_boot, seed=cfg.seed)
 
 
 def _load_sae(path: str, lm):

@@ -278,6 +278,24 @@ class MechanismsView:
 
 
 @dataclass(kw_only=True)
+class WritesView:
+    """Writes of every block's attention and MLP along the favoured near-impossible token t* minus along the same
+    argmax over random directions q* (``writes.write_profile``; shares of ‖r_L − μ‖, CIs over contexts), and their
+    sums before and after the layer L they were selected at."""
+
+    layer: int
+    n_contexts: int
+    attn: Band  # per block
+    mlp: Band
+    before: Interval  # blocks 0 .. L-1 (they make residual layers 1 .. L)
+    after: Interval  # blocks L .. n-1
+    before_token: Interval  # the same sums along t* alone, and along q* alone, for scale
+    after_token: Interval
+    before_random: Interval
+    after_random: Interval
+
+
+@dataclass(kw_only=True)
 class RepurposingVerdict(Verdict):
     """The repurposing verdict and the numbers it rests on (at the peak mid-stack layer)."""
 
@@ -318,6 +336,7 @@ class RepurposingResult(Result):
     power: PowerView | None = None
     ablation: AblationView | None = None
     mechanisms: MechanismsView | None = None
+    writes: WritesView | None = None
 
 
 # the seed experiments' results, re-exported
