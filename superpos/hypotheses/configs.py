@@ -91,7 +91,8 @@ class LensesConfig:
     contexts: int = setting(64, "contexts to read", parse="positive_int")
     context_length: int = setting(256, "tokens per context", parse="positive_int")
     per_context: int = setting(48, "positions sampled per context", parse="positive_int")
-    steps: int = setting(300, "tuned-lens training steps", parse="positive_int")
+    steps: int = setting(300, "at most this many tuned-lens training steps (it stops earlier once its held-out KL "
+                                "stops falling)", parse="positive_int")
     n_boot: int = _n_boot()
     seed: int = _seed()
     device: str = _device()
@@ -113,7 +114,8 @@ class RepurposingConfig:
                                      "token of the context so far)", parse="nonneg_int")
     z_high: float = setting(5.0, "z threshold for counting strong pushes", parse="float")
     lens: str | None = setting(None, "folder of a saved tuned lens; empty: train one into OUT/tuned_lens")
-    lens_steps: int = setting(300, "tuned-lens training steps (when no --lens)", parse="positive_int")
+    lens_steps: int = setting(300, "at most this many tuned-lens training steps when no --lens (it stops earlier "
+                                   "once its held-out KL stops falling)", parse="positive_int")
     dictionary: str | None = setting(None, "SAE folder for the dictionary view (its layer is read from its metadata)")
     control: str = setting("none", "plant a control written at layer n/3 and removed at 2n/3: token directions "
                                    "(positive), random directions (negative), γ-scaled token directions (gamma), a "

@@ -31,6 +31,9 @@ from .results import LensComparison, LensesResult, LensScores
 from ..residuals import ResidualSample
 
 LENS_CONFIG, LENS_WEIGHTS = "lens.json", "lens.safetensors"
+#: Adam's rate after the least-squares start: measured on SmolLM2 (32 contexts), 1e-3 first undoes the start
+#: (held-out KL 2.06 → 3.96 nats at step 25), 1e-4 improves on it until it levels off (1.94 at step 100)
+LENS_LR = 1e-4
 
 
 def unembed(lm, h_PD: torch.Tensor) -> torch.Tensor:
@@ -132,30 +135,69 @@ def final_logprobs(lm, sample: ResidualSample, chunk: int = 512) -> torch.Tensor
         return torch.cat([F.log_softmax(unembed(lm, h[i:i + chunk]), -1).cpu() for i in range(0, len(h), chunk)])
 
 
-def train_tuned_lens(lm, sample: ResidualSample, steps: int = 300, lr: float = 1e-3, batch: int = 128,
-                     layers_per_step: int = 8, seed: int = 0, progress: bool = True) -> tuple[TunedLens, list[float]]:
-    """Fit the translators by Adam on KL(final || lens), ``layers_per_step`` random layers per step.
+def least_squares_init_(lens: TunedLens, sample: ResidualSample, ridge: float = 1e-2) -> TunedLens:
+    """Start every translator at the ridge least-squares map from layer l to the last layer, both at unit RMS (the
+    scale the final norm removes): W_l, b_l minimise ‖ĥ_L − (ĥ_l + ĥ_l W_l + b_l)‖² over the sample."""
+    def unit_rms(h):
+        return h / h.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+    target = unit_rms(sample.at(lens.n_layers).double())
+    with torch.no_grad():
+        for layer in range(lens.n_layers):
+            h = unit_rms(sample.at(layer).double())
+            X = torch.cat([h, torch.ones(len(h), 1, dtype=h.dtype)], 1)
+            gram = X.T @ X
+            gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+            A = torch.linalg.solve(gram, X.T @ (target - h))
+            lens.weight_LDD[layer] = A[:-1].to(lens.weight_LDD)
+            lens.bias_LD[layer] = A[-1].to(lens.bias_LD)
+    return lens
 
-    Each step draws ``batch`` positions; the final distribution is recomputed from the sample's last
-    layer, so only residuals are held in memory. Returns the lens and the loss history.
+
+def _mean_kl(lm, sample: ResidualSample, lens: TunedLens, chunk: int = 128) -> float:
+    """KL(final || tuned lens) averaged over the sample's positions and the lens's layers."""
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, sample.n_positions, chunk):
+            final = F.log_softmax(unembed(lm, sample.at(lm.n_layers)[i:i + chunk]), -1)
+            for layer in range(lm.n_layers):
+                logq = F.log_softmax(lens_logits(lm, sample.at(layer)[i:i + chunk], layer, lens), -1)
+                total += float((final.exp() * (final - logq)).sum())
+    return total / (sample.n_positions * lm.n_layers)
+
+
+def train_tuned_lens(lm, sample: ResidualSample, steps: int = 300, lr: float = LENS_LR, batch: int = 128,
+                     layers_per_step: int = 8, seed: int = 0, progress: bool = True, eval_every: int = 25,
+                     tol: float = 0.01, patience: int = 2) -> tuple[TunedLens, list[float]]:
+    """Fit the translators: start at the least-squares map to the last layer (``least_squares_init_``), then Adam on
+    KL(final || lens), ``layers_per_step`` random layers per step, for at most ``steps`` steps.
+
+    A tenth of the sample's contexts is held out: every ``eval_every`` steps their KL is measured, training stops
+    after ``patience`` measurements without a relative improvement of ``tol``, and the best translators are kept
+    (``meta``: ``steps_run``, ``converged``, ``validation_kl``). Each step draws ``batch`` positions; the final
+    distribution is recomputed from the sample's last layer, so only residuals are held in memory. Returns the
+    lens and the training-loss history.
     """
     if lm.n_layers not in sample.layers or not set(range(lm.n_layers)) <= set(sample.layers):
         raise SuperposError("a tuned lens needs residuals at every layer 0..n_layers")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    lens = TunedLens(lm.d_model, lm.n_layers).to(lm.device)
+    fit, val = sample.split_contexts(0.9, seed=seed) if len(np.unique(sample.ctx_P)) >= 4 else (sample, sample)
+    val = val.subset(np.arange(val.n_positions) < 256)  # enough positions to see the KL move, cheap to score
+    lens = least_squares_init_(TunedLens(lm.d_model, lm.n_layers), fit).to(lm.device)
     opt = torch.optim.Adam(lens.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.1, 1 - s / steps))
-    history = []
+    history: list[float] = []
+    validation = [{"step": 0, "kl": _mean_kl(lm, val, lens)}]
+    best, bad, best_state = validation[0]["kl"], 0, {k: v.detach().clone() for k, v in lens.state_dict().items()}
     bar = tqdm(range(steps), desc="tuned lens", unit="step", file=sys.stderr, disable=not progress)
-    for _ in bar:
-        idx = torch.from_numpy(rng.integers(0, sample.n_positions, size=batch))
+    for step in bar:
+        idx = torch.from_numpy(rng.integers(0, fit.n_positions, size=batch))
         chosen = rng.choice(lm.n_layers, size=min(layers_per_step, lm.n_layers), replace=False)
         with torch.no_grad():
-            target = F.log_softmax(unembed(lm, sample.at(lm.n_layers)[idx]), -1)
+            target = F.log_softmax(unembed(lm, fit.at(lm.n_layers)[idx]), -1)
         loss = 0.0
         for layer in chosen:
-            h = sample.at(int(layer))[idx].to(lm.device)
+            h = fit.at(int(layer))[idx].to(lm.device)
             logq = F.log_softmax(lens_logits(lm, h, int(layer), lens), -1)
             loss = loss + F.kl_div(logq, target, log_target=True, reduction="batchmean")
         loss = loss / len(chosen)
@@ -164,10 +206,23 @@ def train_tuned_lens(lm, sample: ResidualSample, steps: int = 300, lr: float = 1
         opt.step()
         sched.step()
         history.append(loss.item())
-        bar.set_postfix(kl=f"{np.mean(history[-20:]):.3f}")
+        bar.set_postfix(kl=f"{np.mean(history[-20:]):.3f}", held_out=f"{best:.3f}")
+        if (step + 1) % eval_every == 0:
+            kl = _mean_kl(lm, val, lens)
+            validation.append({"step": step + 1, "kl": kl})
+            if kl < best * (1 - tol):
+                best, bad = kl, 0
+                best_state = {k: v.detach().clone() for k, v in lens.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= patience:
+                    break
     bar.close()
-    lens.meta = {"steps": steps, "lr": lr, "batch": batch, "layers_per_step": layers_per_step, "seed": seed,
-                 "train_positions": sample.n_positions, "model": lm.name, "final_kl": float(np.mean(history[-20:]))}
+    lens.load_state_dict(best_state)
+    lens.meta = {"steps": steps, "steps_run": len(history), "converged": bad >= patience, "lr": lr, "batch": batch,
+                 "layers_per_step": layers_per_step, "seed": seed, "train_positions": fit.n_positions,
+                 "model": lm.name, "init": "least squares", "validation_kl": validation, "best_validation_kl": best,
+                 "final_kl": float(np.mean(history[-20:])) if history else best}
     return lens.eval(), history
 
 
@@ -190,7 +245,7 @@ def lens_metrics(lm, sample: ResidualSample, lens: TunedLens | None = None, chun
     return out
 
 
-def compare_lenses(lm, sample: ResidualSample, lens: TunedLens | None = None, steps: int = 300, lr: float = 1e-3,
+def compare_lenses(lm, sample: ResidualSample, lens: TunedLens | None = None, steps: int = 300, lr: float = LENS_LR,
                    seed: int = 0, n_boot: int = 1000, save_to=None,
                    progress: bool = True) -> tuple[TunedLens, LensComparison]:
     """Train a tuned lens on 75% of the sample's contexts (unless given one) and score both lenses on the rest.
@@ -211,7 +266,8 @@ def compare_lenses(lm, sample: ResidualSample, lens: TunedLens | None = None, st
         m = lens_metrics(lm, held, ln)
         scores[name] = LensScores(**{k: cluster_band(v.T, held.ctx_P, n_boot=n_boot, seed=seed) for k, v in m.items()})
     return lens, LensComparison(held_out_positions=held.n_positions, train_positions=train.n_positions,
-                                history=list(history), logit_lens=scores["logit"], tuned_lens=scores["tuned"])
+                                history=list(history), logit_lens=scores["logit"], tuned_lens=scores["tuned"],
+                                training=dict(lens.meta))
 
 
 def run_lenses(cfg: LensesConfig) -> LensesResult:

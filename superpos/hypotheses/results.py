@@ -31,6 +31,7 @@ class LensComparison:
     history: list[float]  # tuned-lens training loss per step (empty when a saved lens was given)
     logit_lens: LensScores = field(metadata={"json": "logit lens"})
     tuned_lens: LensScores = field(metadata={"json": "tuned lens"})
+    training: dict = field(default_factory=dict)  # the tuned lens's meta: steps run, held-out KL, whether it converged
 
 
 @dataclass(kw_only=True)

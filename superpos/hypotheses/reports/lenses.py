@@ -22,6 +22,13 @@ def add_lens_section(rep: Report, lenses: LensComparison, layers: list[int]) -> 
         ax.legend(fontsize=8)
     rep.figure(fig, "lenses.png", f"Logit lens vs tuned lens on {lenses.held_out_positions:,} held-out positions "
                f"(contexts not used to train the tuned lens), 95% CIs over contexts")
+    t = lenses.training
+    if t.get("validation_kl"):  # lenses trained since the held-out stopping rule
+        v = t["validation_kl"]
+        rep.text(f"Tuned lens: started at the least-squares map to the last layer, then Adam for {t['steps_run']} of at "
+                 f"most {t['steps']} steps; mean KL on held-out training contexts {v[0]['kl']:.3f} at the start, "
+                 f"{t['best_validation_kl']:.3f} kept" + (" (stopped: it no longer fell)." if t["converged"] else
+                                                          " (the step budget ran out while it still fell)."))
     lo, tu = lenses.logit_lens, lenses.tuned_lens
     rep.table(["layer", "KL logit lens", "KL tuned lens", "top-1 logit", "top-1 tuned", "CE logit", "CE tuned"],
               [[layer, lo.kl.mean[i], tu.kl.mean[i], lo.top1.mean[i], tu.top1.mean[i], lo.ce.mean[i], tu.ce.mean[i]]
@@ -33,7 +40,7 @@ def write_report(res: LensesResult, out: Path) -> Path:
     rep = Report(f"Logit lens vs tuned lens — {res.model}")
     rep.verdict(res.verdict)
     rep.text(f"{res.n_positions:,} positions from {res.n_contexts} contexts; the tuned lens (saved in "
-             f"{Path(out) / 'tuned_lens'}) trained {res.config.steps} steps on {res.lenses.train_positions:,} positions.")
+             f"{Path(out) / 'tuned_lens'}) trained on {res.lenses.train_positions:,} positions.")
     add_lens_section(rep, res.lenses, res.layers)
     rep.reproduce("lenses", res.config)
     return rep.save(out)
