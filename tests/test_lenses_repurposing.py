@@ -43,7 +43,33 @@ def test_tuned_lens_beats_logit_lens_and_round_trips(peaked_llama, tmp_path):
     h = sample.at(2)[:16]
     with torch.no_grad():
         torch.testing.assert_close(lens_logits(lm, h, 2, loaded), lens_logits(lm, h, 2, lens))
-    assert json.loads((tmp_path / "lens" / "lens.json").read_text())["n_layers"] == lm.n_layers
+    meta = json.loads((tmp_path / "lens" / "lens.json").read_text())
+    assert meta["n_layers"] == lm.n_layers
+    v = meta["meta"]["validation_kl"]  # the held-out stopping rule: measured from the start, the best kept
+    assert v[0]["step"] == 0 and meta["meta"]["best_validation_kl"] == min(r["kl"] for r in v)
+    assert meta["meta"]["steps_run"] <= 150 and res.training["steps_run"] == meta["meta"]["steps_run"]
+
+
+def test_least_squares_start_solves_the_normal_equations():
+    """With a negligible ridge, what the start leaves of ĥ_L − ĥ_l is orthogonal to [ĥ_l, 1] at every layer."""
+    from superpos.hypotheses.lenses import least_squares_init_
+    from superpos.residuals import ResidualSample
+
+    g = torch.Generator().manual_seed(0)
+    n, P, D = 3, 400, 6
+    resid = torch.randn(n + 1, P, D, generator=g) * torch.tensor([1.0, 10, 1, 1, 0.1, 3])
+    sample = ResidualSample(resid, list(range(n + 1)), np.zeros((P, 1), np.int64), np.arange(P), np.zeros(P, np.int64))
+    lens = least_squares_init_(TunedLens(D, n), sample, ridge=1e-10)
+
+    def unit(h):
+        return h / h.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+    for layer in range(n):
+        h = unit(resid[layer])
+        X = torch.cat([h, torch.ones(P, 1)], 1)
+        with torch.no_grad():
+            left = unit(resid[n]) - lens.translate(resid[layer], layer)
+        y = unit(resid[n]) - h
+        assert (X.T @ left).norm() < 1e-4 * (X.T @ y).norm()
 
 
 def test_calibrated_run_flags_the_planted_control_and_not_the_nulls(peaked_llama, tmp_path):
