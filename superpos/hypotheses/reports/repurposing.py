@@ -101,6 +101,10 @@ def _effect_section(rep: Report, res: RepurposingResult) -> None:
                "token's projection at its layer and at the output")
 
 
+def _span(i, digits: int) -> str:
+    """An interval as "mean [lo, hi]", signed."""
+    return f"{i.mean:+.{digits}f} [{i.lo:+.{digits}f}, {i.hi:+.{digits}f}]"
+
 
 def _power_section(rep: Report, res: RepurposingResult) -> None:
     """Detection rate of criterion (i) against the planted push size, with the minimum detectable size."""
@@ -137,8 +141,7 @@ def _mechanisms_section(rep: Report, res: RepurposingResult) -> None:
              f"Excess and effect in null SDs of z, 95% CIs over contexts.")
     rows = [[r.control, DESCRIPTIONS.get(r.control, "no hooks (the model as it is)"),
              "—" if r.control == "none" else f"{r.alpha:g}", "yes" if r.detected else "no",
-             f"{r.excess.mean:+.2f} [{r.excess.lo:+.2f}, {r.excess.hi:+.2f}]",
-             f"{r.effect.mean:+.2f} [{r.effect.lo:+.2f}, {r.effect.hi:+.2f}]"] for r in mv.rows]
+             _span(r.excess, 2), _span(r.effect, 2)] for r in mv.rows]
     rep.table(["control", "what it plants", "α", "detected by (i)", "token excess", "effect beyond random dirs"], rows)
 
 
@@ -154,13 +157,10 @@ def _writes_section(rep: Report, res: RepurposingResult) -> None:
              f"writes). Selecting a maximum makes earlier writes lean toward it on any direction; repurposing predicts "
              f"more toward t* before layer {wv.layer} and writes against it after (write → later cancel). "
              f"95% CIs over contexts.")
-
-    def fmt(i):
-        return f"{i.mean:+.3f} [{i.lo:+.3f}, {i.hi:+.3f}]"
     rep.table(["sum of writes", f"blocks before layer {wv.layer}", f"blocks from layer {wv.layer} on"],
-              [["along t* minus along q*", fmt(wv.before), fmt(wv.after)],
-               ["along t*", fmt(wv.before_token), fmt(wv.after_token)],
-               ["along q* (random argmax)", fmt(wv.before_random), fmt(wv.after_random)]])
+              [[name, _span(before, 3), _span(after, 3)] for name, before, after in (
+                  ("along t* minus along q*", wv.before, wv.after), ("along t*", wv.before_token, wv.after_token),
+                  ("along q* (random argmax)", wv.before_random, wv.after_random))])
     fig, ax = plt.subplots(figsize=(8, 3.8))
     blocks = list(range(len(wv.attn.mean)))
     band(ax, blocks, wv.attn, "attention")
@@ -221,8 +221,7 @@ def _ablation_section(rep: Report, res: RepurposingResult) -> None:
              + (f" {ab.skipped_positions:,} positions with fewer than {ab.rank} near-impossible tokens were left alone "
                 f"by every subspace." if ab.skipped_positions else ""))
     rows = [[k, ab.delta[k].mean, f"{ab.delta[k].lo:+.4f} to {ab.delta[k].hi:+.4f}",
-             "" if k not in ab.top_minus else f"{ab.top_minus[k].mean:+.4f} [{ab.top_minus[k].lo:+.4f}, "
-                                              f"{ab.top_minus[k].hi:+.4f}]"] for k in ab.delta]
+             "" if k not in ab.top_minus else _span(ab.top_minus[k], 4)] for k in ab.delta]
     rep.table(["subspace", "Δ loss (nats/token)", "95% CI", "near_impossible_top minus this"], rows)
 
 
@@ -239,7 +238,6 @@ def _paired_section(rep: Report, res: RepurposingResult) -> None:
     ax.legend(fontsize=8)
     rep.figure(fig, "paired_tokens.png", f"Paired per-token view over the tokens that are likely somewhere in the "
                f"sample (≈{int(np.median(pt.n_tokens))} tokens): their mean z where near-impossible vs where likely")
-
 
 
 def _lens_hits_figure(rep: Report, res: RepurposingResult) -> None:
