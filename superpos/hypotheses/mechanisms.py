@@ -28,14 +28,13 @@ and whatever else the stream holds along v̂ with it.
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ..errors import SuperposError
-from ..results import Interval
 from ..settings import CONTROL_KINDS as CONTROLS
+from .results import MechanismRow
 
 SUBSPACE_RANK = 4  # tokens spanning the ``subspace`` control's direction at each position
 DESCRIPTIONS = {
@@ -125,19 +124,8 @@ def planted_control(lm, kind: str, alpha: float = 1.0, seed: int = 0):
         yield
 
 
-class Detection(NamedTuple):
-    """What the repurposing statistic saw at ``layer`` on the model hooked with one control."""
-
-    control: str
-    alpha: float
-    layer: int
-    detected: bool  # criterion (i): both intervals above 0
-    excess: Interval  # token excess over the Gaussian null (null SDs of z; CI over contexts)
-    effect: Interval  # that excess beyond random directions
-
-
 def detect(lm, tokens_NC: np.ndarray, kind: str, alpha: float, layer: int, *, per_context: int, unlikely: float,
-           likely: float, exclude_recent: int = 0, z_high: float = 5.0, n_boot: int = 200, seed: int = 0) -> Detection:
+           likely: float, exclude_recent: int = 0, z_high: float = 5.0, n_boot: int = 200, seed: int = 0) -> MechanismRow:
     """Hook ``lm`` with control ``kind`` at size ``alpha``, sample its residuals at ``layer`` and the output over
     ``tokens_NC``, form the groups from the hooked model's own output, and read criterion (i) of the verdict at
     ``layer`` exactly as the experiment does."""
@@ -152,4 +140,5 @@ def detect(lm, tokens_NC: np.ndarray, kind: str, alpha: float, layer: int, *, pe
     tok_VD, rand_VD = scan_directions(lm, seed)
     st = layer_stats(s.at(layer), s.at(lm.n_layers), U, L, tok_VD, rand_VD, shuffle_contexts(s.ctx_P), z_high, seed)
     excess, effect = criterion_i(st, s.ctx_P, n_boot, seed)
-    return Detection(kind, float(alpha), layer, bool(excess.lo > 0 and effect.lo > 0), excess, effect)
+    return MechanismRow(control=kind, alpha=float(alpha), detected=bool(excess.lo > 0 and effect.lo > 0), excess=excess,
+                        effect=effect)

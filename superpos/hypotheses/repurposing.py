@@ -38,8 +38,8 @@ from ..errors import ConfigError, SuperposError
 from ..stats import cluster_band, cluster_interval
 from .configs import RepurposingConfig
 from .mechanisms import CONTROLS, control_layers, detect, planted_control
-from .results import (AblationView, DictionaryView, GroupSizes, MechanismRow, MechanismsView, PairedTokens, PowerView,
-                      RepurposingResult, WritesView)
+from .results import (AblationView, DictionaryView, GroupSizes, MechanismsView, PairedTokens, PowerView, RepurposingResult,
+                      WritesView)
 from .token_stats import shuffle_contexts, token_groups, token_statistics
 
 
@@ -190,12 +190,10 @@ def layer_mechanisms(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConf
     a, b = control_layers(lm.n_layers)
     at = layer if a <= layer < b else a
     runs = [("none", 0.0)] + [(k, al) for k in CONTROLS if k != "none" for al in cfg.mechanism_alphas]
-    rows = []
-    for kind, alpha in tqdm(runs, desc=f"planted controls at layer {at}", file=sys.stderr):
-        d = detect(lm, tokens_NC, kind, alpha, at, per_context=cfg.per_context, unlikely=cfg.unlikely,
+    rows = [detect(lm, tokens_NC, kind, alpha, at, per_context=cfg.per_context, unlikely=cfg.unlikely,
                    likely=cfg.likely, exclude_recent=cfg.exclude_recent, z_high=cfg.z_high,
                    n_boot=min(cfg.n_boot, 200), seed=cfg.seed)
-        rows.append(MechanismRow(control=kind, alpha=d.alpha, detected=d.detected, excess=d.excess, effect=d.effect))
+            for kind, alpha in tqdm(runs, desc=f"planted controls at layer {at}", file=sys.stderr)]
     return MechanismsView(layer=at, n_contexts=len(tokens_NC), rows=rows)
 
 
