@@ -99,8 +99,10 @@ def test_write_profile_finds_the_block_that_writes_a_planted_mlp_push(lm):
     tok, rand = scan_directions(lm, 0)
     st = layer_stats(s.at(a), s.at(lm.n_layers), U, L, tok, rand, shuffle_contexts(s.ctx_P), 5.0, 0)
     with planted_control(lm, "mlp", 1.0, seed=0):
-        wv = write_profile(lm, s, a, st["top_token"], st["top_rand"], tok, rand, n_boot=200)
-    assert wv.mlp.lo[a - 1] > 0.2, wv.mlp
-    others = [m for j, m in enumerate(wv.mlp.mean) if j != a - 1]
-    assert max(others) < 0.5 * wv.mlp.mean[a - 1], wv.mlp
-    assert wv.before.lo > 0
+        wv = write_profile(lm, s, a, st["top_token"], st["top_rand"], tok, rand, U, n_boot=200)
+    for by_block in (wv.mlp, wv.mlp_vs_near_impossible):  # beyond the random argmax, and beyond a random u
+        assert by_block.lo[a - 1] > 0.2, by_block
+        others = [m for j, m in enumerate(by_block.mean) if j != a - 1]
+        assert max(others) < 0.5 * by_block.mean[a - 1], by_block
+    assert wv.before.lo > 0 and wv.before_vs_near_impossible.lo > 0
+    assert abs(wv.before_near_impossible.mean) < 0.5 * wv.before_token.mean  # u was not planted: little written

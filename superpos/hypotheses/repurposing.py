@@ -205,7 +205,7 @@ def layer_writes(lm, test, layer: int, U_PV, L_PV, ts, cfg: RepurposingConfig) -
 
     st = layer_stats(test.at(layer), test.at(lm.n_layers), U_PV, L_PV, ts.tok_VD, ts.rand_VD,
                      shuffle_contexts(test.ctx_P), cfg.z_high, cfg.seed)
-    return write_profile(lm, test, layer, st["top_token"], st["top_rand"], ts.tok_VD, ts.rand_VD,
+    return write_profile(lm, test, layer, st["top_token"], st["top_rand"], ts.tok_VD, ts.rand_VD, U_PV,
                          n_boot=cfg.n_boot, seed=cfg.seed)
 
 

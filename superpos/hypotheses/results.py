@@ -294,6 +294,13 @@ class WritesView:
     after_token: Interval
     before_random: Interval
     after_random: Interval
+    # against u, a random near-impossible token of the same position (runs before it existed: None)
+    attn_vs_near_impossible: Band | None = None  # per block, t* minus u
+    mlp_vs_near_impossible: Band | None = None
+    before_vs_near_impossible: Interval | None = None
+    after_vs_near_impossible: Interval | None = None
+    before_near_impossible: Interval | None = None  # along u alone
+    after_near_impossible: Interval | None = None
 
 
 @dataclass(kw_only=True)

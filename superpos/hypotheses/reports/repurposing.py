@@ -146,30 +146,41 @@ def _mechanisms_section(rep: Report, res: RepurposingResult) -> None:
 
 
 def _writes_section(rep: Report, res: RepurposingResult) -> None:
-    """Per block and component: the write along the favoured near-impossible token minus along the random argmax."""
+    """Per block and component: the write along the favoured near-impossible token minus along its nulls."""
     import matplotlib.pyplot as plt
 
     wv = res.writes
+    has_u = wv.before_vs_near_impossible is not None
     rep.heading("Who writes it, and who takes it out")
     rep.text(f"At layer {wv.layer}, on {wv.n_contexts} held-out contexts: each block's attention and MLP output read "
-             f"along the position's favoured near-impossible token t* (criterion (i)'s argmax) minus along the same "
-             f"argmax over random directions q*, as a share of ‖r − μ‖ at layer {wv.layer} (superpos.hypotheses."
-             f"writes). Selecting a maximum makes earlier writes lean toward it on any direction; repurposing predicts "
-             f"more toward t* before layer {wv.layer} and writes against it after (write → later cancel). "
+             f"along the position's favoured near-impossible token t* (criterion (i)'s argmax), along the same argmax "
+             f"over random directions q*" + (", and along u, a near-impossible token of the same position drawn at "
+                                             "random" if has_u else "")
+             + f", as a share of ‖r − μ‖ at layer {wv.layer} (superpos.hypotheses.writes). Selecting a maximum makes "
+             f"earlier writes lean toward it on any direction (t* − q*); every unembedding row shares a direction that "
+             f"late blocks write along, which q* lacks" + (" and u has (t* − u)" if has_u else "") + ". Repurposing "
+             f"predicts more toward t* before layer {wv.layer} and writes against it after (write → later cancel). "
              f"95% CIs over contexts.")
+    rows = [("along t* minus along q*", wv.before, wv.after)]
+    if has_u:
+        rows += [("along t* minus along u", wv.before_vs_near_impossible, wv.after_vs_near_impossible)]
+    rows += [("along t*", wv.before_token, wv.after_token), ("along q* (random argmax)", wv.before_random, wv.after_random)]
+    if has_u:
+        rows += [("along u (random near-impossible token)", wv.before_near_impossible, wv.after_near_impossible)]
     rep.table(["sum of writes", f"blocks before layer {wv.layer}", f"blocks from layer {wv.layer} on"],
-              [[name, _span(before, 3), _span(after, 3)] for name, before, after in (
-                  ("along t* minus along q*", wv.before, wv.after), ("along t*", wv.before_token, wv.after_token),
-                  ("along q* (random argmax)", wv.before_random, wv.after_random))])
+              [[name, _span(before, 3), _span(after, 3)] for name, before, after in rows])
     fig, ax = plt.subplots(figsize=(8, 3.8))
     blocks = list(range(len(wv.attn.mean)))
-    band(ax, blocks, wv.attn, "attention")
-    band(ax, blocks, wv.mlp, "MLP")
+    band(ax, blocks, wv.attn, "attention, t* − q*")
+    band(ax, blocks, wv.mlp, "MLP, t* − q*")
+    if has_u:
+        band(ax, blocks, wv.attn_vs_near_impossible, "attention, t* − u", ls="--")
+        band(ax, blocks, wv.mlp_vs_near_impossible, "MLP, t* − u", ls="--")
     ax.axhline(0, color="k", lw=0.6)
-    ax.axvline(wv.layer - 0.5, color="r", lw=0.8, ls="--", label=f"layer {wv.layer}")
-    ax.set(xlabel="block", ylabel="write along t* − along q* (× ‖r − μ‖)")
+    ax.axvline(wv.layer - 0.5, color="r", lw=0.8, ls=":", label=f"layer {wv.layer}")
+    ax.set(xlabel="block", ylabel="write difference (× ‖r − μ‖)")
     ax.legend(fontsize=8)
-    rep.figure(fig, "component_writes.png", "Writes along the favoured near-impossible token beyond the random argmax")
+    rep.figure(fig, "component_writes.png", "Writes along the favoured near-impossible token beyond its nulls")
 
 
 def _dense_section(rep: Report, res: RepurposingResult) -> None:
