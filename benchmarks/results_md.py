@@ -1,0 +1,161 @@
+"""benchmarks/RESULTS.md from the results of one ``run.py`` run (and the rows it kept from earlier runs): each
+section's table and text, and the issue's targets against this run's figures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_results(res: dict, path: Path) -> None:
+    m = res["machine"]
+    runs = res.get("runs") or [{"date": m["date"], "seconds": res["seconds"], "sections": None}]
+    when = "; ".join(f"{r['date']}" + (f" ({', '.join(r['sections'])})" if r["sections"] and len(runs) > 1 else "")
+                     + f", {r['seconds']:.0f} s" for r in runs)
+    L = ["# superpos benchmark results", "",
+         f"Measured with `python benchmarks/run.py{' --quick' if res['quick'] else ''}`: {when}. Every ratio "
+         "compares two timings taken in the same run.", "",
+         f"**Machine:** {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['memory_gib']} GiB, "
+         f"GPU: {m['cuda'] or 'none'}. Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
+         f"faiss {m['faiss']}, h5py {m['h5py']}.", ""]
+    if "sae" in res:
+        L += ["## TopK SAE training vs its roofline", "",
+              "Roofline = one dense encoder matmul (batch × d_model × n_latents), the one cost a TopK step cannot "
+              "avoid, timed in the same run: `torch.mm` into an output buffer that already exists (the strict bound; "
+              "the trainer reuses such a buffer). The last column is the same matmul written `x @ W.T`, which "
+              "allocates a fresh output each call. Both timings are the best of several (matmul: 10 calls, half "
+              "before and half after the fit; step: the best 2-step window of 40 steps), which is what this shared "
+              "machine gives undisturbed. Synthetic stream of sparse atom mixtures, fp32 on CPU.", "",
+              "| SAE | latents | batch | k | tokens/s | step | encoder matmul | fraction of roofline | target | vs `x @ W.T` |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, r in res["sae"].items():
+            L.append(f"| {name} | {r['n_latents']:,} | {r['batch']} | {r['k']} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['step_s'] * 1e3:.0f} ms | {r['roofline_matmul_s'] * 1e3:.0f} ms | {r['fraction_of_roofline']:.2f} | ≥ 0.70 | "
+                     f"{r['matmul_fresh_output_s'] * 1e3:.0f} ms: {r['fraction_of_fresh_matmul']:.2f} |")
+        L.append("")
+    if "peers" in res:
+        from peers import peers_section
+
+        L += peers_section(res["peers"], path.parent)
+    if "frontier" in res:
+        from frontier import frontier_section
+
+        L += frontier_section(res["frontier"], path.parent)
+    if "harvest" in res:
+        r = res["harvest"]
+        L += ["## Harvest vs a bare forward pass", "",
+              f"Default model, {r['tokens']:,} tokens in batches of 8 × 256, {r['layers']} layers stored (float16, lzf).", "",
+              "| bare forward | harvest | ratio harvest / bare | target |", "|---|---|---|---|",
+              f"| {r['bare_tok_s']:,.0f} tok/s | {r['harvest_tok_s']:,.0f} tok/s | {r['ratio_harvest_over_bare']:.2f} | ≤ 1.10 |", ""]
+        if "ratio_with_over_without_check" in r:
+            L += [f"Overflow-safe storage costs ×{r['ratio_with_over_without_check']:.3f} for the per-batch check and "
+                  f"×{r['ratio_with_over_without_check_and_seal']:.3f} with the content checksums written at the end "
+                  f"(each harvest timed with and without, interleaved, best of each).", ""]
+    if "stream" in res:
+        r = res["stream"]
+        L += ["## Store streaming vs what the SAE step consumes", "",
+              f"{r['rows']:,} rows × {r['d_model']} float16 (lzf, 2,048-row chunks), shuffled batches of {r['batch']}.", "",
+              "| stream | SAE 16× consumes | ratio | target |", "|---|---|---|---|",
+              f"| {r['rows_per_s']:,.0f} rows/s ({r['mib_per_s']:.0f} MiB/s) | {r.get('sae_rows_per_s', float('nan')):,.0f} rows/s "
+              f"| {r.get('ratio_stream_over_sae', float('nan')):.1f}× | ≥ 5× |", ""]
+    if "geometry" in res:
+        e = res["geometry"]["embedding"]
+        L += ["## Geometry: max |cos|", "",
+              f"Token embedding {e['n']:,} × {e['d']}, exact. `superpos.geometry.max_abs_cos` is a blocked torch "
+              "brute force that takes |·| once; faiss's flat inner-product index has to be searched with +q and −q "
+              "(twice the work), so it is the slower exact method here.", "",
+              "| method | time | recall@1 |", "|---|---|---|",
+              f"| superpos `max_abs_cos` (blocked torch, \\|·\\| once) | {e['superpos_exact_s']:.1f} s | 1 (exact) |",
+              f"| faiss IndexFlatIP, +q and −q | {e['faiss_flat_s']:.1f} s ({e['faiss_over_superpos']:.2f}×) | 1 (exact) |"]
+        L.append("")
+        labels = {"ivf": "faiss IVF-flat, √n lists, nprobe {nprobe}", "pq": "faiss PQ 4-bit fast-scan of all, best {refine} re-ranked exactly"}
+        for key, what in (("atoms_1M", "clustered atoms (SAE-decoder-like)"), ("random_1M", "random unit vectors")):
+            if key not in res["geometry"]:
+                continue
+            a = res["geometry"][key]
+            L += [f"**{a['n']:,} {what} × {a['d']}.** Each index is built over all {a['n']:,} vectors; search time is "
+                  f"measured on {a['queries_timed']:,} random queries and scaled to all {a['n']:,} (it grows linearly "
+                  f"with the number of queries), recall@1 against the exact neighbours of {a['recall_queries']:,} of "
+                  f"them. Blocked torch brute force (fp32), timed on those and scaled the same way: "
+                  f"{a['torch_brute_force_s_extrapolated']:,.0f} s.", "",
+                  "| method | build | search (all) | total | vs brute force | recall@1 | target |", "|---|---|---|---|---|---|---|"]
+            for method, r in a["methods"].items():
+                L.append(f"| {labels[method].format(**r)} | {r['build_s']:.0f} s | {r['search_s_all']:,.0f} s | "
+                         f"{r['total_s']:,.0f} s | {a['torch_brute_force_s_extrapolated'] / r['total_s']:.1f}× faster | "
+                         f"{r['recall_at_1']:.3f} | ≤ 600 s at recall ≥ 0.95 |")
+            L.append("")
+    if "scaling" in res:
+        s = res["scaling"]
+        L += ["## Scaling with n_latents and batch", "",
+              f"TopK k = 32, d_model {s['d_model']}; memory = growth of the peak RSS during the fit, against `superpos plan`.", "",
+              "| latents | batch | step | tokens/s | measured peak | planned |", "|---|---|---|---|---|---|"]
+        for r in s["rows"]:
+            L.append(f"| {r['n_latents']:,} | {r['batch']} | {r['step_ms']:.0f} ms | {r['tokens_per_s']:,.0f} | "
+                     f"{r['measured_peak_mib']:.0f} MiB | {r['planned_mib']:.0f} MiB |")
+        L.append("")
+    if "ddp" in res:
+        r = res["ddp"]
+        s = r["seconds"]
+        L += ["## Data parallelism on this machine", "",
+              f"`superpos fit` TopK {r['n_latents']:,} × {r['d_model']}, global batch {r['batch']}, {r['steps']} steps: one "
+              f"process with all cores vs `torchrun --nproc-per-node 2` (gloo, one thread per rank).", "",
+              "| run | fit time |", "|---|---|", *[f"| {k} | {v:.1f} s |" for k, v in s.items() if k != "speedup_2_over_1"],
+              f"| speed-up, 2 processes / 1 | {s['speedup_2_over_1']:.2f}× |", ""]
+    L += targets_section(res)
+    path.write_text("\n".join(L))
+
+
+def targets_section(res: dict) -> list[str]:
+    """The issue's targets against this run's figures, and for each one missed, where the time goes."""
+    rows, notes = [], []
+    if "sae" in res:
+        r = res["sae"]["16x"]
+        rows.append(["TopK 16× step ≥ 0.70 × roofline", f"{r['fraction_of_roofline']:.2f} (vs `x @ W.T`: "
+                     f"{r['fraction_of_fresh_matmul']:.2f})", r["fraction_of_roofline"] >= 0.7])
+        if r["fraction_of_roofline"] < 0.7:
+            prof = ", ".join(f"{name.removeprefix('aten::')} {ms:.0f} ms" for name, ms in r.get("profile_ms_per_step", {}).items())
+            notes.append(f"- **SAE step.** Of the {r['step_s'] * 1e3:.0f} ms step, {r['roofline_matmul_s'] * 1e3:.0f} ms is the "
+                         f"encoder GEMM. torch.profiler, self time per step (this run): {prof}. `mm` is the GEMM; "
+                         "`topk` selects 32 of 9,216 per row; the embedding_bag ops are the sparse decode and the "
+                         "encoder backward over the selected pairs; the rest is Adam and the dense (latents × d_model) "
+                         "gradients it needs. Reaching 0.70 needs the top-k fused into the GEMM (a running top-k per "
+                         "row while the tile is in cache, as sparsify's Triton kernels do on GPUs); blocking the GEMM "
+                         "by rows to keep tiles in cache made it slower on this CPU (measured 320 ms for 1024-row "
+                         "blocks against 285 ms for one GEMM + top-k).")
+    if "peers" in res and "planted" in res["peers"]:
+        from peers import peer_targets
+
+        rows += peer_targets(res["peers"])
+    if "harvest" in res:
+        r = res["harvest"]["ratio_harvest_over_bare"]
+        rows.append(["harvest ≤ 1.10 × bare forward", f"{r:.2f}", r <= 1.10])
+    if "stream" in res and "ratio_stream_over_sae" in res["stream"]:
+        r = res["stream"]["ratio_stream_over_sae"]
+        rows.append(["store streaming ≥ 5 × SAE consumption", f"{r:.0f}×", r >= 5])
+    if "geometry" in res and "atoms_1M" in res["geometry"]:
+        best = max((m for k in ("atoms_1M", "random_1M") for m in res["geometry"].get(k, {}).get("methods", {}).values()
+                    if m["recall_at_1"] >= 0.95), key=lambda m: -m["total_s"], default=None)
+        a = res["geometry"]["atoms_1M"]
+        pq, rnd = a["methods"]["pq"], res["geometry"].get("random_1M", {}).get("methods", {}).get("pq")
+        met = best is not None and best["total_s"] <= 600
+        rows.append(["1M-atom max \\|cos\\|, recall@1 ≥ 0.95 in ≤ 600 s",
+                     f"clustered: {pq['total_s']:,.0f} s at recall {pq['recall_at_1']:.3f}" +
+                     (f"; random: recall {rnd['recall_at_1']:.3f}" if rnd else ""),
+                     met])
+        flops = 2 * a["n"] ** 2 * a["d"]
+        ivf = a["methods"]["ivf"]
+        if not met:
+            notes.append(f"- **1M atoms.** All-pairs max |cos| over {a['n']:,} × {a['d']} is {flops / 1e12:,.1f} TFLOP exhaustively "
+                         f"(the blocked torch brute force: ≈ {a['torch_brute_force_s_extrapolated']:,.0f} s here). The index "
+                         "has to skip most pairs without missing the best one, and that needs structure. IVF partitions by "
+                         f"k-means: with √n lists and {ivf['nprobe']} probes it finds {ivf['recall_at_1']:.0%} of true neighbours, because in {a['d']} "
+                         "dimensions a point's nearest atom is rarely in its own cell. The PQ fast-scan keeps every pair "
+                         "in the race at 4 bits per 9 dimensions, then re-ranks the best 64 exactly: recall "
+                         f"{pq['recall_at_1']:.3f} where neighbours stand out (clustered atoms), in "
+                         f"{a['torch_brute_force_s_extrapolated'] / pq['total_s']:.1f}× less time than brute force, and "
+                         f"{pq['total_s'] / 600:.1f}× the 600 s budget on {res['machine']['cores']} cores. On random directions (and a trained SAE's decoder is close to random: "
+                         "median max |cos| 0.17–0.22 against 0.17 for random) the best |cos| barely exceeds the bulk, and "
+                         "no compressed index finds it. What closes it: a GPU (the exhaustive bf16 Gram matrix is ~1 PFLOP, "
+                         "seconds on one H100, `max_abs_cos` runs the exact path with torch on CUDA), or ≥ 5× this CPU for "
+                         "the PQ scan, which parallelises over queries.")
+    L = ["## Targets", "", "| target | this run | met |", "|---|---|---|"]
+    L += [f"| {t} | {v} | {'yes' if ok else 'no'} |" for t, v, ok in rows]
+    return L + ["", *notes, ""] if notes else L + [""]
