@@ -85,10 +85,9 @@ def choose_subspaces(resid_BTD: torch.Tensor, logp_BTV: torch.Tensor, tok_BT: to
     x = x - x[:, min_pos:].reshape(-1, D).mean(0)  # centred: the common direction of every residual is no one's
     proj = x @ dirs_VD.T  # (B, T, V)
     top = proj.masked_fill(~near, float("-inf")).topk(rank, dim=-1).indices
-    draw = torch.rand(near.shape, generator=gen).to(near.device).masked_fill(~near, -1.0)
     idx = {"near_impossible_top": top,
            "other_context": top.roll(1, dims=0),
-           "near_impossible_random": draw.topk(rank, dim=-1).indices,
+           "near_impossible_random": random_members(near, rank, gen),
            "likely": logp_BTV.topk(rank, dim=-1).indices}
     out = {name: dirs_VD[i] for name, i in idx.items()}
     rand = torch.randn(B, T, rank, D, generator=gen).to(resid_BTD.device)
@@ -97,14 +96,24 @@ def choose_subspaces(resid_BTD: torch.Tensor, logp_BTV: torch.Tensor, tok_BT: to
 
 
 def token_directions(lm, basis: str = "output") -> torch.Tensor:
-    """Unit token directions: rows of γ ⊙ W_U ("output", what the logits read) or of W_E ("embedding")."""
+    """Unit token directions: rows of γ ⊙ W_U ("output", what the logits read), of W_U itself ("unembedding", what
+    the repurposing statistic scans) or of W_E ("embedding")."""
     if basis == "output":
         W = lm.W_U_VD.detach().float() * lm.output_gain_D().to(lm.W_U_VD.device)
+    elif basis == "unembedding":
+        W = lm.W_U_VD.detach().float()
     elif basis == "embedding":
         W = lm.W_E_VD.detach().float()
     else:
-        raise SuperposError(f"unknown basis '{basis}' (expected output or embedding)")
+        raise SuperposError(f"unknown basis '{basis}' (expected output, unembedding or embedding)")
     return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def random_members(mask: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """(..., k) indices of ``k`` True entries of each row of ``mask``, drawn uniformly (a row with fewer than k fills
+    the rest with False entries)."""
+    draw = torch.rand(mask.shape, generator=gen).to(mask.device).masked_fill(~mask, -1.0)
+    return draw.topk(k, dim=-1).indices
 
 
 def _nll_per_context(logits_BTV: torch.Tensor, tok_BT: torch.Tensor, min_pos: int) -> torch.Tensor:

@@ -34,6 +34,7 @@ import torch
 
 from ..errors import SuperposError
 from ..settings import CONTROL_KINDS as CONTROLS
+from .ablation import token_directions
 from .results import MechanismRow
 
 SUBSPACE_RANK = 4  # tokens spanning the ``subspace`` control's direction at each position
@@ -55,26 +56,18 @@ def control_layers(n_layers: int) -> tuple[int, int]:
     return a, b
 
 
-def _unit_rows(W_VD: torch.Tensor) -> torch.Tensor:
-    W = W_VD.detach().float().cpu()
-    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def control_directions(lm, kind: str, B: int, T: int, gen: torch.Generator) -> torch.Tensor:
-    """(B, T, D) unit directions of control ``kind`` (module docstring), one per position."""
-    D = lm.d_model
+def control_directions(tok_VD: torch.Tensor | None, kind: str, B: int, T: int, D: int,
+                       gen: torch.Generator) -> torch.Tensor:
+    """(B, T, D) unit directions of control ``kind`` (module docstring), one per position, drawn from the unit token
+    directions ``tok_VD`` (None for ``negative``, whose directions are no token's)."""
     if kind == "negative":
         dirs = torch.randn(B, T, D, generator=gen)
         return dirs / dirs.norm(dim=-1, keepdim=True)
-    W = lm.W_U_VD.detach().float().cpu()
-    if kind == "gamma":
-        W = W * lm.output_gain_D()
-    U_VD = _unit_rows(W)
     if kind == "subspace":
-        t = torch.randint(0, len(U_VD), (B, T, SUBSPACE_RANK), generator=gen)
-        dirs = torch.einsum("btk,btkd->btd", torch.randn(B, T, SUBSPACE_RANK, generator=gen), U_VD[t])
+        t = torch.randint(0, len(tok_VD), (B, T, SUBSPACE_RANK), generator=gen)
+        dirs = torch.einsum("btk,btkd->btd", torch.randn(B, T, SUBSPACE_RANK, generator=gen), tok_VD[t])
         return dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return U_VD[torch.randint(0, len(U_VD), (B, T), generator=gen)]
+    return tok_VD[torch.randint(0, len(tok_VD), (B, T), generator=gen)]
 
 
 def gated_removal(resid: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -96,11 +89,12 @@ def planted_control(lm, kind: str, alpha: float = 1.0, seed: int = 0):
         return
     a, b = control_layers(lm.n_layers)
     gen = torch.Generator().manual_seed(seed)
+    tok_VD = None if kind == "negative" else token_directions(lm, "output" if kind == "gamma" else "unembedding").cpu()
     state: dict = {}
 
     def plant(resid, size_from):
-        B, T, _ = resid.shape
-        dirs = control_directions(lm, kind, B, T, gen).to(resid.device)
+        B, T, D = resid.shape
+        dirs = control_directions(tok_VD, kind, B, T, D, gen).to(resid.device)
         v = alpha * size_from.float().norm(dim=-1, keepdim=True) * dirs
         v[:, 0] = 0
         state["v"] = v

@@ -22,6 +22,7 @@ import torch
 
 from ..results import Interval
 from ..stats import cluster_interval
+from .ablation import random_members
 from .token_stats import layer_stats
 
 
@@ -42,8 +43,7 @@ def plant_token_push(R_PD: torch.Tensor, U_PV: torch.Tensor, tok_VD: torch.Tenso
     ``pos_P`` 0, the attention sink, and positions without any near-impossible token are left alone)."""
     if alpha == 0:
         return R_PD
-    draw = torch.rand(U_PV.shape, generator=gen).masked_fill(~U_PV, -1.0)
-    t = draw.argmax(1)
+    t = random_members(U_PV, 1, gen)[:, 0]
     ok = U_PV.any(1)
     if pos_P is not None:
         ok &= torch.from_numpy(np.asarray(pos_P) > 0)

@@ -176,8 +176,7 @@ def shuffle_contexts(ctx_P: np.ndarray) -> np.ndarray:
 def scan_directions(lm, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The directions the statistic scans: unit unembedding rows, and as many random unit directions (the (Q)
     null, drawn with ``seed + 1``)."""
-    W_U = lm.W_U_VD.detach().float()
-    tok_VD = W_U / W_U.norm(dim=1, keepdim=True)
+    tok_VD = token_directions(lm, "unembedding")
     rand_VD = torch.randn(tok_VD.shape, generator=torch.Generator().manual_seed(seed + 1)).to(tok_VD.device)
     return tok_VD, rand_VD / rand_VD.norm(dim=1, keepdim=True)
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..stats import cluster_band, cluster_interval
+from .ablation import random_members
 from .results import WritesView
 
 COMPONENTS = ("attn", "mlp")
@@ -60,8 +61,8 @@ def write_profile(lm, sample, layer: int, top_token_P: np.ndarray, top_rand_P: n
     position, at ``sample``'s positions, scaled by ‖r_L − μ_L‖ (module docstring)."""
     dirs = [tok_VD[torch.from_numpy(top_token_P)].cpu(), rand_VD[torch.from_numpy(top_rand_P)].cpu()]
     if U_PV is not None:
-        draw = torch.rand(U_PV.shape, generator=torch.Generator().manual_seed(seed)).masked_fill(~U_PV, -1.0)
-        dirs.append(tok_VD[draw.argmax(1).to(tok_VD.device)].cpu())
+        u = random_members(U_PV, 1, torch.Generator().manual_seed(seed))[:, 0]
+        dirs.append(tok_VD[u.to(tok_VD.device)].cpu())
     w = component_writes(lm, sample.tokens_NC, sample.ctx_P, sample.pos_P, torch.stack(dirs, 1))
     R = sample.at(layer)
     w = w / (R - R.mean(0)).norm(dim=1).clamp_min(1e-12).numpy()[:, None, None, None]
