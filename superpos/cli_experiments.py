@@ -9,22 +9,27 @@ from .cli_common import add_settings, config_from_args
 def register(sub) -> None:
     """``run all`` and one ``run NAME`` per registered experiment, with a flag per config field."""
     from .protocol import EXPERIMENTS
+    from .run_all import PRESETS
 
     run = sub.add_parser("run", help="run an experiment (prints a verdict, writes report.md/.html + figures)",
                          description="Run one of superpos's hypothesis experiments on a model.")
     exp = run.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     p = exp.add_parser("all", help="every experiment in sequence, then an index page linking the reports",
                        description="Run orthogonality, lenses, repurposing, probes, lookahead, donation and reinject "
-                                   "with their defaults into OUT/<name>, then write OUT/index.html and OUT/index.md "
-                                   "with each verdict and a link to its report. --corpus goes to every experiment but "
-                                   "orthogonality, which harvests its own store from the default corpus. Hours on a "
-                                   "CPU with the default model; --quick is a smoke run.")
+                                   "with their defaults (or a --preset's) into OUT/<name>, then write OUT/index.html "
+                                   "and OUT/index.md with each verdict and a link to its report. Hours on a CPU with "
+                                   "the default model at the defaults; --preset replication takes about 20 minutes, "
+                                   "--quick is a smoke run.")
     p.add_argument("--out", default="runs/all", help="output folder (default runs/all)")
     p.add_argument("--model", default=None, help="model for every experiment (default: smollm2-135m)")
     p.add_argument("--corpus", default=None,
                    help="text: .txt/.jsonl file, folder or dataset name (default: pydoc_data.topics)")
     p.add_argument("--only", type=_experiments, default=None, help="comma list of experiments to run (default: all)")
-    p.add_argument("--quick", action="store_true", help="small settings for a smoke run (not for conclusions)")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="; ".join(f"{k}: {v}" for k, v in PRESETS.items()) + " (default: each experiment's defaults)")
+    p.add_argument("--quick", dest="preset", action="store_const", const="quick", help="the same as --preset quick")
+    p.add_argument("--resume", action="store_true",
+                   help="keep each experiment an earlier run into OUT finished with the very same command")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.set_defaults(func=cmd_all)
@@ -59,21 +64,64 @@ def cmd_experiment(args) -> int:
 
 
 def register_replicate(sub) -> None:
-    """``superpos replicate``: the replication tables from several ``run all`` folders."""
-    p = sub.add_parser("replicate", help="put several `run all` folders side by side (one table per experiment)",
-                       description="Read the results of several `python -m superpos run all` output folders (one per "
-                                   "model × corpus; each column is labelled with its folder's name) and write one "
-                                   "markdown table per experiment: each run's verdict and the numbers it rests on.")
-    p.add_argument("runs", nargs="+", help="`run all` output folders")
+    """``superpos replicate``: the replication tables from several ``run all`` folders (run first with --models)."""
+    from .replication import DEFAULT_CORPORA, DEFAULT_MODELS
+    from .run_all import PRESETS
+
+    p = sub.add_parser("replicate", help="run every model × corpus and put the runs side by side (one table per "
+                                         "experiment)",
+                       description="With --models: `run all` for every model × corpus (at --preset) into "
+                                   "RUNS_DIR/MODEL+CORPUS, skipping pairs already complete, then the tables. Without: "
+                                   "read the given `run all` output folders. Either way, write one markdown table per "
+                                   "experiment: each run's verdict and the numbers it rests on, each column labelled "
+                                   "with its folder's name, under a table of the runs (model, corpus, preset, time).")
+    p.add_argument("runs", nargs="*", help="`run all` output folders (added after the --models runs)")
+    p.add_argument("--models", type=_comma, default=None,
+                   help=f"comma list of models to run (e.g. {','.join(DEFAULT_MODELS)}); empty: only read RUNS")
+    p.add_argument("--corpora", type=_comma, default=list(DEFAULT_CORPORA),
+                   help=f"comma list of corpora for --models (default {','.join(DEFAULT_CORPORA)})")
+    p.add_argument("--preset", choices=list(PRESETS), default="replication",
+                   help="settings of each `run all` (default replication)")
+    p.add_argument("--runs-dir", default="runs/replication", help="where the --models runs go (default runs/replication)")
+    p.add_argument("--reading", default=None, help="markdown file put above the tables (the hand-written reading)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--out", default="replication.md", help="markdown file to write (default replication.md)")
     p.set_defaults(func=cmd_replicate)
 
 
-def cmd_replicate(args) -> int:
-    """Write the replication tables and say where."""
-    from .replication import write_replication
+def _comma(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma list")
+    return items
 
-    print(f"wrote {write_replication(args.runs, args.out)}")
+
+def cmd_replicate(args) -> int:
+    """Run the pairs (with --models), write the replication tables and say where."""
+    import shlex
+    from pathlib import Path
+
+    from .errors import SuperposError
+    from .replication import run_pairs, write_replication
+
+    runs = run_pairs(args.models, args.corpora, Path(args.runs_dir), args.preset, args.device) if args.models else []
+    runs += [Path(r) for r in args.runs]
+    if not runs:
+        raise SuperposError("nothing to tabulate: give `run all` folders or --models")
+    reading = None
+    if args.reading:
+        try:
+            reading = Path(args.reading).read_text()
+        except OSError as e:
+            raise SuperposError(f"cannot read --reading {args.reading} ({e.strerror})") from None
+    parts = ["python -m superpos replicate"]
+    if args.models:
+        parts += ["--models", ",".join(args.models), "--corpora", ",".join(args.corpora), "--preset", args.preset,
+                  "--runs-dir", args.runs_dir]
+    if args.reading:
+        parts += ["--reading", args.reading]
+    command = " ".join(shlex.quote(p) if i else p for i, p in enumerate(parts + ["--out", str(args.out)] + args.runs))
+    print(f"wrote {write_replication(runs, args.out, command, reading)}")
     return 0
 
 
@@ -93,7 +141,8 @@ def cmd_all(args) -> int:
     from .run_all import EXPERIMENTS, run_all
 
     out = Path(args.out)
-    rows = run_all(args.only or EXPERIMENTS, out, args.model, args.corpus, args.device, args.seed, args.quick)
+    rows = run_all(args.only or EXPERIMENTS, out, args.model, args.corpus, args.device, args.seed, args.preset,
+                   resume=args.resume)
     print()
     for r in rows:
         print(f"{r['name']:>14}  {r['status']:<6} {r['seconds']:>7.0f} s  {r['headline'][:100]}")

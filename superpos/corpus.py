@@ -2,7 +2,7 @@
 
 A corpus spec is one of:
 
-* ``None`` / ``"default"`` / ``"pydoc"`` — CPython's ``pydoc_data.topics`` (≈465k characters of
+* ``None`` / ``"default"`` / ``"pydoc"`` / ``"pydoc_data.topics"`` — CPython's ``pydoc_data.topics`` (≈465k characters of
   English documentation, one document per topic, sorted by topic name). Ships with Python.
 * a ``.txt`` file (one document), a ``.jsonl`` file (one document per line, ``text`` field), or a
   folder searched recursively for both (sorted by path, so the order is reproducible).
@@ -23,6 +23,7 @@ import numpy as np
 from .errors import SuperposError
 
 DEFAULT_CORPUS = "pydoc"
+DEFAULT_CORPUS_NAMES = ("default", DEFAULT_CORPUS, "pydoc_data.topics")  # None and these name the default
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
 
@@ -84,7 +85,7 @@ def _read_path(path: Path) -> list[str]:
 
 def load_corpus(spec: str | None = None) -> Corpus:
     """Load the documents named by ``spec`` (see module docstring)."""
-    if spec is None or spec in ("default", DEFAULT_CORPUS):
+    if spec is None or spec in DEFAULT_CORPUS_NAMES:
         from pydoc_data import topics
 
         keys = sorted(topics.topics)

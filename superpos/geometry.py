@@ -78,14 +78,14 @@ def max_abs_cos(V, batch: int = 4096, index: str = "exact", nlist: int | None = 
     """
     U = unit_rows(V)
     n, d = U.shape
-    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
-    params = None
     t0 = time.perf_counter()
-    if threads:
-        faiss.omp_set_num_threads(threads)
     if index == "exact":
         value, neighbour = exact_max_abs_cos(U, rows, query_block=batch)
         return MaxCos(value, neighbour, 0.0, time.perf_counter() - t0)
+    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    params = None
+    if threads:
+        faiss.omp_set_num_threads(threads)
     if index == "ivf":
         nlist = nlist or max(16, int(math.sqrt(n)))
         idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -141,10 +141,40 @@ def _blocked_abs_max(Q, V, exclude=None, block: int = 65536, query_block: int = 
     return value.clamp(0, 1).cpu().numpy(), arg.cpu().numpy()
 
 
+def _symmetric_abs_max(U, block: int = 4096):
+    """Each unit row's largest |cos| to any *other* row of U and its index, computing every pair once: query block
+    ``i`` meets only rows from its own start on, and each tile updates the best of its rows and of its columns
+    (half the matmul work of :func:`_blocked_abs_max` on the whole set). On CUDA when present."""
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    U = torch.from_numpy(U).to(dev)
+    n = len(U)
+    best = torch.full((n,), -1.0, device=dev)
+    best_i = torch.zeros(n, dtype=torch.int64, device=dev)
+
+    def update(lo, v, i):
+        seg, seg_i = best[lo:lo + len(v)], best_i[lo:lo + len(v)]
+        better = v > seg
+        seg[better], seg_i[better] = v[better], i[better]
+
+    for q0 in range(0, n, block):
+        q = U[q0:q0 + block]
+        c = (q @ U[q0:].T).abs_()  # columns q0..n: the pairs with an earlier row were done by earlier blocks
+        c[:, :len(q)].fill_diagonal_(-1.0)
+        v, i = c.max(1)
+        update(q0, v, i + q0)
+        v, i = c.max(0)
+        update(q0, v, i + q0)
+    return best.clamp(0, 1).cpu().numpy(), best_i.cpu().numpy()
+
+
 def exact_max_abs_cos(V, rows=None, query_block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Exact max |cos| of each of ``rows`` (default all) to any *other* vector of V, and which."""
     U = unit_rows(V)
-    rows = np.arange(len(U)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if rows is None:
+        return _symmetric_abs_max(U, block=query_block)
+    rows = np.asarray(rows, dtype=np.int64)
     return _blocked_abs_max(U[rows], U, exclude=rows, query_block=query_block)
 
 

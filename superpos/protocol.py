@@ -36,7 +36,7 @@ class Control:
 @dataclass(frozen=True)
 class Experiment:
     """An experiment: its config and result classes, where its run function lives, its verdict, what it is, and its
-    --quick settings."""
+    preset settings (``run all --preset``)."""
 
     name: str
     config: type
@@ -45,7 +45,8 @@ class Experiment:
     verdict: Callable[[Result], Verdict]
     help: str
     description: str
-    quick: dict = field(default_factory=dict)  # field values for a smoke run (run all --quick)
+    # preset name -> field values: "quick" a smoke run, "replication" the size of docs/results/replication.md
+    presets: dict = field(default_factory=dict)
     controls: tuple[Control, ...] = ()  # its null and planted calibration runs (run_calibrated)
     reused: dict = field(default_factory=dict)  # field -> what the real run leaves in OUT that controls reuse
     # the verdict relative to the controls, (real, {control name: result}) -> Verdict; None: each judged alone
@@ -70,8 +71,10 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "Hypothesis 1: does the residual stream hold far more than d nearly orthogonal directions? Token-"
                "embedding geometry vs random nulls and bounds, a sweep of TopK SAE sizes, and atom–token alignment. "
                "See docs/orthogonality.md.",
-               {"harvest_tokens": 8192, "expansions": [1, 2], "seeds": 2, "fit_tokens": 40000, "capacity_sample": 1024,
-                "capacity_dims": [8], "ce_contexts": 2},
+               {"quick": {"harvest_tokens": 8192, "expansions": [1, 2], "seeds": 2, "fit_tokens": 40000,
+                          "capacity_sample": 1024, "capacity_dims": [8], "ce_contexts": 2},
+                "replication": {"harvest_tokens": 32768, "expansions": [1, 4], "seeds": 2, "fit_tokens": 60_000,
+                                "capacity_sample": 4096, "capacity_dims": [32, 128], "ce_contexts": 4}},
                (Control("gaussian", "null", {"control": "gaussian", "capacity": False}, False),
                 Control("pc-shuffle", "null", {"control": "pc-shuffle", "capacity": False}, False),
                 Control("planted superposition", "planted", {"control": "planted", "capacity": False}, True)),
@@ -83,7 +86,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "Train a tuned lens (one affine translator per layer) and compare it with the logit lens on held-out "
                "contexts: KL to the final output, top-1 agreement and CE per layer. The lens is saved to "
                "OUT/tuned_lens and can be passed to `run repurposing --lens`.",
-               {"contexts": 8, "context_length": 64, "per_context": 16, "steps": 30}),
+               {"quick": {"contexts": 8, "context_length": 64, "per_context": 16, "steps": 30},
+                "replication": {"contexts": 24, "context_length": 128, "per_context": 32}}),
     Experiment("repurposing", C.RepurposingConfig, R.RepurposingResult,
                "superpos.hypotheses.repurposing:run", V.repurposing,
                "unlikely-token repurposing, with logit and tuned lens",
@@ -91,7 +95,12 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "before the output? Per-layer effect with nulls (Gaussian with the layer's covariance, random "
                "directions, shuffled contexts, same tokens where likely), the logit/tuned-lens view, and optionally a "
                "dictionary view. See docs/repurposing.md.",
-               {"contexts": 8, "context_length": 64, "per_context": 16},
+               {"quick": {"contexts": 8, "context_length": 64, "per_context": 16, "lens_steps": 30,
+                          "power_alphas": [0.2, 1.0], "power_draws": 2, "ablation_contexts": 4,
+                          "mechanism_alphas": [0.5], "mechanism_contexts": 4, "write_contexts": 4},
+                "replication": {"contexts": 16, "context_length": 128, "per_context": 16,
+                                "power_alphas": [0.1, 0.2, 0.5, 1.0], "power_draws": 3, "ablation_contexts": 8,
+                                "mechanism_alphas": [0.25, 0.5], "mechanism_contexts": 8, "write_contexts": 8}},
                (Control("random directions", "null", {"control": "negative"}, False),
                 Control("planted token directions", "planted", {"control": "positive"}, True)),
                {"lens": "tuned_lens"}),
@@ -102,21 +111,25 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "and a training-free read-out over the whole vocabulary; class means against the embedding (tail share "
                "vs layer 0 and a random basis, Procrustes vs shuffles, PCA / NMF / coordinate / frequency bases); and "
                "whether the input is held via the model's guess for it. See docs/probes.md.",
-               {"contexts": 12, "context_length": 64, "per_context": 32, "n_classes": 64, "n_shuffle": 20}),
+               {"quick": {"contexts": 12, "context_length": 64, "per_context": 32, "n_classes": 64, "n_shuffle": 20},
+                "replication": {"contexts": 32, "context_length": 128, "per_context": 64, "n_classes": 256,
+                                "n_shuffle": 100}}),
     Experiment("lookahead", C.LookaheadConfig, R.LookaheadResult,
                "superpos.hypotheses.lookahead:run_lookahead", V.lookahead,
                "probes at position i for the tokens at i+1, i+2, i+3, vs n-grams and the model's own guess",
                "Per layer, held-out accuracy of probes from position i for tokens i+k, against back-off n-grams (n = 2, "
                "3, 4) over the tokens up to i and a probe on the model's own next-token distribution; the layer and "
                "the baseline are chosen on validation contexts. See docs/probes.md.",
-               {"contexts": 12, "context_length": 64, "per_context": 32, "n_classes": 64}),
+               {"quick": {"contexts": 12, "context_length": 64, "per_context": 32, "n_classes": 64},
+                "replication": {"contexts": 32, "context_length": 128, "per_context": 64, "n_classes": 256}}),
     Experiment("donation", C.DonationConfig, R.DonationResult,
                "superpos.hypotheses.donation:run_donation", V.donation,
                "share of the gradient on keys/values donated by later positions' losses",
                "Per layer, the gradient on a position's keys and values from the losses of later positions vs its "
                "own loss, by context length, with the attention sink apart; how the ratio grows with the number of "
                "later losses and how one loss's push decays with distance. See docs/probes.md.",
-               {"contexts": 2, "context_length": 16}),
+               {"quick": {"contexts": 2, "context_length": 16},
+                "replication": {"contexts": 16, "context_length": 64}}),
     Experiment("reinject", C.ReinjectConfig, R.ReinjectResult,
                "superpos.hypotheses.reinject:run_reinject", V.reinject,
                "do late layers lose surprising tokens? Interpolate late residuals toward the true token",
@@ -125,7 +138,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "its embedding) and measure the change in loss on token p+1 by surprisal fifths; the setting is chosen "
                "on half the contexts and judged on the other. The KV-cached sampler: "
                "superpos.hypotheses.reinject.generate. See docs/probes.md.",
-               {"contexts": 6, "reference_contexts": 6, "context_length": 64, "samples": 1}),
+               {"quick": {"contexts": 6, "reference_contexts": 6, "context_length": 64, "samples": 1},
+                "replication": {"contexts": 12, "reference_contexts": 24, "context_length": 128, "samples": 1}}),
 )}
 
 

@@ -1,7 +1,8 @@
 """``python -m superpos run all``: every experiment in sequence, then an index page linking their reports.
 
 Each experiment runs from its registered config (``superpos.protocol``: the same defaults as its command) into
-``OUT/<name>``, with ``--quick`` applied as ``dataclasses.replace(config, **experiment.quick)``; the tuned lens
+``OUT/<name>``, with a ``--preset`` applied as ``dataclasses.replace(config, **experiment.presets[preset])``
+(``quick``: a smoke run; ``replication``: the size of docs/results/replication.md); the tuned lens
 trained by ``lenses`` is reused by ``repurposing``. An experiment that fails is recorded in the index with its
 error and the rest still run.
 """
@@ -16,6 +17,9 @@ from .protocol import EXPERIMENTS as REGISTRY
 from .protocol import command_line
 
 EXPERIMENTS = list(REGISTRY)
+PRESETS = {"quick": "small settings for a smoke run (not for conclusions)",
+           "replication": "the settings of docs/results/replication.md: minutes per experiment on a 2-core CPU for the "
+                          "default model, about 3x that for gemma3-270m"}
 
 
 def parse_only(text: str) -> list[str]:
@@ -29,31 +33,49 @@ def parse_only(text: str) -> list[str]:
 
 
 def experiment_config(name: str, out: Path, model: str | None, corpus: str | None, device: str, seed: int,
-                      quick: bool):
-    """The config ``run all`` gives experiment ``name``: its defaults, the shared settings, and --quick's."""
-    from dataclasses import fields, replace
+                      preset: str | None = None):
+    """The config ``run all`` gives experiment ``name``: its defaults, the shared settings, and ``preset``'s."""
+    from dataclasses import replace
 
     e = REGISTRY[name]
     cfg = e.config()
-    names = {f.name for f in fields(cfg)}
     shared = {"out": str(out / name), "device": device, "seed": seed, "model": model}
-    if corpus and "corpus" in names:  # orthogonality harvests the default corpus for its store
+    if corpus:
         shared["corpus"] = corpus
     if name == "repurposing" and (out / "lenses" / "tuned_lens").is_dir():
         shared["lens"] = str(out / "lenses" / "tuned_lens")
-    return replace(cfg, **shared, **(e.quick if quick else {}))
+    if preset and preset not in PRESETS:
+        raise SuperposError(f"unknown preset '{preset}' (expected one of {', '.join(PRESETS)})")
+    return replace(cfg, **shared, **(e.presets.get(preset, {}) if preset else {}))
+
+
+def finished_rows(out: Path) -> dict[str, dict]:
+    """The experiments an earlier ``run all`` into ``out`` finished (status ok, results.json present), by name."""
+    import json
+
+    try:
+        rows = json.loads((out / "index.json").read_text()).get("experiments", [])
+    except (OSError, ValueError):
+        return {}
+    return {r["name"]: r for r in rows if r.get("status") == "ok" and (out / r["folder"] / "results.json").is_file()}
 
 
 def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, device: str, seed: int,
-            quick: bool) -> list[dict]:
-    """Run ``names`` in order into ``out``, writing the index after each; returns the index rows."""
+            preset: str | None = None, resume: bool = False) -> list[dict]:
+    """Run ``names`` in order into ``out``, writing the index after each; returns the index rows. With ``resume``,
+    an experiment that an earlier run into ``out`` finished with the very same command is kept, not run again."""
     from dataclasses import asdict
 
     out.mkdir(parents=True, exist_ok=True)
+    earlier = finished_rows(out) if resume else {}
     rows = []
     for i, name in enumerate(names, 1):
-        cfg = experiment_config(name, out, model, corpus, device, seed, quick)
+        cfg = experiment_config(name, out, model, corpus, device, seed, preset)
         command = command_line(name, asdict(cfg))
+        if name in earlier and earlier[name]["command"] == command:
+            print(f"\n=== [{i}/{len(names)}] {name}: finished earlier with the same command; kept", flush=True)
+            rows.append(earlier[name])
+            continue
         print(f"\n=== [{i}/{len(names)}] {command}", flush=True)
         t0 = time.perf_counter()
         row = {"name": name, "command": command, "folder": name}
@@ -65,12 +87,14 @@ def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, 
             print(f"superpos: error: {name}: {e}", flush=True)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-        write_index(out, rows, names)  # after each experiment: an interrupted run still has its index
+        # after each experiment: an interrupted run still has its index
+        write_index(out, rows, names, {"model": model, "corpus": corpus, "preset": preset, "seed": seed})
     return rows
 
 
-def write_index(out: Path, rows: list[dict], names: list[str]) -> None:
-    """index.md, index.html and index.json for the experiments run so far."""
+def write_index(out: Path, rows: list[dict], names: list[str], settings: dict | None = None) -> None:
+    """index.md, index.html and index.json (with ``settings``: model, corpus, preset, seed) for the experiments run
+    so far."""
     from .dictionaries.io import write_json_atomic
 
     done = {r["name"] for r in rows}
@@ -93,4 +117,4 @@ def write_index(out: Path, rows: list[dict], names: list[str]) -> None:
         ".failed{color:#b00}code{font-size:.85em}</style></head><body><h1>superpos experiments</h1>"
         "<table><tr><th>experiment</th><th>verdict</th><th>time</th><th>command</th></tr>" + cells +
         "</table></body></html>")
-    write_json_atomic(out / "index.json", {"experiments": rows, "pending": pending})
+    write_json_atomic(out / "index.json", {"experiments": rows, "pending": pending, **(settings or {})})

@@ -17,6 +17,9 @@ def test_max_abs_cos_equals_brute_force():
     np.testing.assert_allclose(res.value, C.max(1), atol=1e-5)
     assert res.value[3] == pytest.approx(1.0, abs=1e-5) and res.neighbour[3] == 7
     np.testing.assert_allclose(C[np.arange(300), res.neighbour], C.max(1), atol=1e-5)
+    # every pair once (the whole set) and each row against all (a subset of rows) agree
+    some = g.max_abs_cos(V, batch=64, rows=np.arange(0, 300, 7))
+    np.testing.assert_allclose(some.value, res.value[::7], atol=1e-6)
 
 
 def test_random_vectors_match_theory():

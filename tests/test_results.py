@@ -108,3 +108,66 @@ def test_replication_tables_put_runs_side_by_side(tmp_path):
         from superpos.replication import replication_markdown
 
         replication_markdown([RESULTS])
+
+
+def test_replicate_runs_each_pair_and_tabulates_them(tmp_path, monkeypatch):
+    """`replicate --models`: one resuming `run all` per model × corpus into MODEL+CORPUS, and a runs table that
+    says who each column is."""
+    import superpos.run_all as ra
+    from superpos.cli import main
+
+    calls = []
+
+    def fake_run_all(names, out, model, corpus, device, seed, preset, resume=False):
+        calls.append((model, corpus, preset, resume))
+        rows = [{"name": n, "status": "ok", "seconds": 60.0, "headline": "h", "command": "c", "folder": n}
+                for n in names]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "index.json").write_text(json.dumps({"experiments": rows, "pending": [], "model": model,
+                                                    "corpus": corpus, "preset": preset}))
+        return rows
+
+    monkeypatch.setattr(ra, "run_all", fake_run_all)
+    assert main(["replicate", "--models", "smollm2-135m,m2", "--corpora", "pydoc_data.topics,dir/c2.txt", "--runs-dir",
+                 str(tmp_path / "r"), "--out", str(tmp_path / "rep.md")]) == 0
+    # the default model and corpus go as none (the commands of a plain `run all`)
+    assert calls == [(m, c, "replication", True) for m in (None, "m2") for c in (None, "dir/c2.txt")]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["m2+c2.txt", "m2+pydoc_data.topics",
+                                                                  "smollm2-135m+c2.txt",
+                                                                  "smollm2-135m+pydoc_data.topics"]
+    text = (tmp_path / "rep.md").read_text()
+    assert "| m2+c2.txt | m2 | dir/c2.txt | replication | 7 min | 7 of 7 |" in text
+    assert "python -m superpos replicate --models smollm2-135m,m2 --corpora pydoc_data.topics,dir/c2.txt --preset replication" in text
+
+
+def test_run_all_resume_keeps_what_finished_with_the_same_command(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from superpos.protocol import Experiment
+    from superpos.run_all import run_all
+
+    ran = []
+
+    def fake_run(self, cfg):
+        ran.append(self.name)
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out) / "results.json").write_text("{}")
+        return SimpleNamespace(verdict=SimpleNamespace(headline=f"{self.name} done"))
+
+    monkeypatch.setattr(Experiment, "run", fake_run)
+    names, out = ["donation", "reinject"], tmp_path / "all"
+    run_all(names, out, "m", "c", "cpu", 0, "quick", resume=True)
+    assert ran == names
+    ran.clear()
+    rows = run_all(names, out, "m", "c", "cpu", 0, "quick", resume=True)  # all finished: nothing runs again
+    assert ran == [] and [r["headline"] for r in rows] == ["donation done", "reinject done"]
+    assert json.loads((out / "index.json").read_text())["preset"] == "quick"
+    (out / "reinject" / "results.json").unlink()  # its results lost: it runs again
+    run_all(names, out, "m", "c", "cpu", 0, "quick", resume=True)
+    assert ran == ["reinject"]
+    ran.clear()
+    run_all(names, out, "m", "c", "cpu", 0, "replication", resume=True)  # other settings: every command differs
+    assert ran == names
+    ran.clear()
+    run_all(names, out, "m", "c", "cpu", 0, "replication")  # without resume everything runs
+    assert ran == names

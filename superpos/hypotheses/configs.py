@@ -45,6 +45,7 @@ class OrthogonalityConfig:
     """Hypothesis 1: does the residual stream hold far more than d nearly orthogonal directions?"""
 
     model: str | None = _model()
+    corpus: str | None = _corpus()  # the text of the harvested store (not used with --store)
     store: str | None = setting(None, "existing store holding the layers; empty: harvest one into OUT/acts.h5")
     layers: list[int] | None = setting(None, "residual layers for the dictionary sweep (comma list); empty: an early, "
                                              "the middle and a late layer (n/6, n/2, 5n/6)", parse="layer_list",

@@ -88,8 +88,8 @@ def run(cfg: OrthogonalityConfig) -> OrthogonalityResult:
         store_path = Path(cfg.store)
     else:
         store_path = out / "acts.h5"
-        harvest(HarvestConfig(model=cfg.model, layers=",".join(map(str, layers)), tokens=cfg.harvest_tokens,
-                              device=cfg.device), store_path, lm=lm)
+        harvest(HarvestConfig(model=cfg.model, corpus=cfg.corpus, layers=",".join(map(str, layers)),
+                              tokens=cfg.harvest_tokens, device=cfg.device), store_path, lm=lm)
     if cfg.control != "none":  # a calibration run: the identical sweep on a surrogate of the layers
         from ..surrogates import surrogate_of_store
 
@@ -284,12 +284,43 @@ def token_geometry(W_E: np.ndarray, W_U: np.ndarray | None,
     if W_U is not None:
         sets.update({"unembedding": W_U, "unembedding (centred)": W_U - W_U.mean(0)})
     sets["random null"] = g.gaussian_null(n_vocab, d, seed=cfg.seed)
+    cache = _geometry_cache(W_E, W_U, cfg.seed)
+    done = dict(np.load(cache)) if cache.exists() else {}
     tokens, maxcos = {}, {}
     for name, V in sets.items():
-        t0 = time.perf_counter()
-        mc = g.max_abs_cos(V).value
-        secs = time.perf_counter() - t0
+        reused = name in done  # the same matrices and seed measured before (another corpus, a rerun)
+        if reused:
+            mc, secs = done[name], float(done[f"{name} seconds"])
+        else:
+            t0 = time.perf_counter()
+            mc = g.max_abs_cos(V).value
+            secs = time.perf_counter() - t0
+            done.update({name: mc, f"{name} seconds": np.float64(secs)})
+            _save_npz(cache, done)
         maxcos[name] = mc
         tokens[name] = TokenSet(n=len(V), max_abs_cos=_summary(mc, cfg.n_boot, cfg.seed), seconds=secs)
-        _say(f"{name}: median max|cos| {np.median(mc):.3f} ({secs:.1f} s for {len(V):,} × {d})")
+        _say(f"{name}: median max|cos| {np.median(mc):.3f} ({secs:.1f} s for {len(V):,} × {d}"
+             f"{'; measured before, read from ' + str(cache) if reused else ''})")
     return tokens, maxcos
+
+
+def _geometry_cache(W_E: np.ndarray, W_U: np.ndarray | None, seed: int) -> Path:
+    """Where the max |cos| of these matrices (and the null of this seed) is kept: $SUPERPOS_CACHE/geometry/<sha256>.npz
+    (exact search on a 262k-token vocabulary takes minutes per set; every run on the same model reuses it)."""
+    import hashlib
+
+    from ..models import cache_folder
+
+    h = hashlib.sha256(f"{W_E.shape} {W_E.dtype} seed {seed}".encode())
+    for M in (W_E, W_U):
+        if M is not None:
+            h.update(np.ascontiguousarray(M).data)
+    return cache_folder("geometry") / f"{h.hexdigest()[:32]}.npz"
+
+
+def _save_npz(path: Path, arrays: dict) -> None:
+    import os
+
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)

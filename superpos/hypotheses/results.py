@@ -237,7 +237,7 @@ class PowerView:
     rate: list[float]
     draws: int
     power: float
-    min_detectable: float | None  # the smallest planted size detected at ``power`` (None: none of those run)
+    min_detectable: float | None  # the smallest planted size detected at ``power`` (None: none of those run reach it)
     positions: int
 
 

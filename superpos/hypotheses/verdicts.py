@@ -314,6 +314,9 @@ def numbers(name: str, res) -> dict[str, str]:
                 f"{_pct(lay.gain.mean)} [{_pct(lay.gain.lo)}, {_pct(lay.gain.hi)}]")
             out[f"layer {lay.layer}: stable atoms, |cos| ≤ {res.config.orth_eps}"] = (
                 f"{a.stable_orthogonal.mean:,.0f} ({a.stable_orthogonal.mean / res.d_model:.1f}× d)")
+        for set_name, t in res.tokens.items():  # the token geometry: each vector's max |cos| to the others
+            out[f"tokens: {set_name}, median max |cos| (n × d)"] = (
+                f"{t.max_abs_cos.median:.3f} ({t.n:,} × {res.d_model}, {t.seconds:.0f} s)")
         return out
     if name == "lenses":
         inner = slice(0, len(res.layers) - 1)
@@ -321,8 +324,16 @@ def numbers(name: str, res) -> dict[str, str]:
         return {"tuned closer at": f"{sum(t < g for t, g in zip(kl_t, kl_l))} of {len(kl_t)} layers",
                 "mean KL tuned / logit": f"{np.mean(kl_t):.3f} / {np.mean(kl_l):.3f}"}
     if name == "repurposing":
-        return {"peak layer": str(v.peak_layer), "effect [95% CI]": f"{v.peak[0]:+.2f} [{v.peak[1]:+.2f}, {v.peak[2]:+.2f}]",
-                "favoured z: layer → output": f"{v.raw_z:+.2f} → {v.final_z:+.2f}"}
+        out = {"peak layer": str(v.peak_layer), "effect [95% CI]": f"{v.peak[0]:+.2f} [{v.peak[1]:+.2f}, {v.peak[2]:+.2f}]",
+               "favoured z: layer → output": f"{v.raw_z:+.2f} → {v.final_z:+.2f}"}
+        if v.drop_vs_null is not None:
+            out["(ii) drop beyond the random-direction argmax"] = (
+                f"{v.drop_vs_null[0]:+.2f} [{v.drop_vs_null[1]:+.2f}, {v.drop_vs_null[2]:+.2f}]")
+        pw = getattr(res, "power", None)
+        if pw is not None:
+            out[f"minimum detectable α ({100 * pw.power:.0f} % power, planted push)"] = (
+                f"{pw.min_detectable:.3g}" if pw.min_detectable is not None else f"above {max(pw.alphas):g}")
+        return out
     if name == "probes":
         acc, mid, geo = res.targets["current token"].acc, len(res.layers) // 2, res.geometry
         d0, gv = geo.tail_vs_layer0.at(mid), res.guess.vs_layer0.at(mid)
