@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from data import clustered_atoms, real_layer_rows, real_store, synthetic_stream  # noqa: E402
+from scaling import bench_ddp, bench_scaling  # noqa: E402
 
 from superpos.dictionaries import TopKSAE  # noqa: E402
 
@@ -64,50 +66,6 @@ def machine() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "faiss": faiss.__version__, "h5py": h5py.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-
-
-def synthetic_stream(n: int, d: int, seed: int = 0) -> torch.Tensor:
-    """Rows that look like residuals to an SAE: sparse non-negative mixtures of 4d unit atoms, plus noise."""
-    rng = np.random.default_rng(seed)
-    atoms = rng.standard_normal((4 * d, d)).astype(np.float32)
-    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
-    idx = rng.integers(0, len(atoms), size=(n, 16))
-    coef = rng.exponential(1.0, size=(n, 16)).astype(np.float32)
-    x = np.einsum("nk,nkd->nd", coef, atoms[idx]) + 0.05 * rng.standard_normal((n, d)).astype(np.float32)
-    return torch.from_numpy(x)
-
-
-def clustered_atoms(n: int, d: int, per_cluster: int = 32, seed: int = 2) -> np.ndarray:
-    """Atoms with the structure of a large SAE's decoder: groups of related directions (|cos| ≈ 0.5–0.8
-    within a group) around n / per_cluster random centres, so that nearest neighbours are meaningful."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n // per_cluster + 1, d)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    V = centres[np.arange(n) // per_cluster] + rng.uniform(0.03, 0.08, (n, 1)).astype(np.float32) * \
-        rng.standard_normal((n, d)).astype(np.float32)
-    return V / np.linalg.norm(V, axis=1, keepdims=True)
-
-
-def real_store(layer: int = 15, tokens: int = 65536) -> Path:
-    """A store of the default model's layer ``layer`` over the default corpus, harvested once into the benchmark
-    cache (the real activations the peer and frontier sections train on)."""
-    from superpos.harvest import HarvestConfig, harvest
-
-    path = Path.home() / ".cache" / "superpos" / "bench-data" / f"smollm2_L{layer}_{tokens}.h5"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        harvest(HarvestConfig(layers=str(layer), tokens=tokens), path)
-    return path
-
-
-def real_layer_rows(layer: int = 15) -> np.ndarray:
-    """Layer-``layer`` rows of ``real_store``, position 0 (the attention sink) left out, in corpus order: the last
-    rows are the last contexts."""
-    import h5py
-
-    with h5py.File(real_store(layer), "r") as f:
-        keep = f["pos"][:] >= 1
-        return f[f"acts/L{layer}"][:][keep].astype(np.float32)
 
 
 def _time(fn, repeat: int) -> float:
@@ -295,72 +253,6 @@ def bench_geometry(q: bool) -> dict:
             print(f"[geometry] {name} {n:,}: {method} {total:.0f} s (build {mc.build_s:.0f} s), recall@1 {recall:.3f}; "
                   f"brute force ≈ {t_brute:.0f} s", flush=True)
     return res
-
-
-def _synthetic_store(path: Path, rows: int, d: int) -> Path:
-    from superpos.store import ActivationStore
-
-    chunk = 8 * 256
-    st = ActivationStore.create(path, layers=[15], d_model=d, n_rows=rows, attrs={"model": "bench", "context_length": 256},
-                                chunk_rows=chunk)
-    x = synthetic_stream(rows, d).numpy().astype(np.float16)
-    for lo in range(0, rows, chunk):
-        n = min(chunk, rows - lo)
-        r = np.arange(lo, lo + n)
-        st.write_rows(lo, {15: x[lo:lo + n]}, tokens=r.astype(np.int32), doc=(r // 256).astype(np.int32),
-                      pos=(r % 256).astype(np.int32), next_logprob=np.zeros(n, np.float32), next_rank=np.zeros(n, np.int32))
-    st.close()
-    return path
-
-
-def bench_ddp(q: bool) -> dict:
-    """`superpos fit` on 1 process vs `torchrun --nproc-per-node 2` (gloo), same global batch and tokens."""
-    import re
-    import socket
-
-    d, rows, batch, steps = (64, 16_384, 512, 10) if q else (576, 65_536, 4096, 16)
-    res = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        store = _synthetic_store(Path(tmp) / "s.h5", rows, d)
-        args = ["fit", "--store", str(store), "--layer", "15", "--expansion", "16", "--k", "32", "--batch-size",
-                str(batch), "--tokens", str(batch * steps), "--train-frac", "1", "--no-progress", "--device", "cpu"]
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        runs = {"1 process (all threads)": [sys.executable, "-m", "superpos", *args, "--out", f"{tmp}/one"],
-                "2 processes (torchrun, gloo)": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                                                 "--master-addr", "127.0.0.1", "--master-port", str(port),
-                                                 "-m", "superpos", *args, "--out", f"{tmp}/two"]}
-        for name, cmd in runs.items():
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
-            res[name] = float(re.search(r"in ([\d.]+) s", out).group(1))
-            print(f"[ddp] {name}: {res[name]:.1f} s", flush=True)
-    res["speedup_2_over_1"] = res["1 process (all threads)"] / res["2 processes (torchrun, gloo)"]
-    return {"d_model": d, "n_latents": 16 * d, "batch": batch, "steps": steps, "seconds": res}
-
-
-def bench_scaling(q: bool) -> dict:
-    from superpos.plan import plan_memory
-
-    d = 64 if q else 576
-    rows = []
-    for expansion in ((4, 8) if q else (8, 16, 32)):
-        for batch in ((256, 512) if q else (1024, 4096)):
-            F = expansion * d
-            # peak RSS growth: reset the high-water mark (/proc/self/clear_refs) just before the fit
-            code = (f"import re, torch, sys; sys.path.insert(0, {str(ROOT)!r}); "
-                    f"from superpos.dictionaries import TopKSAE; x = torch.randn({batch} * 4, {d}); "
-                    f"kb = lambda k: int(re.search(k + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024; "
-                    f"s = TopKSAE(n_components={F}, k=32, batch_size={batch}, n_tokens={batch} * 12, warmup_steps=1, "
-                    f"device='cpu', progress=False); open('/proc/self/clear_refs', 'w').write('5'); b = kb('VmRSS'); "
-                    f"s.fit(x); import numpy as np; print(kb('VmHWM') - b, np.median([h['tok_s'] for h in s.history_]))")
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-            mem, tok_s = int(out[0]), float(out[1])
-            rows.append({"n_latents": F, "batch": batch, "step_ms": 1e3 * batch / tok_s, "tokens_per_s": tok_s,
-                         "measured_peak_mib": mem / 2**20, "planned_mib": plan_memory(d, F, 32, batch).total / 2**20})
-            print(f"[scaling] F {F:,} batch {batch}: {rows[-1]['step_ms']:.0f} ms/step, "
-                  f"{rows[-1]['measured_peak_mib']:.0f} MiB (plan {rows[-1]['planned_mib']:.0f})", flush=True)
-    return {"d_model": d, "rows": rows}
 
 
 def main() -> int:

@@ -141,10 +141,10 @@ def _blocked_abs_max(Q, V, exclude=None, block: int = 65536, query_block: int = 
     return value.clamp(0, 1).cpu().numpy(), arg.cpu().numpy()
 
 
-def _symmetric_abs_max(U, block: int = 4096):
+def _symmetric_abs_max(U, block: int = 4096, col_block: int = 65536):
     """Each unit row's largest |cos| to any *other* row of U and its index, computing every pair once: query block
-    ``i`` meets only rows from its own start on, and each tile updates the best of its rows and of its columns
-    (half the matmul work of :func:`_blocked_abs_max` on the whole set). On CUDA when present."""
+    ``i`` meets only rows from its own start on, and each ``block`` × ``col_block`` tile updates the best of its rows
+    and of its columns (half the matmul work of :func:`_blocked_abs_max` on the whole set). On CUDA when present."""
     import torch
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -160,12 +160,16 @@ def _symmetric_abs_max(U, block: int = 4096):
 
     for q0 in range(0, n, block):
         q = U[q0:q0 + block]
-        c = (q @ U[q0:].T).abs_()  # columns q0..n: the pairs with an earlier row were done by earlier blocks
-        c[:, :len(q)].fill_diagonal_(-1.0)
-        v, i = c.max(1)
-        update(q0, v, i + q0)
-        v, i = c.max(0)
-        update(q0, v, i + q0)
+        for lo in range(q0, n, col_block):  # columns from q0 on: pairs with an earlier row were done by earlier blocks
+            c = (q @ U[lo:lo + col_block].T).abs_()
+            first, last = max(q0, lo), min(q0 + len(q), lo + c.shape[1])  # rows that are also columns here
+            if first < last:
+                own = torch.arange(first, last, device=dev)
+                c[own - q0, own - lo] = -1.0  # not a vector's own |cos|
+            v, i = c.max(1)
+            update(q0, v, i + lo)
+            v, i = c.max(0)
+            update(lo, v, i + q0)
     return best.clamp(0, 1).cpu().numpy(), best_i.cpu().numpy()
 
 

@@ -20,6 +20,10 @@ def test_max_abs_cos_equals_brute_force():
     # every pair once (the whole set) and each row against all (a subset of rows) agree
     some = g.max_abs_cos(V, batch=64, rows=np.arange(0, 300, 7))
     np.testing.assert_allclose(some.value, res.value[::7], atol=1e-6)
+    for block, col_block in ((64, 48), (48, 64), (300, 300)):  # tiles that cut the diagonal anywhere
+        value, neighbour = g._symmetric_abs_max(U.astype(np.float32), block=block, col_block=col_block)
+        np.testing.assert_allclose(value, C.max(1), atol=1e-5)
+        np.testing.assert_allclose(C[np.arange(300), neighbour], C.max(1), atol=1e-5)
 
 
 def test_random_vectors_match_theory():
