@@ -71,7 +71,8 @@ def register_replicate(sub) -> None:
     p = sub.add_parser("replicate", help="run every model × corpus and put the runs side by side (one table per "
                                          "experiment)",
                        description="With --models: `run all` for every model × corpus (at --preset) into "
-                                   "RUNS_DIR/MODEL+CORPUS, skipping pairs already complete, then the tables. Without: "
+                                   "RUNS_DIR/MODEL+CORPUS, resuming (an experiment already finished there with the "
+                                   "same command is kept), then the tables. Without: "
                                    "read the given `run all` output folders. Either way, write one markdown table per "
                                    "experiment: each run's verdict and the numbers it rests on, each column labelled "
                                    "with its folder's name, under a table of the runs (model, corpus, preset, time).")
