@@ -312,6 +312,32 @@ def test_default_fit_converges_and_recovers_planted_atoms(planted):
     assert _recovery(atoms, once.components_.numpy()).mean() < 0.8  # a fixed one-epoch budget stops too early
 
 
+def test_default_fit_on_a_small_store_converges_and_a_large_one_takes_one_epoch(planted, tmp_path, monkeypatch):
+    """A store whose rows fit in STORE_IN_MEMORY_BYTES is read in and converges like an array (a 4k-token store used to
+    get 3 steps); one over the limit streams one epoch."""
+    import superpos.dictionaries.trainer as trainer
+    from superpos.store import ActivationStore
+
+    x, atoms = planted
+    C = 64
+    n = len(x) // C * C
+    x = x[:n]
+    st = ActivationStore.create(tmp_path / "s.h5", layers=[3], d_model=x.shape[1], n_rows=n, dtype="float32",
+                                attrs={"model": "planted", "context_length": C})
+    st.write_rows(0, {3: x.astype(np.float32)}, tokens=np.zeros(n, np.int32), doc=np.arange(n, dtype=np.int32) // C,
+                  pos=np.tile(np.arange(C, dtype=np.int32), n // C), next_logprob=np.zeros(n, np.float32),
+                  next_rank=np.zeros(n, np.int32))
+    st.close()
+    with ActivationStore(tmp_path / "s.h5") as store:
+        sae = TopKSAE(n_components=512, k=5, device="cpu", progress=False).fit(store, layer=3)
+        rows = store.n_train_rows(1)
+        assert sae.converged_ and sae.n_iter_ > 3 * (rows // 1024)
+        assert _recovery(atoms, sae.components_.numpy()).mean() >= 0.95
+        monkeypatch.setattr(trainer, "STORE_IN_MEMORY_BYTES", rows * x.shape[1] * 4 - 1)  # one row too many
+        once = TopKSAE(n_components=512, k=5, device="cpu", progress=False).fit(store, layer=3)
+        assert once.n_iter_ == rows // 1024 and not hasattr(once, "converged_")  # a fixed budget: no convergence
+
+
 @pytest.mark.parametrize("cls", [NMF, SemiNMF])
 def test_sparse_nmf_codes_have_at_most_k_nonzeros(cls, planted):
     x, atoms = planted

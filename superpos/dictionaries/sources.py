@@ -119,6 +119,16 @@ class StoreRows:
             yield acts
 
 
+def in_memory_if_small(src: RowSource, min_pos: int, max_bytes: int) -> RowSource:
+    """``src`` read into memory (its training rows at positions ≥ ``min_pos``, in file order) when it is a store
+    whose rows take at most ``max_bytes`` as float32; otherwise ``src`` itself."""
+    if src.in_memory or src.n_rows(min_pos) * src.d_model * 4 > max_bytes:
+        return src
+    rows = TensorRows(np.concatenate(list(src.chunks(65536, min_pos))).astype(np.float32, copy=False))
+    rows.where = src.where
+    return rows
+
+
 def rows_from(X, layer: int | None = None) -> RowSource:
     """The row source for ``fit(X, layer=...)``: a store needs ``layer``; arrays and tensors are validated
     (``validate_rows``) and held as a tensor."""

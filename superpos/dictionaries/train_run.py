@@ -23,6 +23,7 @@ FIXED_BUDGET_WARMUP = 100  # default warm-up with a fixed n_tokens: this many st
 FIXED_BUDGET_WARMUP_FRACTION = 0.1  # ... or this share of the run's steps when that is fewer
 MIN_EVAL_STEPS = 50  # while converging, the held-out FVU is measured every epoch, at least this many steps apart
 MAX_VALIDATION_ROWS = 16384
+STORE_IN_MEMORY_BYTES = 2 * 2**30  # with n_tokens=None, a store this small (float32 rows) is read in and converges
 L0_CONTROL_RATE = 0.01  # per step: the penalty coefficient is multiplied by (L0 / target_l0) ** rate
 L0_SETTLED = 0.02  # |log(fast / slow smoothed L0)| below this: L0 is not moving by itself
 _SHOWN = {"loss": ".3g", "fvu": ".3f", "l0": ".1f", "dead": ".2f", "dense": ".2f", "tok_s": ".0f"}  # progress bar

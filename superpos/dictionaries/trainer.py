@@ -25,10 +25,11 @@ from ..errors import SuperposError
 from ..integrity import load_checkpoint
 from .base import BaseDictionary, check_finite
 from .sparse_ops import aux_k_loss, dense_pairs
-from .sources import RowSource, rows_from
+from .sources import RowSource, in_memory_if_small, rows_from
 
 from .train_run import (CHECKPOINT, DEFAULT_LR, DENSE_FRACTION, FIXED_BUDGET_WARMUP,  # noqa: F401 (re-exported)
-                        FIXED_BUDGET_WARMUP_FRACTION, MIN_EVAL_STEPS, WARMUP_FRACTION, _adam, _Convergence,
+                        FIXED_BUDGET_WARMUP_FRACTION, MIN_EVAL_STEPS, STORE_IN_MEMORY_BYTES, WARMUP_FRACTION,
+                        _adam, _Convergence,
                         _hold_out, _last_good, _Meter, _Schedule, _SHOWN, _TrainRun, geometric_median,
                         project_decoder_grad_, renormalise_decoder_)
 
@@ -135,9 +136,10 @@ class SparseAutoencoder(BaseDictionary):
         in-memory data trains until it converges: ``validation_fraction`` of the rows is held out, its FVU is
         measured every epoch (at least every 50 steps), and after ``n_iter_no_change`` measurements without a
         relative improvement of ``tol`` the final decay starts and the run ends (at most ``max_epochs`` passes);
-        ``converged_`` says which ended it. A store trains for one epoch. With ``checkpoint_dir``, training state is
-        saved every ``checkpoint_every`` steps, on Ctrl-C and at the end, and a later ``fit`` with the same
-        parameters resumes it exactly. ``callback(step, stats)`` is called at each logging step.
+        ``converged_`` says which ended it. A store whose training rows fit in ``STORE_IN_MEMORY_BYTES`` (2 GiB as
+        float32) is read into memory and trains the same way; a larger one trains for one epoch. With
+        ``checkpoint_dir``, training state is saved every ``checkpoint_every`` steps, on Ctrl-C and at the end, and a
+        later ``fit`` with the same parameters resumes it exactly. ``callback(step, stats)`` is called at each logging step.
         """
         src = rows_from(X, layer)
         self._check_params(src.d_model)
@@ -146,6 +148,8 @@ class SparseAutoencoder(BaseDictionary):
             keep_freed_memory()
         self._forget_stream()
         val = None
+        if self.n_tokens is None:  # converge: in-memory data, or a store small enough to read in
+            src = in_memory_if_small(src, self.min_pos, STORE_IN_MEMORY_BYTES)
         if self.n_tokens is None and src.in_memory:
             src, val = _hold_out(src, self.validation_fraction, self.seed)
         n_rows = src.n_rows(self.min_pos)
@@ -387,7 +391,7 @@ _COMMON_DOC = """
     Common parameters: ``n_components`` (latents; default ``expansion × d_model``), ``batch_size``,
     ``n_tokens`` (training tokens; default: in-memory data trains until the held-out FVU stops improving —
     ``max_epochs``, ``tol``, ``n_iter_no_change``, ``validation_fraction`` as in scikit-learn's early stopping —
-    and a store for one epoch), ``lr`` (Adam; default 2e-3, chosen by measurement for CPU-sized budgets — see
+    and so does a store of at most 2 GiB of rows, read into memory; a larger store trains for one epoch), ``lr`` (Adam; default 2e-3, chosen by measurement for CPU-sized budgets — see
     ``_lr``), ``warmup_steps`` (default 5 % of an epoch while converging; with a fixed ``n_tokens``, 100 steps or a tenth
     of the run when that is fewer),
     ``decay_frac`` (final fraction with linear decay to 0), ``aux_k`` / ``aux_coeff`` (AuxK loss on dead latents,
