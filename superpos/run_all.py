@@ -63,32 +63,37 @@ def finished_rows(out: Path) -> dict[str, dict]:
 def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, device: str, seed: int,
             preset: str | None = None, resume: bool = False) -> list[dict]:
     """Run ``names`` in order into ``out``, writing the index after each; returns the index rows. With ``resume``,
-    an experiment that an earlier run into ``out`` finished with the very same command is kept, not run again."""
+    an experiment that an earlier run into ``out`` finished with the very same command is kept, not run again, and
+    the index also keeps listing the other experiments finished there (so ``--only`` runs into one folder add up)."""
     from dataclasses import asdict
 
     out.mkdir(parents=True, exist_ok=True)
     earlier = finished_rows(out) if resume else {}
+    settings = {"model": model, "corpus": corpus, "preset": preset, "seed": seed}
     rows = []
     for i, name in enumerate(names, 1):
         cfg = experiment_config(name, out, model, corpus, device, seed, preset)
         command = command_line(name, asdict(cfg))
         if name in earlier and earlier[name]["command"] == command:
             print(f"\n=== [{i}/{len(names)}] {name}: finished earlier with the same command; kept", flush=True)
-            rows.append(earlier[name])
-            continue
-        print(f"\n=== [{i}/{len(names)}] {command}", flush=True)
-        t0 = time.perf_counter()
-        row = {"name": name, "command": command, "folder": name}
-        try:
-            res = REGISTRY[name].run(cfg)
-            row.update(status="ok", headline=res.verdict.headline)
-        except SuperposError as e:
-            row.update(status="failed", headline=f"error: {e}")
-            print(f"superpos: error: {name}: {e}", flush=True)
-        row["seconds"] = round(time.perf_counter() - t0, 1)
+            row = earlier[name]
+        else:
+            print(f"\n=== [{i}/{len(names)}] {command}", flush=True)
+            t0 = time.perf_counter()
+            row = {"name": name, "command": command, "folder": name}
+            try:
+                res = REGISTRY[name].run(cfg)
+                row.update(status="ok", headline=res.verdict.headline)
+            except SuperposError as e:
+                row.update(status="failed", headline=f"error: {e}")
+                print(f"superpos: error: {name}: {e}", flush=True)
+            row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-        # after each experiment: an interrupted run still has its index
-        write_index(out, rows, names, {"model": model, "corpus": corpus, "preset": preset, "seed": seed})
+        shown = rows  # written after each experiment: an interrupted run still has its index
+        if resume:  # experiments outside ``names`` finished here (another --only run, perhaps still going) stay listed
+            others = [r for n, r in finished_rows(out).items() if n not in names]
+            shown = sorted(rows + others, key=lambda r: EXPERIMENTS.index(r["name"]))
+        write_index(out, shown, names, settings)
     return rows
 
 

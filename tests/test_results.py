@@ -166,6 +166,10 @@ def test_run_all_resume_keeps_what_finished_with_the_same_command(tmp_path, monk
     run_all(names, out, "m", "c", "cpu", 0, "quick", resume=True)
     assert ran == ["reinject"]
     ran.clear()
+    run_all(["probes"], out, "m", "c", "cpu", 0, "quick", resume=True)  # an --only run into the same folder adds up
+    index = json.loads((out / "index.json").read_text())
+    assert ran == ["probes"] and [r["name"] for r in index["experiments"]] == ["probes", "donation", "reinject"]
+    ran.clear()
     run_all(names, out, "m", "c", "cpu", 0, "replication", resume=True)  # other settings: every command differs
     assert ran == names
     ran.clear()
