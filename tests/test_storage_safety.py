@@ -184,8 +184,9 @@ def test_harvest_killed_then_resumed_under_claims(tiny_models, tmp_path):
     """Two harvests on one path: the second is refused while the first writes; SIGKILL the first, and the same
     command takes its claim over and resumes to the full store."""
     out = tmp_path / "k.h5"
+    # 1,000 one-context batches: long enough to outlast the second command's start on a busy machine
     args = [sys.executable, "-m", "superpos", "harvest", "--model", str(tiny_models["llama"]), "--layers", "all",
-            "--tokens", "12800", "--context", "32", "--batch-size", "1", "--device", "cpu", "--out", str(out)]
+            "--tokens", "32000", "--context", "32", "--batch-size", "1", "--device", "cpu", "--out", str(out)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": os.getcwd()})
     deadline = time.time() + 120
