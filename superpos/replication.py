@@ -24,7 +24,10 @@ def _said(verdict) -> str:
     if verdict.supported is None:  # a descriptive experiment: its headline's first clause
         text = verdict.headline.split(" — ")[0].split(" (")[0].split(";")[0].strip()
         return text if len(text) <= 90 else text[:89] + "…"
-    return "SUPPORTED" if verdict.supported else "NOT SUPPORTED"
+    said = "SUPPORTED" if verdict.supported else "NOT SUPPORTED"
+    if getattr(verdict, "premise_met", None) is not None:  # reinject answers two questions
+        return f"premise {'MET' if verdict.premise_met else 'NOT MET'}; re-injection {said}"
+    return said
 
 
 def pair_folder(root: Path, model: str, corpus: str) -> Path:
