@@ -308,15 +308,18 @@ def numbers(name: str, res) -> dict[str, str]:
     v = res.verdict
     if name == "orthogonality":
         out = {}
-        for lay in res.layers:
+        depth = ("early", "middle", "late") if len(res.layers) == 3 else [f"#{i + 1}" for i in range(len(res.layers))]
+        for where, lay in zip(depth, res.layers):  # by depth, so that models with other layer counts line up
             a = lay.atoms
-            out[f"layer {lay.layer}: FVU gain {lay.sizes[0].expansion}× → {lay.sizes[-1].expansion}×"] = (
-                f"{_pct(lay.gain.mean)} [{_pct(lay.gain.lo)}, {_pct(lay.gain.hi)}]")
-            out[f"layer {lay.layer}: stable atoms, |cos| ≤ {res.config.orth_eps}"] = (
-                f"{a.stable_orthogonal.mean:,.0f} ({a.stable_orthogonal.mean / res.d_model:.1f}× d)")
+            out[f"{where} layer: FVU gain {lay.sizes[0].expansion}× → {lay.sizes[-1].expansion}×"] = (
+                f"L{lay.layer}: {_pct(lay.gain.mean)} [{_pct(lay.gain.lo)}, {_pct(lay.gain.hi)}]")
+            out[f"{where} layer: stable atoms, |cos| ≤ {res.config.orth_eps}"] = (
+                f"L{lay.layer}: {a.stable_orthogonal.mean:,.0f} ({a.stable_orthogonal.mean / res.d_model:.2f}× d)")
         for set_name, t in res.tokens.items():  # the token geometry: each vector's max |cos| to the others
             out[f"tokens: {set_name}, median max |cos| (n × d)"] = (
                 f"{t.max_abs_cos.median:.3f} ({t.n:,} × {res.d_model}, {t.seconds:.0f} s)")
+        if res.tokens_theory_median is not None:
+            out["tokens: random directions, median max |cos| in theory"] = f"{res.tokens_theory_median:.3f}"
         return out
     if name == "lenses":
         inner = slice(0, len(res.layers) - 1)
