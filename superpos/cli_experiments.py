@@ -18,7 +18,7 @@ def register(sub) -> None:
                        description="Run orthogonality, lenses, repurposing, probes, lookahead, donation and reinject "
                                    "with their defaults (or a --preset's) into OUT/<name>, then write OUT/index.html "
                                    "and OUT/index.md with each verdict and a link to its report. Hours on a CPU with "
-                                   "the default model at the defaults; --preset replication takes about 20 minutes, "
+                                   "the default model at the defaults; --preset replication about half an hour, "
                                    "--quick is a smoke run.")
     p.add_argument("--out", default="runs/all", help="output folder (default runs/all)")
     p.add_argument("--model", default=None, help="model for every experiment (default: smollm2-135m)")

@@ -18,8 +18,8 @@ from .protocol import command_line
 
 EXPERIMENTS = list(REGISTRY)
 PRESETS = {"quick": "small settings for a smoke run (not for conclusions)",
-           "replication": "the settings of docs/results/replication.md: minutes per experiment on a 2-core CPU for the "
-                          "default model, about 3x that for gemma3-270m"}
+           "replication": "the settings of docs/results/replication.md: ~27 minutes per corpus for the default "
+                          "model on one core of a 2-core CPU, ~2 hours for gemma3-270m"}
 
 
 def parse_only(text: str) -> list[str]:
