@@ -91,7 +91,8 @@ def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, 
         rows.append(row)
         shown = rows  # written after each experiment: an interrupted run still has its index
         if resume:  # experiments outside ``names`` finished here (another --only run, perhaps still going) stay listed
-            others = [r for n, r in finished_rows(out).items() if n not in names]
+            have = {r["name"] for r in rows}  # (an experiment of ``names`` not reached yet may be finished elsewhere)
+            others = [r for n, r in finished_rows(out).items() if n not in have]
             shown = sorted(rows + others, key=lambda r: EXPERIMENTS.index(r["name"]))
         write_index(out, shown, names, settings)
     return rows

@@ -170,6 +170,18 @@ def test_run_all_resume_keeps_what_finished_with_the_same_command(tmp_path, monk
     index = json.loads((out / "index.json").read_text())
     assert ran == ["probes"] and [r["name"] for r in index["experiments"]] == ["probes", "donation", "reinject"]
     ran.clear()
+    (out / "lookahead").mkdir()  # finished by another run with other settings; this one has not reached it yet
+    (out / "lookahead" / "results.json").write_text("{}")
+    index["experiments"].append({"name": "lookahead", "status": "ok", "command": "other", "folder": "lookahead",
+                                 "headline": "h", "seconds": 1.0})
+    (out / "index.json").write_text(json.dumps(index))
+    seen = []
+    monkeypatch.setattr(Experiment, "run", lambda self, cfg: (
+        seen.append([r["name"] for r in json.loads((out / "index.json").read_text())["experiments"]]),
+        fake_run(self, cfg))[1])
+    run_all(["donation", "lookahead"], out, "m", "c", "cpu", 0, "quick", resume=True)
+    assert ran == ["lookahead"] and seen == [["probes", "lookahead", "donation", "reinject"]]
+    ran.clear()
     run_all(names, out, "m", "c", "cpu", 0, "replication", resume=True)  # other settings: every command differs
     assert ran == names
     ran.clear()
