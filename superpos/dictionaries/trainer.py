@@ -29,9 +29,8 @@ from .sources import RowSource, in_memory_if_small, rows_from
 
 from .train_run import (CHECKPOINT, DEFAULT_LR, DENSE_FRACTION, FIXED_BUDGET_WARMUP,  # noqa: F401 (re-exported)
                         FIXED_BUDGET_WARMUP_FRACTION, MIN_EVAL_STEPS, STORE_IN_MEMORY_BYTES, WARMUP_FRACTION,
-                        _adam, _Convergence,
-                        _hold_out, _last_good, _Meter, _Schedule, _SHOWN, _TrainRun, geometric_median,
-                        project_decoder_grad_, renormalise_decoder_)
+                        _adam, _Convergence, _hold_out, _last_good, _Meter, _Schedule, _SHOWN, _TrainRun,
+                        geometric_median, project_decoder_grad_, renormalise_decoder_)
 
 
 class SparseAutoencoder(BaseDictionary):
@@ -136,11 +135,9 @@ class SparseAutoencoder(BaseDictionary):
         in-memory data trains until it converges: ``validation_fraction`` of the rows is held out, its FVU is
         measured every epoch (at least every 50 steps), and after ``n_iter_no_change`` measurements without a
         relative improvement of ``tol`` the final decay starts and the run ends (at most ``max_epochs`` passes);
-        ``converged_`` says which ended it. A store whose training rows fit in ``STORE_IN_MEMORY_BYTES`` (2 GiB as
-        float32) is read into memory and trains the same way; a larger one trains for one epoch. With
-        ``checkpoint_dir``, training state is saved every ``checkpoint_every`` steps, on Ctrl-C and at the end, and a
-        later ``fit`` with the same parameters resumes it exactly. ``callback(step, stats)`` is called at each logging step.
-        """
+        ``converged_`` says which ended it. So does a store of at most ``STORE_IN_MEMORY_BYTES`` (float32), read in;
+        a larger one trains one epoch. With ``checkpoint_dir``, the state is saved every ``checkpoint_every`` steps,
+        on Ctrl-C and at the end; the same ``fit`` resumes it exactly. ``callback(step, stats)`` runs at each log."""
         src = rows_from(X, layer)
         self._check_params(src.d_model)
         dev = self._device()
@@ -150,8 +147,8 @@ class SparseAutoencoder(BaseDictionary):
         val = None
         if self.n_tokens is None:  # converge: in-memory data, or a store small enough to read in
             src = in_memory_if_small(src, self.min_pos, STORE_IN_MEMORY_BYTES)
-        if self.n_tokens is None and src.in_memory:
-            src, val = _hold_out(src, self.validation_fraction, self.seed)
+            if src.in_memory:
+                src, val = _hold_out(src, self.validation_fraction, self.seed)
         n_rows = src.n_rows(self.min_pos)
         batch = min(self.batch_size, n_rows)
         distributed.check_batch(batch)  # under torchrun the batch is global; each rank trains on a slice
