@@ -58,6 +58,7 @@ def run_pairs(models: list[str], corpora: list[str], root: Path, preset: str | N
 
 def _runs_table(runs: list[Path], labels: list[str]) -> list[str]:
     """Who each column is: model, corpus, preset and wall time, from each folder's index.json."""
+    from .protocol import EXPERIMENTS
     md = ["| run | model | corpus | preset | wall time | experiments ok |", "|---|---|---|---|---|---|"]
     for label, r in zip(labels, runs):
         ix = json.loads((r / "index.json").read_text())
@@ -65,7 +66,7 @@ def _runs_table(runs: list[Path], labels: list[str]) -> list[str]:
         ok = sum(x["status"] == "ok" for x in rows)
         md.append(f"| {label} | {ix.get('model') or 'smollm2-135m'} | {ix.get('corpus') or 'pydoc_data.topics'} | "
                   f"{ix.get('preset') or 'defaults'} | {sum(x['seconds'] for x in rows) / 60:.0f} min | "
-                  f"{ok} of {len(rows) + len(ix.get('pending', []))} |")
+                  f"{ok} of {len(EXPERIMENTS)} |")
     return md
 
 
