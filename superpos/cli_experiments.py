@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_common import add_settings, config_from_args
+from .cli_common import _arg_type, add_settings, config_from_args
 
 
 def register(sub) -> None:
@@ -67,6 +67,9 @@ def register_replicate(sub) -> None:
     """``superpos replicate``: the replication tables from several ``run all`` folders (run first with --models)."""
     from .replication import DEFAULT_CORPORA, DEFAULT_MODELS
     from .run_all import PRESETS
+    from .settings import PARSERS
+
+    names = _arg_type(PARSERS["name_list"])
 
     p = sub.add_parser("replicate", help="run every model × corpus and put the runs side by side (one table per "
                                          "experiment)",
@@ -77,9 +80,9 @@ def register_replicate(sub) -> None:
                                    "experiment: each run's verdict and the numbers it rests on, each column labelled "
                                    "with its folder's name, under a table of the runs (model, corpus, preset, time).")
     p.add_argument("runs", nargs="*", help="`run all` output folders (added after the --models runs)")
-    p.add_argument("--models", type=_comma, default=None,
+    p.add_argument("--models", type=names, default=None,
                    help=f"comma list of models to run (e.g. {','.join(DEFAULT_MODELS)}); empty: only read RUNS")
-    p.add_argument("--corpora", type=_comma, default=list(DEFAULT_CORPORA),
+    p.add_argument("--corpora", type=names, default=list(DEFAULT_CORPORA),
                    help=f"comma list of corpora for --models (default {','.join(DEFAULT_CORPORA)})")
     p.add_argument("--preset", choices=list(PRESETS), default="replication",
                    help="settings of each `run all` (default replication)")
@@ -88,13 +91,6 @@ def register_replicate(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--out", default="replication.md", help="markdown file to write (default replication.md)")
     p.set_defaults(func=cmd_replicate)
-
-
-def _comma(text: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma list")
-    return items
 
 
 def cmd_replicate(args) -> int:

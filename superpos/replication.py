@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .corpora import KNOWN_CORPORA
 from .errors import SuperposError
+from .model_files import DEFAULT_MODEL, KNOWN_MODELS
 
-DEFAULT_MODELS = ("smollm2-135m", "gemma3-270m")  # every known model
-DEFAULT_CORPORA = ("pydoc_data.topics", "shakespeare")  # the default corpus and the known one
+DEFAULT_MODELS = tuple(KNOWN_MODELS)  # every known model
+DEFAULT_CORPORA = ("pydoc_data.topics", *KNOWN_CORPORA)  # the default corpus and the known ones
 
 
 def _cell(text: str) -> str:
@@ -41,7 +43,6 @@ def run_pairs(models: list[str], corpora: list[str], root: Path, preset: str | N
     finished there with the same command is kept (an interrupted replication goes on where it stopped); returns
     the folders."""
     from .corpus import DEFAULT_CORPUS_NAMES
-    from .model_files import DEFAULT_MODEL
     from .run_all import EXPERIMENTS, run_all
 
     folders = []
@@ -59,12 +60,13 @@ def run_pairs(models: list[str], corpora: list[str], root: Path, preset: str | N
 def _runs_table(runs: list[Path], labels: list[str]) -> list[str]:
     """Who each column is: model, corpus, preset and wall time, from each folder's index.json."""
     from .protocol import EXPERIMENTS
+
     md = ["| run | model | corpus | preset | wall time | experiments ok |", "|---|---|---|---|---|---|"]
     for label, r in zip(labels, runs):
         ix = json.loads((r / "index.json").read_text())
         rows = ix.get("experiments", [])
         ok = sum(x["status"] == "ok" for x in rows)
-        md.append(f"| {label} | {ix.get('model') or 'smollm2-135m'} | {ix.get('corpus') or 'pydoc_data.topics'} | "
+        md.append(f"| {label} | {ix.get('model') or DEFAULT_MODEL} | {ix.get('corpus') or DEFAULT_CORPORA[0]} | "
                   f"{ix.get('preset') or 'defaults'} | {sum(x['seconds'] for x in rows) / 60:.0f} min | "
                   f"{ok} of {len(EXPERIMENTS)} |")
     return md

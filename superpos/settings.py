@@ -92,6 +92,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "layer_list": _list(int, lambda v: v >= 0, "layer numbers (0 or more)"),
     "positive_float_list": _list(float, lambda v: v > 0, "positive numbers"),
     "offset_list": _list(int, lambda v: abs(v) <= 16, "offsets between -16 and 16"),
+    "name_list": _list(str.strip, bool, "a comma list of names"),
     "control": _choice(*CONTROL_KINDS),
     "surrogate": _choice("none", "gaussian", "pc-shuffle", "planted"),
     "store_dtype": _choice("auto", "float16", "float32"),
