@@ -11,7 +11,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable
 
 #: planted controls of the repurposing experiment (superpos.hypotheses.mechanisms describes each)
-CONTROL_KINDS = ("none", "positive", "negative", "gamma", "subspace", "attn", "mlp", "gated")
+CONTROL_KINDS = ("none", "positive", "negative", "gamma", "subspace", "consistent", "attn", "mlp", "gated")
 
 
 def setting(default=None, help: str = "", *, parse: str | None = None, flag: str | None = None, factory=None):

@@ -93,11 +93,14 @@ def test_calibrated_run_flags_the_planted_control_and_not_the_nulls(peaked_llama
     assert (tmp_path / "rep" / "controls" / "planted_token_directions" / "report.md").exists()
     assert pos.config.lens == str(tmp_path / "rep" / "tuned_lens")  # the real run's lens, reused
     mech = {(r.control, r.alpha): r.detected for r in cal.real.mechanisms.rows}  # every planted control, side by side
-    assert {k for k, _ in mech} == set(CONTROLS) and len(mech) == 1 + 7 * len(cfg.mechanism_alphas)
+    assert {k for k, _ in mech} == set(CONTROLS) and len(mech) == 1 + (len(CONTROLS) - 1) * len(cfg.mechanism_alphas)
     assert not mech[("none", 0.0)] and not any(mech[("negative", a)] for a in cfg.mechanism_alphas)
     assert mech[("positive", 0.5)]  # on the held-out 8 contexts at the chosen layer
     report = (tmp_path / "rep" / "report.md").read_text()
     assert "Planted mechanisms and negative controls" in report and "Who writes it" in report
+    assert "Consistent channels" in report and "detected by (iii)" in report
+    assert any(c.startswith("(iii) Consistent channels") for c in cal.real.verdict.criteria)
+    assert cal.real.verdict.channel_layer in cal.real.off_layers and len(cal.real.verdict.channel) == 3
     wv = cal.real.writes
     assert len(wv.attn.mean) == len(wv.mlp.mean) == 6 and wv.n_contexts == min(cfg.write_contexts, 8)
 
@@ -112,6 +115,18 @@ def test_off_output_part_removes_exactly_what_the_output_predicts():
     assert off[:, :5].abs().max() < 1e-5  # predicted part is gone
     kept = other - other.mean(0)  # the rest stays, up to a chance fit on 9 regressors (~ sqrt(9/500) = 0.13)
     assert (off[:, 5:] - kept).norm() / kept.norm() < 0.25
+
+
+def test_off_output_part_does_not_fit_noise_when_positions_are_few():
+    """256 positions in 96 dimensions, the layer unrelated to the output: all 96 components would remove about
+    96/256 of its variance by chance; at most 25 (a tenth of the positions) remove about a tenth."""
+    rng = np.random.default_rng(1)
+    final = torch.from_numpy(rng.standard_normal((256, 96)) * np.linspace(3, 0.1, 96))
+    R = torch.from_numpy(rng.standard_normal((256, 40)))
+    Rc = R - R.mean(0)
+    kept = float(off_output_part(R, final).pow(2).sum() / Rc.pow(2).sum())
+    assert 0.85 < kept < 0.95
+    assert float(off_output_part(R, final, fit_share=1.0).pow(2).sum() / Rc.pow(2).sum()) < 0.7  # the old fit
 
 
 def test_cluster_bootstrap_and_shuffle():

@@ -18,13 +18,18 @@ def lm(peaked_llama):
     return lm
 
 
-def _detected(lm, kind: str, alpha: float, seed: int) -> bool:
-    """Criterion (i) of the verdict at the layer the control writes (a), on the hooked model."""
+def _detect(lm, kind: str, alpha: float, seed: int):
+    """Criterion (i) and the consistent-channel scan (iii) at the layer the control writes (a), on the hooked model."""
     tokens = np.random.default_rng(0).integers(2, lm.model.config.vocab_size, size=(16, 48))
     d = detect(lm, tokens, kind, alpha, control_layers(lm.n_layers)[0], per_context=24, unlikely=1e-4, likely=1e-2,
                seed=seed)
-    assert d.detected == (d.excess.lo > 0 and d.effect.lo > 0)
-    return d.detected
+    assert d.detected == (d.excess.lo > 0 and d.effect.lo > 0) and d.channel_detected == (d.channel.lo > 0)
+    return d
+
+
+def _detected(lm, kind: str, alpha: float, seed: int) -> bool:
+    d = _detect(lm, kind, alpha, seed)
+    return d.detected or d.channel_detected
 
 
 @pytest.mark.parametrize("kind", [k for k in CONTROLS if k not in ("none", "negative")])
@@ -35,6 +40,13 @@ def test_each_planted_mechanism_is_detected_at_its_stated_size(lm, kind):
 @pytest.mark.parametrize("kind", ["none", "negative"])
 def test_negative_controls_are_not_detected_even_at_twice_that_size(lm, kind):
     assert not any(_detected(lm, kind, 2 * STATED_ALPHA, seed) for seed in range(3))
+
+
+def test_a_consistent_channel_is_seen_by_the_channel_scan_and_not_by_the_max_z_scan(lm):
+    """The reason for (iii): the same 8 tokens in every context hide in the covariance that (i) divides by."""
+    rows = [_detect(lm, "consistent", STATED_ALPHA, seed) for seed in range(3)]
+    assert all(r.channel_detected and not r.detected for r in rows), rows
+    assert _detect(lm, "none", 0.0, 0).channel.mean == 0  # read against itself
 
 
 def test_gated_removal_takes_a_sigmoid_share_of_the_projection():

@@ -13,6 +13,9 @@ control        direction                                                        
 ``gamma``      a random token's row of γ ⊙ W_U (what the logits read; the          residual a    exactly
                statistic scans raw W_U)
 ``subspace``   a random unit vector in the span of ``rank`` random tokens' rows    residual a    exactly
+``consistent`` one of ``CONSISTENT_TOKENS`` fixed tokens' unembedding rows, the     residual a    exactly
+               same tokens in every context (it lives in the layer's covariance,
+               where the max-z scan cannot see it; ``channels`` can)
 ``attn``       a random token's unembedding row                                    the attention exactly
                                                                                    of the block
                                                                                    making a
@@ -38,11 +41,13 @@ from .ablation import token_directions
 from .results import MechanismRow
 
 SUBSPACE_RANK = 4  # tokens spanning the ``subspace`` control's direction at each position
+CONSISTENT_TOKENS = 8  # the fixed tokens the ``consistent`` control writes, one per position
 DESCRIPTIONS = {
     "positive": "a random token's unembedding direction",
     "negative": "a random non-token direction",
     "gamma": "a random token's direction in γ ⊙ W_U (what the logits read)",
     "subspace": f"a random direction in the span of {SUBSPACE_RANK} random tokens' unembedding rows",
+    "consistent": f"one of {CONSISTENT_TOKENS} fixed tokens' unembedding directions, the same in every context",
     "attn": "a random token's unembedding direction, written by the attention of the block that makes layer a",
     "mlp": "a random token's unembedding direction, written by the MLP of the block that makes layer a",
     "gated": "a random token's unembedding direction, removed by a gate that reads the stream (about 88 %)",
@@ -90,6 +95,8 @@ def planted_control(lm, kind: str, alpha: float = 1.0, seed: int = 0):
     a, b = control_layers(lm.n_layers)
     gen = torch.Generator().manual_seed(seed)
     tok_VD = None if kind == "negative" else token_directions(lm, "output" if kind == "gamma" else "unembedding").cpu()
+    if kind == "consistent":  # drawn once: every position then writes one of these
+        tok_VD = tok_VD[torch.randint(0, len(tok_VD), (CONSISTENT_TOKENS,), generator=gen)]
     state: dict = {}
 
     def plant(resid, size_from):
@@ -118,21 +125,53 @@ def planted_control(lm, kind: str, alpha: float = 1.0, seed: int = 0):
         yield
 
 
-def detect(lm, tokens_NC: np.ndarray, kind: str, alpha: float, layer: int, *, per_context: int, unlikely: float,
-           likely: float, exclude_recent: int = 0, z_high: float = 5.0, n_boot: int = 200, seed: int = 0) -> MechanismRow:
-    """Hook ``lm`` with control ``kind`` at size ``alpha``, sample its residuals at ``layer`` and the output over
-    ``tokens_NC``, form the groups from the hooked model's own output, and read criterion (i) of the verdict at
-    ``layer`` exactly as the experiment does."""
+def _hooked_read(lm, tokens_NC, kind, alpha, layer, *, per_context, unlikely, likely, exclude_recent, z_high, seed):
+    """The hooked model's statistics at ``layer`` with the consistent-channel scan (chosen on half the contexts):
+    (``layer_stats``' dict, the contexts' ids per position, the mask of positions that chose)."""
     from ..residuals import sample_residuals
     from .lenses import final_logprobs
-    from .power import criterion_i
+    from .repurposing import selection_mask
     from .token_stats import layer_stats, scan_directions, shuffle_contexts, token_groups
 
     with planted_control(lm, kind, alpha, seed):
         s = sample_residuals(lm, tokens_NC, per_context, layers=[layer, lm.n_layers], seed=seed, progress=False)
     U, L = token_groups(final_logprobs(lm, s), unlikely, likely, s.recent_tokens(exclude_recent or tokens_NC.shape[1]))
     tok_VD, rand_VD = scan_directions(lm, seed)
-    st = layer_stats(s.at(layer), s.at(lm.n_layers), U, L, tok_VD, rand_VD, shuffle_contexts(s.ctx_P), z_high, seed)
-    excess, effect = criterion_i(st, s.ctx_P, n_boot, seed)
+    sel = selection_mask(s.ctx_P, 0.5, seed)
+    st = layer_stats(s.at(layer), s.at(lm.n_layers), U, L, tok_VD, rand_VD, shuffle_contexts(s.ctx_P), z_high, seed,
+                     channel_sel=sel)
+    return st, s.ctx_P, sel
+
+
+def detect(lm, tokens_NC: np.ndarray, kind: str, alpha: float, layer: int, *, per_context: int, unlikely: float,
+           likely: float, exclude_recent: int = 0, z_high: float = 5.0, n_boot: int = 200, seed: int = 0,
+           unhooked_excess: np.ndarray | None = None) -> MechanismRow:
+    """Hook ``lm`` with control ``kind`` at size ``alpha``, sample its residuals at ``layer`` and the output over
+    ``tokens_NC``, form the groups from the hooked model's own output, and read at ``layer``:
+
+    * criterion (i) of the verdict, exactly as the experiment does;
+    * the consistent-channel excess (``channels``) minus the unhooked model's at the same positions
+      (``unhooked_excess``, from ``channel_excess``; computed here when not given), on the contexts that did not
+      choose the channels.
+    """
+    from ..stats import cluster_interval
+    from .power import criterion_i
+
+    kw = dict(per_context=per_context, unlikely=unlikely, likely=likely, exclude_recent=exclude_recent, z_high=z_high,
+              seed=seed)
+    st, ctx, sel = _hooked_read(lm, tokens_NC, kind, alpha, layer, **kw)
+    excess, effect = criterion_i(st, ctx, n_boot, seed)
+    own = st["channel_tokens"] - st["channel_random"]
+    if unhooked_excess is None:
+        unhooked_excess = own if kind == "none" else channel_excess(lm, tokens_NC, layer, **kw)
+    held = ~sel if sel.any() else np.ones(len(sel), dtype=bool)
+    over = own - unhooked_excess
+    channel = cluster_interval(over[held], ctx[held], n_boot=n_boot, seed=seed)
     return MechanismRow(control=kind, alpha=float(alpha), detected=bool(excess.lo > 0 and effect.lo > 0), excess=excess,
-                        effect=effect)
+                        effect=effect, channel=channel, channel_detected=bool(channel.lo > 0))
+
+
+def channel_excess(lm, tokens_NC: np.ndarray, layer: int, **kw) -> np.ndarray:
+    """Per position: the unhooked model's consistent-channel excess at ``layer`` (what ``detect`` pairs with)."""
+    st, _, _ = _hooked_read(lm, tokens_NC, "none", 0.0, layer, **kw)
+    return st["channel_tokens"] - st["channel_random"]

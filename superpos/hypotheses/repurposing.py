@@ -37,7 +37,7 @@ import torch
 from ..errors import ConfigError, SuperposError
 from ..stats import cluster_band, cluster_interval
 from .configs import RepurposingConfig
-from .mechanisms import CONTROLS, control_layers, detect, planted_control
+from .mechanisms import CONTROLS, channel_excess, control_layers, detect, planted_control
 from .results import (AblationView, DictionaryView, GroupSizes, MechanismsView, PairedTokens, PowerView, RepurposingResult,
                       WritesView)
 from .token_stats import shuffle_contexts, token_groups, token_statistics
@@ -91,10 +91,11 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
     del logp
     group_sizes = GroupSizes(near_impossible_mean=float(U.sum(1).float().mean()),
                              likely_mean=float(L.sum(1).float().mean()), vocab=int(U.shape[1]))
-    ts = token_statistics(lm, sample, U, L, lens, cfg)
+    ctx = sample.ctx_P
+    sel = selection_mask(ctx, cfg.select_fraction, cfg.seed)  # these contexts choose layers and channels; the others test
+    ts = token_statistics(lm, sample, U, L, lens, cfg, sel_P=sel)
     timings["token_stats_s"] = time.perf_counter() - t0
-    ctx, paired = sample.ctx_P, ts.paired
-    sel = selection_mask(ctx, cfg.select_fraction, cfg.seed)  # these contexts choose the layer; the others test it
+    paired = ts.paired
     held = ~sel if sel.any() else np.ones(len(ctx), dtype=bool)
 
     def bands(mask, keys):
@@ -110,7 +111,8 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
         layers=sample.layers, off_layers=ts.off_layers,
         curves=bands(held, ts.curves), null_peak_sd=ts.null_peak_sd, paired_tokens=paired_tokens,
         selection_contexts=int(len(np.unique(ctx[sel]))),
-        selection_curves=bands(sel, ("effect", "excess_tokens")) if sel.any() else None)
+        selection_curves=bands(sel, [k for k in ("effect", "excess_tokens", "channel_excess") if k in ts.curves])
+        if sel.any() else None)
     layer = res.off_layers[repurposing_layer(res)]
     test = sample.subset(held)
     U_test, L_test = U[torch.from_numpy(held)], L[torch.from_numpy(held)]
@@ -183,16 +185,18 @@ def layer_ablation(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConfig
 
 
 def layer_mechanisms(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConfig) -> MechanismsView:
-    """Every planted control at every ``mechanism_alphas`` size (``none`` once), through criterion (i) at ``layer``
-    — or at the controls' write layer when ``layer`` is outside the span they write (``mechanisms.detect``)."""
+    """Every planted control at every ``mechanism_alphas`` size (``none`` once), through criterion (i) and the
+    consistent-channel scan against the unhooked model at ``layer`` — or at the controls' write layer when ``layer``
+    is outside the span they write (``mechanisms.detect``)."""
     from tqdm import tqdm
 
     a, b = control_layers(lm.n_layers)
     at = layer if a <= layer < b else a
+    kw = dict(per_context=cfg.per_context, unlikely=cfg.unlikely, likely=cfg.likely, exclude_recent=cfg.exclude_recent,
+              z_high=cfg.z_high, seed=cfg.seed)
+    unhooked = channel_excess(lm, tokens_NC, at, **kw)
     runs = [("none", 0.0)] + [(k, al) for k in CONTROLS if k != "none" for al in cfg.mechanism_alphas]
-    rows = [detect(lm, tokens_NC, kind, alpha, at, per_context=cfg.per_context, unlikely=cfg.unlikely,
-                   likely=cfg.likely, exclude_recent=cfg.exclude_recent, z_high=cfg.z_high,
-                   n_boot=min(cfg.n_boot, 200), seed=cfg.seed)
+    rows = [detect(lm, tokens_NC, kind, alpha, at, n_boot=min(cfg.n_boot, 200), unhooked_excess=unhooked, **kw)
             for kind, alpha in tqdm(runs, desc=f"planted controls at layer {at}", file=sys.stderr)]
     return MechanismsView(layer=at, n_contexts=len(tokens_NC), rows=rows)
 

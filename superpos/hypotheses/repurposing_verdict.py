@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..errors import SuperposError
 from . import results as R
+from .channels import CHANNEL_TOP
 
 
 def mid_layers(layers: list[int], n_layers: int) -> list[int]:
@@ -59,6 +60,9 @@ def repurposing(res: R.RepurposingResult) -> R.RepurposingVerdict:
                                    f"95% CI {null.lo:+.2f} to {null.hi:+.2f}")
         + f") {yes if removed else '(no)'}.",
     ]
+    channel = _channel_line(res, mid)
+    if channel is not None:
+        lines.append(channel[0])
     mde = res.power.min_detectable if res.power is not None else None
     if res.power is not None:
         pw = res.power
@@ -85,4 +89,33 @@ def repurposing(res: R.RepurposingResult) -> R.RepurposingVerdict:
     return R.RepurposingVerdict(supported=supported, present=present, removed=removed, headline=head, criteria=lines,
                                 peak_layer=L, peak=[peak.mean, peak.lo, peak.hi], raw_z=raw, final_z=fin,
                                 drop=[drop.mean, drop.lo, drop.hi], held_out=held, min_detectable=mde,
-                                drop_vs_null=None if null is None else [null.mean, null.lo, null.hi])
+                                drop_vs_null=None if null is None else [null.mean, null.lo, null.hi],
+                                channel_layer=None if channel is None else channel[1],
+                                channel=None if channel is None else channel[2])
+
+
+def _channel_line(res: R.RepurposingResult, mid: list[int]):
+    """(iii), the consistent channels (``channels``): (line, layer, [mean, lo, hi]) at the middle layer where the
+    excess is largest on the selection contexts, with layer 0's for scale and the planted ``consistent`` control's
+    detection for power; None for results without the scan."""
+    c = res.curves
+    if "channel_excess" not in c:
+        return None
+    pick = res.selection_curves if res.selection_curves and "channel_excess" in res.selection_curves else c
+    j = max(mid, key=lambda i: pick["channel_excess"].mean[i])
+    ch, L = c["channel_excess"].at(j), res.off_layers[j]
+    at0 = (f"; at layer 0, where it is the embedding's own token structure, {c['channel_excess'].mean[0]:+.2f}"
+           if res.off_layers[0] == 0 else "")
+    line = (f"(iii) Consistent channels, read against each position's own energy rather than the layer's covariance: "
+            f"at layer {L}, the {CHANNEL_TOP} near-impossible token directions chosen on the selection contexts carry "
+            f"{c['channel_tokens'].mean[j]:.2f}× an average direction's share of the off-output energy on the held-out "
+            f"ones, the {CHANNEL_TOP} random directions chosen the same way {c['channel_random'].mean[j]:.2f}× "
+            f"(excess {ch.mean:+.2f}, 95% CI {ch.lo:+.2f} to {ch.hi:+.2f}{at0}). Token geometry alone gives an excess "
+            f"and no layer of a real model is known to be free of channels, so this is descriptive")
+    seen = [r.alpha for r in (res.mechanisms.rows if res.mechanisms else []) if r.control == "consistent"
+            and r.channel_detected]
+    tried = [r.alpha for r in (res.mechanisms.rows if res.mechanisms else []) if r.control == "consistent"]
+    if tried:
+        line += (f"; a planted consistent channel on top of it is detected from α = {min(seen):g}" if seen else
+                 f"; a planted consistent channel on top of it is not detected at any α up to {max(tried):g}")
+    return line + ".", L, [ch.mean, ch.lo, ch.hi]

@@ -258,14 +258,16 @@ class AblationView:
 
 @dataclass(kw_only=True)
 class MechanismRow:
-    """Criterion (i) at ``MechanismsView.layer`` on the model hooked with one control at one size
-    (``mechanisms.detect``)."""
+    """Criterion (i) at ``MechanismsView.layer`` on the model hooked with one control at one size, and the
+    consistent-channel scan there (``mechanisms.detect``)."""
 
     control: str
     alpha: float
-    detected: bool
+    detected: bool  # by criterion (i)
     excess: Interval
     effect: Interval
+    channel: Interval | None = None  # channel excess minus the unhooked model's, on the contexts that did not choose
+    channel_detected: bool | None = None  # its CI above 0
 
 
 @dataclass(kw_only=True)
@@ -317,6 +319,8 @@ class RepurposingVerdict(Verdict):
     held_out: bool = False  # layer chosen on one half of the contexts, tested on the other
     min_detectable: float | None = None  # from the power curve, when one was run
     drop_vs_null: list[float] | None = None  # (ii)'s drop minus the random-direction argmax's, [mean, lo, hi]
+    channel_layer: int | None = None  # (iii) consistent channels: the layer read, chosen on the selection contexts
+    channel: list[float] | None = None  # (iii): the channel excess there (tokens minus random directions), [mean, lo, hi]
 
 
 @dataclass(kw_only=True)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..errors import SuperposError
 from .ablation import token_directions
+from .channels import channel_scan
 from .configs import RepurposingConfig
 from .dense_use import group_use, matched_groups
 
@@ -59,13 +60,27 @@ def _gaussian(E_PD: torch.Tensor, cov_DD: torch.Tensor) -> torch.Tensor:
         return (E_PD.double() @ (evecs * evals.clamp_min(0).sqrt()).T).float()
 
 
-def off_output_part(R_PD: torch.Tensor, final_PD: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+OFF_OUTPUT_FIT_SHARE = 0.1  # regressors at most this share of the positions: a chance fit takes ≲ 10 % of the variance
+
+
+def off_output_part(R_PD: torch.Tensor, final_PD: torch.Tensor, ridge: float = 1e-3,
+                    fit_share: float = OFF_OUTPUT_FIT_SHARE) -> torch.Tensor:
     """The part of a layer's residual that the final residual does not predict linearly (centred).
 
-    Least squares ``R ≈ [final, 1] A`` (ridge-regularised) over the sample; what is left is what this
-    layer carries that is gone, or rotated away, by the output — where repurposed directions must live.
+    Least squares ``R ≈ [final_k, 1] A`` (ridge-regularised) over the sample, where ``final_k`` holds the final
+    residual's top k principal components, k = min(D, ``fit_share`` × positions). What is left is what this layer
+    carries that is gone, or rotated away, by the output — where repurposed directions must live. With all D
+    components a sample of 256 positions in 576 dimensions would be fitted exactly by chance; with k ≤ P/10 a
+    chance fit removes about k/P ≤ 10 % of an unrelated residual's variance, and the final residual's smallest
+    components are left out of "what the output predicts".
     """
-    X = torch.cat([final_PD, torch.ones(len(final_PD), 1, dtype=final_PD.dtype, device=final_PD.device)], 1)
+    P = len(final_PD)
+    F_ = final_PD - final_PD.mean(0)
+    k = max(1, min(F_.shape[1], int(fit_share * P)))
+    if k < F_.shape[1]:
+        evals, evecs = torch.linalg.eigh(F_.T @ F_)
+        F_ = F_ @ evecs[:, -k:]
+    X = torch.cat([F_, torch.ones(P, 1, dtype=F_.dtype, device=F_.device)], 1)
     gram = X.T @ X
     gram = gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
     A = torch.linalg.solve(gram, X.T @ R_PD)
@@ -75,7 +90,7 @@ def off_output_part(R_PD: torch.Tensor, final_PD: torch.Tensor, ridge: float = 1
 def layer_stats(R_PD: torch.Tensor, final_PD: torch.Tensor | None, U_PV: torch.Tensor, L_PV: torch.Tensor,
                 tok_VD: torch.Tensor, rand_VD: torch.Tensor, shuffle: np.ndarray, z_high: float, seed: int,
                 lens_fn=None, likely: float = 1e-2, chunk: int = 512, dense_dirs: dict | None = None,
-                dense_groups: dict | None = None) -> dict[str, np.ndarray]:
+                dense_groups: dict | None = None, channel_sel: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every per-position statistic of one layer (see the module docstring).
 
     The repurposing statistics (peak*, n_high*, top_token) use the off-output part of the residual
@@ -85,6 +100,8 @@ def layer_stats(R_PD: torch.Tensor, final_PD: torch.Tensor | None, U_PV: torch.T
     ``lens_fn(h_PD) -> log-probs`` adds the lens view. ``dense_dirs`` ({basis: unit directions (V, D)}) with
     ``dense_groups`` (``dense_use.matched_groups``) add the dense-use contrasts on the same off-output part:
     ``dense_{push|energy}_{basis}_{group}`` = the near-impossible group's value minus that group's.
+    ``channel_sel`` (the positions that choose) adds the consistent-channel scan (``channels.channel_scan``) on
+    the same off-output part: ``channel_tokens`` and ``channel_random``.
     """
     P, D = R_PD.shape
     dev = tok_VD.device
@@ -137,6 +154,8 @@ def layer_stats(R_PD: torch.Tensor, final_PD: torch.Tensor | None, U_PV: torch.T
             out["lens_hits_S"][sl] = (hit & U_shuf).sum(1).cpu().numpy()
             out["lens_hits_G"][sl] = ((lens_fn(G_raw[sl] + mu) >= np.log(likely)) & U).sum(1).cpu().numpy()
     out.update({k: v.numpy() for k, v in sums.items()})
+    if channel_sel is not None:
+        out.update(channel_scan(X, U_PV, tok_VD, rand_VD, channel_sel))
     if dense_dirs:
         for basis, dirs in dense_dirs.items():
             use = group_use(X, dirs, dense_groups, chunk)
@@ -145,6 +164,11 @@ def layer_stats(R_PD: torch.Tensor, final_PD: torch.Tensor | None, U_PV: torch.T
                     if name != "near_impossible":
                         out[f"dense_{stat}_{basis}_{name}"] = by_group["near_impossible"] - v
     return out
+
+
+def channel_curves(tokens_PL: np.ndarray, random_PL: np.ndarray) -> dict[str, np.ndarray]:
+    """The consistent-channel curves: both sides and their difference (``channel_excess``)."""
+    return {"channel_tokens": tokens_PL, "channel_random": random_PL, "channel_excess": tokens_PL - random_PL}
 
 
 def final_raw_z(R_final_PD: torch.Tensor, tok_VD: torch.Tensor, tokens_PK: np.ndarray) -> np.ndarray:
@@ -194,9 +218,10 @@ class TokenStats(NamedTuple):
     shuffle: np.ndarray  # the context shuffle of the (S) null
 
 
-def token_statistics(lm, sample, U_PV, L_PV, lens, cfg: RepurposingConfig) -> TokenStats:
+def token_statistics(lm, sample, U_PV, L_PV, lens, cfg: RepurposingConfig, sel_P: np.ndarray | None = None) -> TokenStats:
     """``layer_stats`` at every sampled layer (token directions, random directions, the Gaussian and
-    shuffled-context nulls, the lens view), combined into the curves the verdict and report read."""
+    shuffled-context nulls, the lens view, and the consistent channels chosen on the positions ``sel_P``),
+    combined into the curves the verdict and report read."""
     from tqdm import tqdm
 
     from .lenses import lens_logits
@@ -215,7 +240,7 @@ def token_statistics(lm, sample, U_PV, L_PV, lens, cfg: RepurposingConfig) -> To
                 return F.log_softmax(lens_logits(lm, h, layer, lens), -1)
         st = layer_stats(sample.resid_LPD[j], final_PD if layer < n else None, U_PV, L_PV, tok_VD, rand_VD, shuffle,
                          cfg.z_high, cfg.seed + layer, lens_fn=lens_fn, likely=cfg.likely, dense_dirs=dense_dirs,
-                         dense_groups=dense_groups)
+                         dense_groups=dense_groups, channel_sel=sel_P)
         for k, v in st.items():
             if not k.startswith("tok_"):
                 per_layer.setdefault(k, []).append(v)
@@ -241,5 +266,7 @@ def token_statistics(lm, sample, U_PV, L_PV, lens, cfg: RepurposingConfig) -> To
         "lens_hits": arr["lens_hits"], "lens_hits_G": arr["lens_hits_G"], "lens_hits_S": arr["lens_hits_S"],
         **{k: v[:, off] for k, v in arr.items() if k.startswith("dense_")},
     }
+    if "channel_tokens" in arr:
+        curves.update(channel_curves(arr["channel_tokens"][:, off], arr["channel_random"][:, off]))
     return TokenStats(curves, [sample.layers[i] for i in off], arr["peak_G"][:, off].std(0).tolist(), paired,
                       tok_VD, rand_VD, shuffle)

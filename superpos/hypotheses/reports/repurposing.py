@@ -43,6 +43,8 @@ def write_report(res: RepurposingResult, out: Path) -> Path:
         _writes_section(rep, res)
     if any(k.startswith("dense_") for k in res.curves):
         _dense_section(rep, res)
+    if "channel_excess" in res.curves:
+        _channel_section(rep, res)
     if res.ablation is not None:
         _ablation_section(rep, res)
     _paired_section(rep, res)
@@ -139,10 +141,18 @@ def _mechanisms_section(rep: Report, res: RepurposingResult) -> None:
              f"{mv.layer} on {mv.n_contexts} held-out contexts, as on the real run. Positive controls must be detected "
              f"from some size on; `none` (the unhooked model) and `negative` (random non-token directions) must not. "
              f"Excess and effect in null SDs of z, 95% CIs over contexts.")
+    with_channels = any(r.channel is not None for r in mv.rows)
+    if with_channels:
+        rep.text("The consistent-channel scan (iii) reads each control against the unhooked model at the same positions: "
+                 "its excess (the chosen tokens' share of off-output energy minus the chosen random directions') on the "
+                 "hooked model minus on the unhooked one, on the contexts that did not choose the directions.")
     rows = [[r.control, DESCRIPTIONS.get(r.control, "no hooks (the model as it is)"),
              "—" if r.control == "none" else f"{r.alpha:g}", "yes" if r.detected else "no",
-             _span(r.excess, 2), _span(r.effect, 2)] for r in mv.rows]
-    rep.table(["control", "what it plants", "α", "detected by (i)", "token excess", "effect beyond random dirs"], rows)
+             _span(r.excess, 2), _span(r.effect, 2)]
+            + ([] if not with_channels else ["—" if r.channel is None else "yes" if r.channel_detected else "no",
+                                             "—" if r.channel is None else _span(r.channel, 2)]) for r in mv.rows]
+    rep.table(["control", "what it plants", "α", "detected by (i)", "token excess", "effect beyond random dirs"]
+              + (["detected by (iii)", "channel excess vs unhooked"] if with_channels else []), rows)
 
 
 def _writes_section(rep: Report, res: RepurposingResult) -> None:
@@ -215,6 +225,34 @@ def _dense_section(rep: Report, res: RepurposingResult) -> None:
                     b = C[key]
                     rows.append([stat, basis, group.replace("_", " "), b.mean[i], f"{b.lo[i]:+.4f} to {b.hi[i]:+.4f}"])
     rep.table([f"at layer {xo[i]}", "directions", "minus", "mean", "95% CI"], rows)
+
+
+def _channel_section(rep: Report, res: RepurposingResult) -> None:
+    """Consistent channels (iii): the chosen token and random directions' energy shares by layer."""
+    import matplotlib.pyplot as plt
+
+    from ..channels import CHANNEL_MIN_MEMBER, CHANNEL_TOP
+
+    xo, C = res.off_layers, res.curves
+    rep.heading("Consistent channels: the same token directions in every context")
+    rep.text(f"A token direction borrowed the same way in every context lives in the layer's covariance, which the "
+             f"max-z scan divides by. Here each position's off-output residual is read against its own energy: "
+             f"w = D (x·d)² / ‖x‖², 1 for an average direction. Per layer, the {CHANNEL_TOP} tokens near-impossible at "
+             f"≥ {100 * CHANNEL_MIN_MEMBER:.0f} % of the selection positions with the largest mean w there, and the "
+             f"{CHANNEL_TOP} random directions chosen the same way, are read on the held-out contexts "
+             f"(superpos.hypotheses.channels). Token directions line up with the stream's principal directions from the "
+             f"embedding on (layer 0), so the excess is descriptive; the planted `consistent` control above says how "
+             f"large an added channel it sees. 95% CIs over contexts.")
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    band(ax, xo, C["channel_tokens"], f"{CHANNEL_TOP} chosen near-impossible tokens")
+    band(ax, xo, C["channel_random"], f"{CHANNEL_TOP} chosen random directions")
+    ax.axhline(1, color="k", lw=0.6)
+    ax.set(xlabel="residual layer", ylabel="share of off-output energy (× average)", yscale="log")
+    ax.legend(fontsize=8)
+    rep.figure(fig, "channels.png", "Consistent channels by layer, read on held-out contexts")
+    rep.table(["layer", "tokens", "random directions", "excess (95% CI)"],
+              [[layer, C["channel_tokens"].mean[i], C["channel_random"].mean[i], _span(C["channel_excess"].at(i), 2)]
+               for i, layer in enumerate(xo)])
 
 
 def _ablation_section(rep: Report, res: RepurposingResult) -> None:
