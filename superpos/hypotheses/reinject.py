@@ -90,12 +90,16 @@ def teacher_forced_losses(lm, tokens_NC: np.ndarray, intervention=None, batch_si
 
 def cached_losses(lm, tokens_T: np.ndarray, intervention=None) -> np.ndarray:
     """(T-1,) next-token losses fed one token at a time with a KV cache — the sampler's loop, on known text."""
+    import inspect
+
     tok = torch.from_numpy(np.asarray(tokens_T, dtype=np.int64)).to(lm.device)
+    # transformers ≥ 5.2x names the KV cache ``cache`` (``past_key_values`` is deprecated); older ones only know the latter
+    name = "cache" if "cache" in inspect.signature(lm.model.forward).parameters else "past_key_values"
     past, losses = None, []
     with torch.inference_mode(), intervention or contextlib.nullcontext():
         for p in range(len(tok) - 1):
-            out = lm.model(tok[None, p:p + 1], past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = lm.model(tok[None, p:p + 1], **{name: past}, use_cache=True)
+            past = getattr(out, name)
             losses.append(F.cross_entropy(out.logits[0, -1].float()[None], tok[p + 1:p + 2]).item())
     return np.array(losses)
 

@@ -332,6 +332,9 @@ def numbers(name: str, res) -> dict[str, str]:
         if v.drop_vs_null is not None:
             out["(ii) drop beyond the random-direction argmax"] = (
                 f"{v.drop_vs_null[0]:+.2f} [{v.drop_vs_null[1]:+.2f}, {v.drop_vs_null[2]:+.2f}]")
+        if v.channel is not None:
+            out["(iii) channel excess, chosen tokens − random dirs"] = (
+                f"{v.channel[0]:+.2f} [{v.channel[1]:+.2f}, {v.channel[2]:+.2f}] (L{v.channel_layer})")
         pw = getattr(res, "power", None)
         if pw is not None:
             out[f"minimum detectable α ({100 * pw.power:.0f} % power, planted push)"] = (
