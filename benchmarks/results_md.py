@@ -39,6 +39,8 @@ def write_results(res: dict, path: Path) -> None:
         from frontier import frontier_section
 
         L += frontier_section(res["frontier"], path.parent)
+        if not res["quick"]:
+            frontier_page(res, path.parent.parent / "docs" / "results")
     if "harvest" in res:
         r = res["harvest"]
         L += ["## Harvest vs a bare forward pass", "",
@@ -159,3 +161,19 @@ def targets_section(res: dict) -> list[str]:
     L = ["## Targets", "", "| target | this run | met |", "|---|---|---|"]
     L += [f"| {t} | {v} | {'yes' if ok else 'no'} |" for t, v, ok in rows]
     return L + ["", *notes, ""] if notes else L + [""]
+
+
+def frontier_page(res: dict, folder: Path) -> None:
+    """docs/results/frontier.md and its figure (docs/dictionaries.md shows both): the frontier section of the last
+    run that measured it, with that run's date and machine."""
+    from frontier import frontier_section
+
+    if not folder.is_dir():
+        return
+    m = res["machine"]
+    date = next((r["date"] for r in reversed(res.get("runs", [])) if "frontier" in (r.get("sections") or [])), m["date"])
+    lines = frontier_section(res["frontier"], folder)
+    lines[0] = "# The quality frontier: every dictionary kind at several L0"
+    lines[2:2] = [f"Measured {date} on {m['cpu']}, {m['cores']} cores, GPU: {m['cuda'] or 'none'}; regenerated with "
+                  "`python benchmarks/run.py --only frontier --merge`.", ""]
+    (folder / "frontier.md").write_text("\n".join(lines) + "\n")

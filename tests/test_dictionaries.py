@@ -60,6 +60,23 @@ def test_aux_k_loss_matches_a_dense_reference():
     assert aux_k_loss(x, x_hat, pre, dead, 100, W_dec, lambda r, c: dense_pairs(pre, r, c)).isfinite()  # k_aux > #dead
 
 
+def test_batch_topk_row_cap_bounds_a_dominant_row_and_changes_nothing_else():
+    gen = torch.Generator().manual_seed(0)
+    pre = torch.randn(32, 200, generator=gen)
+    k = 4
+    free = select_batch_topk(pre, k)
+    capped = select_batch_topk(pre, k, row_cap=4 * k)
+    assert torch.bincount(free[0], minlength=32).max() <= 4 * k  # no row reaches the cap here: the same selection
+    assert all(torch.equal(a, b) for a, b in zip(free, capped))
+    pre[7] *= 100  # one row of ~100× the norm, as a later attention sink is
+    rows, cols, vals = select_batch_topk(pre, k, row_cap=4 * k)
+    counts = torch.bincount(rows, minlength=32)
+    assert len(rows) == k * 32 and counts[7] == 4 * k and torch.bincount(select_batch_topk(pre, k)[0])[7] > 4 * k
+    assert torch.equal(vals, pre[rows, cols]) and torch.all(rows[1:] >= rows[:-1])  # sorted by row
+    kth = pre.masked_fill(torch.arange(32)[:, None] == 7, float("-inf")).reshape(-1).topk(k * 32 - 4 * k).values.min()
+    assert vals[rows != 7].min() == kth  # the other rows share the rest by value
+
+
 @pytest.mark.parametrize("selector", ["topk", "batchtopk"])
 def test_sparse_kernels_match_dense_autograd(selector):
     torch.manual_seed(0)

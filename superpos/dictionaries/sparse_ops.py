@@ -42,11 +42,20 @@ def select_topk(pre_BF: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     return rows, cols.reshape(-1), vals.reshape(-1)
 
 
-def select_batch_topk(pre_BF: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top ``k × B`` over the whole batch (BatchTopK): (rows, cols, pre-activation values) sorted by row."""
+def select_batch_topk(pre_BF: torch.Tensor, k: int, row_cap: int | None = None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                         torch.Tensor]:
+    """Top ``k × B`` over the whole batch (BatchTopK): (rows, cols, pre-activation values) sorted by row. With
+    ``row_cap``, no row takes more than ``row_cap`` of them (the top ``k × B`` among each row's top ``row_cap``)."""
     B, Fn = pre_BF.shape
-    flat = pre_BF.reshape(-1).topk(min(k * B, B * Fn), sorted=False).indices.sort().values
-    return flat // Fn, flat % Fn, pre_BF.reshape(-1)[flat]
+    if row_cap is None or row_cap >= Fn:
+        flat = pre_BF.reshape(-1).topk(min(k * B, B * Fn), sorted=False).indices.sort().values
+        return flat // Fn, flat % Fn, pre_BF.reshape(-1)[flat]
+    vals, idx = pre_BF.topk(row_cap, dim=1, sorted=False)
+    pick = vals.reshape(-1).topk(min(k * B, B * row_cap), sorted=False).indices
+    rows, cols = pick // row_cap, idx.reshape(-1)[pick]
+    order = torch.argsort(rows * Fn + cols)
+    rows, cols = rows[order], cols[order]
+    return rows, cols, pre_BF[rows, cols]
 
 
 def encoder_pre(x_BD: torch.Tensor, W_enc_FD: torch.Tensor, b_enc_F: torch.Tensor,

@@ -53,15 +53,22 @@ class TopKSAE(_SparseSelectSAE):
         return torch.zeros_like(pre).scatter_(1, idx, F.relu(vals))
 
 
+BATCH_TOPK_ROW_CAP = 4  # while training, no row takes more than this × k of a BatchTopK batch's k × batch codes
+
+
 class BatchTopKSAE(TopKSAE):  # same parameters as TopK
     __doc__ = ("BatchTopK SAE (Bussmann et al. 2024): the top ``k × batch`` activations over a batch while "
-               "training; at inference a single threshold ``threshold_`` (estimated after training so the mean "
-               "L0 on training rows is ``k``) makes it a per-token JumpReLU.\n" + _COMMON_DOC)
+               "training, at most ``BATCH_TOPK_ROW_CAP`` × k of them in one row; at inference a single threshold "
+               "``threshold_`` (estimated after training so the mean L0 on training rows is ``k``) makes it a "
+               "per-token JumpReLU. The cap matters on real residuals: on SmolLM2 layer 15, 5 rows in 65,280 (later "
+               "attention sinks, ~100× the typical norm) carry 27 % of the variance, and without it each takes "
+               "thousands of its batch's codes (held-out FVU 0.36 at k 16 against TopK's 0.215; capped: 0.214).\n"
+               + _COMMON_DOC)
     kind = "batchtopk"
     _state_names = SparseAutoencoder._state_names + ("threshold_",)
 
     def _select(self, pre_BF):
-        return select_batch_topk(pre_BF, self.k)
+        return select_batch_topk(pre_BF, self.k, row_cap=BATCH_TOPK_ROW_CAP * self.k)
 
     def _finish_extra(self, state, src, scale) -> None:
         # threshold: the (k·N)-th largest positive pre-activation over a sample → mean L0 = k there
