@@ -130,8 +130,7 @@ def _hooked_read(lm, tokens_NC, kind, alpha, layer, *, per_context, unlikely, li
     (``layer_stats``' dict, the contexts' ids per position, the mask of positions that chose)."""
     from ..residuals import sample_residuals
     from .lenses import final_logprobs
-    from .repurposing import selection_mask
-    from .token_stats import layer_stats, scan_directions, shuffle_contexts, token_groups
+    from .token_stats import layer_stats, scan_directions, selection_mask, shuffle_contexts, token_groups
 
     with planted_control(lm, kind, alpha, seed):
         s = sample_residuals(lm, tokens_NC, per_context, layers=[layer, lm.n_layers], seed=seed, progress=False)

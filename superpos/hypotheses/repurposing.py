@@ -40,7 +40,7 @@ from .configs import RepurposingConfig
 from .mechanisms import CONTROLS, channel_excess, control_layers, detect, planted_control
 from .results import (AblationView, DictionaryView, GroupSizes, MechanismsView, PairedTokens, PowerView, RepurposingResult,
                       WritesView)
-from .token_stats import shuffle_contexts, token_groups, token_statistics
+from .token_stats import selection_mask, shuffle_contexts, token_groups, token_statistics
 
 
 def _say(msg: str) -> None:
@@ -141,16 +141,6 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
     res.save(out)
     write_report(res, out)
     return res
-
-
-def selection_mask(ctx_P: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Positions of the contexts that choose the verdict's layer: ``fraction`` of the whole contexts, at random
-    (seeded); none when there are fewer than 4 contexts (the layer is then chosen and tested on all)."""
-    ctx = np.unique(ctx_P)
-    if len(ctx) < 4:
-        return np.zeros(len(ctx_P), dtype=bool)
-    n = min(len(ctx) - 2, max(2, int(round(fraction * len(ctx)))))
-    return np.isin(ctx_P, np.random.default_rng(seed).permutation(ctx)[:n])
 
 
 def layer_power(lm, test, U_PV, L_PV, ts, layer: int, cfg: RepurposingConfig) -> PowerView:

@@ -188,6 +188,16 @@ def paired_token_means(st: dict, min_count: int = 1) -> tuple[np.ndarray, np.nda
     return st["tok_sum_U"][ok] / st["tok_cnt_U"][ok], st["tok_sum_L"][ok] / st["tok_cnt_L"][ok]
 
 
+def selection_mask(ctx_P: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Positions of the contexts that choose the verdict's layer: ``fraction`` of the whole contexts, at random
+    (seeded); none when there are fewer than 4 contexts (the layer is then chosen and tested on all)."""
+    ctx = np.unique(ctx_P)
+    if len(ctx) < 4:
+        return np.zeros(len(ctx_P), dtype=bool)
+    n = min(len(ctx) - 2, max(2, int(round(fraction * len(ctx)))))
+    return np.isin(ctx_P, np.random.default_rng(seed).permutation(ctx)[:n])
+
+
 def shuffle_contexts(ctx_P: np.ndarray) -> np.ndarray:
     """For each position, the same slot of the next context (positions come grouped by context, k each)."""
     k = int((ctx_P == ctx_P[0]).sum())
