@@ -31,6 +31,7 @@ and whatever else the stream holds along v̂ with it.
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -125,9 +126,25 @@ def planted_control(lm, kind: str, alpha: float = 1.0, seed: int = 0):
         yield
 
 
-def _hooked_read(lm, tokens_NC, kind, alpha, layer, *, per_context, unlikely, likely, exclude_recent, z_high, seed):
-    """The hooked model's statistics at ``layer`` with the consistent-channel scan (chosen on half the contexts):
-    (``layer_stats``' dict, the contexts' ids per position, the mask of positions that chose)."""
+class HookedRead(NamedTuple):
+    """One hooked model's statistics at a layer (``layer_stats``' dict with the consistent-channel scan), the
+    context of each position, and the positions that chose the channels."""
+
+    stats: dict
+    ctx_P: np.ndarray
+    sel_P: np.ndarray
+
+    @property
+    def channel_excess(self) -> np.ndarray:
+        """Per position: the chosen tokens' energy share minus the chosen random directions' (``channels``)."""
+        return self.stats["channel_tokens"] - self.stats["channel_random"]
+
+
+def read_hooked(lm, tokens_NC, kind, alpha, layer, *, per_context, unlikely, likely, exclude_recent, z_high,
+                seed) -> HookedRead:
+    """Hook ``lm`` with control ``kind`` at size ``alpha``, sample its residuals at ``layer`` and the output over
+    ``tokens_NC``, form the groups from the hooked model's own output, and compute the statistics at ``layer``
+    exactly as the experiment does, with the channels chosen on half the contexts."""
     from ..residuals import sample_residuals
     from .lenses import final_logprobs
     from .token_stats import layer_stats, scan_directions, selection_mask, shuffle_contexts, token_groups
@@ -139,38 +156,35 @@ def _hooked_read(lm, tokens_NC, kind, alpha, layer, *, per_context, unlikely, li
     sel = selection_mask(s.ctx_P, 0.5, seed)
     st = layer_stats(s.at(layer), s.at(lm.n_layers), U, L, tok_VD, rand_VD, shuffle_contexts(s.ctx_P), z_high, seed,
                      channel_sel=sel)
-    return st, s.ctx_P, sel
+    return HookedRead(st, s.ctx_P, sel)
+
+
+def mechanism_row(read: HookedRead, kind: str, alpha: float, unhooked_excess: np.ndarray | None, *, n_boot: int,
+                  seed: int) -> MechanismRow:
+    """A control's row from its ``read``: criterion (i) of the verdict, and the consistent-channel excess minus the
+    unhooked model's at the same positions (``unhooked_excess``; None for the unhooked model itself) on the
+    contexts that did not choose the channels."""
+    from ..stats import cluster_interval
+    from .power import criterion_i
+    from .token_stats import tested_mask
+
+    excess, effect = criterion_i(read.stats, read.ctx_P, n_boot, seed)
+    over = read.channel_excess - (read.channel_excess if unhooked_excess is None else unhooked_excess)
+    held = tested_mask(read.sel_P)
+    channel = cluster_interval(over[held], read.ctx_P[held], n_boot=n_boot, seed=seed)
+    return MechanismRow(control=kind, alpha=float(alpha), detected=bool(excess.lo > 0 and effect.lo > 0), excess=excess,
+                        effect=effect, channel=channel, channel_detected=bool(channel.lo > 0))
 
 
 def detect(lm, tokens_NC: np.ndarray, kind: str, alpha: float, layer: int, *, per_context: int, unlikely: float,
            likely: float, exclude_recent: int = 0, z_high: float = 5.0, n_boot: int = 200, seed: int = 0,
            unhooked_excess: np.ndarray | None = None) -> MechanismRow:
-    """Hook ``lm`` with control ``kind`` at size ``alpha``, sample its residuals at ``layer`` and the output over
-    ``tokens_NC``, form the groups from the hooked model's own output, and read at ``layer``:
-
-    * criterion (i) of the verdict, exactly as the experiment does;
-    * the consistent-channel excess (``channels``) minus the unhooked model's at the same positions
-      (``unhooked_excess``, from ``channel_excess``; computed here when not given), on the contexts that did not
-      choose the channels.
-    """
-    from ..stats import cluster_interval
-    from .power import criterion_i
-
+    """``read_hooked`` then ``mechanism_row``: criterion (i) at ``layer`` on the model hooked with control ``kind``
+    at size ``alpha``, and its consistent-channel excess beyond the unhooked model's (``unhooked_excess``, from
+    ``read_hooked(..., "none", ...).channel_excess``; read here when not given)."""
     kw = dict(per_context=per_context, unlikely=unlikely, likely=likely, exclude_recent=exclude_recent, z_high=z_high,
               seed=seed)
-    st, ctx, sel = _hooked_read(lm, tokens_NC, kind, alpha, layer, **kw)
-    excess, effect = criterion_i(st, ctx, n_boot, seed)
-    own = st["channel_tokens"] - st["channel_random"]
-    if unhooked_excess is None:
-        unhooked_excess = own if kind == "none" else channel_excess(lm, tokens_NC, layer, **kw)
-    held = ~sel if sel.any() else np.ones(len(sel), dtype=bool)
-    over = own - unhooked_excess
-    channel = cluster_interval(over[held], ctx[held], n_boot=n_boot, seed=seed)
-    return MechanismRow(control=kind, alpha=float(alpha), detected=bool(excess.lo > 0 and effect.lo > 0), excess=excess,
-                        effect=effect, channel=channel, channel_detected=bool(channel.lo > 0))
-
-
-def channel_excess(lm, tokens_NC: np.ndarray, layer: int, **kw) -> np.ndarray:
-    """Per position: the unhooked model's consistent-channel excess at ``layer`` (what ``detect`` pairs with)."""
-    st, _, _ = _hooked_read(lm, tokens_NC, "none", 0.0, layer, **kw)
-    return st["channel_tokens"] - st["channel_random"]
+    read = read_hooked(lm, tokens_NC, kind, alpha, layer, **kw)
+    if unhooked_excess is None and kind != "none":
+        unhooked_excess = read_hooked(lm, tokens_NC, "none", 0.0, layer, **kw).channel_excess
+    return mechanism_row(read, kind, alpha, unhooked_excess, n_boot=n_boot, seed=seed)

@@ -37,10 +37,10 @@ import torch
 from ..errors import ConfigError, SuperposError
 from ..stats import cluster_band, cluster_interval
 from .configs import RepurposingConfig
-from .mechanisms import CONTROLS, channel_excess, control_layers, detect, planted_control
+from .mechanisms import CONTROLS, control_layers, detect, mechanism_row, planted_control, read_hooked
 from .results import (AblationView, DictionaryView, GroupSizes, MechanismsView, PairedTokens, PowerView, RepurposingResult,
                       WritesView)
-from .token_stats import selection_mask, shuffle_contexts, token_groups, token_statistics
+from .token_stats import selection_mask, shuffle_contexts, tested_mask, token_groups, token_statistics
 
 
 def _say(msg: str) -> None:
@@ -96,7 +96,7 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
     ts = token_statistics(lm, sample, U, L, lens, cfg, sel_P=sel)
     timings["token_stats_s"] = time.perf_counter() - t0
     paired = ts.paired
-    held = ~sel if sel.any() else np.ones(len(ctx), dtype=bool)
+    held = tested_mask(sel)
 
     def bands(mask, keys):
         return {k: cluster_band(ts.curves[k][mask], ctx[mask], n_boot=cfg.n_boot, seed=cfg.seed) for k in keys}
@@ -184,10 +184,15 @@ def layer_mechanisms(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConf
     at = layer if a <= layer < b else a
     kw = dict(per_context=cfg.per_context, unlikely=cfg.unlikely, likely=cfg.likely, exclude_recent=cfg.exclude_recent,
               z_high=cfg.z_high, seed=cfg.seed)
-    unhooked = channel_excess(lm, tokens_NC, at, **kw)
-    runs = [("none", 0.0)] + [(k, al) for k in CONTROLS if k != "none" for al in cfg.mechanism_alphas]
-    rows = [detect(lm, tokens_NC, kind, alpha, at, n_boot=min(cfg.n_boot, 200), unhooked_excess=unhooked, **kw)
-            for kind, alpha in tqdm(runs, desc=f"planted controls at layer {at}", file=sys.stderr)]
+    runs = [(k, al) for k in CONTROLS if k != "none" for al in cfg.mechanism_alphas]
+    with tqdm(total=1 + len(runs), desc=f"planted controls at layer {at}", file=sys.stderr) as bar:
+        unhooked = read_hooked(lm, tokens_NC, "none", 0.0, at, **kw)  # the `none` row, and what the others pair with
+        rows = [mechanism_row(unhooked, "none", 0.0, None, n_boot=min(cfg.n_boot, 200), seed=cfg.seed)]
+        bar.update()
+        for kind, alpha in runs:
+            rows.append(detect(lm, tokens_NC, kind, alpha, at, n_boot=min(cfg.n_boot, 200),
+                               unhooked_excess=unhooked.channel_excess, **kw))
+            bar.update()
     return MechanismsView(layer=at, n_contexts=len(tokens_NC), rows=rows)
 
 

@@ -198,6 +198,11 @@ def selection_mask(ctx_P: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.isin(ctx_P, np.random.default_rng(seed).permutation(ctx)[:n])
 
 
+def tested_mask(sel_P: np.ndarray) -> np.ndarray:
+    """The positions that test what ``sel_P`` (``selection_mask``) chose: the others, or all when none chose."""
+    return ~sel_P if sel_P.any() else np.ones(len(sel_P), dtype=bool)
+
+
 def shuffle_contexts(ctx_P: np.ndarray) -> np.ndarray:
     """For each position, the same slot of the next context (positions come grouped by context, k each)."""
     k = int((ctx_P == ctx_P[0]).sum())
