@@ -20,6 +20,15 @@ class ReLUSAE(SparseAutoencoder):
                  progress=True):
         self._set_params(locals())
 
+    def _init_params(self, sample_ND, d_model, dev):
+        """With ``target_l0``, the encoder bias starts at minus the quantile of each latent's pre-activation above which
+        it fires on a share ``target_l0 / n_latents`` of the init sample: the run starts at the target L0
+        (``_firing_quantile``)."""
+        state = super()._init_params(sample_ND, d_model, dev)
+        if self.target_l0 is not None:
+            state["b_enc"].data.copy_(-self._firing_quantile(state, sample_ND))
+        return state
+
     def _train_forward(self, s, x, dead):
         pre = torch.addmm(s["b_enc"], x - s["b_dec"], s["W_enc"].T)
         f = F.relu(pre)
