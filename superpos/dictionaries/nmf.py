@@ -62,10 +62,10 @@ class _FactorisationBase(BaseDictionary):
             x = self._prepare(src.tensor().to(dev))
             check_finite(x, f"{self.kind} input")
             W = self._init_W(x, gen)
-            H = self._init_H(x, W)
+            H = self._init_H(x, x @ W.T, W)
             for _ in tqdm(range(self.max_iter), desc=f"fit {self.kind}", file=sys.stderr, disable=not self.progress):
                 # sparse codes are solved afresh each time, so their support can follow the atoms
-                H = self._solve_codes(x, W) if self.k else self._update_H(x, H, W)
+                H = self._solve_codes(x, W) if self.k else self._update_H(x @ W.T, W @ W.T, H)
                 W = self._update_W_full(x, H, W)
             self._W = W
             self.n_iter_ = self.max_iter
@@ -123,12 +123,13 @@ class _FactorisationBase(BaseDictionary):
         """Multiplicative updates from ``_init_H``. With ``k``: halfway, all but each row's ``k`` largest
         contributions (code × atom norm) are set to 0 — multiplicative updates keep zeros at zero, so the
         codes end with at most ``k`` non-zeros, refined on that support."""
-        H = self._init_H(x, W)
+        xw, ww = x @ W.T, W @ W.T  # fixed while the codes are solved: computed once, not once per update
+        H = self._init_H(x, xw, W)
         cut = self.transform_iter // 2 if self.k else -1
         for it in range(self.transform_iter):
             if it == cut:
                 H = self._keep_top_k(H, W)
-            H = self._update_H(x, H, W)
+            H = self._update_H(xw, ww, H)
         return self._keep_top_k(H, W) if self.k and self.transform_iter == 0 else H
 
     def _keep_top_k(self, H, W) -> torch.Tensor:
@@ -136,9 +137,11 @@ class _FactorisationBase(BaseDictionary):
         idx = (H * self._atoms(W).norm(dim=1)).topk(k, dim=1).indices
         return torch.zeros_like(H).scatter_(1, idx, H.gather(1, idx))
 
-    def _init_H(self, x, W) -> torch.Tensor:
+    def _init_H(self, x, xw, W) -> torch.Tensor:
+        """Each row's projection on each atom (``xw`` = x Wᵀ) over the atom's squared norm, plus a small positive
+        floor (multiplicative updates never move a zero)."""
         gram = (W * W).sum(1).clamp_min(EPS)
-        return (x @ W.T).clamp_min(0) / gram + 1e-3 * x.abs().mean()
+        return xw.clamp_min(0) / gram + 1e-3 * x.abs().mean()
 
     def _publish(self, d: int) -> None:
         atoms = self._atoms(self._W)
@@ -182,8 +185,8 @@ class NMF(_FactorisationBase):
         scale = (x.mean() / n).clamp_min(EPS).sqrt()
         return (torch.rand(n, x.shape[1], generator=gen) * scale).to(x.device) + EPS
 
-    def _update_H(self, x, H, W):
-        return H * (x @ W.T) / (H @ (W @ W.T)).clamp_min(EPS)
+    def _update_H(self, xw, ww, H):
+        return H * xw / (H @ ww).clamp_min(EPS)
 
     def _update_W_full(self, x, H, W):
         return W * (H.T @ x) / ((H.T @ H) @ W).clamp_min(EPS)
@@ -215,8 +218,7 @@ class SemiNMF(_FactorisationBase):
         idx = torch.randint(0, x.shape[0], (n,), generator=gen).to(x.device)
         return x[idx] + 0.01 * x.std() * torch.randn(n, x.shape[1], generator=gen).to(x.device)
 
-    def _update_H(self, x, H, W):
-        xw, ww = x @ W.T, W @ W.T
+    def _update_H(self, xw, ww, H):
         num = _pos(xw) + H @ _neg(ww)
         den = _neg(xw) + H @ _pos(ww)
         return H * (num / den.clamp_min(EPS)).sqrt()
