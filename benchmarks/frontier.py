@@ -210,7 +210,8 @@ def frontier_section(res: dict, folder: Path) -> list[str]:
     if "real" in res:
         L += [f"**SmolLM2-135M layer {res['layer']}**, default corpus: fitted on the first ⅞ of the contexts, measured "
               "on the last ⅛; CE-loss recovered over 16 held-out contexts. SAEs: 8× (4,608 latents), 10 passes at "
-              "batch 1024; NMF and semi-NMF: 2× (1,152 atoms) on 16,384 rows, 50 iterations.", "",
+              "batch 1024; NMF and semi-NMF: 2× (1,152 atoms), one pass over 16,384 rows in mini-batches of 4,096 (their "
+              "default batch; `max_iter` applies only to in-memory fits of one batch).", "",
               "| kind | L0 asked | L0 measured | held-out FVU | CE loss recovered | dead | fit time |",
               "|---|---|---|---|---|---|---|"]
         L += [f"| {r['kind']} | {r['target_l0']} | {r['l0']:.1f} | {r['fvu']:.3f} | "
