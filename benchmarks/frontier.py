@@ -192,6 +192,13 @@ def _figure(res: dict, path: Path) -> None:
             if pts:
                 ax.plot(*zip(*pts), "o-", label=kind)
         ax.set_xscale("log")
+        if part == "real":  # a kind that failed (FVU > 1, CE recovered < 0) would squash the others' scale
+            ax.set_ylim(0, 1.02)
+            ax.set_xlim(5, 120)
+            off = sorted({r["kind"] for r in res[part] if not 0 <= (r.get(key) or 0) <= 1.02 or not 5 <= r["l0"] <= 120})
+            if off:
+                ax.text(0.02, 0.02 if key == "ce_recovered" else 0.9, "off the chart: " + ", ".join(off),
+                        transform=ax.transAxes, fontsize=7)
         ax.set_xlabel("L0 (measured)")
         ax.set_title(title, fontsize=9)
     np.atleast_1d(axes)[0].legend(fontsize=7)
