@@ -399,3 +399,21 @@ def test_penalised_saes_start_at_their_target_l0():
         sae = cls(n_components=128, target_l0=6, n_tokens=1024, batch_size=1024, warmup_steps=1, device="cpu",
                   progress=False).fit(x)
         assert sae.history_[0]["l0"] == pytest.approx(6, rel=0.25), (cls, sae.history_[0])
+
+
+
+def test_seminmf_atom_update_keeps_atoms_unit_norm_and_unused_ones_in_place():
+    """Semi-NMF's least-squares atom update: every atom comes back unit-norm (codes carry the scale; on SmolLM2 layer
+    15 the unnormalised solve gave atom norms from 0 to 10⁵ and the codes collapsed), and an atom no code used keeps
+    its direction instead of being solved from nothing."""
+    rng = np.random.default_rng(0)
+    W = torch.from_numpy(rng.standard_normal((6, 5)).astype(np.float32))
+    H = torch.from_numpy(np.abs(rng.standard_normal((200, 6))).astype(np.float32))
+    H[:, 2] = 0  # atom 2 unused
+    x = H @ (3 * torch.from_numpy(rng.standard_normal((6, 5)).astype(np.float32)))
+    new = SemiNMF(n_components=6, device="cpu")._update_W_stats(H.T @ H, H.T @ x, W)
+    np.testing.assert_allclose(new.norm(dim=1).numpy(), 1, atol=1e-5)
+    np.testing.assert_allclose(new[2].numpy(), (W[2] / W[2].norm()).numpy(), atol=1e-6)
+    used = [0, 1, 3, 4, 5]
+    exact = torch.linalg.lstsq(H[:, used], x).solution  # the used atoms: the least-squares directions
+    np.testing.assert_allclose(new[used].numpy(), (exact / exact.norm(dim=1, keepdim=True)).numpy(), atol=1e-3)

@@ -227,8 +227,13 @@ class SemiNMF(_FactorisationBase):
         return self._update_W_stats(H.T @ H, H.T @ x, W)
 
     def _update_W_stats(self, A, B, W):
+        # atoms come back unit-norm (the codes, solved afresh, carry the scale) and an atom no code used keeps its
+        # place: unnormalised, the solve gave SmolLM2 layer 15 atom norms from 0 to 1e5 and every code collapsed
         ridge = self.ridge * A.diagonal().mean().clamp_min(EPS)
-        return torch.linalg.solve(A + ridge * torch.eye(A.shape[0], device=A.device), B)
+        new = torch.linalg.solve(A + ridge * torch.eye(A.shape[0], device=A.device), B)
+        norms = new.norm(dim=1, keepdim=True)
+        used = A.diagonal()[:, None] > ridge
+        return torch.where(used, new / norms.clamp_min(EPS), W / W.norm(dim=1, keepdim=True).clamp_min(EPS))
 
     def _atoms(self, W):
         return W
