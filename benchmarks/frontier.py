@@ -12,6 +12,8 @@ Each kind is asked for an L0 the way it takes one: TopK/BatchTopK ``k``, JumpReL
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import subprocess
 import time
@@ -52,11 +54,15 @@ def planted_setup(quick: bool) -> dict:
 
 class RowCache:
     """Rows already measured, kept in a JSON-lines file as each is made, so an interrupted frontier resumes where it
-    stopped. A row's key names the settings it was made with and the git tree of ``superpos/dictionaries`` (a change
-    there measures everything again); without git, or with ``path`` None, nothing is cached."""
+    stopped. A row's key names the settings it was made with, the git tree of ``superpos/dictionaries`` and a hash of
+    the code here that sets each fit up (``make``, ``planted_frontier``, ``real_frontier``): a change to either measures
+    everything again. Without git, or with ``path`` None, nothing is cached."""
 
     def __init__(self, path: Path | None, version: str | None = None):
-        self.tree = self._dictionaries_tree() if version is None else version
+        if version is None:
+            tree = self._dictionaries_tree()
+            version = tree and f"{tree}/{self._setup_hash()}"
+        self.tree = version
         self.path = path if self.tree else None
         self.rows = {}
         if self.path is not None and self.path.exists():
@@ -79,6 +85,12 @@ class RowCache:
         except (OSError, subprocess.TimeoutExpired):
             return ""
         return "" if dirty else tree
+
+    @staticmethod
+    def _setup_hash() -> str:
+        """A short hash of the source of the functions that choose each fit's settings."""
+        src = "".join(inspect.getsource(f) for f in (make, planted_frontier, real_frontier))
+        return hashlib.sha1(src.encode()).hexdigest()[:12]
 
     def get(self, key: str, compute):
         key = f"{self.tree}/{key}"
