@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from .sparse_ops import firing_quantile
 from .trainer import _COMMON_DOC, SparseAutoencoder, _reconstruction_terms
 
 
@@ -76,10 +77,12 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def _init_params(self, sample_ND, d_model, dev):
         """With ``target_l0``, each latent's threshold starts where it fires on a share ``target_l0 / n_latents`` of
-        the init sample, so the run starts at the target L0 (``_firing_quantile``)."""
+        the init sample, so the run starts at the target L0 (``sparse_ops.firing_quantile``)."""
         state = super()._init_params(sample_ND, d_model, dev)
         if self.target_l0 is not None:
-            thr = self._firing_quantile(state, sample_ND).clamp_min(self.threshold_init * 1e-3)
+            xs = sample_ND.to(state["W_enc"].device) * float(state["scale"])
+            thr = firing_quantile(xs, state["W_enc"], state["b_enc"], state["b_dec"], self.target_l0)
+            thr = thr.clamp_min(self.threshold_init * 1e-3)
             state["log_threshold"].data.copy_(thr.log())
         return state
 

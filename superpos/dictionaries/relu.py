@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .sparse_ops import firing_quantile
 from .trainer import _COMMON_DOC, SparseAutoencoder, _reconstruction_terms
 
 
@@ -23,10 +24,12 @@ class ReLUSAE(SparseAutoencoder):
     def _init_params(self, sample_ND, d_model, dev):
         """With ``target_l0``, the encoder bias starts at minus the quantile of each latent's pre-activation above which
         it fires on a share ``target_l0 / n_latents`` of the init sample: the run starts at the target L0
-        (``_firing_quantile``)."""
+        (``sparse_ops.firing_quantile``)."""
         state = super()._init_params(sample_ND, d_model, dev)
         if self.target_l0 is not None:
-            state["b_enc"].data.copy_(-self._firing_quantile(state, sample_ND))
+            xs = sample_ND.to(state["W_enc"].device) * float(state["scale"])
+            state["b_enc"].data.copy_(-firing_quantile(xs, state["W_enc"], state["b_enc"], state["b_dec"],
+                                                       self.target_l0))
         return state
 
     def _train_forward(self, s, x, dead):

@@ -91,15 +91,6 @@ class SparseAutoencoder(BaseDictionary):
             state["coeff"] = torch.tensor(float(getattr(self, self._sparsity_param)))
         return state
 
-    @torch.no_grad()
-    def _firing_quantile(self, state: dict, sample_ND: torch.Tensor) -> torch.Tensor:
-        """Per latent, the pre-activation (on the scaled init sample) it exceeds on a share ``target_l0 / n_latents``
-        of rows. A penalised SAE started there starts at its target L0; started dense (L0 ≈ 2,000 of 4,608 on
-        SmolLM2 layer 15), the penalty that thins it overshoots to L0 ≈ 2 and most latents never fire again."""
-        xs = sample_ND.to(state["W_enc"].device) * float(state["scale"])
-        pre = torch.addmm(state["b_enc"], xs - state["b_dec"], state["W_enc"].T)
-        return torch.quantile(pre, 1 - min(1.0, self.target_l0 / pre.shape[1]), dim=0)
-
     #: the penalty coefficient a ``target_l0`` controls (JumpReLU: l0_coeff)
     _sparsity_param: str | None = None
 
