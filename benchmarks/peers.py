@@ -13,11 +13,12 @@ optimizer, learning rate, schedule and initialisation:
 * saprmarks dictionary_learning: its ``TopKTrainer`` (Adam at its own lr rule, AuxK, grad clipping) called as its
   ``trainSAE`` loop calls it; its 1,000-step warm-up is cut to a tenth of the run when the run is shorter.
 
-superpos trains with ``TopKSAE`` at its defaults, given the same token budget. Every run reports tokens/s (the
-training steps only), held-out FVU on the same rows, and — on the planted stream — the mean max cosine of each
-planted atom with the decoder (MMCS) and the share of atoms recovered at cos > 0.9. Quality per second: superpos
-at several budgets (each a whole run with its schedule) against the schedule-free peer's averaged weights
-evaluated along one run (wall time of the training steps only).
+superpos trains with ``TopKSAE`` at its defaults, given the same token budget, and again with one setting changed,
+``precision="bfloat16"`` (the encoder product in bfloat16, which this CPU runs natively; codes, decoder and backward
+in float32). Every run reports tokens/s (the training steps only), held-out FVU on the same rows, and — on the
+planted stream — the mean max cosine of each planted atom with the decoder (MMCS) and the share of atoms recovered
+at cos > 0.9. Quality per second: superpos in bfloat16 at several budgets (each a whole run with its schedule)
+against the schedule-free peer's averaged weights evaluated along one run (wall time of the training steps only).
 """
 from __future__ import annotations
 
@@ -31,101 +32,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from peer_scripts import SCRIPTS
+
 VENVS = Path.home() / ".cache" / "superpos" / "bench-venvs"
 
+SUPERPOS_BF16 = "superpos, bfloat16"
 PEERS = {
     "EleutherAI sparsify": ("eai-sparsify", "sparsify"),
     "SAELens": ("sae-lens", "sae_lens"),
     "saprmarks dictionary_learning": ("dictionary-learning", "dictionary_learning"),
-}
-
-COMMON = '''
-import json, sys, time
-import numpy as np, torch
-torch.manual_seed(0)
-cfg = json.loads(sys.argv[1])
-x = np.load(cfg["train"], mmap_mode="r"); ev = torch.from_numpy(np.load(cfg["eval"]))
-B, D, F, k = cfg["batch"], x.shape[1], cfg["n_latents"], cfg["k"]
-steps = cfg["tokens"] // B
-def batches():
-    g = np.random.default_rng(0)
-    while True:
-        perm = g.permutation(len(x))
-        for i in range(0, len(x) - B + 1, B):
-            yield torch.from_numpy(np.ascontiguousarray(x[np.sort(perm[i:i + B])]))
-def fvu(recon):
-    with torch.no_grad():
-        return float(sum((ev[i:i + 4096] - recon(ev[i:i + 4096])).pow(2).sum() for i in range(0, len(ev), 4096))
-                     / (ev - ev.mean(0)).pow(2).sum())
-class Clock:
-    """Wall time of the training steps only (data loading and evaluations left out)."""
-    def __init__(self): self.train_s, self.curve = 0.0, []
-    def step(self, fn, s):
-        t0 = time.perf_counter(); fn(); dt = time.perf_counter() - t0
-        if s >= 2: self.train_s += dt  # the first two steps pay for allocation
-    def report(self, recon, decoder_FD):
-        np.save(cfg["decoder_out"], decoder_FD.detach().float().cpu().numpy())
-        print(json.dumps({"tokens_per_s": B * (steps - 2) / self.train_s, "fvu": fvu(recon), "train_s": self.train_s,
-                          "curve": self.curve}))
-clock = Clock()
-'''
-
-SCRIPTS = {
-    "sparsify": COMMON + '''
-from schedulefree import ScheduleFreeWrapper
-from sparsify import SparseCoder, SparseCoderConfig
-from sparsify.sign_sgd import SignSGD
-sae = SparseCoder(D, SparseCoderConfig(num_latents=F, k=k), torch.device("cpu"), dtype=torch.float32)
-opt = ScheduleFreeWrapper(SignSGD([dict(params=sae.parameters(), lr=5e-3 / (F / 2**14) ** 0.5)]), momentum=0.95)
-opt.train()
-it = batches()
-every = max(1, steps // cfg.get("curve_points", 1))
-for s in range(steps):
-    xb = next(it)
-    if s == 0:
-        sae.b_dec.data = xb.mean(0)
-    def step():
-        sae.set_decoder_norm_to_unit_norm()
-        out = sae(xb)
-        out.fvu.backward()
-        sae.remove_gradient_parallel_to_decoder_directions()
-        opt.step(); opt.zero_grad()
-    clock.step(step, s)
-    if (s + 1) % every == 0 or s + 1 == steps:
-        opt.eval(); clock.curve.append([clock.train_s, fvu(lambda v: sae(v).sae_out), (s + 1) * B]); opt.train()
-opt.eval()
-clock.report(lambda v: sae(v).sae_out, sae.W_dec)
-''',
-    "dictionary_learning": COMMON + '''
-from dictionary_learning.trainers.top_k import TopKTrainer
-tr = TopKTrainer(steps=steps, activation_dim=D, dict_size=F, k=k, layer=0, lm_name="bench",
-                 warmup_steps=min(1000, max(1, steps // 10)), device="cpu", seed=0)
-it = batches()
-for s in range(steps):
-    xb = next(it)
-    clock.step(lambda: tr.update(s, xb), s)
-clock.report(lambda v: tr.ae(v), tr.ae.decoder.weight.T)
-''',
-    "sae_lens": COMMON + '''
-import dataclasses
-from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
-from sae_lens.training.sae_trainer import SAETrainer
-from sae_lens.config import SAETrainerConfig
-sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D, d_sae=F, k=k, device="cpu"))
-lr = {f.name: f.default for f in dataclasses.fields(SAETrainerConfig)}["lr"]
-# its defaults; lr_end is what its runner config's post-init sets (lr / 10)
-tcfg = SAETrainerConfig(total_training_samples=steps * B, train_batch_size_samples=B, device="cpu", lr_end=lr / 10)
-trainer = SAETrainer(cfg=tcfg, sae=sae, data_provider=batches())
-it = batches()
-for s in range(steps):
-    xb = next(it)
-    def step():  # what SAETrainer.fit does per step (no logging, no checkpoints)
-        trainer.maybe_reset_sparsity()
-        trainer.step(xb)
-        trainer.n_training_steps += 1
-    clock.step(step, s)
-clock.report(lambda v: sae(v), sae.W_dec)
-''',
 }
 
 
@@ -177,11 +92,14 @@ def recovery(atoms_MD: np.ndarray, decoder_FD: np.ndarray) -> dict:
     return {"mmcs": float(best.mean()), "recovered": float((best > 0.9).mean())}
 
 
-def _superpos(train: np.ndarray, ev: np.ndarray, n_latents: int, k: int, batch: int, tokens: int) -> dict:
-    """superpos's TopKSAE at its defaults for ``tokens``; tokens/s from the training steps' own timings."""
+def _superpos(train: np.ndarray, ev: np.ndarray, n_latents: int, k: int, batch: int, tokens: int,
+              precision: str = "float32") -> dict:
+    """superpos's TopKSAE at its defaults (but ``precision``) for ``tokens``; tokens/s from the training steps'
+    own timings."""
     from superpos.dictionaries import TopKSAE
 
-    sae = TopKSAE(n_components=n_latents, k=k, batch_size=batch, n_tokens=tokens, device="cpu", progress=False)
+    sae = TopKSAE(n_components=n_latents, k=k, batch_size=batch, n_tokens=tokens, device="cpu", progress=False,
+                  precision=precision)
     t0 = time.perf_counter()
     sae.fit(train)
     wall = time.perf_counter() - t0
@@ -232,10 +150,12 @@ def run_peers(quick: bool, real_rows: np.ndarray | None = None, labels: list[str
         cfg = {"train": str(tmp / "train.npy"), "eval": str(tmp / "eval.npy"), "batch": batch, "n_latents": n_latents,
                "k": k, "tokens": tokens, "curve_points": 8}
         planted = {}
-        ours = _superpos(train, ev, n_latents, k, batch, tokens)
-        rec = recovery(atoms, ours.pop("decoder"))
-        planted["superpos"] = {**ours, **rec, "note": "this run, TopKSAE defaults"}
-        print(f"[peers] superpos: {ours['tokens_per_s']:,.0f} tok/s, FVU {ours['fvu']:.3f}", flush=True)
+        for label, precision in (("superpos", "float32"), (SUPERPOS_BF16, "bfloat16")):
+            ours = _superpos(train, ev, n_latents, k, batch, tokens, precision)
+            rec = recovery(atoms, ours.pop("decoder"))
+            planted[label] = {**ours, **rec, "note": "this run, TopKSAE defaults"
+                              + ("" if precision == "float32" else ' but precision="bfloat16"')}
+            print(f"[peers] {label}: {ours['tokens_per_s']:,.0f} tok/s, FVU {ours['fvu']:.3f}", flush=True)
         for label in labels:
             r = _peer(label, tmp, cfg)
             if r["status"] == "ok":
@@ -248,7 +168,8 @@ def run_peers(quick: bool, real_rows: np.ndarray | None = None, labels: list[str
         fastest = max((lbl for lbl in labels if planted[lbl]["status"] == "ok"),
                       key=lambda lbl: planted[lbl]["tokens_per_s"], default=None)
         res["fastest_peer"] = fastest
-        res["planted_quality_per_second"] = _superpos_budgets(train, ev, n_latents, k, batch, tokens, planted["superpos"])
+        res["planted_quality_per_second"] = _superpos_budgets(train, ev, n_latents, k, batch, tokens,
+                                                              planted[SUPERPOS_BF16])
         del train
         if real_rows is not None and fastest is not None:
             real_tokens = tokens // 2
@@ -257,10 +178,11 @@ def run_peers(quick: bool, real_rows: np.ndarray | None = None, labels: list[str
             np.save(tmp / "eval.npy", rev)
             peer = _peer(fastest, tmp, {**cfg, "tokens": real_tokens})
             peer.pop("decoder", None)
-            ours = _superpos(rtrain, rev, n_latents, k, batch, real_tokens)
-            ours.pop("decoder")
+            ours, ours16 = (_superpos(rtrain, rev, n_latents, k, batch, real_tokens, p) for p in ("float32", "bfloat16"))
+            ours.pop("decoder"), ours16.pop("decoder")
             res["real"] = {"rows": len(rtrain), "eval_rows": len(rev), "tokens": real_tokens, "peer": peer,
-                           "superpos": ours, "budgets": _superpos_budgets(rtrain, rev, n_latents, k, batch, real_tokens, ours)}
+                           "superpos": ours, "superpos_bf16": ours16,
+                           "budgets": _superpos_budgets(rtrain, rev, n_latents, k, batch, real_tokens, ours16)}
     return res
 
 
@@ -269,15 +191,16 @@ def keep_other_peers(new: dict, old: dict, date: str) -> None:
     PEERS order. The ratios stay those of this run: the fastest peer is one this run measured."""
     kept = {lbl: {**r, "note": f"{r.get('note', '')}; from the run of {date}"}
             for lbl, r in old.get("planted", {}).items() if lbl not in new["planted"]}
-    new["planted"] = {lbl: (new["planted"] | kept)[lbl] for lbl in ["superpos", *PEERS] if lbl in new["planted"] | kept}
+    new["planted"] = {lbl: (new["planted"] | kept)[lbl] for lbl in ["superpos", SUPERPOS_BF16, *PEERS]
+                      if lbl in new["planted"] | kept}
 
 
 def _superpos_budgets(train, ev, n_latents, k, batch, tokens, full: dict) -> list[dict]:
-    """superpos's quality per second: whole runs at ⅛, ¼ and ½ of ``tokens`` (each with its own warm-up and decay),
-    and the full run already made."""
+    """superpos's quality per second, in bfloat16: whole runs at ⅛, ¼ and ½ of ``tokens`` (each with its own warm-up
+    and decay), and the full run already made."""
     out = []
     for frac in (8, 4, 2):
-        r = _superpos(train, ev, n_latents, k, batch, tokens // frac)
+        r = _superpos(train, ev, n_latents, k, batch, tokens // frac, "bfloat16")
         r.pop("decoder")
         out.append({"tokens": tokens // frac, "train_s": r["train_s"], "fvu": r["fvu"]})
         print(f"[peers] superpos at {tokens // frac:,} tokens: FVU {r['fvu']:.3f} in {r['train_s']:.0f} s", flush=True)
@@ -300,10 +223,13 @@ def _curve_figure(res: dict, path: Path) -> None:
     if "real" in res:
         parts.append(("SmolLM2 layer 15", {res["fastest_peer"]: res["real"]["peer"], "superpos": res["real"]["superpos"]},
                       res["real"]["budgets"]))
+    sz = {"marker": "D", "color": "0.5", "linestyle": "none"}
     fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 4), squeeze=False)
     for ax, (title, runs, budgets) in zip(axes[0], parts):
         for label, r in runs.items():
-            if r.get("status", "ok") != "ok" or label == "superpos":
+            if r.get("status", "ok") != "ok" or label.startswith("superpos"):
+                if label == "superpos" and r.get("status", "ok") == "ok":
+                    ax.plot([r["train_s"]], [r["fvu"]], **sz, label="superpos, float32 default (whole run)")
                 continue
             pts = r.get("curve") or []
             if pts:
@@ -312,7 +238,7 @@ def _curve_figure(res: dict, path: Path) -> None:
                 ax.plot([r["train_s"]], [r["fvu"]], "s", label=f"{label} (end of run)")
         if budgets:
             ax.plot([b["train_s"] for b in budgets], [b["fvu"] for b in budgets], "o-", color="k",
-                    label="superpos (a whole run per budget)")
+                    label="superpos, bfloat16 (a whole run per budget)")
         ax.set_xscale("log")
         ax.set_xlabel("training time, s (steps only)")
         ax.set_ylabel("held-out FVU")
@@ -348,7 +274,8 @@ def peers_section(res: dict, folder: Path) -> list[str]:
     if fastest:
         _curve_figure(res, folder / "quality_per_second.png")
         L += ["### Quality per second", "",
-              f"Held-out FVU against training time: superpos as whole runs at ⅛, ¼, ½ and all of the budget (each with "
+              f"Held-out FVU against training time: superpos with `precision=\"bfloat16\"` as whole runs at ⅛, ¼, ½ "
+              f"and all of the budget (each with "
               f"its own warm-up and decay), against {fastest} (the fastest peer) along one run"
               + (" — its schedule-free averaged weights evaluated at 8 points" if res["planted"][fastest].get("curve") else "")
               + ".", "", "![quality per second](quality_per_second.png)", "",
@@ -366,6 +293,11 @@ def peers_section(res: dict, folder: Path) -> list[str]:
             L.append(f"| {name} | " + "; ".join(f"{b['tokens']:,} → {b['fvu']:.3f} ({b['train_s']:.0f} s)" for b in budgets)
                      + f" | {peer['fvu']:.3f} ({peer['train_s']:.0f} s) | "
                      + (f"{reach:.0f} s = {reach / peer['train_s']:.2f}× its time" if reach else "not reached") + " |")
+        if "real" in res and "superpos_bf16" in res["real"]:
+            a, b = res["real"]["superpos"], res["real"]["superpos_bf16"]
+            L.append(f"On the real layer at the full budget, superpos's float32 default reaches FVU {a['fvu']:.3f} in "
+                     f"{a['train_s']:.0f} s ({a['tokens_per_s']:,.0f} tok/s) and bfloat16 {b['fvu']:.3f} in {b['train_s']:.0f} s "
+                     f"({b['tokens_per_s']:,.0f} tok/s).")
         L.append("")
     return L
 
@@ -376,11 +308,15 @@ def peer_targets(res: dict) -> list[list]:
     fastest = res.get("fastest_peer")
     if not fastest:
         return [["≥ 2× the fastest peer", "no peer ran", False]]
-    ours, peer = res["planted"]["superpos"], res["planted"][fastest]
-    ratio = ours["tokens_per_s"] / peer["tokens_per_s"]
-    rows = [[f"≥ 2× the fastest peer's tokens/s ({fastest}) at ≥ its FVU and MMCS",
-             f"{ratio:.2f}×; FVU {ours['fvu']:.3f} vs {peer['fvu']:.3f}; MMCS {ours['mmcs']:.3f} vs {peer['mmcs']:.3f}",
-             ratio >= 2 and ours["fvu"] <= peer["fvu"] and ours["mmcs"] >= peer["mmcs"]]]
+    peer, rows = res["planted"][fastest], []
+    for label in ("superpos", SUPERPOS_BF16):
+        ours = res["planted"].get(label, {})
+        if ours.get("status") != "ok":
+            continue
+        ratio = ours["tokens_per_s"] / peer["tokens_per_s"]
+        rows.append([f"≥ 2× the fastest peer's tokens/s ({fastest}) at ≥ its FVU and MMCS: {label}",
+                     f"{ratio:.2f}×; FVU {ours['fvu']:.3f} vs {peer['fvu']:.3f}; MMCS {ours['mmcs']:.3f} vs {peer['mmcs']:.3f}",
+                     ratio >= 2 and ours["fvu"] <= peer["fvu"] and ours["mmcs"] >= peer["mmcs"]])
     streams = [("planted", peer, res.get("planted_quality_per_second", []))]
     if "real" in res:
         streams.append(("real layer 15", res["real"]["peer"], res["real"]["budgets"]))
@@ -388,6 +324,6 @@ def peer_targets(res: dict) -> list[list]:
         if p.get("status") != "ok":
             continue
         reach = time_to_reach(budgets, p["fvu"])
-        rows.append([f"{fastest}'s final FVU in ≤ 0.5× its time ({name})",
+        rows.append([f"{fastest}'s final FVU in ≤ 0.5× its time ({name}; {SUPERPOS_BF16})",
                      f"{reach / p['train_s']:.2f}×" if reach else "not reached", bool(reach and reach <= 0.5 * p["train_s"])])
     return rows

@@ -85,17 +85,20 @@ def bench_sae(q: bool, device: str) -> dict:
     steps = 6 if q else 40
     x = synthetic_stream(batch * 8, d)
     out = {}
-    for expansion in (16, 32):
+    # on CPU the default float32 at two widths, and precision="bfloat16" (its own bound: the bf16 GEMM)
+    configs = [(16, "bfloat16"), (32, "bfloat16")] if device == "cuda" else [(16, "float32"), (32, "float32"),
+                                                                            (16, "bfloat16")]
+    for expansion, precision in configs:
         F = expansion * d
         W = torch.randn(F, d, device=device)
         xb = x[:batch].to(device)
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        dtype = getattr(torch, precision)
         xd, Wd = xb.to(dtype), W.to(dtype)
         buf = torch.empty(batch, F, dtype=dtype, device=device)
         def matmuls():  # the encoder matmul a step cannot avoid, into ready memory; and as usually written
             return _time(lambda: torch.mm(xd, Wd.T, out=buf), 5), _time(lambda: xd @ Wd.T, 5)
         sae = TopKSAE(n_components=F, k=k, batch_size=batch, n_tokens=batch * steps, warmup_steps=1, device=device,
-                      progress=False, precision="bfloat16" if device == "cuda" else "float32")
+                      progress=False, precision=precision)
         before = matmuls()
         t0 = time.perf_counter()
         sae.fit(x)
@@ -105,23 +108,24 @@ def bench_sae(q: bool, device: str) -> dict:
         # best logging window (2 steps each), as the matmul is timed best of 5: both the least disturbed figure
         tok_s = float(max([h["tok_s"] for h in sae.history_[1:]] or [sae.history_[-1]["tok_s"]]))
         step = batch / tok_s
-        out[f"{expansion}x"] = {"n_latents": F, "batch": batch, "k": k, "tokens_per_s": tok_s, "step_s": step,
+        name = f"{expansion}x" + (" bfloat16" if precision == "bfloat16" and device != "cuda" else "")
+        out[name] = {"n_latents": F, "batch": batch, "k": k, "precision": precision, "tokens_per_s": tok_s, "step_s": step,
                                 "roofline_matmul_s": roof, "fraction_of_roofline": roof / step,
                                 "matmul_fresh_output_s": roof_alloc, "fraction_of_fresh_matmul": roof_alloc / step,
                                 "fit_total_s": total, "final_fvu": sae.history_[-1]["fvu"]}
         if expansion == 16:
-            out["16x"]["profile_ms_per_step"] = _profile_steps(F, k, batch, x, device)
-        print(f"[sae] {expansion}x: {tok_s:,.0f} tok/s, step {step * 1e3:.0f} ms vs matmul {roof * 1e3:.0f} ms "
+            out[name]["profile_ms_per_step"] = _profile_steps(F, k, batch, x, device, precision)
+        print(f"[sae] {name}: {tok_s:,.0f} tok/s, step {step * 1e3:.0f} ms vs matmul {roof * 1e3:.0f} ms "
               f"→ {roof / step:.2f} of roofline", flush=True)
     return out
 
 
-def _profile_steps(F: int, k: int, batch: int, x: torch.Tensor, device: str, steps: int = 6) -> dict:
+def _profile_steps(F: int, k: int, batch: int, x: torch.Tensor, device: str, precision: str, steps: int = 6) -> dict:
     """Where a step's time goes: torch.profiler's self time per op, per step, the largest first."""
     from torch.profiler import ProfilerActivity, profile
 
     sae = TopKSAE(n_components=F, k=k, batch_size=batch, n_tokens=batch * steps, warmup_steps=1, device=device,
-                  progress=False)
+                  progress=False, precision=precision)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         sae.fit(x)
     ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)

@@ -78,8 +78,9 @@ def add_fit(sub) -> None:
         p.add_argument(flag, dest=name, type=_positive(kind, zero=name in ("seed", "min_pos")), default=None,
                        help=help_ + ("" if "(default" in help_ else _default_text(name)))
     p.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
-                   help="SAE compute precision: bfloat16 autocasts the forward/backward (fp32 master weights; meant "
-                        "for CUDA, works on CPU); default float32")
+                   help="SAE compute precision (fp32 master weights either way): bfloat16 takes TopK/BatchTopK's "
+                        "encoder product in bfloat16 (1.5-1.7x faster steps on a CPU with AVX512-BF16, same FVU) and "
+                        "autocasts the other kinds' step; default float32")
     defaults = {n: q.default for n, q in inspect.signature(fit_dictionary).parameters.items()}
     p.add_argument("--train-frac", type=float, default=defaults["train_frac"], help="fraction of contexts used for "
                    f"training; the rest is held out for `evaluate` (default {defaults['train_frac']:g})")

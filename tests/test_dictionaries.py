@@ -291,9 +291,31 @@ def test_broken_dictionary_folders(planted, tmp_path):
         load_dictionary(tmp_path / "r")
 
 
-def test_bfloat16_autocast_trains_as_well_as_float32(planted):
-    """precision="bfloat16" (autocast, fp32 master weights; what `fit --precision bfloat16` uses on CUDA) runs on
-    CPU too: it must reach the float32 reconstruction and recover the same planted atoms."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("Fn,k", [(96, 4), (9216, 32), (512, 16), (100, 7), (512, 40)])
+def test_topk_cols_keeps_torch_topks_positive_entries(dtype, Fn, k):
+    """The grouped top k over the floats' bit patterns (the first three sizes take it, the last two fall back)
+    returns the entries torch.topk returns wherever the ReLU lets them through: rows with fewer than k
+    positives, no positive at all, ties and -0.0 included."""
+    from superpos.dictionaries.sparse_ops import topk_cols
+
+    pre = torch.randn(300, Fn, generator=torch.Generator().manual_seed(Fn + k)).to(dtype)
+    pre[::7] -= 2.5  # few positives
+    pre[1, : Fn // 2] = pre[1, 0].abs()  # ties
+    pre[2] = -pre[2].abs()
+    pre[3, ::3] = -0.0
+    cols = topk_cols(pre, k)
+    assert cols.shape == (300, k) and (cols.sort(1).values.diff(dim=1) > 0).all()  # k distinct latents per row
+    got, ref = pre.gather(1, cols).float().clamp_min(0), pre.topk(k, dim=1).values.float().clamp_min(0)
+    assert torch.equal(got.sort(1).values, ref.sort(1).values)
+    rows, flat_cols, vals = select_topk(pre, k)
+    assert torch.equal(vals, pre[rows, flat_cols])
+
+
+def test_bfloat16_trains_as_well_as_float32(planted):
+    """precision="bfloat16" (TopK: the encoder product in bfloat16, codes and backward in float32; the penalised
+    kinds autocast; fp32 master weights throughout) must reach the float32 reconstruction and recover the same
+    planted atoms."""
     x, atoms = planted
     kw = dict(expansion=2, k=4, n_tokens=150_000, batch_size=512, progress=False, device="cpu")
     f32 = TopKSAE(**kw).fit(x)
@@ -313,6 +335,12 @@ def test_encoder_pre_into_a_buffer_matches_addmm():
     assert out.data_ptr() == buf.data_ptr()  # written in place, no new (B × F) tensor
     torch.testing.assert_close(out, torch.addmm(b, x, W.T))
     torch.testing.assert_close(encoder_pre(x[:10], W, b, buf), torch.addmm(b, x[:10], W.T))  # wrong-size buffer: fallback
+    buf16 = torch.empty(64, 96, dtype=torch.bfloat16)  # a bfloat16 buffer: the product in bfloat16, in place
+    out = encoder_pre(x, W, b, buf16)
+    assert out.data_ptr() == buf16.data_ptr() and out.dtype == torch.bfloat16
+    exact = torch.addmm(b, x, W.T)
+    err = (out.float() - exact).abs().max() / exact.abs().max()
+    assert 0 < err < 2e-2  # rounded (8 bits of mantissa), not wrong
 
 
 def test_default_fit_converges_and_recovers_planted_atoms(planted):

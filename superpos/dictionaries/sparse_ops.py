@@ -34,12 +34,39 @@ def _offsets(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
     return torch.cumsum(counts, 0) - counts
 
 
+_INT_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+
+
+def topk_cols(pre_BF: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row, the latents of the ``k`` largest pre-activations, (B, k) unsorted — exactly those of
+    ``pre_BF.topk(k)`` among the positive values, the only ones a ReLU lets through (a row with fewer than k
+    positives is filled with other non-positive entries). On CPU, 1.6–2× faster than ``torch.topk`` at the
+    sizes SAEs train with (measured in benchmarks/run.py's profile):
+
+    * the columns fall into ``G = F / g`` strided groups (j, j + G, j + 2G, …); the k groups with the largest
+      maxima hold every top-k entry (an entry outside them is below k group maxima, hence below k entries), so
+      the top k is taken over those ``g × k`` candidates only, after one vectorised max over g slices;
+    * both top-k calls compare the floats' bit patterns as integers, which orders every non-negative float as
+      the float does (negatives all sort below them) and is faster than a float comparison.
+    """
+    B, Fn = pre_BF.shape
+    g = next((g for g in (16, 8) if Fn % g == 0 and Fn // g >= 2 * k), None)
+    if pre_BF.device.type != "cpu" or pre_BF.dtype not in _INT_VIEW or not pre_BF.is_contiguous() or g is None:
+        return pre_BF.topk(k, dim=1, sorted=False).indices
+    G = Fn // g
+    bits = pre_BF.view(_INT_VIEW[pre_BF.dtype]).view(B, g, G)
+    groups = bits.amax(1).topk(k, dim=1, sorted=False).indices  # (B, k)
+    cand = bits.gather(2, groups.unsqueeze(1).expand(B, g, k)).reshape(B, g * k)
+    loc = cand.topk(k, dim=1, sorted=False).indices  # candidate (i, j) is column groups[j] + i·G
+    return groups.gather(1, loc % k) + (loc // k) * G
+
+
 def select_topk(pre_BF: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row top k: (rows, cols, pre-activation values) sorted by row."""
+    """Per-row top k (see :func:`topk_cols`): (rows, cols, pre-activation values) sorted by row."""
     B = pre_BF.shape[0]
-    vals, cols = pre_BF.topk(k, dim=1, sorted=False)
+    cols = topk_cols(pre_BF, k)
     rows = torch.arange(B, device=pre_BF.device).repeat_interleave(k)
-    return rows, cols.reshape(-1), vals.reshape(-1)
+    return rows, cols.reshape(-1), pre_BF.gather(1, cols).reshape(-1)
 
 
 def select_batch_topk(pre_BF: torch.Tensor, k: int, row_cap: int | None = None) -> tuple[torch.Tensor, torch.Tensor,
@@ -50,7 +77,8 @@ def select_batch_topk(pre_BF: torch.Tensor, k: int, row_cap: int | None = None) 
     if row_cap is None or row_cap >= Fn:
         flat = pre_BF.reshape(-1).topk(min(k * B, B * Fn), sorted=False).indices.sort().values
         return flat // Fn, flat % Fn, pre_BF.reshape(-1)[flat]
-    vals, idx = pre_BF.topk(row_cap, dim=1, sorted=False)
+    idx = topk_cols(pre_BF, row_cap)
+    vals = pre_BF.gather(1, idx)
     pick = vals.reshape(-1).topk(min(k * B, B * row_cap), sorted=False).indices
     rows, cols = pick // row_cap, idx.reshape(-1)[pick]
     order = torch.argsort(rows * Fn + cols)
@@ -62,11 +90,13 @@ def encoder_pre(x_BD: torch.Tensor, W_enc_FD: torch.Tensor, b_enc_F: torch.Tenso
                 out_BF: torch.Tensor | None = None) -> torch.Tensor:
     """x @ W_encᵀ + b_enc (no grad). With ``out_BF`` (a buffer reused across steps) the product lands in memory
     that is already mapped, and the bias is added in place: measured 15–20 % faster than ``addmm`` into a
-    fresh tensor, which broadcasts the bias into new memory before the GEMM. Under autocast: plain ``addmm``."""
-    if out_BF is None or torch.is_autocast_enabled(x_BD.device.type) or out_BF.shape != (x_BD.shape[0], W_enc_FD.shape[0]) \
-            or out_BF.dtype != x_BD.dtype:
+    fresh tensor, which broadcasts the bias into new memory before the GEMM. A bfloat16 ``out_BF`` takes the
+    product in bfloat16 (inputs rounded, sums accumulated in float32 by the GEMM, the result rounded to 8
+    bits of mantissa): 2.5× faster than float32 on a CPU with AVX512-BF16. Under autocast: plain ``addmm``."""
+    if out_BF is None or torch.is_autocast_enabled(x_BD.device.type) or out_BF.shape != (x_BD.shape[0], W_enc_FD.shape[0]):
         return torch.addmm(b_enc_F, x_BD, W_enc_FD.T)
-    return torch.mm(x_BD, W_enc_FD.T, out=out_BF).add_(b_enc_F)
+    dt = out_BF.dtype
+    return torch.mm(x_BD.to(dt), W_enc_FD.to(dt).T, out=out_BF).add_(b_enc_F.to(dt))
 
 
 @torch.no_grad()
@@ -113,11 +143,11 @@ class _SparseEncode(torch.autograd.Function):
 
 
 def sparse_encode(x_BD, W_enc_FD, b_enc_F, pre_BF, rows, cols, pre_nnz=None, b_dec_D=None) -> SparseCodes:
-    """Pre-activations at the selected pairs (``pre_nnz``, or read off ``pre_BF``), ReLU'd, as
+    """Pre-activations at the selected pairs (``pre_nnz``, or read off ``pre_BF``), ReLU'd, in ``x_BD``'s dtype, as
     :class:`SparseCodes` (differentiable with respect to x, W_enc and b_enc). With ``b_dec_D``, ``x_BD`` is the
     input already centred by it (x − b_dec) and b_dec receives the centring's gradient: pass the centred input
     without grad then, so no (batch × d) gradient is formed for it."""
-    pre_nnz = pre_BF.detach()[rows, cols] if pre_nnz is None else pre_nnz.detach()
+    pre_nnz = (pre_BF.detach()[rows, cols] if pre_nnz is None else pre_nnz.detach()).to(x_BD.dtype)
     vals = _SparseEncode.apply(x_BD, W_enc_FD, b_enc_F, rows, cols, pre_nnz, b_dec_D)
     return SparseCodes(rows, cols, F.relu(vals), _offsets(rows, x_BD.shape[0]), x_BD.shape[0])
 

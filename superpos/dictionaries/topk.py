@@ -5,12 +5,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .sparse_ops import encoder_pre, select_batch_topk, select_topk, sparse_decode, sparse_encode
+from .sparse_ops import encoder_pre, select_batch_topk, select_topk, sparse_decode, sparse_encode, topk_cols
 from .trainer import _COMMON_DOC, SparseAutoencoder, _reconstruction_terms
 
 
 class _SparseSelectSAE(SparseAutoencoder):
-    """TopK-style SAEs trained with sparse codes and the AuxK loss for dead latents."""
+    """TopK-style SAEs trained with sparse codes and the AuxK loss for dead latents. ``precision="bfloat16"``
+    takes only the encoder product in bfloat16 (the selection and the codes' values come from it); the codes,
+    decoder, loss and backward stay float32, where their sparse kernels cost little."""
+
+    _autocast = False
 
     def _select(self, pre_BF: torch.Tensor):  # pragma: no cover
         raise NotImplementedError
@@ -19,8 +23,10 @@ class _SparseSelectSAE(SparseAutoencoder):
         with torch.no_grad():
             x_c = x - s["b_dec"]  # b_dec's gradient through the encoder comes from sparse_encode
             buf = getattr(self, "_pre_buffer", None)
-            if buf is None or buf.shape != (x.shape[0], s["W_enc"].shape[0]) or buf.device != x.device:
-                buf = self._pre_buffer = torch.empty(x.shape[0], s["W_enc"].shape[0], dtype=x.dtype, device=x.device)
+            dtype = torch.bfloat16 if self.precision == "bfloat16" else x.dtype  # the product's only: codes stay fp32
+            if buf is None or buf.shape != (x.shape[0], s["W_enc"].shape[0]) or buf.device != x.device \
+                    or buf.dtype != dtype:
+                buf = self._pre_buffer = torch.empty(x.shape[0], s["W_enc"].shape[0], dtype=dtype, device=x.device)
             pre = encoder_pre(x_c, s["W_enc"], s["b_enc"], buf)  # read only within this step
         rows, cols, pre_nnz = self._select(pre)
         codes = sparse_encode(x_c, s["W_enc"], s["b_enc"], pre, rows, cols, pre_nnz, s["b_dec"])
@@ -49,8 +55,8 @@ class TopKSAE(_SparseSelectSAE):
 
     def _encode(self, x_BD):
         pre = self._pre(x_BD)
-        vals, idx = pre.topk(self.k, dim=1)
-        return torch.zeros_like(pre).scatter_(1, idx, F.relu(vals))
+        idx = topk_cols(pre, self.k)
+        return torch.zeros_like(pre).scatter_(1, idx, F.relu(pre.gather(1, idx)))
 
 
 BATCH_TOPK_ROW_CAP = 4  # while training, no row takes more than this × k of a BatchTopK batch's k × batch codes

@@ -1,7 +1,6 @@
 """The trainer every sparse autoencoder shares (``SparseAutoencoder``): initialisation, the training loop with
 checkpoints, early stopping, logging and dead-latent tracking, ``partial_fit``, and publishing the fitted
-weights (the run's state and schedule are in ``train_run.py``). The kinds are
-in ``topk.py`` (TopK, BatchTopK), ``relu.py`` and ``jumprelu.py``.
+weights (the run's state and schedule are in ``train_run.py``). Kinds: ``topk.py``, ``relu.py``, ``jumprelu.py``.
 
 Training happens on inputs scaled so that E‖x‖² = d_model (``normalize=True``); the scale is folded
 into the weights when training ends, so a fitted SAE takes raw activations and its ``components_``
@@ -37,8 +36,9 @@ class SparseAutoencoder(BaseDictionary):
     """Shared trainer. Subclasses set ``kind`` and implement ``_train_forward`` and ``_encode_pre``."""
 
     _state_names = ("W_enc_", "b_enc_", "b_dec_")
-    #: trainable tensors besides W_enc, b_enc, W_dec, b_dec
+    #: trainable tensors besides W_enc, b_enc, W_dec, b_dec; whether precision="bfloat16" autocasts the step
     _extra_params: tuple[str, ...] = ()
+    _autocast = True
 
     # ---------------------------------------------------------------- sizes and defaults
     def _n_latents(self, d_model: int) -> int:
@@ -257,7 +257,7 @@ class SparseAutoencoder(BaseDictionary):
                              decay_from=None if val is not None else int(total_steps * (1 - self.decay_frac)))
         run = _TrainRun(d=d, state=state, opt=opt, sched=torch.optim.lr_scheduler.LambdaLR(opt, schedule),
                         since_fired=torch.zeros(state["W_dec"].shape[0], dtype=torch.long, device=dev),
-                        ckpt_path=ckpt_path, amp=getattr(self, "precision", "float32") == "bfloat16",
+                        ckpt_path=ckpt_path, amp=self._autocast and self.precision == "bfloat16",
                         schedule=schedule)
         if val is not None:
             run.convergence = _Convergence(val_x=val.to(dev) * run.scale, every=max(per_epoch, MIN_EVAL_STEPS),
