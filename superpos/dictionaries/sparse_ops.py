@@ -41,7 +41,7 @@ def topk_cols(pre_BF: torch.Tensor, k: int) -> torch.Tensor:
     """Per row, the latents of the ``k`` largest pre-activations, (B, k) unsorted — exactly those of
     ``pre_BF.topk(k)`` among the positive values, the only ones a ReLU lets through (a row with fewer than k
     positives is filled with other non-positive entries). On CPU, 1.6–2× faster than ``torch.topk`` at the
-    sizes SAEs train with (measured in benchmarks/run.py's profile):
+    sizes SAEs train with (32 of 9,216 × 4,096 rows: 26 ms against 43 in float32, 21 against 41 in bfloat16):
 
     * the columns fall into ``G = F / g`` strided groups (j, j + G, j + 2G, …); the k groups with the largest
       maxima hold every top-k entry (an entry outside them is below k group maxima, hence below k entries), so
