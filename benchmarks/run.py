@@ -110,9 +110,9 @@ def bench_sae(q: bool, device: str) -> dict:
         step = batch / tok_s
         name = f"{expansion}x" + (" bfloat16" if precision == "bfloat16" and device != "cuda" else "")
         out[name] = {"n_latents": F, "batch": batch, "k": k, "precision": precision, "tokens_per_s": tok_s, "step_s": step,
-                                "roofline_matmul_s": roof, "fraction_of_roofline": roof / step,
-                                "matmul_fresh_output_s": roof_alloc, "fraction_of_fresh_matmul": roof_alloc / step,
-                                "fit_total_s": total, "final_fvu": sae.history_[-1]["fvu"]}
+                     "roofline_matmul_s": roof, "fraction_of_roofline": roof / step,
+                     "matmul_fresh_output_s": roof_alloc, "fraction_of_fresh_matmul": roof_alloc / step,
+                     "fit_total_s": total, "final_fvu": sae.history_[-1]["fvu"]}
         if expansion == 16:
             out[name]["profile_ms_per_step"] = _profile_steps(F, k, batch, x, device, precision)
         print(f"[sae] {name}: {tok_s:,.0f} tok/s, step {step * 1e3:.0f} ms vs matmul {roof * 1e3:.0f} ms "

@@ -36,9 +36,9 @@ class SparseAutoencoder(BaseDictionary):
     """Shared trainer. Subclasses set ``kind`` and implement ``_train_forward`` and ``_encode_pre``."""
 
     _state_names = ("W_enc_", "b_enc_", "b_dec_")
-    #: trainable tensors besides W_enc, b_enc, W_dec, b_dec; whether precision="bfloat16" autocasts the step
+    #: trainable tensors besides W_enc, b_enc, W_dec, b_dec
     _extra_params: tuple[str, ...] = ()
-    _autocast = True
+    _autocast = True  # precision="bfloat16" autocasts the step (the TopK kinds cast their encoder product themselves)
 
     # ---------------------------------------------------------------- sizes and defaults
     def _n_latents(self, d_model: int) -> int:
