@@ -232,6 +232,28 @@ def test_checkpoint_resume_is_exact(planted, tmp_path):
         TopKSAE(**{**kw, "k": 5}).fit(x, checkpoint_dir=tmp_path)
 
 
+def test_topk_decoder_steps_at_its_multiple_and_old_checkpoints_are_refused(planted, tmp_path, monkeypatch):
+    from superpos.dictionaries.train_run import TOPK_DECODER_LR_MULT
+    x, _ = planted
+    for cls, mult in ((TopKSAE, TOPK_DECODER_LR_MULT), (BatchTopKSAE, TOPK_DECODER_LR_MULT), (ReLUSAE, 1.0)):
+        sae = cls(n_components=64, batch_size=512, lr=1e-3, device="cpu", progress=False).partial_fit(x[:1024])
+        lr_of = {id(p): g["lr"] for g in sae._pf_opt.param_groups for p in g["params"]}
+        assert lr_of[id(sae._pf_state["W_enc"])] == 1e-3
+        assert lr_of[id(sae._pf_state["W_dec"])] == pytest.approx(1e-3 * mult)
+    # a checkpoint whose optimizer grouped the weights otherwise (made before the decoder had its own lr)
+    kw = dict(n_components=64, k=4, batch_size=256, n_tokens=256 * 20, device="cpu", progress=False)
+    monkeypatch.setattr(TopKSAE, "_decoder_lr_mult", 1.0)
+
+    def stop(step, stats):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        TopKSAE(**kw).fit(x, checkpoint_dir=tmp_path, callback=stop)
+    monkeypatch.undo()
+    with pytest.raises(SuperposError, match="another superpos version"):
+        TopKSAE(**kw).fit(x, checkpoint_dir=tmp_path)
+
+
 def test_nan_input_stops_with_step(planted):
     x, _ = planted
     bad = x[:4096].copy()

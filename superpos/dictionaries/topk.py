@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .sparse_ops import encoder_pre, select_batch_topk, select_topk, sparse_decode, sparse_encode, topk_cols
+from .train_run import TOPK_DECODER_LR_MULT
 from .trainer import _COMMON_DOC, SparseAutoencoder, _reconstruction_terms
 
 
@@ -15,6 +16,7 @@ class _SparseSelectSAE(SparseAutoencoder):
     decoder, loss and backward stay float32, where their sparse kernels cost little."""
 
     _autocast = False
+    _decoder_lr_mult = TOPK_DECODER_LR_MULT
 
     def _select(self, pre_BF: torch.Tensor):  # pragma: no cover
         raise NotImplementedError

@@ -28,7 +28,7 @@ from .sources import RowSource, in_memory_if_small, rows_from
 
 from .train_run import (CHECKPOINT, DEFAULT_LR, DENSE_FRACTION, FIXED_BUDGET_WARMUP,  # noqa: F401 (re-exported)
                         FIXED_BUDGET_WARMUP_FRACTION, MIN_EVAL_STEPS, STORE_IN_MEMORY_BYTES, WARMUP_FRACTION,
-                        _adam, _Convergence, _hold_out, _last_good, _Meter, _Schedule, _SHOWN, _TrainRun,
+                        _COMMON_DOC, _adam, _Convergence, _hold_out, _last_good, _Meter, _Schedule, _SHOWN, _TrainRun,
                         geometric_median, project_decoder_grad_, renormalise_decoder_)
 
 
@@ -48,9 +48,8 @@ class SparseAutoencoder(BaseDictionary):
         return n
 
     def _lr(self, n_latents: int) -> float:
-        # Measured on SmolLM2-135M layer 15, 8× TopK, 400k tokens: held-out FVU 0.18 with batch 1024 and lr 2e-3,
-        # 0.27 with batch 4096 and 2e-3, 0.48 with batch 4096 and Gao et al.'s 2e-4·√(16384/n) (made for far
-        # longer runs). At the token budgets of a CPU, more and larger steps win.
+        # Measured on SmolLM2-135M layer 15, 8× TopK, 400k tokens: held-out FVU 0.18 with batch 1024 and lr 2e-3, 0.27
+        # with 4096 and 2e-3, 0.48 with 4096 and Gao et al.'s 2e-4·√(16384/n): on a CPU's budget larger steps win.
         return self.lr if self.lr is not None else DEFAULT_LR
 
     def _check_params(self, d_model: int) -> None:
@@ -117,11 +116,14 @@ class SparseAutoencoder(BaseDictionary):
         codes_at = codes_at or (lambda r, c: dense_pairs(pre_BF, r, c))
         return loss + self.aux_coeff * aux_k_loss(x, x_hat, pre_BF, dead, self._k_aux(x.shape[1]), W_dec_FD, codes_at)
 
-    #: learning-rate multiplier for the extra parameters (JumpReLU's log-thresholds)
-    _extra_lr_mult = 1.0
+    #: learning-rate multipliers: the decoder's (TopK kinds: TOPK_DECODER_LR_MULT) and the extra parameters'
+    _decoder_lr_mult = _extra_lr_mult = 1.0
 
     def _param_groups(self, state: dict, lr: float) -> list[dict]:
         groups = [{"params": [state[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")]}]
+        if self._decoder_lr_mult != 1.0:
+            groups = [{"params": [state[k] for k in ("W_enc", "b_enc", "b_dec")]},
+                      {"params": [state["W_dec"]], "lr": lr * self._decoder_lr_mult}]
         if self._extra_params:
             groups.append({"params": [state[k] for k in self._extra_params], "lr": lr * self._extra_lr_mult})
         return groups
@@ -263,7 +265,11 @@ class SparseAutoencoder(BaseDictionary):
             run.convergence = _Convergence(val_x=val.to(dev) * run.scale, every=max(per_epoch, MIN_EVAL_STEPS),
                                            tol=self.tol, patience=self.n_iter_no_change)
         if ckpt is not None:
-            run.opt.load_state_dict(ckpt["opt"])
+            try:
+                run.opt.load_state_dict(ckpt["opt"])
+            except ValueError:  # an older superpos grouped the parameters otherwise
+                raise SuperposError(f"checkpoint {ckpt_path} was made by another superpos version; use another "
+                                    "output folder") from None
             run.sched.load_state_dict(ckpt["sched"])
             vars(schedule).update(ckpt["schedule"])
             if run.convergence is not None:
@@ -380,21 +386,7 @@ class SparseAutoencoder(BaseDictionary):
     def _decode(self, codes_BF: torch.Tensor) -> torch.Tensor:
         return codes_BF @ self.components_ + self.b_dec_
 
+
 def _reconstruction_terms(x, x_hat) -> torch.Tensor:
     return (x_hat - x).pow(2).sum(-1).mean()
 
-
-_COMMON_DOC = """
-    Common parameters: ``n_components`` (latents; default ``expansion × d_model``), ``batch_size``,
-    ``n_tokens`` (training tokens; default: in-memory data trains until the held-out FVU stops improving —
-    ``max_epochs``, ``tol``, ``n_iter_no_change``, ``validation_fraction`` as in scikit-learn's early stopping —
-    and so does a store of at most 2 GiB of rows, read into memory; a larger store trains for one epoch), ``lr`` (Adam; default 2e-3, chosen by measurement for CPU-sized budgets — see
-    ``_lr``), ``warmup_steps`` (default 5 % of an epoch while converging; with a fixed ``n_tokens``, 100 steps or a tenth
-    of the run when that is fewer),
-    ``decay_frac`` (final fraction with linear decay to 0), ``aux_k`` / ``aux_coeff`` (AuxK loss on dead latents,
-    default d_model/2 and 1/32), ``dead_after_tokens`` (a latent is dead after this many tokens without firing),
-    ``b_dec_init`` (median|mean|zeros), ``normalize`` (scale inputs to E‖x‖² = d_model while training),
-    ``min_pos`` (store rows at positions below it — the BOS/attention sink — are left out), ``seed``, ``device``,
-    ``progress``. JumpReLU and ReLU take ``target_l0``: their penalty coefficient is then steered toward that L0 while training
-    (``sparsity_coeff_`` is where it ended).
-"""
