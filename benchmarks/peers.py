@@ -189,7 +189,8 @@ def run_peers(quick: bool, real_rows: np.ndarray | None = None, labels: list[str
 def keep_other_peers(new: dict, old: dict, date: str) -> None:
     """Rows of peers that ``new`` did not rerun, taken from the earlier run ``old`` (marked with its date), in
     PEERS order. The ratios stay those of this run: the fastest peer is one this run measured."""
-    kept = {lbl: {**r, "note": f"{r.get('note', '')}; from the run of {date}"}
+    mark = "; from the run of "  # a row kept before keeps the date of the run that measured it
+    kept = {lbl: r if mark in r.get("note", "") else {**r, "note": f"{r.get('note', '')}{mark}{date}"}
             for lbl, r in old.get("planted", {}).items() if lbl not in new["planted"]}
     new["planted"] = {lbl: (new["planted"] | kept)[lbl] for lbl in ["superpos", SUPERPOS_BF16, *PEERS]
                       if lbl in new["planted"] | kept}

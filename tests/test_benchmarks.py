@@ -56,6 +56,9 @@ def test_keep_other_peers_marks_rows_from_the_earlier_run():
     assert new["planted"][sparsify]["note"] == "new" and new["planted"]["superpos"] == {"status": "ok"}
     assert new["planted"][dl]["note"] == "dl; from the run of 2026-01-01"
     assert new["planted"][saelens]["status"] == "failed"
+    again = {"planted": {"superpos": {"status": "ok"}}}
+    keep_other_peers(again, new, "2026-02-01")  # kept twice: still the date of the run that measured it
+    assert again["planted"][dl]["note"] == "dl; from the run of 2026-01-01"
 
 
 def test_frontier_rows_survive_an_interrupted_run(tmp_path):
