@@ -284,10 +284,9 @@ def peers_section(res: dict, folder: Path) -> list[str]:
               "superpos's time to that FVU |", "|---|---|---|---|"]
         streams = [("planted", res["planted"][fastest], res.get("planted_quality_per_second", []))]
         if "real" in res:
-            r = res["real"]  # its few distinct rows make the budget several passes over them
-            streams.append((f"SmolLM2 layer 15 ({r['rows']:,} rows, {r['tokens']:,} tokens: "
-                            f"{r['tokens'] / r['rows']:.0f} passes)",
-                            res["real"]["peer"], res["real"]["budgets"]))
+            real = res["real"]  # its few distinct rows make the budget several passes over them
+            streams.append((f"SmolLM2 layer 15 ({real['rows']:,} rows, {real['tokens']:,} tokens: "
+                            f"{real['tokens'] / real['rows']:.0f} passes)", real["peer"], real["budgets"]))
         for name, peer, budgets in streams:
             if peer.get("status") != "ok":
                 L.append(f"| {name} | | {peer.get('status')}: {peer.get('note')} | |")
