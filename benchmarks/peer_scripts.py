@@ -1,7 +1,7 @@
 """The training script each peer toolkit runs in its own venv (``peers.py`` starts them): ``COMMON`` reads the
 rows, batches them in the same order for every toolkit and times the training steps; ``SCRIPTS[module]`` trains
 with that toolkit's own optimizer, schedule and initialisation, and prints one JSON line (tokens/s, held-out FVU,
-training time, the FVU curve) after saving the decoder."""
+training time, the FVU curve; with ``eval_typical``, the FVU on those rows too) after saving the decoder."""
 
 COMMON = '''
 import json, sys, time
@@ -17,7 +17,8 @@ def batches():
         perm = g.permutation(len(x))
         for i in range(0, len(x) - B + 1, B):
             yield torch.from_numpy(np.ascontiguousarray(x[np.sort(perm[i:i + B])]))
-def fvu(recon):
+ev_typical = torch.from_numpy(np.load(cfg["eval_typical"])) if cfg.get("eval_typical") else None
+def fvu(recon, ev=ev):
     with torch.no_grad():
         return float(sum((ev[i:i + 4096] - recon(ev[i:i + 4096])).pow(2).sum() for i in range(0, len(ev), 4096))
                      / (ev - ev.mean(0)).pow(2).sum())
@@ -29,8 +30,9 @@ class Clock:
         if s >= 2: self.train_s += dt  # the first two steps pay for allocation
     def report(self, recon, decoder_FD):
         np.save(cfg["decoder_out"], decoder_FD.detach().float().cpu().numpy())
+        typical = {} if ev_typical is None else {"fvu_typical": fvu(recon, ev_typical)}
         print(json.dumps({"tokens_per_s": B * (steps - 2) / self.train_s, "fvu": fvu(recon), "train_s": self.train_s,
-                          "curve": self.curve}))
+                          "curve": self.curve, **typical}))
 clock = Clock()
 '''
 

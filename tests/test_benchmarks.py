@@ -81,3 +81,19 @@ def test_frontier_rows_survive_an_interrupted_run(tmp_path):
     assert RowCache(path, version="t2").get("a", lambda: compute(0.1)) == {"fvu": 0.1}  # other code: measured again
     assert calls == [0.5, 0.7, 0.1]
     assert RowCache(path, version="t1").get("b", lambda: compute(5)) == {"fvu": 0.7} and calls == [0.5, 0.7, 0.1]
+
+
+def test_typical_rows_leave_out_the_outliers_and_say_their_share():
+    """The real stream's "typical rows": norm ≤ 5× the median; the share of variance the others carry, by hand."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import numpy as np
+    from peers import time_to_reach, typical_rows
+
+    ev = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [20.0, 0.0]])
+    kept, share = typical_rows(ev)
+    assert kept.tolist() == ev[:4].tolist()
+    dev = ((ev - [4.0, 0.0]) ** 2).sum(1)  # the mean of all five rows is (4, 0)
+    assert abs(share - dev[4] / dev.sum()) < 1e-12 and abs(share - 256 / 324) < 1e-12
+    budgets = [{"train_s": 10, "fvu": 0.3, "fvu_typical": 0.2}, {"train_s": 20, "fvu": 0.1, "fvu_typical": 0.15}]
+    assert time_to_reach(budgets, 0.2) == 20 and time_to_reach(budgets, 0.2, "fvu_typical") == 10
+    assert time_to_reach(budgets, 0.05) is None
