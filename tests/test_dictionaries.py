@@ -235,7 +235,7 @@ def test_checkpoint_resume_is_exact(planted, tmp_path):
 def test_topk_decoder_steps_at_its_multiple_and_old_checkpoints_are_refused(planted, tmp_path, monkeypatch):
     from superpos.dictionaries.train_run import TOPK_DECODER_LR_MULT
     x, _ = planted
-    for cls, mult in ((TopKSAE, TOPK_DECODER_LR_MULT), (BatchTopKSAE, TOPK_DECODER_LR_MULT), (ReLUSAE, 1.0)):
+    for cls, mult in ((TopKSAE, TOPK_DECODER_LR_MULT), (BatchTopKSAE, 1.0), (ReLUSAE, 1.0)):
         sae = cls(n_components=64, batch_size=512, lr=1e-3, device="cpu", progress=False).partial_fit(x[:1024])
         lr_of = {id(p): g["lr"] for g in sae._pf_opt.param_groups for p in g["params"]}
         assert lr_of[id(sae._pf_state["W_enc"])] == 1e-3

@@ -17,7 +17,7 @@ from .sources import RowSource, TensorRows
 
 CHECKPOINT = "checkpoint.pt"
 DEFAULT_LR = 2e-3
-# The TopK kinds' decoder steps at this × lr (its rows are unit-norm: a step is an angle). Measured with k 32 and
+# TopK's decoder steps at this × lr (its rows are unit-norm: a step is an angle). Measured with k 32 and
 # 9,216 latents, bfloat16: 2M planted tokens at batch 4,096, MMCS 0.974 → 0.983 (atoms recovered 97.2 → 99.9 %), FVU
 # 0.161 either way (at batch 1,024: 0.985 → 0.986); SmolLM2 layer 15, FVU on held-out rows below 5× the median norm,
 # batch 4,096 / 2,048 / 1,024: 0.178 → 0.167, 0.157 → 0.149, 0.147 → 0.142 (one pass over 581k Shakespeare rows),
@@ -211,8 +211,8 @@ _COMMON_DOC = f"""
     ``n_tokens`` (training tokens; default: in-memory data trains until the held-out FVU stops improving —
     ``max_epochs``, ``tol``, ``n_iter_no_change``, ``validation_fraction`` as in scikit-learn's early stopping —
     and so does a store of at most 2 GiB of rows, read into memory; a larger store trains for one epoch), ``lr``
-    (Adam; default 2e-3, chosen by measurement for CPU-sized budgets — see ``_lr``; the TopK kinds' decoder steps
-    at ``TOPK_DECODER_LR_MULT`` = {TOPK_DECODER_LR_MULT:g} × ``lr``), ``warmup_steps`` (default 5 % of an epoch while converging; with a
+    (Adam; default 2e-3, chosen by measurement for CPU-sized budgets — see ``_lr``; TopK's decoder steps
+    at ``TOPK_DECODER_LR_MULT`` = {TOPK_DECODER_LR_MULT:g} × ``lr``; BatchTopK's at ``lr``), ``warmup_steps`` (default 5 % of an epoch while converging; with a
     fixed ``n_tokens``, 100 steps or a tenth of the run when that is fewer),
     ``decay_frac`` (final fraction with linear decay to 0), ``aux_k`` / ``aux_coeff`` (AuxK loss on dead latents,
     default d_model/2 and 1/32), ``dead_after_tokens`` (a latent is dead after this many tokens without firing),

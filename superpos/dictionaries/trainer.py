@@ -116,12 +116,13 @@ class SparseAutoencoder(BaseDictionary):
         codes_at = codes_at or (lambda r, c: dense_pairs(pre_BF, r, c))
         return loss + self.aux_coeff * aux_k_loss(x, x_hat, pre_BF, dead, self._k_aux(x.shape[1]), W_dec_FD, codes_at)
 
-    #: learning-rate multipliers: the decoder's (TopK kinds: TOPK_DECODER_LR_MULT) and the extra parameters'
+    #: learning-rate multipliers: the decoder's (TopK: TOPK_DECODER_LR_MULT) and the extra parameters'
     _decoder_lr_mult = _extra_lr_mult = 1.0
 
     def _param_groups(self, state: dict, lr: float) -> list[dict]:
-        groups = [{"params": [state[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")]}]
-        if self._decoder_lr_mult != 1.0:
+        if self._decoder_lr_mult == 1.0:
+            groups = [{"params": [state[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")]}]
+        else:
             groups = [{"params": [state[k] for k in ("W_enc", "b_enc", "b_dec")]},
                       {"params": [state["W_dec"]], "lr": lr * self._decoder_lr_mult}]
         if self._extra_params:
