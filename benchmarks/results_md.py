@@ -120,17 +120,18 @@ def targets_section(res: dict) -> list[str]:
                      f"{r['fraction_of_roofline']:.2f} (vs `x @ W.T`: {r['fraction_of_fresh_matmul']:.2f})",
                      r["fraction_of_roofline"] >= 0.7])
         if r["fraction_of_roofline"] < 0.7:
+            rest = r["step_s"] / r["roofline_matmul_s"] - 1
             prof = ", ".join(f"{op.removeprefix('aten::')} {ms:.0f} ms" for op, ms in r.get("profile_ms_per_step", {}).items())
             notes.append(f"- **SAE step, {prec}.** Of the {r['step_s'] * 1e3:.0f} ms step, {r['roofline_matmul_s'] * 1e3:.0f} ms "
                          f"is the encoder GEMM. torch.profiler, self time per step (this run): {prof}. `mm` is the GEMM; "
                          "`topk`, `amax` and `gather` select 32 of 9,216 per row (the grouped top k of "
                          "`sparse_ops.topk_cols`); the embedding_bag ops are the sparse decode and the encoder backward "
                          "over the selected pairs, in float32; the rest is Adam and the dense (latents × d_model) "
-                         "gradients it needs. With the GEMM 2.5× faster in bfloat16, those fixed costs weigh more: "
-                         "reaching 0.70 needs them under 0.43 of the GEMM, i.e. the top k fused into the GEMM (a running "
-                         "top k per row while the tile is in cache, as sparsify's Triton kernels do on GPUs) and the "
-                         "decoder's gathers in bfloat16; blocking the GEMM by rows to keep tiles in cache made it "
-                         "slower on this CPU (measured 320 ms for 1024-row blocks against 285 ms for one GEMM + top-k).")
+                         f"gradients it needs. All but the GEMM takes {rest:.2f} × its time; reaching 0.70 needs "
+                         "0.43 × or less: the top k fused into the GEMM (a running top k per row while the tile is in cache, as "
+                         "sparsify's Triton kernels do on GPUs)" + (" and the decoder's gathers in bfloat16" if prec ==
+                         "bfloat16" else "") + "; blocking the GEMM by rows to keep tiles in cache made it slower on "
+                         "this CPU (in an earlier run, 320 ms for 1024-row blocks against 285 ms for one GEMM + top k).")
     if "peers" in res and "planted" in res["peers"]:
         from peers import peer_targets
 
