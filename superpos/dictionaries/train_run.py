@@ -211,9 +211,9 @@ _COMMON_DOC = f"""
     ``n_tokens`` (training tokens; default: in-memory data trains until the held-out FVU stops improving —
     ``max_epochs``, ``tol``, ``n_iter_no_change``, ``validation_fraction`` as in scikit-learn's early stopping —
     and so does a store of at most 2 GiB of rows, read into memory; a larger store trains for one epoch), ``lr``
-    (Adam; default 2e-3, chosen by measurement for CPU-sized budgets — see ``_lr``; TopK's decoder steps
-    at ``TOPK_DECODER_LR_MULT`` = {TOPK_DECODER_LR_MULT:g} × ``lr``; BatchTopK's at ``lr``), ``warmup_steps`` (default 5 % of an epoch while converging; with a
-    fixed ``n_tokens``, 100 steps or a tenth of the run when that is fewer),
+    (Adam; default 2e-3, chosen by measurement for CPU-sized budgets — see ``_lr``; TopK's decoder steps at
+    ``TOPK_DECODER_LR_MULT`` = {TOPK_DECODER_LR_MULT:g} × ``lr``, BatchTopK's at ``lr``), ``warmup_steps`` (default
+    5 % of an epoch while converging; with a fixed ``n_tokens``, 100 steps or a tenth of the run when that is fewer),
     ``decay_frac`` (final fraction with linear decay to 0), ``aux_k`` / ``aux_coeff`` (AuxK loss on dead latents,
     default d_model/2 and 1/32), ``dead_after_tokens`` (a latent is dead after this many tokens without firing),
     ``b_dec_init`` (median|mean|zeros), ``normalize`` (scale inputs to E‖x‖² = d_model while training),
