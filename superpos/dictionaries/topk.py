@@ -16,7 +16,6 @@ class _SparseSelectSAE(SparseAutoencoder):
     decoder, loss and backward stay float32, where their sparse kernels cost little."""
 
     _autocast = False
-    _decoder_lr_mult = TOPK_DECODER_LR_MULT
 
     def _select(self, pre_BF: torch.Tensor):  # pragma: no cover
         raise NotImplementedError
@@ -44,6 +43,7 @@ class _SparseSelectSAE(SparseAutoencoder):
 class TopKSAE(_SparseSelectSAE):
     __doc__ = "TopK SAE (Gao et al. 2024): exactly ``k`` active latents per token.\n" + _COMMON_DOC
     kind = "topk"
+    _decoder_lr_mult = TOPK_DECODER_LR_MULT
 
     def __init__(self, n_components=None, expansion=16.0, k=32, batch_size=1024, n_tokens=None, lr=None,
                  max_epochs=50, tol=1e-2, n_iter_no_change=2, validation_fraction=0.1, warmup_steps=None,
