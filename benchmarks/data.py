@@ -33,7 +33,7 @@ def clustered_atoms(n: int, d: int, per_cluster: int = 32, seed: int = 2) -> np.
 def real_store(layer: int = 15, tokens: int = 65536) -> Path:
     """A store of the default model's layer ``layer`` over the default corpus, harvested once into the benchmark
     cache (the real activations the peer and frontier sections train on)."""
-    from superpos.harvest import HarvestConfig, harvest
+    from superpos.model.harvest import HarvestConfig, harvest
 
     path = Path.home() / ".cache" / "superpos" / "bench-data" / f"smollm2_L{layer}_{tokens}.h5"
     if not path.exists():

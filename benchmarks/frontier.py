@@ -3,8 +3,8 @@ stream.
 
 * Real: SmolLM2-135M layer 15 over the default corpus (the benchmark's harvest). Each dictionary is fitted on the
   first ⅞ of the contexts and measured on the last ⅛: held-out FVU, L0, and CE-loss recovered by splicing its
-  reconstruction into the model at layer 15 (``superpos.metrics.evaluate_dictionaries``).
-* Planted: rows built from known atoms (``superpos.surrogates.planted_superposition``); the mean max |cos| of the
+  reconstruction into the model at layer 15 (``superpos.dictionaries.metrics.evaluate_dictionaries``).
+* Planted: rows built from known atoms (``superpos.store.surrogates.planted_superposition``); the mean max |cos| of the
   planted atoms with each dictionary's atoms (MMCS) against L0.
 
 Each kind is asked for an L0 the way it takes one: TopK/BatchTopK ``k``, JumpReLU/ReLU ``target_l0``, NMF/semi-NMF
@@ -24,7 +24,7 @@ import torch
 
 from peers import recovery
 from superpos.dictionaries import PCA, BatchTopKSAE, JumpReLUSAE, NMF, ReLUSAE, SemiNMF, TopKSAE
-from superpos.metrics import fvu
+from superpos.dictionaries.metrics import fvu
 
 KINDS = ("topk", "batchtopk", "jumprelu", "relu", "nmf", "seminmf", "pca")
 
@@ -108,7 +108,7 @@ class RowCache:
 
 def planted_frontier(l0s: list[int], quick: bool, cache: RowCache) -> list[dict]:
     """Every kind at each L0 on a planted set (``planted_setup``): held-out FVU, L0, MMCS."""
-    from superpos.surrogates import planted_superposition
+    from superpos.store.surrogates import planted_superposition
 
     setup = planted_setup(quick)
     n, d, n_feat, k = (setup[key] for key in ("rows", "d", "atoms", "k"))
@@ -133,8 +133,8 @@ def planted_frontier(l0s: list[int], quick: bool, cache: RowCache) -> list[dict]
 def real_frontier(store_path: Path, layer: int, l0s: list[int], quick: bool, ce_contexts: int,
                   cache: RowCache) -> list[dict]:
     """Every kind at each L0 on a store's layer: fitted on the first ⅞ of its contexts, measured on the rest."""
-    from superpos.metrics import evaluate_dictionaries
-    from superpos.models import load_model
+    from superpos.dictionaries.metrics import evaluate_dictionaries
+    from superpos.model.load import load_model
     from superpos.store import ActivationStore
 
     out = []

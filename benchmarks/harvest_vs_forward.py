@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from superpos.corpus import default_bos_id, load_corpus, pack_contexts
-from superpos.harvest import HarvestConfig, bare_forward_time, harvest
-from superpos.models import load_model
+from superpos.model.corpus import default_bos_id, load_corpus, pack_contexts
+from superpos.model.harvest import HarvestConfig, bare_forward_time, harvest
+from superpos.model.load import load_model
 
 
 def main() -> None:

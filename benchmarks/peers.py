@@ -75,7 +75,7 @@ def _venv(name: str, package: str, *extra: str) -> tuple[Path | None, str]:
 
 def planted_stream(n: int, d: int, n_features: int, k: int, noise: float, seed: int = 0,
                    chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
-    """``superpos.surrogates.planted_superposition`` in chunks (its n × n_features draw would not fit at 2M rows):
+    """``superpos.store.surrogates.planted_superposition`` in chunks (its n × n_features draw would not fit at 2M rows):
     k distinct atoms of ``n_features`` per row, coefficients uniform in [0.5, 1.5], Gaussian noise."""
     rng = np.random.default_rng(seed)
     atoms = rng.standard_normal((n_features, d)).astype(np.float32)
@@ -117,7 +117,7 @@ def _superpos(train: np.ndarray, ev: np.ndarray, n_latents: int, k: int, batch: 
     sae.fit(train)
     wall = time.perf_counter() - t0
     steps_tok_s = [h["tok_s"] for h in sae.history_[1:]] or [sae.history_[-1]["tok_s"]]
-    from superpos.metrics import fvu as fvu_of
+    from superpos.dictionaries.metrics import fvu as fvu_of
 
     fvu = fvu_of(ev, sae.reconstruct(ev))
     train_s = tokens / float(np.median(steps_tok_s))

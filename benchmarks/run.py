@@ -133,9 +133,9 @@ def _profile_steps(F: int, k: int, batch: int, x: torch.Tensor, device: str, pre
 
 
 def bench_harvest(q: bool) -> dict:
-    from superpos.corpus import default_bos_id, load_corpus, pack_contexts
-    from superpos.harvest import HarvestConfig, bare_forward_time, harvest
-    from superpos.models import load_model
+    from superpos.model.corpus import default_bos_id, load_corpus, pack_contexts
+    from superpos.model.harvest import HarvestConfig, bare_forward_time, harvest
+    from superpos.model.load import load_model
 
     tokens = 2048 if q else 8192
     lm = load_model(None, device="cpu")
@@ -215,7 +215,7 @@ def bench_geometry(q: bool) -> dict:
     import faiss
 
     from superpos import geometry as g
-    from superpos.models import load_model
+    from superpos.model.load import load_model
 
     res = {}
     if q:

@@ -39,7 +39,7 @@ def bench_ddp(q: bool) -> dict:
 
 
 def bench_scaling(q: bool) -> dict:
-    from superpos.plan import plan_memory
+    from superpos.dictionaries.plan import plan_memory
 
     d = 64 if q else 576
     rows = []

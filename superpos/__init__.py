@@ -5,11 +5,11 @@ does not wait for torch and transformers.
 """
 __version__ = "0.1.0"
 
-from .errors import SuperposError
+from superpos.errors import SuperposError
 
 __all__ = ["ActivationStore", "LoadedModel", "SuperposError", "__version__", "load_dictionary", "load_model"]
 
-_LAZY = {"ActivationStore": ".store", "LoadedModel": ".models", "load_model": ".models",
+_LAZY = {"ActivationStore": ".store", "LoadedModel": ".model.load", "load_model": ".model.load",
          "load_dictionary": ".dictionaries"}
 
 

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from .errors import ConfigError, SuperposError
+from superpos.errors import ConfigError, SuperposError
 
 _said_cpu_fallback = False
 

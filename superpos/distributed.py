@@ -15,7 +15,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from .errors import SuperposError
+from superpos.errors import SuperposError
 
 
 def world() -> tuple[int, int]:

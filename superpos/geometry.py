@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 from scipy import special
 
-from .errors import SuperposError
+from superpos.errors import SuperposError
 
 
 def unit_rows(V) -> np.ndarray:

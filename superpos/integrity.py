@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import SuperposError
+from superpos.errors import SuperposError
 
 MANIFEST = "checksums.json"
 CKPT_MAGIC = b"SUPERPOS-CKPT1 "

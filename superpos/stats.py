@@ -3,9 +3,37 @@ contexts: positions in one context are correlated, so resampling positions would
 narrow), and ``bootstrap_ci`` for any statistic of independent samples (scipy.stats.bootstrap)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .results import Band, Interval
+
+@dataclass
+class Interval:
+    """A point estimate with its 95% confidence interval."""
+
+    mean: float
+    lo: float
+    hi: float
+
+
+@dataclass
+class Band:
+    """Per-layer (or per-item) estimates with their 95% confidence intervals, index-aligned."""
+
+    mean: list[float]
+    lo: list[float]
+    hi: list[float]
+
+    def at(self, i: int) -> Interval:
+        """The interval at index ``i``."""
+        return Interval(self.mean[i], self.lo[i], self.hi[i])
+
+    @classmethod
+    def of(cls, intervals) -> "Band":
+        """The band made of a sequence of intervals."""
+        intervals = list(intervals)
+        return cls([i.mean for i in intervals], [i.lo for i in intervals], [i.hi for i in intervals])
 
 
 def _cluster_sums(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .errors import SuperposError
+from superpos.errors import SuperposError
 
 
 def lock_path(path: Path) -> Path:

@@ -99,6 +99,6 @@ def _isolated_cache(tmp_path_factory):
 def planted_data(n: int, d: int, n_features: int, k: int, noise: float = 0.01, seed: int = 0):
     """Rows = sparse non-negative combinations of ``k`` of ``n_features`` unit atoms, plus noise (the library's
     ``planted_superposition``)."""
-    from superpos.surrogates import planted_superposition
+    from superpos.store.surrogates import planted_superposition
 
     return planted_superposition(n, d, n_features, k, noise=noise, seed=seed)

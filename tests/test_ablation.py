@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from superpos.hypotheses.ablation import (SETS, choose_subspaces, context_tokens_mask, orthonormal_rows, project_out,
                                           subspace_ablation, token_directions)
-from superpos.models import LoadedModel, load_model
+from superpos.model.load import LoadedModel, load_model
 
 
 def _tokens(n: int, T: int = 24, seed: int = 0) -> np.ndarray:

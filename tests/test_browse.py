@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from superpos.harvest import HarvestConfig, harvest
+from superpos.model.harvest import HarvestConfig, harvest
 from superpos.store import ActivationStore
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"

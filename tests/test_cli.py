@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from superpos.cli import main
-from superpos.harvest import HarvestConfig, harvest
+from superpos.cli.main import main
+from superpos.model.harvest import HarvestConfig, harvest
 
 
 def _run(args, capsys):
@@ -80,7 +80,7 @@ def test_fit_reads_toml_config_and_flags_override(store, tmp_path):
 
 
 def test_a_config_error_names_the_field_in_the_library_and_the_flag_on_the_command_line(tiny_models, tmp_path, capsys):
-    from superpos.cli import main
+    from superpos.cli.main import main
     from superpos.errors import ConfigError
     from superpos.hypotheses.configs import RepurposingConfig
     from superpos.hypotheses.repurposing import run

@@ -13,7 +13,7 @@ from superpos.dictionaries.io import export_saelens, load_saelens
 from superpos.dictionaries.sparse_ops import (aux_k_loss, dense_pairs, select_batch_topk, select_topk, sparse_decode,
                                               sparse_encode)
 from superpos.errors import SuperposError
-from superpos.metrics import fvu
+from superpos.dictionaries.metrics import fvu
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from superpos.cli import main
-from superpos.plan import plan_memory
+from superpos.cli.main import main
+from superpos.dictionaries.plan import plan_memory
 
 
 def _cli(*args):

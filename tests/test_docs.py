@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from superpos.harvest import HarvestConfig, harvest
+from superpos.model.harvest import HarvestConfig, harvest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,10 +30,10 @@ def test_readme_links_resolve():
 
 
 def test_cli_reference_matches_the_parser():
-    from superpos.cli_reference import reference
+    from superpos.cli.reference import reference
 
     page = (ROOT / "docs" / "cli.md").read_text()
-    assert page == reference(), "docs/cli.md is stale: python -m superpos.cli_reference > docs/cli.md"
+    assert page == reference(), "docs/cli.md is stale: python -m superpos.cli.reference > docs/cli.md"
     assert "## browse" in page and "## run all" in page and "`--store STORE`" in page
 
 

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from superpos.cli import main
+from superpos.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,7 +178,7 @@ def _snapshot(folder: Path) -> dict[str, str]:
 def build_world(folder: Path, model: Path) -> Path:
     """Every file the cases point at."""
     from superpos.dictionaries import TopKSAE, save_dictionary
-    from superpos.harvest import HarvestConfig, harvest
+    from superpos.model.harvest import HarvestConfig, harvest
     from superpos.store import ActivationStore
 
     folder.mkdir(parents=True, exist_ok=True)

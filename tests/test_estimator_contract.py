@@ -12,7 +12,7 @@ from superpos.dictionaries import (PCA, NMF, BatchTopKSAE, JumpReLUSAE, ReLUSAE,
                                    save_dictionary)
 from superpos.dictionaries.base import InvalidInputError, NotFittedError
 from superpos.errors import SuperposError
-from superpos.metrics import fvu
+from superpos.dictionaries.metrics import fvu
 
 SMALL = dict(device="cpu", progress=False)
 

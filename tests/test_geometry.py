@@ -124,7 +124,7 @@ def _judge_store(path, layer, cfg, tmp_path):
 @pytest.fixture(scope="module")
 def small_stores(tmp_path_factory):
     """Planted superposition (4×d unit atoms, 2 per row, d = 32), and its Gaussian and PC-shuffle nulls."""
-    from superpos.surrogates import gaussian_like, pc_shuffle, planted_superposition, write_store
+    from superpos.store.surrogates import gaussian_like, pc_shuffle, planted_superposition, write_store
 
     folder = tmp_path_factory.mktemp("stores")
     x, _ = planted_superposition(8_000, 32, 128, 2, noise=0.02, seed=0)
@@ -239,7 +239,7 @@ def test_orthogonality_calibration_runs_the_sweep_on_nulls_and_planted_superposi
     (no sparse features: more atoms barely help, nothing recurs across seeds) and on planted superposition; the
     calibrated verdict judges the real run against them."""
     from superpos.hypotheses.orthogonality import OrthogonalityConfig
-    from superpos.protocol import run_calibrated
+    from superpos.protocol.registry import run_calibrated
 
     cfg = OrthogonalityConfig(model=str(tiny_models["llama"]), layers=[2], harvest_tokens=8192, expansions=[1, 8],
                               k=4, seeds=2, fit_tokens=100_000, batch_size=256, orth_eps=0.5, capacity=False,
@@ -259,7 +259,7 @@ def test_orthogonality_calibration_runs_the_sweep_on_nulls_and_planted_superposi
     report = (tmp_path / "orth" / "report.md").read_text()
     assert "Real, nulls and planted side by side" in report and "--calibrate" in report
     # every verdict is a function of the stored results: judged again from disk, the same calibration
-    from superpos.protocol import EXPERIMENTS, control_folder, judge_calibration
+    from superpos.protocol.registry import EXPERIMENTS, control_folder, judge_calibration
 
     e = EXPERIMENTS["orthogonality"]
     again = judge_calibration("orthogonality", e.read(tmp_path / "orth"),

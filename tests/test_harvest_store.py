@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from superpos.corpus import load_corpus, pack_contexts
+from superpos.model.corpus import load_corpus, pack_contexts
 from superpos.errors import SuperposError
-from superpos.harvest import HarvestConfig, harvest
-from superpos.models import load_model
+from superpos.model.harvest import HarvestConfig, harvest
+from superpos.model.load import load_model
 from superpos.store import ActivationStore
 
 
@@ -234,7 +234,7 @@ def test_a_restricted_view_reads_only_its_rows_through_every_reader(tmp_path):
 def test_next_token_stats_match_log_softmax_and_a_sorted_rank():
     import torch
 
-    from superpos.harvest import next_token_stats
+    from superpos.model.harvest import next_token_stats
 
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 40, 500, generator=g) * 4

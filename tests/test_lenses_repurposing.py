@@ -11,8 +11,8 @@ from superpos.hypotheses.lenses import TunedLens, compare_lenses, lens_logits, u
 from superpos.hypotheses.mechanisms import CONTROLS
 from superpos.hypotheses.repurposing import RepurposingConfig, run
 from superpos.hypotheses.token_stats import off_output_part, shuffle_contexts
-from superpos.models import load_model
-from superpos.residuals import sample_residuals
+from superpos.model.load import load_model
+from superpos.model.residuals import sample_residuals
 from superpos.stats import cluster_bootstrap_mean
 
 
@@ -53,7 +53,7 @@ def test_tuned_lens_beats_logit_lens_and_round_trips(peaked_llama, tmp_path):
 def test_least_squares_start_solves_the_normal_equations():
     """With a negligible ridge, what the start leaves of ĥ_L − ĥ_l is orthogonal to [ĥ_l, 1] at every layer."""
     from superpos.hypotheses.lenses import least_squares_init_
-    from superpos.residuals import ResidualSample
+    from superpos.model.residuals import ResidualSample
 
     g = torch.Generator().manual_seed(0)
     n, P, D = 3, 400, 6
@@ -75,7 +75,7 @@ def test_least_squares_start_solves_the_normal_equations():
 def test_calibrated_run_flags_the_planted_control_and_not_the_nulls(peaked_llama, tmp_path):
     """The protocol's calibrated runner: the identical analysis on the (unhooked) model, a null (random
     directions written and removed) and a planted effect (token directions): only the planted one is flagged."""
-    from superpos.protocol import run_calibrated
+    from superpos.protocol.registry import run_calibrated
 
     cfg = RepurposingConfig(model=str(peaked_llama), contexts=16, context_length=64, per_context=24, unlikely=1e-4,
                             likely=0.05, exclude_recent=4, lens_steps=20, n_boot=200, device="cpu",

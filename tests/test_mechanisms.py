@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from superpos.hypotheses.mechanisms import CONTROLS, control_layers, detect, gated_removal, planted_control
-from superpos.models import load_model
+from superpos.model.load import load_model
 
 STATED_ALPHA = 0.5  # every planted mechanism is detected at this size on the peaked 6-layer model (3 seeds of 3)
 
@@ -82,7 +82,7 @@ def test_component_writes_add_up_to_the_residual_change(tiny_models, arch):
     """The residual is the sum of what the blocks write: summed over every attention and MLP, the writes along any
     direction equal (r_n − r_0)·d at each position (Gemma: its post-norms are what is added)."""
     from superpos.hypotheses.writes import component_writes
-    from superpos.residuals import sample_residuals
+    from superpos.model.residuals import sample_residuals
 
     lm = load_model(str(tiny_models[arch]), device="cpu")
     tokens = np.random.default_rng(0).integers(2, lm.model.config.vocab_size, size=(3, 20))
@@ -101,7 +101,7 @@ def test_write_profile_finds_the_block_that_writes_a_planted_mlp_push(lm):
     from superpos.hypotheses.lenses import final_logprobs
     from superpos.hypotheses.token_stats import layer_stats, scan_directions, shuffle_contexts, token_groups
     from superpos.hypotheses.writes import write_profile
-    from superpos.residuals import sample_residuals
+    from superpos.model.residuals import sample_residuals
 
     tokens = np.random.default_rng(0).integers(2, lm.model.config.vocab_size, size=(16, 48))
     a, _ = control_layers(lm.n_layers)

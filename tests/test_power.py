@@ -7,8 +7,8 @@ import torch
 from superpos.hypotheses.lenses import final_logprobs
 from superpos.hypotheses.power import minimum_detectable, plant_token_push, power_curve
 from superpos.hypotheses.token_stats import shuffle_contexts, token_groups
-from superpos.models import load_model
-from superpos.residuals import sample_residuals
+from superpos.model.load import load_model
+from superpos.model.residuals import sample_residuals
 
 
 def test_minimum_detectable_interpolates_the_first_crossing():

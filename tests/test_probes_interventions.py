@@ -18,9 +18,9 @@ from superpos.hypotheses.probes import (embedding_geometry, guess_test, model_gu
 from superpos.hypotheses.token_table import token_means
 from superpos.hypotheses.reinject import (ReinjectConfig, cached_losses, generate, interpolation, run_reinject,
                                          teacher_forced_losses)
-from superpos.models import load_model
-from superpos.results import to_jsonable
-from superpos.residuals import sample_residuals
+from superpos.model.load import load_model
+from superpos.experiment.result import to_jsonable
+from superpos.model.residuals import sample_residuals
 from conftest import make_tiny_model
 
 
@@ -163,7 +163,7 @@ def test_interpolation_at_weight_zero_is_bit_identical_and_the_cached_loop_match
 
 def test_experiment_commands_write_reports(peaked_llama, tmp_path):
     """Each run returns its typed result, and results.json reads back as the same typed object."""
-    from superpos.protocol import EXPERIMENTS
+    from superpos.protocol.registry import EXPERIMENTS
 
     m = str(peaked_llama)
     small = dict(model=m, contexts=12, context_length=48, device="cpu", n_boot=100)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from superpos.harvest import HarvestConfig, harvest
-from superpos.models import load_model
+from superpos.model.harvest import HarvestConfig, harvest
+from superpos.model.load import load_model
 from superpos.store import ActivationStore
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ def test_harvest_default_model(smol, tmp_path):
 
 
 def _cached(name):
-    from superpos.models import KNOWN_MODELS, cache_dir
+    from superpos.model.load import KNOWN_MODELS, cache_dir
 
     return (cache_dir() / "models" / KNOWN_MODELS[name].gguf).exists()
 
@@ -69,7 +69,7 @@ def test_seminmf_on_layer_15_reconstructs(smol, tmp_path):
     """Semi-NMF on real residuals (a large mean, attention sinks): before its atoms were kept unit-norm, the codes
     collapsed here (held-out FVU ≈ 2 at k 16 on the benchmark's layer 15; 0.76 on these training rows)."""
     from superpos.dictionaries import SemiNMF
-    from superpos.metrics import fvu
+    from superpos.dictionaries.metrics import fvu
 
     out = harvest(HarvestConfig(tokens=6144, layers="15", context_length=256, batch_size=4, dtype="float32",
                                 device="cpu"), tmp_path / "smol.h5", lm=smol, progress=False)

@@ -194,7 +194,7 @@ def test_disk_full_during_harvest_is_one_line_and_resumable(model, reference, tm
     ref, _ = reference
     out = tmp_path / "h.h5"
     limit = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-             "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000)); from superpos.cli import main; "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000)); from superpos.cli.main import main; "
              "sys.exit(main(sys.argv[1:]))")
     env = {**os.environ, **({"SUPERPOS_NO_SPACE_CHECK": "1"} if path == "failed write" else {})}
     r = subprocess.run([sys.executable, "-c", limit, *_harvest_args(model, out)[3:]], capture_output=True, text=True,

@@ -9,8 +9,9 @@ import pytest
 from superpos.errors import SuperposError
 from superpos.hypotheses.configs import ReinjectConfig
 from superpos.hypotheses.results import DonationResult
-from superpos.protocol import EXPERIMENTS
-from superpos.results import Band, Interval, Result, to_jsonable
+from superpos.protocol.registry import EXPERIMENTS
+from superpos.experiment.result import Result, to_jsonable
+from superpos.stats import Band, Interval
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 COMMITTED = {folder.name: folder.name.split("_positive_control")[0]
@@ -87,7 +88,7 @@ def test_replication_tables_put_runs_side_by_side(tmp_path):
     """Two `run all` folders (built from the committed results; the second lacks two experiments)."""
     import shutil
 
-    from superpos.cli import main
+    from superpos.cli.main import main
 
     for label, skip in (("smollm2-pydoc", ()), ("other-run", ("donation", "probes"))):
         for folder, name in COMMITTED.items():
@@ -105,7 +106,7 @@ def test_replication_tables_put_runs_side_by_side(tmp_path):
     assert "FVU gain" in text.split("## orthogonality\n")[1] and "## lenses" not in text  # lenses: nothing committed
     assert "| not run |" in text.split("## donation\n")[1].split("\n## ")[0]
     with pytest.raises(SuperposError, match="not a `run all` output folder"):
-        from superpos.replication import replication_markdown
+        from superpos.protocol.replication import replication_markdown
 
         replication_markdown([RESULTS])
 
@@ -113,8 +114,8 @@ def test_replication_tables_put_runs_side_by_side(tmp_path):
 def test_replicate_runs_each_pair_and_tabulates_them(tmp_path, monkeypatch):
     """`replicate --models`: one resuming `run all` per model × corpus into MODEL+CORPUS, and a runs table that
     says who each column is."""
-    import superpos.run_all as ra
-    from superpos.cli import main
+    import superpos.protocol.run_all as ra
+    from superpos.cli.main import main
 
     calls = []
 
@@ -143,8 +144,8 @@ def test_replicate_runs_each_pair_and_tabulates_them(tmp_path, monkeypatch):
 def test_run_all_resume_keeps_what_finished_with_the_same_command(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from superpos.protocol import Experiment
-    from superpos.run_all import run_all
+    from superpos.protocol.registry import Experiment
+    from superpos.protocol.run_all import run_all
 
     ran = []
 

@@ -50,8 +50,8 @@ def test_report_command_reproduces_the_settings():
     import shlex
     from dataclasses import asdict, fields
 
-    from superpos.cli import build_parser
-    from superpos.protocol import EXPERIMENTS, command_line
+    from superpos.cli.main import build_parser
+    from superpos.protocol.registry import EXPERIMENTS, command_line
 
     changed = {int: 7, float: 0.25, str: "x y"}
     for name, e in EXPERIMENTS.items():
@@ -89,9 +89,9 @@ def test_every_setting_has_one_default_shown_everywhere(capsys):
     dataclass default."""
     from pathlib import Path
 
-    from superpos.cli import main
-    from superpos.harvest import HarvestConfig
-    from superpos.protocol import EXPERIMENTS
+    from superpos.cli.main import main
+    from superpos.model.harvest import HarvestConfig
+    from superpos.protocol.registry import EXPERIMENTS
     from superpos.settings import format_value, settings
 
     reference = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()

@@ -12,8 +12,8 @@ import torch
 
 from conftest import make_tiny_model
 from superpos.errors import SuperposError
-from superpos.harvest import HarvestConfig, harvest
-from superpos.models import load_model
+from superpos.model.harvest import HarvestConfig, harvest
+from superpos.model.load import load_model
 from superpos.store import ActivationStore, choose_dtypes
 from superpos.writelock import lock_path
 
@@ -166,7 +166,7 @@ def test_second_writer_refused_then_stale_claim_taken_over(tiny_models, tmp_path
         line = res.stderr.strip().splitlines()[-1]
         assert line.startswith(f"superpos: error: {out} is being written by pid {holder.pid}"), line
         with pytest.raises(SuperposError, match="being written"):
-            from superpos.merge import merge_shards
+            from superpos.store.merge import merge_shards
             merge_shards([tmp_path / "x.h5"], out)
     finally:
         holder.send_signal(signal.SIGKILL)

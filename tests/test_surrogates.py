@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy.stats import kurtosis
 
-from superpos.cli import main
+from superpos.cli.main import main
 from superpos.store import ActivationStore
-from superpos.surrogates import gaussian_like, pc_shuffle, planted_superposition, surrogate_of_store
+from superpos.store.surrogates import gaussian_like, pc_shuffle, planted_superposition, surrogate_of_store
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_pc_shuffle_keeps_each_principal_marginal_exactly(planted):
 
 
 def test_surrogate_command_writes_a_store_shaped_like_the_layer(tmp_path, capsys):
-    from superpos.surrogates import write_surrogate_store
+    from superpos.store.surrogates import write_surrogate_store
 
     x, _ = planted_superposition(4096, 16, 64, 4, seed=0)
     src = write_surrogate_store(x, tmp_path / "src.h5", 3, description="planted test rows", context_length=64)

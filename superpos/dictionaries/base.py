@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from ..device import resolve_device
-from ..errors import SuperposError
-from ..store import ActivationStore
+from superpos.device import resolve_device
+from superpos.errors import SuperposError
+from superpos.store import ActivationStore
 
 
 class InvalidInputError(SuperposError, ValueError, TypeError):
@@ -150,7 +150,7 @@ class BaseDictionary(TransformerMixin, BaseEstimator):
 
     def score(self, X, y=None) -> float:
         """Explained variance 1 − FVU on ``X`` (higher is better, as sklearn expects)."""
-        from ..metrics import fvu
+        from superpos.dictionaries.metrics import fvu
 
         x = as_tensor(self._rows(X), self._device())
         with torch.no_grad():

@@ -5,16 +5,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..errors import ConfigError, SuperposError
+from superpos.errors import ConfigError, SuperposError
 
 
 def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_frac: float = 0.9,
                    device: str = "auto", checkpoint_every: int = 500, overwrite: bool = False, progress: bool = True):
     """Fit and save one dictionary on rows [0, split) of ``store_path``'s ``layer`` (whole contexts, the first
     ``train_frac`` of them); returns (dictionary, seconds). SAEs checkpoint into ``out`` and resume from it."""
-    from ..store import ActivationStore
-    from .io import CONFIG, save_dictionary
-    from .kinds import KINDS
+    from superpos.store import ActivationStore
+    from superpos.dictionaries.io import CONFIG, save_dictionary
+    from superpos.dictionaries.kinds import KINDS
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -57,7 +57,7 @@ def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_f
                 "model_spec": a.get("model_spec", "default"), "corpus": a.get("corpus"),
                 "hook_name": f"resid_layer_{layer}", "train_rows": [0, split], "holdout_rows": [split, store.n_rows],
                 "train_seconds": seconds}
-    from .. import distributed
+    from superpos import distributed
 
     if distributed.is_main():  # under torchrun every rank holds the same result; one writes it
         meta["world_size"] = distributed.world()[1]

@@ -16,44 +16,18 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .. import integrity
-from ..errors import SuperposError
+from superpos import integrity
+from superpos.files import replace_folder, write_json_atomic
+from superpos.errors import SuperposError
 
 CONFIG, WEIGHTS, METRICS = "config.json", "weights.safetensors", "metrics.json"
 SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 
 
 def _kinds():
-    from .kinds import KINDS
+    from superpos.dictionaries.kinds import KINDS
 
     return KINDS
-
-
-def _json_default(o):
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (temp file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def replace_folder(tmp: Path, path: Path) -> None:
-    """Move the finished ``tmp`` folder to ``path``, replacing an older one only after it is complete."""
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
 
 
 def save_dictionary(dictionary, path: str | os.PathLike, meta: dict | None = None, metrics: dict | None = None) -> Path:
@@ -182,7 +156,7 @@ def export_saelens(sae, path: str | os.PathLike, hook_name: str | None = None) -
 
 def load_saelens(path: str | os.PathLike, device: str = "auto"):
     """Read a SAELens folder back as a superpos SAE (topk → TopKSAE, standard → ReLUSAE, jumprelu → JumpReLUSAE)."""
-    from .sae import JumpReLUSAE, ReLUSAE, TopKSAE
+    from superpos.dictionaries.sae import JumpReLUSAE, ReLUSAE, TopKSAE
 
     path = Path(path)
     try:

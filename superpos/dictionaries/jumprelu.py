@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from .sparse_ops import firing_quantile
-from .trainer import _COMMON_DOC, SparseAutoencoder, _reconstruction_terms
+from superpos.dictionaries.sparse_ops import firing_quantile
+from superpos.dictionaries.trainer import _COMMON_DOC, SparseAutoencoder, _reconstruction_terms
 
 
 def _rect(z: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The dictionary kinds by name (``fit --kind``, saved folders' ``config.json``)."""
-from .nmf import NMF, SemiNMF
-from .pca import PCA
-from .sae import BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
+from superpos.dictionaries.nmf import NMF, SemiNMF
+from superpos.dictionaries.pca import PCA
+from superpos.dictionaries.sae import BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE
 
 KINDS = {
     "topk": TopKSAE,

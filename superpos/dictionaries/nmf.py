@@ -20,10 +20,10 @@ import sys
 import torch
 from tqdm import tqdm
 
-from .. import distributed
-from ..errors import SuperposError
-from .base import BaseDictionary, as_tensor, check_finite
-from .sources import rows_from
+from superpos import distributed
+from superpos.errors import SuperposError
+from superpos.dictionaries.base import BaseDictionary, as_tensor, check_finite
+from superpos.dictionaries.sources import rows_from
 
 EPS = 1e-10
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .sparse_ops import firing_quantile
-from .trainer import _COMMON_DOC, SparseAutoencoder, _reconstruction_terms
+from superpos.dictionaries.sparse_ops import firing_quantile
+from superpos.dictionaries.trainer import _COMMON_DOC, SparseAutoencoder, _reconstruction_terms
 
 
 class ReLUSAE(SparseAutoencoder):

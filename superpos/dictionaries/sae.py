@@ -6,11 +6,11 @@ into the weights when training ends, so a fitted SAE takes raw activations and i
 (the decoder rows) stay unit-norm. Conventions: ``W_enc_FD`` (latents × d_model),
 ``W_dec_FD`` = ``components_``, ``pre = (x − b_dec) W_encᵀ + b_enc``, ``x̂ = codes W_dec + b_dec``.
 """
-from .jumprelu import JumpReLUSAE
-from .relu import ReLUSAE
-from .sparse_ops import SparseCodes
-from .topk import BatchTopKSAE, TopKSAE
-from .trainer import CHECKPOINT, DEFAULT_LR, DENSE_FRACTION, SparseAutoencoder, geometric_median
+from superpos.dictionaries.jumprelu import JumpReLUSAE
+from superpos.dictionaries.relu import ReLUSAE
+from superpos.dictionaries.sparse_ops import SparseCodes
+from superpos.dictionaries.topk import BatchTopKSAE, TopKSAE
+from superpos.dictionaries.trainer import CHECKPOINT, DEFAULT_LR, DENSE_FRACTION, SparseAutoencoder, geometric_median
 
 __all__ = ["SparseAutoencoder", "TopKSAE", "BatchTopKSAE", "ReLUSAE", "JumpReLUSAE", "SparseCodes", "geometric_median",
            "CHECKPOINT", "DEFAULT_LR", "DENSE_FRACTION"]

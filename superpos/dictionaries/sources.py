@@ -12,8 +12,8 @@ from typing import Iterator, Protocol
 import numpy as np
 import torch
 
-from ..errors import SuperposError
-from ..store import ActivationStore
+from superpos.errors import SuperposError
+from superpos.store import ActivationStore
 
 
 class RowSource(Protocol):
@@ -132,7 +132,7 @@ def in_memory_if_small(src: RowSource, min_pos: int, max_bytes: int) -> RowSourc
 def rows_from(X, layer: int | None = None) -> RowSource:
     """The row source for ``fit(X, layer=...)``: a store needs ``layer``; arrays and tensors are validated
     (``validate_rows``) and held as a tensor."""
-    from .base import validate_rows
+    from superpos.dictionaries.base import validate_rows
 
     X = validate_rows(X)
     if isinstance(X, ActivationStore):

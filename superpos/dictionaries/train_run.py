@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed
-from ..errors import SuperposError
-from ..integrity import save_checkpoint as save_checkpoint_file
-from .sources import RowSource, TensorRows
+from superpos import distributed
+from superpos.errors import SuperposError
+from superpos.integrity import save_checkpoint as save_checkpoint_file
+from superpos.dictionaries.sources import RowSource, TensorRows
 
 CHECKPOINT = "checkpoint.pt"
 DEFAULT_LR = 2e-3

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import SuperposError
+from superpos.errors import SuperposError
 
 SETS = ("near_impossible_top", "other_context", "near_impossible_random", "likely", "random_directions")
 

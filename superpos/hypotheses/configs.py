@@ -1,7 +1,7 @@
 """Every experiment's settings, in one light module (no torch): one documented dataclass per experiment.
 
 Each field's default is the only default of that setting: ``superpos run NAME --help``, the CLI reference, ``run
-all`` and every report's reproduce line are generated from these classes (``superpos.protocol``). A field's
+all`` and every report's reproduce line are generated from these classes (``superpos.protocol.registry``). A field's
 ``metadata`` holds its ``help`` text and, where the plain type is not enough, the name of a ``parse``r in
 ``superpos.settings.PARSERS`` (and a ``flag`` where the flag is not ``--field-name``).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import setting
+from superpos.settings import setting
 
 EPS_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 

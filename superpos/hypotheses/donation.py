@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..errors import ConfigError, SuperposError
-from ..results import Band, Interval
-from ..stats import bootstrap_ci, cluster_band, cluster_interval
-from .configs import DonationConfig
-from .results import DonationResult, PowerLaw, SinkDonation
+from superpos.errors import ConfigError, SuperposError
+from superpos.stats import Band, Interval
+from superpos.stats import bootstrap_ci, cluster_band, cluster_interval
+from superpos.hypotheses.configs import DonationConfig
+from superpos.hypotheses.results import DonationResult, PowerLaw, SinkDonation
 
 
 def _kv_points(lm) -> list[tuple[torch.nn.Module, list[slice]]]:
@@ -158,9 +158,9 @@ def _power_fit(x: np.ndarray, band: Band, boots: np.ndarray) -> PowerLaw:
 
 def run_donation(cfg: DonationConfig) -> DonationResult:
     """``superpos run donation``: the gradient that later positions donate to keys/values."""
-    from .opening import open_experiment
-    from .reports.donation import write_report
-    from .verdicts import donation as verdict
+    from superpos.hypotheses.opening import open_experiment
+    from superpos.hypotheses.reports.donation import write_report
+    from superpos.hypotheses.verdicts import donation as verdict
 
     if cfg.context_length < 6:
         raise ConfigError("context_length", "{field} must be at least 6")

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from ..errors import SuperposError
-from .configs import LensesConfig
-from .results import LensComparison, LensesResult, LensScores
-from ..residuals import ResidualSample
+from superpos.errors import SuperposError
+from superpos.hypotheses.configs import LensesConfig
+from superpos.hypotheses.results import LensComparison, LensesResult, LensScores
+from superpos.model.residuals import ResidualSample
 
 LENS_CONFIG, LENS_WEIGHTS = "lens.json", "lens.safetensors"
 #: Adam's rate after the least-squares start: measured on SmolLM2 (32 contexts), 1e-3 first undoes the start
@@ -67,8 +67,8 @@ class TunedLens(nn.Module):
 
         from safetensors.torch import save_file
 
-        from .. import integrity
-        from ..dictionaries.io import replace_folder, write_json_atomic
+        from superpos import integrity
+        from superpos.files import replace_folder, write_json_atomic
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ class TunedLens(nn.Module):
         """Read a folder written by ``save`` (its checksums verified first)."""
         from safetensors.torch import load_file
 
-        from .. import integrity
+        from superpos import integrity
 
         path = Path(path)
         if not (path / LENS_CONFIG).is_file() or not (path / LENS_WEIGHTS).is_file():
@@ -253,7 +253,7 @@ def compare_lenses(lm, sample: ResidualSample, lens: TunedLens | None = None, st
     Returns the lens and the comparison: per layer KL, top-1 and CE of each lens with CIs bootstrapped over
     held-out contexts, and the training loss history.
     """
-    from ..stats import cluster_band
+    from superpos.stats import cluster_band
 
     train, held = sample.split_contexts(0.75, seed=seed)
     history: list[float] = []
@@ -272,10 +272,10 @@ def compare_lenses(lm, sample: ResidualSample, lens: TunedLens | None = None, st
 
 def run_lenses(cfg: LensesConfig) -> LensesResult:
     """``superpos run lenses``: train + save a tuned lens, compare with the logit lens, write a report."""
-    from ..residuals import sample_residuals
-    from .opening import open_experiment
-    from .reports.lenses import write_report
-    from .verdicts import lenses as verdict
+    from superpos.model.residuals import sample_residuals
+    from superpos.hypotheses.opening import open_experiment
+    from superpos.hypotheses.reports.lenses import write_report
+    from superpos.hypotheses.verdicts import lenses as verdict
 
     t0 = time.perf_counter()
     out, lm, tokens_NC = open_experiment(cfg)

@@ -10,14 +10,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
-from ..residuals import ResidualSample
-from ..results import Interval
-from ..stats import cluster_interval
-from .configs import LookaheadConfig
-from .ngrams import BackoffNgram
-from .probes import _say, fit_ridge_probe, frequent_classes, probe_accuracy, probe_by_depth
-from .results import LookaheadResult, LookaheadTarget
+from superpos.errors import ConfigError
+from superpos.model.residuals import ResidualSample
+from superpos.stats import Interval
+from superpos.stats import cluster_interval
+from superpos.hypotheses.configs import LookaheadConfig
+from superpos.hypotheses.ngrams import BackoffNgram
+from superpos.hypotheses.probes import _say, fit_ridge_probe, frequent_classes, probe_accuracy, probe_by_depth
+from superpos.hypotheses.results import LookaheadResult, LookaheadTarget
 
 NGRAM_ORDERS = (2, 3, 4)
 
@@ -25,7 +25,7 @@ NGRAM_ORDERS = (2, 3, 4)
 def guess_features(lm, sample: ResidualSample, classes: np.ndarray, chunk: int = 512) -> torch.Tensor:
     """(P, len(classes)) log-probabilities of the model's own next-token distribution at the sampled positions,
     on the probed classes: what "the model's guess" offers a linear read-out."""
-    from .lenses import unembed
+    from superpos.hypotheses.lenses import unembed
 
     h, cols = sample.at(lm.n_layers), torch.from_numpy(classes)
     with torch.no_grad():
@@ -83,10 +83,10 @@ def run_lookahead(cfg: LookaheadConfig) -> LookaheadResult:
     """Probes at position i for the token at i + k, per layer, against the context-aware baselines."""
     if any(o <= 0 for o in cfg.offsets):
         raise ConfigError("offsets", "{field} must be positive for lookahead (tokens after the probed position)")
-    from ..residuals import sample_residuals
-    from .opening import open_experiment
-    from .reports.lookahead import write_report
-    from .verdicts import lookahead as verdict
+    from superpos.model.residuals import sample_residuals
+    from superpos.hypotheses.opening import open_experiment
+    from superpos.hypotheses.reports.lookahead import write_report
+    from superpos.hypotheses.verdicts import lookahead as verdict
 
     t0 = time.perf_counter()
     out, lm, tokens = open_experiment(cfg)

@@ -36,10 +36,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..errors import SuperposError
-from ..settings import CONTROL_KINDS as CONTROLS
-from .ablation import token_directions
-from .results import MechanismRow
+from superpos.errors import SuperposError
+from superpos.settings import CONTROL_KINDS as CONTROLS
+from superpos.hypotheses.ablation import token_directions
+from superpos.hypotheses.results import MechanismRow
 
 SUBSPACE_RANK = 4  # tokens spanning the ``subspace`` control's direction at each position
 CONSISTENT_TOKENS = 8  # the fixed tokens the ``consistent`` control writes, one per position
@@ -145,9 +145,9 @@ def read_hooked(lm, tokens_NC, kind, alpha, layer, *, per_context, unlikely, lik
     """Hook ``lm`` with control ``kind`` at size ``alpha``, sample its residuals at ``layer`` and the output over
     ``tokens_NC``, form the groups from the hooked model's own output, and compute the statistics at ``layer``
     exactly as the experiment does, with the channels chosen on half the contexts."""
-    from ..residuals import sample_residuals
-    from .lenses import final_logprobs
-    from .token_stats import layer_stats, scan_directions, selection_mask, shuffle_contexts, token_groups
+    from superpos.model.residuals import sample_residuals
+    from superpos.hypotheses.lenses import final_logprobs
+    from superpos.hypotheses.token_stats import layer_stats, scan_directions, selection_mask, shuffle_contexts, token_groups
 
     with planted_control(lm, kind, alpha, seed):
         s = sample_residuals(lm, tokens_NC, per_context, layers=[layer, lm.n_layers], seed=seed, progress=False)
@@ -164,9 +164,9 @@ def mechanism_row(read: HookedRead, kind: str, alpha: float, unhooked_excess: np
     """A control's row from its ``read``: criterion (i) of the verdict, and the consistent-channel excess minus the
     unhooked model's at the same positions (``unhooked_excess``; None for the unhooked model itself) on the
     contexts that did not choose the channels."""
-    from ..stats import cluster_interval
-    from .power import criterion_i
-    from .token_stats import tested_mask
+    from superpos.stats import cluster_interval
+    from superpos.hypotheses.power import criterion_i
+    from superpos.hypotheses.token_stats import tested_mask
 
     excess, effect = criterion_i(read.stats, read.ctx_P, n_boot, seed)
     over = read.channel_excess - (read.channel_excess if unhooked_excess is None else unhooked_excess)

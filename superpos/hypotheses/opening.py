@@ -9,8 +9,8 @@ import numpy as np
 def open_experiment(cfg) -> tuple[Path, object, np.ndarray]:
     """``cfg.out`` (created), the model ``cfg.model`` on ``cfg.device``, and ``cfg.contexts`` contexts of
     ``cfg.context_length`` tokens from ``cfg.corpus`` as a (contexts, length) token array."""
-    from ..models import load_model
-    from ..residuals import contexts_from_corpus
+    from superpos.model.load import load_model
+    from superpos.model.residuals import contexts_from_corpus
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

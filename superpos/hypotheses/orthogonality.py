@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import geometry as g
-from ..errors import ConfigError, SuperposError
-from ..stats import bootstrap_ci, t_interval
-from .configs import OrthogonalityConfig
-from .results import (MAXCOS, Alignment, AtomCensus, CapacityCurves, LayerSweep, LineFit, OrthogonalityResult,
+from superpos import geometry as g
+from superpos.errors import ConfigError, SuperposError
+from superpos.stats import bootstrap_ci, t_interval
+from superpos.hypotheses.configs import OrthogonalityConfig
+from superpos.hypotheses.results import (MAXCOS, Alignment, AtomCensus, CapacityCurves, LayerSweep, LineFit, OrthogonalityResult,
                       SeedValues, SizeFit, Summary, TokenSet)
 
 
@@ -57,11 +57,11 @@ def default_layers(n_layers: int) -> list[int]:
 def run(cfg: OrthogonalityConfig) -> OrthogonalityResult:
     """``superpos run orthogonality``: the dictionary sweep per layer and seed, the atom census, capacity against d,
     token geometry, the verdict and the report."""
-    from ..harvest import HarvestConfig, harvest
-    from ..models import load_model
-    from ..store import ActivationStore
-    from .reports.orthogonality import write_report
-    from .verdicts import orthogonality as verdict
+    from superpos.model.harvest import HarvestConfig, harvest
+    from superpos.model.load import load_model
+    from superpos.store import ActivationStore
+    from superpos.hypotheses.reports.orthogonality import write_report
+    from superpos.hypotheses.verdicts import orthogonality as verdict
 
     if not cfg.expansions or min(cfg.expansions) <= 0 or len(set(cfg.expansions)) < 2:
         raise ConfigError("expansions", "{field} needs at least two different positive sizes")
@@ -91,7 +91,7 @@ def run(cfg: OrthogonalityConfig) -> OrthogonalityResult:
         harvest(HarvestConfig(model=cfg.model, corpus=cfg.corpus, layers=",".join(map(str, layers)),
                               tokens=cfg.harvest_tokens, device=cfg.device), store_path, lm=lm)
     if cfg.control != "none":  # a calibration run: the identical sweep on a surrogate of the layers
-        from ..surrogates import surrogate_of_store
+        from superpos.store.surrogates import surrogate_of_store
 
         surrogate = out / "surrogate.h5"
         if not surrogate.exists():
@@ -134,10 +134,10 @@ def layer_sweep(store, layer: int, folder: Path, cfg: OrthogonalityConfig, lm,
     """TopK SAEs of every size and seed on the first 90% of contexts (fitted once into ``folder``, reused after),
     scored on the rest; the gain over seeds; the largest size's atom census. Also returns the first seed's live
     atoms of the largest size."""
-    from ..dictionaries import PCA, load_dictionary
-    from ..dictionaries.fitting import fit_dictionary
-    from ..dictionaries.io import CONFIG
-    from ..metrics import evaluate_dictionaries, reconstruction_metrics
+    from superpos.dictionaries import PCA, load_dictionary
+    from superpos.dictionaries.fitting import fit_dictionary
+    from superpos.dictionaries.io import CONFIG
+    from superpos.dictionaries.metrics import evaluate_dictionaries, reconstruction_metrics
 
     split = store.split_row(0.9)
     train, holdout = store.restrict(0, split), store.restrict(split, store.n_rows)
@@ -309,7 +309,7 @@ def _geometry_cache(W_E: np.ndarray, W_U: np.ndarray | None, seed: int) -> Path:
     (exact search on a 262k-token vocabulary takes minutes per set; every run on the same model reuses it)."""
     import hashlib
 
-    from ..models import cache_folder
+    from superpos.model.load import cache_folder
 
     h = hashlib.sha256(f"{W_E.shape} {W_E.dtype} seed {seed}".encode())
     for M in (W_E, W_U):

@@ -20,10 +20,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..results import Interval
-from ..stats import cluster_interval
-from .ablation import random_members
-from .token_stats import layer_stats
+from superpos.stats import Interval
+from superpos.stats import cluster_interval
+from superpos.hypotheses.ablation import random_members
+from superpos.hypotheses.token_stats import layer_stats
 
 
 class PowerCurve(NamedTuple):

@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..residuals import ResidualSample
-from ..results import Band
+from superpos.model.residuals import ResidualSample
+from superpos.stats import Band
 
 
 def class_sums(sample: ResidualSample, classes: np.ndarray):

@@ -18,15 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import ConfigError, SuperposError
-from ..residuals import ResidualSample
-from ..results import Band
-from ..stats import cluster_band, cluster_interval, per_context_difference
-from .configs import ProbeConfig
-from .probe_geometry import (calibrated_tail, class_sums, energy_profile, frequency_basis, nmf_energy,
+from superpos.errors import ConfigError, SuperposError
+from superpos.model.residuals import ResidualSample
+from superpos.stats import Band
+from superpos.stats import cluster_band, cluster_interval, per_context_difference
+from superpos.hypotheses.configs import ProbeConfig
+from superpos.hypotheses.probe_geometry import (calibrated_tail, class_sums, energy_profile, frequency_basis, nmf_energy,
                              procrustes_test, tail_shares)
-from .results import FullVocab, GuessTest, ProbeGeometry, ProbesResult, ProbeTarget, ProcrustesTest
-from .token_table import decodable, table_from_sample
+from superpos.hypotheses.results import FullVocab, GuessTest, ProbeGeometry, ProbesResult, ProbeTarget, ProcrustesTest
+from superpos.hypotheses.token_table import decodable, table_from_sample
 
 
 @dataclass
@@ -186,7 +186,7 @@ def full_vocabulary(train: ResidualSample, test: ResidualSample, vocab: int, n_b
 def embedding_geometry(sample: ResidualSample, W_E: np.ndarray, classes: np.ndarray, cfg: ProbeConfig) -> ProbeGeometry:
     """Class-mean geometry against the embedding, calibrated at layer 0 and against a random basis
     (``probe_geometry``)."""
-    from ..dictionaries import NMF
+    from superpos.dictionaries import NMF
 
     seen = np.isin(classes, sample.token_P)
     classes = classes[seen]
@@ -234,10 +234,10 @@ def run_probes(cfg: ProbeConfig) -> ProbesResult:
     if 0 not in cfg.offsets or any(o > 0 for o in cfg.offsets):
         raise ConfigError("offsets", "{field} must include 0 (the current token) and no positive offsets (use run "
                                      "lookahead)")
-    from ..residuals import sample_residuals
-    from .opening import open_experiment
-    from .reports.probes import write_report
-    from .verdicts import probes as verdict
+    from superpos.model.residuals import sample_residuals
+    from superpos.hypotheses.opening import open_experiment
+    from superpos.hypotheses.reports.probes import write_report
+    from superpos.hypotheses.verdicts import probes as verdict
 
     t0 = time.perf_counter()
     out, lm, tokens = open_experiment(cfg)

@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..errors import ConfigError, SuperposError
-from ..results import Band
-from ..stats import cluster_interval, per_context_difference
-from .configs import ReinjectConfig
-from .results import AlphaEffect, CachedCheck, Premise, ReinjectResult, ReinjectSample
-from .token_table import decodable, token_means
+from superpos.errors import ConfigError, SuperposError
+from superpos.stats import Band
+from superpos.stats import cluster_interval, per_context_difference
+from superpos.hypotheses.configs import ReinjectConfig
+from superpos.hypotheses.results import AlphaEffect, CachedCheck, Premise, ReinjectResult, ReinjectSample
+from superpos.hypotheses.token_table import decodable, token_means
 
 
 @contextlib.contextmanager
@@ -144,9 +144,9 @@ def _premise(lm, table, ev, layers, decode_layers, bins, ctx, cfg) -> Premise:
 
 def run_reinject(cfg: ReinjectConfig) -> ReinjectResult:
     """The premise test, then Δ loss on token p+1 when the residual at p moves toward token p's representation."""
-    from .opening import open_experiment
-    from .reports.reinject import write_report
-    from .verdicts import reinject as verdict
+    from superpos.hypotheses.opening import open_experiment
+    from superpos.hypotheses.reports.reinject import write_report
+    from superpos.hypotheses.verdicts import reinject as verdict
 
     if cfg.contexts < 4:
         raise ConfigError("contexts", "{field} must be at least 4 (half choose the setting, half judge it)")

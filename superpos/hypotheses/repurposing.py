@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, SuperposError
-from ..stats import cluster_band, cluster_interval
-from .configs import RepurposingConfig
-from .mechanisms import CONTROLS, control_layers, detect, mechanism_row, planted_control, read_hooked
-from .results import (AblationView, DictionaryView, GroupSizes, MechanismsView, PairedTokens, PowerView, RepurposingResult,
+from superpos.errors import ConfigError, SuperposError
+from superpos.stats import cluster_band, cluster_interval
+from superpos.hypotheses.configs import RepurposingConfig
+from superpos.hypotheses.mechanisms import CONTROLS, control_layers, detect, mechanism_row, planted_control, read_hooked
+from superpos.hypotheses.results import (AblationView, DictionaryView, GroupSizes, MechanismsView, PairedTokens, PowerView, RepurposingResult,
                       WritesView)
-from .token_stats import selection_mask, shuffle_contexts, tested_mask, token_groups, token_statistics
+from superpos.hypotheses.token_stats import selection_mask, shuffle_contexts, tested_mask, token_groups, token_statistics
 
 
 def _say(msg: str) -> None:
@@ -52,11 +52,11 @@ def _say(msg: str) -> None:
 # ------------------------------------------------------------------------------------------------------
 def run(cfg: RepurposingConfig) -> RepurposingResult:
     """``superpos run repurposing``: the per-layer effect with its nulls, the lens view, the verdict and report."""
-    from ..models import load_model
-    from ..residuals import contexts_from_corpus, sample_residuals
-    from .lenses import TunedLens, compare_lenses, final_logprobs
-    from .reports.repurposing import write_report
-    from .repurposing_verdict import repurposing as verdict, repurposing_layer
+    from superpos.model.load import load_model
+    from superpos.model.residuals import contexts_from_corpus, sample_residuals
+    from superpos.hypotheses.lenses import TunedLens, compare_lenses, final_logprobs
+    from superpos.hypotheses.reports.repurposing import write_report
+    from superpos.hypotheses.repurposing_verdict import repurposing as verdict, repurposing_layer
 
     if not 0 < cfg.unlikely < cfg.likely < 1:
         raise ConfigError("likely", f"need 0 < unlikely ({cfg.unlikely}) < {{field}} ({cfg.likely}) < 1")
@@ -147,7 +147,7 @@ def layer_power(lm, test, U_PV, L_PV, ts, layer: int, cfg: RepurposingConfig) ->
     """The power curve of criterion (i) at ``layer`` on the held-out positions (``power.power_curve``)."""
     from tqdm import tqdm
 
-    from .power import power_curve
+    from superpos.hypotheses.power import power_curve
 
     with tqdm(total=len(cfg.power_alphas) * cfg.power_draws, desc=f"power at layer {layer}", file=sys.stderr) as bar:
         pc = power_curve(test.at(layer), test.at(lm.n_layers), U_PV, L_PV, ts.tok_VD, ts.rand_VD,
@@ -160,7 +160,7 @@ def layer_power(lm, test, U_PV, L_PV, ts, layer: int, cfg: RepurposingConfig) ->
 
 def layer_ablation(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConfig) -> AblationView:
     """The causal subspace ablation at ``layer`` (``ablation.subspace_ablation``) with CIs over contexts."""
-    from .ablation import subspace_ablation
+    from superpos.hypotheses.ablation import subspace_ablation
 
     ab = subspace_ablation(lm, tokens_NC, layer, cfg.ablation_rank, unlikely=cfg.unlikely, seed=cfg.seed)
     units = np.arange(len(tokens_NC))
@@ -199,8 +199,8 @@ def layer_mechanisms(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConf
 def layer_writes(lm, test, layer: int, U_PV, L_PV, ts, cfg: RepurposingConfig) -> WritesView:
     """The per-component write/cancel decomposition (``writes.write_profile``) along the favoured near-impossible
     token at ``layer`` and the same argmax over random directions, on ``test``'s positions."""
-    from .token_stats import layer_stats
-    from .writes import write_profile
+    from superpos.hypotheses.token_stats import layer_stats
+    from superpos.hypotheses.writes import write_profile
 
     st = layer_stats(test.at(layer), test.at(lm.n_layers), U_PV, L_PV, ts.tok_VD, ts.rand_VD,
                      shuffle_contexts(test.ctx_P), cfg.z_high, cfg.seed)
@@ -209,7 +209,7 @@ def layer_writes(lm, test, layer: int, U_PV, L_PV, ts, cfg: RepurposingConfig) -
 
 
 def _load_sae(path: str, lm):
-    from ..dictionaries import load_dictionary
+    from superpos.dictionaries import load_dictionary
 
     dic = load_dictionary(path, device="cpu")
     layer = (getattr(dic, "meta_", {}) or {}).get("layer")

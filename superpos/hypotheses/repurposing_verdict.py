@@ -2,9 +2,9 @@
 Re-exported by ``verdicts``, with every other experiment's verdict."""
 from __future__ import annotations
 
-from ..errors import SuperposError
-from . import results as R
-from .channels import CHANNEL_TOP
+from superpos.errors import SuperposError
+from superpos.hypotheses import results as R
+from superpos.hypotheses.channels import CHANNEL_TOP
 
 
 def mid_layers(layers: list[int], n_layers: int) -> list[int]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..results import Band, Interval, Result, Verdict
-from .configs import LensesConfig, OrthogonalityConfig, RepurposingConfig
+from superpos.experiment.result import Result, Verdict
+from superpos.stats import Band, Interval
+from superpos.hypotheses.configs import LensesConfig, OrthogonalityConfig, RepurposingConfig
 
 
 # ------------------------------------------------------------------ lenses (also part of repurposing)
@@ -352,7 +353,7 @@ class RepurposingResult(Result):
 
 
 # the seed experiments' results, re-exported
-from .seed_results import (  # noqa: E402,F401
+from superpos.hypotheses.seed_results import (  # noqa: E402,F401
     ProbeTarget, ProcrustesTest, ProbeGeometry, GuessTest, FullVocab, ProbesVerdict, ProbesResult,
     LookaheadTarget, LookaheadResult, PowerLaw, SinkDonation, DonationResult, AlphaEffect, Premise,
     CachedCheck, ReinjectSample, ReinjectVerdict, ReinjectResult)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..results import Band, Interval, Result, Verdict
-from .configs import DonationConfig, LookaheadConfig, ProbeConfig, ReinjectConfig
+from superpos.experiment.result import Result, Verdict
+from superpos.stats import Band, Interval
+from superpos.hypotheses.configs import DonationConfig, LookaheadConfig, ProbeConfig, ReinjectConfig
 
 
 # ------------------------------------------------------------------ probes and lookahead

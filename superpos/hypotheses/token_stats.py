@@ -11,11 +11,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import SuperposError
-from .ablation import token_directions
-from .channels import channel_scan
-from .configs import RepurposingConfig
-from .dense_use import group_use, matched_groups
+from superpos.errors import SuperposError
+from superpos.hypotheses.ablation import token_directions
+from superpos.hypotheses.channels import channel_scan
+from superpos.hypotheses.configs import RepurposingConfig
+from superpos.hypotheses.dense_use import group_use, matched_groups
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ def token_statistics(lm, sample, U_PV, L_PV, lens, cfg: RepurposingConfig, sel_P
     combined into the curves the verdict and report read."""
     from tqdm import tqdm
 
-    from .lenses import lens_logits
+    from superpos.hypotheses.lenses import lens_logits
 
     tok_VD, rand_VD = scan_directions(lm, cfg.seed)
     shuffle = shuffle_contexts(sample.ctx_P)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..results import Verdict
-from . import results as R
-from .repurposing_verdict import mid_layers, repurposing, repurposing_layer  # noqa: F401 (re-exported)
+from superpos.experiment.result import Verdict
+from superpos.hypotheses import results as R
+from superpos.hypotheses.repurposing_verdict import mid_layers, repurposing, repurposing_layer  # noqa: F401 (re-exported)
 
 
 # ------------------------------------------------------------------ lenses
@@ -104,7 +104,7 @@ def orthogonality_calibrated(real: R.OrthogonalityResult,
     """The real run judged against its controls: SUPPORTED when the real run is, the planted runs are, the nulls
     are not, and at every layer the real gain and the real count of stable nearly-orthogonal atoms exceed each
     null's (Welch 95% interval over seeds above 0)."""
-    from ..stats import welch_difference
+    from superpos.stats import welch_difference
 
     nulls = {n: c for n, c in controls.items() if c.config.control in ("gaussian", "pc-shuffle")}
     planted = {n: c for n, c in controls.items() if c.config.control == "planted"}

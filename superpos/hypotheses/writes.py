@@ -20,9 +20,9 @@ from contextlib import ExitStack
 import numpy as np
 import torch
 
-from ..stats import cluster_band, cluster_interval
-from .ablation import random_members
-from .results import WritesView
+from superpos.stats import cluster_band, cluster_interval
+from superpos.hypotheses.ablation import random_members
+from superpos.hypotheses.results import WritesView
 
 COMPONENTS = ("attn", "mlp")
 

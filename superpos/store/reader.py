@@ -12,11 +12,11 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from ..errors import SuperposError
-from .check import StoreChecker
-from .schema import LIVE_RETRIES, REQUIRED_ATTRS, ROW_FIELDS, SCHEMA_VERSION, attrs_digest, layer_key
-from .stream import StoreStreamer
-from .writer import StoreWriter, repair_eof
+from superpos.errors import SuperposError
+from superpos.store.validate import StoreChecker
+from superpos.store.schema import LIVE_RETRIES, REQUIRED_ATTRS, ROW_FIELDS, SCHEMA_VERSION, attrs_digest, layer_key
+from superpos.store.stream import StoreStreamer
+from superpos.store.writer import StoreWriter, repair_eof
 
 
 class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):

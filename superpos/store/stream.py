@@ -6,8 +6,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..errors import SuperposError
-from .schema import DEFAULT_MIX_ROWS, layer_key
+from superpos.errors import SuperposError
+from superpos.store.schema import DEFAULT_MIX_ROWS, layer_key
 
 
 def _to_device(rows: np.ndarray, device, dtype: torch.dtype) -> torch.Tensor:

@@ -9,8 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..errors import SuperposError
-from .schema import (AUTO_HEADROOM, DEFAULT_CHUNK_BYTES, ROW_FIELDS, SCHEMA_VERSION, STORAGE_DTYPES, attrs_digest,
+from superpos.errors import SuperposError
+from superpos.store.schema import (AUTO_HEADROOM, DEFAULT_CHUNK_BYTES, ROW_FIELDS, SCHEMA_VERSION, STORAGE_DTYPES, attrs_digest,
                      layer_key, nonfinite_index)
 
 
@@ -137,7 +137,7 @@ class StoreWriter:
                 for name, dt in ROW_FIELDS.items():
                     f.create_dataset(name, shape=(n_rows,), dtype=dt, chunks=(chunk_rows,), compression=compression,
                                      fletcher32=True)
-                from .. import __version__
+                from superpos import __version__
 
                 f.attrs.update({k: v for k, v in (attrs or {}).items() if v is not None})
                 f.attrs.update(schema_version=SCHEMA_VERSION, superpos_version=__version__, d_model=int(d_model),

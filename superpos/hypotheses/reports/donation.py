@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...report import Report, band
-from ..results import DonationResult
+from superpos.experiment.report import Report, band
+from superpos.hypotheses.results import DonationResult
 
 
 def write_report(res: DonationResult, out: Path) -> Path:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...report import Report, band
-from ..results import LensComparison, LensesResult
+from superpos.experiment.report import Report, band
+from superpos.hypotheses.results import LensComparison, LensesResult
 
 
 def add_lens_section(rep: Report, lenses: LensComparison, layers: list[int]) -> None:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...report import Report, band
-from ..results import LookaheadResult
-from ..verdicts import fmt_ci
+from superpos.experiment.report import Report, band
+from superpos.hypotheses.results import LookaheadResult
+from superpos.hypotheses.verdicts import fmt_ci
 
 
 def write_report(res: LookaheadResult, out: Path) -> Path:

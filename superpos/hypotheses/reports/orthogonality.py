@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ...report import Report
-from ..results import MAXCOS, OrthogonalityResult, OrthogonalityVerdict
-from ..verdicts import describe_fit
+from superpos.experiment.report import Report
+from superpos.hypotheses.results import MAXCOS, OrthogonalityResult, OrthogonalityVerdict
+from superpos.hypotheses.verdicts import describe_fit
 
 STYLES = {"gaussian": "--", "pc-shuffle": "-.", "planted": ":"}
 

