@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from peer_scripts import SCRIPTS
 
 VENVS = Path.home() / ".cache" / "superpos" / "bench-venvs"

@@ -44,7 +44,6 @@ from scaling import bench_ddp, bench_scaling  # noqa: E402
 
 from superpos.dictionaries import TopKSAE  # noqa: E402
 
-
 SECTIONS = ("sae", "peers", "frontier", "harvest", "stream", "geometry", "scaling", "ddp")
 
 

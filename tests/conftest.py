@@ -12,6 +12,7 @@ VOCAB = 384
 
 def _tokenizer():
     from pydoc_data import topics
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -79,7 +80,6 @@ def peaked_llama(tmp_path_factory) -> Path:
 def tiny_corpus(tmp_path_factory) -> Path:
     """A small .jsonl corpus of real English text."""
     import json
-
     from pydoc_data import topics
 
     path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"

@@ -6,8 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from superpos.hypotheses.ablation import (SETS, choose_subspaces, context_tokens_mask, orthonormal_rows, project_out,
-                                          subspace_ablation, token_directions)
+from superpos.hypotheses.repurposing.ablation import (
+    SETS,
+    choose_subspaces,
+    context_tokens_mask,
+    orthonormal_rows,
+    project_out,
+    subspace_ablation,
+    token_directions,
+)
 from superpos.model.load import LoadedModel, load_model
 
 

@@ -1,8 +1,25 @@
-"""The package's shape: the library never imports the CLI, and no import cycle (imports inside functions count)."""
+"""The package's shape: packages ranked in layers, no import upward (imports inside functions count), no cycle,
+and the library never imports the CLI. docs/architecture.md draws the same picture."""
 import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "superpos"
+
+#: each package's layer; a module may import its own package and packages of a lower rank only. Modules directly
+#: under superpos/ are the ground (rank 0: errors, settings, files, integrity, device, geometry, stats, ...).
+RANKS = {
+    "superpos": 0,
+    "superpos.store": 1,
+    "superpos.model": 2,
+    "superpos.dictionaries": 3,
+    "superpos.experiment": 4,
+    "superpos.browse": 5,
+    "superpos.hypotheses": 6,
+    "superpos.protocol": 7,
+    "superpos.cli": 8,  # with superpos/__main__.py
+}
+#: the package root's lazy public re-exports (``from superpos import load_model``) are its only upward reach
+FACADE = "superpos"
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -29,6 +46,28 @@ def import_graph() -> dict[str, set[str]]:
             edges |= {t for t in targets if t in mods and t != name}
         graph[name] = edges
     return graph
+
+
+def package_of(module: str) -> str:
+    """The ranked package a module belongs to: superpos.X for a module inside package X, else the ground."""
+    if module == "superpos.__main__":
+        return "superpos.cli"
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 and ".".join(parts[:2]) in RANKS else "superpos"
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a higher-ranked package, or of another package of the same rank."""
+    bad = []
+    for mod, targets in graph.items():
+        if mod == FACADE:
+            continue
+        a = package_of(mod)
+        for t in targets:
+            b = package_of(t)
+            if b != a and (RANKS[b] > RANKS[a] or (RANKS[b] == RANKS[a] and b != a)):
+                bad.append(f"{mod} ({a}, rank {RANKS[a]}) imports {t} ({b}, rank {RANKS[b]})")
+    return sorted(bad)
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -58,14 +97,31 @@ def test_cycle_finder_finds_a_hand_made_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
+def test_rank_check_finds_a_hand_made_upward_import():
+    graph = {"superpos.store.reader": {"superpos.model.load"}, "superpos.model.load": {"superpos.store.reader"},
+             "superpos.errors": set(), "superpos.hypotheses.x.run": {"superpos.hypotheses.y.run", "superpos.errors"}}
+    assert upward_imports(graph) == [
+        "superpos.store.reader (superpos.store, rank 1) imports superpos.model.load (superpos.model, rank 2)"]
+
+
+def test_every_package_has_a_rank():
+    packages = {f"superpos.{p.name}" for p in PKG.iterdir() if (p / "__init__.py").is_file()}
+    assert packages <= set(RANKS), packages - set(RANKS)
+
+
+def test_no_import_goes_up_a_layer():
+    graph = import_graph()
+    assert len(graph) > 60 and "superpos.cli.main" in graph["superpos.__main__"]
+    assert upward_imports(graph) == []
+
+
 def test_no_import_cycles():
     graph = import_graph()
-    assert len(graph) > 40 and "superpos.cli.main" in graph["superpos.__main__"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
 def test_library_never_imports_the_cli():
     graph = import_graph()
-    cli = {m for m in graph if m.startswith("superpos.cli.main")} | {"superpos.__main__"}
+    cli = {m for m in graph if m.startswith("superpos.cli")} | {"superpos.__main__"}
     offenders = {m: sorted(graph[m] & cli) for m in graph if m not in cli and graph[m] & cli}
     assert not offenders, offenders

@@ -3,7 +3,7 @@ read on the other, and an isotropic stream with no channel gives no excess on th
 import numpy as np
 import torch
 
-from superpos.hypotheses.channels import _mean_share, channel_scan
+from superpos.hypotheses.repurposing.channels import _mean_share, channel_scan
 from superpos.stats import cluster_interval
 
 D, V = 32, 400

@@ -82,8 +82,9 @@ def test_fit_reads_toml_config_and_flags_override(store, tmp_path):
 def test_a_config_error_names_the_field_in_the_library_and_the_flag_on_the_command_line(tiny_models, tmp_path, capsys):
     from superpos.cli.main import main
     from superpos.errors import ConfigError
-    from superpos.hypotheses.configs import RepurposingConfig
-    from superpos.hypotheses.repurposing import run
+    from superpos.hypotheses.repurposing import EXPERIMENT
+    from superpos.hypotheses.repurposing.config import RepurposingConfig
+    run = EXPERIMENT.run
 
     with pytest.raises(ConfigError, match=r"need 0 < unlikely \(0.5\) < likely \(0.1\) < 1") as err:
         run(RepurposingConfig(model=str(tiny_models["llama"]), unlikely=0.5, likely=0.1, out=str(tmp_path / "r")))

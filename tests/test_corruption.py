@@ -41,7 +41,7 @@ def build_artifacts(root: Path) -> dict[str, Path]:
     import torch
 
     from superpos.dictionaries import TopKSAE, save_dictionary
-    from superpos.hypotheses.lenses import TunedLens
+    from superpos.hypotheses.lenses.lens import TunedLens
     from superpos.store import ActivationStore
 
     rng = np.random.default_rng(0)

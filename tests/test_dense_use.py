@@ -3,8 +3,8 @@ groups."""
 import numpy as np
 import torch
 
-from superpos.hypotheses.dense_use import GROUPS, group_use, matched_groups
-from superpos.hypotheses.token_stats import shuffle_contexts
+from superpos.hypotheses.repurposing.dense_use import GROUPS, group_use, matched_groups
+from superpos.hypotheses.repurposing.token_stats import shuffle_contexts
 from superpos.stats import cluster_interval
 
 

@@ -1,19 +1,34 @@
 import numpy as np
 import pytest
 import torch
+from conftest import planted_data
 from sklearn.base import clone
 from sklearn.decomposition import NMF as SkNMF
 from sklearn.decomposition import PCA as SkPCA
 
-from conftest import planted_data
-from superpos.dictionaries import (PCA, BatchTopKSAE, JumpReLUSAE, NMF, ReLUSAE, SemiNMF, TopKSAE, load_dictionary,
-                                   save_dictionary)
-from superpos.integrity import load_checkpoint
+from superpos.dictionaries import (
+    NMF,
+    PCA,
+    BatchTopKSAE,
+    JumpReLUSAE,
+    ReLUSAE,
+    SemiNMF,
+    TopKSAE,
+    load_dictionary,
+    save_dictionary,
+)
 from superpos.dictionaries.io import export_saelens, load_saelens
-from superpos.dictionaries.sparse_ops import (aux_k_loss, dense_pairs, select_batch_topk, select_topk, sparse_decode,
-                                              sparse_encode)
-from superpos.errors import SuperposError
 from superpos.dictionaries.metrics import fvu
+from superpos.dictionaries.sparse_ops import (
+    aux_k_loss,
+    dense_pairs,
+    select_batch_topk,
+    select_topk,
+    sparse_decode,
+    sparse_encode,
+)
+from superpos.errors import SuperposError
+from superpos.integrity import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,26 @@
 import numpy as np
 import pytest
 import torch
+from conftest import planted_data
 from sklearn.base import clone
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
-from conftest import planted_data
-from superpos.dictionaries import (PCA, NMF, BatchTopKSAE, JumpReLUSAE, ReLUSAE, SemiNMF, TopKSAE, load_dictionary,
-                                   save_dictionary)
+from superpos.dictionaries import (
+    NMF,
+    PCA,
+    BatchTopKSAE,
+    JumpReLUSAE,
+    ReLUSAE,
+    SemiNMF,
+    TopKSAE,
+    load_dictionary,
+    save_dictionary,
+)
 from superpos.dictionaries.base import InvalidInputError, NotFittedError
-from superpos.errors import SuperposError
 from superpos.dictionaries.metrics import fvu
+from superpos.errors import SuperposError
 
 SMALL = dict(device="cpu", progress=False)
 

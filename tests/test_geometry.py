@@ -79,8 +79,10 @@ def test_bootstrap_ci_brackets_statistic():
 
 
 def test_orthogonality_experiment_on_tiny_model(tiny_models, tmp_path):
-    from superpos.hypotheses.orthogonality import OrthogonalityConfig, run
-    from superpos.hypotheses.results import OrthogonalityResult
+    from superpos.hypotheses.orthogonality import EXPERIMENT
+    from superpos.hypotheses.orthogonality.config import OrthogonalityConfig
+    run = EXPERIMENT.run
+    from superpos.hypotheses.orthogonality.result import OrthogonalityResult
 
     out = tmp_path / "orth"
     res = run(OrthogonalityConfig(model=str(tiny_models["llama"]), layers=[1, 2], harvest_tokens=4096,
@@ -109,22 +111,27 @@ def test_orthogonality_experiment_on_tiny_model(tiny_models, tmp_path):
 
 def _judge_store(path, layer, cfg, tmp_path):
     """The orthogonality verdict on one store layer, without a model (no CE, no token geometry)."""
-    from superpos.hypotheses.orthogonality import layer_sweep
-    from superpos.hypotheses.results import OrthogonalityResult
-    from superpos.hypotheses.verdicts import orthogonality
+    from superpos.hypotheses.orthogonality.result import OrthogonalityResult
+    from superpos.hypotheses.orthogonality.run import layer_sweep
+    from superpos.hypotheses.orthogonality.verdict import verdict
     from superpos.store import ActivationStore
 
     with ActivationStore(path) as st:
         sweep, _ = layer_sweep(st, layer, tmp_path / f"dicts_{path.stem}", cfg, None, None)
         res = OrthogonalityResult(config=cfg, model="test rows", d_model=st.d_model, tied_embeddings=True,
                                   store=str(path), layers=[sweep])
-    return res, orthogonality(res)
+    return res, verdict(res)
 
 
 @pytest.fixture(scope="module")
 def small_stores(tmp_path_factory):
     """Planted superposition (4×d unit atoms, 2 per row, d = 32), and its Gaussian and PC-shuffle nulls."""
-    from superpos.store.surrogates import gaussian_like, pc_shuffle, planted_superposition, write_store
+    from superpos.store.surrogates import (
+        gaussian_like,
+        pc_shuffle,
+        planted_superposition,
+        write_store,
+    )
 
     folder = tmp_path_factory.mktemp("stores")
     x, _ = planted_superposition(8_000, 32, 128, 2, noise=0.02, seed=0)
@@ -134,7 +141,7 @@ def small_stores(tmp_path_factory):
 
 def test_orthogonality_verdict_on_planted_and_null_stores(small_stores, tmp_path):
     """SUPPORTED on planted superposition, NOT SUPPORTED on the Gaussian and PC-shuffle nulls of the same rows."""
-    from superpos.hypotheses.configs import OrthogonalityConfig
+    from superpos.hypotheses.orthogonality.config import OrthogonalityConfig
 
     cfg = OrthogonalityConfig(expansions=[1, 8], seeds=2, k=4, fit_tokens=120_000, batch_size=256, orth_eps=0.5,
                               device="cpu")
@@ -206,7 +213,7 @@ def test_spherical_code_bounds_bracket_what_exists():
 
 
 def test_capacity_line_fit_and_projection():
-    from superpos.hypotheses.orthogonality import line_fit
+    from superpos.hypotheses.orthogonality.run import line_fit
 
     dims, eps = [8, 16], [0.2, 0.4]
     kept = [[int(round(np.exp(3 + 0.5 * x * e * e))) for e in eps] for x in dims]
@@ -238,8 +245,8 @@ def test_orthogonality_calibration_runs_the_sweep_on_nulls_and_planted_superposi
     """run orthogonality --calibrate: the identical sweep on a Gaussian and a PC-shuffle surrogate of the layer
     (no sparse features: more atoms barely help, nothing recurs across seeds) and on planted superposition; the
     calibrated verdict judges the real run against them."""
-    from superpos.hypotheses.orthogonality import OrthogonalityConfig
-    from superpos.protocol.registry import run_calibrated
+    from superpos.hypotheses.orthogonality.config import OrthogonalityConfig
+    from superpos.protocol.calibration import run_calibrated
 
     cfg = OrthogonalityConfig(model=str(tiny_models["llama"]), layers=[2], harvest_tokens=8192, expansions=[1, 8],
                               k=4, seeds=2, fit_tokens=100_000, batch_size=256, orth_eps=0.5, capacity=False,
@@ -259,7 +266,8 @@ def test_orthogonality_calibration_runs_the_sweep_on_nulls_and_planted_superposi
     report = (tmp_path / "orth" / "report.md").read_text()
     assert "Real, nulls and planted side by side" in report and "--calibrate" in report
     # every verdict is a function of the stored results: judged again from disk, the same calibration
-    from superpos.protocol.registry import EXPERIMENTS, control_folder, judge_calibration
+    from superpos.protocol.calibration import control_folder, judge_calibration
+    from superpos.protocol.registry import EXPERIMENTS
 
     e = EXPERIMENTS["orthogonality"]
     again = judge_calibration("orthogonality", e.read(tmp_path / "orth"),

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from superpos.model.corpus import load_corpus, pack_contexts
 from superpos.errors import SuperposError
+from superpos.model.corpus import load_corpus, pack_contexts
 from superpos.model.harvest import HarvestConfig, harvest
 from superpos.model.load import load_model
 from superpos.store import ActivationStore

@@ -7,12 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from superpos.hypotheses.lenses import TunedLens, compare_lenses, lens_logits, unembed
-from superpos.hypotheses.mechanisms import CONTROLS
-from superpos.hypotheses.repurposing import RepurposingConfig, run
-from superpos.hypotheses.token_stats import off_output_part, shuffle_contexts
+from superpos.hypotheses.lenses.lens import (
+    TunedLens,
+    compare_lenses,
+    lens_logits,
+    unembed,
+)
+from superpos.hypotheses.repurposing import EXPERIMENT
+from superpos.hypotheses.repurposing.config import RepurposingConfig
+from superpos.hypotheses.repurposing.token_stats import (
+    off_output_part,
+    shuffle_contexts,
+)
 from superpos.model.load import load_model
 from superpos.model.residuals import sample_residuals
+from superpos.settings import CONTROL_KINDS as CONTROLS
 from superpos.stats import cluster_bootstrap_mean
 
 
@@ -52,7 +61,7 @@ def test_tuned_lens_beats_logit_lens_and_round_trips(peaked_llama, tmp_path):
 
 def test_least_squares_start_solves_the_normal_equations():
     """With a negligible ridge, what the start leaves of ĥ_L − ĥ_l is orthogonal to [ĥ_l, 1] at every layer."""
-    from superpos.hypotheses.lenses import least_squares_init_
+    from superpos.hypotheses.lenses.lens import least_squares_init_
     from superpos.model.residuals import ResidualSample
 
     g = torch.Generator().manual_seed(0)
@@ -75,7 +84,7 @@ def test_least_squares_start_solves_the_normal_equations():
 def test_calibrated_run_flags_the_planted_control_and_not_the_nulls(peaked_llama, tmp_path):
     """The protocol's calibrated runner: the identical analysis on the (unhooked) model, a null (random
     directions written and removed) and a planted effect (token directions): only the planted one is flagged."""
-    from superpos.protocol.registry import run_calibrated
+    from superpos.protocol.calibration import run_calibrated
 
     cfg = RepurposingConfig(model=str(peaked_llama), contexts=16, context_length=64, per_context=24, unlikely=1e-4,
                             likely=0.05, exclude_recent=4, lens_steps=20, n_boot=200, device="cpu",
@@ -155,7 +164,7 @@ def test_dictionary_view_runs_on_a_saved_sae(peaked_llama, tmp_path):
     cfg = RepurposingConfig(model=str(peaked_llama), contexts=8, context_length=64, per_context=16, unlikely=1e-4,
                             likely=0.05, exclude_recent=4, lens_steps=5, dictionary=str(tmp_path / "sae"), n_boot=50,
                             device="cpu", out=str(tmp_path / "run"))
-    d = run(cfg).dictionary
+    d = EXPERIMENT.run(cfg).dictionary
     assert d.layer == 3 and d.n_atoms == 128 and 0 <= d.token_aligned_atoms <= 128
     if d.positions_with_active_aligned:
         for key in ("near_impossible", "near_impossible_shuffled", "likely", "likely_shuffled"):
@@ -166,7 +175,7 @@ def test_dictionary_view_runs_on_a_saved_sae(peaked_llama, tmp_path):
 def test_criterion_ii_null_reads_the_random_argmax_like_the_token_one():
     """Without an output to regress on, the off-output part is the raw residual: the raw z of each argmax (token or
     random direction) is then exactly its peak, which is what (ii) and its random-direction null compare."""
-    from superpos.hypotheses.token_stats import layer_stats
+    from superpos.hypotheses.repurposing.token_stats import layer_stats
 
     g = torch.Generator().manual_seed(0)
     R = torch.randn(60, 8, generator=g)

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from superpos.hypotheses.mechanisms import CONTROLS, control_layers, detect, gated_removal, planted_control
+from superpos.hypotheses.repurposing.mechanisms import (
+    control_layers,
+    detect,
+    gated_removal,
+    planted_control,
+)
 from superpos.model.load import load_model
+from superpos.settings import CONTROL_KINDS as CONTROLS
 
 STATED_ALPHA = 0.5  # every planted mechanism is detected at this size on the peaked 6-layer model (3 seeds of 3)
 
@@ -81,7 +87,7 @@ def test_splice_component_adds_to_what_the_block_writes(tiny_models, arch):
 def test_component_writes_add_up_to_the_residual_change(tiny_models, arch):
     """The residual is the sum of what the blocks write: summed over every attention and MLP, the writes along any
     direction equal (r_n − r_0)·d at each position (Gemma: its post-norms are what is added)."""
-    from superpos.hypotheses.writes import component_writes
+    from superpos.hypotheses.repurposing.writes import component_writes
     from superpos.model.residuals import sample_residuals
 
     lm = load_model(str(tiny_models[arch]), device="cpu")
@@ -98,9 +104,14 @@ def test_component_writes_add_up_to_the_residual_change(tiny_models, arch):
 def test_write_profile_finds_the_block_that_writes_a_planted_mlp_push(lm):
     """The ``mlp`` control writes through the MLP of the block that makes layer a: read at a, that block's MLP is
     where the write along the favoured token beats the random argmax's, and no other MLP comes close."""
-    from superpos.hypotheses.lenses import final_logprobs
-    from superpos.hypotheses.token_stats import layer_stats, scan_directions, shuffle_contexts, token_groups
-    from superpos.hypotheses.writes import write_profile
+    from superpos.hypotheses.lenses.lens import final_logprobs
+    from superpos.hypotheses.repurposing.token_stats import (
+        layer_stats,
+        scan_directions,
+        shuffle_contexts,
+        token_groups,
+    )
+    from superpos.hypotheses.repurposing.writes import write_profile
     from superpos.model.residuals import sample_residuals
 
     tokens = np.random.default_rng(0).integers(2, lm.model.config.vocab_size, size=(16, 48))

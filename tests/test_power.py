@@ -4,9 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from superpos.hypotheses.lenses import final_logprobs
-from superpos.hypotheses.power import minimum_detectable, plant_token_push, power_curve
-from superpos.hypotheses.token_stats import shuffle_contexts, token_groups
+from superpos.hypotheses.lenses.lens import final_logprobs
+from superpos.hypotheses.repurposing.power import (
+    minimum_detectable,
+    plant_token_push,
+    power_curve,
+)
+from superpos.hypotheses.repurposing.token_stats import shuffle_contexts, token_groups
 from superpos.model.load import load_model
 from superpos.model.residuals import sample_residuals
 

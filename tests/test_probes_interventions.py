@@ -7,21 +7,40 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from superpos.hypotheses.donation import DonationConfig, _kv_leaves, donation_from_grads, pairwise_kv_grads, run_donation
-from superpos.hypotheses.configs import LookaheadConfig, ProbeConfig
-from superpos.hypotheses.lookahead import run_lookahead
-from superpos.hypotheses.ngrams import BackoffNgram
-from superpos.hypotheses.probe_geometry import frequency_basis, procrustes_test
-from superpos.hypotheses.probes import (embedding_geometry, guess_test, model_guesses, nearest_embedding_accuracy,
-                                        probe_by_depth, run_probes)
-from superpos.hypotheses.token_table import token_means
-from superpos.hypotheses.reinject import (ReinjectConfig, cached_losses, generate, interpolation, run_reinject,
-                                         teacher_forced_losses)
-from superpos.model.load import load_model
-from superpos.experiment.result import to_jsonable
-from superpos.model.residuals import sample_residuals
 from conftest import make_tiny_model
+
+from superpos.experiment.result import to_jsonable
+from superpos.hypotheses.donation.config import DonationConfig
+from superpos.hypotheses.donation.run import (
+    _kv_leaves,
+    donation_from_grads,
+    pairwise_kv_grads,
+)
+from superpos.hypotheses.lookahead.config import LookaheadConfig
+from superpos.hypotheses.lookahead.ngrams import BackoffNgram
+from superpos.hypotheses.probes.config import ProbeConfig
+from superpos.hypotheses.probes.geometry import frequency_basis, procrustes_test
+from superpos.hypotheses.probes.probe import (
+    embedding_geometry,
+    guess_test,
+    model_guesses,
+    nearest_embedding_accuracy,
+    probe_by_depth,
+)
+from superpos.hypotheses.reinject.config import ReinjectConfig
+from superpos.hypotheses.reinject.run import (
+    cached_losses,
+    generate,
+    interpolation,
+    teacher_forced_losses,
+)
+from superpos.hypotheses.token_table import token_means
+from superpos.model.load import load_model
+from superpos.model.residuals import sample_residuals
+from superpos.protocol.registry import EXPERIMENTS
+
+run_donation, run_lookahead = EXPERIMENTS["donation"].run, EXPERIMENTS["lookahead"].run
+run_probes, run_reinject = EXPERIMENTS["probes"].run, EXPERIMENTS["reinject"].run
 
 
 def test_probe_reads_the_input_token_perfectly_from_the_embedding_layer(peaked_llama):

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from superpos.errors import SuperposError
-from superpos.hypotheses.configs import ReinjectConfig
-from superpos.hypotheses.results import DonationResult
-from superpos.protocol.registry import EXPERIMENTS
 from superpos.experiment.result import Result, to_jsonable
+from superpos.hypotheses.donation.result import DonationResult
+from superpos.hypotheses.reinject.config import ReinjectConfig
+from superpos.protocol.registry import EXPERIMENTS
 from superpos.stats import Band, Interval
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
@@ -144,7 +144,7 @@ def test_replicate_runs_each_pair_and_tabulates_them(tmp_path, monkeypatch):
 def test_run_all_resume_keeps_what_finished_with_the_same_command(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from superpos.protocol.registry import Experiment
+    from superpos.experiment.spec import Experiment
     from superpos.protocol.run_all import run_all
 
     ran = []

@@ -51,7 +51,8 @@ def test_report_command_reproduces_the_settings():
     from dataclasses import asdict, fields
 
     from superpos.cli.main import build_parser
-    from superpos.protocol.registry import EXPERIMENTS, command_line
+    from superpos.experiment.spec import command_line
+    from superpos.protocol.registry import EXPERIMENTS
 
     changed = {int: 7, float: 0.25, str: "x y"}
     for name, e in EXPERIMENTS.items():
@@ -76,12 +77,12 @@ def test_report_command_reproduces_the_settings():
             else:
                 values[f.name] = changed[type(default)] if default is not None else "some/path"
         want = asdict(e.config(**values))
-        argv = shlex.split(command_line(name, want))
+        argv = shlex.split(command_line(name, e.config(**values)))
         assert argv[:5] == ["python", "-m", "superpos", "run", name]
         args = build_parser().parse_args(argv[3:])
         got = asdict(e.config(**{f.name: getattr(args, f.name) for f in fields(e.config)}))
         assert got == want, name
-        assert command_line(name, asdict(e.config())) == f"python -m superpos run {name}"  # defaults: no flags
+        assert command_line(name, e.config()) == f"python -m superpos run {name}"  # defaults: no flags
 
 
 def test_every_setting_has_one_default_shown_everywhere(capsys):

@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_model
+
 from superpos.errors import SuperposError
 from superpos.model.harvest import HarvestConfig, harvest
 from superpos.model.load import load_model

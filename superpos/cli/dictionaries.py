@@ -174,8 +174,8 @@ def evaluate_folders(dirs, store_path, layer=None, rows="holdout", max_rows=None
 
 def cmd_evaluate(args) -> int:
     """``superpos evaluate``: the metrics table of one or more dictionaries."""
-    from superpos.files import write_json_atomic
     from superpos.dictionaries.metrics import format_table
+    from superpos.files import write_json_atomic
 
     results, layer = evaluate_folders(args.dirs, args.store, args.layer, args.rows, args.max_rows, args.model,
                                       args.ce_contexts, args.device)
@@ -209,9 +209,9 @@ def add_demo(sub) -> None:
 def cmd_demo(args) -> int:
     """``superpos demo``: the README's main job (harvest, fit TopK and PCA, compare)."""
     from superpos.dictionaries.io import CONFIG
+    from superpos.dictionaries.metrics import format_table
     from superpos.files import write_json_atomic
     from superpos.model.harvest import HarvestConfig, harvest
-    from superpos.dictionaries.metrics import format_table
     from superpos.model.load import load_model
 
     out = Path(args.out)

@@ -52,7 +52,7 @@ def cmd_experiment(args) -> int:
     e = EXPERIMENTS[args.experiment]
     cfg = config_from_args(e.config, args)
     if getattr(args, "calibrate", False):
-        from superpos.protocol.registry import run_calibrated
+        from superpos.protocol.calibration import run_calibrated
 
         cal = run_calibrated(e.name, cfg)
         _print_verdict(cal.verdict or cal.real.verdict, cfg.out)

@@ -38,8 +38,8 @@ def _add_merge(sub) -> None:
 
 
 def _cmd_merge(args) -> int:
-    from superpos.store.merge import merge_shards
     from superpos.store import ActivationStore
+    from superpos.store.merge import merge_shards
 
     out = merge_shards(args.shards, args.out)
     with ActivationStore(out) as store:
@@ -99,7 +99,7 @@ def _cmd_info(args) -> int:
 
     path = Path(args.path)
     if path.is_dir() and (path / "lens.json").exists():
-        from superpos.hypotheses.lenses import TunedLens
+        from superpos.hypotheses.lenses.lens import TunedLens
 
         print(TunedLens.load(path).summary())
         return 0

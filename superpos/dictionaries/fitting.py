@@ -12,9 +12,9 @@ def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_f
                    device: str = "auto", checkpoint_every: int = 500, overwrite: bool = False, progress: bool = True):
     """Fit and save one dictionary on rows [0, split) of ``store_path``'s ``layer`` (whole contexts, the first
     ``train_frac`` of them); returns (dictionary, seconds). SAEs checkpoint into ``out`` and resume from it."""
-    from superpos.store import ActivationStore
     from superpos.dictionaries.io import CONFIG, save_dictionary
     from superpos.dictionaries.kinds import KINDS
+    from superpos.store import ActivationStore
 
     out = Path(out)
     if out.exists() and not out.is_dir():

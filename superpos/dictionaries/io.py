@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from superpos import integrity
-from superpos.files import replace_folder, write_json_atomic
 from superpos.errors import SuperposError
+from superpos.files import replace_folder, write_json_atomic
 
 CONFIG, WEIGHTS, METRICS = "config.json", "weights.safetensors", "metrics.json"
 SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"

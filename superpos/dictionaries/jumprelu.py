@@ -7,7 +7,11 @@ import math
 import torch
 
 from superpos.dictionaries.sparse_ops import firing_quantile
-from superpos.dictionaries.trainer import _COMMON_DOC, SparseAutoencoder, _reconstruction_terms
+from superpos.dictionaries.trainer import (
+    _COMMON_DOC,
+    SparseAutoencoder,
+    _reconstruction_terms,
+)
 
 
 def _rect(z: torch.Tensor) -> torch.Tensor:

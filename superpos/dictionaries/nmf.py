@@ -21,9 +21,9 @@ import torch
 from tqdm import tqdm
 
 from superpos import distributed
-from superpos.errors import SuperposError
 from superpos.dictionaries.base import BaseDictionary, as_tensor, check_finite
 from superpos.dictionaries.sources import rows_from
+from superpos.errors import SuperposError
 
 EPS = 1e-10
 

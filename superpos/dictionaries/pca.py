@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from superpos.errors import SuperposError
 from superpos.dictionaries.base import BaseDictionary, InvalidInputError, check_finite
 from superpos.dictionaries.sources import rows_from
+from superpos.errors import SuperposError
 
 
 class PCA(BaseDictionary):

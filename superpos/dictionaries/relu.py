@@ -5,7 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from superpos.dictionaries.sparse_ops import firing_quantile
-from superpos.dictionaries.trainer import _COMMON_DOC, SparseAutoencoder, _reconstruction_terms
+from superpos.dictionaries.trainer import (
+    _COMMON_DOC,
+    SparseAutoencoder,
+    _reconstruction_terms,
+)
 
 
 class ReLUSAE(SparseAutoencoder):

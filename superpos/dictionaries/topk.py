@@ -5,9 +5,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from superpos.dictionaries.sparse_ops import encoder_pre, select_batch_topk, select_topk, sparse_decode, sparse_encode, topk_cols
+from superpos.dictionaries.sparse_ops import (
+    encoder_pre,
+    select_batch_topk,
+    select_topk,
+    sparse_decode,
+    sparse_encode,
+    topk_cols,
+)
 from superpos.dictionaries.train_run import TOPK_DECODER_LR_MULT
-from superpos.dictionaries.trainer import _COMMON_DOC, SparseAutoencoder, _reconstruction_terms
+from superpos.dictionaries.trainer import (
+    _COMMON_DOC,
+    SparseAutoencoder,
+    _reconstruction_terms,
+)
 
 
 class _SparseSelectSAE(SparseAutoencoder):

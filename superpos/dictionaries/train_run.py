@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from superpos import distributed
+from superpos.dictionaries.sources import RowSource, TensorRows
 from superpos.errors import SuperposError
 from superpos.integrity import save_checkpoint as save_checkpoint_file
-from superpos.dictionaries.sources import RowSource, TensorRows
 
 CHECKPOINT = "checkpoint.pt"
 DEFAULT_LR = 2e-3

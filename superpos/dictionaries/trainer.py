@@ -20,16 +20,33 @@ from tqdm import tqdm
 
 from superpos import distributed, interrupts
 from superpos.device import keep_freed_memory
+from superpos.dictionaries.base import BaseDictionary, check_finite
+from superpos.dictionaries.sources import RowSource, in_memory_if_small, rows_from
+from superpos.dictionaries.sparse_ops import aux_k_loss, dense_pairs
+from superpos.dictionaries.train_run import (  # noqa: F401 (re-exported)
+    _COMMON_DOC,
+    _SHOWN,
+    CHECKPOINT,
+    DEFAULT_LR,
+    DENSE_FRACTION,
+    FIXED_BUDGET_WARMUP,
+    FIXED_BUDGET_WARMUP_FRACTION,
+    MIN_EVAL_STEPS,
+    STORE_IN_MEMORY_BYTES,
+    WARMUP_FRACTION,
+    _adam,
+    _Convergence,
+    _hold_out,
+    _last_good,
+    _Meter,
+    _Schedule,
+    _TrainRun,
+    geometric_median,
+    project_decoder_grad_,
+    renormalise_decoder_,
+)
 from superpos.errors import SuperposError
 from superpos.integrity import load_checkpoint
-from superpos.dictionaries.base import BaseDictionary, check_finite
-from superpos.dictionaries.sparse_ops import aux_k_loss, dense_pairs
-from superpos.dictionaries.sources import RowSource, in_memory_if_small, rows_from
-
-from superpos.dictionaries.train_run import (CHECKPOINT, DEFAULT_LR, DENSE_FRACTION, FIXED_BUDGET_WARMUP,  # noqa: F401 (re-exported)
-                        FIXED_BUDGET_WARMUP_FRACTION, MIN_EVAL_STEPS, STORE_IN_MEMORY_BYTES, WARMUP_FRACTION,
-                        _COMMON_DOC, _adam, _Convergence, _hold_out, _last_good, _Meter, _Schedule, _SHOWN, _TrainRun,
-                        geometric_median, project_decoder_grad_, renormalise_decoder_)
 
 
 class SparseAutoencoder(BaseDictionary):

@@ -104,14 +104,13 @@ class Report:
         """The closing sections every experiment report has: all its settings, and the command that
         reproduces it (every flag that differs from its default, from the experiment's config dataclass; with
         ``calibrate``, the run with its controls)."""
-        from dataclasses import asdict, is_dataclass
+        from dataclasses import asdict
 
-        config = asdict(config) if is_dataclass(config) else config
+        from superpos.experiment.spec import command_line
+
         self.heading("Settings")
-        self.table(["setting", "value"], [[k, _setting(v)] for k, v in config.items()])
+        self.table(["setting", "value"], [[k, _setting(v)] for k, v in asdict(config).items()])
         self.heading("Reproduce")
-        from superpos.protocol.registry import command_line
-
         self.code(command_line(experiment, config) + (" --calibrate" if calibrate else ""))
 
     def save(self, folder: str | os.PathLike) -> Path:

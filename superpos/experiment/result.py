@@ -1,7 +1,7 @@
 """Typed experiment results: the pieces every experiment shares and their JSON round trip.
 
-Each experiment's ``run(config)`` returns a ``Result`` dataclass (``superpos.hypotheses.results`` holds one per
-experiment); ``save`` writes it to ``results.json`` and ``read`` builds the same typed object back from that file,
+Each experiment's ``run(config)`` returns a ``Result`` dataclass (each experiment folder's ``result.py`` holds
+its own); ``save`` writes it to ``results.json`` and ``read`` builds the same typed object back from that file,
 checking every field against the dataclass (an unknown or missing field is an error, not a silent ``KeyError``
 later). Dict keys that are not identifiers ("logit lens", "+2", 0.5) stay dict keys; a field whose JSON name
 differs from its Python name says so in ``metadata={"json": ...}``.

@@ -33,8 +33,19 @@ from torch import nn
 from superpos.device import resolve_device
 from superpos.errors import SuperposError
 from superpos.integrity import sha256_file
-from superpos.model.files import (DEFAULT_GGUF, DEFAULT_MODEL, DEFAULT_NAME, DEFAULT_PACKAGE, KNOWN_MODELS,  # noqa: F401
-                          KnownModel, cache_dir, cache_folder, default_gguf_path, join_parts, known_gguf_path)
+from superpos.model.files import (  # noqa: F401
+    DEFAULT_GGUF,
+    DEFAULT_MODEL,
+    DEFAULT_NAME,
+    DEFAULT_PACKAGE,
+    KNOWN_MODELS,
+    KnownModel,
+    cache_dir,
+    cache_folder,
+    default_gguf_path,
+    join_parts,
+    known_gguf_path,
+)
 
 _BLOCK_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.layers")
 _NORM_PATHS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm",

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from superpos.model.known_corpora import KNOWN_CORPORA
 from superpos.errors import SuperposError
 from superpos.model.files import DEFAULT_MODEL, KNOWN_MODELS
+from superpos.model.known_corpora import KNOWN_CORPORA
 
 DEFAULT_MODELS = tuple(KNOWN_MODELS)  # every known model
 DEFAULT_CORPORA = ("pydoc_data.topics", *KNOWN_CORPORA)  # the default corpus and the known ones
@@ -75,7 +75,6 @@ def _runs_table(runs: list[Path], labels: list[str]) -> list[str]:
 def replication_markdown(runs: list[Path], command: str | None = None, reading: str | None = None) -> str:
     """The tables for ``runs`` (``run all`` folders), one per experiment that any of them ran; ``command`` (what
     regenerates it) and ``reading`` (hand-written markdown) go at the top."""
-    from superpos.hypotheses.verdicts import numbers
     from superpos.protocol.registry import EXPERIMENTS
 
     runs = [Path(r) for r in runs]
@@ -96,7 +95,7 @@ def replication_markdown(runs: list[Path], command: str | None = None, reading: 
         for label, r in zip(labels, runs):
             if (r / name / "results.json").is_file():
                 res = e.read(r / name)
-                cells[label] = {"verdict": _said(res.verdict), "model": res.model, **numbers(name, res)}
+                cells[label] = {"verdict": _said(res.verdict), "model": res.model, **e.numbers(res)}
         if not cells:
             continue
         keys = list(dict.fromkeys(k for c in cells.values() for k in c))

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from superpos.errors import SuperposError
+from superpos.experiment.spec import command_line
 from superpos.protocol.registry import EXPERIMENTS as REGISTRY
-from superpos.protocol.registry import command_line
 
 EXPERIMENTS = list(REGISTRY)
 PRESETS = {"quick": "small settings for a smoke run (not for conclusions)",
@@ -65,7 +65,6 @@ def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, 
     """Run ``names`` in order into ``out``, writing the index after each; returns the index rows. With ``resume``,
     an experiment that an earlier run into ``out`` finished with the very same command is kept, not run again, and
     the index also keeps listing the other experiments finished there (so ``--only`` runs into one folder add up)."""
-    from dataclasses import asdict
 
     out.mkdir(parents=True, exist_ok=True)
     earlier = finished_rows(out) if resume else {}
@@ -73,7 +72,7 @@ def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, 
     rows = []
     for i, name in enumerate(names, 1):
         cfg = experiment_config(name, out, model, corpus, device, seed, preset)
-        command = command_line(name, asdict(cfg))
+        command = command_line(name, cfg)
         if name in earlier and earlier[name]["command"] == command:
             print(f"\n=== [{i}/{len(names)}] {name}: finished earlier with the same command; kept", flush=True)
             row = earlier[name]

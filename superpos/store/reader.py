@@ -13,9 +13,16 @@ import h5py
 import numpy as np
 
 from superpos.errors import SuperposError
-from superpos.store.validate import StoreChecker
-from superpos.store.schema import LIVE_RETRIES, REQUIRED_ATTRS, ROW_FIELDS, SCHEMA_VERSION, attrs_digest, layer_key
+from superpos.store.schema import (
+    LIVE_RETRIES,
+    REQUIRED_ATTRS,
+    ROW_FIELDS,
+    SCHEMA_VERSION,
+    attrs_digest,
+    layer_key,
+)
 from superpos.store.stream import StoreStreamer
+from superpos.store.validate import StoreChecker
 from superpos.store.writer import StoreWriter, repair_eof
 
 

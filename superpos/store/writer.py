@@ -10,8 +10,16 @@ import h5py
 import numpy as np
 
 from superpos.errors import SuperposError
-from superpos.store.schema import (AUTO_HEADROOM, DEFAULT_CHUNK_BYTES, ROW_FIELDS, SCHEMA_VERSION, STORAGE_DTYPES, attrs_digest,
-                     layer_key, nonfinite_index)
+from superpos.store.schema import (
+    AUTO_HEADROOM,
+    DEFAULT_CHUNK_BYTES,
+    ROW_FIELDS,
+    SCHEMA_VERSION,
+    STORAGE_DTYPES,
+    attrs_digest,
+    layer_key,
+    nonfinite_index,
+)
 
 
 def choose_dtypes(policy: str, acts: dict[int, np.ndarray]) -> dict[int, str]:

@@ -1,0 +1,25 @@
+"""The settings of ``superpos run lookahead``: one documented dataclass whose fields are the flags."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from superpos.hypotheses.common import (
+    device_setting,
+    n_boot_setting,
+    out_setting,
+    seed_setting,
+)
+from superpos.hypotheses.probes.config import ProbeSettings
+from superpos.settings import setting
+
+
+@dataclass
+class LookaheadConfig(ProbeSettings):
+    """Probes at position i for the tokens at i+1, i+2, i+3, against current-token baselines."""
+
+    offsets: list[int] = setting(help="target token offsets after the probed position", parse="offset_list",
+                                 factory=lambda: [1, 2, 3])
+    n_boot: int = n_boot_setting()
+    seed: int = seed_setting()
+    device: str = device_setting()
+    out: str = out_setting("runs/lookahead")

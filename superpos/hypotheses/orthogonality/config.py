@@ -1,0 +1,59 @@
+"""The settings of ``superpos run orthogonality``: one documented dataclass whose fields are the flags."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from superpos.hypotheses.common import (
+    corpus_setting,
+    device_setting,
+    model_setting,
+    n_boot_setting,
+    out_setting,
+    seed_setting,
+)
+from superpos.settings import setting
+
+EPS_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+@dataclass
+class OrthogonalityConfig:
+    """Hypothesis 1: does the residual stream hold far more than d nearly orthogonal directions?"""
+
+    model: str | None = model_setting()
+    corpus: str | None = corpus_setting()  # the text of the harvested store (not used with --store)
+    store: str | None = setting(None, "existing store holding the layers; empty: harvest one into OUT/acts.h5")
+    layers: list[int] | None = setting(None, "residual layers for the dictionary sweep (comma list); empty: an early, "
+                                             "the middle and a late layer (n/6, n/2, 5n/6)", parse="layer_list",
+                                       flag="layer")
+    harvest_tokens: int = setting(65536, "tokens to harvest when no --store is given", parse="positive_int")
+    expansions: list[int] = setting(help="dictionary sizes in multiples of d_model", parse="int_list",
+                                    factory=lambda: [1, 4, 16])
+    seeds: int = setting(3, "SAE seeds per size (seed, seed+1, …): CIs are over seeds, atoms are matched across "
+                            "them", parse="positive_int")
+    k: int = setting(32, "TopK k, and PCA's size for the baseline", parse="positive_int")
+    fit_tokens: int = setting(400_000, "training tokens per SAE, the same at every size", parse="positive_int")
+    batch_size: int = setting(1024, "SAE rows per step (smaller: more steps for the same tokens)", parse="positive_int")
+    min_gain: float = setting(0.2, "criterion (i): held-out FVU must fall by at least this share from the smallest to "
+                                   "the largest dictionary", parse="probability")
+    stable_cos: float = setting(0.8, "an atom is seed-stable when its Hungarian partner in every other seed has "
+                                     "|cos| at least this", parse="probability")
+    orth_eps: float = setting(0.3, "nearly orthogonal: pairwise |cos| at most this (criterion (ii))",
+                              parse="probability")
+    ce_contexts: int = setting(16, "held-out contexts for CE-loss recovered and KL per size (real stores only; 0: "
+                                   "skip)", parse="nonneg_int")
+    capacity: bool = setting(True, "measure capacity against d (token and atom packings at several dimensions)")
+    capacity_dims: list[int] = setting(help="dimensions d' for the capacity curves (random projections; d itself is "
+                                            "always included)", parse="int_list",
+                                       factory=lambda: [32, 64, 128, 256])
+    eps_grid: list[float] = setting(help="ε grid for the capacity curves", parse="unit_list", flag="eps",
+                                    factory=lambda: list(EPS_GRID))
+    capacity_sample: int = setting(16384, "candidate directions per set for the capacity curves", parse="positive_int")
+    control: str = setting("none", "run the dictionary sweep on a surrogate of the layers (OUT/surrogate.h5) "
+                                   "instead: gaussian or pc-shuffle (nulls: same covariance, no sparse features) or "
+                                   "planted (sparse superposition of 4×d known atoms, d/72 per row); one of none, gaussian, "
+                                   "pc-shuffle, planted", parse="surrogate")
+    n_boot: int = n_boot_setting()
+    seed: int = seed_setting()
+    device: str = device_setting()
+    out: str = out_setting("runs/orthogonality")

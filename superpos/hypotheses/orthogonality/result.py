@@ -1,0 +1,150 @@
+"""The typed result of ``superpos run orthogonality`` (read back from results.json with ``read``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from superpos.experiment.result import Result, Verdict
+from superpos.hypotheses.orthogonality.config import OrthogonalityConfig
+
+MAXCOS = "maxcos.npz"  # beside an orthogonality result: each token set's max |cos| values, for the report's histogram
+
+
+@dataclass(kw_only=True)
+class Summary:
+    """A distribution's median with its 95% CI, deciles and mean."""
+
+    median: float
+    ci: list[float]
+    p10: float
+    p90: float
+    mean: float
+
+
+@dataclass(kw_only=True)
+class TokenSet:
+    """Max |cos| of each vector of one set (embedding, centred embedding, random null …) to the others."""
+
+    n: int
+    max_abs_cos: Summary
+    seconds: float
+
+
+@dataclass(kw_only=True)
+class SeedValues:
+    """One quantity measured once per seed: the values, their mean and a 95% t-interval over seeds."""
+
+    values: list[float]
+    mean: float
+    lo: float
+    hi: float
+
+
+@dataclass(kw_only=True)
+class SizeFit:
+    """One dictionary size at one layer, over seeds: held-out FVU, L0, dead share, and (on a real store) CE-loss
+    recovered and KL when the reconstruction is spliced into the model."""
+
+    expansion: int
+    n_atoms: int
+    fvu: SeedValues
+    l0: SeedValues
+    dead: SeedValues
+    ce_recovered: SeedValues | None = None
+    kl: SeedValues | None = None
+
+
+@dataclass(kw_only=True)
+class AtomCensus:
+    """The largest dictionary's atoms at one layer, per seed: live (fired on held-out rows), seed-stable (the
+    Hungarian partner in every other seed has |cos| ≥ the threshold), and how many of the stable ones a greedy
+    packing keeps pairwise nearly orthogonal; their interference against random directions of the same count;
+    and the summed per-feature dimensionality against d."""
+
+    expansion: int
+    n_atoms: int
+    live: SeedValues
+    stable: SeedValues
+    stable_orthogonal: SeedValues  # greedy packing of the stable atoms at |cos| ≤ orth_eps
+    matched_cos_hist: list[int]  # Hungarian partners' |cos| (all seed pairs, live atoms), 20 bins over [0, 1]
+    interference: SeedValues  # median max |cos| among live atoms
+    interference_null: float  # the same for random unit vectors of the mean live count
+    dimensionality: SeedValues  # Σ over live atoms of D_i (Elhage et al. 2022)
+    dimensionality_null: float  # the same for random unit vectors of the mean live count
+
+
+@dataclass(kw_only=True)
+class Alignment:
+    """Best |cos| of the largest SAE's atoms (first seed) to token embeddings vs covariance-matched random
+    directions."""
+
+    expansion: int
+    atoms: Summary
+    null: Summary
+    median_diff: list[float]  # [estimate, lo, hi]
+    frac_atoms_above_null_p99: float
+
+
+@dataclass(kw_only=True)
+class LayerSweep:
+    """The dictionary sweep at one layer: every size over seeds, the gain from the smallest to the largest, the
+    largest dictionary's atom census, PCA at equal L0, and atom–token alignment."""
+
+    layer: int
+    rows: int
+    holdout_rows: int
+    pca_fvu: float
+    sizes: list[SizeFit]
+    gain: SeedValues  # 1 − FVU(largest) / FVU(smallest), per seed
+    atoms: AtomCensus
+    alignment: Alignment | None = None
+
+
+@dataclass(kw_only=True)
+class LineFit:
+    """ln N = intercept + slope · d ε² by least squares over the uncapped points of one set (None with fewer than
+    3 points)."""
+
+    slope: float | None
+    intercept: float | None
+    r2: float | None
+    points: int
+    dims: int  # distinct d among them
+
+
+@dataclass(kw_only=True)
+class CapacityCurves:
+    """Greedy ε-packings of each direction set projected to each d (rows: dims, columns: ε), whether each count is
+    capped by its candidates, and the spherical-code references at the same (d, ε)."""
+
+    dims: list[int]
+    eps: list[float]
+    n_candidates: dict[str, int]
+    kept: dict[str, list[list[int]]]
+    capped: dict[str, list[list[bool]]]
+    lower_bound: list[list[float]]  # random-code existence bound (geometry.random_code_size)
+    upper_bound: list[list[float]]  # relative / cap-packing bound (geometry.code_upper_bound)
+    kl_rate: list[float]  # Kabatiansky–Levenshtein asymptotic nats per dimension at each ε
+    fits: dict[str, LineFit]
+
+
+@dataclass(kw_only=True)
+class OrthogonalityVerdict(Verdict):
+    """The orthogonality verdict, with its context line and each layer's pass/fail."""
+
+    context: str
+    layers_passed: dict[int, bool]
+
+
+@dataclass(kw_only=True)
+class OrthogonalityResult(Result):
+    """``run orthogonality``."""
+
+    config: OrthogonalityConfig
+    verdict: OrthogonalityVerdict | None = None
+    d_model: int
+    tied_embeddings: bool
+    store: str
+    layers: list[LayerSweep]
+    tokens: dict[str, TokenSet] | None = None
+    tokens_theory_median: float | None = None
+    capacity: CapacityCurves | None = None

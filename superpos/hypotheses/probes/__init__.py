@@ -1,0 +1,19 @@
+"""The input (and previous) token by depth, the probe's geometry against the embedding, and the via-the-guess test."""
+from superpos.experiment.spec import Experiment
+from superpos.hypotheses.probes.config import ProbeConfig
+from superpos.hypotheses.probes.result import ProbesResult
+from superpos.hypotheses.probes.verdict import numbers, verdict
+
+EXPERIMENT = Experiment(
+    name="probes", config=ProbeConfig, result=ProbesResult, verdict=verdict, numbers=numbers,
+    compute="superpos.hypotheses.probes.run:run", report="superpos.hypotheses.probes.report:write_report",
+    docs="docs/probes.md",
+    help="input (and previous) token by depth; geometry vs the embedding calibrated at layer 0; via the guess?",
+    description="Per layer, held-out accuracy of linear probes that recover the current and the previous input token, "
+                "and a training-free read-out over the whole vocabulary; class means against the embedding (tail share "
+                "vs layer 0 and a random basis, Procrustes vs shuffles, PCA / NMF / coordinate / frequency bases); and "
+                "whether the input is held via the model's guess for it. See docs/probes.md.",
+    presets={"quick": {"contexts": 12, "context_length": 64, "per_context": 32, "n_classes": 64, "n_shuffle": 20},
+             "replication": {"contexts": 32, "context_length": 128, "per_context": 64, "n_classes": 256,
+                             "n_shuffle": 100}},
+)

@@ -1,0 +1,61 @@
+"""The true-token re-injection report: the premise, then the interpolation sweep."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from superpos.experiment.report import Report, band
+from superpos.hypotheses.reinject.result import ReinjectResult
+
+
+def write_report(res: ReinjectResult, out: Path) -> Path:
+    """report.md/.html and figures of a re-injection run."""
+    import matplotlib.pyplot as plt
+
+    cfg, p = res.config, res.premise
+    rep = Report(f"True-token re-injection — {res.model}")
+    rep.verdict(res.verdict)
+    rep.text(f"Teacher-forced over {cfg.contexts} evaluation contexts × {cfg.context_length} tokens; each token's "
+             f"representation is its mean residual per layer over {cfg.reference_contexts} other contexts (tokens "
+             f"seen ≥ {cfg.min_count} times: {100 * p.coverage:.0f}% of evaluation positions). At layers "
+             f"{res.layers} the residual at position p moves toward token p's norm-matched target, "
+             f"r ← (1−w)·r + w·‖r‖·t̂; Δ = loss on token p+1 with minus without. Bins: fifths of token p's "
+             f"surprisal under the clean model (edges {', '.join(f'{e:.2f}' for e in res.bin_edges)} nats). Clean "
+             f"loss {res.clean_loss:.3f} nats.")
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
+    first, last = p.layers[0], p.layers[-1]
+    for layer in sorted({first, 1, *res.layers, last}):
+        band(axes[0], range(1, cfg.n_bins + 1), p.decodable[layer], f"layer {layer}")
+    axes[0].set(xlabel="surprisal fifth of the input token (low → high)", ylabel="decodable (nearest representation)",
+                ylim=(0, 1.02))
+    axes[0].legend(fontsize=7)
+    band(axes[1], p.layers, p.gap, "most − least surprising fifth")
+    axes[1].axhline(0, color="k", lw=0.8)
+    for layer in res.layers:
+        axes[1].axvline(layer, color="tab:red", lw=0.5, alpha=0.5)
+    axes[1].set(xlabel="residual layer", ylabel="decodability gap")
+    axes[1].legend(fontsize=8)
+    centers = np.arange(1, cfg.n_bins + 1)
+    for key, v in res.effects.items():
+        m = [b.mean for b in v.bins]
+        err = np.array([[b.mean - b.lo, b.hi - b.mean] for b in v.bins]).T
+        axes[2].errorbar(centers, m, yerr=err, marker="o", ms=3, capsize=2, label=key,
+                         ls="-" if key.startswith("mean") else "--")
+    axes[2].axhline(0, color="k", lw=0.8)
+    axes[2].set(xlabel="surprisal fifth of the moved token (low → high)", ylabel="Δ loss on the following token [nats]")
+    axes[2].legend(fontsize=7)
+    rep.figure(fig, "reinject.png", "Left: the premise — is the input token still decodable, by how surprising it "
+               "was (layer 0 is the embedding itself). Middle: the most- minus least-surprising gap by layer (red: "
+               "the re-injection layers). Right: Δ loss from interpolating toward the true token, per target and "
+               "weight (95% CIs over contexts)")
+    rep.table(["setting", "overall Δ", *[f"Q{i + 1}" for i in range(cfg.n_bins)], "Q5 − Q1", "95% CI"],
+              [[key, v.overall.mean, *[b.mean for b in v.bins], v.top_minus_bottom.mean,
+                f"{v.top_minus_bottom.lo:+.4f} to {v.top_minus_bottom.hi:+.4f}"] for key, v in res.effects.items()])
+    rep.text(f"The chosen setting ({res.chosen}) in the sampler's KV-cached loop: per-position losses agree with "
+             f"whole windows within {res.cached.max_abs_diff:.1e}; mean Δ loss there {res.cached.delta:+.4f} nats. "
+             f"Greedy continuations (clean | intervened):")
+    rep.table(["prompt", "clean", "intervened"],
+              [[t.replace("\n", " ⏎ ") for t in (s.prompt, s.clean, s.intervened)] for s in res.samples])
+    rep.reproduce("reinject", cfg)
+    return rep.save(out)
