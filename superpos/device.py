@@ -44,10 +44,29 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     raise SuperposError(f"unknown device '{spec}' (expected auto, cpu, cuda or cuda:N)")
 
 
-def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
-    """A dtype name (float32, bfloat16, float16) as a torch dtype."""
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices in hardware: a CUDA GPU of compute capability 8.0 or later
+    (Ampere on), or a CPU with AVX512-BF16 or AMX (read from /proc/cpuinfo; elsewhere, no). Where it does not,
+    torch emulates bfloat16 and it is slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str | torch.dtype, device: torch.device | None = None) -> torch.dtype:
+    """A dtype name (float32, bfloat16, float16) as a torch dtype; ``auto``: bfloat16 where ``device`` runs it
+    natively (``native_bfloat16``), float32 elsewhere."""
     if isinstance(name, torch.dtype):
         return name
+    if name.lower() == "auto":
+        return torch.bfloat16 if native_bfloat16(device or torch.device("cpu")) else torch.float32
     try:
         return DTYPES[name.lower()]
     except KeyError:

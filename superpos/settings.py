@@ -96,7 +96,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "control": _choice(*CONTROL_KINDS),
     "surrogate": _choice("none", "gaussian", "pc-shuffle", "planted"),
     "store_dtype": _choice("auto", "float16", "float32"),
-    "model_dtype": _choice("float32", "bfloat16", "float16"),
+    "model_dtype": _choice("auto", "float32", "bfloat16", "float16"),
     "compression": _choice("lzf", "gzip", "none"),
     "reinject_targets": _choice_list("mean", "embedding"),
     "shard": _shard,

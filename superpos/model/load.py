@@ -124,6 +124,21 @@ class LoadedModel:
                 stack.enter_context(self._hook(layer, read))
             yield out
 
+    def forward_to(self, tokens_BT: torch.Tensor, layers) -> dict[int, torch.Tensor]:
+        """The (B, T, D) residuals at ``layers`` for one batch, running the blocks up to the deepest of them and no
+        further: no later block, no final norm, no LM head (the forward stops at the deepest layer's hook)."""
+        layers = self.check_layers(layers)
+
+        def stop(resid):
+            raise _StopForward
+
+        with self.capture(layers) as out, self._hook(layers[-1], stop):  # capture's hook runs first
+            try:
+                self.model(tokens_BT, use_cache=False)
+            except _StopForward:
+                pass
+        return out
+
     @contextlib.contextmanager
     def splice(self, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]):
         """Within the block, the residual at ``layer`` is replaced by ``fn(residual)`` in every forward."""
@@ -181,6 +196,10 @@ class LoadedModel:
             yield
         finally:
             handle.remove()
+
+
+class _StopForward(Exception):
+    """Raised by ``forward_to``'s hook at the deepest requested layer: the rest of the model is not run."""
 
 
 def _get_path(root: nn.Module, dotted: str):

@@ -2,7 +2,7 @@
 (``superpos replicate``, docs/results/replication.md), and the ``run all`` per model × corpus behind them.
 
 A run is a ``run all`` output folder (one model × corpus); its label is the folder's name. A missing or failed
-experiment shows as such; the numbers come from each experiment's typed result (``verdicts.numbers``).
+experiment shows as such; the numbers come from each experiment's typed result (each experiment's ``numbers``).
 """
 from __future__ import annotations
 

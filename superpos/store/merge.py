@@ -17,7 +17,7 @@ from superpos.store import ROW_FIELDS, ActivationStore, attrs_digest, layer_key
 from superpos.writelock import claim
 
 SAME = ("model", "model_revision", "corpus_sha256", "context_length", "dtype", "bos_token_id", "d_model",
-        "n_contexts_all")
+        "n_contexts_all", "token_stats", "model_dtype")
 
 
 def merge_shards(shards, out) -> Path:
@@ -72,7 +72,7 @@ def _merge(shards, out: Path) -> Path:
     tmp = out.with_name(out.name + ".tmp")
     try:
         with h5py.File(infos[0]["path"], "r") as f0, h5py.File(tmp, "w") as g:
-            names = [layer_key(layer) for layer in ref["layers"]] + list(ROW_FIELDS)
+            names = [layer_key(layer) for layer in ref["layers"]] + [f for f in ROW_FIELDS if f in f0]
             for name in names:
                 ds = f0[name]
                 layout = h5py.VirtualLayout(shape=(total, *ds.shape[1:]), dtype=ds.dtype)

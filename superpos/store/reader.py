@@ -18,8 +18,10 @@ from superpos.store.schema import (
     REQUIRED_ATTRS,
     ROW_FIELDS,
     SCHEMA_VERSION,
+    TOKEN_STATS,
     attrs_digest,
     layer_key,
+    present_fields,
 )
 from superpos.store.stream import StoreStreamer
 from superpos.store.validate import StoreChecker
@@ -113,7 +115,7 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
         n_total, n_done = int(f.attrs["n_rows_total"]), int(f.attrs["n_rows_complete"])
         if not 0 <= n_done <= n_total:
             raise SuperposError(f"{p}: row counter {n_done} outside 0..{n_total}")
-        for name in ROW_FIELDS:
+        for name in self.row_fields:
             if name not in f:
                 raise SuperposError(f"{p}: missing dataset '/{name}'")
             if f[name].shape != (n_total,):
@@ -127,11 +129,23 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
                 raise SuperposError(f"{p}: dataset '/{key}' has shape {f[key].shape}, expected ({n_total}, {d})")
             if f[key].dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
                 raise SuperposError(f"{p}: dataset '/{key}' has type {f[key].dtype}, expected float16 or float32")
-        for name, dt in ROW_FIELDS.items():
+        for name, dt in self.row_fields.items():
             if f[name].dtype != np.dtype(dt):
                 raise SuperposError(f"{p}: dataset '/{name}' has type {f[name].dtype}, expected {np.dtype(dt)}")
 
     # ------------------------------------------------------------------ properties
+    @property
+    def has_token_stats(self) -> bool:
+        """Whether the store holds the model's next-token statistics (``--token-stats``; stores written before the
+        flag existed always do)."""
+        flag = self.file.attrs.get("token_stats")
+        return bool(flag) if flag is not None else all(name in self.file for name in TOKEN_STATS)
+
+    @property
+    def row_fields(self) -> dict:
+        """The per-row fields this store holds, with their dtypes."""
+        return present_fields(self.has_token_stats)
+
     @property
     def attrs(self) -> dict:
         """The file's attributes as plain Python values."""
@@ -207,6 +221,9 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
         every row of this store or view)."""
         if name not in ROW_FIELDS:
             raise SuperposError(f"unknown row field '{name}' (expected one of {', '.join(ROW_FIELDS)})")
+        if name not in self.row_fields:
+            raise SuperposError(f"{self.path} has no token statistics ({name}): it was harvested without "
+                                "--token-stats (the forward stopped before the LM head); harvest again with it")
         ds = self.file[name]
         self._check_live(ds)
         start, stop = self._slice_in_view(rows)
@@ -295,7 +312,9 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
             f"layers         {self.layers} of 0..{a.get('n_model_layers', '?')}",
             f"d_model        {self.d_model}, stored as {self._dtype_text()}",
         ]
-        if self.n_rows:
+        if not self.has_token_stats:
+            lines.append("token stats    none (harvested without --token-stats)")
+        elif self.n_rows:
             lp = self.row_field("next_logprob")
             lp = lp[np.isfinite(lp)]
             if len(lp):

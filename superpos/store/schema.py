@@ -10,8 +10,9 @@ Schema (version 1, documented in docs/store.md)::
     /pos             (n_rows,) int32    position within the context (0 = BOS / attention sink)
     /next_logprob    (n_rows,) float32  model log-prob of the actual next token (NaN at the last position)
     /next_rank       (n_rows,) int32    rank of the actual next token (0 = top-1; -1 at the last position)
+                                        (these two only in stores harvested with --token-stats)
     attrs: schema_version, superpos_version, model, model_revision, d_model, n_model_layers, layers,
-           dtype, layer_dtypes, corpus, corpus_sha256, context_length, bos_token_id, n_rows_total,
+           dtype, layer_dtypes, token_stats, corpus, corpus_sha256, context_length, bos_token_id, n_rows_total,
            n_rows_complete, attrs_sha256, content_sha256 (once complete)
 
 Rows ``[0, n_rows_complete)`` are complete. The counter is advanced only after those rows are
@@ -32,6 +33,12 @@ STORAGE_DTYPES = ("float16", "float32")
 
 SCHEMA_VERSION = 1
 ROW_FIELDS = {"tokens": np.int32, "doc": np.int32, "pos": np.int32, "next_logprob": np.float32, "next_rank": np.int32}
+TOKEN_STATS = ("next_logprob", "next_rank")  # the row fields that need the LM head: only with token_stats
+
+
+def present_fields(token_stats: bool) -> dict:
+    """The row fields a store holds: all of ``ROW_FIELDS``, or all but ``TOKEN_STATS``."""
+    return {k: v for k, v in ROW_FIELDS.items() if token_stats or k not in TOKEN_STATS}
 REQUIRED_ATTRS = ("schema_version", "model", "d_model", "layers", "dtype", "context_length", "n_rows_total",
                   "n_rows_complete")
 DEFAULT_CHUNK_BYTES = 1 << 20

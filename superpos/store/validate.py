@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from superpos.errors import SuperposError
-from superpos.store.schema import ROW_FIELDS, layer_key, nonfinite_index
+from superpos.store.schema import layer_key, nonfinite_index
 
 
 class StoreChecker:
@@ -39,7 +39,7 @@ class StoreChecker:
         except (KeyError, OSError, RuntimeError, ValueError) as e:
             raise SuperposError(f"{self.path}: its HDF5 structure is damaged ({' '.join(str(e).split())[:100]})") from None
         n = self.n_rows
-        for layer, name in [*((x, layer_key(x)) for x in self.layers), *((None, f) for f in ROW_FIELDS)]:
+        for layer, name in [*((x, layer_key(x)) for x in self.layers), *((None, f) for f in self.row_fields)]:
             ds = self.file[name]
             self._check_live(ds)
             h, rows = hashlib.sha256(), []

@@ -13,12 +13,12 @@ from superpos.errors import SuperposError
 from superpos.store.schema import (
     AUTO_HEADROOM,
     DEFAULT_CHUNK_BYTES,
-    ROW_FIELDS,
     SCHEMA_VERSION,
     STORAGE_DTYPES,
     attrs_digest,
     layer_key,
     nonfinite_index,
+    present_fields,
 )
 
 
@@ -116,12 +116,14 @@ class StoreWriter:
 
     @classmethod
     def create(cls, path: str | os.PathLike, *, layers, d_model: int, n_rows: int, dtype: str | dict = "float16",
-               attrs: dict | None = None, compression: str | None = "lzf", chunk_rows: int | None = None):
+               attrs: dict | None = None, compression: str | None = "lzf", chunk_rows: int | None = None,
+               token_stats: bool = True):
         """Create an empty store with every dataset laid out (atomically: temp file, then rename), and return it
         opened for writing.
 
         ``dtype`` is one storage dtype for every layer, or a ``{layer: dtype}`` map (``harvest --dtype auto``);
-        the attribute ``dtype`` then reads ``auto`` and ``layer_dtypes`` lists each layer's.
+        the attribute ``dtype`` then reads ``auto`` and ``layer_dtypes`` lists each layer's. ``token_stats=False``
+        lays out no ``next_logprob``/``next_rank`` (a harvest that does not run the LM head).
         """
         path = Path(path)
         layers = sorted(int(x) for x in layers)
@@ -142,7 +144,7 @@ class StoreWriter:
                     f.create_dataset(layer_key(layer), shape=(n_rows, d_model), dtype=per_layer[layer],
                                      chunks=(chunk_rows, d_model), compression=compression, fletcher32=True)
                 # same row chunking everywhere: a writer that writes whole chunks never rewrites a committed one
-                for name, dt in ROW_FIELDS.items():
+                for name, dt in present_fields(token_stats).items():
                     f.create_dataset(name, shape=(n_rows,), dtype=dt, chunks=(chunk_rows,), compression=compression,
                                      fletcher32=True)
                 from superpos import __version__
@@ -152,7 +154,7 @@ class StoreWriter:
                                layers=np.asarray(layers, dtype=np.int32),
                                dtype=dtype if isinstance(dtype, str) else "auto",
                                layer_dtypes=np.array([per_layer[x] for x in layers], dtype=h5py.string_dtype()),
-                               n_rows_total=int(n_rows), chunk_rows=int(chunk_rows))
+                               n_rows_total=int(n_rows), chunk_rows=int(chunk_rows), token_stats=int(token_stats))
                 f.attrs["attrs_sha256"] = attrs_digest(f.attrs)
                 f.attrs["n_rows_complete"] = 0
             os.replace(tmp, path)
@@ -177,8 +179,8 @@ class StoreWriter:
         n = len(fields["tokens"])
         if start != self.n_rows:
             raise ValueError(f"rows must be appended in order: counter is {self.n_rows}, write starts at {start}")
-        if set(acts) != set(self.layers) or set(fields) != set(ROW_FIELDS):
-            raise ValueError("write_rows needs every layer and every row field")
+        if set(acts) != set(self.layers) or set(fields) != set(self.row_fields):
+            raise ValueError(f"write_rows needs every layer and the row fields {', '.join(self.row_fields)}")
         dtypes = self.layer_dtypes
         check_representable(acts, dtypes, start, self.path)
         acts = {layer: np.asarray(a, dtype=dtypes[layer]) for layer, a in acts.items()}
@@ -186,7 +188,7 @@ class StoreWriter:
         check_space(self.path, 2 * need + (1 << 20), start)
         _quiet_hdf5_write_echoes()
         if self._writers is None:  # held open: a dataset freed after a failed write would retry its flush noisily
-            self._writers = {name: self.file[name] for name in [*map(layer_key, self.layers), *ROW_FIELDS]}
+            self._writers = {name: self.file[name] for name in [*map(layer_key, self.layers), *self.row_fields]}
         try:
             for layer, a in acts.items():
                 self._writers[layer_key(layer)][start:start + n] = a

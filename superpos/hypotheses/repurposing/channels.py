@@ -35,8 +35,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-CHANNEL_TOP = 16  # directions chosen per layer, on the tokens' side and on the random side
-CHANNEL_MIN_MEMBER = 0.9  # a candidate token is near-impossible at this share of the selection positions or more
+from superpos.hypotheses.repurposing.config import CHANNEL_MIN_MEMBER, CHANNEL_TOP
 
 
 def _shares(X_PD: torch.Tensor, energy_P: torch.Tensor, dirs_KD: torch.Tensor) -> torch.Tensor:

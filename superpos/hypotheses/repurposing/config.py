@@ -13,6 +13,9 @@ from superpos.hypotheses.common import (
 )
 from superpos.settings import setting
 
+CHANNEL_TOP = 16  # directions chosen per layer, on the tokens' side and on the random side
+CHANNEL_MIN_MEMBER = 0.9  # a candidate token is near-impossible at this share of the selection positions or more
+
 
 @dataclass
 class RepurposingConfig:

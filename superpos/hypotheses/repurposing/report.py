@@ -231,7 +231,7 @@ def _channel_section(rep: Report, res: RepurposingResult) -> None:
     """Consistent channels (iii): the chosen token and random directions' energy shares by layer."""
     import matplotlib.pyplot as plt
 
-    from superpos.hypotheses.repurposing.channels import CHANNEL_MIN_MEMBER, CHANNEL_TOP
+    from superpos.hypotheses.repurposing.config import CHANNEL_MIN_MEMBER, CHANNEL_TOP
 
     xo, C = res.off_layers, res.curves
     rep.heading("Consistent channels: the same token directions in every context")

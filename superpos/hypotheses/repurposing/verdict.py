@@ -3,7 +3,7 @@ A pure function of the typed result."""
 from __future__ import annotations
 
 from superpos.errors import SuperposError
-from superpos.hypotheses.repurposing.channels import CHANNEL_TOP
+from superpos.hypotheses.repurposing.config import CHANNEL_TOP
 from superpos.hypotheses.repurposing.result import RepurposingResult, RepurposingVerdict
 
 
