@@ -14,7 +14,7 @@ Sections:
            (benchmarks/peers.py), skipped with the reason when one does not install.
   frontier every dictionary kind at several L0: held-out FVU and CE loss recovered on the default model's layer
            15, MMCS on a planted set (benchmarks/frontier.py).
-  harvest  `superpos harvest` on the default model vs a bare forward over the same batches.
+  harvest  `superpos harvest` of layer sets {5}, {15}, {5,15,25}, {all} vs the whole model and its FLOP bound.
   stream   shuffled-batch reads from a store vs the rows per second the SAE step consumes.
   geometry max |cos| over the 49,152 × 576 embedding (exact faiss vs blocked torch), and over 1M × 576 atoms
            with an IVF index (time, recall@1 against exact search on a sample).
@@ -129,50 +129,6 @@ def _profile_steps(F: int, k: int, batch: int, x: torch.Tensor, device: str, pre
         sae.fit(x)
     ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     return {e.key: e.self_cpu_time_total / 1e3 / steps for e in ops[:10]}
-
-
-def bench_harvest(q: bool) -> dict:
-    from superpos.model.corpus import default_bos_id, load_corpus, pack_contexts
-    from superpos.model.harvest import HarvestConfig, bare_forward_time, harvest
-    from superpos.model.load import load_model
-
-    tokens = 2048 if q else 8192
-    lm = load_model(None, device="cpu")
-    corpus = load_corpus(None)
-    packed = pack_contexts(lm.tokenizer, corpus, 256, default_bos_id(lm.tokenizer), tokens)
-    bare_forward_time(lm, pack_contexts(lm.tokenizer, corpus, 256, 1, 512), 2)  # warm-up
-    bare = bare_forward_time(lm, packed, 8)
-    import superpos.store.writer as store_mod
-
-    def timed(check: bool, seal: bool) -> float:
-        """One harvest; ``check=False`` swaps the per-batch representability check for a no-op, ``seal=False``
-        the content checksums written at the end (what the overflow-safe storage adds, measured by removal)."""
-        saved = store_mod.check_representable, store_mod.StoreWriter.seal_content
-        if not check:
-            store_mod.check_representable = lambda *a, **k: None
-        if not seal:
-            store_mod.StoreWriter.seal_content = lambda self: None
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                t0 = time.perf_counter()
-                harvest(HarvestConfig(tokens=tokens, batch_size=8, device="cpu"), Path(tmp) / "h.h5", lm=lm,
-                        progress=False)
-                return time.perf_counter() - t0
-        finally:
-            store_mod.check_representable, store_mod.StoreWriter.seal_content = saved
-
-    runs = {"full": [], "no_check": [], "no_check_no_seal": []}
-    for _ in range(1 if q else 2):  # interleaved, best of each
-        runs["full"].append(timed(True, True))
-        runs["no_check"].append(timed(False, True))
-        runs["no_check_no_seal"].append(timed(False, False))
-    full, no_check, bare_store = (min(runs[k]) for k in ("full", "no_check", "no_check_no_seal"))
-    n = packed.tokens_NC.size
-    print(f"[harvest] bare {n / bare:,.0f} tok/s, harvest {n / full:,.0f} tok/s, ratio {full / bare:.2f}; "
-          f"overflow check ×{full / no_check:.3f}, check + content seal ×{full / bare_store:.3f}", flush=True)
-    return {"tokens": int(n), "layers": "default (7)", "bare_tok_s": n / bare, "harvest_tok_s": n / full,
-            "ratio_harvest_over_bare": full / bare, "ratio_with_over_without_check": full / no_check,
-            "ratio_with_over_without_check_and_seal": full / bare_store}
 
 
 def bench_stream(q: bool, sae_tok_s: float | None) -> dict:
@@ -305,7 +261,9 @@ def main() -> int:
         res["frontier"] = run_frontier(args.quick, None if args.quick else real_store(),
                                        cache_path=None if args.quick else real_store().parent / "frontier_rows.jsonl")
     if "harvest" in only:
-        res["harvest"] = bench_harvest(args.quick)
+        from harvest_bench import run_harvest
+
+        res["harvest"] = run_harvest(args.quick, args.device)
     if "stream" in only:
         res["stream"] = bench_stream(args.quick, res.get("sae", {}).get("16x", {}).get("tokens_per_s"))
     if "geometry" in only:

@@ -1,0 +1,122 @@
+"""The harvest against what it must do: tokens/s for a few layer sets, against the bare whole-model forward and
+against the FLOP bound of the blocks each set needs (this machine's own GEMM rate), in float32 and bfloat16.
+
+"Today's harvest" is the harvest as it was before it stopped at the deepest block: the whole model with its LM head
+(``--token-stats``), default layers. The bound counts the matrix products a layer set cannot avoid — every linear
+layer of the blocks up to its deepest layer and the causal attention products (plus the LM head for the whole-model
+rows) — at the GEMM rate measured here on a (rows × d_model) · (d_model × d_ff) product of the same shape.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+LAYER_SETS = {"{5}": "5", "{15}": "15", "{5, 15, 25}": "5,15,25", "{all}": "all"}
+
+
+def gemm_rate(dtype: torch.dtype, rows: int, d: int, f: int, device: str = "cpu", reps: int = 5) -> float:
+    """FLOP/s of torch.mm for (rows × d) · (d × f) in ``dtype``, best of ``reps`` after a warm-up."""
+    a, b = torch.randn(rows, d, dtype=dtype, device=device), torch.randn(d, f, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * rows * d * f / best
+
+
+def block_flops_per_token(lm, context: int) -> tuple[float, float]:
+    """(FLOPs of one block, FLOPs of the LM head) per token: 2 × every linear weight of the block, plus the causal
+    attention products QKᵀ and AV (on average (context + 1) / 2 keys per query)."""
+    block = lm.blocks[0]
+    linear = sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear))
+    cfg = lm.model.config
+    heads = getattr(cfg, "num_attention_heads")
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    attn = 2 * 2 * heads * head_dim * (context + 1) / 2
+    return 2 * linear + attn, 2 * lm.W_U_VD.numel()
+
+
+def run_harvest(quick: bool, device: str = "cpu") -> dict:
+    from superpos.model.corpus import default_bos_id, load_corpus, pack_contexts
+    from superpos.model.harvest import HarvestConfig, bare_forward_time, harvest
+    from superpos.model.load import load_model
+
+    gpu = device.startswith("cuda")
+    context, batch = 256, 64 if gpu else 8
+    out = {"context": context, "batch": batch, "device": device, "dtypes": {}}
+    sizes = (65536, 65536) if gpu else (2048, 1024) if quick else (8192, 4096)
+    for dtype, tokens in zip(("float32", "bfloat16"), sizes):
+        lm = load_model(None, device=device, dtype=getattr(torch, dtype))
+        packed = pack_contexts(lm.tokenizer, load_corpus(None), context, default_bos_id(lm.tokenizer), tokens)
+        n = packed.tokens_NC.size
+        bare_forward_time(lm, pack_contexts(lm.tokenizer, load_corpus(None), context, 1, 512), 2)  # warm-up
+        bare = bare_forward_time(lm, packed, batch)
+        d_ff = getattr(lm.model.config, "intermediate_size", 4 * lm.d_model)
+        rate = gemm_rate(getattr(torch, dtype), batch * context, lm.d_model, d_ff, device)
+        per_block, head = block_flops_per_token(lm, context)
+        rows = {}
+        runs = [("today: default layers + LM head", "default", True)] + [(k, v, False) for k, v in LAYER_SETS.items()]
+        for label, layers, stats in runs:
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = HarvestConfig(tokens=tokens, layers=layers, batch_size=batch, device=device, model_dtype=dtype,
+                                    token_stats=stats)
+                t0 = time.perf_counter()
+                harvest(cfg, Path(tmp) / "h.h5", lm=lm, progress=False)
+                secs = time.perf_counter() - t0
+            deepest = lm.n_layers if stats or layers in ("all", "default") else max(map(int, layers.split(",")))
+            flops = n * (deepest * per_block + (head if stats else 0))
+            rows[label] = {"tok_s": n / secs, "blocks": deepest, "lm_head": stats, "bound_tok_s": n * rate / flops,
+                           "of_bound": (flops / rate) / secs}
+            print(f"[harvest {dtype}] {label}: {n / secs:,.0f} tok/s, {100 * rows[label]['of_bound']:.0f} % of its "
+                  f"bound ({rows[label]['bound_tok_s']:,.0f} tok/s)", flush=True)
+        today = rows["today: default layers + LM head"]["tok_s"]
+        for r in rows.values():
+            r["vs_today"] = r["tok_s"] / today
+        out["dtypes"][dtype] = {"tokens": int(n), "bare_tok_s": n / bare, "gemm_tflops": rate / 1e12,
+                                "block_mflop_per_token": per_block / 1e6, "head_mflop_per_token": head / 1e6,
+                                "rows": rows}
+        del lm
+    return out
+
+
+def harvest_section(r: dict) -> list[str]:
+    L = [f"## Harvest: only the blocks it reads ({r.get('device', 'cpu')})", "",
+         f"Default model (SmolLM2-135M, 30 blocks), batches of {r['batch']} × {r['context']} tokens, stored float16 "
+         "(lzf). Each row: one `harvest` of the layers named, against the bare whole-model forward (LM head included) "
+         "over the same batches and against its own bound, the FLOPs of the blocks it needs (and the LM head where "
+         "it runs) at this machine's GEMM rate. \"today\" is the harvest before this change: the whole model and "
+         "its LM head whatever layers are asked for (now `--token-stats`).", ""]
+    for dtype, d in r["dtypes"].items():
+        L += [f"**{dtype}**: {d['tokens']:,} tokens; bare forward {d['bare_tok_s']:,.0f} tok/s; GEMM "
+              f"{d['gemm_tflops'] * 1e3:,.0f} GFLOP/s; a block {d['block_mflop_per_token']:.1f} MFLOP/token, the LM "
+              f"head {d['head_mflop_per_token']:.1f}.", "",
+              "| layers | blocks run | LM head | tok/s | × today | × bare forward | bound tok/s | of bound |",
+              "|---|---|---|---|---|---|---|---|"]
+        for label, x in d["rows"].items():
+            L.append(f"| {label} | {x['blocks']} | {'yes' if x['lm_head'] else 'no'} | {x['tok_s']:,.0f} | "
+                     f"{x['vs_today']:.2f} | {x['tok_s'] / d['bare_tok_s']:.2f} | {x['bound_tok_s']:,.0f} | "
+                     f"{x['of_bound']:.2f} |")
+        L.append("")
+    return L
+
+
+def harvest_targets(r: dict) -> list[list]:
+    rows = []
+    for dtype, d in r["dtypes"].items():
+        x = d["rows"]
+        rows.append([f"harvest layer 5 alone ≥ 4 × today's ({dtype})", f"{x['{5}']['vs_today']:.2f}",
+                     x["{5}"]["vs_today"] >= 4])
+        rows.append([f"harvest layer 15 alone ≥ 2 × today's ({dtype})", f"{x['{15}']['vs_today']:.2f}",
+                     x["{15}"]["vs_today"] >= 2])
+        worst = min(x.values(), key=lambda v: v["of_bound"])
+        rows.append([f"every harvest ≥ 0.7 of its own FLOP bound ({dtype})", f"{worst['of_bound']:.2f} (lowest)",
+                     worst["of_bound"] >= 0.7])
+    return rows
