@@ -6,12 +6,15 @@ import sys
 
 
 def positive(kind=int, zero: bool = False):
-    """argparse type: a positive int (``1e6`` accepted; 0 too with ``zero``) or a non-negative float."""
+    """argparse type: a positive int (``1e6`` accepted, exactly; ``1.5`` refused; 0 too with ``zero``) or a
+    non-negative finite float."""
+    from superpos.settings import parse_float, parse_int
+
     def parse(text: str):
         try:
-            value = kind(float(text)) if kind is int else kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+            value = parse_int(text) if kind is int else parse_float(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
         if value < 0 or (value == 0 and kind is int and not zero):
             raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
         return value

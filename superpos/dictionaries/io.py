@@ -77,23 +77,27 @@ _SHAPES = {"components_": [("n", "d")], "W_enc_": [("n", "d")], "b_enc_": [("n",
            "explained_variance_": [("n",)], "explained_variance_ratio_": [("n",)]}
 
 
-def _checked_params(cls, params: dict, where) -> dict:
+#: parameters whose default is unset (None) that count something: a whole number when set
+_UNSET_COUNTS = {"n_components", "n_tokens", "warmup_steps", "aux_k", "k"}
+
+
+def checked_params(cls, params: dict, where=None) -> dict:
     """``params`` for ``cls``: known names only, each of the type its default has (an integer where the default is
     an integer, a number where it is a float or unset, a string, a boolean); one line naming the first that is
-    not. A name the folder lacks takes the class default, as in ``cls()``."""
+    not. A name the folder lacks takes the class default, as in ``cls()``. Ranges are the estimator's to check."""
     import inspect
 
     sig = {n: p for n, p in inspect.signature(cls.__init__).parameters.items()
            if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    out = {}
+    out, prefix = {}, f"{where}: " if where else ""
     for name, value in params.items():
         if name not in sig:
-            raise SuperposError(f"{where}: unknown parameter '{name}' for {cls.__name__}")
+            raise SuperposError(f"{prefix}unknown parameter '{name}' for {cls.__name__}")
         default = sig[name].default
         kind = ("bool" if isinstance(default, bool) else "int" if isinstance(default, int) else
                 "number" if isinstance(default, float) else "str" if isinstance(default, str) else
-                "number?" if default is None else None)
-        out[name] = value if kind is None else check_value(value, kind, f"{where}: parameter '{name}'")
+                ("int?" if name in _UNSET_COUNTS else "number?") if default is None else None)
+        out[name] = value if kind is None else check_value(value, kind, f"{prefix}parameter '{name}'")
     return out
 
 
@@ -149,7 +153,7 @@ def load_dictionary(path: str | os.PathLike, device: str = "auto"):
     if not isinstance(kind, str) or kind not in kinds:
         raise SuperposError(f"{where}: unknown dictionary kind {kind!r}")
     cls = kinds[kind]
-    params = _checked_params(cls, field(config, "params", "object", where), where)
+    params = checked_params(cls, field(config, "params", "object", where), where)
     d = field(config, "d_model", "int", where, minimum=1)
     n = field(config, "n_components", "int", where, minimum=1)
     counters = {attr: field(config, attr, "int?", where, default=None, minimum=0)
