@@ -44,7 +44,7 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError("device", f"{{field}} {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
         return dev
-    raise SuperposError(f"unknown device '{spec}' (expected auto, cpu, cuda or cuda:N)")
+    raise SuperposError(f"unknown device {spec!r} (expected auto, cpu, cuda or cuda:N)")
 
 
 def resolve_dtype(name: str | torch.dtype) -> torch.dtype:

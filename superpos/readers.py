@@ -79,9 +79,9 @@ def field(obj: dict, key: str, kind: str, where, default=_MISSING, minimum: floa
     takes null. ``minimum`` bounds numbers from below. Without ``default`` the key is required."""
     if key not in obj:
         if default is _MISSING:
-            raise SuperposError(f"{where}: missing '{key}'")
+            raise SuperposError(f"{where}: missing {key!r}")
         return default
-    return check_value(obj[key], kind, f"{where}: '{key}'", minimum)
+    return check_value(obj[key], kind, f"{where}: {key!r}", minimum)
 
 
 def check_value(value, kind: str, what: str, minimum: float | None = None):
@@ -122,15 +122,15 @@ def read_tensors(path: str | os.PathLike, required, optional=(), floating: bool 
     names, allowed = set(state), set(required) | set(optional)
     missing = sorted(set(required) - names)
     if missing:
-        raise SuperposError(f"{path} lacks tensor '{missing[0]}' (expected {', '.join(sorted(required))})")
+        raise SuperposError(f"{path} lacks tensor {missing[0]!r} (expected {', '.join(sorted(required))})")
     extra = sorted(names - allowed)
     if extra:
-        raise SuperposError(f"{path} holds an unexpected tensor '{extra[0]}' (expected "
+        raise SuperposError(f"{path} holds an unexpected tensor {extra[0]!r} (expected "
                             f"{', '.join(sorted(allowed))})")
     if floating:
         for name in sorted(state):
             if not state[name].is_floating_point():
-                raise SuperposError(f"{path}: tensor '{name}' is {str(state[name].dtype).removeprefix('torch.')}, "
+                raise SuperposError(f"{path}: tensor {name!r} is {str(state[name].dtype).removeprefix('torch.')}, "
                                     f"expected floating point")
         state = {k: v.to(torch.float32) for k, v in state.items()}
     return state
@@ -140,4 +140,4 @@ def expect_shape(tensors: dict, name: str, shape: tuple, where) -> None:
     """Refuse (one line) tensor ``name`` unless its shape is ``shape``."""
     got = tuple(tensors[name].shape)
     if got != tuple(shape):
-        raise SuperposError(f"{where}: tensor '{name}' has shape {got}, expected {tuple(shape)}")
+        raise SuperposError(f"{where}: tensor {name!r} has shape {got}, expected {tuple(shape)}")

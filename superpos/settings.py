@@ -41,14 +41,14 @@ def parse_int(text: str) -> int:
         except (InvalidOperation, ValueError):
             d = None
         if d is None or not d.is_finite():
-            raise ValueError(f"expected a number, got '{text}'") from None
+            raise ValueError(f"expected a number, got {text!r}") from None
         if d.adjusted() > 18:  # (before the whole-number test: that would build the number's every digit)
-            raise ValueError(f"expected a number at most {MAX_INT:.2e}, got '{text}'") from None
+            raise ValueError(f"expected a number at most {MAX_INT:.2e}, got {text!r}") from None
         if d != d.to_integral_value():
-            raise ValueError(f"expected a whole number, got '{text}'") from None
+            raise ValueError(f"expected a whole number, got {text!r}") from None
         value = int(d)
     if abs(value) > MAX_INT:
-        raise ValueError(f"expected a number at most {MAX_INT:.2e}, got '{text}'")
+        raise ValueError(f"expected a number at most {MAX_INT:.2e}, got {text!r}")
     return value
 
 
@@ -58,9 +58,9 @@ def parse_float(text: str) -> float:
     try:
         value = float(text)
     except (ValueError, TypeError):
-        raise ValueError(f"expected a number, got '{text}'") from None
+        raise ValueError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value):
-        raise ValueError(f"expected a finite number, got '{text}'")
+        raise ValueError(f"expected a finite number, got {text!r}")
     return value
 
 
@@ -72,7 +72,7 @@ def _checked(parse, ok, what: str):
     def check(text: str):
         value = parse(text)
         if not ok(value):
-            raise ValueError(f"expected {what}, got '{text}'")
+            raise ValueError(f"expected {what}, got {text!r}")
         return value
     return check
 
@@ -82,9 +82,9 @@ def _list(parse, ok, what: str):
         try:
             values = [parse(x) for x in text.split(",") if x.strip()]
         except ValueError:
-            raise ValueError(f"expected a comma list of numbers, got '{text}'") from None
+            raise ValueError(f"expected a comma list of numbers, got {text!r}") from None
         if not values or not all(ok(v) for v in values):
-            raise ValueError(f"expected {what}, got '{text}'")
+            raise ValueError(f"expected {what}, got {text!r}")
         return values
     return parse_list
 
@@ -92,7 +92,7 @@ def _list(parse, ok, what: str):
 def _choice(*options: str):
     def parse(text: str):
         if text not in options:
-            raise ValueError(f"expected one of {', '.join(options)}, got '{text}'")
+            raise ValueError(f"expected one of {', '.join(options)}, got {text!r}")
         return text
     return parse
 
@@ -101,7 +101,7 @@ def _choice_list(*options: str):
     def parse(text: str):
         values = [v.strip() for v in text.split(",") if v.strip()]
         if not values or any(v not in options for v in values):
-            raise ValueError(f"expected a comma list of {', '.join(options)}, got '{text}'")
+            raise ValueError(f"expected a comma list of {', '.join(options)}, got {text!r}")
         return values
     return parse
 
@@ -110,9 +110,9 @@ def _shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise ValueError(f"expected I/N like 0/4, got '{text}'") from None
+        raise ValueError(f"expected I/N like 0/4, got {text!r}") from None
     if not 0 <= i < n:
-        raise ValueError(f"need 0 <= I < N, got '{text}'")
+        raise ValueError(f"need 0 <= I < N, got {text!r}")
     return i, n
 
 

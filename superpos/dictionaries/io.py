@@ -92,12 +92,12 @@ def checked_params(cls, params: dict, where=None) -> dict:
     out, prefix = {}, f"{where}: " if where else ""
     for name, value in params.items():
         if name not in sig:
-            raise SuperposError(f"{prefix}unknown parameter '{name}' for {cls.__name__}")
+            raise SuperposError(f"{prefix}unknown parameter {name!r} for {cls.__name__}")
         default = sig[name].default
         kind = ("bool" if isinstance(default, bool) else "int" if isinstance(default, int) else
                 "number" if isinstance(default, float) else "str" if isinstance(default, str) else
                 ("int?" if name in _UNSET_COUNTS else "number?") if default is None else None)
-        out[name] = value if kind is None else check_value(value, kind, f"{prefix}parameter '{name}'")
+        out[name] = value if kind is None else check_value(value, kind, f"{prefix}parameter {name!r}")
     return out
 
 

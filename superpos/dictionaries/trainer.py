@@ -261,11 +261,13 @@ class SparseAutoencoder(BaseDictionary):
             ckpt = _checked_checkpoint(load_checkpoint(ckpt_path, map_location=dev), ckpt_path)
             if ckpt["params"] != self.get_params() or ckpt["d_model"] != d:
                 raise SuperposError(f"checkpoint {ckpt_path} was made with other settings; use another output folder")
-            n = self._n_latents(d)
-            if tuple(ckpt["state"]["W_dec"].shape) != (n, d) or tuple(ckpt["since_fired"].shape) != (n,):
-                raise SuperposError(f"checkpoint {ckpt_path} holds a dictionary of another shape "
-                                    f"({tuple(ckpt['state']['W_dec'].shape)}, expected {(n, d)}); use another "
-                                    f"output folder")
+            n, st = self._n_latents(d), ckpt["state"]
+            shapes = {"W_dec": (n, d), "W_enc": (n, d), "b_enc": (n,), "b_dec": (d,)}
+            bad = [k for k, shape in shapes.items() if tuple(st[k].shape) != shape]
+            if bad or tuple(ckpt["since_fired"].shape) != (n,):
+                what = f"'{bad[0]}' {tuple(st[bad[0]].shape)}, expected {shapes[bad[0]]}" if bad else "since_fired"
+                raise SuperposError(f"checkpoint {ckpt_path} holds a dictionary of another shape ({what}); use "
+                                    f"another output folder")
             state = {k: v.to(dev).requires_grad_(k not in ("scale", "coeff")) for k, v in ckpt["state"].items()}
         else:
             sample = src.sample(8192, seed=self.seed, min_pos=self.min_pos)
@@ -288,21 +290,25 @@ class SparseAutoencoder(BaseDictionary):
             run.convergence = _Convergence(val_x=val.to(dev) * run.scale, every=max(per_epoch, MIN_EVAL_STEPS),
                                            tol=self.tol, patience=self.n_iter_no_change)
         if ckpt is not None:
-            try:
+            other = SuperposError(f"checkpoint {ckpt_path} was made by another superpos version; use another output "
+                                  "folder")
+            try:  # torch's loaders take whatever the file holds; an older superpos grouped the parameters otherwise
                 run.opt.load_state_dict(ckpt["opt"])
-            except ValueError:  # an older superpos grouped the parameters otherwise
-                raise SuperposError(f"checkpoint {ckpt_path} was made by another superpos version; use another "
-                                    "output folder") from None
+                run.sched.load_state_dict(dict(ckpt["sched"]))
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError):
+                raise other from None
             for group in run.opt.param_groups:  # a moment of another shape would fail at the first step
                 for param in group["params"]:
                     if any(torch.is_tensor(v) and v.ndim and v.shape != param.shape
                            for v in run.opt.state.get(param, {}).values()):
                         raise SuperposError(f"checkpoint {ckpt_path} holds optimizer moments of another shape; use "
                                             f"another output folder")
-            run.sched.load_state_dict(ckpt["sched"])
             vars(schedule).update(ckpt["schedule"])
             if run.convergence is not None:
-                vars(run.convergence).update(ckpt["convergence"])
+                saved = ckpt["convergence"]
+                if not isinstance(saved, dict) or not set(saved) <= set(vars(run.convergence)):
+                    raise other
+                vars(run.convergence).update(saved)
             run.since_fired = ckpt["since_fired"].to(dev)
             run.history, run.step = ckpt["history"], ckpt["step"]
             if distributed.is_main():
@@ -448,9 +454,16 @@ def _checked_checkpoint(ckpt, path: Path) -> dict:
             refuse(f"no tensor 'state.{key}'")
     if state["W_dec"].ndim != 2 or not all(isinstance(v, torch.Tensor) for v in state.values()):
         refuse("its state is not a set of tensors with a 2-D W_dec")
+    for key in ("scale", "coeff"):
+        if key in state and state[key].numel() != 1:
+            refuse(f"'state.{key}' has shape {tuple(state[key].shape)}, expected one number")
     fields = {"warm", "total", "decay_from"}
     if set(ckpt["schedule"]) != fields:
         refuse(f"its schedule has keys {sorted(map(str, ckpt['schedule']))}, expected {sorted(fields)}")
+    sched = ckpt["schedule"]
+    if not all(isinstance(sched[k], int) and not isinstance(sched[k], bool) for k in ("warm", "total")) or not (
+            sched["decay_from"] is None or isinstance(sched["decay_from"], int)) or sched["warm"] < 1:
+        refuse(f"its schedule is {sched}")
     if ckpt["step"] < 0:
         refuse(f"step {ckpt['step']}")
     return ckpt
