@@ -7,14 +7,13 @@ Folders are written to a temporary sibling and renamed.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from superpos import integrity
 from superpos.errors import SuperposError

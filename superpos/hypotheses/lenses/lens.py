@@ -14,7 +14,6 @@ output, and cross-entropy on the true next token. Method and reading in docs/rep
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
