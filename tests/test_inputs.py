@@ -4,7 +4,8 @@ extra or of the wrong type. Each input is either taken with its right meaning or
 (``SuperposError`` / ``ValueError`` in the library; exit 2 and one ``superpos: error:`` line on the command line),
 never a traceback.
 
-Every test has a ``@settings`` budget (examples, no deadline): together they add about 30 s to the default run.
+Every test has a ``@settings`` budget (examples, no deadline): together they add about 55 s to the default run
+(measured on a loaded 2-core machine, ``pytest --durations=0 tests/test_inputs.py``).
 """
 from __future__ import annotations
 
