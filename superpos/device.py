@@ -1,6 +1,7 @@
 """The one place that decides the torch device and dtype."""
 from __future__ import annotations
 
+import re
 import sys
 
 import torch
@@ -24,6 +25,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     global _said_cpu_fallback
     if isinstance(spec, torch.device):
         return spec
+    if spec is not None and not isinstance(spec, str):
+        raise SuperposError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}")
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
         if torch.cuda.is_available():
@@ -34,14 +37,14 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     if spec == "cpu":
         return torch.device("cpu")
-    if spec.startswith("cuda"):
+    if re.fullmatch(r"cuda(:[0-9]{1,4})?", spec):
         if not torch.cuda.is_available():
             raise ConfigError("device", f"{{field}} {spec} requested but no CUDA device is available (use cpu or auto)")
         dev = torch.device(spec)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError("device", f"{{field}} {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
         return dev
-    raise SuperposError(f"unknown device '{spec}' (expected auto, cpu, cuda or cuda:N)")
+    raise SuperposError(f"unknown device {spec!r} (expected auto, cpu, cuda or cuda:N)")
 
 
 def native_bfloat16(device: torch.device) -> bool:

@@ -21,8 +21,9 @@ class ConfigError(SuperposError):
     def __init__(self, field: str, message: str):
         self.field = field
         self.template = message
-        super().__init__(message.format(field=field))
+        super().__init__(self.naming(field))
 
     def naming(self, name: str) -> str:
-        """The message with the setting called ``name`` (e.g. its command-line flag)."""
-        return self.template.format(field=name)
+        """The message with the setting called ``name`` (e.g. its command-line flag). Only ``{field}`` is
+        replaced: the message quotes what the user typed, braces and all (``str.format`` would read them)."""
+        return self.template.replace("{field}", name)

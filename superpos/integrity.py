@@ -60,7 +60,8 @@ def verify(folder: str | os.PathLike) -> None:
         raise SuperposError(f"{path} is damaged (it does not match its own checksum)")
     for name, digest in files.items():
         if not (folder / name).is_file():
-            raise SuperposError(f"{folder / name} is missing (listed in {MANIFEST})")
+            found = "is missing" if not (folder / name).exists() else "is not a file"
+            raise SuperposError(f"{folder / name} {found} (listed in {MANIFEST})")
         if sha256_file(folder / name) != digest:
             raise SuperposError(f"{folder / name} is damaged (its sha256 does not match {MANIFEST})")
 
@@ -81,8 +82,13 @@ def save_checkpoint(obj, path: str | os.PathLike) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location=None):
     """Read a checkpoint written by ``save_checkpoint`` (or a plain ``torch.save`` file from older versions),
     refusing one whose bytes do not match its checksum."""
-    path = Path(path)
-    raw = path.read_bytes()
+    from superpos.readers import expect_file
+
+    path = expect_file(path, "a checkpoint file")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SuperposError(f"checkpoint {path} is unreadable ({e.strerror or type(e).__name__})") from None
     damaged = SuperposError(f"checkpoint {path} is damaged (checksum mismatch); delete it to start the fit over")
     if raw.startswith(CKPT_MAGIC):
         head, _, data = raw.partition(b"\n")

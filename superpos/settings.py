@@ -7,6 +7,7 @@ CLI with that field's flag. Nothing here imports the CLI or argparse.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable
 
@@ -23,20 +24,55 @@ def setting(default=None, help: str = "", *, parse: str | None = None, flag: str
 
 
 # ------------------------------------------------------------------ parsers for flag values (raise ValueError)
-def _number(kind):
-    def parse(text: str):
+#: the largest whole number a flag takes (beyond it no count, size or seed means anything)
+MAX_INT = 2**63 - 1
+
+
+def parse_int(text: str) -> int:
+    """A whole number as typed: ``12``, ``1_000``, ``1e6``, ``2.5e3`` (exactly, with no rounding); refused
+    (ValueError) when it is not a number, not whole (``1.5``, ``1e-3``), not finite or past ``MAX_INT``."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        value = int(text)
+    except (ValueError, TypeError):
         try:
-            return kind(float(text)) if kind is int and "e" in text.lower() else kind(text)
-        except ValueError:
-            raise ValueError(f"expected a number, got '{text}'") from None
-    return parse
+            d = Decimal(text.strip()) if isinstance(text, str) else None
+        except (InvalidOperation, ValueError):
+            d = None
+        if d is None or not d.is_finite():
+            raise ValueError(f"expected a number, got {text!r}") from None
+        if d.adjusted() > 18:  # (before the whole-number test: that would build the number's every digit)
+            raise ValueError(f"expected a number at most {MAX_INT:.2e}, got {text!r}") from None
+        if d != d.to_integral_value():
+            raise ValueError(f"expected a whole number, got {text!r}") from None
+        value = int(d)
+    if abs(value) > MAX_INT:
+        raise ValueError(f"expected a number at most {MAX_INT:.2e}, got {text!r}")
+    return value
+
+
+def parse_float(text: str) -> float:
+    """A finite number as typed (``0.5``, ``1e-3``); refused (ValueError) when it is not one (``nan``, ``inf``
+    too: no setting means anything with them)."""
+    try:
+        value = float(text)
+    except (ValueError, TypeError):
+        raise ValueError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _number(kind):
+    return parse_int if kind is int else parse_float
 
 
 def _checked(parse, ok, what: str):
     def check(text: str):
         value = parse(text)
         if not ok(value):
-            raise ValueError(f"expected {what}, got '{text}'")
+            raise ValueError(f"expected {what}, got {text!r}")
         return value
     return check
 
@@ -46,9 +82,9 @@ def _list(parse, ok, what: str):
         try:
             values = [parse(x) for x in text.split(",") if x.strip()]
         except ValueError:
-            raise ValueError(f"expected a comma list of numbers, got '{text}'") from None
+            raise ValueError(f"expected a comma list of numbers, got {text!r}") from None
         if not values or not all(ok(v) for v in values):
-            raise ValueError(f"expected {what}, got '{text}'")
+            raise ValueError(f"expected {what}, got {text!r}")
         return values
     return parse_list
 
@@ -56,7 +92,7 @@ def _list(parse, ok, what: str):
 def _choice(*options: str):
     def parse(text: str):
         if text not in options:
-            raise ValueError(f"expected one of {', '.join(options)}, got '{text}'")
+            raise ValueError(f"expected one of {', '.join(options)}, got {text!r}")
         return text
     return parse
 
@@ -65,7 +101,7 @@ def _choice_list(*options: str):
     def parse(text: str):
         values = [v.strip() for v in text.split(",") if v.strip()]
         if not values or any(v not in options for v in values):
-            raise ValueError(f"expected a comma list of {', '.join(options)}, got '{text}'")
+            raise ValueError(f"expected a comma list of {', '.join(options)}, got {text!r}")
         return values
     return parse
 
@@ -74,9 +110,9 @@ def _shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise ValueError(f"expected I/N like 0/4, got '{text}'") from None
+        raise ValueError(f"expected I/N like 0/4, got {text!r}") from None
     if not 0 <= i < n:
-        raise ValueError(f"need 0 <= I < N, got '{text}'")
+        raise ValueError(f"need 0 <= I < N, got {text!r}")
     return i, n
 
 
@@ -87,11 +123,11 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "nonneg_int": _checked(_number(int), lambda v: v >= 0, "a non-negative integer"),
     "positive_float": _checked(_number(float), lambda v: v > 0, "a positive number"),
     "probability": _checked(_number(float), lambda v: 0 < v < 1, "a probability in (0, 1)"),
-    "int_list": _list(int, lambda v: v > 0, "positive integers"),
-    "unit_list": _list(float, lambda v: 0 < v <= 1, "numbers in (0, 1]"),
-    "layer_list": _list(int, lambda v: v >= 0, "layer numbers (0 or more)"),
-    "positive_float_list": _list(float, lambda v: v > 0, "positive numbers"),
-    "offset_list": _list(int, lambda v: abs(v) <= 16, "offsets between -16 and 16"),
+    "int_list": _list(parse_int, lambda v: v > 0, "positive integers"),
+    "unit_list": _list(parse_float, lambda v: 0 < v <= 1, "numbers in (0, 1]"),
+    "layer_list": _list(parse_int, lambda v: v >= 0, "layer numbers (0 or more)"),
+    "positive_float_list": _list(parse_float, lambda v: v > 0, "positive numbers"),
+    "offset_list": _list(parse_int, lambda v: abs(v) <= 16, "offsets between -16 and 16"),
     "name_list": _list(str.strip, bool, "a comma list of names"),
     "control": _choice(*CONTROL_KINDS),
     "surrogate": _choice("none", "gaussian", "pc-shuffle", "planted"),

@@ -2,20 +2,34 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 
 def positive(kind=int, zero: bool = False):
-    """argparse type: a positive int (``1e6`` accepted; 0 too with ``zero``) or a non-negative float."""
+    """argparse type: a positive int (``1e6`` accepted, exactly; ``1.5`` refused; 0 too with ``zero``) or a
+    non-negative finite float."""
+    from superpos.settings import parse_float, parse_int
+
     def parse(text: str):
         try:
-            value = kind(float(text)) if kind is int else kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+            value = parse_int(text) if kind is int else parse_float(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
         if value < 0 or (value == 0 and kind is int and not zero):
-            raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
         return value
     return parse
+
+
+#: characters that would break the one line (str.splitlines cuts at all of these) or hide in a terminal
+_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: line breaks and control characters, e.g. in a value the user typed and the message
+    quotes, written as escapes (``\\n``, ``\\x1c``)."""
+    return _BREAKS.sub(lambda m: m.group().encode("unicode_escape").decode(), str(message))
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,7 +38,8 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         """Print one line ``superpos: error: ...`` and exit 2."""
         sub = self.prog.removeprefix("superpos").strip()
-        print(f"superpos: error: {sub + ': ' if sub else ''}{message} (see {self.prog} --help)", file=sys.stderr)
+        print(one_line(f"superpos: error: {sub + ': ' if sub else ''}{message} (see {self.prog} --help)"),
+              file=sys.stderr)
         sys.exit(2)
 
 

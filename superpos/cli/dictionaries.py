@@ -57,10 +57,15 @@ def _read_config_file(path: str) -> dict:
         if p.suffix == ".toml":
             import tomllib
 
-            return tomllib.loads(p.read_text())
-        return json.loads(p.read_text())
+            params = tomllib.loads(p.read_text())
+        else:
+            params = json.loads(p.read_text())
     except Exception as e:
         raise SuperposError(f"config file {p} is not valid {'TOML' if p.suffix == '.toml' else 'JSON'} ({e})") from None
+    if not isinstance(params, dict):
+        raise SuperposError(f"config file {p} must hold an object of parameters (name: value), not a "
+                            f"{type(params).__name__}")
+    return params
 
 
 def add_fit(sub) -> None:

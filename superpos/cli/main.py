@@ -10,7 +10,13 @@ import os
 import sys
 import traceback
 
-from superpos.cli.common import Parser, add_settings, config_from_args, positive
+from superpos.cli.common import (
+    Parser,
+    add_settings,
+    config_from_args,
+    one_line,
+    positive,
+)
 from superpos.errors import SuperposError
 
 
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except SuperposError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"superpos: error: {_as_flags(e, args)}", file=sys.stderr)
+        print(one_line(f"superpos: error: {_as_flags(e, args)}"), file=sys.stderr)
         if getattr(e, "exit_now", False):  # an HDF5 file could not be flushed (disk full): skip its teardown
             sys.stderr.flush()
             sys.stdout.flush()
@@ -212,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"superpos: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(one_line(f"superpos: error: {e.strerror or e}{where}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("superpos: interrupted; re-run the same command to resume", file=sys.stderr)

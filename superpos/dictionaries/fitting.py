@@ -12,7 +12,7 @@ def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_f
                    device: str = "auto", checkpoint_every: int = 500, overwrite: bool = False, progress: bool = True):
     """Fit and save one dictionary on rows [0, split) of ``store_path``'s ``layer`` (whole contexts, the first
     ``train_frac`` of them); returns (dictionary, seconds). SAEs checkpoint into ``out`` and resume from it."""
-    from superpos.dictionaries.io import CONFIG, save_dictionary
+    from superpos.dictionaries.io import CONFIG, checked_params, save_dictionary
     from superpos.dictionaries.kinds import KINDS
     from superpos.store import ActivationStore
 
@@ -32,6 +32,7 @@ def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_f
     unknown = sorted(set(params) - valid)
     if unknown:
         raise SuperposError(f"parameter '{unknown[0]}' does not apply to kind {kind} (it takes {', '.join(sorted(valid))})")
+    params = checked_params(cls, params)  # each of the type its default has (a --config file can hold anything)
     est = cls(**{**params, "device": device, "progress": progress})
     with ActivationStore(store_path) as store:
         layer = store.check_layer(layer)

@@ -7,18 +7,25 @@ Folders are written to a temporary sibling and renamed.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from superpos import integrity
 from superpos.errors import SuperposError
 from superpos.files import replace_folder, write_json_atomic
+from superpos.readers import (
+    check_value,
+    expect_shape,
+    field,
+    read_json_object,
+    read_tensors,
+    shown,
+)
 
 CONFIG, WEIGHTS, METRICS = "config.json", "weights.safetensors", "metrics.json"
 SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
@@ -66,18 +73,78 @@ def save_dictionary(dictionary, path: str | os.PathLike, meta: dict | None = Non
 
 
 def read_config(path: Path) -> dict:
-    """A dictionary folder's config.json, refused in one line when it is not JSON."""
+    """A dictionary folder's config.json, refused in one line when it is not a JSON object."""
+    return read_json_object(path / CONFIG)
+
+
+#: the fitted tensors' shapes in atoms (n) and width (d); a tensor not listed is checked by a forward pass
+_SHAPES = {"components_": [("n", "d")], "W_enc_": [("n", "d")], "b_enc_": [("n",)], "b_dec_": [("d",)],
+           "threshold_": [("n",), (1,)], "atom_norms_": [("n",)], "mean_": [("d",)],
+           "explained_variance_": [("n",)], "explained_variance_ratio_": [("n",)]}
+
+
+#: parameters whose default is unset (None) that count something: a whole number when set
+_UNSET_COUNTS = {"n_components", "n_tokens", "warmup_steps", "aux_k", "k"}
+
+
+def checked_params(cls, params: dict, where=None) -> dict:
+    """``params`` for ``cls``: known names only, each of the type its default has (an integer where the default is
+    an integer, a number where it is a float or unset, a string, a boolean); one line naming the first that is
+    not. A name the folder lacks takes the class default, as in ``cls()``. Ranges are the estimator's to check."""
+    import inspect
+
+    sig = {n: p for n, p in inspect.signature(cls.__init__).parameters.items()
+           if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    out, prefix = {}, f"{where}: " if where else ""
+    for name, value in params.items():
+        if name not in sig:
+            raise SuperposError(f"{prefix}unknown parameter {name!r} for {cls.__name__}")
+        default = sig[name].default
+        kind = ("bool" if isinstance(default, bool) else "int" if isinstance(default, int) else
+                "number" if isinstance(default, float) else "str" if isinstance(default, str) else
+                ("int?" if name in _UNSET_COUNTS else "number?") if default is None else None)
+        out[name] = value if kind is None else check_value(value, kind, f"{prefix}parameter {name!r}")
+    return out
+
+
+def _check_meta(meta: dict, where) -> dict:
+    """The meta fields superpos reads back (the layer, the train and held-out row ranges), checked."""
+    field(meta, "layer", "int?", f"{where}: meta", default=None, minimum=0)
+    for key in ("train_rows", "holdout_rows"):
+        rows = field(meta, key, "list", f"{where}: meta", default=None)
+        if rows is not None and (len(rows) != 2 or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0
+                                                            for r in rows) or rows[0] > rows[1]):
+            raise SuperposError(f"{where}: meta '{key}' is {shown(rows)}, expected [first, stop) row numbers")
+    return meta
+
+
+def _check_fits(est, state: dict, n: int, d: int, kind: str, where) -> None:
+    """Each fitted tensor's shape against the folder's (n atoms, d width), and one forward pass through the loaded
+    dictionary, so that tensors which do not fit together are refused here, not in the first use."""
+    sizes = {"n": n, "d": d}
+    for name, tensor in sorted(state.items()):
+        allowed = [tuple(sizes.get(x, x) for x in shape) for shape in _SHAPES.get(name, [])]
+        if allowed and tuple(tensor.shape) not in allowed:
+            raise SuperposError(f"{where}: tensor '{name}' has shape {tuple(tensor.shape)}, expected "
+                                f"{' or '.join(map(str, allowed))}")
+    k = getattr(est, "k", None)
+    if k is not None and not 1 <= k <= n:
+        raise SuperposError(f"{where}: parameter 'k' is {k}, expected 1..{n} (the number of atoms)")
     try:
-        return json.loads((path / CONFIG).read_text())
-    except json.JSONDecodeError as e:
-        raise SuperposError(f"{path / CONFIG} is not valid JSON ({e.msg})") from None
+        est.reconstruct(torch.zeros(2, d, device=est.device_))
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        raise SuperposError(f"{where}: its tensors do not fit a {kind} dictionary "
+                            f"({' '.join(str(e).split())[:100]})") from None
 
 
 def load_dictionary(path: str | os.PathLike, device: str = "auto"):
-    """Load a superpos dictionary folder (or a SAELens folder) as the right estimator class."""
+    """Load a superpos dictionary folder (or a SAELens folder) as the right estimator class. Anything unexpected in
+    the folder — a missing or extra key or tensor, a value of the wrong type, weights that do not fit the config —
+    is refused in one line (``SuperposError``)."""
     path = Path(path)
     if not path.is_dir():
-        raise SuperposError(f"dictionary folder {path} does not exist")
+        raise SuperposError(f"dictionary folder {path} does not exist" if not path.exists() else
+                            f"{path} is not a dictionary folder (not a folder)")
     if not (path / CONFIG).exists() and (path / SAELENS_CFG).exists():
         return load_saelens(path, device=device)
     if not (path / CONFIG).exists():
@@ -86,31 +153,32 @@ def load_dictionary(path: str | os.PathLike, device: str = "auto"):
         raise SuperposError(f"{path} is missing its weights ({WEIGHTS})")
     integrity.verify(path)
     config = read_config(path)
+    where = path / CONFIG
     kinds = _kinds()
-    if config.get("kind") not in kinds:
-        raise SuperposError(f"{path / CONFIG}: unknown dictionary kind {config.get('kind')!r}")
-    cls = kinds[config["kind"]]
+    kind = config.get("kind")
+    if not isinstance(kind, str) or kind not in kinds:
+        raise SuperposError(f"{where}: unknown dictionary kind {kind!r}")
+    cls = kinds[kind]
+    params = checked_params(cls, field(config, "params", "object", where), where)
+    d = field(config, "d_model", "int", where, minimum=1)
+    n = field(config, "n_components", "int", where, minimum=1)
+    counters = {attr: field(config, attr, "int?", where, default=None, minimum=0)
+                for attr in ("n_iter_", "n_tokens_seen_", "warmup_steps_")}
+    meta = _check_meta(field(config, "meta", "object", where, default={}), where)
     try:
-        est = cls(**{**config["params"], "device": device})
-    except TypeError as e:
-        raise SuperposError(f"{path / CONFIG}: parameters do not match {cls.__name__} ({e})") from None
-    try:
-        state = load_file(str(path / WEIGHTS))
-    except Exception as e:
-        raise SuperposError(f"{path / WEIGHTS} is unreadable ({type(e).__name__})") from None
-    expected = {"components_", *cls._state_names}
-    if set(state) != expected:
-        missing = sorted(expected - set(state)) or sorted(set(state) - expected)
-        raise SuperposError(f"{path / WEIGHTS} does not match a {config['kind']} dictionary (tensor {missing[0]})")
+        est = cls(**{**params, "device": device})
+    except (TypeError, ValueError) as e:
+        raise SuperposError(f"{where}: parameters do not match {cls.__name__} ({e})") from None
+    state = read_tensors(path / WEIGHTS, {"components_", *cls._state_names})
     comp = state["components_"]
-    if tuple(comp.shape) != (config["n_components"], config["d_model"]):
-        raise SuperposError(f"{path / WEIGHTS}: components_ has shape {tuple(comp.shape)}, config says "
-                            f"({config['n_components']}, {config['d_model']})")
+    if tuple(comp.shape) != (n, d):
+        raise SuperposError(f"{path / WEIGHTS}: components_ has shape {tuple(comp.shape)}, config says ({n}, {d})")
     est.load_state_dict(state)
-    for attr in ("n_iter_", "n_tokens_seen_", "warmup_steps_"):
-        if attr in config:
-            setattr(est, attr, config[attr])
-    est.meta_ = config.get("meta", {})
+    for attr, value in counters.items():
+        if value is not None:
+            setattr(est, attr, value)
+    est.meta_ = meta
+    _check_fits(est, state, n, d, kind, path / WEIGHTS)
     return est
 
 
@@ -159,25 +227,46 @@ def load_saelens(path: str | os.PathLike, device: str = "auto"):
     from superpos.dictionaries.sae import JumpReLUSAE, ReLUSAE, TopKSAE
 
     path = Path(path)
-    try:
-        cfg = json.loads((path / SAELENS_CFG).read_text())
-        w = load_file(str(path / SAELENS_WEIGHTS))
-    except FileNotFoundError as e:
-        raise SuperposError(f"SAELens folder {path} is missing {Path(e.filename).name}") from None
-    except Exception as e:
-        raise SuperposError(f"SAELens folder {path} is unreadable ({type(e).__name__})") from None
-    arch = cfg.get("architecture", "standard")
-    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
+    cfg = read_json_object(path / SAELENS_CFG)
+    where = path / SAELENS_CFG
+    arch = field(cfg, "architecture", "str", where, default="standard")
+    if arch not in ("topk", "standard", "jumprelu"):
+        raise SuperposError(f"SAELens architecture {arch!r} is not supported (topk, standard, jumprelu)")
+    k = field(cfg, "k", "int?", where, default=None, minimum=1)
+    if k is None:
+        k = field(field(cfg, "activation_fn_kwargs", "object?", where, default=None) or {}, "k", "int?",
+                  f"{where}: activation_fn_kwargs", default=None, minimum=1)
+    if arch == "topk" and k is None:
+        raise SuperposError(f"{where}: a topk SAE needs 'k' (or activation_fn_kwargs.k)")
+    apply_b_dec = field(cfg, "apply_b_dec_to_input", "bool", where, default=True)
+    hook_name = field(cfg, "hook_name", "str?", where, default=None)
+    model_name = field(cfg, "model_name", "str?", where, default=None)
+    w = read_tensors(path / SAELENS_WEIGHTS, {"W_enc", "W_dec", "b_enc", "b_dec"},
+                     ("threshold",) if arch == "jumprelu" else ())
+    if arch == "jumprelu" and "threshold" not in w:
+        raise SuperposError(f"{path / SAELENS_WEIGHTS} lacks tensor 'threshold' (a jumprelu SAE needs it)")
+    if w["W_dec"].ndim != 2:
+        raise SuperposError(f"{path / SAELENS_WEIGHTS}: tensor 'W_dec' has shape {tuple(w['W_dec'].shape)}, "
+                            f"expected (d_sae, d_in)")
+    n, d = w["W_dec"].shape
+    for key, want in (("d_in", d), ("d_sae", n)):
+        got = field(cfg, key, "int?", where, default=None)
+        if got is not None and got != want:
+            raise SuperposError(f"{where}: '{key}' is {got}, but W_dec has shape ({n}, {d})")
+    shapes = {"W_enc": (d, n), "b_enc": (n,), "b_dec": (d,), "threshold": (n,)}
+    for key in sorted(w):
+        if key != "W_dec":
+            expect_shape(w, key, shapes[key], path / SAELENS_WEIGHTS)
+    if k is not None and arch == "topk" and k > n:
+        raise SuperposError(f"{where}: 'k' is {k}, more than the SAE's {n} latents")
     if arch == "topk":
-        sae = TopKSAE(k=int(k), device=device)
+        sae = TopKSAE(k=k, device=device)
     elif arch == "standard":
         sae = ReLUSAE(device=device)
-    elif arch == "jumprelu":
-        sae = JumpReLUSAE(device=device)
     else:
-        raise SuperposError(f"SAELens architecture {arch!r} is not supported (topk, standard, jumprelu)")
+        sae = JumpReLUSAE(device=device)
     W_dec, W_enc_DF, b_enc = w["W_dec"].float(), w["W_enc"].float(), w["b_enc"].float()
-    if not cfg.get("apply_b_dec_to_input", True):  # pre = x W_enc + b_enc  →  (x − b_dec) W_enc + b_enc'
+    if not apply_b_dec:  # pre = x W_enc + b_enc  →  (x − b_dec) W_enc + b_enc'
         b_enc = b_enc + w["b_dec"].float() @ W_enc_DF
     norms = W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
     if arch == "topk" and not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
@@ -188,5 +277,5 @@ def load_saelens(path: str | os.PathLike, device: str = "auto"):
     if arch == "jumprelu":
         state["threshold_"] = w["threshold"].float() * norms.squeeze(1)
     sae.load_state_dict(state)
-    sae.meta_ = {"hook_name": cfg.get("hook_name"), "model": cfg.get("model_name"), "source": "saelens"}
+    sae.meta_ = {"hook_name": hook_name, "model": model_name, "source": "saelens"}
     return sae

@@ -258,9 +258,16 @@ class SparseAutoencoder(BaseDictionary):
         d = src.d_model
         ckpt = None
         if ckpt_path is not None and ckpt_path.exists():
-            ckpt = load_checkpoint(ckpt_path, map_location=dev)
+            ckpt = _checked_checkpoint(load_checkpoint(ckpt_path, map_location=dev), ckpt_path)
             if ckpt["params"] != self.get_params() or ckpt["d_model"] != d:
                 raise SuperposError(f"checkpoint {ckpt_path} was made with other settings; use another output folder")
+            n, st = self._n_latents(d), ckpt["state"]
+            shapes = {"W_dec": (n, d), "W_enc": (n, d), "b_enc": (n,), "b_dec": (d,)}
+            bad = [k for k, shape in shapes.items() if tuple(st[k].shape) != shape]
+            if bad or tuple(ckpt["since_fired"].shape) != (n,):
+                what = f"'{bad[0]}' {tuple(st[bad[0]].shape)}, expected {shapes[bad[0]]}" if bad else "since_fired"
+                raise SuperposError(f"checkpoint {ckpt_path} holds a dictionary of another shape ({what}); use "
+                                    f"another output folder")
             state = {k: v.to(dev).requires_grad_(k not in ("scale", "coeff")) for k, v in ckpt["state"].items()}
         else:
             sample = src.sample(8192, seed=self.seed, min_pos=self.min_pos)
@@ -283,15 +290,25 @@ class SparseAutoencoder(BaseDictionary):
             run.convergence = _Convergence(val_x=val.to(dev) * run.scale, every=max(per_epoch, MIN_EVAL_STEPS),
                                            tol=self.tol, patience=self.n_iter_no_change)
         if ckpt is not None:
-            try:
+            other = SuperposError(f"checkpoint {ckpt_path} was made by another superpos version; use another output "
+                                  "folder")
+            try:  # torch's loaders take whatever the file holds; an older superpos grouped the parameters otherwise
                 run.opt.load_state_dict(ckpt["opt"])
-            except ValueError:  # an older superpos grouped the parameters otherwise
-                raise SuperposError(f"checkpoint {ckpt_path} was made by another superpos version; use another "
-                                    "output folder") from None
-            run.sched.load_state_dict(ckpt["sched"])
+                run.sched.load_state_dict(dict(ckpt["sched"]))
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError):
+                raise other from None
+            for group in run.opt.param_groups:  # a moment of another shape would fail at the first step
+                for param in group["params"]:
+                    if any(torch.is_tensor(v) and v.ndim and v.shape != param.shape
+                           for v in run.opt.state.get(param, {}).values()):
+                        raise SuperposError(f"checkpoint {ckpt_path} holds optimizer moments of another shape; use "
+                                            f"another output folder")
             vars(schedule).update(ckpt["schedule"])
             if run.convergence is not None:
-                vars(run.convergence).update(ckpt["convergence"])
+                saved = ckpt["convergence"]
+                if not isinstance(saved, dict) or not set(saved) <= set(vars(run.convergence)):
+                    raise other
+                vars(run.convergence).update(saved)
             run.since_fired = ckpt["since_fired"].to(dev)
             run.history, run.step = ckpt["history"], ckpt["step"]
             if distributed.is_main():
@@ -407,4 +424,47 @@ class SparseAutoencoder(BaseDictionary):
 
 def _reconstruction_terms(x, x_hat) -> torch.Tensor:
     return (x_hat - x).pow(2).sum(-1).mean()
+
+
+#: what ``_TrainRun.save`` writes: each key of a checkpoint and its type
+_CHECKPOINT_KEYS = {"params": dict, "d_model": int, "step": int, "state": dict, "opt": dict, "sched": dict,
+                    "since_fired": torch.Tensor, "history": list, "schedule": dict}
+
+
+def _checked_checkpoint(ckpt, path: Path) -> dict:
+    """A loaded checkpoint whose structure is what ``_TrainRun.save`` writes, refused in one line otherwise (its
+    checksum only says the bytes are whole: a checkpoint from another superpos, or an older plain ``torch.save``
+    file, can hold anything)."""
+    def refuse(what: str):
+        raise SuperposError(f"checkpoint {path} is not one this superpos writes ({what}); delete it to start the fit "
+                            f"over, or use another output folder")
+
+    if not isinstance(ckpt, dict):
+        refuse(f"it holds {type(ckpt).__name__}, not a dict")
+    for key, kind in _CHECKPOINT_KEYS.items():
+        if key not in ckpt:
+            refuse(f"no '{key}'")
+        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
+            refuse(f"'{key}' is {type(ckpt[key]).__name__}, expected {kind.__name__}")
+    if not isinstance(ckpt.get("convergence"), (dict, type(None))):
+        refuse(f"'convergence' is {type(ckpt['convergence']).__name__}")
+    state = ckpt["state"]
+    for key in ("W_enc", "b_enc", "W_dec", "b_dec", "scale"):
+        if not isinstance(state.get(key), torch.Tensor):
+            refuse(f"no tensor 'state.{key}'")
+    if state["W_dec"].ndim != 2 or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        refuse("its state is not a set of tensors with a 2-D W_dec")
+    for key in ("scale", "coeff"):
+        if key in state and state[key].numel() != 1:
+            refuse(f"'state.{key}' has shape {tuple(state[key].shape)}, expected one number")
+    fields = {"warm", "total", "decay_from"}
+    if set(ckpt["schedule"]) != fields:
+        refuse(f"its schedule has keys {sorted(map(str, ckpt['schedule']))}, expected {sorted(fields)}")
+    sched = ckpt["schedule"]
+    if not all(isinstance(sched[k], int) and not isinstance(sched[k], bool) for k in ("warm", "total")) or not (
+            sched["decay_from"] is None or isinstance(sched["decay_from"], int)) or sched["warm"] < 1:
+        refuse(f"its schedule is {sched}")
+    if ckpt["step"] < 0:
+        refuse(f"step {ckpt['step']}")
+    return ckpt
 

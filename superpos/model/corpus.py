@@ -66,7 +66,9 @@ def _read_text_file(path: Path) -> str:
 
 def _read_jsonl(path: Path) -> list[str]:
     texts = []
-    for lineno, line in enumerate(_read_text_file(path).splitlines(), 1):
+    # lines end at "\n" only: str.splitlines would also cut at U+2028, U+0085 and the like, which JSON allows raw
+    # inside a string (json.dumps(..., ensure_ascii=False) writes them so)
+    for lineno, line in enumerate(_read_text_file(path).split("\n"), 1):
         if not line.strip():
             continue
         try:

@@ -85,7 +85,7 @@ def parse_layers(spec: str | list[int], n_layers: int) -> list[int]:
         try:
             layers = [int(x) for x in str(spec).split(",") if x.strip()]
         except ValueError:
-            raise ConfigError("layers", f"{{field}} must be 'default', 'all' or a comma list of integers, got '{spec}'") from None
+            raise ConfigError("layers", f"{{field}} must be 'default', 'all' or a comma list of integers, got {spec!r}") from None
     if not layers:
         raise SuperposError("no layers requested")
     bad = [x for x in layers if not 0 <= x <= n_layers]

@@ -24,8 +24,15 @@ from superpos.store.schema import (
     present_fields,
 )
 from superpos.store.stream import StoreStreamer
-from superpos.store.validate import StoreChecker
+from superpos.store.validate import StoreChecker, hdf5_object, int_attr, layers_attr
 from superpos.store.writer import StoreWriter, repair_eof
+
+
+def _text(v):
+    """A string attribute as ``str`` (``None`` for anything that is not one)."""
+    if isinstance(v, bytes):
+        return v.decode(errors="replace")
+    return v if isinstance(v, str) else None
 
 
 class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
@@ -52,18 +59,25 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
         if mode == "r+" and repair_eof(self.path):
             print(f"superpos: {self.path} was cut short by a failed write; extended it to its recorded size "
                   f"(rows past the counter will be rewritten)", file=sys.stderr)
+        counter = None
         for attempt in range(LIVE_RETRIES if live else 1):
+            file = None
             try:
-                self.file = h5py.File(self.path, mode, locking=False) if live else h5py.File(self.path, mode)
+                file = h5py.File(self.path, mode, locking=False) if live else h5py.File(self.path, mode)
                 if live:
-                    self._frozen = int(self.file.attrs["n_rows_complete"])
+                    counter = file.attrs["n_rows_complete"]  # the rows this reader will see (checked below)
+                self.file = file
                 break
             except (OSError, KeyError) as e:
+                if file is not None:
+                    file.close()
                 if attempt + 1 >= (LIVE_RETRIES if live else 1):
                     raise SuperposError(f"cannot open store {self.path}: truncated or corrupted HDF5 "
-                                        f"({str(e).splitlines()[0]})") from None
+                                        f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
                 time.sleep(0.05)
         try:
+            if live:
+                self._frozen = int_attr({"n_rows_complete": counter}, "n_rows_complete", self.path, minimum=0)
             self._validate()
         except SuperposError:
             self.file.close()
@@ -103,35 +117,36 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
     # ------------------------------------------------------------------ creation
 
     def _validate(self) -> None:
+        """The schema checked against what the file holds, each HDF5 object taken for what it is (validate.py)."""
         f, p = self.file, self.path
         missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
         if missing:
             raise SuperposError(f"{p} is not a superpos store (missing attribute '{missing[0]}')")
-        version = int(f.attrs["schema_version"])
+        version = int_attr(f.attrs, "schema_version", p)
         if version != SCHEMA_VERSION:
             raise SuperposError(f"{p} has store schema version {version}; this superpos reads version {SCHEMA_VERSION}")
-        if "attrs_sha256" in f.attrs and attrs_digest(f.attrs) != f.attrs["attrs_sha256"]:
+        if "attrs_sha256" in f.attrs and attrs_digest(f.attrs) != _text(f.attrs["attrs_sha256"]):
             raise SuperposError(f"{p}: its metadata is damaged (the attributes do not match their checksum)")
-        n_total, n_done = int(f.attrs["n_rows_total"]), int(f.attrs["n_rows_complete"])
+        n_total = int_attr(f.attrs, "n_rows_total", p, minimum=0)
+        n_done = int_attr(f.attrs, "n_rows_complete", p)
         if not 0 <= n_done <= n_total:
             raise SuperposError(f"{p}: row counter {n_done} outside 0..{n_total}")
-        for name in self.row_fields:
-            if name not in f:
-                raise SuperposError(f"{p}: missing dataset '/{name}'")
-            if f[name].shape != (n_total,):
-                raise SuperposError(f"{p}: dataset '/{name}' has shape {f[name].shape}, expected ({n_total},)")
-        d = int(f.attrs["d_model"])
-        for layer in self.layers:
-            key = layer_key(layer)
-            if key not in f:
-                raise SuperposError(f"{p}: missing dataset '/{key}' for listed layer {layer}")
-            if f[key].shape != (n_total, d):
-                raise SuperposError(f"{p}: dataset '/{key}' has shape {f[key].shape}, expected ({n_total}, {d})")
-            if f[key].dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
-                raise SuperposError(f"{p}: dataset '/{key}' has type {f[key].dtype}, expected float16 or float32")
+        d = int_attr(f.attrs, "d_model", p, minimum=1)
+        int_attr(f.attrs, "context_length", p, minimum=1)
+        layers = layers_attr(f.attrs, p)
         for name, dt in self.row_fields.items():
-            if f[name].dtype != np.dtype(dt):
-                raise SuperposError(f"{p}: dataset '/{name}' has type {f[name].dtype}, expected {np.dtype(dt)}")
+            ds = hdf5_object(f, name, h5py.Dataset, p)
+            if ds.shape != (n_total,):
+                raise SuperposError(f"{p}: dataset '/{name}' has shape {ds.shape}, expected ({n_total},)")
+            if ds.dtype != np.dtype(dt):
+                raise SuperposError(f"{p}: dataset '/{name}' has type {ds.dtype}, expected {np.dtype(dt)}")
+        for layer in layers:
+            key = layer_key(layer)
+            ds = hdf5_object(f, key, h5py.Dataset, p)
+            if ds.shape != (n_total, d):
+                raise SuperposError(f"{p}: dataset '/{key}' has shape {ds.shape}, expected ({n_total}, {d})")
+            if ds.dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
+                raise SuperposError(f"{p}: dataset '/{key}' has type {ds.dtype}, expected float16 or float32")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -139,7 +154,11 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
         """Whether the store holds the model's next-token statistics (``--token-stats``; stores written before the
         flag existed always do)."""
         flag = self.file.attrs.get("token_stats")
-        return bool(flag) if flag is not None else all(name in self.file for name in TOKEN_STATS)
+        if flag is None:
+            return all(name in self.file for name in TOKEN_STATS)
+        if not isinstance(flag, (int, np.integer)) or int(flag) not in (0, 1):
+            raise SuperposError(f"{self.path}: attribute 'token_stats' is {flag!r}, expected 0 or 1")
+        return bool(flag)
 
     @property
     def row_fields(self) -> dict:

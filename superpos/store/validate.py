@@ -1,10 +1,99 @@
-"""Checking a store's contents: rows holding NaN/inf, and every dataset against its recorded sha256."""
+"""Checking a store: its HDF5 objects taken for what they are (``hdf5_object``), its attributes for the types the
+schema gives them (``int_attr``, ``layers_attr``), rows holding NaN/inf, and every dataset against its recorded
+sha256.
+
+A damaged or hand-made file can hold anything where the schema names a dataset: a group, a named datatype, a
+soft link (perhaps dangling), an external link into another file. Nothing here assumes; each object is looked at
+through its link and its class first, and anything else than what the schema names is one line naming the path
+and what was expected."""
 from __future__ import annotations
 
+import numbers
+
+import h5py
 import numpy as np
 
 from superpos.errors import SuperposError
 from superpos.store.schema import layer_key, nonfinite_index
+
+_KINDS = {h5py.Dataset: "a dataset", h5py.Group: "a group", h5py.Datatype: "a named datatype"}
+
+
+def _brief(e: BaseException) -> str:
+    return " ".join(str(e).split())[:100] or type(e).__name__
+
+
+def hdf5_object(file: h5py.File, name: str, want: type, where) -> h5py.Dataset | h5py.Group:
+    """The object at ``name`` (e.g. ``acts/L3``), which must be a hard-linked ``want`` (``h5py.Dataset`` or
+    ``h5py.Group``) under hard-linked groups; anything else — nothing there, a soft or external link, a named
+    datatype, a group where a dataset belongs or the reverse, an unreadable object header — is refused in one line
+    naming the path and what was expected."""
+    parts = name.strip("/").split("/")
+    node: h5py.Group = file
+    for i, part in enumerate(parts):
+        path = "/" + "/".join(parts[:i + 1])
+        expected = _KINDS[want] if i == len(parts) - 1 else "a group"
+        try:
+            link = node.get(part, getlink=True)
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as e:
+            raise SuperposError(f"{where}: '{path}' is unreadable, expected {expected} (damaged HDF5 structure: "
+                                f"{_brief(e)})") from None
+        if link is None:
+            noun = "group" if want is h5py.Group else "dataset"
+            inside = "" if i == len(parts) - 1 else f" (no group '{path}')"
+            raise SuperposError(f"{where}: missing {noun} '/{'/'.join(parts)}'{inside}")
+        if isinstance(link, h5py.SoftLink):
+            raise SuperposError(f"{where}: '{path}' is a soft link to '{link.path}', expected {expected}")
+        if isinstance(link, h5py.ExternalLink):
+            raise SuperposError(f"{where}: '{path}' is an external link to {link.filename}:{link.path}, expected "
+                                f"{expected}")
+        if not isinstance(link, h5py.HardLink):
+            raise SuperposError(f"{where}: '{path}' is a {type(link).__name__}, expected {expected}")
+        try:
+            cls = node.get(part, getclass=True)
+            obj = node[part] if cls in _KINDS else None
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as e:
+            raise SuperposError(f"{where}: '{path}' is unreadable, expected {expected} (damaged HDF5 structure: "
+                                f"{_brief(e)})") from None
+        if cls is not (want if i == len(parts) - 1 else h5py.Group) or not isinstance(obj, cls):
+            found = _KINDS.get(cls, f"an object of unknown type ({getattr(cls, '__name__', cls)})")
+            raise SuperposError(f"{where}: '{path}' is {found}, expected {expected}")
+        node = obj
+    return node
+
+
+def int_attr(attrs, name: str, where, minimum: int | None = None) -> int:
+    """Integer attribute ``name``: a whole number (a NumPy or Python integer, or a one-element array of one),
+    at least ``minimum``; anything else (a string, a float, a list, a boolean) is refused in one line."""
+    try:
+        raw = attrs[name]
+    except KeyError:
+        raise SuperposError(f"{where} is not a superpos store (missing attribute '{name}')") from None
+    v = raw.reshape(-1)[0] if isinstance(raw, np.ndarray) and raw.size == 1 else raw
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise SuperposError(f"{where}: attribute '{name}' is {_shown(raw)}, expected an integer")
+    if minimum is not None and int(v) < minimum:
+        raise SuperposError(f"{where}: attribute '{name}' is {int(v)}, expected at least {minimum}")
+    return int(v)
+
+
+def layers_attr(attrs, where) -> list[int]:
+    """The ``layers`` attribute: distinct non-negative integers (a scalar is one layer)."""
+    raw = attrs["layers"]
+    values = np.atleast_1d(raw)
+    if values.ndim != 1 or not values.size or values.dtype == np.bool_ or not np.issubdtype(values.dtype, np.integer):
+        raise SuperposError(f"{where}: attribute 'layers' is {_shown(raw)}, expected a list of layer numbers")
+    layers = [int(x) for x in values]
+    if min(layers) < 0 or len(set(layers)) != len(layers):
+        raise SuperposError(f"{where}: attribute 'layers' is {layers}, expected distinct layer numbers ≥ 0")
+    return layers
+
+
+def _shown(v) -> str:
+    """An attribute's value and type, short, for a message."""
+    plain = v.tolist() if isinstance(v, (np.ndarray, np.generic)) else v
+    text = repr(plain.decode(errors="replace") if isinstance(plain, bytes) else plain)
+    return (text if len(text) <= 40 else text[:37] + "...") + f" ({type(v).__name__})"
 
 
 class StoreChecker:
@@ -22,7 +111,7 @@ class StoreChecker:
 
     def nonfinite_rows(self, layer: int, block_rows: int = 1 << 16) -> np.ndarray:
         """Indices of complete rows of ``layer`` holding NaN or inf (a full read of the layer)."""
-        ds = self.file[layer_key(self.check_layer(layer))]
+        ds = hdf5_object(self.file, layer_key(self.check_layer(layer)), h5py.Dataset, self.path)
         self._check_live(ds)
         bad = [start + nonfinite_index(ds[start:min(start + block_rows, self.n_rows)])
                for start in range(0, self.n_rows, block_rows)]
@@ -40,7 +129,7 @@ class StoreChecker:
             raise SuperposError(f"{self.path}: its HDF5 structure is damaged ({' '.join(str(e).split())[:100]})") from None
         n = self.n_rows
         for layer, name in [*((x, layer_key(x)) for x in self.layers), *((None, f) for f in self.row_fields)]:
-            ds = self.file[name]
+            ds = hdf5_object(self.file, name, h5py.Dataset, self.path)
             self._check_live(ds)
             h, rows = hashlib.sha256(), []
             try:
@@ -65,7 +154,14 @@ class StoreChecker:
         digests, bad = self._scan() if self.n_rows else ({}, {})
         sealed = self.file.attrs.get("content_sha256")
         if sealed is not None and self.complete:
-            damaged = sorted(k for k, v in json.loads(sealed).items() if digests.get(k) != v)
+            try:
+                recorded = json.loads(sealed)
+            except (TypeError, ValueError):
+                recorded = None
+            if not isinstance(recorded, dict):
+                raise SuperposError(f"{self.path}: attribute 'content_sha256' is {_shown(sealed)}, expected a JSON "
+                                    f"object of sha256s")
+            damaged = sorted(k for k, v in recorded.items() if digests.get(k) != v)
             if damaged:
                 raise SuperposError(f"{self.path}: '/{damaged[0]}' does not match the checksum recorded when the store "
                                     f"was finished ({len(damaged)} dataset(s) damaged)")

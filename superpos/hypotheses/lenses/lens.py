@@ -14,7 +14,6 @@ output, and cross-entropy on the true next token. Method and reading in docs/rep
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -87,23 +86,28 @@ class TunedLens(nn.Module):
 
     @classmethod
     def load(cls, path) -> "TunedLens":
-        """Read a folder written by ``save`` (its checksums verified first)."""
-        from safetensors.torch import load_file
-
+        """Read a folder written by ``save`` (its checksums verified first); anything else found there — a missing
+        or extra key or tensor, a value of the wrong type, weights of another shape or type — is one line."""
         from superpos import integrity
+        from superpos.readers import expect_shape, field, read_json_object, read_tensors
 
         path = Path(path)
         if not (path / LENS_CONFIG).is_file() or not (path / LENS_WEIGHTS).is_file():
             raise SuperposError(f"{path} is not a tuned lens folder (needs {LENS_CONFIG} and {LENS_WEIGHTS})")
         integrity.verify(path)
-        try:
-            cfg = json.loads((path / LENS_CONFIG).read_text())
-            state = load_file(str(path / LENS_WEIGHTS))
-            lens = cls(int(cfg["d_model"]), int(cfg["n_layers"]))
-            lens.load_state_dict(state)
-        except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
-            raise SuperposError(f"{path} is not a tuned lens folder ({type(e).__name__}: {e})") from None
-        lens.meta = cfg.get("meta", {})
+        where = path / LENS_CONFIG
+        cfg = read_json_object(where)
+        kind = field(cfg, "kind", "str", where, default="tuned_lens")
+        if kind != "tuned_lens":
+            raise SuperposError(f"{where}: 'kind' is {kind!r}, expected 'tuned_lens'")
+        d, n = field(cfg, "d_model", "int", where, minimum=1), field(cfg, "n_layers", "int", where, minimum=0)
+        meta = field(cfg, "meta", "object", where, default={})
+        state = read_tensors(path / LENS_WEIGHTS, {"weight_LDD", "bias_LD"})
+        expect_shape(state, "weight_LDD", (n, d, d), path / LENS_WEIGHTS)
+        expect_shape(state, "bias_LD", (n, d), path / LENS_WEIGHTS)
+        lens = cls(d, n)
+        lens.load_state_dict(state)
+        lens.meta = meta
         return lens
 
     def summary(self) -> str:
