@@ -19,6 +19,7 @@ from superpos.dictionaries import (
 )
 from superpos.dictionaries.io import export_saelens, load_saelens
 from superpos.dictionaries.metrics import fvu
+from superpos.dictionaries.params import InvalidParameterError
 from superpos.dictionaries.sparse_ops import (
     aux_k_loss,
     dense_pairs,
@@ -248,7 +249,7 @@ def test_checkpoint_resume_is_exact(planted, tmp_path):
 
 
 def test_topk_decoder_steps_at_its_multiple_and_old_checkpoints_are_refused(planted, tmp_path, monkeypatch):
-    from superpos.dictionaries.train_run import TOPK_DECODER_LR_MULT
+    from superpos.dictionaries.topk import TOPK_DECODER_LR_MULT
     x, _ = planted
     for cls, mult in ((TopKSAE, TOPK_DECODER_LR_MULT), (BatchTopKSAE, 1.0), (ReLUSAE, 1.0)):
         sae = cls(n_components=64, batch_size=512, lr=1e-3, device="cpu", progress=False).partial_fit(x[:1024])
@@ -430,7 +431,7 @@ def test_sparse_nmf_codes_have_at_most_k_nonzeros(cls, planted):
     codes = np.asarray(model.transform(np.abs(x[:3000]) if cls is NMF else x[:3000]))
     nnz = (codes != 0).sum(1)
     assert nnz.max() <= 5 and np.median(nnz) == 5 and (codes >= 0).all()
-    with pytest.raises(SuperposError, match="k must be at least 1"):
+    with pytest.raises(InvalidParameterError, match="k must be an integer ≥ 1 or None, got 0"):
         cls(n_components=8, k=0, device="cpu", progress=False).fit(x[:100])
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from superpos.dictionaries.base import BaseDictionary, InvalidInputError, check_finite
+from superpos.dictionaries.params import Int, InvalidParameterError, Param, Params
 from superpos.dictionaries.sources import rows_from
 from superpos.errors import SuperposError
 
@@ -16,22 +17,37 @@ class PCA(BaseDictionary):
     ActivationStore it accumulates Σx and Σxxᵀ in float64 in one streaming pass and
     eigendecomposes the d_model × d_model covariance — exact, and out-of-core for any row count.
     ``partial_fit`` accumulates the same sums. Codes are ``(x − mean_) @ components_ᵀ``.
+
+    In ``superpos fit`` its size is ``--k``, the L0 of the SAE it is compared with (``from_params``).
     """
 
     kind = "pca"
     _state_names = ("mean_", "explained_variance_", "explained_variance_ratio_")
+    _params = Params(batch_size=Param(65536, "Rows read per chunk of a streamed fit.", Int(1)))
 
-    def __init__(self, n_components=None, batch_size=65536, min_pos=1, device="auto", progress=True):
+    def __init__(self, *, n_components=..., batch_size=..., min_pos=..., device=..., progress=...):
         self._set_params(locals())
+
+    @classmethod
+    def from_params(cls, params: dict, **fixed) -> PCA:
+        """As for every kind, except that ``k`` (the L0 of the SAE it is compared with) stands for
+        ``n_components`` unless that is given; without either, the size is the TopK SAE's default ``k``."""
+        from superpos.dictionaries.topk import TopKSAE
+
+        params = dict(params)
+        k = params.pop("k", TopKSAE._all_params["k"].default)
+        params.setdefault("n_components", k)
+        return super().from_params(params, **fixed)
 
     def _k(self, d: int) -> int:
         k = self.n_components or d
         if not 1 <= k <= d:
-            raise SuperposError(f"PCA n_components={k} must be between 1 and d_model ({d})")
+            raise InvalidParameterError(f"PCA n_components={k} must be between 1 and d_model ({d})")
         return k
 
     def fit(self, X, y=None, *, layer: int | None = None):
         """Fit afresh (exact SVD in memory; one streaming pass over a store); a later ``partial_fit`` adds rows."""
+        self._validate_params()
         src = rows_from(X, layer)
         for attr in ("_n", "_sum", "_outer"):
             self.__dict__.pop(attr, None)
@@ -52,9 +68,10 @@ class PCA(BaseDictionary):
 
     def partial_fit(self, X, y=None, *, layer: int | None = None):
         """Add ``X``'s rows to the running float64 sums and re-derive the components (continues after ``fit``)."""
+        self._validate_params()
         return self._add_rows(rows_from(X, layer))
 
-    def _add_rows(self, src) -> "PCA":
+    def _add_rows(self, src) -> PCA:
         d = src.d_model
         self._check_width(d)
         k = self._k(d)
