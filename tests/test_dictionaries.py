@@ -167,6 +167,13 @@ def test_pca_matches_sklearn():
     np.testing.assert_allclose(ours.components_.numpy() * signs[:, None], ref.components_, atol=1e-5)
     np.testing.assert_allclose(ours.explained_variance_.numpy(), ref.explained_variance_, rtol=1e-5)
     np.testing.assert_allclose(np.abs(ours.transform(x)), np.abs(ref.transform(x)), rtol=1e-4, atol=1e-4)
+    # score is scikit-learn's: the average log-likelihood under probabilistic PCA (per row: score_samples)
+    assert ours.noise_variance_ == pytest.approx(ref.noise_variance_, rel=1e-5)
+    assert ours.score(x) == pytest.approx(ref.score(x), rel=1e-5)
+    np.testing.assert_allclose(ours.score_samples(x[:20]), ref.score_samples(x[:20]), rtol=1e-5)
+    assert ours.explained_variance_score(x) == pytest.approx(1 - fvu(x, ours.reconstruct(x)), abs=1e-6)
+    full = PCA().fit(x)  # every component: no noise variance left
+    assert full.noise_variance_ == 0 and full.score(x) == pytest.approx(SkPCA().fit(x).score(x), rel=1e-5)
     # streaming (partial_fit) accumulation gives the same answer
     inc = PCA(n_components=6)
     for part in np.array_split(x, 7):
@@ -304,6 +311,7 @@ def test_pca_nmf_save_load(planted, tmp_path):
         save_dictionary(est, tmp_path / est.kind)
         back = load_dictionary(tmp_path / est.kind, device="cpu")
         np.testing.assert_allclose(back.transform(x[:50]), est.transform(x[:50]), rtol=1e-5, atol=1e-5)
+        assert back.score(x[:500]) == pytest.approx(est.score(x[:500]), rel=1e-5)  # PCA: noise_variance_ restored
 
 
 def test_broken_dictionary_folders(planted, tmp_path):

@@ -12,7 +12,9 @@
   ``partial_fit`` — as scikit-learn's ``MiniBatchNMF.partial_fit`` does.
 * learned state ends in ``_``; ``components_`` holds unit-norm atoms, shape (n_components, d_model). An
   unfitted estimator raises :class:`NotFittedError`, an ``AttributeError`` (so ``hasattr`` is False).
-* ``transform`` → codes, ``inverse_transform`` → reconstruction, ``score`` → explained variance.
+* ``transform`` → codes, ``inverse_transform`` → reconstruction, ``explained_variance_score`` → 1 − FVU, and
+  ``score`` → the kind's goodness of fit, higher is better: explained variance, except PCA's average
+  log-likelihood (scikit-learn's meaning).
   Outputs match the input's type: numpy in, numpy out; torch in, torch out. ``encode`` / ``decode`` are the
   tensor-level versions (on ``device_``), for code that stays in torch.
 """
@@ -201,13 +203,18 @@ class BaseDictionary(TransformerMixin, BaseEstimator):
         with torch.no_grad():
             return like_input(self._decode(self._encode(as_tensor(X, self._device()))), X)
 
-    def score(self, X, y=None) -> float:
-        """Explained variance 1 − FVU on ``X`` (higher is better, as sklearn expects)."""
+    def explained_variance_score(self, X) -> float:
+        """Explained variance 1 − FVU of the reconstruction of ``X``, for every kind."""
         from superpos.dictionaries.metrics import fvu
 
         x = as_tensor(self._rows(X), self._device())
         with torch.no_grad():
             return 1.0 - fvu(x, self._decode(self._encode(x)))
+
+    def score(self, X, y=None) -> float:
+        """The kind's goodness of fit on ``X``, higher is better (scikit-learn's ``score``): the explained variance
+        (``explained_variance_score``) unless the kind has a likelihood (PCA)."""
+        return self.explained_variance_score(X)
 
     @property
     def n_components_(self) -> int:

@@ -18,7 +18,10 @@ class PCA(BaseDictionary):
     eigendecomposes the d_model × d_model covariance — exact, and out-of-core for any row count.
     ``partial_fit`` accumulates the same sums. Codes are ``(x − mean_) @ components_ᵀ``.
 
-    In ``superpos fit`` its size is ``--k``, the L0 of the SAE it is compared with (``from_params``).
+    ``score`` is scikit-learn's: the average log-likelihood of the rows under probabilistic PCA (Tipping & Bishop
+    1999), with the variance the components leave spread evenly over the other directions (``noise_variance_``);
+    ``explained_variance_score`` gives 1 − FVU, as for every kind. In ``superpos fit`` its size is ``--k``, the L0
+    of the SAE it is compared with (``from_params``).
     """
 
     kind = "pca"
@@ -106,6 +109,42 @@ class PCA(BaseDictionary):
         self.components_ = torch.tensor(vt[:k], dtype=torch.float32, device=dev)
         self.explained_variance_ = torch.tensor(var[:k], dtype=torch.float32, device=dev)
         self.explained_variance_ratio_ = torch.tensor(var[:k] / max(var.sum(), 1e-300), dtype=torch.float32, device=dev)
+        # the variance the components leave, spread over the other d − k directions (scikit-learn's noise variance
+        # when there are at least d rows)
+        d = len(mean)
+        self.noise_variance_ = float(var[k:].sum()) / (d - k) if k < d else 0.0
+
+    def load_state_dict(self, state):
+        """Set the fitted tensors; ``noise_variance_``, not saved, comes back from the explained variances and
+        their ratios (the total variance is their quotient)."""
+        super().load_state_dict(state)
+        var = self.explained_variance_.double().cpu().numpy()
+        ratio = self.explained_variance_ratio_.double().cpu().numpy()
+        k, d = self.components_.shape
+        total = var.sum() / max(ratio.sum(), 1e-300)
+        self.noise_variance_ = max(total - var.sum(), 0.0) / (d - k) if k < d else 0.0
+        return self
+
+    def score_samples(self, X) -> np.ndarray:
+        """Log-likelihood of each row under probabilistic PCA (as scikit-learn's ``PCA.score_samples``)."""
+        x = np.asarray(self._rows(X).cpu() if isinstance(X, torch.Tensor) else self._rows(X), dtype=np.float64)
+        W = self.components_.double().cpu().numpy()
+        var = self.explained_variance_.double().cpu().numpy()
+        noise = self.noise_variance_
+        d, k = x.shape[1], len(var)
+        xc = x - self.mean_.double().cpu().numpy()
+        proj = xc @ W.T  # the covariance is Wᵀ diag(var) W + noise (I − WᵀW): its eigenvalues are var and noise
+        maha = (proj**2 / var).sum(1)
+        logdet = np.log(var).sum()
+        if k < d:
+            maha = maha + ((xc**2).sum(1) - (proj**2).sum(1)) / noise
+            logdet += (d - k) * np.log(noise)
+        return -0.5 * (maha + d * np.log(2 * np.pi) + logdet)
+
+    def score(self, X, y=None) -> float:
+        """Average log-likelihood of the rows (scikit-learn's ``PCA.score``); ``explained_variance_score`` gives
+        the explained variance."""
+        return float(self.score_samples(X).mean())
 
     def _encode(self, x_BD):
         return (x_BD - self.mean_) @ self.components_.T
