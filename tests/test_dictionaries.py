@@ -19,6 +19,7 @@ from superpos.dictionaries import (
 )
 from superpos.dictionaries.io import export_saelens, load_saelens
 from superpos.dictionaries.metrics import fvu
+from superpos.dictionaries.params import InvalidParameterError
 from superpos.dictionaries.sparse_ops import (
     aux_k_loss,
     dense_pairs,
@@ -166,6 +167,13 @@ def test_pca_matches_sklearn():
     np.testing.assert_allclose(ours.components_.numpy() * signs[:, None], ref.components_, atol=1e-5)
     np.testing.assert_allclose(ours.explained_variance_.numpy(), ref.explained_variance_, rtol=1e-5)
     np.testing.assert_allclose(np.abs(ours.transform(x)), np.abs(ref.transform(x)), rtol=1e-4, atol=1e-4)
+    # score is scikit-learn's: the average log-likelihood under probabilistic PCA (per row: score_samples)
+    assert ours.noise_variance_ == pytest.approx(ref.noise_variance_, rel=1e-5)
+    assert ours.score(x) == pytest.approx(ref.score(x), rel=1e-5)
+    np.testing.assert_allclose(ours.score_samples(x[:20]), ref.score_samples(x[:20]), rtol=1e-5)
+    assert ours.explained_variance_score(x) == pytest.approx(1 - fvu(x, ours.reconstruct(x)), abs=1e-6)
+    full = PCA().fit(x)  # every component: no noise variance left
+    assert full.noise_variance_ == 0 and full.score(x) == pytest.approx(SkPCA().fit(x).score(x), rel=1e-5)
     # streaming (partial_fit) accumulation gives the same answer
     inc = PCA(n_components=6)
     for part in np.array_split(x, 7):
@@ -248,7 +256,7 @@ def test_checkpoint_resume_is_exact(planted, tmp_path):
 
 
 def test_topk_decoder_steps_at_its_multiple_and_old_checkpoints_are_refused(planted, tmp_path, monkeypatch):
-    from superpos.dictionaries.train_run import TOPK_DECODER_LR_MULT
+    from superpos.dictionaries.topk import TOPK_DECODER_LR_MULT
     x, _ = planted
     for cls, mult in ((TopKSAE, TOPK_DECODER_LR_MULT), (BatchTopKSAE, 1.0), (ReLUSAE, 1.0)):
         sae = cls(n_components=64, batch_size=512, lr=1e-3, device="cpu", progress=False).partial_fit(x[:1024])
@@ -303,6 +311,7 @@ def test_pca_nmf_save_load(planted, tmp_path):
         save_dictionary(est, tmp_path / est.kind)
         back = load_dictionary(tmp_path / est.kind, device="cpu")
         np.testing.assert_allclose(back.transform(x[:50]), est.transform(x[:50]), rtol=1e-5, atol=1e-5)
+        assert back.score(x[:500]) == pytest.approx(est.score(x[:500]), rel=1e-5)  # PCA: noise_variance_ restored
 
 
 def test_broken_dictionary_folders(planted, tmp_path):
@@ -430,7 +439,7 @@ def test_sparse_nmf_codes_have_at_most_k_nonzeros(cls, planted):
     codes = np.asarray(model.transform(np.abs(x[:3000]) if cls is NMF else x[:3000]))
     nnz = (codes != 0).sum(1)
     assert nnz.max() <= 5 and np.median(nnz) == 5 and (codes >= 0).all()
-    with pytest.raises(SuperposError, match="k must be at least 1"):
+    with pytest.raises(InvalidParameterError, match="k must be an integer ≥ 1 or None, got 0"):
         cls(n_components=8, k=0, device="cpu", progress=False).fit(x[:100])
 
 

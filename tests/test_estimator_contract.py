@@ -1,4 +1,6 @@
 """The scikit-learn estimator contract, for every dictionary kind."""
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,9 @@ from superpos.dictionaries import (
     save_dictionary,
 )
 from superpos.dictionaries.base import InvalidInputError, NotFittedError
+from superpos.dictionaries.kinds import KINDS
 from superpos.dictionaries.metrics import fvu
+from superpos.dictionaries.params import InvalidParameterError, Number, OneOf
 from superpos.errors import SuperposError
 
 SMALL = dict(device="cpu", progress=False)
@@ -128,3 +132,73 @@ def test_loaded_pca_refuses_partial_fit(tmp_path):
     save_dictionary(PCA(n_components=2).fit(x), tmp_path / "p")
     with pytest.raises(SuperposError, match="a loaded PCA keeps only its top components"):
         load_dictionary(tmp_path / "p", device="cpu").partial_fit(x)
+
+
+KIND_CLASSES = sorted(set(KINDS.values()), key=lambda c: c.kind)
+
+
+@pytest.mark.parametrize("cls", KIND_CLASSES, ids=lambda c: c.__name__)
+def test_each_parameter_is_declared_once(cls):
+    """The keyword-only signature's defaults, the docstring's Parameters section and the checks all come from the
+    one declaration table (params.py), so none of them can drift from the others."""
+    sig = inspect.signature(cls)
+    assert all(p.kind is p.KEYWORD_ONLY for p in sig.parameters.values())
+    assert {n: p.default for n, p in sig.parameters.items()} == {n: d.default for n, d in cls._all_params.items()}
+    section = cls.__doc__.split("\nParameters\n----------\n")[1]
+    listed = [line.split(" : ")[0] for line in section.splitlines() if line and not line.startswith(" ")]
+    assert listed == list(sig.parameters)
+    for name, decl in cls._all_params.items():
+        shown = decl.shown or repr(decl.default)
+        assert f"{name} : {decl.check.type}, default={shown}\n" in section
+
+
+def _out_of_range(check):
+    """Values a declared check refuses although their type is right."""
+    if isinstance(check, OneOf):
+        return ["no-such-option"]
+    if not isinstance(check, Number):
+        return []
+    step = 1 if check.integer else 0.5
+    out = []
+    if check.low is not None:
+        out.append(check.low if check.closed in ("right", "neither") else check.low - step)
+    if check.high is not None:
+        out.append(check.high if check.closed in ("left", "neither") else check.high + step)
+    return out
+
+
+@pytest.mark.parametrize("cls", KIND_CLASSES, ids=lambda c: c.__name__)
+def test_bad_parameters_raise_a_value_error_at_fit(cls):
+    """As scikit-learn's check_param_validation: a value of no valid type, and one outside the declared range,
+    make fit and partial_fit raise InvalidParameterError (a ValueError and a SuperposError) naming the parameter;
+    the constructor and set_params accept anything."""
+    x = np.abs(np.random.default_rng(0).standard_normal((20, 5)))
+    BadType = type("BadType", (), {})
+    for name, decl in cls._all_params.items():
+        for bad in [BadType(), *_out_of_range(decl.check)]:
+            est = cls(**SMALL).set_params(**{name: bad})
+            for method in (est.fit, est.partial_fit):
+                with pytest.raises(InvalidParameterError, match=f"{cls.__name__}: {name} must be ") as info:
+                    method(x)
+                assert isinstance(info.value, ValueError) and isinstance(info.value, SuperposError)
+            assert "components_" not in vars(est)
+
+
+def test_fit_workflow_hooks_live_on_the_classes():
+    """What `superpos fit` treats per kind is on the class: PCA's size from --k, and which kinds checkpoint."""
+    assert PCA.from_params({"k": 16}).n_components == 16
+    assert PCA.from_params({}).n_components == TopKSAE().k  # without --k: the TopK SAE's default k
+    assert PCA.from_params({"k": 8, "n_components": 4}).n_components == 4
+    with pytest.raises(InvalidParameterError, match="parameter 'l1_coeff' does not apply to kind pca"):
+        PCA.from_params({"l1_coeff": 3})
+    assert TopKSAE.from_params({"k": 4}, device="cpu").get_params()["k"] == 4
+    assert [c.kind for c in KIND_CLASSES if c.resumable] == ["batchtopk", "jumprelu", "relu", "topk"]
+
+
+def test_topk_and_batchtopk_are_siblings():
+    from superpos.dictionaries.topk import TOPK_DECODER_LR_MULT, _SparseSelectSAE
+
+    assert BatchTopKSAE.__bases__ == TopKSAE.__bases__ == (_SparseSelectSAE,)
+    assert not issubclass(BatchTopKSAE, TopKSAE)
+    assert TopKSAE._decoder_lr_mult == TOPK_DECODER_LR_MULT and BatchTopKSAE._decoder_lr_mult == 1.0
+    assert "threshold_" in BatchTopKSAE._state_names and "threshold_" not in TopKSAE._state_names

@@ -1,7 +1,10 @@
 """The estimator contract shared by every dictionary (scikit-learn style).
 
-* ``__init__`` only stores parameters (``get_params`` / ``set_params`` / ``clone`` come from sklearn), in one
-  way for every kind: ``self._set_params(locals())``.
+* ``__init__(self, *, name=..., ...)`` only stores parameters (``get_params`` / ``set_params`` / ``clone`` come
+  from sklearn), in one way for every kind: ``self._set_params(locals())``. Each parameter is declared once, in a
+  class's ``_params`` table (``params.py``): its default (the signature's ``...`` stands for it), its doc (the
+  class docstring's generated Parameters section) and its check, which ``fit`` / ``partial_fit`` run first
+  (``_validate_params``), raising :class:`InvalidParameterError` (a ValueError).
 * ``fit(X, y=None, *, layer=None)`` and ``partial_fit(X, y=None, *, layer=None)`` return ``self``; ``X`` is an
   array, a tensor, or an :class:`~superpos.store.ActivationStore` together with ``layer`` (streamed, out of
   core); ``superpos.dictionaries.sources.rows_from`` turns each into a ``RowSource``. ``fit`` starts afresh (and
@@ -9,17 +12,31 @@
   ``partial_fit`` — as scikit-learn's ``MiniBatchNMF.partial_fit`` does.
 * learned state ends in ``_``; ``components_`` holds unit-norm atoms, shape (n_components, d_model). An
   unfitted estimator raises :class:`NotFittedError`, an ``AttributeError`` (so ``hasattr`` is False).
-* ``transform`` → codes, ``inverse_transform`` → reconstruction, ``score`` → explained variance.
+* ``transform`` → codes, ``inverse_transform`` → reconstruction, ``explained_variance_score`` → 1 − FVU, and
+  ``score`` → the kind's goodness of fit, higher is better: explained variance, except PCA's average
+  log-likelihood (scikit-learn's meaning).
   Outputs match the input's type: numpy in, numpy out; torch in, torch out. ``encode`` / ``decode`` are the
   tensor-level versions (on ``device_``), for code that stays in torch.
 """
 from __future__ import annotations
+
+from typing import ClassVar
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from superpos.device import resolve_device
+from superpos.dictionaries.params import (
+    Bool,
+    Device,
+    Int,
+    InvalidParameterError,
+    Param,
+    Params,
+    declare,
+    validate,
+)
 from superpos.errors import SuperposError
 from superpos.store import ActivationStore
 
@@ -74,18 +91,56 @@ def check_finite(x: torch.Tensor, where: str) -> None:
         raise SuperposError(f"{where} contains NaN or inf values")
 
 
+#: ``seed``, declared once for the kinds that draw random numbers (the SAEs, the NMFs)
+SEED = Param(0, "Random seed: initialisation, batch order and, for the SAEs, the held-out split.", Int(0))
+
+
 class BaseDictionary(TransformerMixin, BaseEstimator):
-    """Common plumbing; subclasses implement ``_fit_stream``, ``_encode``, ``_decode`` and state I/O."""
+    """Common plumbing. A kind sets ``kind``, declares its parameters in ``_params`` (merged with its bases'),
+    defines ``__init__(self, *, name=..., ...)`` naming them, and implements ``fit``, ``partial_fit``,
+    ``_encode`` and ``_decode``; ``_state_names`` lists the fitted tensors saved besides ``components_``."""
 
     kind: str = "base"
     #: names of fitted tensors saved with the dictionary (besides components_)
     _state_names: tuple[str, ...] = ()
+    #: whether ``fit`` takes ``checkpoint_dir`` / ``checkpoint_every`` and resumes from them (the SAEs)
+    resumable: bool = False
+    #: the parameters every kind takes (a kind adds its own, or redeclares one, in its ``_params``)
+    _params = Params(
+        n_components=Param(None, "Number of atoms (rows of ``components_``); None: the kind's default, "
+                                 "``expansion × d_model`` where the kind takes ``expansion``, else d_model.",
+                           Int(1, none=True)),
+        min_pos=Param(1, "Store rows at positions below this are left out (1 leaves out the BOS / "
+                         "attention-sink row); arrays and tensors are taken whole.", Int(0)),
+        device=Param("auto", "Where to fit: 'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.", Device()),
+        progress=Param(True, "Show a progress bar while fitting.", Bool()),
+    )
+    #: the merged table, in signature order (set by ``params.declare``)
+    _all_params: ClassVar[dict[str, Param]] = dict(_params)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        declare(cls)
 
     def _set_params(self, params: dict) -> None:
         """``__init__``'s one body: store every argument as an attribute of the same name."""
         for name, value in params.items():
             if name not in ("self", "__class__"):
                 setattr(self, name, value)
+
+    def _validate_params(self) -> None:
+        """Check every parameter against its declaration (``fit`` and ``partial_fit`` call it first)."""
+        validate(self)
+
+    @classmethod
+    def from_params(cls, params: dict, **fixed) -> BaseDictionary:
+        """The estimator for ``params`` by name (``superpos fit``'s flags and config file, then ``fixed``); a name
+        this kind does not take is refused in one line."""
+        unknown = sorted(set(params) - set(cls._all_params))
+        if unknown:
+            raise InvalidParameterError(f"parameter '{unknown[0]}' does not apply to kind {cls.kind} (it takes "
+                                        f"{', '.join(sorted(cls._all_params))})")
+        return cls(**{**params, **fixed})
 
     # ---------------------------------------------------------------- data plumbing
     def _device(self) -> torch.device:
@@ -148,13 +203,18 @@ class BaseDictionary(TransformerMixin, BaseEstimator):
         with torch.no_grad():
             return like_input(self._decode(self._encode(as_tensor(X, self._device()))), X)
 
-    def score(self, X, y=None) -> float:
-        """Explained variance 1 − FVU on ``X`` (higher is better, as sklearn expects)."""
+    def explained_variance_score(self, X) -> float:
+        """Explained variance 1 − FVU of the reconstruction of ``X``, for every kind."""
         from superpos.dictionaries.metrics import fvu
 
         x = as_tensor(self._rows(X), self._device())
         with torch.no_grad():
             return 1.0 - fvu(x, self._decode(self._encode(x)))
+
+    def score(self, X, y=None) -> float:
+        """The kind's goodness of fit on ``X``, higher is better (scikit-learn's ``score``): the explained variance
+        (``explained_variance_score``) unless the kind has a likelihood (PCA)."""
+        return self.explained_variance_score(X)
 
     @property
     def n_components_(self) -> int:
@@ -180,7 +240,7 @@ class BaseDictionary(TransformerMixin, BaseEstimator):
         out.update({n: getattr(self, n) for n in self._state_names})
         return {k: torch.as_tensor(v).detach().cpu().contiguous() for k, v in out.items()}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "BaseDictionary":
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> BaseDictionary:
         """Set the fitted tensors from ``state`` (as ``state_dict`` returns them)."""
         dev = self._device()
         for k, v in state.items():

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from superpos.errors import ConfigError, SuperposError
+from superpos.errors import ConfigError
 
 
 def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_frac: float = 0.9,
                    device: str = "auto", checkpoint_every: int = 500, overwrite: bool = False, progress: bool = True):
     """Fit and save one dictionary on rows [0, split) of ``store_path``'s ``layer`` (whole contexts, the first
     ``train_frac`` of them); returns (dictionary, seconds). SAEs checkpoint into ``out`` and resume from it."""
-    from superpos.dictionaries.io import CONFIG, checked_params, save_dictionary
+    from superpos.dictionaries.io import CONFIG, save_dictionary
     from superpos.dictionaries.kinds import KINDS
     from superpos.store import ActivationStore
 
@@ -23,17 +23,8 @@ def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_f
         raise ConfigError("out", f"{out} already holds a finished dictionary (choose another {{field}}, or replace it: --overwrite / overwrite=True)")
     if not 0 < train_frac <= 1:
         raise ConfigError("train_frac", f"{{field}} must be in (0, 1], got {train_frac}")
-    cls = KINDS[kind]
-    valid = set(cls().get_params())
-    params = dict(params)
-    if kind == "pca":  # PCA's size defaults to --k so that L0 matches the SAE it is compared with
-        k = params.pop("k", 32)
-        params.setdefault("n_components", k)
-    unknown = sorted(set(params) - valid)
-    if unknown:
-        raise SuperposError(f"parameter '{unknown[0]}' does not apply to kind {kind} (it takes {', '.join(sorted(valid))})")
-    params = checked_params(cls, params)  # each of the type its default has (a --config file can hold anything)
-    est = cls(**{**params, "device": device, "progress": progress})
+    est = KINDS[kind].from_params(params, device=device, progress=progress)
+    resume = {"checkpoint_dir": out, "checkpoint_every": checkpoint_every} if est.resumable else {}
     with ActivationStore(store_path) as store:
         layer = store.check_layer(layer)
         split = store.split_row(train_frac)
@@ -44,10 +35,7 @@ def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_f
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         try:
-            if hasattr(est, "dead_after_tokens"):
-                est.fit(train, layer=layer, checkpoint_dir=out, checkpoint_every=checkpoint_every)
-            else:
-                est.fit(train, layer=layer)
+            est.fit(train, layer=layer, **resume)
         except BaseException:
             if created and not any(out.iterdir()):  # leave nothing behind for a fit that never got going
                 out.rmdir()

@@ -6,9 +6,10 @@ import math
 
 import torch
 
+from superpos.dictionaries.params import Param, Params, Real
 from superpos.dictionaries.sparse_ops import firing_quantile
 from superpos.dictionaries.trainer import (
-    _COMMON_DOC,
+    TARGET_L0,
     SparseAutoencoder,
     _reconstruction_terms,
 )
@@ -57,23 +58,30 @@ class _Step(torch.autograd.Function):
 
 
 class JumpReLUSAE(SparseAutoencoder):
-    __doc__ = ("JumpReLU SAE (Rajamanoharan et al. 2024): per-latent thresholds learned with straight-through "
-               "estimators (rectangle kernel, ``bandwidth``) under an L0 penalty ``l0_coeff``. Thresholds, "
-               "``bandwidth`` and ``threshold_init`` are in units of the normalised input (E‖x‖² = d_model).\n" + _COMMON_DOC)
+    """JumpReLU SAE (Rajamanoharan et al. 2024): per-latent thresholds learned with straight-through estimators
+    (rectangle kernel of width ``bandwidth``) under an L0 penalty ``l0_coeff``. Thresholds, ``bandwidth`` and
+    ``threshold_init`` are in units of the normalised input (E‖x‖² = d_model)."""
+
     kind = "jumprelu"
     _sparsity_param = "l0_coeff"
     _state_names = SparseAutoencoder._state_names + ("threshold_",)
     _extra_params = ("log_threshold",)
-    # Adam moves a parameter by ≈ lr per step; started at the target L0 (``_init_params``), log-thresholds still move
-    # by O(1) in a few hundred steps at 5×. At 30× (from a fixed start), half of SmolLM2 layer 15's latents died; at 1×
-    # the planted test's L0 stayed at 7 and 10 when asked for 10 and 20.
+    # Adam moves a parameter by ≈ lr per step: the log-thresholds step at a multiple of it so they can still move
+    # by O(1) within a run; the values tried and what they did: docs/dictionaries.md ("The SAE trainer")
     _extra_lr_mult = 5.0
+    _params = Params(
+        l0_coeff=Param(1.0, "Weight of the L0 penalty.", Real(0)),
+        target_l0=TARGET_L0,
+        bandwidth=Param(0.05, "Width of the rectangle kernel of the straight-through estimators.",
+                        Real(0, closed="neither")),
+        threshold_init=Param(0.1, "Where the thresholds start (without ``target_l0``).", Real(0, closed="neither")),
+    )
 
-    def __init__(self, n_components=None, expansion=16.0, l0_coeff=1.0, target_l0=None, bandwidth=0.05,
-                 threshold_init=0.1, batch_size=1024, n_tokens=None, lr=None, max_epochs=50, tol=1e-2,
-                 n_iter_no_change=2, validation_fraction=0.1, warmup_steps=None, decay_frac=0.2, aux_k=None,
-                 aux_coeff=1 / 32, dead_after_tokens=250_000, b_dec_init="median", normalize=True, min_pos=1, seed=0,
-                 precision="float32", device="auto", progress=True):
+    def __init__(self, *, n_components=..., expansion=..., l0_coeff=..., target_l0=..., bandwidth=...,
+                 threshold_init=..., batch_size=..., n_tokens=..., lr=..., max_epochs=..., tol=...,
+                 n_iter_no_change=..., validation_fraction=..., warmup_steps=..., decay_frac=..., aux_k=...,
+                 aux_coeff=..., dead_after_tokens=..., b_dec_init=..., normalize=..., min_pos=..., seed=...,
+                 precision=..., device=..., progress=...):
         self._set_params(locals())
 
     def _init_extra(self, n_latents):

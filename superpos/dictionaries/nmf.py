@@ -21,7 +21,8 @@ import torch
 from tqdm import tqdm
 
 from superpos import distributed
-from superpos.dictionaries.base import BaseDictionary, as_tensor, check_finite
+from superpos.dictionaries.base import SEED, BaseDictionary, as_tensor, check_finite
+from superpos.dictionaries.params import Bool, Int, Param, Params, Real
 from superpos.dictionaries.sources import rows_from
 from superpos.errors import SuperposError
 
@@ -37,7 +38,24 @@ def _neg(a):
 
 
 class _FactorisationBase(BaseDictionary):
-    """Shared fit loop: full-batch alternating updates in memory, mini-batch over streams."""
+    """Shared fit loop: full-batch alternating updates in memory, mini-batch over streams. A kind implements
+    ``_init_W``, ``_update_H``, ``_update_W_full``, ``_update_W_stats`` and ``_atoms`` (and ``_prepare`` when it
+    transforms its input)."""
+
+    _params = Params(
+        expansion=Param(4.0, "Atoms per input dimension when ``n_components`` is None.",
+                        Real(0, closed="neither")),
+        k=Param(None, "Most non-zeros per code, while fitting and in ``transform``; None: dense codes.",
+                Int(1, none=True)),
+        max_iter=Param(300, "Alternating updates of a full-batch (in-memory) fit.", Int(1)),
+        transform_iter=Param(100, "Multiplicative updates that solve the codes of a batch.", Int(0)),
+        batch_size=Param(4096, "Rows per mini-batch; in-memory data of at most this many rows is fitted full-batch.",
+                         Int(1)),
+        n_tokens=Param(None, "Rows a streamed fit reads; None: one pass.", Int(1, none=True)),
+        forget=Param(0.99, "How much of the accumulated statistics each mini-batch keeps (per batch_size rows).",
+                     Real(0, 1)),
+        seed=SEED,
+    )
 
     def _prepare(self, x_BD: torch.Tensor) -> torch.Tensor:
         return x_BD
@@ -50,11 +68,10 @@ class _FactorisationBase(BaseDictionary):
 
     def fit(self, X, y=None, *, layer: int | None = None):
         """Fit afresh: multiplicative updates in memory for small ``X``, else mini-batch over a stream."""
+        self._validate_params()
         src = rows_from(X, layer)
         d = src.d_model
         dev = self._device()
-        if self.k is not None and self.k < 1:
-            raise SuperposError(f"k must be at least 1 (or None for dense codes), got {self.k}")
         for name in ("_A", "_B"):  # streaming statistics belong to the dictionary being replaced
             self.__dict__.pop(name, None)
         gen = torch.Generator().manual_seed(self.seed)
@@ -101,6 +118,7 @@ class _FactorisationBase(BaseDictionary):
     def partial_fit(self, X, y=None, *, layer: int | None = None):
         """Update the dictionary with one mini-batch pass over ``X``, keeping accumulated statistics; continues
         from the fitted dictionary (after ``fit`` or ``load_dictionary``) when there is one."""
+        self._validate_params()
         src = rows_from(X, layer)
         d = src.d_model
         self._check_width(d)
@@ -168,9 +186,11 @@ class NMF(_FactorisationBase):
 
     kind = "nmf"
     _state_names = ("W_", "atom_norms_")
+    _params = Params(sign_split=Param(True, "Factorise the sign split [relu(x), relu(−x)] (any input); False: "
+                                            "the input itself, which must be non-negative.", Bool()))
 
-    def __init__(self, n_components=None, expansion=4.0, k=None, sign_split=True, max_iter=300, transform_iter=100,
-                 batch_size=4096, n_tokens=None, forget=0.99, min_pos=1, seed=0, device="auto", progress=True):
+    def __init__(self, *, n_components=..., expansion=..., k=..., sign_split=..., max_iter=..., transform_iter=...,
+                 batch_size=..., n_tokens=..., forget=..., min_pos=..., seed=..., device=..., progress=...):
         self._set_params(locals())
 
     def _prepare(self, x_BD):
@@ -208,9 +228,11 @@ class SemiNMF(_FactorisationBase):
 
     kind = "seminmf"
     _state_names = ("W_", "atom_norms_")
+    _params = Params(ridge=Param(1e-6, "Ridge of the atoms' least-squares update, relative to the codes' "
+                                       "mean energy.", Real(0)))
 
-    def __init__(self, n_components=None, expansion=4.0, k=None, max_iter=300, transform_iter=100, batch_size=4096,
-                 n_tokens=None, forget=0.99, ridge=1e-6, min_pos=1, seed=0, device="auto", progress=True):
+    def __init__(self, *, n_components=..., expansion=..., k=..., max_iter=..., transform_iter=..., batch_size=...,
+                 n_tokens=..., forget=..., ridge=..., min_pos=..., seed=..., device=..., progress=...):
         self._set_params(locals())
 
     def _init_W(self, x, gen):
@@ -228,7 +250,7 @@ class SemiNMF(_FactorisationBase):
 
     def _update_W_stats(self, A, B, W):
         # atoms come back unit-norm (the codes, solved afresh, carry the scale) and an atom no code used keeps its
-        # place: unnormalised, the solve gave SmolLM2 layer 15 atom norms from 0 to 1e5 and every code collapsed
+        # place: unnormalised, the solve let atom norms drift apart until every code collapsed (docs/dictionaries.md)
         ridge = self.ridge * A.diagonal().mean().clamp_min(EPS)
         new = torch.linalg.solve(A + ridge * torch.eye(A.shape[0], device=A.device), B)
         norms = new.norm(dim=1, keepdim=True)

@@ -4,25 +4,30 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from superpos.dictionaries.params import Param, Params, Real
 from superpos.dictionaries.sparse_ops import firing_quantile
 from superpos.dictionaries.trainer import (
-    _COMMON_DOC,
+    TARGET_L0,
     SparseAutoencoder,
     _reconstruction_terms,
 )
 
 
 class ReLUSAE(SparseAutoencoder):
-    __doc__ = ("ReLU SAE with an L1 penalty weighted by decoder norms (Σ_i f_i‖d_i‖), trained densely. "
-               "``l1_coeff`` is in units of the normalised input.\n" + _COMMON_DOC)
+    """ReLU SAE with an L1 penalty weighted by decoder norms (Σ_i f_i‖d_i‖), trained densely."""
+
     kind = "relu"
     _sparsity_param = "l1_coeff"
+    _params = Params(
+        l1_coeff=Param(2.0, "Weight of the L1 penalty, in units of the normalised input (E‖x‖² = d_model).",
+                       Real(0)),
+        target_l0=TARGET_L0,
+    )
 
-    def __init__(self, n_components=None, expansion=16.0, l1_coeff=2.0, target_l0=None, batch_size=1024,
-                 n_tokens=None, lr=None, max_epochs=50, tol=1e-2, n_iter_no_change=2, validation_fraction=0.1,
-                 warmup_steps=None, decay_frac=0.2, aux_k=None, aux_coeff=1 / 32, dead_after_tokens=250_000,
-                 b_dec_init="median", normalize=True, min_pos=1, seed=0, precision="float32", device="auto",
-                 progress=True):
+    def __init__(self, *, n_components=..., expansion=..., l1_coeff=..., target_l0=..., batch_size=...,
+                 n_tokens=..., lr=..., max_epochs=..., tol=..., n_iter_no_change=..., validation_fraction=...,
+                 warmup_steps=..., decay_frac=..., aux_k=..., aux_coeff=..., dead_after_tokens=...,
+                 b_dec_init=..., normalize=..., min_pos=..., seed=..., precision=..., device=..., progress=...):
         self._set_params(locals())
 
     def _init_params(self, sample_ND, d_model, dev):

@@ -40,8 +40,8 @@ _INT_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.floa
 def topk_cols(pre_BF: torch.Tensor, k: int) -> torch.Tensor:
     """Per row, the latents of the ``k`` largest pre-activations, (B, k) unsorted — exactly those of
     ``pre_BF.topk(k)`` among the positive values, the only ones a ReLU lets through (a row with fewer than k
-    positives is filled with other non-positive entries). On CPU, 1.6–2× faster than ``torch.topk`` at the
-    sizes SAEs train with (32 of 9,216 × 4,096 rows: 26 ms against 43 in float32, 21 against 41 in bfloat16):
+    positives is filled with other non-positive entries). On CPU, faster than ``torch.topk`` at the sizes SAEs
+    train with (the timings: docs/dictionaries.md, "The SAE trainer"):
 
     * the columns fall into ``G = F / g`` strided groups (j, j + G, j + 2G, …); the k groups with the largest
       maxima hold every top-k entry (an entry outside them is below k group maxima, hence below k entries), so
@@ -89,10 +89,10 @@ def select_batch_topk(pre_BF: torch.Tensor, k: int, row_cap: int | None = None) 
 def encoder_pre(x_BD: torch.Tensor, W_enc_FD: torch.Tensor, b_enc_F: torch.Tensor,
                 out_BF: torch.Tensor | None = None) -> torch.Tensor:
     """x @ W_encᵀ + b_enc (no grad). With ``out_BF`` (a buffer reused across steps) the product lands in memory
-    that is already mapped, and the bias is added in place: measured 15–20 % faster than ``addmm`` into a
-    fresh tensor, which broadcasts the bias into new memory before the GEMM. A bfloat16 ``out_BF`` takes the
-    product in bfloat16 (inputs rounded, sums accumulated in float32 by the GEMM, the result rounded to 8
-    bits of mantissa): 2.5× faster than float32 on a CPU with AVX512-BF16."""
+    that is already mapped, and the bias is added in place: faster than ``addmm`` into a fresh tensor, which
+    broadcasts the bias into new memory before the GEMM (docs/dictionaries.md). A bfloat16 ``out_BF`` takes the
+    product in bfloat16 (inputs rounded, sums accumulated in float32 by the GEMM, the result rounded to 8 bits of
+    mantissa), which a CPU with AVX512-BF16 runs natively (both GEMMs' timings: benchmarks/RESULTS.md)."""
     if out_BF is None or out_BF.shape != (x_BD.shape[0], W_enc_FD.shape[0]):
         return torch.addmm(b_enc_F, x_BD, W_enc_FD.T)
     dt = out_BF.dtype
@@ -104,8 +104,8 @@ def firing_quantile(x_BD: torch.Tensor, W_enc_FD: torch.Tensor, b_enc_F: torch.T
                     l0: float) -> torch.Tensor:
     """Per latent, the pre-activation it exceeds on a share ``l0 / latents`` of the rows of ``x_BD``: thresholds
     there (or an encoder bias of minus it) give a mean L0 of ``l0`` on those rows. A penalised SAE started there
-    starts at its target L0; started dense (L0 ≈ 2,000 of 4,608 on SmolLM2 layer 15), the penalty that thins it
-    overshoots to L0 ≈ 2 and most latents never fire again."""
+    starts at its target L0; started dense, the penalty that thins it overshoots far below the target and most
+    latents never fire again (docs/dictionaries.md, "A target L0")."""
     pre_BF = encoder_pre(x_BD - b_dec_D, W_enc_FD, b_enc_F)
     return torch.quantile(pre_BF, 1 - min(1.0, l0 / pre_BF.shape[1]), dim=0)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from superpos.dictionaries.params import Int, InvalidParameterError, Param, Params
 from superpos.dictionaries.sparse_ops import (
     encoder_pre,
     select_batch_topk,
@@ -13,22 +14,51 @@ from superpos.dictionaries.sparse_ops import (
     sparse_encode,
     topk_cols,
 )
-from superpos.dictionaries.train_run import TOPK_DECODER_LR_MULT
-from superpos.dictionaries.trainer import (
-    _COMMON_DOC,
-    SparseAutoencoder,
-    _reconstruction_terms,
-)
+from superpos.dictionaries.trainer import SparseAutoencoder, _reconstruction_terms
+
+#: TopK's decoder steps at this × lr (its rows are unit-norm: a step is an angle); why this value, and why
+#: BatchTopK keeps lr: docs/dictionaries.md ("The SAE trainer")
+TOPK_DECODER_LR_MULT = 1.5
+#: while training, no row takes more than this × k of a BatchTopK batch's k × batch codes (why: a few huge rows,
+#: later attention sinks, would otherwise take most of them; docs/dictionaries.md)
+BATCH_TOPK_ROW_CAP = 4
 
 
 class _SparseSelectSAE(SparseAutoencoder):
-    """TopK-style SAEs trained with sparse codes and the AuxK loss for dead latents. ``precision="bfloat16"``
-    takes only the encoder product in bfloat16 (the selection and the codes' values come from it); the codes,
-    decoder, loss and backward stay float32, where their sparse kernels cost little."""
+    """The sparse-select SAEs (TopK, BatchTopK): codes chosen by selection among the encoder's pre-activations,
+    trained with sparse kernels and the AuxK loss for dead latents. ``precision="bfloat16"`` takes only the encoder
+    product in bfloat16 (the selection and the codes' values come from it); the codes, decoder, loss and backward
+    stay float32, where their sparse kernels cost little.
+
+    A kind implements two hooks, one for training and one for inference:
+
+    * ``_select(pre)``: from the (batch × latents) pre-activations, the selected entries as ``(rows, cols,
+      values)``, sorted by row (``sparse_ops.select_topk`` / ``select_batch_topk``);
+    * ``_encode(x)``: the codes of raw rows at inference (``_pre(x)`` gives the pre-activations).
+
+    and may set ``_decoder_lr_mult`` (default 1: the decoder steps at lr), add fitted state with
+    ``_finish_extra`` and ``_state_names`` (BatchTopK's threshold), and extend ``_check_params``.
+    """
 
     _autocast = False
+    _params = Params(k=Param(32, "Active latents per token.", Int(1)))
 
-    def _select(self, pre_BF: torch.Tensor):  # pragma: no cover
+    def __init__(self, *, n_components=..., expansion=..., k=..., batch_size=..., n_tokens=..., lr=...,
+                 max_epochs=..., tol=..., n_iter_no_change=..., validation_fraction=..., warmup_steps=...,
+                 decay_frac=..., aux_k=..., aux_coeff=..., dead_after_tokens=..., b_dec_init=..., normalize=...,
+                 min_pos=..., seed=..., precision=..., device=..., progress=...):
+        self._set_params(locals())
+
+    def _check_params(self, d_model: int) -> None:
+        super()._check_params(d_model)
+        n = self._n_latents(d_model)
+        if self.k > n:
+            raise InvalidParameterError(f"k={self.k} must be between 1 and the number of latents ({n})")
+
+    def _select(self, pre_BF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _encode(self, x_BD: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def _train_forward(self, s: dict, x: torch.Tensor, dead: torch.Tensor) -> dict:
@@ -52,16 +82,11 @@ class _SparseSelectSAE(SparseAutoencoder):
 
 
 class TopKSAE(_SparseSelectSAE):
-    __doc__ = "TopK SAE (Gao et al. 2024): exactly ``k`` active latents per token.\n" + _COMMON_DOC
+    """TopK SAE (Gao et al. 2024): exactly ``k`` active latents per token, in training and at inference. Its
+    decoder steps at ``TOPK_DECODER_LR_MULT`` × ``lr``."""
+
     kind = "topk"
     _decoder_lr_mult = TOPK_DECODER_LR_MULT
-
-    def __init__(self, n_components=None, expansion=16.0, k=32, batch_size=1024, n_tokens=None, lr=None,
-                 max_epochs=50, tol=1e-2, n_iter_no_change=2, validation_fraction=0.1, warmup_steps=None,
-                 decay_frac=0.2, aux_k=None, aux_coeff=1 / 32, dead_after_tokens=250_000,
-                 b_dec_init="median", normalize=True, min_pos=1, seed=0, precision="float32", device="auto",
-                 progress=True):
-        self._set_params(locals())
 
     def _select(self, pre_BF):
         return select_topk(pre_BF, self.k)
@@ -72,23 +97,14 @@ class TopKSAE(_SparseSelectSAE):
         return torch.zeros_like(pre).scatter_(1, idx, F.relu(pre.gather(1, idx)))
 
 
-BATCH_TOPK_ROW_CAP = 4  # while training, no row takes more than this × k of a BatchTopK batch's k × batch codes
+class BatchTopKSAE(_SparseSelectSAE):
+    """BatchTopK SAE (Bussmann et al. 2024): the top ``k × batch`` activations over a batch while training, at
+    most ``BATCH_TOPK_ROW_CAP`` × k of them in one row; at inference a single threshold ``threshold_`` (estimated
+    after training so the mean L0 on training rows is ``k``) makes it a per-token JumpReLU. Its decoder steps at
+    ``lr``."""
 
-
-class BatchTopKSAE(TopKSAE):  # same parameters as TopK
-    __doc__ = ("BatchTopK SAE (Bussmann et al. 2024): the top ``k × batch`` activations over a batch while "
-               "training, at most ``BATCH_TOPK_ROW_CAP`` × k of them in one row; at inference a single threshold "
-               "``threshold_`` (estimated after training so the mean L0 on training rows is ``k``) makes it a "
-               "per-token JumpReLU. The cap matters on real residuals: on SmolLM2 layer 15, 5 rows in 65,280 (later "
-               "attention sinks, ~100× the typical norm) carry 27 % of the variance, and without it each takes "
-               "thousands of its batch's codes (held-out FVU 0.36 at k 16 against TopK's 0.215; capped: 0.214).\n"
-               + _COMMON_DOC)
     kind = "batchtopk"
     _state_names = SparseAutoencoder._state_names + ("threshold_",)
-    # Its decoder keeps lr: on SmolLM2 layer 15 (8×, batch 1,024, 10 passes over 57k rows; seeds 0/1/2) ×1.5 gave
-    # held-out FVU 0.237/0.193/0.225 against 0.192/0.172/0.205 at k 64, 0.182/0.179/0.191 against 0.178/0.180/0.182
-    # at k 32 and 0.186/0.191/0.190 against 0.191/0.191/0.194 at k 16; on the planted frontier neither was better.
-    _decoder_lr_mult = 1.0
 
     def _select(self, pre_BF):
         return select_batch_topk(pre_BF, self.k, row_cap=BATCH_TOPK_ROW_CAP * self.k)

@@ -17,13 +17,6 @@ from superpos.integrity import save_checkpoint as save_checkpoint_file
 
 CHECKPOINT = "checkpoint.pt"
 DEFAULT_LR = 2e-3
-# TopK's decoder steps at this × lr (its rows are unit-norm: a step is an angle). Measured with k 32 and
-# 9,216 latents, bfloat16: 2M planted tokens at batch 4,096, MMCS 0.974 → 0.983 (atoms recovered 97.2 → 99.9 %), FVU
-# 0.161 either way (at batch 1,024: 0.985 → 0.986); SmolLM2 layer 15, FVU on held-out rows below 5× the median norm,
-# batch 4,096 / 2,048 / 1,024: 0.178 → 0.167, 0.157 → 0.149, 0.147 → 0.142 (one pass over 581k Shakespeare rows),
-# 0.165 → 0.160, 0.155 → 0.154 (×1.41), 0.151 → 0.150 (1M tokens over the 49k-row benchmark set). Raising the
-# encoder's lr instead lowers MMCS (0.972); ×2 does as well on planted rows, ×3 is worse on real ones.
-TOPK_DECODER_LR_MULT = 1.5
 DENSE_FRACTION = 0.10  # a latent firing on more tokens than this is "dense" (SAEBench)
 WARMUP_FRACTION = 0.05  # default warm-up while converging: this share of one epoch's steps
 FIXED_BUDGET_WARMUP = 100  # default warm-up with a fixed n_tokens: this many steps ...
@@ -180,8 +173,8 @@ class _Meter:
 
 
 def _adam(groups: list[dict], lr: float) -> torch.optim.Adam:
-    """Adam with the fused kernel (one pass over each parameter instead of a dozen elementwise ops): measured
-    ~20 ms less per 16× step on 2 CPU cores. The update is the same algorithm; checkpoints load either way."""
+    """Adam with the fused kernel (one pass over each parameter instead of a dozen elementwise ops; its step time:
+    benchmarks/RESULTS.md). The update is the same algorithm; checkpoints load either way."""
     params = [p for g in groups for p in g["params"]]
     fused = all(p.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16) and p.device.type in ("cpu", "cuda")
                 for p in params)
@@ -205,19 +198,3 @@ def _last_good(ckpt_path: Path | None) -> str:
         return f"; the last good checkpoint is intact in {ckpt_path.parent}"
     return ""
 
-
-_COMMON_DOC = f"""
-    Common parameters: ``n_components`` (latents; default ``expansion × d_model``), ``batch_size``,
-    ``n_tokens`` (training tokens; default: in-memory data trains until the held-out FVU stops improving —
-    ``max_epochs``, ``tol``, ``n_iter_no_change``, ``validation_fraction`` as in scikit-learn's early stopping —
-    and so does a store of at most 2 GiB of rows, read into memory; a larger store trains for one epoch), ``lr``
-    (Adam; default 2e-3, chosen by measurement for CPU-sized budgets — see ``_lr``; TopK's decoder steps at
-    ``TOPK_DECODER_LR_MULT`` = {TOPK_DECODER_LR_MULT:g} × ``lr``, BatchTopK's at ``lr``), ``warmup_steps`` (default
-    5 % of an epoch while converging; with a fixed ``n_tokens``, 100 steps or a tenth of the run when that is fewer),
-    ``decay_frac`` (final fraction with linear decay to 0), ``aux_k`` / ``aux_coeff`` (AuxK loss on dead latents,
-    default d_model/2 and 1/32), ``dead_after_tokens`` (a latent is dead after this many tokens without firing),
-    ``b_dec_init`` (median|mean|zeros), ``normalize`` (scale inputs to E‖x‖² = d_model while training),
-    ``min_pos`` (store rows at positions below it — the BOS/attention sink — are left out), ``seed``, ``device``,
-    ``progress``. JumpReLU and ReLU take ``target_l0``: their penalty coefficient is then steered toward that L0
-    while training (``sparsity_coeff_`` is where it ended).
-"""

@@ -12,19 +12,27 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
 
 from superpos import distributed, interrupts
 from superpos.device import keep_freed_memory
-from superpos.dictionaries.base import BaseDictionary, check_finite
+from superpos.dictionaries.base import SEED, BaseDictionary, check_finite
+from superpos.dictionaries.params import (
+    Bool,
+    Int,
+    InvalidParameterError,
+    OneOf,
+    Param,
+    Params,
+    Real,
+)
 from superpos.dictionaries.sources import RowSource, in_memory_if_small, rows_from
 from superpos.dictionaries.sparse_ops import aux_k_loss, dense_pairs
 from superpos.dictionaries.train_run import (  # noqa: F401 (re-exported)
-    _COMMON_DOC,
     _SHOWN,
     CHECKPOINT,
     DEFAULT_LR,
@@ -48,40 +56,94 @@ from superpos.dictionaries.train_run import (  # noqa: F401 (re-exported)
 from superpos.errors import SuperposError
 from superpos.integrity import load_checkpoint
 
+#: the penalised kinds' (ReLU, JumpReLU) ``target_l0``, declared here once for both
+TARGET_L0 = Param(None, "Steer the penalty's coefficient toward this L0 while training, starting at it "
+                        "(``sparsity_coeff_`` is where the coefficient ended); None: the coefficient stays fixed.",
+                  Real(0, closed="neither", none=True))
+
 
 class SparseAutoencoder(BaseDictionary):
-    """Shared trainer. Subclasses set ``kind`` and implement ``_train_forward`` and ``_encode_pre``."""
+    """The trainer every SAE kind shares: initialisation, the loop with checkpoints, early stopping, logging and
+    dead-latent tracking, ``partial_fit``, and publishing the fitted weights. A kind sets ``kind``, declares the
+    parameters it adds (``_params``; the ones below are every SAE's), defines ``__init__(self, *, ...)`` and
+    implements these hooks:
 
+    * ``_train_forward(state, x, dead)`` (required): one training forward on the scaled batch ``x`` with the
+      training ``state`` (``W_enc``, ``b_enc``, ``W_dec``, ``b_dec``, the extra parameters, ``scale``, and
+      ``coeff`` under a target L0); returns ``{"loss", "x_hat", "l0", "counts"}`` (``counts``: firings per
+      latent). ``_with_aux`` adds the AuxK term on the ``dead`` latents.
+    * ``_encode(x)`` (required): codes at inference, in raw input units, from the published weights (``_pre``
+      gives the pre-activations). ``_decode(codes)`` defaults to ``codes @ components_ + b_dec_``.
+    * ``_init_params(sample, d_model, device)``: the starting state from a sample of rows; a kind extends it (the
+      penalised kinds start at their target L0).
+    * ``_init_extra(n_latents)``, ``_finish_extra(state, src, scale)``, ``_extra_from_fitted(scale)``: trainable
+      tensors besides the four (named in ``_extra_params``, stepping at ``_extra_lr_mult`` × lr), the fitted
+      state published after training (thresholds), and the way back to the training state for ``partial_fit``.
+    * Class attributes: ``_state_names`` (fitted tensors saved), ``_sparsity_param`` (the penalty a
+      ``target_l0`` steers), ``_decoder_lr_mult`` (the decoder's step, × lr) and ``_autocast``.
+    """
+
+    resumable = True
     _state_names = ("W_enc_", "b_enc_", "b_dec_")
     #: trainable tensors besides W_enc, b_enc, W_dec, b_dec
     _extra_params: tuple[str, ...] = ()
     _autocast = True  # precision="bfloat16" autocasts the step (the TopK kinds cast their encoder product themselves)
+    _params = Params(
+        expansion=Param(16.0, "Latents per input dimension when ``n_components`` is None.",
+                        Real(0, closed="neither")),
+        batch_size=Param(1024, "Rows per optimizer step.", Int(1)),
+        n_tokens=Param(None, "Training tokens (``n_tokens // batch_size`` steps). None: in-memory data trains until "
+                             "the held-out objective stops improving (``max_epochs``, ``tol``, ``n_iter_no_change`` "
+                             "and ``validation_fraction`` as in scikit-learn's early stopping), and so does a store "
+                             "whose training rows fit in ``STORE_IN_MEMORY_BYTES`` (2 GiB as float32), read into "
+                             "memory; a larger store trains for one epoch.", Int(1, none=True)),
+        lr=Param(None, f"Adam's learning rate. None: ``DEFAULT_LR`` ({DEFAULT_LR:g}, chosen by measurement for "
+                       "CPU-sized budgets: docs/dictionaries.md). A kind may step its decoder at a multiple of it "
+                       "(``_decoder_lr_mult``).", Real(0, closed="neither", none=True)),
+        max_epochs=Param(50, "Most passes over in-memory data while converging.", Int(1)),
+        tol=Param(1e-2, "Relative improvement of the held-out objective that counts as progress.", Real(0)),
+        n_iter_no_change=Param(2, "Held-out measurements without progress before the final decay starts.",
+                               Int(1)),
+        validation_fraction=Param(0.1, "Share of in-memory rows held out to measure convergence (at most "
+                                       "16,384 rows).", Real(0, 1, "neither")),
+        warmup_steps=Param(None, "Steps of linear warm-up. None (or 0): 5 % of an epoch while converging; with a "
+                                 "fixed ``n_tokens``, 100 steps or a tenth of the run when that is fewer.",
+                           Int(0, none=True)),
+        decay_frac=Param(0.2, "Final share of the run over which the learning rate decays linearly to 0.",
+                         Real(0, 1, "left")),
+        aux_k=Param(None, "Dead latents the AuxK loss lets reconstruct the error; None: d_model / 2.",
+                    Int(1, none=True)),
+        aux_coeff=Param(1 / 32, "Weight of the AuxK loss on dead latents (0 turns it off).", Real(0),
+                        shown="1/32"),
+        dead_after_tokens=Param(250_000, "A latent is dead after this many tokens without firing.", Int(1)),
+        b_dec_init=Param("median", "Where the decoder bias starts: the geometric median, the mean or zero of a "
+                                   "sample of rows.", OneOf(("median", "mean", "zeros"))),
+        normalize=Param(True, "Scale inputs to E‖x‖² = d_model while training (the scale is folded into the "
+                              "weights at the end).", Bool()),
+        seed=SEED,
+        precision=Param("float32", "'bfloat16' computes in bfloat16 with float32 master weights: the TopK kinds "
+                                   "take only their encoder product in it, the others autocast the step.",
+                        OneOf(("float32", "bfloat16"))),
+    )
 
     # ---------------------------------------------------------------- sizes and defaults
     def _n_latents(self, d_model: int) -> int:
         n = self.n_components or int(round(self.expansion * d_model))
         if n < 1:
-            raise SuperposError(f"n_components/expansion give {n} latents; need at least 1")
+            raise InvalidParameterError(f"n_components/expansion give {n} latents; need at least 1")
         return n
 
     def _lr(self, n_latents: int) -> float:
-        # Measured on SmolLM2-135M layer 15, 8× TopK, 400k tokens: held-out FVU 0.18 with batch 1024 and lr 2e-3, 0.27
-        # with 4096 and 2e-3, 0.48 with 4096 and Gao et al.'s 2e-4·√(16384/n): on a CPU's budget larger steps win.
+        # the default rate: see DEFAULT_LR in docs/dictionaries.md ("The SAE trainer")
         return self.lr if self.lr is not None else DEFAULT_LR
 
     def _check_params(self, d_model: int) -> None:
-        n = self._n_latents(d_model)
-        if self.batch_size < 1:
-            raise SuperposError(f"batch_size must be positive, got {self.batch_size}")
-        k = getattr(self, "k", None)
-        if k is not None and not 1 <= k <= n:
-            raise SuperposError(f"k={k} must be between 1 and the number of latents ({n})")
-        if self.n_tokens is not None and self.n_tokens < 1:
-            raise SuperposError(f"n_tokens must be positive, got {self.n_tokens}")
-        if not 0 < self.validation_fraction < 1 or self.max_epochs < 1 or self.n_iter_no_change < 1 or self.tol < 0:
-            raise SuperposError("need 0 < validation_fraction < 1, max_epochs ≥ 1, n_iter_no_change ≥ 1, tol ≥ 0")
-        if getattr(self, "precision", "float32") not in ("float32", "bfloat16"):
-            raise SuperposError(f"precision must be float32 or bfloat16, got {self.precision}")
+        """The declared checks, then those that need the data's width (a kind extends it)."""
+        self._validate_params()
+        self._n_latents(d_model)
+
+    def _train_forward(self, state: dict, x: torch.Tensor, dead: torch.Tensor) -> dict:  # pragma: no cover
+        raise NotImplementedError
 
     # ---------------------------------------------------------------- parameters
     def _init_params(self, sample_ND: torch.Tensor, d_model: int, dev) -> dict[str, torch.Tensor]:
@@ -93,10 +155,8 @@ class SparseAutoencoder(BaseDictionary):
             b_dec = geometric_median(xs)
         elif self.b_dec_init == "mean":
             b_dec = xs.mean(0)
-        elif self.b_dec_init == "zeros":
+        else:  # "zeros" (the declared options)
             b_dec = torch.zeros(d_model)
-        else:
-            raise SuperposError(f"b_dec_init must be median, mean or zeros, got {self.b_dec_init}")
         W_dec = torch.randn(n, d_model, generator=gen)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         params = {"W_enc": W_dec.clone(), "b_enc": torch.zeros(n), "W_dec": W_dec, "b_dec": b_dec.float()}
@@ -218,7 +278,7 @@ class SparseAutoencoder(BaseDictionary):
             self.validation_history_ = run.convergence.history
         return self
 
-    def _check_convergence(self, run: "_TrainRun") -> None:
+    def _check_convergence(self, run: _TrainRun) -> None:
         """Every ``every`` steps: the held-out FVU; start the final decay after ``patience`` measurements without
         a relative improvement of ``tol``, or when the budget's last ``decay_frac`` begins."""
         c, sched, step = run.convergence, run.schedule, run.step
@@ -236,7 +296,7 @@ class SparseAutoencoder(BaseDictionary):
             sched.decay_from = step
 
     @torch.no_grad()
-    def _held_out(self, run: "_TrainRun") -> tuple[float, float]:
+    def _held_out(self, run: _TrainRun) -> tuple[float, float]:
         """On the held-out rows: (FVU, the training objective — reconstruction plus sparsity penalty, no AuxK — in
         the same units). Early stopping watches the objective: a penalised SAE trades FVU for sparsity on its way
         to convergence, so its FVU alone can rise while training is still improving it."""
@@ -253,7 +313,7 @@ class SparseAutoencoder(BaseDictionary):
         return err / var, obj / var
 
     def _start_run(self, src: RowSource, dev, total_steps: int, per_epoch: int, val: torch.Tensor | None,
-                   ckpt_path: Path | None) -> "_TrainRun":
+                   ckpt_path: Path | None) -> _TrainRun:
         """A fresh run initialised from a sample of ``src``, or the one saved in ``ckpt_path`` (same settings)."""
         d = src.d_model
         ckpt = None
@@ -315,7 +375,7 @@ class SparseAutoencoder(BaseDictionary):
                 print(f"superpos: resuming at step {run.step} of {total_steps} from {ckpt_path}", file=sys.stderr)
         return run
 
-    def _train_step(self, run: "_TrainRun", x: torch.Tensor, step: int, batch: int) -> dict:
+    def _train_step(self, run: _TrainRun, x: torch.Tensor, step: int, batch: int) -> dict:
         """One optimizer step on the (scaled) batch ``x``; returns the forward's outputs with ``x`` and ``loss``."""
         if not torch.isfinite(x).all():
             raise SuperposError(f"NaN/inf in training batch at step {step}" + _last_good(run.ckpt_path))
