@@ -272,6 +272,25 @@ def test_live_reader_sees_consistent_prefixes(model, reference, tmp_path):
                             "points": sorted({p for p, _ in stops})})
 
 
+def test_crash_points_parse_and_fire_exactly_where_named():
+    from superpos.interrupts import _parse_crash_points
+
+    assert _parse_crash_points(" fit.step:40, store.flushed:64:SIGSTOP,harvest.rows:8:int ,") == {
+        ("fit.step", 40): signal.SIGKILL, ("store.flushed", 64): signal.SIGSTOP, ("harvest.rows", 8): signal.SIGINT}
+    assert _parse_crash_points("") == {}
+    for bad in ("fit.step", "fit.step:x", "fit.step:4:SIGNOPE", "a:1:KILL:2"):
+        with pytest.raises(ValueError, match="SUPERPOS_CRASH_AT"):
+            _parse_crash_points(bad)
+    code = ("from superpos.interrupts import crash_point as c\n"
+            "c('a', 1); c('b', 3); print('past a:1 and b:3', flush=True); c('a', 2)\n"
+            "c('n'); print('past n #1', flush=True); c('n'); print('past n #2', flush=True)")
+    r = _run([sys.executable, "-c", code], "a:2:SIGUSR1,b:4,n:2", rc=-signal.SIGUSR1)
+    assert r.stdout == "past a:1 and b:3\n"
+    r = _run([sys.executable, "-c", code], "n:2", rc=-signal.SIGKILL)  # unnumbered: the 2nd call
+    assert r.stdout.splitlines() == ["past a:1 and b:3", "past n #1"]
+    assert _run([sys.executable, "-c", code]).stdout.splitlines()[-1] == "past n #2"  # unset: never
+
+
 # ---------------------------------------------------------------------------------------------------
 # property test: random layouts and interruption points never corrupt a store
 # ---------------------------------------------------------------------------------------------------
