@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from superpos.errors import SuperposError
+from superpos.interrupts import crash_point
 
 MANIFEST = "checksums.json"
 CKPT_MAGIC = b"SUPERPOS-CKPT1 "
@@ -76,6 +77,7 @@ def save_checkpoint(obj, path: str | os.PathLike) -> None:
     with open(tmp, "wb") as f:
         f.write(CKPT_MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n")
         f.write(data)
+    crash_point("checkpoint.renaming")  # a test's kill: the nth checkpoint written to its temp name, not renamed
     os.replace(tmp, path)
 
 

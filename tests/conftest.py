@@ -102,3 +102,21 @@ def planted_data(n: int, d: int, n_features: int, k: int, noise: float = 0.01, s
     from superpos.store.surrogates import planted_superposition
 
     return planted_superposition(n, d, n_features, k, noise=noise, seed=seed)
+
+
+def crash_env(spec: str | None = None, base: dict | None = None) -> dict:
+    """``base`` (default: this process's environment) with ``SUPERPOS_CRASH_AT=spec``, or without it when ``spec``
+    is None: the child kills, stops or interrupts itself at the points ``spec`` names (superpos.interrupts)."""
+    from superpos.interrupts import CRASH_ENV
+
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k != CRASH_ENV}
+    return env if spec is None else {**env, CRASH_ENV: spec}
+
+
+def wait_stopped(proc) -> None:
+    """Block until the child ``proc`` stops (SIGSTOP, e.g. at a ``name:n:SIGSTOP`` crash point); an
+    AssertionError if it exits instead. Resume it with ``proc.send_signal(signal.SIGCONT)``."""
+    _, status = os.waitpid(proc.pid, os.WUNTRACED)
+    if not os.WIFSTOPPED(status):  # reaped here: tell Popen how it ended
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        raise AssertionError(f"pid {proc.pid} exited with {proc.returncode} before reaching its stop point")

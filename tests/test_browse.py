@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -152,14 +151,12 @@ def chrome():
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
 
 
-def _wait(fn, timeout: float = 10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("the page did not get there in time")
+def _wait(driver, fn, hang_guard: float = 300.0):
+    """``fn()``'s value once it is truthy (the page renders after events); selenium's WebDriverWait asks again until
+    it is, and ``hang_guard`` seconds only stop a page that never gets there."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, hang_guard, poll_frequency=0.05).until(lambda _: fn(), "the page never got there")
 
 
 def _texts(driver, css: str) -> list[str]:
@@ -189,7 +186,7 @@ def test_site_in_headless_chromium(site, browser):
     index, vocab = read_js(out / "data" / "index.js"), read_js(out / "data" / "vocab.js")
     n_feat = len(index["freq"])
     browser.get((out / "index.html").as_uri())
-    rows = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#features tbody tr"))
+    rows = _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#features tbody tr"))
     assert len(rows) == min(100, n_feat)
     assert browser.find_element(By.ID, "count").text == f"{n_feat} features"
     freq = _column(browser, 2)  # default: most frequent first
@@ -211,12 +208,12 @@ def test_site_in_headless_chromium(site, browser):
     hit = {t for t, s in enumerate(vocab) if q in s.lower() or s.lower().strip() == q}
     want = sum(any(t in hit for t in index["top_tok"][i] + index["promo"][i]) for i in range(n_feat))
     browser.find_element(By.ID, "search").send_keys(q)
-    _wait(lambda: _texts(browser, "#count") == [f"{want} features"])
+    _wait(browser, lambda: _texts(browser, "#count") == [f"{want} features"])
     assert 0 < want < n_feat
 
     # a feature page: highlighted contexts, histogram, token lists; the nearest-atom link moves to that feature
     browser.find_element(By.CSS_SELECTOR, "#features tbody tr td a").click()
-    spans = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#contexts .tok"))
+    spans = _wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#contexts .tok"))
     lit = [s for s in spans if s.value_of_css_property("background-color") not in ("rgba(0, 0, 0, 0)", "transparent")]
     centres = browser.find_elements(By.CSS_SELECTOR, "#contexts .tok.centre")
     assert lit and centres and set(centres) <= set(lit)
@@ -224,7 +221,7 @@ def test_site_in_headless_chromium(site, browser):
     f = int(browser.current_url.split("#")[1])
     nearest = read_js(out / "data" / "f" / f"{f // CHUNK}.js")[f % CHUNK]["atoms"][0][0]
     browser.find_element(By.CSS_SELECTOR, ".cols a").click()
-    _wait(lambda: _texts(browser, "#feature h1") == [f"Feature {nearest}"])
+    _wait(browser, lambda: _texts(browser, "#feature h1") == [f"Feature {nearest}"])
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "browser_feature_page.png"
     browser.save_screenshot(str(shot))
@@ -240,10 +237,10 @@ def screenshots(site_dir: Path, out: Path, feature: int) -> None:
     driver = chrome()
     try:
         driver.get((site_dir / "index.html").as_uri())
-        _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#features tbody tr"))
+        _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#features tbody tr"))
         driver.save_screenshot(str(out / "index.png"))
         driver.get((site_dir / "feature.html").as_uri() + f"#{feature}")
-        _wait(lambda: driver.find_elements(By.CSS_SELECTOR, "#contexts .tok"))
+        _wait(driver, lambda: driver.find_elements(By.CSS_SELECTOR, "#contexts .tok"))
         driver.save_screenshot(str(out / "feature.png"))
     finally:
         driver.quit()

@@ -3,15 +3,14 @@ the memory planner."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
 import pytest
+from conftest import crash_env
 from safetensors.numpy import load_file
 
 from superpos.cli.main import main
@@ -35,7 +34,7 @@ def _torchrun(n, *args):
             "--master-port", str(_free_port()), "-m", "superpos", *map(str, args)]
 
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = crash_env(base={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def _ok(args):
@@ -78,7 +77,8 @@ def test_two_gloo_ranks_match_one_process(store, tmp_path, kind):
 
 
 def test_checkpoint_from_one_process_resumes_on_two(store, tmp_path):
-    """Stop a single-process fit with Ctrl-C, finish it on 2 ranks: same result as never stopping.
+    """Stop a single-process fit with Ctrl-C (at step 234, between checkpoints), finish it on 2 ranks: same result
+    as never stopping.
 
     120k tokens (468 steps): on this store a longer run on 2 ranks meets a row whose k-th and (k+1)-th
     pre-activations differ by less than the ~1e-7 that the ranks' summation order moves them (at step 769 of
@@ -86,17 +86,12 @@ def test_checkpoint_from_one_process_resumes_on_two(store, tmp_path):
     tokens = 120_000
     _ok(_cli(*_fit_args(store, tmp_path / "ref", tokens=tokens)))
     out = tmp_path / "mixed"
-    proc = subprocess.Popen(_cli(*_fit_args(store, out, tokens=tokens)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=ENV,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see test_reliability
-    deadline = time.time() + 120
-    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "fit finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    stopped = int(re.search(r"stopped at step (\d+)", err).group(1))
+    stopped = 234
+    r = subprocess.run(_cli(*_fit_args(store, out, tokens=tokens)), capture_output=True, text=True,
+                       env=crash_env(f"fit.step:{stopped}:SIGINT", ENV),
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see test_reliability
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert f"stopped at step {stopped}; checkpoint saved" in r.stderr
     resumed = _ok(_torchrun(2, *_fit_args(store, out, tokens=tokens)))
     assert f"resuming at step {stopped} of {tokens // 256}" in resumed.stderr  # continued, not restarted
     a, b = _weights(tmp_path / "ref"), _weights(out)

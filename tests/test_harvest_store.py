@@ -1,14 +1,13 @@
 import hashlib
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import crash_env
 
 from superpos.errors import SuperposError
 from superpos.model.corpus import load_corpus, pack_contexts
@@ -130,30 +129,18 @@ def test_interrupted_harvest_resumes_identically(tiny_models, tmp_path, monkeypa
 
 
 def test_sigkill_mid_harvest_then_resume(tiny_models, tmp_path):
-    """A real SIGKILL while writing: the file opens, its counter names only complete rows, resume completes it."""
+    """A real SIGKILL while writing, once the 40th batch's rows are flushed but before the counter names them:
+    the file opens, its counter names only the 39 complete batches, and the resume completes it."""
     out = tmp_path / "k.h5"
     args = [sys.executable, "-m", "superpos", "harvest", "--model", str(tiny_models["llama"]), "--layers", "all",
-            "--context", "32", "--batch-size", "1", "--tokens", "40000", "--device", "cpu", "--out", str(out)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        time.sleep(0.05)
-        if out.exists():
-            try:
-                with h5py.File(out, "r", locking=False) as f:
-                    if f.attrs["n_rows_complete"] > 0:
-                        break
-            except (OSError, KeyError):
-                pass
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+            "--context", "32", "--batch-size", "1", "--tokens", "3200", "--device", "cpu", "--out", str(out)]
+    killed = subprocess.run(args, capture_output=True, env=crash_env(f"store.flushed:{40 * 32}"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     with ActivationStore(out) as s:
-        killed_at = s.n_rows
-        assert 0 < killed_at < s.n_rows_total and killed_at % 32 == 0
-    assert subprocess.run(args, capture_output=True, env=env).returncode == 0
+        assert s.n_rows == 39 * 32 < s.n_rows_total
+    assert subprocess.run(args, capture_output=True, env=crash_env()).returncode == 0
     ref = tmp_path / "ref.h5"
-    assert subprocess.run(args[:-1] + [str(ref)], capture_output=True, env=env).returncode == 0
+    assert subprocess.run(args[:-1] + [str(ref)], capture_output=True, env=crash_env()).returncode == 0
     a, b = _contents(ref), _contents(out)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -1,9 +1,11 @@
 """Crash-anywhere resume, Ctrl-C, disk full, live readers, and a property test of store writing.
 
-The crash harness kills `superpos harvest` and `superpos fit` with SIGKILL at seeded random moments,
-resumes each time, and checks the result against an uninterrupted run. CI runs it with
-SUPERPOS_CRASH_KILLS (default 6) kills per command; `SUPERPOS_CRASH_KILLS=20 pytest tests/test_reliability.py`
-is the full form. Figures in docs/reliability.md.
+The crash harness kills `superpos harvest` and `superpos fit` with SIGKILL at seeded random points (a step, a
+row count, a checkpoint half written: ``SUPERPOS_CRASH_AT``, superpos.interrupts.crash_point), checks what each
+kill left on disk, resumes each time, and checks the result against an uninterrupted run. The points are chosen,
+not timed, so the outcome is the same under any machine load. CI runs it with SUPERPOS_CRASH_KILLS (default 6)
+kills per command; `SUPERPOS_CRASH_KILLS=20 pytest tests/test_reliability.py` is the full form. Figures in
+docs/reliability.md.
 """
 from __future__ import annotations
 
@@ -14,36 +16,39 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from conftest import crash_env, wait_stopped
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
-from superpos.errors import SuperposError
+from superpos.integrity import load_checkpoint
 from superpos.store import ActivationStore
 
 KILLS = int(os.environ.get("SUPERPOS_CRASH_KILLS", "6"))
 REPORT = os.environ.get("SUPERPOS_RELIABILITY_REPORT")  # optional JSON file for the figures in the docs
+BATCH_ROWS = 2 * 32  # the harvest's rows per batch (--batch-size 2, --context 32): one commit each
+FIT_TOKENS, EVERY = 120_000, 10  # the fit's tokens (468 steps at batch 256) and --checkpoint-every
+FIT_STEPS = FIT_TOKENS // 256
+STORE_POINTS = ("store.written", "store.flushed", "harvest.rows")  # mid-batch, flushed but uncommitted, committed
 
 
 def _cli(*args) -> list[str]:
     return [sys.executable, "-m", "superpos", *map(str, args)]
 
 
-def _harvest_args(model, out, tokens=4000 * max(6, KILLS)):
+def _harvest_args(model, out, tokens=9_600):
     return _cli("harvest", "--model", model, "--layers", "0,2", "--tokens", tokens, "--context", 32,
                 "--batch-size", 2, "--device", "cpu", "--out", out)
 
 
-def _fit_args(store, out, tokens=40_000 * max(3, KILLS)):  # more kills need a longer fit to land in
+def _fit_args(store, out, tokens=FIT_TOKENS):
     return _cli("fit", "--store", store, "--layer", 2, "--expansion", 4, "--k", 4, "--tokens", tokens,
-                "--batch-size", 256, "--checkpoint-every", 10, "--seed", 3, "--no-progress", "--device", "cpu",
+                "--batch-size", 256, "--checkpoint-every", EVERY, "--seed", 3, "--no-progress", "--device", "cpu",
                 "--out", out)
 
 
@@ -53,40 +58,36 @@ def _ctrl_c_reaches_child() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _run(args, **kw):
-    r = subprocess.run(args, capture_output=True, text=True, **kw)
-    assert r.returncode == 0, r.stderr[-2000:]
+def _run(args, crash_at: str | None = None, rc: int = 0, **kw) -> subprocess.CompletedProcess:
+    """Run ``args`` to its end (with ``SUPERPOS_CRASH_AT=crash_at``) and check its exit status."""
+    r = subprocess.run(args, capture_output=True, text=True, env=crash_env(crash_at), **kw)
+    assert r.returncode == rc, (crash_at, r.returncode, r.stderr[-2000:])
     return r
 
 
 def _stores_equal(a: Path, b: Path) -> int:
-    """Row-for-row equality of two finished stores; returns the number of rows checked."""
+    """Row-for-row equality of two finished stores, content seal included; returns the number of rows checked."""
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
         assert fa.attrs["n_rows_complete"] == fa.attrs["n_rows_total"] == fb.attrs["n_rows_complete"]
         for name in ("acts/L0", "acts/L2", "tokens", "doc", "pos", "next_logprob", "next_rank"):
             np.testing.assert_array_equal(fa[name][:], fb[name][:], err_msg=name)
+        assert fa.attrs.get("content_sha256") == fb.attrs["content_sha256"]
         return int(fa.attrs["n_rows_complete"])
 
 
-def crash_and_resume(args: list[str], kills: int, seed: int, delay: tuple[float, float], done) -> dict:
-    """Start ``args``, SIGKILL it after a random delay, repeat ``kills`` times, then let it finish."""
-    rng = random.Random(seed)
-    stats = {"kills": 0, "kills_with_output": 0, "finished_early": 0}
-    for _ in range(kills):
-        had_output = done()
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(*delay))
-        if proc.poll() is not None:  # finished before the kill: nothing left to interrupt
-            stats["finished_early"] += 1
-            break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        stats["kills"] += 1
-        stats["kills_with_output"] += int(had_output)
-    r = subprocess.run(args, capture_output=True, text=True)
-    stats["final_rc"] = r.returncode
-    assert r.returncode == 0 or "already holds a finished dictionary" in r.stderr, r.stderr[-2000:]
-    return stats
+def _weights_equal(a: Path, b: Path) -> int:
+    """Bit-identical weights of two dictionary folders; returns the number of tensors checked."""
+    wa, wb = load_file(str(a / "weights.safetensors")), load_file(str(b / "weights.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:  # the trainer resumes bit-exactly: same seed, same stream position, same optimizer state
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+    return len(wa)
+
+
+def _saved_step(out: Path) -> int:
+    """The step of the fit checkpoint in ``out`` (0: none yet)."""
+    path = out / "checkpoint.pt"
+    return int(load_checkpoint(path)["step"]) if path.exists() else 0
 
 
 def _record(key: str, value: dict) -> None:
@@ -102,86 +103,111 @@ def model(tiny_models):
     return tiny_models["gpt2"]
 
 
-def _timed_run(args, started: Path) -> tuple[float, float]:
-    """Run ``args`` to the end; return (seconds until ``started`` appeared, total seconds)."""
-    err = tempfile.TemporaryFile("w+")  # a file, not a pipe: a progress bar could fill a pipe nobody reads yet
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
-    start = None
-    while proc.poll() is None:
-        if start is None and started.exists():
-            start = time.perf_counter() - t0
-        time.sleep(0.02)
-    total = time.perf_counter() - t0
-    err.seek(0)
-    assert proc.returncode == 0, err.read()[-2000:]
-    return (total if start is None else start), total
-
-
 @pytest.fixture(scope="module")
 def reference(model, tmp_path_factory):
-    """Uninterrupted harvest and fit, with how long each takes to start writing and to finish."""
+    """An uninterrupted harvest and fit: the folder holding ``ref.h5`` and ``dict/``."""
     folder = tmp_path_factory.mktemp("ref")
-    times = {"harvest": _timed_run(_harvest_args(model, folder / "ref.h5"), folder / "ref.h5"),
-             "fit": _timed_run(_fit_args(folder / "ref.h5", folder / "dict"), folder / "dict" / "checkpoint.pt")}
-    return folder, times
-
-
-def _delays(times: dict, what: str) -> tuple[float, float]:
-    """Kill moments from 1 s (still importing) to start-up plus 1/KILLS of the work: however the kills
-    land, the first KILLS - 1 attempts cannot finish the run between them, so every kill happens."""
-    start, total = times[what]
-    return 1.0, start + max(0.5, total - start) / max(KILLS, 1)
+    _run(_harvest_args(model, folder / "ref.h5"))
+    _run(_fit_args(folder / "ref.h5", folder / "dict"))
+    return folder
 
 
 def test_harvest_survives_kills_anywhere(model, reference, tmp_path):
-    ref, times = reference
-    out = tmp_path / "h.h5"
-    stats = crash_and_resume(_harvest_args(model, out), KILLS, seed=1, delay=_delays(times, "harvest"),
-                             done=out.exists)
-    assert stats["kills"] >= min(KILLS, 3), stats
-    stats["rows_checked"] = _stores_equal(out, ref / "ref.h5")
+    """KILLS harvests die by SIGKILL at seeded batches, each mid-batch, flushed but uncommitted, or just committed;
+    after each kill the store opens with exactly the committed rows, the next run resumes there, and the last
+    one finishes a store equal to the uninterrupted harvest, row for row and seal for seal."""
+    ref, out = reference / "ref.h5", tmp_path / "h.h5"
+    with ActivationStore(ref) as st:
+        total = st.n_rows
+    rng = random.Random(1)
+    ends = sorted(rng.sample(range(BATCH_ROWS, total + 1, BATCH_ROWS), KILLS))  # the rows each killed batch ends at
+    stats = dict.fromkeys(STORE_POINTS, 0)
+    committed = None  # rows on disk (None: no store yet)
+    for end in ends:
+        point = rng.choice(STORE_POINTS)
+        r = _run(_harvest_args(model, out), f"{point}:{end}", rc=-signal.SIGKILL)
+        if committed is not None:
+            assert f"resuming {out} at row {committed:,} of" in r.stderr, r.stderr[-1000:]
+        committed = end if point == "harvest.rows" else end - BATCH_ROWS
+        with ActivationStore(out) as st:  # opens and validates after the kill
+            assert st.n_rows == committed and st.n_rows_total == total, (point, end)
+        stats[point] += 1
+    r = _run(_harvest_args(model, out))
+    done = f"is already complete ({total:,} rows)" if committed == total else f"resuming {out} at row {committed:,} of"
+    assert done in r.stderr, r.stderr[-1000:]
+    stats["kills"] = KILLS
+    stats["rows_checked"] = _stores_equal(out, ref)
     assert not list(tmp_path.glob("*.tmp"))
     _record("harvest", stats)
 
 
+def test_harvest_killed_after_its_last_commit_is_sealed_on_resume(model, reference, tmp_path):
+    """A kill between the last batch's commit and the content seal: the re-run finds every row there and seals."""
+    ref, out = reference / "ref.h5", tmp_path / "h.h5"
+    with ActivationStore(ref) as st:
+        total = st.n_rows
+    _run(_harvest_args(model, out), f"harvest.rows:{total}", rc=-signal.SIGKILL)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["n_rows_complete"] == total and "content_sha256" not in f.attrs
+    _run(_harvest_args(model, out))
+    _stores_equal(out, ref)
+
+
 def test_fit_survives_kills_anywhere(reference, tmp_path):
-    ref, times = reference
+    """KILLS fits die by SIGKILL at seeded steps, each after a step or between a checkpoint's temp file and its
+    rename; after each kill the checkpoint on disk is the last one completed, the next run resumes from it, and
+    the last one finishes with weights bit-identical to the uninterrupted fit."""
     out = tmp_path / "d"
-    stats = crash_and_resume(_fit_args(ref / "ref.h5", out), KILLS, seed=2, delay=_delays(times, "fit"),
-                             done=lambda: (out / "checkpoint.pt").exists())
-    assert stats["kills"] >= min(KILLS, 3), stats
-    a, b = load_file(str(out / "weights.safetensors")), load_file(str(ref / "dict" / "weights.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:  # the trainer resumes bit-exactly: same seed, same stream position, same optimizer state
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    stats["tensors_checked"] = len(a)
+    args = _fit_args(reference / "ref.h5", out)
+    rng = random.Random(2)
+    stats = {"fit.step": 0, "checkpoint.renaming": 0}
+    saved = 0
+    for tens in sorted(rng.sample(range(1, FIT_STEPS // EVERY), KILLS)):  # one kill per distinct ten steps
+        if rng.random() < 0.5:  # the checkpoint of step 10 × tens, written to its temp name, never renamed
+            point, step = "checkpoint.renaming", EVERY * tens
+            r = _run(args, f"{point}:{(step - saved) // EVERY}", rc=-signal.SIGKILL)  # this run's nth checkpoint
+            assert (out / "checkpoint.pt.tmp").exists()
+            expect = step - EVERY
+        else:  # just after a step (and after its checkpoint, when it has one)
+            point, step = "fit.step", EVERY * tens + rng.randrange(EVERY)
+            r = _run(args, f"{point}:{step}", rc=-signal.SIGKILL)
+            expect = step // EVERY * EVERY
+        if saved:
+            assert f"resuming at step {saved} of {FIT_STEPS}" in r.stderr, r.stderr[-1000:]
+        saved = _saved_step(out)
+        assert saved == expect, (point, step, saved)
+        stats[point] += 1
+    r = _run(args)
+    assert f"resuming at step {saved} of {FIT_STEPS}" in r.stderr, r.stderr[-1000:]
+    assert not list(out.glob("*.tmp")) and not (out / "checkpoint.pt").exists()
+    stats["kills"] = KILLS
+    stats["tensors_checked"] = _weights_equal(out, reference / "dict")
     _record("fit", stats)
 
 
 @pytest.mark.parametrize("what", ["harvest", "fit"])
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(model, reference, tmp_path, what):
-    ref, times = reference
-    out = tmp_path / ("h.h5" if what == "harvest" else "d")
-    args = _harvest_args(model, out) if what == "harvest" else _fit_args(ref / "ref.h5", out)
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_ctrl_c_reaches_child)
-    started = out if what == "harvest" else out / "checkpoint.pt"  # the work is under way once this exists
-    deadline = time.time() + 120
-    while not started.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be interrupted; make the workload bigger"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-1000:]
-    assert "Traceback" not in err and "re-run the same command to resume" in err.lower(), err[-1000:]
-    _run(args)
+    """SIGINT in the middle of a store write (harvest) or of a checkpoint write (fit) is held until the write is
+    done: the run stops at the next safe point, exits 130 with the resume hint, and the re-run finishes it."""
     if what == "harvest":
-        _stores_equal(out, ref / "ref.h5")
+        out, rows = tmp_path / "h.h5", 10 * BATCH_ROWS
+        args, crash_at = _harvest_args(model, out), f"store.written:{rows}:SIGINT"
     else:
-        a, b = load_file(str(out / "weights.safetensors")), load_file(str(ref / "dict" / "weights.safetensors"))
-        for k in a:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        out, rows = tmp_path / "d", None
+        args, crash_at = _fit_args(reference / "ref.h5", out), "checkpoint.renaming:2:SIGINT"  # step 20's write
+    r = _run(args, crash_at, rc=130, preexec_fn=_ctrl_c_reaches_child)
+    assert "Traceback" not in r.stderr and "re-run the same command to resume" in r.stderr.lower(), r.stderr[-1000:]
+    if what == "harvest":
+        assert f"{rows:,} rows are safe in {out}" in r.stderr, r.stderr[-1000:]
+        with ActivationStore(out) as st:
+            assert st.n_rows == rows
+        assert f"resuming {out} at row {rows:,}" in _run(args).stderr
+        _stores_equal(out, reference / "ref.h5")
+    else:
+        assert f"stopped at step {2 * EVERY}; checkpoint saved" in r.stderr, r.stderr[-1000:]
+        assert _saved_step(out) == 2 * EVERY
+        assert f"resuming at step {2 * EVERY} of {FIT_STEPS}" in _run(args).stderr
+        _weights_equal(out, reference / "dict")
 
 
 @pytest.mark.parametrize("path", ["space check", "failed write"])
@@ -191,12 +217,11 @@ def test_disk_full_during_harvest_is_one_line_and_resumable(model, reference, tm
     "space check": superpos sees the limit coming and stops cleanly before the batch. "failed write": with the
     check off, HDF5's write fails mid-batch; the committed rows survive and the resume repairs the file.
     """
-    ref, _ = reference
     out = tmp_path / "h.h5"
     limit = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
              "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000)); from superpos.cli.main import main; "
              "sys.exit(main(sys.argv[1:]))")
-    env = {**os.environ, **({"SUPERPOS_NO_SPACE_CHECK": "1"} if path == "failed write" else {})}
+    env = {**crash_env(), **({"SUPERPOS_NO_SPACE_CHECK": "1"} if path == "failed write" else {})}
     r = subprocess.run([sys.executable, "-c", limit, *_harvest_args(model, out)[3:]], capture_output=True, text=True,
                        env=env)
     lines = [x for x in r.stderr.replace("\r", "\n").splitlines() if x.strip() and "harvest:" not in x
@@ -205,41 +230,65 @@ def test_disk_full_during_harvest_is_one_line_and_resumable(model, reference, tm
     assert len(lines) == 1 and lines[0].startswith("superpos: error:"), lines
     assert ("not enough space" if path == "space check" else "File too large") in lines[0], lines
     assert "re-run the same command to resume" in lines[0]
-    r = subprocess.run(_harvest_args(model, out), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-1500:]
+    r = _run(_harvest_args(model, out))
     assert ("cut short by a failed write" in r.stderr) == (path == "failed write")
-    _stores_equal(out, ref / "ref.h5")
+    _stores_equal(out, reference / "ref.h5")
 
 
 def test_live_reader_sees_consistent_prefixes(model, reference, tmp_path):
-    """Open the store again and again while a harvest writes it: every view is a prefix of the final file."""
-    ref, _ = reference
-    out = tmp_path / "h.h5"
-    proc = subprocess.Popen(_harvest_args(model, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    views, errors = [], 0
+    """The harvest stops itself (SIGSTOP) at seeded points: mid-batch, flushed but uncommitted, just committed.
+    At every stop a live reader opens the store, without an error, and sees exactly the committed rows, equal to
+    the final file's prefix; `superpos info` reads it too. The harvest then goes on and finishes."""
+    ref, out = reference / "ref.h5", tmp_path / "h.h5"
+    with ActivationStore(ref) as st:
+        total, tokens, acts = st.n_rows, st.row_field("tokens"), st.to_numpy(2)
+    rng = random.Random(4)
+    stops = [(rng.choice(STORE_POINTS), end) for end in sorted(rng.sample(range(2 * BATCH_ROWS, total, BATCH_ROWS), 8))]
+    crash_at = ",".join(f"{point}:{end}:SIGSTOP" for point, end in stops)
+    proc = subprocess.Popen(_harvest_args(model, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=crash_env(crash_at))
+    seen = []
     try:
-        while proc.poll() is None:
-            if out.exists():
-                try:
-                    with ActivationStore(out, live=True) as st:
-                        n = st.n_rows
-                        if n:  # a just-created store has no complete rows to read yet
-                            views.append((n, st.row_field("tokens").copy(), st.to_numpy(2, rows=np.arange(n))))
-                except (OSError, SuperposError):  # the writer moved metadata under us: an error, never torn rows
-                    errors += 1
-            time.sleep(0.2)
+        for i, (point, end) in enumerate(stops):
+            wait_stopped(proc)
+            committed = end if point == "harvest.rows" else end - BATCH_ROWS
+            with ActivationStore(out, live=True) as st:
+                assert st.n_rows == committed, (point, end, st.n_rows)
+                np.testing.assert_array_equal(st.row_field("tokens"), tokens[:committed])
+                np.testing.assert_array_equal(st.to_numpy(2, rows=np.arange(committed)), acts[:committed])
+            if i == 0:  # info's full read (every complete row's checksum) while the writer is stopped mid-way
+                info = _run(_cli("info", out)).stdout
+                assert f"rows           {committed:,} / {total:,} complete  (PARTIAL" in info, info
+            seen.append(committed)
+            proc.send_signal(signal.SIGCONT)
+        assert proc.wait() == 0
     finally:
-        proc.wait()
-    assert proc.returncode == 0
-    with ActivationStore(ref / "ref.h5") as st:
-        tokens, acts = st.row_field("tokens"), st.to_numpy(2)
-    growing = sorted({n for n, _, _ in views})
-    assert len(growing) >= 3 and growing[0] < growing[-1], growing
-    for n, tok, a in views:
-        np.testing.assert_array_equal(tok, tokens[:n])
-        np.testing.assert_array_equal(a, acts[:n])
-    assert errors <= len(views), (errors, len(views))  # occasional, not the rule
-    _record("live_reader", {"views": len(views), "distinct_prefixes": len(growing), "read_errors": errors})
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+    assert {p for p, _ in stops} == set(STORE_POINTS)  # the seed stops at every kind of point
+    _stores_equal(out, ref)
+    _record("live_reader", {"stops": len(stops), "distinct_prefixes": len(set(seen)),
+                            "points": sorted({p for p, _ in stops})})
+
+
+def test_crash_points_parse_and_fire_exactly_where_named():
+    from superpos.interrupts import _parse_crash_points
+
+    assert _parse_crash_points(" fit.step:40, store.flushed:64:SIGSTOP,harvest.rows:8:int ,") == {
+        ("fit.step", 40): signal.SIGKILL, ("store.flushed", 64): signal.SIGSTOP, ("harvest.rows", 8): signal.SIGINT}
+    assert _parse_crash_points("") == {}
+    for bad in ("fit.step", "fit.step:x", "fit.step:4:SIGNOPE", "a:1:KILL:2"):
+        with pytest.raises(ValueError, match="SUPERPOS_CRASH_AT"):
+            _parse_crash_points(bad)
+    code = ("from superpos.interrupts import crash_point as c\n"
+            "c('a', 1); c('b', 3); print('past a:1 and b:3', flush=True); c('a', 2)\n"
+            "c('n'); print('past n #1', flush=True); c('n'); print('past n #2', flush=True)")
+    r = _run([sys.executable, "-c", code], "a:2:SIGUSR1,b:4,n:2", rc=-signal.SIGUSR1)
+    assert r.stdout == "past a:1 and b:3\n"
+    r = _run([sys.executable, "-c", code], "n:2", rc=-signal.SIGKILL)  # unnumbered: the 2nd call
+    assert r.stdout.splitlines() == ["past a:1 and b:3", "past n #1"]
+    assert _run([sys.executable, "-c", code]).stdout.splitlines()[-1] == "past n #2"  # unset: never
 
 
 # ---------------------------------------------------------------------------------------------------

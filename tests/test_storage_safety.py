@@ -3,13 +3,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import crash_env, make_tiny_model, wait_stopped
 
 from superpos.errors import SuperposError
 from superpos.model.harvest import HarvestConfig, harvest
@@ -145,18 +144,18 @@ def test_damaged_attributes_are_refused(tmp_path):
 
 
 HOLD = """
-import sys, time
+import sys
 from superpos.writelock import claim
 with claim(sys.argv[1], "test"):
     print("held", flush=True)
-    time.sleep(600)
+    sys.stdin.read()  # hold the claim until the test kills this process (or closes stdin)
 """
 
 
 def test_second_writer_refused_then_stale_claim_taken_over(tiny_models, tmp_path):
     out = tmp_path / "one.h5"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     try:
         assert holder.stdout.readline().strip() == "held"
         args = ["harvest", "--model", tiny_models["llama"], "--layers", "0,1", "--tokens", 256, "--context", 32,
@@ -171,6 +170,7 @@ def test_second_writer_refused_then_stale_claim_taken_over(tiny_models, tmp_path
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+        holder.stdin.close()
     assert lock_path(out).exists()  # the killed holder's claim is left behind...
     res = _cli(*args)  # ...and taken over
     assert res.returncode == 0, res.stderr
@@ -181,31 +181,27 @@ def test_second_writer_refused_then_stale_claim_taken_over(tiny_models, tmp_path
 
 
 def test_harvest_killed_then_resumed_under_claims(tiny_models, tmp_path):
-    """Two harvests on one path: the second is refused while the first writes; SIGKILL the first, and the same
-    command takes its claim over and resumes to the full store."""
+    """Two harvests on one path: the second is refused while the first writes (held stopped after its second
+    batch); SIGKILL the first, and the same command takes its claim over and resumes to the full store."""
     out = tmp_path / "k.h5"
-    # 1,000 one-context batches: long enough to outlast the second command's start on a busy machine
     args = [sys.executable, "-m", "superpos", "harvest", "--model", str(tiny_models["llama"]), "--layers", "all",
-            "--tokens", "32000", "--context", "32", "--batch-size", "1", "--device", "cpu", "--out", str(out)]
+            "--tokens", "3200", "--context", "32", "--batch-size", "1", "--device", "cpu", "--out", str(out)]
+    env = crash_env(base={**os.environ, "PYTHONPATH": os.getcwd()})
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": os.getcwd()})
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if out.exists():
-            with ActivationStore(out, live=True) as st:
-                if st.n_rows >= 64:
-                    break
-        time.sleep(0.2)
-    second = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    assert proc.poll() is None, "the first harvest finished before the second could be tried"
-    assert second.returncode == 2 and "Traceback" not in second.stderr
-    assert f"is being written by pid {proc.pid}" in second.stderr.strip().splitlines()[-1]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+                            env=crash_env("harvest.rows:64:SIGSTOP", env))
+    try:
+        wait_stopped(proc)  # 64 rows committed, the claim held
+        second = subprocess.run(args, capture_output=True, text=True, env=env)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"is being written by pid {proc.pid}" in second.stderr.strip().splitlines()[-1]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     with ActivationStore(out) as st:
-        assert 0 < st.n_rows < st.n_rows_total
-    res = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+        assert st.n_rows == 64 < st.n_rows_total
+    res = subprocess.run(args, capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr
-    assert "resuming" in res.stderr and f"taking over {out} from a writer that is gone (pid {proc.pid}" in res.stderr
+    assert f"resuming {out} at row 64 of" in res.stderr and f"taking over {out} from a writer that is gone (pid {proc.pid}" in res.stderr
     with ActivationStore(out) as st:
         assert st.complete and st.scan_text().startswith("non-finite     none")

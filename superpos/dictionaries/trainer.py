@@ -260,6 +260,7 @@ class SparseAutoencoder(BaseDictionary):
                     bar.update(1)
                     if run.step % checkpoint_every == 0:
                         run.save(self)
+                    interrupts.crash_point("fit.step", run.step)  # a test's kill: after step n (and its checkpoint)
         except KeyboardInterrupt:
             bar.close()
             run.save(self)  # at the last step the optimizer completed

@@ -225,6 +225,8 @@ def _write(out: Path, cfg: HarvestConfig, lm: LoadedModel, packed: PackedContext
             store = ActivationStore(out, "r+")
             _check_resume(store, attrs, out)
             if store.complete:
+                if "content_sha256" not in store.file.attrs:  # killed between its last commit and the seal
+                    store.seal_content()
                 print(f"superpos: {out} is already complete ({store.n_rows:,} rows)", file=sys.stderr)
                 store.close()
                 return out
@@ -256,6 +258,7 @@ def _write(out: Path, cfg: HarvestConfig, lm: LoadedModel, packed: PackedContext
                         **stats,
                     )
                     bar.update((c1 - c0) * C)
+                    interrupts.crash_point("harvest.rows", c1 * C)  # a test's kill: this batch committed
         except KeyboardInterrupt:
             bar.close()
             done = store.n_rows

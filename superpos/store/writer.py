@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 
 from superpos.errors import SuperposError
+from superpos.interrupts import crash_point
 from superpos.store.schema import (
     AUTO_HEADROOM,
     DEFAULT_CHUNK_BYTES,
@@ -194,7 +195,9 @@ class StoreWriter:
                 self._writers[layer_key(layer)][start:start + n] = a
             for name, a in fields.items():
                 self._writers[name][start:start + n] = a
+            crash_point("store.written", start + n)  # a test's kill: rows handed to HDF5, nothing flushed
             self.file.flush()
+            crash_point("store.flushed", start + n)  # a test's kill: rows on disk, the counter not yet moved
             self.file.attrs["n_rows_complete"] = start + n
             self.file.flush()
         except (OSError, RuntimeError) as e:  # h5py reports a failed flush as RuntimeError
