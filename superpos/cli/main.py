@@ -23,8 +23,10 @@ from superpos.errors import SuperposError
 def _add_harvest(sub) -> None:
     p = sub.add_parser("harvest", help="run a model over a corpus and store residual activations (HDF5)",
                        description="Run a causal LM over a text corpus and write residual-stream activations, "
-                                   "token ids, positions and next-token log-probs to one HDF5 file. Re-running "
-                                   "the same command on an interrupted file resumes where it stopped.")
+                                   "token ids and positions (and, with --token-stats, next-token log-probs and "
+                                   "ranks) to one HDF5 file. The forward runs only the blocks up to the deepest "
+                                   "layer asked for. Re-running the same command on an interrupted file resumes "
+                                   "where it stopped.")
     from superpos.model.harvest import HarvestConfig
 
     add_settings(p, HarvestConfig)
