@@ -45,6 +45,9 @@ CASES = [
          ["harvest", "--model", "{model}", "--corpus", f"{W}/notext.jsonl", "--out", f"{W}/new.h5"], "text"),
     Case("corpus-empty-folder", "corpus folder with no .txt/.jsonl",
          ["harvest", "--model", "{model}", "--corpus", f"{W}/emptydir", "--out", f"{W}/new.h5"], "holds no .txt"),
+    Case("corpus-mixture-unknown-part", "a corpus mixture naming a part that does not exist",
+         ["harvest", "--model", "{model}", "--corpus", f"pydoc+{W}/missing.txt", "--out", f"{W}/new.h5"],
+         "part '"),
     Case("corpus-too-short", "corpus shorter than one context",
          ["harvest", "--model", "{model}", "--corpus", f"{W}/short.txt", "--out", f"{W}/new.h5"], "fewer than one context"),
     # --- model ---------------------------------------------------------------------------------------
