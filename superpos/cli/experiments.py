@@ -15,7 +15,7 @@ def register(sub) -> None:
                          description="Run one of superpos's hypothesis experiments on a model.")
     exp = run.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     p = exp.add_parser("all", help="every experiment in sequence, then an index page linking the reports",
-                       description="Run orthogonality, lenses, repurposing, probes, lookahead, donation and reinject "
+                       description=f"Run {', '.join(EXPERIMENTS)} "
                                    "with their defaults (or a --preset's) into OUT/<name>, then write OUT/index.html "
                                    "and OUT/index.md with each verdict and a link to its report. Hours on a CPU with "
                                    "the default model at the defaults; --preset replication about half an hour, "
