@@ -19,9 +19,9 @@ PARAM_FLAGS = {
     "expansion": ("--expansion", float, "atoms per d_model dimension"),
     "k": ("--k", int, "active latents per token for topk/batchtopk, most non-zeros per code for nmf/seminmf (default "
                       "there: dense); also PCA's default size"),
-    "n_tokens": ("--tokens", int, "training tokens (default: until the held-out FVU stops improving when the "
-                                  "training rows fit in 2 GiB as float32, read into memory; one epoch of a larger "
-                                  "store)"),
+    "n_tokens": ("--tokens", int, "training tokens (default: until the held-out FVU stops improving; a store "
+                                  "whose training rows fit in 2 GiB as float32 is read into memory, a larger one "
+                                  "streamed with whole contexts held out)"),
     "batch_size": ("--batch-size", int, "rows per step"),
     "lr": ("--lr", float, f"Adam learning rate for SAEs (default {DEFAULT_LR:g})"),
     "l1_coeff": ("--l1-coeff", float, "relu: L1 penalty, in normalised input units"),

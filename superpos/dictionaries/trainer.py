@@ -94,18 +94,18 @@ class SparseAutoencoder(BaseDictionary):
         batch_size=Param(1024, "Rows per optimizer step.", Int(1)),
         n_tokens=Param(None, "Training tokens (``n_tokens // batch_size`` steps). None: in-memory data trains until "
                              "the held-out objective stops improving (``max_epochs``, ``tol``, ``n_iter_no_change`` "
-                             "and ``validation_fraction`` as in scikit-learn's early stopping), and so does a store "
-                             "whose training rows fit in ``STORE_IN_MEMORY_BYTES`` (2 GiB as float32), read into "
-                             "memory; a larger store trains for one epoch.", Int(1, none=True)),
+                             "and ``validation_fraction`` as in scikit-learn's early stopping), and so does a store: "
+                             "read into memory when its training rows fit in ``STORE_IN_MEMORY_BYTES`` (2 GiB as "
+                             "float32), else streamed epoch after epoch with whole contexts held out.", Int(1, none=True)),
         lr=Param(None, f"Adam's learning rate. None: ``DEFAULT_LR`` ({DEFAULT_LR:g}, chosen by measurement for "
                        "CPU-sized budgets: docs/dictionaries.md). A kind may step its decoder at a multiple of it "
                        "(``_decoder_lr_mult``).", Real(0, closed="neither", none=True)),
-        max_epochs=Param(50, "Most passes over in-memory data while converging.", Int(1)),
+        max_epochs=Param(50, "Most passes over the training rows while converging.", Int(1)),
         tol=Param(1e-2, "Relative improvement of the held-out objective that counts as progress.", Real(0)),
         n_iter_no_change=Param(2, "Held-out measurements without progress before the final decay starts.",
                                Int(1)),
-        validation_fraction=Param(0.1, "Share of in-memory rows held out to measure convergence (at most "
-                                       "16,384 rows).", Real(0, 1, "neither")),
+        validation_fraction=Param(0.1, "Share of the rows held out to measure convergence (at most 16,384 "
+                                       "rows; from a store streamed out of core, whole contexts).", Real(0, 1, "neither")),
         warmup_steps=Param(None, "Steps of linear warm-up. None (or 0): 5 % of an epoch while converging; with a "
                                  "fixed ``n_tokens``, 100 steps or a tenth of the run when that is fewer.",
                            Int(0, none=True)),
@@ -215,8 +215,8 @@ class SparseAutoencoder(BaseDictionary):
         in-memory data trains until it converges: ``validation_fraction`` of the rows is held out, its FVU is
         measured every epoch (at least every 50 steps), and after ``n_iter_no_change`` measurements without a
         relative improvement of ``tol`` the final decay starts and the run ends (at most ``max_epochs`` passes);
-        ``converged_`` says which ended it. So does a store of at most ``STORE_IN_MEMORY_BYTES`` (float32), read in;
-        a larger one trains one epoch. With ``checkpoint_dir``, the state is saved every ``checkpoint_every`` steps,
+        ``converged_`` says which ended it. So does a store: read in when its rows take at most
+        ``STORE_IN_MEMORY_BYTES`` (float32), else streamed epoch after epoch with whole contexts held out. With ``checkpoint_dir``, the state is saved every ``checkpoint_every`` steps,
         on Ctrl-C and at the end; the same ``fit`` resumes it exactly. ``callback(step, stats)`` runs at each log."""
         src = rows_from(X, layer)
         self._check_params(src.d_model)
@@ -225,10 +225,9 @@ class SparseAutoencoder(BaseDictionary):
             keep_freed_memory()
         self._forget_stream()
         val = None
-        if self.n_tokens is None:  # converge: in-memory data, or a store small enough to read in
+        if self.n_tokens is None:  # converge: in memory (a store small enough is read in) or streamed from the store
             src = in_memory_if_small(src, self.min_pos, STORE_IN_MEMORY_BYTES)
-            if src.in_memory:
-                src, val = _hold_out(src, self.validation_fraction, self.seed)
+            src, val = _hold_out(src, self.validation_fraction, self.seed, self.min_pos)
         n_rows = src.n_rows(self.min_pos)
         batch = min(self.batch_size, n_rows)
         distributed.check_batch(batch)  # under torchrun the batch is global; each rank trains on a slice
