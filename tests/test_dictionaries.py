@@ -551,3 +551,24 @@ def test_a_store_too_big_for_memory_converges_out_of_core_on_held_out_contexts(t
     for name in ("components_", "W_enc_", "b_enc_", "b_dec_"):
         torch.testing.assert_close(getattr(resumed, name), getattr(sae, name), rtol=0, atol=0)
     store.close()
+
+
+@pytest.mark.parametrize("cls", [TopKSAE, ReLUSAE])
+def test_a_nested_budget_branch_equals_a_separate_run(cls, tmp_path):
+    """save_at: the branch at B (forked at its decay step, decayed over the batches a separate run sees) is the
+    dictionary a separate n_tokens=B run with the same warm-up ends with; the main run is unchanged by it."""
+    x = np.asarray(planted_data(4096, 32, 48, 3, seed=2)[0], dtype=np.float32)
+    kw = dict(n_components=64, batch_size=128, warmup_steps=10, dead_after_tokens=2000, device="cpu", progress=False)
+    kw.update(k=3) if cls is TopKSAE else None
+    nested = cls(n_tokens=128 * 60, save_at=(128 * 20, 128 * 35), **kw).fit(x)
+    for tokens in (128 * 20, 128 * 35):
+        alone = cls(n_tokens=tokens, **kw).fit(x)
+        branch = nested.branches_[tokens]
+        assert branch.n_iter_ == alone.n_iter_ == tokens // 128
+        for name in ("components_", "W_enc_", "b_enc_", "b_dec_"):
+            torch.testing.assert_close(getattr(branch, name), getattr(alone, name), rtol=0, atol=1e-6)
+    plain = cls(n_tokens=128 * 60, **kw).fit(x)
+    torch.testing.assert_close(nested.components_, plain.components_, rtol=0, atol=0)
+    for bad in (dict(n_tokens=128 * 60, save_at=(128 * 60,)), dict(save_at=(1000,))):
+        with pytest.raises(InvalidParameterError, match="save_at"):
+            cls(**bad, **kw).fit(x)

@@ -21,8 +21,10 @@ from tqdm import tqdm
 from superpos import distributed, interrupts
 from superpos.device import keep_freed_memory
 from superpos.dictionaries.base import SEED, BaseDictionary, check_finite
+from superpos.dictionaries.branches import check_save_at, fork_steps, run_branch
 from superpos.dictionaries.params import (
     Bool,
+    Budgets,
     Int,
     InvalidParameterError,
     OneOf,
@@ -124,6 +126,10 @@ class SparseAutoencoder(BaseDictionary):
         precision=Param("float32", "'bfloat16' computes in bfloat16 with float32 master weights: the TopK kinds "
                                    "take only their encoder product in it, the others autocast the step.",
                         OneOf(("float32", "bfloat16"))),
+        save_at=Param((), "Token budgets B < ``n_tokens`` at which the run also fits a dictionary (``branches_``"
+                          "[B]), each after its own decay branch forked at (1 − ``decay_frac``)·B/batch: equal to "
+                          "a separate run with ``n_tokens=B`` and the same warm-up (fixed: ``warmup_steps`` or 100 "
+                          "steps), at the cost of the branch's decay steps only.", Budgets(), shown="()"),
     )
 
     # ---------------------------------------------------------------- sizes and defaults
@@ -141,6 +147,7 @@ class SparseAutoencoder(BaseDictionary):
         """The declared checks, then those that need the data's width (a kind extends it)."""
         self._validate_params()
         self._n_latents(d_model)
+        check_save_at(self)
 
     def _train_forward(self, state: dict, x: torch.Tensor, dead: torch.Tensor) -> dict:  # pragma: no cover
         raise NotImplementedError
@@ -240,11 +247,15 @@ class SparseAutoencoder(BaseDictionary):
         bar = tqdm(total=sched.total, initial=run.step, desc=f"fit {self.kind}", unit="step", file=sys.stderr,
                    disable=not self.progress or not distributed.is_main(), dynamic_ncols=True)
         log_every = max(1, min(50, per_epoch // 20 if val is not None else total_steps // 20))
-        meter = _Meter()
+        meter, forks = _Meter(), fork_steps(self, batch)
+        if forks:
+            self.branches_ = {}
         try:
             with interrupts.deferred():
                 while run.step < sched.total:
                     interrupts.check()  # Ctrl-C stops here, between steps
+                    for tokens in forks.get(run.step, ()):  # a nested budget: its decay branch, then on at constant lr
+                        self.branches_[tokens] = run_branch(self, run, src, dev, batch, tokens)
                     step = run.step
                     out = self._train_step(run, distributed.shard(next(batches) * run.scale), step, batch)
                     meter.tokens += batch
@@ -336,7 +347,8 @@ class SparseAutoencoder(BaseDictionary):
         opt = _adam(self._param_groups(state, lr), lr)
         # warm-up: while converging, a share of one epoch (the run's length is not known); with a fixed budget,
         # FIXED_BUDGET_WARMUP steps or a tenth of the run when that is fewer (a short run is never all warm-up)
-        warm = self.warmup_steps or (round(WARMUP_FRACTION * per_epoch) if val is not None else
+        warm = self.warmup_steps or (round(WARMUP_FRACTION * per_epoch) if val is not None else FIXED_BUDGET_WARMUP
+                                     if self.save_at else  # nested budgets: a warm-up that ignores the total
                                      min(FIXED_BUDGET_WARMUP, round(FIXED_BUDGET_WARMUP_FRACTION * total_steps)))
         self.warmup_steps_ = warm = max(1, warm)
         schedule = _Schedule(warm=warm, total=total_steps,
