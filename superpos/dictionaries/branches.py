@@ -35,7 +35,7 @@ def _steps(sae, tokens: int, batch: int) -> tuple[int, int]:
 def fork_steps(sae, batch: int) -> dict[int, list[int]]:
     """{the step a branch forks at: [its token budgets]}."""
     forks: dict[int, list[int]] = {}
-    for tokens in sorted(set(int(b) for b in sae.save_at)):
+    for tokens in sorted({int(b) for b in sae.save_at}):
         forks.setdefault(_steps(sae, tokens, batch)[0], []).append(tokens)
     return forks
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import sys
 import time
@@ -119,7 +120,7 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
         pos = self.pos[lo:hi]
         starts = np.flatnonzero(np.diff(pos) <= 0) + 1 if len(pos) else np.zeros(0, np.int64)
         bounds = np.concatenate([[0], starts, [len(pos)]]).astype(np.int64) + lo
-        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
 
     @property
     def row_range(self) -> tuple[int, int]:
