@@ -94,3 +94,30 @@ def test_a_config_error_names_the_field_in_the_library_and_the_flag_on_the_comma
     assert "need 0 < unlikely (0.5) < --likely (0.1) < 1" in capsys.readouterr().err
     assert main(["harvest", "--model", str(tiny_models["llama"]), "--context", "1", "--out", str(tmp_path / "s.h5")]) == 2
     assert "superpos: error: --context must be at least 2, got 1" in capsys.readouterr().err
+
+
+def test_fit_save_at_writes_each_nested_budget_and_refuses_one_past_the_run(tmp_path, capsys):
+    """--save-at B1,B2 writes OUT/tokens_B/ for each (a loadable dictionary); a budget not below --tokens (or with
+    no --tokens) is one line, exit 2, nothing written."""
+    import numpy as np
+
+    from superpos.dictionaries.io import load_dictionary
+    from superpos.store import ActivationStore
+
+    C, n = 32, 2048
+    x = np.random.default_rng(0).standard_normal((n, 16)).astype(np.float32)
+    st = ActivationStore.create(tmp_path / "s.h5", layers=[2], d_model=16, n_rows=n, dtype="float32",
+                                attrs={"model": "t", "context_length": C})
+    st.write_rows(0, {2: x}, tokens=np.zeros(n, np.int32), doc=np.arange(n, dtype=np.int32) // C,
+                  pos=np.tile(np.arange(C, dtype=np.int32), n // C), next_logprob=np.zeros(n, np.float32),
+                  next_rank=np.zeros(n, np.int32))
+    st.close()
+    base = ["fit", "--store", str(tmp_path / "s.h5"), "--layer", "2", "--expansion", "2", "--k", "4",
+            "--batch-size", "64", "--no-progress"]
+    assert main([*base, "--tokens", "3200", "--save-at", "640,1280", "--out", str(tmp_path / "d")]) == 0
+    for tokens in (640, 1280):
+        assert load_dictionary(tmp_path / "d" / f"tokens_{tokens}").components_.shape == (32, 16)
+    for extra in (["--tokens", "3200", "--save-at", "3200"], ["--save-at", "640"]):
+        code, err = _run([*base, *extra, "--out", str(tmp_path / "bad")], capsys)
+        assert code == 2 and len(err) == 1 and "save_at" in err[0] and "Traceback" not in err[0]
+        assert not (tmp_path / "bad").exists()

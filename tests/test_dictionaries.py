@@ -403,10 +403,9 @@ def test_default_fit_converges_and_recovers_planted_atoms(planted):
     assert _recovery(atoms, once.components_.numpy()).mean() < 0.8  # a fixed one-epoch budget stops too early
 
 
-def test_default_fit_on_a_small_store_converges_and_a_large_one_takes_one_epoch(planted, tmp_path, monkeypatch):
+def test_default_fit_on_a_small_store_converges(planted, tmp_path):
     """A store whose rows fit in STORE_IN_MEMORY_BYTES is read in and converges like an array (a 4k-token store used to
-    get 3 steps); one over the limit streams one epoch."""
-    import superpos.dictionaries.trainer as trainer
+    get 3 steps); one over the limit converges streamed (test_a_store_too_big_for_memory_converges_out_of_core...)."""
     from superpos.store import ActivationStore
 
     x, atoms = planted
@@ -424,9 +423,6 @@ def test_default_fit_on_a_small_store_converges_and_a_large_one_takes_one_epoch(
         rows = store.n_train_rows(1)
         assert sae.converged_ and sae.n_iter_ > 3 * (rows // 1024)
         assert _recovery(atoms, sae.components_.numpy()).mean() >= 0.95
-        monkeypatch.setattr(trainer, "STORE_IN_MEMORY_BYTES", rows * x.shape[1] * 4 - 1)  # one row too many
-        once = TopKSAE(n_components=512, k=5, device="cpu", progress=False).fit(store, layer=3)
-        assert once.n_iter_ == rows // 1024 and not hasattr(once, "converged_")  # a fixed budget: no convergence
 
 
 @pytest.mark.parametrize("cls", [NMF, SemiNMF])
@@ -491,3 +487,88 @@ def test_seminmf_atom_update_keeps_atoms_unit_norm_and_unused_ones_in_place():
     used = [0, 1, 3, 4, 5]
     exact = torch.linalg.lstsq(H[:, used], x).solution  # the used atoms: the least-squares directions
     np.testing.assert_allclose(new[used].numpy(), (exact / exact.norm(dim=1, keepdim=True)).numpy(), atol=1e-3)
+
+
+def _context_store(path, x, C=64):
+    from superpos.store import ActivationStore
+
+    n = len(x) // C * C
+    st = ActivationStore.create(path, layers=[3], d_model=x.shape[1], n_rows=n, dtype="float32",
+                                attrs={"model": "planted", "context_length": C})
+    st.write_rows(0, {3: x[:n].astype(np.float32)}, tokens=np.zeros(n, np.int32), doc=np.arange(n, dtype=np.int32) // C,
+                  pos=np.tile(np.arange(C, dtype=np.int32), n // C), next_logprob=np.zeros(n, np.float32),
+                  next_rank=np.zeros(n, np.int32))
+    st.close()
+    return ActivationStore(path)
+
+
+def test_a_store_too_big_for_memory_converges_out_of_core_on_held_out_contexts(tmp_path, monkeypatch):
+    """n_tokens=None on a store over STORE_IN_MEMORY_BYTES streams epoch after epoch until the held-out objective
+    stops improving; the held-out rows are whole contexts the training stream never reads; a resumed run is the
+    uninterrupted one."""
+    import superpos.dictionaries.trainer as trainer
+    from superpos.dictionaries.sources import StoreRows
+
+    monkeypatch.setattr(trainer, "STORE_IN_MEMORY_BYTES", 1)
+    x = np.asarray(planted_data(6400, 32, 48, 3, seed=5)[0], dtype=np.float32)
+    C = 64
+    store = _context_store(tmp_path / "s.h5", x, C)
+    row_ctx = {r.tobytes(): i // C for i, r in enumerate(store.to_numpy(3))}
+    held, streamed = [], set()
+    real_hold_out, real_batches = trainer._hold_out, StoreRows.batches
+
+    def spy_hold_out(*a, **k):
+        src, val = real_hold_out(*a, **k)
+        held.append(val.numpy().copy())
+        return src, val
+
+    def spy_batches(self, *a, **k):
+        for b in real_batches(self, *a, **k):
+            streamed.update(r.tobytes() for r in b.numpy())
+            yield b
+
+    monkeypatch.setattr(trainer, "_hold_out", spy_hold_out)
+    monkeypatch.setattr(StoreRows, "batches", spy_batches)
+    kw = dict(n_components=64, k=3, batch_size=64, max_epochs=20, tol=0.1, dead_after_tokens=4000, device="cpu",
+              progress=False)
+    sae = TopKSAE(**kw).fit(store, layer=3)
+    per_epoch = (len(row_ctx) - len(held[0]) - len(row_ctx) // C) // 64  # position 0 is left out
+    assert sae.converged_ and 3 * per_epoch <= sae.n_iter_ < 20 * per_epoch  # several epochs, stopped on the plateau
+    assert [h["step"] for h in sae.validation_history_][:2] == [per_epoch, 2 * per_epoch]
+    val_ctx = {row_ctx[r.tobytes()] for r in held[0]}
+    assert len(held[0]) == len(val_ctx) * (C - 1)  # whole contexts (without their position-0 row)
+    assert not streamed & {r.tobytes() for r in held[0]}  # never streamed for training
+    assert {row_ctx[r] for r in streamed}.isdisjoint(val_ctx)
+
+    def interrupt(step, stats):
+        if step >= per_epoch + 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        TopKSAE(**kw).fit(store, layer=3, checkpoint_dir=tmp_path / "ck", checkpoint_every=10**6, callback=interrupt)
+    resumed = TopKSAE(**kw).fit(store, layer=3, checkpoint_dir=tmp_path / "ck")
+    assert resumed.n_iter_ == sae.n_iter_ and resumed.validation_history_ == sae.validation_history_
+    for name in ("components_", "W_enc_", "b_enc_", "b_dec_"):
+        torch.testing.assert_close(getattr(resumed, name), getattr(sae, name), rtol=0, atol=0)
+    store.close()
+
+
+@pytest.mark.parametrize("cls", [TopKSAE, ReLUSAE])
+def test_a_nested_budget_branch_equals_a_separate_run(cls, tmp_path):
+    """save_at: the branch at B (forked at its decay step, decayed over the batches a separate run sees) is the
+    dictionary a separate n_tokens=B run with the same warm-up ends with; the main run is unchanged by it."""
+    x = np.asarray(planted_data(4096, 32, 48, 3, seed=2)[0], dtype=np.float32)
+    kw = dict(n_components=64, batch_size=128, warmup_steps=10, dead_after_tokens=2000, device="cpu", progress=False)
+    kw.update(k=3) if cls is TopKSAE else None
+    nested = cls(n_tokens=128 * 60, save_at=(128 * 20, 128 * 35), **kw).fit(x)
+    for tokens in (128 * 20, 128 * 35):
+        alone = cls(n_tokens=tokens, **kw).fit(x)
+        branch = nested.branches_[tokens]
+        assert branch.n_iter_ == alone.n_iter_ == tokens // 128
+        for name in ("components_", "W_enc_", "b_enc_", "b_dec_"):
+            torch.testing.assert_close(getattr(branch, name), getattr(alone, name), rtol=0, atol=1e-6)
+    plain = cls(n_tokens=128 * 60, **kw).fit(x)
+    torch.testing.assert_close(nested.components_, plain.components_, rtol=0, atol=0)
+    for bad in (dict(n_tokens=128 * 60, save_at=(128 * 60,)), dict(save_at=(1000,))):
+        with pytest.raises(InvalidParameterError, match="save_at"):
+            cls(**bad, **kw).fit(x)

@@ -23,7 +23,7 @@ class LinearAE(SparseAutoencoder):
     def __init__(self, *, n_components=..., expansion=..., code_l2=..., batch_size=..., n_tokens=..., lr=...,
                  max_epochs=..., tol=..., n_iter_no_change=..., validation_fraction=..., warmup_steps=...,
                  decay_frac=..., aux_k=..., aux_coeff=..., dead_after_tokens=..., b_dec_init=..., normalize=...,
-                 min_pos=..., seed=..., precision=..., device=..., progress=...):
+                 min_pos=..., seed=..., precision=..., save_at=..., device=..., progress=...):
         self._set_params(locals())
 
     def _train_forward(self, s, x, dead):
@@ -84,7 +84,7 @@ def test_a_signature_that_differs_from_the_declarations_is_refused():
             def __init__(self, *, n_components=None, expansion=..., code_l2=..., batch_size=..., n_tokens=...,
                          lr=..., max_epochs=..., tol=..., n_iter_no_change=..., validation_fraction=...,
                          warmup_steps=..., decay_frac=..., aux_k=..., aux_coeff=..., dead_after_tokens=...,
-                         b_dec_init=..., normalize=..., min_pos=..., seed=..., precision=..., device=...,
+                         b_dec_init=..., normalize=..., min_pos=..., seed=..., precision=..., save_at=..., device=...,
                          progress=...):
                 self._set_params(locals())
 
@@ -95,7 +95,7 @@ def test_a_signature_that_differs_from_the_declarations_is_refused():
             def __init__(self, n_components=..., expansion=..., batch_size=..., n_tokens=..., lr=...,
                          max_epochs=..., tol=..., n_iter_no_change=..., validation_fraction=..., warmup_steps=...,
                          decay_frac=..., aux_k=..., aux_coeff=..., dead_after_tokens=..., b_dec_init=...,
-                         normalize=..., min_pos=..., seed=..., precision=..., device=..., progress=...):
+                         normalize=..., min_pos=..., seed=..., precision=..., save_at=..., device=..., progress=...):
                 self._set_params(locals())
 
     with pytest.raises(TypeError, match="redeclares a default"):

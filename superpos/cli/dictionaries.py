@@ -1,6 +1,7 @@
 """CLI subcommands for dictionaries: fit, evaluate, and the demo (README's main job)."""
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import sys
@@ -19,9 +20,9 @@ PARAM_FLAGS = {
     "expansion": ("--expansion", float, "atoms per d_model dimension"),
     "k": ("--k", int, "active latents per token for topk/batchtopk, most non-zeros per code for nmf/seminmf (default "
                       "there: dense); also PCA's default size"),
-    "n_tokens": ("--tokens", int, "training tokens (default: until the held-out FVU stops improving when the "
-                                  "training rows fit in 2 GiB as float32, read into memory; one epoch of a larger "
-                                  "store)"),
+    "n_tokens": ("--tokens", int, "training tokens (default: until the held-out FVU stops improving; a store "
+                                  "whose training rows fit in 2 GiB as float32 is read into memory, a larger one "
+                                  "streamed with whole contexts held out)"),
     "batch_size": ("--batch-size", int, "rows per step"),
     "lr": ("--lr", float, f"Adam learning rate for SAEs (default {DEFAULT_LR:g})"),
     "l1_coeff": ("--l1-coeff", float, "relu: L1 penalty, in normalised input units"),
@@ -68,6 +69,17 @@ def _read_config_file(path: str) -> dict:
     return params
 
 
+def _budgets(text: str) -> tuple[int, ...]:
+    """``--save-at 400000,1200000`` → (400000, 1200000)."""
+    try:
+        budgets = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token counts, got {text!r}") from None
+    if not budgets or min(budgets) < 1:
+        raise argparse.ArgumentTypeError(f"token budgets must be positive, got {text!r}")
+    return budgets
+
+
 def add_fit(sub) -> None:
     """Add ``superpos fit``."""
     from superpos.dictionaries import KINDS
@@ -86,6 +98,9 @@ def add_fit(sub) -> None:
                    help="SAE compute precision (fp32 master weights either way): bfloat16 takes TopK/BatchTopK's "
                         "encoder product in bfloat16 (1.5-1.7x faster steps on a CPU with AVX512-BF16, same FVU) and "
                         "autocasts the other kinds' step; default float32")
+    p.add_argument("--save-at", dest="save_at", type=_budgets, default=None,
+                   help="comma-separated token budgets below --tokens: one run also saves a dictionary at each, "
+                        "after its own decay branch, in OUT/tokens_B/ (warmup-stable-decay)")
     defaults = {n: q.default for n, q in inspect.signature(fit_dictionary).parameters.items()}
     p.add_argument("--train-frac", type=float, default=defaults["train_frac"], help="fraction of contexts used for "
                    f"training; the rest is held out for `evaluate` (default {defaults['train_frac']:g})")
@@ -104,7 +119,7 @@ def cmd_fit(args) -> int:
     from superpos import distributed
 
     params = _read_config_file(args.config) if args.config else {}
-    params.update({name: getattr(args, name) for name in [*PARAM_FLAGS, "precision"] if getattr(args, name) is not None})
+    params.update({name: getattr(args, name) for name in [*PARAM_FLAGS, "precision", "save_at"] if getattr(args, name) is not None})
     device = distributed.init_from_env(args.device)  # under torchrun: join the group, one device per rank
     try:
         est, seconds = fit_dictionary(args.store, args.layer, args.kind, args.out, params, args.train_frac, device,

@@ -24,6 +24,11 @@ def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_f
     if not 0 < train_frac <= 1:
         raise ConfigError("train_frac", f"{{field}} must be in (0, 1], got {train_frac}")
     est = KINDS[kind].from_params(params, device=device, progress=progress)
+    if getattr(est, "save_at", ()):  # nested budgets refused before anything is written
+        from superpos.dictionaries.branches import check_save_at
+
+        est._validate_params()
+        check_save_at(est)
     resume = {"checkpoint_dir": out, "checkpoint_every": checkpoint_every} if est.resumable else {}
     with ActivationStore(store_path) as store:
         layer = store.check_layer(layer)
@@ -51,5 +56,7 @@ def fit_dictionary(store_path, layer: int, kind: str, out, params: dict, train_f
     if distributed.is_main():  # under torchrun every rank holds the same result; one writes it
         meta["world_size"] = distributed.world()[1]
         save_dictionary(est, out, meta=meta)
+        for tokens, branch in sorted(getattr(est, "branches_", {}).items()):  # nested budgets: OUT/tokens_B/
+            save_dictionary(branch, out / f"tokens_{tokens}", meta=meta)
         (out / "checkpoint.pt").unlink(missing_ok=True)
     return est, seconds

@@ -81,7 +81,7 @@ class JumpReLUSAE(SparseAutoencoder):
                  threshold_init=..., batch_size=..., n_tokens=..., lr=..., max_epochs=..., tol=...,
                  n_iter_no_change=..., validation_fraction=..., warmup_steps=..., decay_frac=..., aux_k=...,
                  aux_coeff=..., dead_after_tokens=..., b_dec_init=..., normalize=..., min_pos=..., seed=...,
-                 precision=..., device=..., progress=...):
+                 precision=..., save_at=..., device=..., progress=...):
         self._set_params(locals())
 
     def _init_extra(self, n_latents):

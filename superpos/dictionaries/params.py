@@ -133,6 +133,17 @@ class Bool(Check):
         return isinstance(value, (bool, np.bool_))
 
 
+class Budgets(Check):
+    """A tuple (or list) of positive token counts, possibly empty."""
+
+    type = "tuple of int"
+    text = "a tuple of positive token counts"
+
+    def ok(self, value) -> bool:
+        return isinstance(value, (tuple, list)) and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value)
+
+
 @dataclass(frozen=True)
 class Device(Check):
     """A device name ("auto", "cpu", "cuda", "cuda:N", resolved at fit) or a torch.device."""

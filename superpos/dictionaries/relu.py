@@ -27,7 +27,7 @@ class ReLUSAE(SparseAutoencoder):
     def __init__(self, *, n_components=..., expansion=..., l1_coeff=..., target_l0=..., batch_size=...,
                  n_tokens=..., lr=..., max_epochs=..., tol=..., n_iter_no_change=..., validation_fraction=...,
                  warmup_steps=..., decay_frac=..., aux_k=..., aux_coeff=..., dead_after_tokens=...,
-                 b_dec_init=..., normalize=..., min_pos=..., seed=..., precision=..., device=..., progress=...):
+                 b_dec_init=..., normalize=..., min_pos=..., seed=..., precision=..., save_at=..., device=..., progress=...):
         self._set_params(locals())
 
     def _init_params(self, sample_ND, d_model, dev):

@@ -113,6 +113,32 @@ class StoreRows:
         """``ActivationStore.sample`` as a tensor."""
         return torch.from_numpy(self.store.sample(self.layer, n, seed=seed, min_pos=min_pos))
 
+    def hold_out(self, fraction: float, seed: int, min_pos: int, max_rows: int) -> tuple["StoreRows", torch.Tensor]:
+        """Whole contexts held out (chosen by ``seed``) until they hold ``fraction`` of the training rows (at least
+        one row; their rows read into memory, at most ``max_rows``): (the store without those contexts, the
+        held-out rows). At least one context is left to train on; the held-out contexts are never streamed."""
+        ctxs = self.store.contexts()
+        mask = self.store.row_mask(min_pos)
+        counts = np.array([int(mask[a:b].sum()) for a, b in ctxs], dtype=np.int64)
+        usable = np.flatnonzero(counts)
+        if len(usable) < 2:
+            raise SuperposError(f"{self.where}: need at least 2 contexts to hold one out for convergence, got "
+                                f"{len(usable)} (or pass n_tokens)")
+        target = min(max_rows, max(1, round(fraction * int(counts.sum()))))
+        order = usable[np.random.default_rng([seed, 7919]).permutation(len(usable))]
+        taken, got = [], 0
+        for i in order[:-1]:  # the last one always trains
+            if got >= target:
+                break
+            taken.append(i)
+            got += int(counts[i])
+        dropped = np.concatenate([np.arange(*ctxs[i]) for i in sorted(taken)])
+        val_rows = dropped[mask[dropped]][:max_rows]
+        held = torch.from_numpy(self.store.to_numpy(self.layer, val_rows))
+        train = StoreRows(self.store.without_rows(dropped), self.layer)
+        train.where = self.where
+        return train, held
+
     def chunks(self, batch_size, min_pos=1):
         """``ActivationStore.iter_rows``' activations, in file order."""
         for _, acts in self.store.iter_rows(self.layer, batch_size, min_pos=min_pos):

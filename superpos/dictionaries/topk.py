@@ -46,7 +46,7 @@ class _SparseSelectSAE(SparseAutoencoder):
     def __init__(self, *, n_components=..., expansion=..., k=..., batch_size=..., n_tokens=..., lr=...,
                  max_epochs=..., tol=..., n_iter_no_change=..., validation_fraction=..., warmup_steps=...,
                  decay_frac=..., aux_k=..., aux_coeff=..., dead_after_tokens=..., b_dec_init=..., normalize=...,
-                 min_pos=..., seed=..., precision=..., device=..., progress=...):
+                 min_pos=..., seed=..., precision=..., save_at=..., device=..., progress=...):
         self._set_params(locals())
 
     def _check_params(self, d_model: int) -> None:

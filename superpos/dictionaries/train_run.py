@@ -23,7 +23,7 @@ FIXED_BUDGET_WARMUP = 100  # default warm-up with a fixed n_tokens: this many st
 FIXED_BUDGET_WARMUP_FRACTION = 0.1  # ... or this share of the run's steps when that is fewer
 MIN_EVAL_STEPS = 50  # while converging, the held-out FVU is measured every epoch, at least this many steps apart
 MAX_VALIDATION_ROWS = 16384
-STORE_IN_MEMORY_BYTES = 2 * 2**30  # with n_tokens=None, a store this small (float32 rows) is read in and converges
+STORE_IN_MEMORY_BYTES = 2 * 2**30  # with n_tokens=None, a store this small (float32 rows) is read in; a larger one streams
 L0_CONTROL_RATE = 0.01  # per step: the penalty coefficient is multiplied by (L0 / target_l0) ** rate
 L0_SETTLED = 0.02  # |log(fast / slow smoothed L0)| below this: L0 is not moving by itself
 _SHOWN = {"loss": ".3g", "fvu": ".3f", "l0": ".1f", "dead": ".2f", "dense": ".2f", "tok_s": ".0f"}  # progress bar
@@ -181,9 +181,12 @@ def _adam(groups: list[dict], lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), fused=fused)
 
 
-def _hold_out(src: RowSource, fraction: float, seed: int) -> tuple[RowSource, torch.Tensor]:
-    """In-memory rows split at random (seeded): (training rows, held-out rows); at most MAX_VALIDATION_ROWS and
-    at least one row held out, and at least one left to train on."""
+def _hold_out(src: RowSource, fraction: float, seed: int, min_pos: int = 1) -> tuple[RowSource, torch.Tensor]:
+    """(training rows, held-out rows), at most MAX_VALIDATION_ROWS and at least one row held out, and at least one
+    left to train on. In-memory rows are split at random (seeded); a store out of core holds out whole contexts
+    (``StoreRows.hold_out``), read into memory, which its training stream then never reads."""
+    if not src.in_memory:
+        return src.hold_out(fraction, seed, min_pos, MAX_VALIDATION_ROWS)
     x = src.tensor()
     n = len(x)
     if n < 2:

@@ -21,8 +21,10 @@ from tqdm import tqdm
 from superpos import distributed, interrupts
 from superpos.device import keep_freed_memory
 from superpos.dictionaries.base import SEED, BaseDictionary, check_finite
+from superpos.dictionaries.branches import check_save_at, fork_steps, run_branch
 from superpos.dictionaries.params import (
     Bool,
+    Budgets,
     Int,
     InvalidParameterError,
     OneOf,
@@ -94,18 +96,18 @@ class SparseAutoencoder(BaseDictionary):
         batch_size=Param(1024, "Rows per optimizer step.", Int(1)),
         n_tokens=Param(None, "Training tokens (``n_tokens // batch_size`` steps). None: in-memory data trains until "
                              "the held-out objective stops improving (``max_epochs``, ``tol``, ``n_iter_no_change`` "
-                             "and ``validation_fraction`` as in scikit-learn's early stopping), and so does a store "
-                             "whose training rows fit in ``STORE_IN_MEMORY_BYTES`` (2 GiB as float32), read into "
-                             "memory; a larger store trains for one epoch.", Int(1, none=True)),
+                             "and ``validation_fraction`` as in scikit-learn's early stopping), and so does a store: "
+                             "read into memory when its training rows fit in ``STORE_IN_MEMORY_BYTES`` (2 GiB as "
+                             "float32), else streamed epoch after epoch with whole contexts held out.", Int(1, none=True)),
         lr=Param(None, f"Adam's learning rate. None: ``DEFAULT_LR`` ({DEFAULT_LR:g}, chosen by measurement for "
                        "CPU-sized budgets: docs/dictionaries.md). A kind may step its decoder at a multiple of it "
                        "(``_decoder_lr_mult``).", Real(0, closed="neither", none=True)),
-        max_epochs=Param(50, "Most passes over in-memory data while converging.", Int(1)),
+        max_epochs=Param(50, "Most passes over the training rows while converging.", Int(1)),
         tol=Param(1e-2, "Relative improvement of the held-out objective that counts as progress.", Real(0)),
         n_iter_no_change=Param(2, "Held-out measurements without progress before the final decay starts.",
                                Int(1)),
-        validation_fraction=Param(0.1, "Share of in-memory rows held out to measure convergence (at most "
-                                       "16,384 rows).", Real(0, 1, "neither")),
+        validation_fraction=Param(0.1, "Share of the rows held out to measure convergence (at most 16,384 "
+                                       "rows; from a store streamed out of core, whole contexts).", Real(0, 1, "neither")),
         warmup_steps=Param(None, "Steps of linear warm-up. None (or 0): 5 % of an epoch while converging; with a "
                                  "fixed ``n_tokens``, 100 steps or a tenth of the run when that is fewer.",
                            Int(0, none=True)),
@@ -124,6 +126,10 @@ class SparseAutoencoder(BaseDictionary):
         precision=Param("float32", "'bfloat16' computes in bfloat16 with float32 master weights: the TopK kinds "
                                    "take only their encoder product in it, the others autocast the step.",
                         OneOf(("float32", "bfloat16"))),
+        save_at=Param((), "Token budgets B < ``n_tokens`` at which the run also fits a dictionary (``branches_``"
+                          "[B]), each after its own decay branch forked at (1 − ``decay_frac``)·B/batch: equal to "
+                          "a separate run with ``n_tokens=B`` and the same warm-up (fixed: ``warmup_steps`` or 100 "
+                          "steps), at the cost of the branch's decay steps only.", Budgets(), shown="()"),
     )
 
     # ---------------------------------------------------------------- sizes and defaults
@@ -141,6 +147,7 @@ class SparseAutoencoder(BaseDictionary):
         """The declared checks, then those that need the data's width (a kind extends it)."""
         self._validate_params()
         self._n_latents(d_model)
+        check_save_at(self)
 
     def _train_forward(self, state: dict, x: torch.Tensor, dead: torch.Tensor) -> dict:  # pragma: no cover
         raise NotImplementedError
@@ -215,8 +222,8 @@ class SparseAutoencoder(BaseDictionary):
         in-memory data trains until it converges: ``validation_fraction`` of the rows is held out, its FVU is
         measured every epoch (at least every 50 steps), and after ``n_iter_no_change`` measurements without a
         relative improvement of ``tol`` the final decay starts and the run ends (at most ``max_epochs`` passes);
-        ``converged_`` says which ended it. So does a store of at most ``STORE_IN_MEMORY_BYTES`` (float32), read in;
-        a larger one trains one epoch. With ``checkpoint_dir``, the state is saved every ``checkpoint_every`` steps,
+        ``converged_`` says which ended it. So does a store: read in when its rows take at most
+        ``STORE_IN_MEMORY_BYTES`` (float32), else streamed epoch after epoch with whole contexts held out. With ``checkpoint_dir``, the state is saved every ``checkpoint_every`` steps,
         on Ctrl-C and at the end; the same ``fit`` resumes it exactly. ``callback(step, stats)`` runs at each log."""
         src = rows_from(X, layer)
         self._check_params(src.d_model)
@@ -225,10 +232,9 @@ class SparseAutoencoder(BaseDictionary):
             keep_freed_memory()
         self._forget_stream()
         val = None
-        if self.n_tokens is None:  # converge: in-memory data, or a store small enough to read in
+        if self.n_tokens is None:  # converge: in memory (a store small enough is read in) or streamed from the store
             src = in_memory_if_small(src, self.min_pos, STORE_IN_MEMORY_BYTES)
-            if src.in_memory:
-                src, val = _hold_out(src, self.validation_fraction, self.seed)
+            src, val = _hold_out(src, self.validation_fraction, self.seed, self.min_pos)
         n_rows = src.n_rows(self.min_pos)
         batch = min(self.batch_size, n_rows)
         distributed.check_batch(batch)  # under torchrun the batch is global; each rank trains on a slice
@@ -241,11 +247,15 @@ class SparseAutoencoder(BaseDictionary):
         bar = tqdm(total=sched.total, initial=run.step, desc=f"fit {self.kind}", unit="step", file=sys.stderr,
                    disable=not self.progress or not distributed.is_main(), dynamic_ncols=True)
         log_every = max(1, min(50, per_epoch // 20 if val is not None else total_steps // 20))
-        meter = _Meter()
+        meter, forks = _Meter(), fork_steps(self, batch)
+        if forks:
+            self.branches_ = {}
         try:
             with interrupts.deferred():
                 while run.step < sched.total:
                     interrupts.check()  # Ctrl-C stops here, between steps
+                    for tokens in forks.get(run.step, ()):  # a nested budget: its decay branch, then on at constant lr
+                        self.branches_[tokens] = run_branch(self, run, src, dev, batch, tokens)
                     step = run.step
                     out = self._train_step(run, distributed.shard(next(batches) * run.scale), step, batch)
                     meter.tokens += batch
@@ -338,7 +348,8 @@ class SparseAutoencoder(BaseDictionary):
         opt = _adam(self._param_groups(state, lr), lr)
         # warm-up: while converging, a share of one epoch (the run's length is not known); with a fixed budget,
         # FIXED_BUDGET_WARMUP steps or a tenth of the run when that is fewer (a short run is never all warm-up)
-        warm = self.warmup_steps or (round(WARMUP_FRACTION * per_epoch) if val is not None else
+        warm = self.warmup_steps or (round(WARMUP_FRACTION * per_epoch) if val is not None else FIXED_BUDGET_WARMUP
+                                     if self.save_at else  # nested budgets: a warm-up that ignores the total
                                      min(FIXED_BUDGET_WARMUP, round(FIXED_BUDGET_WARMUP_FRACTION * total_steps)))
         self.warmup_steps_ = warm = max(1, warm)
         schedule = _Schedule(warm=warm, total=total_steps,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import sys
 import time
@@ -88,6 +89,7 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
         self._pos: np.ndarray | None = None
         self._writers: dict | None = None
         self._limit: tuple[int, int] | None = None
+        self._dropped: np.ndarray | None = None  # file rows a view leaves out (``without_rows``)
 
     def restrict(self, start: int, stop: int) -> "ActivationStore":
         """A view of rows [start, stop) of this store (or of this view): every reader — ``to_numpy``,
@@ -100,6 +102,25 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
         view = copy.copy(self)
         view._limit = (start, min(max(start, int(stop)), hi))
         return view
+
+    def without_rows(self, rows: np.ndarray) -> "ActivationStore":
+        """A view of this store (or view) that leaves out the file rows ``rows`` (for instance held-out contexts):
+        ``row_mask`` — so ``stream``, ``sample``, ``iter_rows`` and ``n_train_rows`` — never sees them."""
+        import copy
+
+        view = copy.copy(self)
+        dropped = np.asarray(rows, dtype=np.int64)
+        view._dropped = dropped if self._dropped is None else np.union1d(self._dropped, dropped)
+        return view
+
+    def contexts(self) -> list[tuple[int, int]]:
+        """The contexts inside this store (or view) as file-row ranges [start, stop): a context starts where the
+        position does not grow."""
+        lo, hi = self.row_range
+        pos = self.pos[lo:hi]
+        starts = np.flatnonzero(np.diff(pos) <= 0) + 1 if len(pos) else np.zeros(0, np.int64)
+        bounds = np.concatenate([[0], starts, [len(pos)]]).astype(np.int64) + lo
+        return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
 
     @property
     def row_range(self) -> tuple[int, int]:
@@ -275,6 +296,8 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
         lo, hi = self.row_range
         mask[:lo] = False
         mask[hi:] = False
+        if self._dropped is not None:
+            mask[self._dropped] = False
         return mask
 
     def to_numpy(self, layer: int, rows=None) -> np.ndarray:
