@@ -23,15 +23,7 @@ import numpy as np
 import torch
 from peers import recovery
 
-from superpos.dictionaries import (
-    NMF,
-    PCA,
-    BatchTopKSAE,
-    JumpReLUSAE,
-    ReLUSAE,
-    SemiNMF,
-    TopKSAE,
-)
+from superpos.dictionaries import NMF, PCA, BatchTopKSAE, JumpReLUSAE, ReLUSAE, SemiNMF, TopKSAE
 from superpos.dictionaries.metrics import fvu
 
 KINDS = ("topk", "batchtopk", "jumprelu", "relu", "nmf", "seminmf", "pca")

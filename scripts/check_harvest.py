@@ -19,10 +19,7 @@ from transformers import AutoModelForCausalLM
 
 
 def main(path: str) -> int:
-    from superpos.model.files import (  # only to find the file the store was made from
-        KNOWN_MODELS,
-        known_gguf_path,
-    )
+    from superpos.model.files import KNOWN_MODELS, known_gguf_path  # only to find the file the store was made from
 
     t0 = time.perf_counter()
     f = h5py.File(path, "r")

@@ -506,7 +506,7 @@ def test_a_store_too_big_for_memory_converges_out_of_core_on_held_out_contexts(t
     """n_tokens=None on a store over STORE_IN_MEMORY_BYTES streams epoch after epoch until the held-out objective
     stops improving; the held-out rows are whole contexts the training stream never reads; a resumed run is the
     uninterrupted one."""
-    import superpos.dictionaries.trainer as trainer
+    import superpos.dictionaries.train_run as trainer  # the training loop reads both through this module
     from superpos.dictionaries.sources import StoreRows
 
     monkeypatch.setattr(trainer, "STORE_IN_MEMORY_BYTES", 1)

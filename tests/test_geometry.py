@@ -126,12 +126,7 @@ def _judge_store(path, layer, cfg, tmp_path):
 @pytest.fixture(scope="module")
 def small_stores(tmp_path_factory):
     """Planted superposition (4×d unit atoms, 2 per row, d = 32), and its Gaussian and PC-shuffle nulls."""
-    from superpos.store.surrogates import (
-        gaussian_like,
-        pc_shuffle,
-        planted_superposition,
-        write_store,
-    )
+    from superpos.store.surrogates import gaussian_like, pc_shuffle, planted_superposition, write_store
 
     folder = tmp_path_factory.mktemp("stores")
     x, _ = planted_superposition(8_000, 32, 128, 2, noise=0.02, seed=0)

@@ -7,18 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from superpos.hypotheses.lenses.lens import (
-    TunedLens,
-    compare_lenses,
-    lens_logits,
-    unembed,
-)
+from superpos.hypotheses.lenses.lens import TunedLens, compare_lenses, lens_logits, unembed
 from superpos.hypotheses.repurposing import EXPERIMENT
 from superpos.hypotheses.repurposing.config import RepurposingConfig
-from superpos.hypotheses.repurposing.token_stats import (
-    off_output_part,
-    shuffle_contexts,
-)
+from superpos.hypotheses.repurposing.token_stats import off_output_part, shuffle_contexts
 from superpos.model.load import load_model
 from superpos.model.residuals import sample_residuals
 from superpos.settings import CONTROL_KINDS as CONTROLS

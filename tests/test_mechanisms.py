@@ -4,12 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from superpos.hypotheses.repurposing.mechanisms import (
-    control_layers,
-    detect,
-    gated_removal,
-    planted_control,
-)
+from superpos.hypotheses.repurposing.mechanisms import control_layers, detect, gated_removal, planted_control
 from superpos.model.load import load_model
 from superpos.settings import CONTROL_KINDS as CONTROLS
 
@@ -105,12 +100,7 @@ def test_write_profile_finds_the_block_that_writes_a_planted_mlp_push(lm):
     """The ``mlp`` control writes through the MLP of the block that makes layer a: read at a, that block's MLP is
     where the write along the favoured token beats the random argmax's, and no other MLP comes close."""
     from superpos.hypotheses.lenses.lens import final_logprobs
-    from superpos.hypotheses.repurposing.token_stats import (
-        layer_stats,
-        scan_directions,
-        shuffle_contexts,
-        token_groups,
-    )
+    from superpos.hypotheses.repurposing.token_stats import layer_stats, scan_directions, shuffle_contexts, token_groups
     from superpos.hypotheses.repurposing.writes import write_profile
     from superpos.model.residuals import sample_residuals
 

@@ -5,11 +5,7 @@ import pytest
 import torch
 
 from superpos.hypotheses.lenses.lens import final_logprobs
-from superpos.hypotheses.repurposing.power import (
-    minimum_detectable,
-    plant_token_push,
-    power_curve,
-)
+from superpos.hypotheses.repurposing.power import minimum_detectable, plant_token_push, power_curve
 from superpos.hypotheses.repurposing.token_stats import shuffle_contexts, token_groups
 from superpos.model.load import load_model
 from superpos.model.residuals import sample_residuals

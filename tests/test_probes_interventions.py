@@ -11,11 +11,7 @@ from conftest import make_tiny_model
 
 from superpos.experiment.result import to_jsonable
 from superpos.hypotheses.donation.config import DonationConfig
-from superpos.hypotheses.donation.run import (
-    _kv_leaves,
-    donation_from_grads,
-    pairwise_kv_grads,
-)
+from superpos.hypotheses.donation.run import _kv_leaves, donation_from_grads, pairwise_kv_grads
 from superpos.hypotheses.lookahead.config import LookaheadConfig
 from superpos.hypotheses.lookahead.ngrams import BackoffNgram
 from superpos.hypotheses.probes.config import ProbeConfig
@@ -28,12 +24,7 @@ from superpos.hypotheses.probes.probe import (
     probe_by_depth,
 )
 from superpos.hypotheses.reinject.config import ReinjectConfig
-from superpos.hypotheses.reinject.run import (
-    cached_losses,
-    generate,
-    interpolation,
-    teacher_forced_losses,
-)
+from superpos.hypotheses.reinject.run import cached_losses, generate, interpolation, teacher_forced_losses
 from superpos.hypotheses.token_table import token_means
 from superpos.model.load import load_model
 from superpos.model.residuals import sample_residuals

@@ -6,12 +6,7 @@ from scipy.stats import kurtosis
 
 from superpos.cli.main import main
 from superpos.store import ActivationStore
-from superpos.store.surrogates import (
-    gaussian_like,
-    pc_shuffle,
-    planted_superposition,
-    surrogate_of_store,
-)
+from superpos.store.surrogates import gaussian_like, pc_shuffle, planted_superposition, surrogate_of_store
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from superpos.cli.common import positive as _positive
 from superpos.dictionaries.fitting import fit_dictionary
-from superpos.dictionaries.trainer import DEFAULT_LR
+from superpos.dictionaries.train_run import DEFAULT_LR
 from superpos.errors import SuperposError
 
 # CLI flag → estimator parameter (only passed when given, so config files and class defaults apply). The

@@ -10,13 +10,7 @@ import os
 import sys
 import traceback
 
-from superpos.cli.common import (
-    Parser,
-    add_settings,
-    config_from_args,
-    one_line,
-    positive,
-)
+from superpos.cli.common import Parser, add_settings, config_from_args, one_line, positive
 from superpos.errors import SuperposError
 
 

@@ -27,16 +27,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from superpos.device import resolve_device
-from superpos.dictionaries.params import (
-    Bool,
-    Device,
-    Int,
-    InvalidParameterError,
-    Param,
-    Params,
-    declare,
-    validate,
-)
+from superpos.dictionaries.params import Bool, Device, Int, InvalidParameterError, Param, Params, declare, validate
 from superpos.errors import SuperposError
 from superpos.store import ActivationStore
 

@@ -18,14 +18,7 @@ from safetensors.torch import save_file
 from superpos import integrity
 from superpos.errors import SuperposError
 from superpos.files import replace_folder, write_json_atomic
-from superpos.readers import (
-    check_value,
-    expect_shape,
-    field,
-    read_json_object,
-    read_tensors,
-    shown,
-)
+from superpos.readers import check_value, expect_shape, field, read_json_object, read_tensors, shown
 
 CONFIG, WEIGHTS, METRICS = "config.json", "weights.safetensors", "metrics.json"
 SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"

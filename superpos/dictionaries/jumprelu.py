@@ -7,12 +7,9 @@ import math
 import torch
 
 from superpos.dictionaries.params import Param, Params, Real
+from superpos.dictionaries.sae_params import TARGET_L0
 from superpos.dictionaries.sparse_ops import firing_quantile
-from superpos.dictionaries.trainer import (
-    TARGET_L0,
-    SparseAutoencoder,
-    _reconstruction_terms,
-)
+from superpos.dictionaries.trainer import SparseAutoencoder, _reconstruction_terms
 
 
 def _rect(z: torch.Tensor) -> torch.Tensor:

@@ -5,12 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from superpos.dictionaries.params import Param, Params, Real
+from superpos.dictionaries.sae_params import TARGET_L0
 from superpos.dictionaries.sparse_ops import firing_quantile
-from superpos.dictionaries.trainer import (
-    TARGET_L0,
-    SparseAutoencoder,
-    _reconstruction_terms,
-)
+from superpos.dictionaries.trainer import SparseAutoencoder, _reconstruction_terms
 
 
 class ReLUSAE(SparseAutoencoder):

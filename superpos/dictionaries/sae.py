@@ -10,13 +10,8 @@ from superpos.dictionaries.jumprelu import JumpReLUSAE
 from superpos.dictionaries.relu import ReLUSAE
 from superpos.dictionaries.sparse_ops import SparseCodes
 from superpos.dictionaries.topk import BatchTopKSAE, TopKSAE
-from superpos.dictionaries.trainer import (
-           CHECKPOINT,
-           DEFAULT_LR,
-           DENSE_FRACTION,
-           SparseAutoencoder,
-           geometric_median,
-)
+from superpos.dictionaries.train_run import CHECKPOINT, DEFAULT_LR, DENSE_FRACTION, geometric_median
+from superpos.dictionaries.trainer import SparseAutoencoder
 
 __all__ = ["SparseAutoencoder", "TopKSAE", "BatchTopKSAE", "ReLUSAE", "JumpReLUSAE", "SparseCodes", "geometric_median",
            "CHECKPOINT", "DEFAULT_LR", "DENSE_FRACTION"]

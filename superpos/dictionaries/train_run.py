@@ -150,6 +150,42 @@ class _TrainRun:
                               "convergence": self.convergence.state() if self.convergence else None}, self.ckpt_path)
 
 
+
+def check_convergence(sae, run: _TrainRun) -> None:
+    """While ``sae`` converges, every ``every`` steps: the held-out FVU; start the final decay after ``patience`` measurements without
+    a relative improvement of ``tol``, or when the budget's last ``decay_frac`` begins."""
+    c, sched, step = run.convergence, run.schedule, run.step
+    if step % c.every == 0:
+        fvu, objective = held_out(sae, run)
+        c.history.append({"step": step, "val_fvu": fvu, "val_objective": objective})
+        on_target = run.l0_ema is None or abs(run.l0_gap(sae.target_l0)) < math.log(1.2)
+        if objective < c.best * (1 - c.tol):
+            c.best, c.bad = objective, 0
+        elif on_target:  # while the controller still moves L0, a worse objective is not a plateau
+            c.bad += 1
+        if c.bad >= c.patience:
+            sched.start_decay(step, sae.decay_frac)
+    if sched.decay_from is None and step >= int(sched.total * (1 - sae.decay_frac)):
+        sched.decay_from = step
+
+@torch.no_grad()
+def held_out(sae, run: _TrainRun) -> tuple[float, float]:
+    """On the held-out rows: (FVU, the training objective — reconstruction plus sparsity penalty, no AuxK — in
+    the same units). Early stopping watches the objective: a penalised SAE trades FVU for sparsity on its way
+    to convergence, so its FVU alone can rise while training is still improving it."""
+    x = run.convergence.val_x
+    no_dead = torch.zeros_like(run.since_fired, dtype=torch.bool)
+    err = obj = 0.0
+    for i in range(0, len(x), sae.batch_size):
+        xb = x[i:i + sae.batch_size]
+        out = sae._train_forward(run.state, xb, no_dead)
+        err += float((out["x_hat"] - xb).pow(2).sum())
+        obj += float(out["loss"]) * len(xb)
+    sae._pre_buffer = None
+    var = float((x - x.mean(0)).pow(2).sum().clamp_min(1e-30))
+    return err / var, obj / var
+
+
 @dataclass
 class _Meter:
     """Tokens and time since the last log line; ``log`` turns a step's outputs into one history row."""
@@ -201,3 +237,45 @@ def _last_good(ckpt_path: Path | None) -> str:
         return f"; the last good checkpoint is intact in {ckpt_path.parent}"
     return ""
 
+
+#: what ``_TrainRun.save`` writes: each key of a checkpoint and its type
+_CHECKPOINT_KEYS = {"params": dict, "d_model": int, "step": int, "state": dict, "opt": dict, "sched": dict,
+                    "since_fired": torch.Tensor, "history": list, "schedule": dict}
+
+
+def _checked_checkpoint(ckpt, path: Path) -> dict:
+    """A loaded checkpoint whose structure is what ``_TrainRun.save`` writes, refused in one line otherwise (its
+    checksum only says the bytes are whole: a checkpoint from another superpos, or an older plain ``torch.save``
+    file, can hold anything)."""
+    def refuse(what: str):
+        raise SuperposError(f"checkpoint {path} is not one this superpos writes ({what}); delete it to start the fit "
+                            f"over, or use another output folder")
+
+    if not isinstance(ckpt, dict):
+        refuse(f"it holds {type(ckpt).__name__}, not a dict")
+    for key, kind in _CHECKPOINT_KEYS.items():
+        if key not in ckpt:
+            refuse(f"no '{key}'")
+        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
+            refuse(f"'{key}' is {type(ckpt[key]).__name__}, expected {kind.__name__}")
+    if not isinstance(ckpt.get("convergence"), (dict, type(None))):
+        refuse(f"'convergence' is {type(ckpt['convergence']).__name__}")
+    state = ckpt["state"]
+    for key in ("W_enc", "b_enc", "W_dec", "b_dec", "scale"):
+        if not isinstance(state.get(key), torch.Tensor):
+            refuse(f"no tensor 'state.{key}'")
+    if state["W_dec"].ndim != 2 or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        refuse("its state is not a set of tensors with a 2-D W_dec")
+    for key in ("scale", "coeff"):
+        if key in state and state[key].numel() != 1:
+            refuse(f"'state.{key}' has shape {tuple(state[key].shape)}, expected one number")
+    fields = {"warm", "total", "decay_from"}
+    if set(ckpt["schedule"]) != fields:
+        refuse(f"its schedule has keys {sorted(map(str, ckpt['schedule']))}, expected {sorted(fields)}")
+    sched = ckpt["schedule"]
+    if not all(isinstance(sched[k], int) and not isinstance(sched[k], bool) for k in ("warm", "total")) or not (
+            sched["decay_from"] is None or isinstance(sched["decay_from"], int)) or sched["warm"] < 1:
+        refuse(f"its schedule is {sched}")
+    if ckpt["step"] < 0:
+        refuse(f"step {ckpt['step']}")
+    return ckpt

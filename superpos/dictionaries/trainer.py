@@ -20,48 +20,15 @@ from tqdm import tqdm
 
 from superpos import distributed, interrupts
 from superpos.device import keep_freed_memory
-from superpos.dictionaries.base import SEED, BaseDictionary, check_finite
+from superpos.dictionaries import train_run as tr
+from superpos.dictionaries.base import BaseDictionary, check_finite
 from superpos.dictionaries.branches import check_save_at, fork_steps, run_branch
-from superpos.dictionaries.params import (
-    Bool,
-    Budgets,
-    Int,
-    InvalidParameterError,
-    OneOf,
-    Param,
-    Params,
-    Real,
-)
+from superpos.dictionaries.params import InvalidParameterError
+from superpos.dictionaries.sae_params import SAE_PARAMS
 from superpos.dictionaries.sources import RowSource, in_memory_if_small, rows_from
 from superpos.dictionaries.sparse_ops import aux_k_loss, dense_pairs
-from superpos.dictionaries.train_run import (  # noqa: F401 (re-exported)
-    _SHOWN,
-    CHECKPOINT,
-    DEFAULT_LR,
-    DENSE_FRACTION,
-    FIXED_BUDGET_WARMUP,
-    FIXED_BUDGET_WARMUP_FRACTION,
-    MIN_EVAL_STEPS,
-    STORE_IN_MEMORY_BYTES,
-    WARMUP_FRACTION,
-    _adam,
-    _Convergence,
-    _hold_out,
-    _last_good,
-    _Meter,
-    _Schedule,
-    _TrainRun,
-    geometric_median,
-    project_decoder_grad_,
-    renormalise_decoder_,
-)
 from superpos.errors import SuperposError
 from superpos.integrity import load_checkpoint
-
-#: the penalised kinds' (ReLU, JumpReLU) ``target_l0``, declared here once for both
-TARGET_L0 = Param(None, "Steer the penalty's coefficient toward this L0 while training, starting at it "
-                        "(``sparsity_coeff_`` is where the coefficient ended); None: the coefficient stays fixed.",
-                  Real(0, closed="neither", none=True))
 
 
 class SparseAutoencoder(BaseDictionary):
@@ -90,47 +57,7 @@ class SparseAutoencoder(BaseDictionary):
     #: trainable tensors besides W_enc, b_enc, W_dec, b_dec
     _extra_params: tuple[str, ...] = ()
     _autocast = True  # precision="bfloat16" autocasts the step (the TopK kinds cast their encoder product themselves)
-    _params = Params(
-        expansion=Param(16.0, "Latents per input dimension when ``n_components`` is None.",
-                        Real(0, closed="neither")),
-        batch_size=Param(1024, "Rows per optimizer step.", Int(1)),
-        n_tokens=Param(None, "Training tokens (``n_tokens // batch_size`` steps). None: in-memory data trains until "
-                             "the held-out objective stops improving (``max_epochs``, ``tol``, ``n_iter_no_change`` "
-                             "and ``validation_fraction`` as in scikit-learn's early stopping), and so does a store: "
-                             "read into memory when its training rows fit in ``STORE_IN_MEMORY_BYTES`` (2 GiB as "
-                             "float32), else streamed epoch after epoch with whole contexts held out.", Int(1, none=True)),
-        lr=Param(None, f"Adam's learning rate. None: ``DEFAULT_LR`` ({DEFAULT_LR:g}, chosen by measurement for "
-                       "CPU-sized budgets: docs/dictionaries.md). A kind may step its decoder at a multiple of it "
-                       "(``_decoder_lr_mult``).", Real(0, closed="neither", none=True)),
-        max_epochs=Param(50, "Most passes over the training rows while converging.", Int(1)),
-        tol=Param(1e-2, "Relative improvement of the held-out objective that counts as progress.", Real(0)),
-        n_iter_no_change=Param(2, "Held-out measurements without progress before the final decay starts.",
-                               Int(1)),
-        validation_fraction=Param(0.1, "Share of the rows held out to measure convergence (at most 16,384 "
-                                       "rows; from a store streamed out of core, whole contexts).", Real(0, 1, "neither")),
-        warmup_steps=Param(None, "Steps of linear warm-up. None (or 0): 5 % of an epoch while converging; with a "
-                                 "fixed ``n_tokens``, 100 steps or a tenth of the run when that is fewer.",
-                           Int(0, none=True)),
-        decay_frac=Param(0.2, "Final share of the run over which the learning rate decays linearly to 0.",
-                         Real(0, 1, "left")),
-        aux_k=Param(None, "Dead latents the AuxK loss lets reconstruct the error; None: d_model / 2.",
-                    Int(1, none=True)),
-        aux_coeff=Param(1 / 32, "Weight of the AuxK loss on dead latents (0 turns it off).", Real(0),
-                        shown="1/32"),
-        dead_after_tokens=Param(250_000, "A latent is dead after this many tokens without firing.", Int(1)),
-        b_dec_init=Param("median", "Where the decoder bias starts: the geometric median, the mean or zero of a "
-                                   "sample of rows.", OneOf(("median", "mean", "zeros"))),
-        normalize=Param(True, "Scale inputs to E‖x‖² = d_model while training (the scale is folded into the "
-                              "weights at the end).", Bool()),
-        seed=SEED,
-        precision=Param("float32", "'bfloat16' computes in bfloat16 with float32 master weights: the TopK kinds "
-                                   "take only their encoder product in it, the others autocast the step.",
-                        OneOf(("float32", "bfloat16"))),
-        save_at=Param((), "Token budgets B < ``n_tokens`` at which the run also fits a dictionary (``branches_``"
-                          "[B]), each after its own decay branch forked at (1 − ``decay_frac``)·B/batch: equal to "
-                          "a separate run with ``n_tokens=B`` and the same warm-up (fixed: ``warmup_steps`` or 100 "
-                          "steps), at the cost of the branch's decay steps only.", Budgets(), shown="()"),
-    )
+    _params = SAE_PARAMS
 
     # ---------------------------------------------------------------- sizes and defaults
     def _n_latents(self, d_model: int) -> int:
@@ -140,8 +67,8 @@ class SparseAutoencoder(BaseDictionary):
         return n
 
     def _lr(self, n_latents: int) -> float:
-        # the default rate: see DEFAULT_LR in docs/dictionaries.md ("The SAE trainer")
-        return self.lr if self.lr is not None else DEFAULT_LR
+        # the default rate: see tr.DEFAULT_LR in docs/dictionaries.md ("The SAE trainer")
+        return self.lr if self.lr is not None else tr.DEFAULT_LR
 
     def _check_params(self, d_model: int) -> None:
         """The declared checks, then those that need the data's width (a kind extends it)."""
@@ -159,7 +86,7 @@ class SparseAutoencoder(BaseDictionary):
         scale = math.sqrt(d_model / sample_ND.pow(2).sum(1).mean().item()) if self.normalize else 1.0
         xs = sample_ND * scale
         if self.b_dec_init == "median":
-            b_dec = geometric_median(xs)
+            b_dec = tr.geometric_median(xs)
         elif self.b_dec_init == "mean":
             b_dec = xs.mean(0)
         else:  # "zeros" (the declared options)
@@ -233,21 +160,21 @@ class SparseAutoencoder(BaseDictionary):
         self._forget_stream()
         val = None
         if self.n_tokens is None:  # converge: in memory (a store small enough is read in) or streamed from the store
-            src = in_memory_if_small(src, self.min_pos, STORE_IN_MEMORY_BYTES)
-            src, val = _hold_out(src, self.validation_fraction, self.seed, self.min_pos)
+            src = in_memory_if_small(src, self.min_pos, tr.STORE_IN_MEMORY_BYTES)
+            src, val = tr._hold_out(src, self.validation_fraction, self.seed, self.min_pos)
         n_rows = src.n_rows(self.min_pos)
         batch = min(self.batch_size, n_rows)
         distributed.check_batch(batch)  # under torchrun the batch is global; each rank trains on a slice
         per_epoch = max(1, n_rows // batch)
         total_steps = per_epoch * self.max_epochs if val is not None else max(1, (self.n_tokens or n_rows) // batch)
         run = self._start_run(src, dev, total_steps, per_epoch, val,
-                              Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None)
+                              Path(checkpoint_dir) / tr.CHECKPOINT if checkpoint_dir else None)
         sched = run.schedule
         batches = src.batches(batch, dev, seed=self.seed, start_batch=run.step, min_pos=self.min_pos)
         bar = tqdm(total=sched.total, initial=run.step, desc=f"fit {self.kind}", unit="step", file=sys.stderr,
                    disable=not self.progress or not distributed.is_main(), dynamic_ncols=True)
         log_every = max(1, min(50, per_epoch // 20 if val is not None else total_steps // 20))
-        meter, forks = _Meter(), fork_steps(self, batch)
+        meter, forks = tr._Meter(), fork_steps(self, batch)
         if forks:
             self.branches_ = {}
         try:
@@ -261,11 +188,11 @@ class SparseAutoencoder(BaseDictionary):
                     meter.tokens += batch
                     if (step + 1) % log_every == 0 or step + 1 == sched.total:
                         stats = meter.log(self, run, out, step + 1)
-                        bar.set_postfix({k: format(stats[k], f) for k, f in _SHOWN.items()}, refresh=False)
+                        bar.set_postfix({k: format(stats[k], f) for k, f in tr._SHOWN.items()}, refresh=False)
                         if callback is not None:
                             callback(step + 1, stats)
                     if run.convergence is not None and sched.decay_from is None:
-                        self._check_convergence(run)
+                        tr.check_convergence(self, run)
                         bar.total = sched.total
                     bar.update(1)
                     if run.step % checkpoint_every == 0:
@@ -289,47 +216,13 @@ class SparseAutoencoder(BaseDictionary):
             self.validation_history_ = run.convergence.history
         return self
 
-    def _check_convergence(self, run: _TrainRun) -> None:
-        """Every ``every`` steps: the held-out FVU; start the final decay after ``patience`` measurements without
-        a relative improvement of ``tol``, or when the budget's last ``decay_frac`` begins."""
-        c, sched, step = run.convergence, run.schedule, run.step
-        if step % c.every == 0:
-            fvu, objective = self._held_out(run)
-            c.history.append({"step": step, "val_fvu": fvu, "val_objective": objective})
-            on_target = run.l0_ema is None or abs(run.l0_gap(self.target_l0)) < math.log(1.2)
-            if objective < c.best * (1 - c.tol):
-                c.best, c.bad = objective, 0
-            elif on_target:  # while the controller still moves L0, a worse objective is not a plateau
-                c.bad += 1
-            if c.bad >= c.patience:
-                sched.start_decay(step, self.decay_frac)
-        if sched.decay_from is None and step >= int(sched.total * (1 - self.decay_frac)):
-            sched.decay_from = step
-
-    @torch.no_grad()
-    def _held_out(self, run: _TrainRun) -> tuple[float, float]:
-        """On the held-out rows: (FVU, the training objective — reconstruction plus sparsity penalty, no AuxK — in
-        the same units). Early stopping watches the objective: a penalised SAE trades FVU for sparsity on its way
-        to convergence, so its FVU alone can rise while training is still improving it."""
-        x = run.convergence.val_x
-        no_dead = torch.zeros_like(run.since_fired, dtype=torch.bool)
-        err = obj = 0.0
-        for i in range(0, len(x), self.batch_size):
-            xb = x[i:i + self.batch_size]
-            out = self._train_forward(run.state, xb, no_dead)
-            err += float((out["x_hat"] - xb).pow(2).sum())
-            obj += float(out["loss"]) * len(xb)
-        self._pre_buffer = None
-        var = float((x - x.mean(0)).pow(2).sum().clamp_min(1e-30))
-        return err / var, obj / var
-
     def _start_run(self, src: RowSource, dev, total_steps: int, per_epoch: int, val: torch.Tensor | None,
-                   ckpt_path: Path | None) -> _TrainRun:
+                   ckpt_path: Path | None) -> tr._TrainRun:
         """A fresh run initialised from a sample of ``src``, or the one saved in ``ckpt_path`` (same settings)."""
         d = src.d_model
         ckpt = None
         if ckpt_path is not None and ckpt_path.exists():
-            ckpt = _checked_checkpoint(load_checkpoint(ckpt_path, map_location=dev), ckpt_path)
+            ckpt = tr._checked_checkpoint(load_checkpoint(ckpt_path, map_location=dev), ckpt_path)
             if ckpt["params"] != self.get_params() or ckpt["d_model"] != d:
                 raise SuperposError(f"checkpoint {ckpt_path} was made with other settings; use another output folder")
             n, st = self._n_latents(d), ckpt["state"]
@@ -345,21 +238,21 @@ class SparseAutoencoder(BaseDictionary):
             check_finite(sample, src.where)
             state = self._init_params(sample, d, dev)
         lr = self._lr(state["W_dec"].shape[0])
-        opt = _adam(self._param_groups(state, lr), lr)
+        opt = tr._adam(self._param_groups(state, lr), lr)
         # warm-up: while converging, a share of one epoch (the run's length is not known); with a fixed budget,
-        # FIXED_BUDGET_WARMUP steps or a tenth of the run when that is fewer (a short run is never all warm-up)
-        warm = self.warmup_steps or (round(WARMUP_FRACTION * per_epoch) if val is not None else FIXED_BUDGET_WARMUP
+        # tr.FIXED_BUDGET_WARMUP steps or a tenth of the run when that is fewer (a short run is never all warm-up)
+        warm = self.warmup_steps or (round(tr.WARMUP_FRACTION * per_epoch) if val is not None else tr.FIXED_BUDGET_WARMUP
                                      if self.save_at else  # nested budgets: a warm-up that ignores the total
-                                     min(FIXED_BUDGET_WARMUP, round(FIXED_BUDGET_WARMUP_FRACTION * total_steps)))
+                                     min(tr.FIXED_BUDGET_WARMUP, round(tr.FIXED_BUDGET_WARMUP_FRACTION * total_steps)))
         self.warmup_steps_ = warm = max(1, warm)
-        schedule = _Schedule(warm=warm, total=total_steps,
+        schedule = tr._Schedule(warm=warm, total=total_steps,
                              decay_from=None if val is not None else int(total_steps * (1 - self.decay_frac)))
-        run = _TrainRun(d=d, state=state, opt=opt, sched=torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+        run = tr._TrainRun(d=d, state=state, opt=opt, sched=torch.optim.lr_scheduler.LambdaLR(opt, schedule),
                         since_fired=torch.zeros(state["W_dec"].shape[0], dtype=torch.long, device=dev),
                         ckpt_path=ckpt_path, amp=self._autocast and self.precision == "bfloat16",
                         schedule=schedule)
         if val is not None:
-            run.convergence = _Convergence(val_x=val.to(dev) * run.scale, every=max(per_epoch, MIN_EVAL_STEPS),
+            run.convergence = tr._Convergence(val_x=val.to(dev) * run.scale, every=max(per_epoch, tr.MIN_EVAL_STEPS),
                                            tol=self.tol, patience=self.n_iter_no_change)
         if ckpt is not None:
             other = SuperposError(f"checkpoint {ckpt_path} was made by another superpos version; use another output "
@@ -387,25 +280,25 @@ class SparseAutoencoder(BaseDictionary):
                 print(f"superpos: resuming at step {run.step} of {total_steps} from {ckpt_path}", file=sys.stderr)
         return run
 
-    def _train_step(self, run: _TrainRun, x: torch.Tensor, step: int, batch: int) -> dict:
+    def _train_step(self, run: tr._TrainRun, x: torch.Tensor, step: int, batch: int) -> dict:
         """One optimizer step on the (scaled) batch ``x``; returns the forward's outputs with ``x`` and ``loss``."""
         if not torch.isfinite(x).all():
-            raise SuperposError(f"NaN/inf in training batch at step {step}" + _last_good(run.ckpt_path))
+            raise SuperposError(f"NaN/inf in training batch at step {step}" + tr._last_good(run.ckpt_path))
         dead = run.since_fired >= self.dead_after_tokens
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=run.amp):  # fp32 master weights
             out = self._train_forward(run.state, x, dead)
         loss = out["loss"].float()
         if not torch.isfinite(loss):
-            raise SuperposError(f"loss became NaN/inf at step {step}" + _last_good(run.ckpt_path))
+            raise SuperposError(f"loss became NaN/inf at step {step}" + tr._last_good(run.ckpt_path))
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_grads_(run.state.values())
-        project_decoder_grad_(run.state["W_dec"])
+        tr.project_decoder_grad_(run.state["W_dec"])
         run.opt.step()
         run.sched.step()
         run.step = step + 1
         with torch.no_grad():
-            renormalise_decoder_(run.state["W_dec"])
+            tr.renormalise_decoder_(run.state["W_dec"])
             counts = distributed.all_reduce_(out["counts"].clone())  # firing over the global batch
             run.since_fired += batch
             run.since_fired[counts > 0] = 0
@@ -453,7 +346,7 @@ class SparseAutoencoder(BaseDictionary):
             else:
                 self._pf_state = self._init_params(sample, d, dev)
             lr = self._lr(self._pf_state["W_dec"].shape[0])
-            self._pf_opt = _adam(self._param_groups(self._pf_state, lr), lr)
+            self._pf_opt = tr._adam(self._param_groups(self._pf_state, lr), lr)
             self._pf_fired = torch.zeros(self._pf_state["W_dec"].shape[0], dtype=torch.long, device=dev)
         state, scale = self._pf_state, float(self._pf_state["scale"])
         for x in src.batches(self.batch_size, dev, seed=self.seed, min_pos=self.min_pos, epochs=1):
@@ -461,10 +354,10 @@ class SparseAutoencoder(BaseDictionary):
             out = self._train_forward(state, x, self._pf_fired >= self.dead_after_tokens)
             self._pf_opt.zero_grad(set_to_none=True)
             out["loss"].backward()
-            project_decoder_grad_(state["W_dec"])
+            tr.project_decoder_grad_(state["W_dec"])
             self._pf_opt.step()
             with torch.no_grad():
-                renormalise_decoder_(state["W_dec"])
+                tr.renormalise_decoder_(state["W_dec"])
                 self._pf_fired += x.shape[0]
                 self._pf_fired[out["counts"] > 0] = 0
         self._finish(state, src, scale)
@@ -496,47 +389,3 @@ class SparseAutoencoder(BaseDictionary):
 
 def _reconstruction_terms(x, x_hat) -> torch.Tensor:
     return (x_hat - x).pow(2).sum(-1).mean()
-
-
-#: what ``_TrainRun.save`` writes: each key of a checkpoint and its type
-_CHECKPOINT_KEYS = {"params": dict, "d_model": int, "step": int, "state": dict, "opt": dict, "sched": dict,
-                    "since_fired": torch.Tensor, "history": list, "schedule": dict}
-
-
-def _checked_checkpoint(ckpt, path: Path) -> dict:
-    """A loaded checkpoint whose structure is what ``_TrainRun.save`` writes, refused in one line otherwise (its
-    checksum only says the bytes are whole: a checkpoint from another superpos, or an older plain ``torch.save``
-    file, can hold anything)."""
-    def refuse(what: str):
-        raise SuperposError(f"checkpoint {path} is not one this superpos writes ({what}); delete it to start the fit "
-                            f"over, or use another output folder")
-
-    if not isinstance(ckpt, dict):
-        refuse(f"it holds {type(ckpt).__name__}, not a dict")
-    for key, kind in _CHECKPOINT_KEYS.items():
-        if key not in ckpt:
-            refuse(f"no '{key}'")
-        if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool):
-            refuse(f"'{key}' is {type(ckpt[key]).__name__}, expected {kind.__name__}")
-    if not isinstance(ckpt.get("convergence"), (dict, type(None))):
-        refuse(f"'convergence' is {type(ckpt['convergence']).__name__}")
-    state = ckpt["state"]
-    for key in ("W_enc", "b_enc", "W_dec", "b_dec", "scale"):
-        if not isinstance(state.get(key), torch.Tensor):
-            refuse(f"no tensor 'state.{key}'")
-    if state["W_dec"].ndim != 2 or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        refuse("its state is not a set of tensors with a 2-D W_dec")
-    for key in ("scale", "coeff"):
-        if key in state and state[key].numel() != 1:
-            refuse(f"'state.{key}' has shape {tuple(state[key].shape)}, expected one number")
-    fields = {"warm", "total", "decay_from"}
-    if set(ckpt["schedule"]) != fields:
-        refuse(f"its schedule has keys {sorted(map(str, ckpt['schedule']))}, expected {sorted(fields)}")
-    sched = ckpt["schedule"]
-    if not all(isinstance(sched[k], int) and not isinstance(sched[k], bool) for k in ("warm", "total")) or not (
-            sched["decay_from"] is None or isinstance(sched["decay_from"], int)) or sched["warm"] < 1:
-        refuse(f"its schedule is {sched}")
-    if ckpt["step"] < 0:
-        refuse(f"step {ckpt['step']}")
-    return ckpt
-

@@ -13,12 +13,7 @@ from tqdm import tqdm
 from superpos import interrupts
 from superpos.device import resolve_device, resolve_dtype
 from superpos.errors import ConfigError, SuperposError
-from superpos.model.corpus import (
-    PackedContexts,
-    default_bos_id,
-    load_corpus,
-    pack_contexts,
-)
+from superpos.model.corpus import PackedContexts, default_bos_id, load_corpus, pack_contexts
 from superpos.model.load import LoadedModel, load_model
 from superpos.settings import setting
 from superpos.store import ActivationStore, choose_dtypes

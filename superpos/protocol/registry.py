@@ -3,15 +3,7 @@
 from __future__ import annotations
 
 from superpos.experiment.spec import Experiment
-from superpos.hypotheses import (
-    donation,
-    lenses,
-    lookahead,
-    orthogonality,
-    probes,
-    reinject,
-    repurposing,
-)
+from superpos.hypotheses import donation, lenses, lookahead, orthogonality, probes, reinject, repurposing
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     orthogonality.EXPERIMENT,

@@ -12,13 +12,7 @@ from superpos.store.schema import (
                      layer_key,
 )
 from superpos.store.stream import _to_device
-from superpos.store.writer import (
-                     check_representable,
-                     check_space,
-                     choose_dtypes,
-                     repair_eof,
-                     stored_eof,
-)
+from superpos.store.writer import check_representable, check_space, choose_dtypes, repair_eof, stored_eof
 
 __all__ = ["ActivationStore", "AUTO_HEADROOM", "DEFAULT_MIX_ROWS", "ROW_FIELDS", "SCHEMA_VERSION", "STORAGE_DTYPES",
            "attrs_digest", "check_representable", "check_space", "choose_dtypes", "layer_key", "repair_eof",

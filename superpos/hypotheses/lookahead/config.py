@@ -3,12 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from superpos.hypotheses.common import (
-    device_setting,
-    n_boot_setting,
-    out_setting,
-    seed_setting,
-)
+from superpos.hypotheses.common import device_setting, n_boot_setting, out_setting, seed_setting
 from superpos.hypotheses.probes.config import ProbeSettings
 from superpos.settings import setting
 

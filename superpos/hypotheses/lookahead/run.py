@@ -12,13 +12,7 @@ from superpos.errors import ConfigError
 from superpos.hypotheses.lookahead.config import LookaheadConfig
 from superpos.hypotheses.lookahead.ngrams import BackoffNgram
 from superpos.hypotheses.lookahead.result import LookaheadResult, LookaheadTarget
-from superpos.hypotheses.probes.probe import (
-    _say,
-    fit_ridge_probe,
-    frequent_classes,
-    probe_accuracy,
-    probe_by_depth,
-)
+from superpos.hypotheses.probes.probe import _say, fit_ridge_probe, frequent_classes, probe_accuracy, probe_by_depth
 from superpos.model.residuals import ResidualSample
 from superpos.stats import Interval, cluster_interval
 

@@ -2,11 +2,7 @@
 from superpos.experiment.spec import Control, Experiment
 from superpos.hypotheses.orthogonality.config import OrthogonalityConfig
 from superpos.hypotheses.orthogonality.result import OrthogonalityResult
-from superpos.hypotheses.orthogonality.verdict import (
-    calibrated_verdict,
-    numbers,
-    verdict,
-)
+from superpos.hypotheses.orthogonality.verdict import calibrated_verdict, numbers, verdict
 
 EXPERIMENT = Experiment(
     name="orthogonality", config=OrthogonalityConfig, result=OrthogonalityResult, verdict=verdict, numbers=numbers,

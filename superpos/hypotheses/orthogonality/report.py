@@ -7,11 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from superpos.experiment.report import Report
-from superpos.hypotheses.orthogonality.result import (
-    MAXCOS,
-    OrthogonalityResult,
-    OrthogonalityVerdict,
-)
+from superpos.hypotheses.orthogonality.result import MAXCOS, OrthogonalityResult, OrthogonalityVerdict
 from superpos.hypotheses.orthogonality.verdict import describe_fit
 
 STYLES = {"gaussian": "--", "pc-shuffle": "-.", "planted": ":"}

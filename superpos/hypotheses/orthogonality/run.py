@@ -140,10 +140,7 @@ def layer_sweep(store, layer: int, folder: Path, cfg: OrthogonalityConfig, lm,
     from superpos.dictionaries import PCA, load_dictionary
     from superpos.dictionaries.fitting import fit_dictionary
     from superpos.dictionaries.io import CONFIG
-    from superpos.dictionaries.metrics import (
-        evaluate_dictionaries,
-        reconstruction_metrics,
-    )
+    from superpos.dictionaries.metrics import evaluate_dictionaries, reconstruction_metrics
 
     split = store.split_row(0.9)
     train, holdout = store.restrict(0, split), store.restrict(split, store.n_rows)

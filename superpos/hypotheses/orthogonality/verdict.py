@@ -2,11 +2,7 @@
 from __future__ import annotations
 
 from superpos.hypotheses.common import pct
-from superpos.hypotheses.orthogonality.result import (
-    LineFit,
-    OrthogonalityResult,
-    OrthogonalityVerdict,
-)
+from superpos.hypotheses.orthogonality.result import LineFit, OrthogonalityResult, OrthogonalityVerdict
 
 
 def describe_fit(f: LineFit) -> str:

@@ -28,13 +28,7 @@ from superpos.hypotheses.probes.geometry import (
     procrustes_test,
     tail_shares,
 )
-from superpos.hypotheses.probes.result import (
-    FullVocab,
-    GuessTest,
-    ProbeGeometry,
-    ProbeTarget,
-    ProcrustesTest,
-)
+from superpos.hypotheses.probes.result import FullVocab, GuessTest, ProbeGeometry, ProbeTarget, ProcrustesTest
 from superpos.hypotheses.token_table import decodable, table_from_sample
 from superpos.model.residuals import ResidualSample
 from superpos.stats import Band, cluster_band, cluster_interval, per_context_difference

@@ -27,13 +27,7 @@ from tqdm import tqdm
 
 from superpos.errors import ConfigError, SuperposError
 from superpos.hypotheses.reinject.config import ReinjectConfig
-from superpos.hypotheses.reinject.result import (
-    AlphaEffect,
-    CachedCheck,
-    Premise,
-    ReinjectResult,
-    ReinjectSample,
-)
+from superpos.hypotheses.reinject.result import AlphaEffect, CachedCheck, Premise, ReinjectResult, ReinjectSample
 from superpos.hypotheses.token_table import decodable, token_means
 from superpos.stats import Band, cluster_interval, per_context_difference
 

@@ -73,11 +73,7 @@ def _say(msg: str) -> None:
 # ------------------------------------------------------------------------------------------------------
 def run(cfg: RepurposingConfig) -> RepurposingResult:
     """``superpos run repurposing``: the per-layer effect with its nulls, the lens view, the verdict and report."""
-    from superpos.hypotheses.lenses.lens import (
-        TunedLens,
-        compare_lenses,
-        final_logprobs,
-    )
+    from superpos.hypotheses.lenses.lens import TunedLens, compare_lenses, final_logprobs
     from superpos.hypotheses.repurposing.verdict import repurposing_layer
     from superpos.model.load import load_model
     from superpos.model.residuals import contexts_from_corpus, sample_residuals
