@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import superpos.dictionaries.train_run as tr
 from superpos import distributed, interrupts
 from superpos.device import keep_freed_memory
-from superpos.dictionaries import train_run as tr
 from superpos.dictionaries.base import BaseDictionary, check_finite
 from superpos.dictionaries.branches import check_save_at, fork_steps, run_branch
 from superpos.dictionaries.params import InvalidParameterError
