@@ -135,10 +135,11 @@ def cmd_all(args) -> int:
     """``superpos run all``: every experiment, then the index page; exit 1 if any failed."""
     from pathlib import Path
 
-    from superpos.protocol.run_all import EXPERIMENTS, run_all
+    from superpos.protocol.registry import EXPERIMENTS
+    from superpos.protocol.run_all import run_all
 
     out = Path(args.out)
-    rows = run_all(args.only or EXPERIMENTS, out, args.model, args.corpus, args.device, args.seed, args.preset,
+    rows = run_all(args.only or list(EXPERIMENTS), out, args.model, args.corpus, args.device, args.seed, args.preset,
                    resume=args.resume)
     print()
     for r in rows:

@@ -93,6 +93,8 @@ def checked_params(cls, params: dict, where=None) -> dict:
         if name not in sig:
             raise SuperposError(f"{prefix}unknown parameter {name!r} for {cls.__name__}")
         default = sig[name].default
+        if isinstance(default, tuple) and isinstance(value, list):  # JSON keeps a tuple as a list
+            value = tuple(value)
         kind = ("bool" if isinstance(default, bool) else "int" if isinstance(default, int) else
                 "number" if isinstance(default, float) else "str" if isinstance(default, str) else
                 ("int?" if name in _UNSET_COUNTS else "number?") if default is None else None)

@@ -43,7 +43,8 @@ def run_pairs(models: list[str], corpora: list[str], root: Path, preset: str | N
     finished there with the same command is kept (an interrupted replication goes on where it stopped); returns
     the folders."""
     from superpos.model.corpus import DEFAULT_CORPUS_NAMES
-    from superpos.protocol.run_all import EXPERIMENTS, run_all
+    from superpos.protocol.registry import EXPERIMENTS
+    from superpos.protocol.run_all import run_all
 
     folders = []
     for model in models:
@@ -51,7 +52,7 @@ def run_pairs(models: list[str], corpora: list[str], root: Path, preset: str | N
             folder = pair_folder(root, model, corpus)
             print(f"\n##### {model} × {corpus} → {folder}", flush=True)
             # the defaults go as no --model / --corpus: the same commands as a plain `run all`
-            run_all(EXPERIMENTS, folder, None if model == DEFAULT_MODEL else model,
+            run_all(list(EXPERIMENTS), folder, None if model == DEFAULT_MODEL else model,
                     None if corpus in DEFAULT_CORPUS_NAMES else corpus, device, seed, preset, resume=True)
             folders.append(folder)
     return folders

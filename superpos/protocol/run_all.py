@@ -16,7 +16,6 @@ from superpos.errors import SuperposError
 from superpos.experiment.spec import command_line
 from superpos.protocol.registry import EXPERIMENTS as REGISTRY
 
-EXPERIMENTS = list(REGISTRY)
 PRESETS = {"quick": "small settings for a smoke run (not for conclusions)",
            "replication": "the settings of docs/results/replication.md: ~27 minutes per corpus for the default "
                           "model on one core of a 2-core CPU, ~2 hours for gemma3-270m"}
@@ -25,11 +24,11 @@ PRESETS = {"quick": "small settings for a smoke run (not for conclusions)",
 def parse_only(text: str) -> list[str]:
     """``--only``'s comma list, checked against the registry and put in run order."""
     names = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in EXPERIMENTS]
+    bad = [n for n in names if n not in REGISTRY]
     if bad or not names:
         raise SuperposError(f"unknown experiment '{bad[0] if bad else text}' (expected a comma list of "
-                            f"{', '.join(EXPERIMENTS)})")
-    return [n for n in EXPERIMENTS if n in names]
+                            f"{', '.join(REGISTRY)})")
+    return [n for n in REGISTRY if n in names]
 
 
 def experiment_config(name: str, out: Path, model: str | None, corpus: str | None, device: str, seed: int,
@@ -92,7 +91,7 @@ def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, 
         if resume:  # experiments outside ``names`` finished here (another --only run, perhaps still going) stay listed
             have = {r["name"] for r in rows}  # (an experiment of ``names`` not reached yet may be finished elsewhere)
             others = [r for n, r in finished_rows(out).items() if n not in have]
-            shown = sorted(rows + others, key=lambda r: EXPERIMENTS.index(r["name"]))
+            shown = sorted(rows + others, key=lambda r: list(REGISTRY).index(r["name"]))
         write_index(out, shown, names, settings)
     return rows
 
