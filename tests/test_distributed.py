@@ -101,7 +101,8 @@ def test_checkpoint_from_one_process_resumes_on_two(store, tmp_path):
 
 def test_sharded_harvest_merges_into_the_single_harvest(tiny_models, tmp_path, capsys):
     m = str(tiny_models["gpt2"])
-    base = ["harvest", "--model", m, "--layers", "0,2", "--tokens", "9600", "--context", "32", "--device", "cpu"]
+    base = ["harvest", "--model", m, "--layers", "0,2", "--tokens", "9600", "--context", "32", "--device", "cpu",
+            "--token-stats"]  # every row field, the token statistics too, must map through the merge
     assert main([*base, "--out", str(tmp_path / "full.h5")]) == 0
     for i in range(3):
         assert main([*base, "--shard", f"{i}/3", "--out", str(tmp_path / f"part{i}.h5")]) == 0

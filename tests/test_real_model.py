@@ -22,7 +22,7 @@ def test_default_model_shape(smol):
 
 def test_harvest_default_model(smol, tmp_path):
     out = harvest(HarvestConfig(tokens=512, layers="0,15,30", context_length=128, batch_size=2, dtype="float32",
-                                device="cpu"), tmp_path / "smol.h5", lm=smol, progress=False)
+                                device="cpu", token_stats=True), tmp_path / "smol.h5", lm=smol, progress=False)
     with ActivationStore(out) as s:
         assert s.n_rows == 512 and s.complete and s.d_model == 576 and s.layers == [0, 15, 30]
         tokens = s.row_field("tokens")

@@ -43,7 +43,7 @@ def _cli(*args) -> list[str]:
 
 def _harvest_args(model, out, tokens=9_600):
     return _cli("harvest", "--model", model, "--layers", "0,2", "--tokens", tokens, "--context", 32,
-                "--batch-size", 2, "--device", "cpu", "--out", out)
+                "--batch-size", 2, "--device", "cpu", "--token-stats", "--out", out)
 
 
 def _fit_args(store, out, tokens=FIT_TOKENS):
