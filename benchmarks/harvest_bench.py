@@ -18,17 +18,21 @@ LAYER_SETS = {"{5}": "5", "{15}": "15", "{5, 15, 25}": "5,15,25", "{all}": "all"
 
 
 def gemm_rate(dtype: torch.dtype, rows: int, d: int, f: int, device: str = "cpu", reps: int = 5) -> float:
-    """FLOP/s of torch.mm for (rows × d) · (d × f) in ``dtype``, best of ``reps`` after a warm-up."""
+    """FLOP/s of (rows × d) · (d × f) in ``dtype``: the faster of ``torch.mm`` and ``F.linear`` (the kernel the
+    model's layers call; on a CPU without bfloat16 hardware only it has a fast bfloat16 path), best of ``reps``
+    after a warm-up."""
     a, b = torch.randn(rows, d, dtype=dtype, device=device), torch.randn(d, f, dtype=dtype, device=device)
+    w = b.T.contiguous()
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    torch.mm(a, b)
     best = float("inf")
-    for _ in range(reps):
-        sync()
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        sync()
-        best = min(best, time.perf_counter() - t0)
+    for fn in (lambda: torch.mm(a, b), lambda: torch.nn.functional.linear(a, w)):
+        fn()
+        for _ in range(reps):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best = min(best, time.perf_counter() - t0)
     return 2 * rows * d * f / best
 
 
@@ -38,13 +42,14 @@ def block_flops_per_token(lm, context: int) -> tuple[float, float]:
     block = lm.blocks[0]
     linear = sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear))
     cfg = lm.model.config
-    heads = getattr(cfg, "num_attention_heads")
+    heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     attn = 2 * 2 * heads * head_dim * (context + 1) / 2
     return 2 * linear + attn, 2 * lm.W_U_VD.numel()
 
 
 def run_harvest(quick: bool, device: str = "cpu") -> dict:
+    from superpos.device import native_bfloat16
     from superpos.model.corpus import default_bos_id, load_corpus, pack_contexts
     from superpos.model.harvest import HarvestConfig, bare_forward_time, harvest
     from superpos.model.load import load_model
@@ -80,7 +85,7 @@ def run_harvest(quick: bool, device: str = "cpu") -> dict:
         today = rows["today: default layers + LM head"]["tok_s"]
         for r in rows.values():
             r["vs_today"] = r["tok_s"] / today
-        out["dtypes"][dtype] = {"tokens": int(n), "bare_tok_s": n / bare, "gemm_tflops": rate / 1e12,
+        out["dtypes"][dtype] = {"tokens": int(n), "native": dtype == "float32" or native_bfloat16(torch.device(device)), "bare_tok_s": n / bare, "gemm_tflops": rate / 1e12,
                                 "block_mflop_per_token": per_block / 1e6, "head_mflop_per_token": head / 1e6,
                                 "rows": rows}
         del lm
@@ -90,12 +95,14 @@ def run_harvest(quick: bool, device: str = "cpu") -> dict:
 def harvest_section(r: dict) -> list[str]:
     L = [f"## Harvest: only the blocks it reads ({r.get('device', 'cpu')})", "",
          f"Default model (SmolLM2-135M, 30 blocks), batches of {r['batch']} × {r['context']} tokens, stored float16 "
-         "(lzf). Each row: one `harvest` of the layers named, against the bare whole-model forward (LM head included) "
+         "(uncompressed, the default). Each row: one `harvest` of the layers named, against the bare whole-model forward (LM head included) "
          "over the same batches and against its own bound, the FLOPs of the blocks it needs (and the LM head where "
          "it runs) at this machine's GEMM rate. \"today\" is the harvest before this change: the whole model and "
          "its LM head whatever layers are asked for (now `--token-stats`).", ""]
     for dtype, d in r["dtypes"].items():
-        L += [f"**{dtype}**: {d['tokens']:,} tokens; bare forward {d['bare_tok_s']:,.0f} tok/s; GEMM "
+        emulated = "" if d.get("native", True) else (" — emulated on this machine (no bfloat16 in hardware), "
+                                                      "so `--model-dtype auto` picks float32 here")
+        L += [f"**{dtype}**{emulated}: {d['tokens']:,} tokens; bare forward {d['bare_tok_s']:,.0f} tok/s; GEMM "
               f"{d['gemm_tflops'] * 1e3:,.0f} GFLOP/s; a block {d['block_mflop_per_token']:.1f} MFLOP/token, the LM "
               f"head {d['head_mflop_per_token']:.1f}.", "",
               "| layers | blocks run | LM head | tok/s | × today | × bare forward | bound tok/s | of bound |",
@@ -111,6 +118,8 @@ def harvest_section(r: dict) -> list[str]:
 def harvest_targets(r: dict) -> list[list]:
     rows = []
     for dtype, d in r["dtypes"].items():
+        if not d.get("native", True):  # an emulated dtype is never what auto picks: nothing to hold it to
+            continue
         x = d["rows"]
         rows.append([f"harvest layer 5 alone ≥ 4 × today's ({dtype})", f"{x['{5}']['vs_today']:.2f}",
                      x["{5}"]["vs_today"] >= 4])

@@ -133,7 +133,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "surrogate": _choice("none", "gaussian", "pc-shuffle", "planted"),
     "store_dtype": _choice("auto", "float16", "float32"),
     "model_dtype": _choice("auto", "float32", "bfloat16", "float16"),
-    "compression": _choice("lzf", "gzip", "none"),
+    "compression": _choice("none", "lzf", "gzip"),
     "reinject_targets": _choice_list("mean", "embedding"),
     "shard": _shard,
 }

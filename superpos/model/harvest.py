@@ -44,7 +44,8 @@ class HarvestConfig:
                          parse="store_dtype")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     bos: bool = setting(True, "do not prepend BOS (or EOS if the tokenizer has no BOS) to each context")
-    compression: str = setting("lzf", "HDF5 compression: lzf, gzip or none", parse="compression")
+    compression: str = setting("none", "HDF5 compression: none, lzf or gzip (float16 activations barely compress)",
+                               parse="compression")
     model_dtype: str = setting("float32", "the model's compute dtype: float32, bfloat16, float16, or auto (bfloat16 "
                                           "where the device multiplies it in hardware: CUDA GPUs from Ampere on, CPUs "
                                           "with AVX512-BF16 or AMX; float32 elsewhere); the store records the one used",

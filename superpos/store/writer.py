@@ -8,6 +8,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
 
 from superpos.errors import SuperposError
 from superpos.interrupts import crash_point
@@ -37,7 +38,8 @@ def choose_dtypes(policy: str, acts: dict[int, np.ndarray]) -> dict[int, str]:
 def check_representable(acts: dict[int, np.ndarray], dtypes: dict[int, str], first_row: int, path) -> None:
     """Refuse (one line) rows holding NaN/inf or a value beyond the layer's storage dtype, before any write."""
     for layer, a in acts.items():
-        peak = float(np.abs(a).max()) if a.size else 0.0
+        lo, hi = torch.aminmax(torch.from_numpy(np.ascontiguousarray(a))) if a.size else (0.0, 0.0)
+        peak = max(-float(lo), float(hi))  # NaN propagates
         if not np.isfinite(peak):
             bad = int(nonfinite_index(a)[0])
             raise SuperposError(f"the model produced NaN/inf at layer {layer} (row {first_row + bad:,}); nothing of "
@@ -48,6 +50,13 @@ def check_representable(acts: dict[int, np.ndarray], dtypes: dict[int, str], fir
             raise SuperposError(f"layer {layer} reaches |a| = {peak:,.0f}, beyond {dtypes[layer]}'s largest value "
                                 f"{limit:,.0f}; nothing of this batch was written to {path} ({first_row:,} rows are "
                                 f"safe) — harvest into a new --out with --dtype auto or --dtype float32")
+
+
+def _cast(a: np.ndarray, dtype: str) -> np.ndarray:
+    """``a`` in the storage dtype, rounded to nearest as numpy does; torch's cast uses every core."""
+    if a.dtype == dtype:
+        return a
+    return torch.from_numpy(np.ascontiguousarray(a)).to(getattr(torch, dtype)).numpy()
 
 
 def check_space(path: Path, need: int, committed: int) -> None:
@@ -117,7 +126,7 @@ class StoreWriter:
 
     @classmethod
     def create(cls, path: str | os.PathLike, *, layers, d_model: int, n_rows: int, dtype: str | dict = "float16",
-               attrs: dict | None = None, compression: str | None = "lzf", chunk_rows: int | None = None,
+               attrs: dict | None = None, compression: str | None = "none", chunk_rows: int | None = None,
                token_stats: bool = True):
         """Create an empty store with every dataset laid out (atomically: temp file, then rename), and return it
         opened for writing.
@@ -184,7 +193,7 @@ class StoreWriter:
             raise ValueError(f"write_rows needs every layer and the row fields {', '.join(self.row_fields)}")
         dtypes = self.layer_dtypes
         check_representable(acts, dtypes, start, self.path)
-        acts = {layer: np.asarray(a, dtype=dtypes[layer]) for layer, a in acts.items()}
+        acts = {layer: _cast(a, dtypes[layer]) for layer, a in acts.items()}
         need = sum(a.nbytes for a in acts.values()) + sum(a.nbytes for a in fields.values())
         check_space(self.path, 2 * need + (1 << 20), start)
         _quiet_hdf5_write_echoes()
