@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -535,6 +537,10 @@ def test_a_store_too_big_for_memory_converges_out_of_core_on_held_out_contexts(t
     per_epoch = (len(row_ctx) - len(held[0]) - len(row_ctx) // C) // 64  # position 0 is left out
     assert sae.converged_ and 3 * per_epoch <= sae.n_iter_ < 20 * per_epoch  # several epochs, stopped on the plateau
     assert [h["step"] for h in sae.validation_history_][:2] == [per_epoch, 2 * per_epoch]
+    assert sae.steps_per_epoch_ == per_epoch
+    saved = json.loads((save_dictionary(sae, tmp_path / "dict") / "metrics.json").read_text())  # the curve is kept
+    assert saved["validation_history"] == sae.validation_history_ and saved["converged"] is True
+    assert saved["steps_per_epoch"] == per_epoch
     val_ctx = {row_ctx[r.tobytes()] for r in held[0]}
     assert len(held[0]) == len(val_ctx) * (C - 1)  # whole contexts (without their position-0 row)
     assert not streamed & {r.tobytes() for r in held[0]}  # never streamed for training

@@ -51,9 +51,13 @@ def save_dictionary(dictionary, path: str | os.PathLike, meta: dict | None = Non
     try:
         save_file(state, str(tmp / WEIGHTS))
         write_json_atomic(tmp / CONFIG, config)
-        history = getattr(dictionary, "history_", None)
-        if metrics or history:
-            write_json_atomic(tmp / METRICS, {**(metrics or {}), **({"history": history} if history else {})})
+        # the training log, and while converging the held-out curve and whether it flattened (or hit max_epochs)
+        logs = {key: getattr(dictionary, attr) for key, attr in (("history", "history_"),
+                ("validation_history", "validation_history_"), ("converged", "converged_"),
+                ("steps_per_epoch", "steps_per_epoch_"))
+                if getattr(dictionary, attr, None) not in (None, [])}
+        if metrics or logs:
+            write_json_atomic(tmp / METRICS, {**(metrics or {}), **logs})
         integrity.seal(tmp, (WEIGHTS, CONFIG, METRICS))
         for extra in (path / "checkpoint.pt",):  # keep the training checkpoint beside the result
             if extra.exists():

@@ -214,6 +214,7 @@ class SparseAutoencoder(BaseDictionary):
         if run.convergence is not None:
             self.converged_ = run.convergence.bad >= run.convergence.patience
             self.validation_history_ = run.convergence.history
+            self.steps_per_epoch_ = per_epoch
         return self
 
     def _start_run(self, src: RowSource, dev, total_steps: int, per_epoch: int, val: torch.Tensor | None,
