@@ -88,8 +88,8 @@ def keep_freed_memory() -> bool:
     tens of MB, glibc returns them to the kernel (mmap/trim), and every step pays the page faults again —
     measured as 10–20 ms of ``fill_``/``mul`` on a 9,216 × 576 step. Raising the mmap and trim thresholds (what
     ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` or jemalloc/tcmalloc do for torch on CPU) keeps that
-    memory mapped; the cost is that the process keeps its peak heap. Called once by CPU training; a no-op
-    elsewhere. Returns whether the setting took."""
+    memory mapped; the cost is that the process keeps its peak heap. Called once by CPU training and by CPU harvests
+    (each batch frees its residuals); a no-op elsewhere. Returns whether the setting took."""
     global _kept_freed_memory
     if _kept_freed_memory or not sys.platform.startswith("linux"):
         return _kept_freed_memory

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from superpos import interrupts
-from superpos.device import resolve_device, resolve_dtype
+from superpos.device import keep_freed_memory, resolve_device, resolve_dtype
 from superpos.errors import ConfigError, SuperposError
 from superpos.model.corpus import PackedContexts, default_bos_id, load_corpus, pack_contexts
 from superpos.model.load import LoadedModel, load_model
@@ -173,6 +173,8 @@ def _harvest_claimed(cfg: HarvestConfig, out: Path, lm: LoadedModel | None, prog
         device = resolve_device(cfg.device)
         lm = load_model(cfg.model, device=device, dtype=resolve_dtype(cfg.model_dtype, device))
     layers = parse_layers(cfg.layers, lm.n_layers)
+    if lm.device.type == "cpu":  # every batch frees and re-allocates its residuals: keep that memory mapped
+        keep_freed_memory()
     bos = default_bos_id(lm.tokenizer) if cfg.bos else -1
     packed = pack_contexts(lm.tokenizer, corpus, cfg.context_length, bos, cfg.tokens)
     n_ctx, C = packed.tokens_NC.shape
