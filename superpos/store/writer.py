@@ -39,7 +39,7 @@ def check_representable(acts: dict[int, np.ndarray], dtypes: dict[int, str], fir
     """Refuse (one line) rows holding NaN/inf or a value beyond the layer's storage dtype, before any write."""
     for layer, a in acts.items():
         lo, hi = torch.aminmax(torch.from_numpy(np.ascontiguousarray(a))) if a.size else (0.0, 0.0)
-        peak = max(-float(lo), float(hi))  # NaN propagates
+        peak = max(-float(lo), float(hi))  # a NaN anywhere makes both lo and hi NaN
         if not np.isfinite(peak):
             bad = int(nonfinite_index(a)[0])
             raise SuperposError(f"the model produced NaN/inf at layer {layer} (row {first_row + bad:,}); nothing of "
