@@ -49,7 +49,7 @@ def main() -> int:
     from superpos.store import ActivationStore
 
     with ActivationStore(args.store) as st:  # the final dictionary on the held-out contexts (after the split)
-        rows, d, store_gib = st.n_rows, st.d_model, Path(args.store).stat().st_size / 2**30
+        rows, d, layers, store_gib = st.n_rows, st.d_model, st.layers, Path(args.store).stat().st_size / 2**30
         split = config["meta"]["train_rows"][1]
         held = np.arange(split, min(st.n_rows, split + 65536))
         x = st.to_numpy(args.layer, held[st.row_field("pos")[held] >= 1])
@@ -73,7 +73,7 @@ def main() -> int:
     L = [BEGIN, f"## Converging fit from a {rows / 1e6:.2f}M-row store", "",
          f"`{' '.join(['python', '-m', 'superpos', *cmd[3:]])}` on {m['cpu']} ({m['cores']} cores, "
          f"{m['memory_gib']} GiB, torch {m['torch']}; {m['date']}): a store of {rows:,} rows "
-         f"({store_gib:.1f} GiB on disk, layers {', '.join(map(str, _layers(args.store)))}), the first "
+         f"({store_gib:.1f} GiB on disk, layers {', '.join(map(str, layers))}), the first "
          f"{split:,} rows' contexts for training (whole contexts of them held out to decide when to stop), "
          f"{'streamed: too large to read in (over 2 GiB as float32)' if streams else 'read into memory'}.", "",
          f"- wall time {wall / 60:.1f} min; peak resident memory of the fitting process **{peak_gib:.2f} GiB**",
@@ -96,13 +96,6 @@ def main() -> int:
             page = page.rstrip("\n") + "\n\n" + text + "\n"
         Path(args.results).write_text(page)
     return 0
-
-
-def _layers(store: str) -> list[int]:
-    import h5py
-
-    with h5py.File(store, "r") as f:
-        return [int(x) for x in f.attrs["layers"]]
 
 
 if __name__ == "__main__":
