@@ -197,6 +197,49 @@ def _synthetic_store(path, n_ctx=40, C=16, d=8):
     return s
 
 
+def test_the_seal_hashed_while_writing_equals_a_read_back(tmp_path):
+    """A store written from row 0 is sealed from digests taken as it was written; they must equal what reading the
+    file back gives (what ``info`` verifies and a resumed harvest seals with), for every dtype a caller may pass."""
+    import json
+
+    C, n_ctx, d = 16, 6, 8
+    s = ActivationStore.create(tmp_path / "s.h5", layers=[0, 2], d_model=d, n_rows=n_ctx * C,
+                               dtype={0: "float16", 2: "float32"}, attrs={"model": "synthetic", "context_length": C},
+                               chunk_rows=2 * C)
+    rng = np.random.default_rng(0)
+    for c0 in range(0, n_ctx, 2):
+        n = 2 * C
+        s.write_rows(c0 * C, {0: rng.normal(size=(n, d)), 2: rng.normal(size=(n, d)).astype(np.float32)},
+                     tokens=rng.integers(0, 99, n), doc=np.full(n, c0), pos=np.tile(np.arange(C), 2),
+                     next_logprob=rng.normal(size=n), next_rank=rng.integers(0, 99, n))
+    s.seal_content()
+    streamed = json.loads(s.file.attrs["content_sha256"])
+    read_back, _ = s._scan()
+    s.close()
+    assert streamed == read_back and len(streamed) == 2 + 5
+
+
+def test_repair_eof_extends_a_file_shorter_than_its_superblock_says(tmp_path):
+    """A failed write can leave the file shorter than the end-of-file address in its superblock (HDF5 reserved the
+    space, the bytes never landed); h5py then refuses the file. ``repair_eof`` extends it with zeros to the recorded
+    size, after which it opens and its data read back; a whole file is left alone."""
+    from superpos.store import repair_eof, stored_eof
+
+    p = tmp_path / "f.h5"
+    with h5py.File(p, "w") as f:
+        f["x"] = np.arange(100, dtype=np.float32)
+    size = p.stat().st_size
+    assert stored_eof(p) == size and not repair_eof(p)
+    with open(p, "r+b") as f:  # the superblock now records 4 KiB the file does not have
+        f.seek(40)
+        f.write((size + 4096).to_bytes(8, "little"))
+    with pytest.raises(OSError):
+        h5py.File(p, "r")
+    assert repair_eof(p) and p.stat().st_size == size + 4096
+    with h5py.File(p, "r") as f:
+        assert np.array_equal(f["x"][:], np.arange(100, dtype=np.float32))
+
+
 def test_shuffled_stream_each_row_once(tmp_path):
     s = _synthetic_store(tmp_path / "s.h5")
     ids = lambda batches: np.concatenate([b[:, 0].numpy() for b in batches]).astype(int)

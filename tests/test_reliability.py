@@ -231,7 +231,9 @@ def test_disk_full_during_harvest_is_one_line_and_resumable(model, reference, tm
     assert ("not enough space" if path == "space check" else "File too large") in lines[0], lines
     assert "re-run the same command to resume" in lines[0]
     r = _run(_harvest_args(model, out))
-    assert ("cut short by a failed write" in r.stderr) == (path == "failed write")
+    assert "resuming" in r.stderr, r.stderr[-1000:]
+    if path == "space check":  # a clean stop leaves nothing to repair (a failed write may: test_repair_eof_...)
+        assert "cut short by a failed write" not in r.stderr
     _stores_equal(out, reference / "ref.h5")
 
 

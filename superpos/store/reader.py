@@ -64,7 +64,10 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
         for attempt in range(LIVE_RETRIES if live else 1):
             file = None
             try:
-                file = h5py.File(self.path, mode, locking=False) if live else h5py.File(self.path, mode)
+                # a writer writes whole chunks: without a chunk cache each goes straight to the file (a cached
+                # checksummed chunk costs a second pass at every flush; docs/store.md, "Write path")
+                extra = {"locking": False} if live else {"rdcc_nbytes": 0} if mode == "r+" else {}
+                file = h5py.File(self.path, mode, **extra)
                 if live:
                     counter = file.attrs["n_rows_complete"]  # the rows this reader will see (checked below)
                 self.file = file
@@ -88,6 +91,7 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
             raise SuperposError(f"{self.path}: its HDF5 structure is damaged ({' '.join(str(e).split())[:120]})") from None
         self._pos: np.ndarray | None = None
         self._writers: dict | None = None
+        self._digests: dict | None = None  # running sha256 per dataset of a store written from row 0 (writer.py)
         self._limit: tuple[int, int] | None = None
         self._dropped: np.ndarray | None = None  # file rows a view leaves out (``without_rows``)
 

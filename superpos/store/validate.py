@@ -135,7 +135,7 @@ class StoreChecker:
             try:
                 for start in range(0, n, block_rows):
                     a = ds[start:min(start + block_rows, n)]
-                    h.update(np.ascontiguousarray(a).tobytes())
+                    h.update(np.ascontiguousarray(a))  # the buffer itself, no copy
                     if layer is not None:
                         rows.append(start + nonfinite_index(a))
             except OSError as e:

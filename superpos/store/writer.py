@@ -2,6 +2,7 @@
 cut-short-file handling that keeps committed rows safe (the writing half of ``ActivationStore``)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -171,7 +172,10 @@ class StoreWriter:
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise SuperposError(f"cannot write store {path}: {e.strerror or e}") from None
-        return cls(path, "r+")
+        store = cls(path, "r+")
+        # every row is appended in order from row 0 by this handle: the content seal is hashed as it is written
+        store._digests = {name: hashlib.sha256() for name in [*map(layer_key, layers), *present_fields(token_stats)]}
+        return store
 
     # ------------------------------------------------------------------ validation
 
@@ -209,6 +213,11 @@ class StoreWriter:
             crash_point("store.flushed", start + n)  # a test's kill: rows on disk, the counter not yet moved
             self.file.attrs["n_rows_complete"] = start + n
             self.file.flush()
+            if self._digests is not None:
+                for layer, a in acts.items():
+                    self._digests[layer_key(layer)].update(np.ascontiguousarray(a))
+                for name, a in fields.items():
+                    self._digests[name].update(np.ascontiguousarray(a, dtype=self._writers[name].dtype))
         except (OSError, RuntimeError) as e:  # h5py reports a failed flush as RuntimeError
             import re
 
@@ -217,12 +226,16 @@ class StoreWriter:
         self._pos = None
 
     def seal_content(self) -> None:
-        """Record the sha256 of every dataset of a complete store (``content_sha256``; info verifies it)."""
+        """Record the sha256 of every dataset of a complete store (``content_sha256``; info verifies it): hashed as
+        the rows were written when this handle wrote them all, else read back from the file."""
         import json
 
         if not self.complete:
             raise ValueError("only a complete store is sealed")
-        digests, _ = self._scan()
+        if self._digests is not None:
+            digests = {name: h.hexdigest() for name, h in self._digests.items()}
+        else:  # resumed, or never written through this handle
+            digests, _ = self._scan()
         self.file.attrs["content_sha256"] = json.dumps(digests, sort_keys=True)
         self.file.attrs["attrs_sha256"] = attrs_digest(self.file.attrs)
         self.file.flush()
