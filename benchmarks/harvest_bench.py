@@ -48,6 +48,29 @@ def block_flops_per_token(lm, context: int) -> tuple[float, float]:
     return 2 * linear + attn, 2 * lm.W_U_VD.numel()
 
 
+def where_time_goes(lm, n: int, batch: int, device: str, dtype: str, rate: float, per_block: float) -> dict:
+    """Where the time of one layer-15 harvest goes, by torch's profiler: the matrix products (and the rate they
+    run at, against the GEMM rate above), the attention kernel, every other op, and what is not a torch op (the
+    store's writes, Python)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from superpos.model.harvest import HarvestConfig, harvest
+
+    with tempfile.TemporaryDirectory() as tmp, profile(activities=[ProfilerActivity.CPU]) as prof:
+        cfg = HarvestConfig(tokens=n, layers="15", batch_size=batch, device=device, model_dtype=dtype)
+        t0 = time.perf_counter()
+        harvest(cfg, Path(tmp) / "h.h5", lm=lm, progress=False)
+        secs = time.perf_counter() - t0
+    ops = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+    mm = sum(v for k, v in ops.items() if k in ("aten::mm", "aten::addmm", "aten::bmm"))
+    attn = sum(v for k, v in ops.items() if "scaled_dot_product" in k)
+    attn_flops = n * 15 * (per_block - 2 * sum(m.weight.numel() for m in lm.blocks[0].modules()
+                                              if isinstance(m, torch.nn.Linear)))
+    return {"seconds": secs, "matmul": mm / secs, "matmul_of_gemm_rate": (n * 15 * per_block - attn_flops) / rate / mm,
+            "attention": attn / secs, "attention_gflops": attn_flops / attn / 1e9 if attn else 0.0,
+            "other_ops": (sum(ops.values()) - mm - attn) / secs}
+
+
 def run_harvest(quick: bool, device: str = "cpu") -> dict:
     from superpos.device import native_bfloat16
     from superpos.model.corpus import default_bos_id, load_corpus, pack_contexts
@@ -82,12 +105,13 @@ def run_harvest(quick: bool, device: str = "cpu") -> dict:
                            "of_bound": (flops / rate) / secs}
             print(f"[harvest {dtype}] {label}: {n / secs:,.0f} tok/s, {100 * rows[label]['of_bound']:.0f} % of its "
                   f"bound ({rows[label]['bound_tok_s']:,.0f} tok/s)", flush=True)
+        split = where_time_goes(lm, int(n), batch, device, dtype, rate, per_block)
         today = rows["today: default layers + LM head"]["tok_s"]
         for r in rows.values():
             r["vs_today"] = r["tok_s"] / today
         out["dtypes"][dtype] = {"tokens": int(n), "native": dtype == "float32" or native_bfloat16(torch.device(device)), "bare_tok_s": n / bare, "gemm_tflops": rate / 1e12,
                                 "block_mflop_per_token": per_block / 1e6, "head_mflop_per_token": head / 1e6,
-                                "rows": rows}
+                                "rows": rows, "split": split}
         del lm
     return out
 
@@ -111,6 +135,14 @@ def harvest_section(r: dict) -> list[str]:
             L.append(f"| {label} | {x['blocks']} | {'yes' if x['lm_head'] else 'no'} | {x['tok_s']:,.0f} | "
                      f"{x['vs_today']:.2f} | {x['tok_s'] / d['bare_tok_s']:.2f} | {x['bound_tok_s']:,.0f} | "
                      f"{x['of_bound']:.2f} |")
+        if "split" in d:
+            x = d["split"]
+            other = max(0.0, 1 - x["matmul"] - x["attention"] - x["other_ops"])
+            L += ["", f"Where the {{15}} harvest's time goes ({dtype}, torch's profiler): matrix products "
+                  f"{x['matmul']:.0%} (running at {x['matmul_of_gemm_rate']:.2f} of the GEMM rate above), the attention "
+                  f"kernel {x['attention']:.0%} ({x['attention_gflops']:.0f} GFLOP/s on its causal products), every "
+                  f"other torch op (norms, rotary, SiLU, casts) {x['other_ops']:.0%}, and {other:.0%} outside torch "
+                  "(the store's writes, Python)."]
         L.append("")
     return L
 

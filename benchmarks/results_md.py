@@ -5,6 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def describe(m: dict) -> str:
+    """One line for a machine: CPU (and the vector/bfloat16 features that set its speed), cores, memory, GPU,
+    versions."""
+    isa = f" ({', '.join(m['isa']) or 'no AVX2'})" if "isa" in m else " (CPU features not recorded)"
+    return (f"{m['cpu']}{isa}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['memory_gib']} GiB, "
+            f"GPU: {m['cuda'] or 'none'}. Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
+            f"faiss {m['faiss']}, h5py {m['h5py']}.")
+
+
 def write_results(res: dict, path: Path) -> None:
     m = res["machine"]
     runs = res.get("runs") or [{"date": m["date"], "seconds": res["seconds"], "sections": None}]
@@ -13,9 +22,13 @@ def write_results(res: dict, path: Path) -> None:
     L = ["# superpos benchmark results", "",
          f"Measured with `python benchmarks/run.py{' --quick' if res['quick'] else ''}`: {when}. Every ratio "
          "compares two timings taken in the same run.", "",
-         f"**Machine:** {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['memory_gib']} GiB, "
-         f"GPU: {m['cuda'] or 'none'}. Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
-         f"faiss {m['faiss']}, h5py {m['h5py']}.", ""]
+         f"**Machine:** {describe(m)}"]
+    others = [r for r in runs if r.get("machine", {}).get("isa") != m.get("isa")]
+    if others:  # sections kept by --merge from a run on another machine (a model name may hide another CPU)
+        L.append(f"Sections kept from earlier runs on another machine, or one whose CPU features were not recorded "
+                 f"({', '.join(s for r in others for s in r.get('sections') or [])}): "
+                 + "; ".join(sorted({describe(r["machine"]) if "machine" in r else "not recorded" for r in others})))
+    L.append("")
     if "sae" in res:
         L += ["## TopK SAE training vs its roofline", "",
               "Roofline = one dense encoder matmul (batch × d_model × n_latents), the one cost a TopK step cannot "

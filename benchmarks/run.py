@@ -47,12 +47,18 @@ from superpos.dictionaries import TopKSAE  # noqa: E402
 SECTIONS = ("sae", "peers", "frontier", "harvest", "stream", "geometry", "scaling", "ddp")
 
 
+ISA = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # the CPU features that decide float32 and bfloat16 speed
+
+
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+            if flags and cpu:
                 break
     except OSError:
         pass
@@ -60,7 +66,7 @@ def machine() -> dict:
     import h5py
     import transformers
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu, "isa": [f for f in ISA if f in flags], "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
@@ -275,7 +281,8 @@ def main() -> int:
     res["seconds"] = time.perf_counter() - t0
     res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["runs"] = before.get("runs", []) + [{"date": res["machine"]["date"], "seconds": res["seconds"],
-                                              "sections": [k for k in SECTIONS if k in only]}]
+                                              "sections": [k for k in SECTIONS if k in only],
+                                              "machine": res["machine"]}]
     res = {**{k: v for k, v in before.items() if k in SECTIONS}, **res}
     (out / "results.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
     from results_md import write_results
