@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from superpos.dictionaries import (
     load_dictionary,
     save_dictionary,
 )
-from superpos.dictionaries.io import export_saelens, load_saelens
+from superpos.dictionaries.external import export_saelens, load_saelens
 from superpos.dictionaries.metrics import fvu
 from superpos.dictionaries.params import InvalidParameterError
 from superpos.dictionaries.sparse_ops import (
@@ -304,6 +305,60 @@ def test_save_load_and_saelens_roundtrip(planted, tmp_path, cls):
     np.testing.assert_allclose(sl.transform(x[:500]), codes, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(sl.reconstruct(x[:500]), sae.reconstruct(x[:500]), rtol=1e-4, atol=1e-4)
     assert type(load_dictionary(tmp_path / "sl", device="cpu")) is type(sl)
+
+
+def _sparsify_folder(folder, W_dec, W_enc, b_enc, b_dec, **cfg):
+    """A folder as EleutherAI sparsify's ``SparseCoder.save_to_disk`` writes it (its config fields, ``d_in``, and
+    the module's parameters under their module names)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"encoder.weight": W_enc, "encoder.bias": b_enc, "W_dec": W_dec, "b_dec": b_dec},
+              str(folder / "sae.safetensors"))
+    cfg = {"activation": "topk", "expansion_factor": 32, "normalize_decoder": True, "num_latents": W_dec.shape[0],
+           "k": 4, "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": W_dec.shape[1], **cfg}
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+
+
+def test_sparsify_folders_encode_and_decode_as_sparsify_does(tmp_path):
+    """sparsify's TopK, written out by hand as the reference: codes = top-k of ReLU(W_enc (x − b_dec) + b_enc),
+    x̂ = codes · W_dec + b_dec. A hookpoint folder, a run's folder of hookpoints and every unsupported variant."""
+    g = torch.Generator().manual_seed(0)
+    n, d, k = 48, 12, 4
+    W_dec = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    W_enc, b_enc, b_dec = torch.randn(n, d, generator=g), 0.1 * torch.randn(n, generator=g), torch.randn(d, generator=g)
+    for hook in ("layers.5", "layers.15"):
+        _sparsify_folder(tmp_path / "run" / hook, W_dec, W_enc, b_enc, b_dec, k=k)
+    x = torch.randn(200, d, generator=g) * 2
+    pre = torch.relu((x - b_dec) @ W_enc.T + b_enc)
+    vals, idx = pre.topk(k, dim=1)
+    ref_codes = torch.zeros(200, n).scatter_(1, idx, vals)
+    ref_hat = ref_codes @ W_dec + b_dec
+    for sae in (load_dictionary(tmp_path / "run" / "layers.15", device="cpu"),
+                load_dictionary(tmp_path / "run", device="cpu", hookpoint="layers.15")):
+        assert type(sae) is TopKSAE and sae.k == k and sae.meta_ == {"hook_name": "layers.15", "source": "sparsify"}
+        np.testing.assert_allclose(sae.transform(x.numpy()), ref_codes.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(sae.reconstruct(x.numpy()), ref_hat.numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(SuperposError, match=r"sparsify run with 2 hookpoints \(layers.15, layers.5\): name one"):
+        load_dictionary(tmp_path / "run", device="cpu")
+    with pytest.raises(SuperposError, match="no sparsify hookpoint 'layers.9' .it holds layers.15, layers.5"):
+        load_dictionary(tmp_path / "run", device="cpu", hookpoint="layers.9")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SuperposError, match="not a dictionary folder .expected config.json .*sparsify hookpoint"):
+        load_dictionary(tmp_path / "empty", device="cpu")
+    bad = {"groupmax": ({"activation": "groupmax"}, "activation 'groupmax' is not supported"),
+           "skip": ({"skip_connection": True}, "a skip connection is not a dictionary of its input"),
+           "transcoder": ({"transcode": True}, "a transcoder is not a dictionary of its input"),
+           "size": ({"num_latents": 0, "expansion_factor": 2}, "give 24 latents, W_dec has 48"),
+           "k": ({"k": 49}, "'k' is 49, more than the SAE's 48 latents"),
+           "k type": ({"k": "4"}, "'k'")}
+    for name, (cfg, message) in bad.items():
+        _sparsify_folder(tmp_path / name, W_dec, W_enc, b_enc, b_dec, **cfg)
+        with pytest.raises(SuperposError, match=re.escape(message)):
+            load_dictionary(tmp_path / name, device="cpu")
+    _sparsify_folder(tmp_path / "norms", 2 * W_dec, W_enc, b_enc, b_dec)
+    with pytest.raises(SuperposError, match="decoder rows are not unit norm"):
+        load_dictionary(tmp_path / "norms", device="cpu")
 
 
 def test_pca_nmf_save_load(planted, tmp_path):

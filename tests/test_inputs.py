@@ -329,7 +329,7 @@ D, N_ROWS = 8, 32
 def folders(tmp_path_factory):
     """A fitted TopK dictionary, its SAELens export and a tuned lens, each saved once; their outputs on fixed rows."""
     from superpos.dictionaries import TopKSAE, save_dictionary
-    from superpos.dictionaries.io import export_saelens, load_saelens
+    from superpos.dictionaries.external import export_saelens, load_saelens
     from superpos.hypotheses.lenses.lens import TunedLens
 
     root = tmp_path_factory.mktemp("inputs")

@@ -279,7 +279,7 @@ def add_export(sub) -> None:
 def cmd_export(args) -> int:
     """``superpos export``: a dictionary in SAELens' folder format."""
     from superpos.dictionaries import load_dictionary
-    from superpos.dictionaries.io import export_saelens
+    from superpos.dictionaries.external import export_saelens
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -1,4 +1,4 @@
-"""Save / load dictionaries (safetensors + JSON), and the SAELens folder format.
+"""Save / load dictionaries (safetensors + JSON); other toolkits' folders are read by ``external``.
 
 A dictionary folder holds ``config.json`` ({"kind", "class", "params", "d_model", "n_components",
 "superpos_version", "meta"}), ``weights.safetensors`` (every fitted tensor, raw input space) and, when
@@ -18,10 +18,9 @@ from safetensors.torch import save_file
 from superpos import integrity
 from superpos.errors import SuperposError
 from superpos.files import replace_folder, write_json_atomic
-from superpos.readers import check_value, expect_shape, field, read_json_object, read_tensors, shown
+from superpos.readers import check_value, field, read_json_object, read_tensors, shown
 
 CONFIG, WEIGHTS, METRICS = "config.json", "weights.safetensors", "metrics.json"
-SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 
 
 def _kinds():
@@ -136,18 +135,20 @@ def _check_fits(est, state: dict, n: int, d: int, kind: str, where) -> None:
                             f"({' '.join(str(e).split())[:100]})") from None
 
 
-def load_dictionary(path: str | os.PathLike, device: str = "auto"):
-    """Load a superpos dictionary folder (or a SAELens folder) as the right estimator class. Anything unexpected in
-    the folder — a missing or extra key or tensor, a value of the wrong type, weights that do not fit the config —
-    is refused in one line (``SuperposError``)."""
+def load_dictionary(path: str | os.PathLike, device: str = "auto", hookpoint: str | None = None):
+    """Load a dictionary folder as the right estimator class: a superpos folder, a SAELens folder, an EleutherAI
+    sparsify folder (``cfg.json`` + ``sae.safetensors``) or a sparsify run's folder of hookpoint subfolders
+    (``hookpoint`` names one; without it the folder must hold exactly one). Anything unexpected in the folder — a
+    missing or extra key or tensor, a value of the wrong type, weights that do not fit the config, a folder of none
+    of these formats — is refused in one line (``SuperposError``)."""
+    from superpos.dictionaries.external import load_external
+
     path = Path(path)
     if not path.is_dir():
         raise SuperposError(f"dictionary folder {path} does not exist" if not path.exists() else
                             f"{path} is not a dictionary folder (not a folder)")
-    if not (path / CONFIG).exists() and (path / SAELENS_CFG).exists():
-        return load_saelens(path, device=device)
-    if not (path / CONFIG).exists():
-        raise SuperposError(f"{path} is not a dictionary folder (no {CONFIG})")
+    if hookpoint is not None or not (path / CONFIG).exists():
+        return load_external(path, device=device, hookpoint=hookpoint)
     if not (path / WEIGHTS).exists():
         raise SuperposError(f"{path} is missing its weights ({WEIGHTS})")
     integrity.verify(path)
@@ -179,102 +180,3 @@ def load_dictionary(path: str | os.PathLike, device: str = "auto"):
     est.meta_ = meta
     _check_fits(est, state, n, d, kind, path / WEIGHTS)
     return est
-
-
-# ---------------------------------------------------------------------- SAELens format
-def export_saelens(sae, path: str | os.PathLike, hook_name: str | None = None) -> Path:
-    """Write an SAE in SAELens' folder format: ``cfg.json`` + ``sae_weights.safetensors``.
-
-    TopK → ``topk`` (with ``k``), ReLU → ``standard``, JumpReLU and BatchTopK → ``jumprelu`` (BatchTopK's
-    single inference threshold broadcast per latent, which is exactly how it encodes at inference).
-    """
-    kind = getattr(sae, "kind", None)
-    arch = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}.get(kind)
-    if arch is None:
-        raise SuperposError(f"only SAEs can be exported to SAELens format, not {kind}")
-    s = sae.state_dict()
-    n, d = s["components_"].shape
-    weights = {"W_enc": s["W_enc_"].T.contiguous(), "b_enc": s["b_enc_"], "W_dec": s["components_"], "b_dec": s["b_dec_"]}
-    if arch == "jumprelu":
-        weights["threshold"] = s["threshold_"].expand(n).contiguous()
-    meta = getattr(sae, "meta_", {}) or {}
-    cfg = {
-        "architecture": arch,
-        "d_in": int(d),
-        "d_sae": int(n),
-        "dtype": "float32",
-        "device": "cpu",
-        "apply_b_dec_to_input": True,
-        "normalize_activations": "none",
-        "hook_name": hook_name or meta.get("hook_name", f"resid_layer_{meta.get('layer', 'unknown')}"),
-        "model_name": meta.get("model", ""),
-        "metadata": {"model_name": meta.get("model", ""), "hook_name": hook_name or meta.get("hook_name", "")},
-    }
-    if arch == "topk":
-        cfg["k"] = int(sae.k)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    save_file(weights, str(tmp / SAELENS_WEIGHTS))
-    write_json_atomic(tmp / SAELENS_CFG, cfg)
-    replace_folder(tmp, path)
-    return path
-
-
-def load_saelens(path: str | os.PathLike, device: str = "auto"):
-    """Read a SAELens folder back as a superpos SAE (topk → TopKSAE, standard → ReLUSAE, jumprelu → JumpReLUSAE)."""
-    from superpos.dictionaries.sae import JumpReLUSAE, ReLUSAE, TopKSAE
-
-    path = Path(path)
-    cfg = read_json_object(path / SAELENS_CFG)
-    where = path / SAELENS_CFG
-    arch = field(cfg, "architecture", "str", where, default="standard")
-    if arch not in ("topk", "standard", "jumprelu"):
-        raise SuperposError(f"SAELens architecture {arch!r} is not supported (topk, standard, jumprelu)")
-    k = field(cfg, "k", "int?", where, default=None, minimum=1)
-    if k is None:
-        k = field(field(cfg, "activation_fn_kwargs", "object?", where, default=None) or {}, "k", "int?",
-                  f"{where}: activation_fn_kwargs", default=None, minimum=1)
-    if arch == "topk" and k is None:
-        raise SuperposError(f"{where}: a topk SAE needs 'k' (or activation_fn_kwargs.k)")
-    apply_b_dec = field(cfg, "apply_b_dec_to_input", "bool", where, default=True)
-    hook_name = field(cfg, "hook_name", "str?", where, default=None)
-    model_name = field(cfg, "model_name", "str?", where, default=None)
-    w = read_tensors(path / SAELENS_WEIGHTS, {"W_enc", "W_dec", "b_enc", "b_dec"},
-                     ("threshold",) if arch == "jumprelu" else ())
-    if arch == "jumprelu" and "threshold" not in w:
-        raise SuperposError(f"{path / SAELENS_WEIGHTS} lacks tensor 'threshold' (a jumprelu SAE needs it)")
-    if w["W_dec"].ndim != 2:
-        raise SuperposError(f"{path / SAELENS_WEIGHTS}: tensor 'W_dec' has shape {tuple(w['W_dec'].shape)}, "
-                            f"expected (d_sae, d_in)")
-    n, d = w["W_dec"].shape
-    for key, want in (("d_in", d), ("d_sae", n)):
-        got = field(cfg, key, "int?", where, default=None)
-        if got is not None and got != want:
-            raise SuperposError(f"{where}: '{key}' is {got}, but W_dec has shape ({n}, {d})")
-    shapes = {"W_enc": (d, n), "b_enc": (n,), "b_dec": (d,), "threshold": (n,)}
-    for key in sorted(w):
-        if key != "W_dec":
-            expect_shape(w, key, shapes[key], path / SAELENS_WEIGHTS)
-    if k is not None and arch == "topk" and k > n:
-        raise SuperposError(f"{where}: 'k' is {k}, more than the SAE's {n} latents")
-    if arch == "topk":
-        sae = TopKSAE(k=k, device=device)
-    elif arch == "standard":
-        sae = ReLUSAE(device=device)
-    else:
-        sae = JumpReLUSAE(device=device)
-    W_dec, W_enc_DF, b_enc = w["W_dec"].float(), w["W_enc"].float(), w["b_enc"].float()
-    if not apply_b_dec:  # pre = x W_enc + b_enc  →  (x − b_dec) W_enc + b_enc'
-        b_enc = b_enc + w["b_dec"].float() @ W_enc_DF
-    norms = W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    if arch == "topk" and not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
-        raise SuperposError(f"{path}: TopK SAE with non-unit decoder norms cannot be read without changing its codes")
-    # superpos keeps unit-norm atoms: fold decoder norms into the encoder (codes scale by ‖d_i‖)
-    state = {"components_": W_dec / norms, "W_enc_": W_enc_DF.T * norms,
-             "b_enc_": b_enc * norms.squeeze(1), "b_dec_": w["b_dec"].float()}
-    if arch == "jumprelu":
-        state["threshold_"] = w["threshold"].float() * norms.squeeze(1)
-    sae.load_state_dict(state)
-    sae.meta_ = {"hook_name": hook_name, "model": model_name, "source": "saelens"}
-    return sae
