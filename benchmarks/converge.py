@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from run import machine  # benchmarks/run.py, beside this script
+from results_md import CONVERGE  # beside this script
+from run import machine
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- converge: written by python benchmarks/converge.py -->", "<!-- /converge -->"
+BEGIN, END = CONVERGE
 
 
 def main() -> int:

@@ -38,8 +38,8 @@ def write_results(res: dict, path: Path) -> None:
               "before and half after the fit; step: the best 2-step window of 40 steps), which is what this shared "
               "machine gives undisturbed. Synthetic stream of sparse atom mixtures. Each precision is held to the matmul of "
               "its own precision: float32 (the default) to the float32 GEMM, `precision=\"bfloat16\"` (the encoder "
-              "product in bfloat16, codes and backward in float32) to the bfloat16 GEMM, which this CPU runs "
-              "natively (AVX512-BF16).", "",
+              "product in bfloat16, codes and backward in float32) to the bfloat16 GEMM as the measuring machine runs it "
+              "(natively only where its CPU features include avx512_bf16 or amx_bf16).", "",
               "| SAE | precision | latents | batch | k | tokens/s | step | encoder matmul | fraction of roofline | target | vs `x @ W.T` |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, r in res["sae"].items():
@@ -64,7 +64,7 @@ def write_results(res: dict, path: Path) -> None:
     if "stream" in res:
         r = res["stream"]
         L += ["## Store streaming vs what the SAE step consumes", "",
-              f"{r['rows']:,} rows × {r['d_model']} float16 (lzf, 2,048-row chunks), shuffled batches of {r['batch']}.", "",
+              f"{r['rows']:,} rows × {r['d_model']} float16 ({'uncompressed' if r.get('compression', 'lzf') == 'none' else 'lzf-compressed'}, 2,048-row chunks), shuffled batches of {r['batch']}.", "",
               "| stream | SAE 16× consumes | ratio | target |", "|---|---|---|---|",
               f"| {r['rows_per_s']:,.0f} rows/s ({r['mib_per_s']:.0f} MiB/s) | {r.get('sae_rows_per_s', float('nan')):,.0f} rows/s "
               f"| {r.get('ratio_stream_over_sae', float('nan')):.1f}× | ≥ 5× |", ""]
@@ -112,7 +112,23 @@ def write_results(res: dict, path: Path) -> None:
               "| run | fit time |", "|---|---|", *[f"| {k} | {v:.1f} s |" for k, v in s.items() if k != "speedup_2_over_1"],
               f"| speed-up, 2 processes / 1 | {s['speedup_2_over_1']:.2f}× |", ""]
     L += targets_section(res)
+    L += kept_blocks(path)
     path.write_text("\n".join(L))
+
+
+CONVERGE = ("<!-- converge: written by python benchmarks/converge.py -->", "<!-- /converge -->")
+KEPT = [CONVERGE]
+
+
+def kept_blocks(path: Path) -> list[str]:
+    """The sections other scripts write into RESULTS.md (between their markers), carried over when run.py
+    rewrites the page."""
+    page = path.read_text() if path.exists() else ""
+    out = []
+    for begin, end in KEPT:
+        if begin in page and end in page:
+            out += ["", page[page.index(begin):page.index(end) + len(end)], ""]
+    return out
 
 
 def targets_section(res: dict) -> list[str]:

@@ -145,7 +145,7 @@ def bench_stream(q: bool, sae_tok_s: float | None) -> dict:
         path = Path(tmp) / "s.h5"
         chunk = 8 * 256
         st = ActivationStore.create(path, layers=[15], d_model=d, n_rows=rows, attrs={"model": "bench", "context_length": 256},
-                                    chunk_rows=chunk)
+                                    chunk_rows=chunk, compression="none")
         rng = np.random.default_rng(0)
         for lo in range(0, rows, chunk):
             n = min(chunk, rows - lo)
@@ -163,7 +163,8 @@ def bench_stream(q: bool, sae_tok_s: float | None) -> dict:
                 next(it)
             dt = time.perf_counter() - t0
     rate = n_batches * batch / dt
-    res = {"rows": rows, "d_model": d, "batch": batch, "rows_per_s": rate, "mib_per_s": rate * d * 2 / 2**20}
+    res = {"rows": rows, "d_model": d, "batch": batch, "rows_per_s": rate, "mib_per_s": rate * d * 2 / 2**20,
+           "compression": "none"}
     if sae_tok_s:
         res["sae_rows_per_s"] = sae_tok_s
         res["ratio_stream_over_sae"] = rate / sae_tok_s

@@ -302,9 +302,16 @@ def _write(out: Path, cfg: HarvestConfig, lm: LoadedModel, packed: PackedContext
 
 
 def bare_forward_time(lm: LoadedModel, packed: PackedContexts, batch_size: int) -> float:
-    """Seconds for plain forward passes of the whole model (LM head included) over the same batches."""
+    """Seconds for plain forward passes of the whole model (LM head included) over the same batches, with the
+    allocator settings a CPU harvest uses (``keep_freed_memory``) and the device synchronised before the clock
+    stops."""
+    if lm.device.type == "cpu":
+        keep_freed_memory()
+    sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     with torch.inference_mode():
         for c0 in range(0, len(packed.tokens_NC), batch_size):
             lm.model(torch.from_numpy(packed.tokens_NC[c0:c0 + batch_size]).long().to(lm.device), use_cache=False)
+    sync()
     return time.perf_counter() - t0
