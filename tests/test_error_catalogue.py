@@ -48,6 +48,9 @@ CASES = [
     Case("corpus-mixture-unknown-part", "a corpus mixture naming a part that does not exist",
          ["harvest", "--model", "{model}", "--corpus", f"pydoc+{W}/missing.txt", "--out", f"{W}/new.h5"],
          "part '"),
+    Case("corpus-mixture-unknown-name", "a corpus mixture naming a corpus that is not known",
+         ["harvest", "--model", "{model}", "--corpus", "pydoc+nosuchcorpus", "--out", f"{W}/new.h5"],
+         "part 'nosuchcorpus'"),
     Case("corpus-too-short", "corpus shorter than one context",
          ["harvest", "--model", "{model}", "--corpus", f"{W}/short.txt", "--out", f"{W}/new.h5"], "fewer than one context"),
     # --- model ---------------------------------------------------------------------------------------
