@@ -130,7 +130,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "offset_list": _list(parse_int, lambda v: abs(v) <= 16, "offsets between -16 and 16"),
     "name_list": _list(str.strip, bool, "a comma list of names"),
     "control": _choice(*CONTROL_KINDS),
-    "surrogate": _choice("none", "gaussian", "pc-shuffle", "planted"),
+    "surrogate": _choice("none", "gaussian", "pc-shuffle", "planted", "realistic"),
     "store_dtype": _choice("auto", "float16", "float32"),
     "model_dtype": _choice("auto", "float32", "bfloat16", "float16"),
     "compression": _choice("none", "lzf", "gzip"),

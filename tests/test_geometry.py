@@ -88,9 +88,9 @@ def test_orthogonality_experiment_on_tiny_model(tiny_models, tmp_path):
     res = run(OrthogonalityConfig(model=str(tiny_models["llama"]), layers=[1, 2], harvest_tokens=4096,
                                   expansions=[1, 4], seeds=2, k=4, fit_tokens=20_000, eps_grid=[0.3, 0.6],
                                   capacity_dims=[8, 16], capacity_sample=384, ce_contexts=2, n_boot=100, device="cpu",
-                                  out=str(out)))
+                                  budgets=[8_000, 16_000, 32_000], out=str(out)))
     for name in ("report.md", "report.html", "results.json", "maxcos_tokens.png", "capacity_vs_d.png",
-                 "fvu_vs_size.png", "matched_cos.png"):
+                 "fvu_vs_size.png", "matched_cos.png", "budget.png", "plant.json"):
         assert (out / name).exists(), name
     assert res.tied_embeddings is True
     # the Gaussian null sits on the theoretical median for its size
@@ -104,7 +104,12 @@ def test_orthogonality_experiment_on_tiny_model(tiny_models, tmp_path):
         assert lay.atoms.stable.mean <= lay.atoms.live.mean <= 128
     assert res.capacity.dims == [8, 16, 32] and set(res.capacity.kept) == {
         "embedding (centred)", "atoms (layer 2, 4×)", "random directions"}
-    assert isinstance(res.verdict.supported, bool) and len(res.verdict.criteria) == 2
+    assert res.verdict.supported in (True, None) and len(res.verdict.criteria) == 3  # 2 layers + the budget sweep
+    assert res.verdict.answer in ("SUPPORTED", "NOT SHOWN AT THIS BUDGET")  # on its own a run never rules out
+    (curve,) = res.budget  # the middle of the sweep's layers, at every budget, each a nested branch of one run
+    assert curve.layer == 2 and [p.tokens for p in curve.points] == [8_000, 16_000, 32_000]
+    assert all(len(p.fvu.values) == 2 and p.grid.min_seeds == [2] for p in curve.points)
+    assert (out / "budget" / "layer2" / "topk_x4_seed0" / "tokens_8000" / "config.json").exists()
     assert OrthogonalityResult.read(out) == res
     assert "Verdict" in (out / "report.md").read_text()
 
@@ -241,11 +246,12 @@ def test_orthogonality_calibration_runs_the_sweep_on_nulls_and_planted_superposi
     (no sparse features: more atoms barely help, nothing recurs across seeds) and on planted superposition; the
     calibrated verdict judges the real run against them."""
     from superpos.hypotheses.orthogonality.config import OrthogonalityConfig
-    from superpos.protocol.calibration import run_calibrated
+    from superpos.protocol.calibration import control_folder, judge_calibration, run_calibrated
+    from superpos.protocol.registry import EXPERIMENTS
 
     cfg = OrthogonalityConfig(model=str(tiny_models["llama"]), layers=[2], harvest_tokens=8192, expansions=[1, 8],
                               k=4, seeds=2, fit_tokens=100_000, batch_size=256, orth_eps=0.5, capacity=False,
-                              n_boot=50, device="cpu", out=str(tmp_path / "orth"))
+                              budgets=[25_000, 50_000, 100_000], n_boot=50, device="cpu", out=str(tmp_path / "orth"))
     cal = run_calibrated("orthogonality", cfg)
     gain = {name: r.layers[0].gain.mean for name, r in cal.controls.items()}
     assert gain["planted superposition"] > 0.3 and gain["gaussian"] < 0.2 and gain["pc-shuffle"] < 0.2, gain
@@ -254,16 +260,27 @@ def test_orthogonality_calibration_runs_the_sweep_on_nulls_and_planted_superposi
     assert cal.calibrated and "gaussian surrogate of" in cal.controls["gaussian"].verdict.headline
     for r in cal.controls.values():  # every control reused the real run's store instead of harvesting again
         assert r.config.store == str(tmp_path / "orth" / "acts.h5") and r.store.endswith("surrogate.h5")
+    real_dict = tmp_path / "orth" / "budget" / "layer2" / "topk_x8_seed0"
+    assert cal.controls["realistic plant"].config.plant_from == str(tmp_path / "orth" / "plant.json")
+    for name in ("planted superposition", "realistic plant"):  # a plant's census says how much of its truth it finds
+        (curve,) = cal.controls[name].budget
+        assert curve.planted_atoms > 0 and all(p.recovered is not None for p in curve.points)
+    from superpos.dictionaries import load_dictionary
+    from superpos.store.surrogates import load_truth
+
+    truth = load_truth(control_folder(tmp_path / "orth", next(c for c in EXPERIMENTS["orthogonality"].controls
+                                                             if c.name == "realistic plant")) / "surrogate.h5")[2]
+    D = load_dictionary(real_dict, device="cpu")  # the realistic plant is the real run's own largest dictionary
+    assert len(truth) == cal.controls["realistic plant"].budget[0].planted_atoms
+    assert (np.abs(truth @ D.components_.numpy().T).max(1) > 0.999).all()
     text = (tmp_path / "orth" / "calibration.md").read_text()
-    assert text.count("| null |") == 2 and "relative to the controls" in text
-    assert cal.verdict.headline.split(":")[0] in ("SUPPORTED, calibrated",
-                                                  "NOT SUPPORTED after calibration (every control came out as it must)")
+    assert text.count("| null |") == 2 and text.count("| power |") == 1 and "relative to the controls" in text
+    assert cal.verdict.answer in ("SUPPORTED", "NOT SUPPORTED", "NOT SHOWN AT THIS BUDGET"), cal.verdict.headline
+    assert cal.verdict.supported == {"SUPPORTED": True, "NOT SUPPORTED": False}.get(cal.verdict.answer)
     report = (tmp_path / "orth" / "report.md").read_text()
     assert "Real, nulls and planted side by side" in report and "--calibrate" in report
+    assert "The census against training tokens" in report and "realistic plant: worst seed" in report
     # every verdict is a function of the stored results: judged again from disk, the same calibration
-    from superpos.protocol.calibration import control_folder, judge_calibration
-    from superpos.protocol.registry import EXPERIMENTS
-
     e = EXPERIMENTS["orthogonality"]
     again = judge_calibration("orthogonality", e.read(tmp_path / "orth"),
                               {c.name: e.read(control_folder(tmp_path / "orth", c)) for c in e.controls}, tmp_path / "orth")

@@ -22,12 +22,13 @@ from superpos.settings import format_value, settings
 @dataclass(frozen=True, kw_only=True)
 class Control:
     """A calibration run: the identical analysis with settings that remove the effect (a null) or plant one of
-    known size; the verdict on it must come out as ``expect_supported``."""
+    known size; the verdict on it must come out as ``expect_supported`` (None: a power control, whose answer the
+    experiment's calibrated verdict reads rather than requires)."""
 
     name: str
-    kind: str  # "null" or "planted"
+    kind: str  # "null", "planted" or "power"
     settings: dict
-    expect_supported: bool
+    expect_supported: bool | None
 
 
 def _load(path: str) -> Callable:

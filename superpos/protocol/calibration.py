@@ -50,11 +50,16 @@ def judge_calibration(name: str, real: Result, controls: dict[str, Result], out)
     e = EXPERIMENTS[name]
     out = Path(out)
     rows = [("real", "—", real.verdict, None)]
-    rows += [(c.name, c.kind, controls[c.name].verdict, c.expect_supported) for c in e.controls]
-    ok = all(bool(v.supported) == want for _, _, v, want in rows if want is not None)
+    rows += [(c.name, c.kind, controls[c.name].verdict, c.expect_supported) for c in e.controls if c.name in controls]
+    missing = [c for c in e.controls if c.name not in controls]  # e.g. results from before the control existed
+    ok = all(bool(v.supported) == want for _, _, v, want in rows if want is not None) and \
+        all(c.expect_supported is None for c in missing)
 
     def said(supported) -> str:
         return "SUPPORTED" if supported else "NOT SUPPORTED"
+
+    def answer(v) -> str:  # a verdict's own words where it is neither yes nor no (NOT SHOWN AT THIS BUDGET …)
+        return v.headline.split(":")[0] if v.supported is None and ":" in v.headline else said(v.supported)
 
     md = [f"# {name}: real run and calibration controls", "",
           "The identical analysis on the real model, on a null (no effect) and on a planted effect of known size.",
@@ -62,8 +67,9 @@ def judge_calibration(name: str, real: Result, controls: dict[str, Result], out)
     for run_name, kind, v, want in rows:
         expected = "—" if want is None else said(want)
         as_expected = "—" if want is None else ("yes" if bool(v.supported) == want else "**no**")
-        headline = v.headline if v.headline.startswith(said(v.supported)) else f"{said(v.supported)}: {v.headline}"
+        headline = v.headline if v.headline.startswith(answer(v)) else f"{answer(v)}: {v.headline}"
         md.append(f"| {run_name} | {kind} | {headline.replace('|', '/')} | {expected} | {as_expected} |")
+    md += [f"| {c.name} | {c.kind} | not run | — | — |" for c in missing]
     md += ["", "Calibrated: " + ("every control came out as it must." if ok else "**a control did not come out as it "
                                  "must; the real verdict cannot be trusted.**"), ""]
     verdict = e.calibrated_verdict(real, controls) if e.calibrated_verdict else None
@@ -72,7 +78,7 @@ def judge_calibration(name: str, real: Result, controls: dict[str, Result], out)
                *[f"- {line}" for line in verdict.criteria], ""]
     (out / "calibration.md").write_text("\n".join(md))
     write_json_atomic(out / "calibration.json", {
-        "calibrated": ok, "runs": [{"run": r, "kind": k, "supported": bool(v.supported), "headline": v.headline,
+        "calibrated": ok, "runs": [{"run": r, "kind": k, "supported": v.supported, "headline": v.headline,
                                     "expected": w} for r, k, v, w in rows],
         "verdict": None if verdict is None else to_jsonable(verdict)})
     if e.calibrated_verdict is not None:  # its report shows the controls beside the real run

@@ -56,10 +56,20 @@ def planted_superposition(n: int, d: int, n_features: int, k: int, noise: float 
     rng = np.random.default_rng(seed)
     atoms = rng.standard_normal((n_features, d)).astype(np.float32)
     atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
-    idx = np.argsort(rng.random((n, n_features)), axis=1)[:, :k]
+    # drawn in blocks of rows: the same numbers as one draw of each array (a generator fills them in order), in
+    # memory that does not grow with n × n_features or n × k × d
+    rows = max(1, 2**24 // n_features)
+    idx = np.concatenate([np.argsort(rng.random((min(rows, n - lo), n_features)), axis=1)[:, :k]
+                          for lo in range(0, n, rows)]) if n else np.zeros((0, k), np.int64)
     coef = rng.uniform(*magnitude, (n, k)).astype(np.float32)
-    x = np.einsum("nk,nkd->nd", coef, atoms[idx]) + noise * rng.standard_normal((n, d)).astype(np.float32)
-    return x.astype(np.float32), atoms
+    x = np.empty((n, d), np.float32)
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        x[lo:hi] = np.einsum("nk,nkd->nd", coef[lo:hi], atoms[idx[lo:hi]])
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        x[lo:hi] += noise * rng.standard_normal((hi - lo, d)).astype(np.float32)
+    return x, atoms
 
 
 def write_surrogate_store(x_ND: np.ndarray, out, layer: int, *, description: str, context_length: int = 256,
@@ -104,7 +114,7 @@ def surrogate_of_store(store, layers: int | list[int], kind: str, out, *, seed: 
         raise SuperposError(f"unknown surrogate '{kind}' (expected one of {', '.join(KINDS)})")
     layers = [layers] if isinstance(layers, int) else list(layers)
     keep = store.row_mask(1)[slice(*store.row_range)]
-    made = {}
+    made, truth = {}, {}
     for layer in layers:
         x = store.to_numpy(layer)[keep]
         s = seed + 1000 * layer
@@ -114,11 +124,33 @@ def surrogate_of_store(store, layers: int | list[int], kind: str, out, *, seed: 
             y = pc_shuffle(x, seed=s)
         else:
             d = x.shape[1]
-            y, _ = planted_superposition(len(x), d, n_features_per_d * d, k or max(2, round(d / 72)), noise=noise,
-                                         seed=s)
+            y, truth[layer] = planted_superposition(len(x), d, n_features_per_d * d, k or max(2, round(d / 72)),
+                                                    noise=noise, seed=s)
             y *= np.sqrt((x.astype(np.float64) ** 2).sum(1).mean() / (y.astype(np.float64) ** 2).sum(1).mean())
         made[layer] = y
+    if truth:
+        save_truth(out, truth)
     C = int(store.attrs["context_length"]) - 1  # the sink rows are gone: contexts one row shorter
     where = ", ".join(map(str, layers))
     return write_store(made, out, description=f"{kind} surrogate of layer{'s' if len(layers) > 1 else ''} {where} "
                                                f"of {store.path}", context_length=C)
+
+
+def truth_path(out) -> Path:
+    """Where a planted surrogate store ``out`` keeps its planted atoms: ``<out stem>.truth.npz`` beside it."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.truth.npz")
+
+
+def save_truth(out, atoms_by_layer: dict[int, np.ndarray]) -> None:
+    """Record a planted surrogate's atoms per layer (``load_truth`` reads them back)."""
+    np.savez(truth_path(out), **{f"L{layer}": a for layer, a in atoms_by_layer.items()})
+
+
+def load_truth(out) -> dict[int, np.ndarray] | None:
+    """The planted atoms per layer of surrogate store ``out``, or None for a surrogate without a planted truth."""
+    p = truth_path(out)
+    if not p.exists():
+        return None
+    with np.load(p) as z:
+        return {int(k[1:]): z[k] for k in z.files}

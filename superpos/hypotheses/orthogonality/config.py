@@ -36,10 +36,25 @@ class OrthogonalityConfig:
     batch_size: int = setting(1024, "SAE rows per step (smaller: more steps for the same tokens)", parse="positive_int")
     min_gain: float = setting(0.2, "criterion (i): held-out FVU must fall by at least this share from the smallest to "
                                    "the largest dictionary", parse="probability")
-    stable_cos: float = setting(0.8, "an atom is seed-stable when its Hungarian partner in every other seed has "
-                                     "|cos| at least this", parse="probability")
+    stable_cos: float = setting(0.7, "an atom is seed-stable when its Hungarian partner has |cos| at least this in "
+                                     "enough other seeds (--stable-seeds); pre-registered in docs/orthogonality.md",
+                                parse="probability")
+    stable_seeds: int = setting(2, "an atom is seed-stable when it is found in at least this many seeds, itself "
+                                   "included (2: in one other seed; --seeds: in every seed); pre-registered in "
+                                   "docs/orthogonality.md", parse="positive_int")
     orth_eps: float = setting(0.3, "nearly orthogonal: pairwise |cos| at most this (criterion (ii))",
                               parse="probability")
+    budget: bool = setting(True, "the budget sweep: the largest dictionary's census at each of --budgets training "
+                                 "tokens (nested budgets of one run per seed) and the saturating fit of the stable, "
+                                 "nearly orthogonal count")
+    budgets: list[int] = setting(help="training tokens at which the budget sweep takes the census (the largest is "
+                                      "the run's length; more tokens than the store holds are further epochs)",
+                                 parse="int_list", factory=lambda: [400_000, 1_200_000, 4_000_000])
+    budget_layers: list[int] | None = setting(None, "layers of the budget sweep (comma list); empty: the middle "
+                                                    "of the sweep's layers", parse="layer_list")
+    plant_from: str | None = setting(None, "control realistic: a JSON file mapping each layer to the dictionary "
+                                           "whose atoms and codes make that layer's plant (the real run writes "
+                                           "OUT/plant.json)")
     ce_contexts: int = setting(16, "held-out contexts for CE-loss recovered and KL per size (real stores only; 0: "
                                    "skip)", parse="nonneg_int")
     capacity: bool = setting(True, "measure capacity against d (token and atom packings at several dimensions)")
@@ -50,9 +65,11 @@ class OrthogonalityConfig:
                                     factory=lambda: list(EPS_GRID))
     capacity_sample: int = setting(16384, "candidate directions per set for the capacity curves", parse="positive_int")
     control: str = setting("none", "run the dictionary sweep on a surrogate of the layers (OUT/surrogate.h5) "
-                                   "instead: gaussian or pc-shuffle (nulls: same covariance, no sparse features) or "
-                                   "planted (sparse superposition of 4×d known atoms, d/72 per row); one of none, gaussian, "
-                                   "pc-shuffle, planted", parse="surrogate")
+                                   "instead: gaussian or pc-shuffle (nulls: same covariance, no sparse features), "
+                                   "planted (sparse superposition of 4×d known atoms, d/72 per row) or realistic (the "
+                                   "real dictionary's atoms with its codes on the real rows, plus Gaussian noise of "
+                                   "the residual's covariance; needs --plant-from); one of none, gaussian, "
+                                   "pc-shuffle, planted, realistic", parse="surrogate")
     n_boot: int = n_boot_setting()
     seed: int = seed_setting()
     device: str = device_setting()

@@ -73,6 +73,62 @@ class AtomCensus:
 
 
 @dataclass(kw_only=True)
+class StableGrid:
+    """Criterion (ii)'s sensitivity: seed-stable atoms per seed at each partner threshold (rows) when an atom must be
+    found in at least m of the seeds, itself included (columns: m = 2 … all seeds)."""
+
+    stable_cos: list[float]
+    min_seeds: list[int]
+    stable: list[list[SeedValues]]  # [threshold][m]
+    stable_orthogonal: list[list[SeedValues]]  # the same after the greedy packing at |cos| ≤ orth_eps
+
+
+@dataclass(kw_only=True)
+class BudgetPoint:
+    """The largest dictionary's census at one training budget (a nested-budget branch of one run per seed)."""
+
+    tokens: int
+    epochs: float  # passes over the store's training rows
+    fvu: SeedValues  # held-out FVU
+    atoms: AtomCensus  # at the pre-registered stable_cos / stable_seeds
+    grid: StableGrid
+    recovered: SeedValues | None = None  # planted atoms with a live atom at |cos| ≥ RECOVERED_COS (plants only)
+
+
+@dataclass(kw_only=True)
+class Saturation:
+    """Stable nearly-orthogonal atoms against training tokens T, least squares on every (budget, seed) count:
+    S(T) = s_max · T / (T + t_half); 95 % intervals from the fit's covariance (t with n − 2 degrees of freedom);
+    the budget at which S would reach d with its interval (parametric bootstrap of the two parameters; None where
+    S never reaches d, inf as an upper bound when some draws never do)."""
+
+    s_max: float
+    s_max_ci: list[float]
+    t_half: float
+    t_half_ci: list[float]
+    crosses_d_at: float | None
+    crosses_d_ci: list[float] | None
+    still_rising: bool  # the last budget's count is above the one before by more than the seeds' spread
+    identified: bool = True  # False: t_half beyond 10 × the largest budget — the counts still grow about linearly
+    # and no level is identified (s_max is then only the slope's scale; the crossing is the line's)
+
+
+@dataclass(kw_only=True)
+class BudgetCurve:
+    """The budget sweep at one layer: the census at each nested budget, and the saturating fit of the stable
+    nearly-orthogonal count."""
+
+    layer: int
+    expansion: int
+    n_atoms: int
+    rows: int  # training rows of the store (an epoch)
+    tokens_per_s: float  # training throughput of the sweep's fits (for the extrapolated time)
+    points: list[BudgetPoint]
+    fit: Saturation | None = None
+    planted_atoms: int | None = None  # plants: the live planted atoms, the truth the census can recover
+
+
+@dataclass(kw_only=True)
 class Alignment:
     """Best |cos| of the largest SAE's atoms (first seed) to token embeddings vs covariance-matched random
     directions."""
@@ -96,6 +152,7 @@ class LayerSweep:
     sizes: list[SizeFit]
     gain: SeedValues  # 1 − FVU(largest) / FVU(smallest), per seed
     atoms: AtomCensus
+    grid: StableGrid | None = None  # criterion (ii)'s sensitivity (results before it was measured have none)
     alignment: Alignment | None = None
 
 
@@ -129,10 +186,12 @@ class CapacityCurves:
 
 @dataclass(kw_only=True)
 class OrthogonalityVerdict(Verdict):
-    """The orthogonality verdict, with its context line and each layer's pass/fail."""
+    """The orthogonality verdict (``answer``: SUPPORTED, NOT SUPPORTED or NOT SHOWN AT THIS BUDGET; ``supported``
+    True, False or None), with its context line and each layer's pass/fail."""
 
     context: str
     layers_passed: dict[int, bool]
+    answer: str = ""
 
 
 @dataclass(kw_only=True)
@@ -148,3 +207,4 @@ class OrthogonalityResult(Result):
     tokens: dict[str, TokenSet] | None = None
     tokens_theory_median: float | None = None
     capacity: CapacityCurves | None = None
+    budget: list[BudgetCurve] | None = None

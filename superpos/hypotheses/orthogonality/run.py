@@ -19,7 +19,6 @@ is the calibration; ``run orthogonality --calibrate`` runs all three and judges 
 """
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -27,36 +26,30 @@ import numpy as np
 
 from superpos import geometry as g
 from superpos.errors import ConfigError, SuperposError
+from superpos.files import write_json_atomic
+from superpos.hypotheses.orthogonality.budget import budget_layers, budget_sweep, dictionary_folder
+from superpos.hypotheses.orthogonality.census import atom_census, live_atoms, say, seed_values
 from superpos.hypotheses.orthogonality.config import OrthogonalityConfig
 from superpos.hypotheses.orthogonality.result import (
     MAXCOS,
     Alignment,
-    AtomCensus,
     CapacityCurves,
     LayerSweep,
     LineFit,
     OrthogonalityResult,
-    SeedValues,
     SizeFit,
     Summary,
     TokenSet,
 )
-from superpos.stats import bootstrap_ci, t_interval
+from superpos.stats import bootstrap_ci
 
-
-def _say(msg: str) -> None:
-    print(f"[orthogonality] {msg}", file=sys.stderr, flush=True)
+PLANT = "plant.json"  # the real run's record of the dictionary per layer that the realistic plant is made of
 
 
 def _summary(values: np.ndarray, n_boot: int, seed: int) -> Summary:
     med, lo, hi = bootstrap_ci(np.median, values, n_boot=n_boot, seed=seed)
     return Summary(median=med, ci=[lo, hi], p10=float(np.quantile(values, 0.1)), p90=float(np.quantile(values, 0.9)),
                    mean=float(values.mean()))
-
-
-def _seeds(values) -> SeedValues:
-    mean, lo, hi = t_interval(values)
-    return SeedValues(values=[float(v) for v in values], mean=mean, lo=lo, hi=hi)
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -75,12 +68,18 @@ def run(cfg: OrthogonalityConfig) -> OrthogonalityResult:
         raise ConfigError("expansions", "{field} needs at least two different positive sizes")
     if cfg.seeds < 2:
         raise ConfigError("seeds", "{field} must be at least 2: atoms are matched across seeds")
+    if cfg.stable_seeds > cfg.seeds:
+        raise ConfigError("stable_seeds", f"{{field}} ({cfg.stable_seeds}) cannot exceed --seeds ({cfg.seeds})")
+    if cfg.control == "realistic" and not cfg.plant_from:
+        raise ConfigError("plant_from", "control realistic needs {field}: the real run's OUT/plant.json")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     lm = load_model(cfg.model, device=cfg.device)
     d = lm.d_model
     layers = sorted(set(cfg.layers)) if cfg.layers else default_layers(lm.n_layers)
     lm.check_layers(layers)
+    if cfg.budget and not set(budget_layers(cfg, layers)) <= set(layers):
+        raise ConfigError("budget_layers", f"{{field}} must be among the sweep's layers ({', '.join(map(str, layers))})")
     if cfg.store:  # fail before the long part, not after it
         with ActivationStore(cfg.store) as st:
             for layer in layers:
@@ -97,14 +96,20 @@ def run(cfg: OrthogonalityConfig) -> OrthogonalityResult:
         store_path = out / "acts.h5"
         harvest(HarvestConfig(model=cfg.model, corpus=cfg.corpus, layers=",".join(map(str, layers)),
                               tokens=cfg.harvest_tokens, device=cfg.device), store_path, lm=lm)
+    truth = None
     if cfg.control != "none":  # a calibration run: the identical sweep on a surrogate of the layers
-        from superpos.store.surrogates import surrogate_of_store
+        from superpos.hypotheses.orthogonality.plant import realistic_plant
+        from superpos.store.surrogates import load_truth, surrogate_of_store
 
         surrogate = out / "surrogate.h5"
         if not surrogate.exists():
             with ActivationStore(store_path) as store:
-                surrogate_of_store(store, layers, cfg.control, surrogate, seed=cfg.seed)
-        store_path = surrogate
+                if cfg.control == "realistic":
+                    realistic_plant(store, layers, plant_dictionaries(cfg.plant_from, layers), surrogate,
+                                    seed=cfg.seed, device=cfg.device)
+                else:
+                    surrogate_of_store(store, layers, cfg.control, surrogate, seed=cfg.seed)
+        store_path, truth = surrogate, load_truth(surrogate)
     sweeps, atoms_by_layer = [], {}
     with ActivationStore(store_path) as store:
         own_text = cfg.control == "none" and store.attrs.get("model") == lm.name  # CE needs the model's own tokens
@@ -114,9 +119,21 @@ def run(cfg: OrthogonalityConfig) -> OrthogonalityResult:
                                        W_E)
             sweeps.append(sweep)
             atoms_by_layer[layer] = atoms
-            _say(f"layer {layer}: {time.perf_counter() - t0:.0f} s")
+            say(f"layer {layer}: {time.perf_counter() - t0:.0f} s")
+        budget = []
+        for layer in budget_layers(cfg, layers) if cfg.budget else []:
+            t0 = time.perf_counter()
+            budget.append(budget_sweep(store, layer, out / "budget" / f"layer{layer}", cfg,
+                                       None if truth is None else truth[layer]))
+            say(f"budget sweep, layer {layer}: {time.perf_counter() - t0:.0f} s")
+    if cfg.control == "none":  # what the realistic plant of each layer is made of: its largest dictionary, seed 0
+        big = budget_layers(cfg, layers) if cfg.budget else []
+        write_json_atomic(out / PLANT, {str(layer): str((
+            dictionary_folder(out / "budget" / f"layer{layer}", cfg, cfg.seed) if layer in big else
+            out / "dicts" / f"layer{layer}" / f"topk_x{max(cfg.expansions)}_seed{cfg.seed}").resolve())
+            for layer in layers})
     res = OrthogonalityResult(config=cfg, model=lm.name, d_model=d, tied_embeddings=tied, store=str(store_path),
-                              layers=sweeps)
+                              layers=sweeps, budget=budget or None)
     if cfg.capacity:
         t0 = time.perf_counter()
         res.tokens, maxcos = token_geometry(W_E, None if tied else W_U, cfg)
@@ -164,61 +181,33 @@ def layer_sweep(store, layer: int, folder: Path, cfg: OrthogonalityConfig, lm,
             evals[e, seed] = ev
         big = saes[sizes[-1]]
         largest.append(big.components_.detach().cpu().numpy()[live_atoms(big, holdout, layer)])
-        _say(f"layer {layer}, seed {seed}: FVU " + ", ".join(f"{e}× {evals[e, seed].fvu:.4f}" for e in sizes))
+        say(f"layer {layer}, seed {seed}: FVU " + ", ".join(f"{e}× {evals[e, seed].fvu:.4f}" for e in sizes))
 
-    def over_seeds(e, name):
+    def overseed_values(e, name):
         vals = [getattr(evals[e, s], name) for s in seeds]
-        return None if vals[0] is None else _seeds(vals)
+        return None if vals[0] is None else seed_values(vals)
 
-    fits = [SizeFit(expansion=e, n_atoms=evals[e, seeds[0]].n_components, fvu=over_seeds(e, "fvu"),
-                    l0=over_seeds(e, "l0"), dead=over_seeds(e, "dead_fraction"),
-                    ce_recovered=over_seeds(e, "ce_loss_recovered"), kl=over_seeds(e, "kl_spliced")) for e in sizes]
-    gain = _seeds([1 - evals[sizes[-1], s].fvu / evals[sizes[0], s].fvu for s in seeds])
-    census = atom_census(largest, sizes[-1], evals[sizes[-1], seeds[0]].n_components, store.d_model, cfg)
+    fits = [SizeFit(expansion=e, n_atoms=evals[e, seeds[0]].n_components, fvu=overseed_values(e, "fvu"),
+                    l0=overseed_values(e, "l0"), dead=overseed_values(e, "dead_fraction"),
+                    ce_recovered=overseed_values(e, "ce_loss_recovered"), kl=overseed_values(e, "kl_spliced")) for e in sizes]
+    gain = seed_values([1 - evals[sizes[-1], s].fvu / evals[sizes[0], s].fvu for s in seeds])
+    census, grid = atom_census(largest, sizes[-1], evals[sizes[-1], seeds[0]].n_components, store.d_model, cfg)
     alignment = atom_alignment(largest[0], W_E, train, layer, sizes[-1], cfg) if lm is not None else None
     sweep = LayerSweep(layer=layer, rows=store.n_rows, holdout_rows=store.n_rows - split, pca_fvu=pca_fvu,
-                       sizes=fits, gain=gain, atoms=census, alignment=alignment)
+                       sizes=fits, gain=gain, atoms=census, grid=grid, alignment=alignment)
     return sweep, largest[0]
 
 
-def live_atoms(dictionary, store, layer: int) -> np.ndarray:
-    """Boolean mask of the atoms that fire at least once on ``store``'s rows of ``layer``."""
-    import torch
+def plant_dictionaries(path: str, layers: list[int]) -> dict[int, str]:
+    """The dictionary folder per layer recorded in a real run's plant.json, checked to cover ``layers``."""
+    from superpos.readers import read_json_object
 
-    fired = torch.zeros(dictionary.n_components_, dtype=torch.bool)
-    with torch.no_grad():
-        for _, x in store.iter_rows(layer, 4096):
-            fired |= (dictionary.encode(torch.from_numpy(x).to(dictionary.device_)) != 0).any(0).cpu()
-    return fired.numpy()
-
-
-def atom_census(atoms_by_seed: list[np.ndarray], expansion: int, n_atoms: int, d: int,
-                cfg: OrthogonalityConfig) -> AtomCensus:
-    """Live atoms per seed; seed-stable ones (the Hungarian partner in every other seed has |cos| ≥ stable_cos);
-    a greedy packing of the stable ones at |cos| ≤ orth_eps; interference (median max |cos| of live atoms) and
-    Σ feature dimensionality against random unit vectors of the mean live count."""
-    stable = [np.ones(len(a), bool) for a in atoms_by_seed]
-    matched = []
-    for i in range(len(atoms_by_seed)):
-        for j in range(i + 1, len(atoms_by_seed)):
-            m = g.match_dictionaries(atoms_by_seed[i], atoms_by_seed[j])
-            matched.append(m.abs_cos)
-            for side, index in ((i, m.rows), (j, m.cols)):
-                ok = np.zeros(len(atoms_by_seed[side]), bool)
-                ok[index] = m.abs_cos >= cfg.stable_cos  # an atom left unmatched (more atoms than its partner) fails
-                stable[side] &= ok
-    packed = [int(g.greedy_packing(a[s], [cfg.orth_eps], seed=cfg.seed).kept[0]) if s.sum() >= 2 else int(s.sum())
-              for a, s in zip(atoms_by_seed, stable)]
-    n_null = max(2, round(np.mean([len(a) for a in atoms_by_seed])))
-    null = g.gaussian_null(n_null, d, seed=cfg.seed + 7)
-    hist = np.histogram(np.concatenate(matched), bins=20, range=(0, 1))[0]
-    return AtomCensus(expansion=expansion, n_atoms=n_atoms, live=_seeds([len(a) for a in atoms_by_seed]),
-                      stable=_seeds([int(s.sum()) for s in stable]), stable_orthogonal=_seeds(packed),
-                      matched_cos_hist=hist.tolist(),
-                      interference=_seeds([float(np.median(g.max_abs_cos(a).value)) for a in atoms_by_seed]),
-                      interference_null=float(np.median(g.max_abs_cos(null).value)),
-                      dimensionality=_seeds([float(g.feature_dimensionality(a).sum()) for a in atoms_by_seed]),
-                      dimensionality_null=float(g.feature_dimensionality(g.unit_rows(null)).sum()))
+    record = read_json_object(Path(path))
+    missing = [layer for layer in layers if str(layer) not in record]
+    if missing:
+        raise SuperposError(f"{path} names no dictionary for layer {missing[0]} (it covers "
+                            f"{', '.join(sorted(record)) or 'none'})")
+    return {layer: str(record[str(layer)]) for layer in layers}
 
 
 def atom_alignment(atoms: np.ndarray, W_E: np.ndarray, train, layer: int, expansion: int,
@@ -259,7 +248,7 @@ def capacity_curves(sets: dict[str, np.ndarray], d: int, cfg: OrthogonalityConfi
             capped.append(pk.capped.tolist())
         curves.kept[name], curves.capped[name] = kept, capped
         curves.fits[name] = line_fit(dims, eps, kept, capped)
-        _say(f"capacity {name}: " + "; ".join(f"d={x}: {k}" for x, k in zip(dims, kept)))
+        say(f"capacity {name}: " + "; ".join(f"d={x}: {k}" for x, k in zip(dims, kept)))
     return curves
 
 
@@ -302,7 +291,7 @@ def token_geometry(W_E: np.ndarray, W_U: np.ndarray | None,
             _save_npz(cache, done)
         maxcos[name] = mc
         tokens[name] = TokenSet(n=len(V), max_abs_cos=_summary(mc, cfg.n_boot, cfg.seed), seconds=secs)
-        _say(f"{name}: median max|cos| {np.median(mc):.3f} ({secs:.1f} s for {len(V):,} × {d}"
+        say(f"{name}: median max|cos| {np.median(mc):.3f} ({secs:.1f} s for {len(V):,} × {d}"
              f"{'; measured before, read from ' + str(cache) if reused else ''})")
     return tokens, maxcos
 

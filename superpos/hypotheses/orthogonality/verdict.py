@@ -1,6 +1,8 @@
 """The verdict of ``superpos run orthogonality``: a pure function of its typed result (no model, no torch), so a stored result can be judged again."""
 from __future__ import annotations
 
+import numpy as np
+
 from superpos.hypotheses.common import pct
 from superpos.hypotheses.orthogonality.result import LineFit, OrthogonalityResult, OrthogonalityVerdict
 
@@ -21,72 +23,149 @@ def exponential_fit(res: OrthogonalityResult, name: str = "embedding (centred)")
     return fit
 
 
+SUPPORTED, NOT_SUPPORTED, NOT_SHOWN = "SUPPORTED", "NOT SUPPORTED", "NOT SHOWN AT THIS BUDGET"
+GAIN_RATIO = 16  # min_gain is stated for this size ratio; other ratios need the same gain per doubling
+
+
+def gain_needed(ratio: float, min_gain: float) -> float:
+    """Criterion (i)'s threshold for a sweep whose largest dictionary is ``ratio`` × its smallest: the gain per
+    doubling that ``min_gain`` implies at 16×, compounded over log₂(ratio) doublings (20 % at 16× → 10.6 % at 4×)."""
+    return 1 - (1 - min_gain) ** (np.log2(ratio) / np.log2(GAIN_RATIO))
+
+
+def worst_seed_count(point) -> int:
+    """Criterion (ii)'s count at one census: stable nearly orthogonal atoms in the worst seed."""
+    return int(min(point.atoms.stable_orthogonal.values))
+
+
+def flattened_below(curve, d: int) -> bool:
+    """The budget curve has stopped rising (the last budget is not above the one before beyond the seeds' spread)
+    and its saturating fit's 95 % upper bound on s_max stays below d."""
+    f = curve.fit
+    return f is not None and f.identified and not f.still_rising and f.s_max_ci[1] < d
+
+
+def _millions(tokens: float) -> str:
+    return "∞" if not np.isfinite(tokens) else f"{tokens / 1e6:,.1f}M"
+
+
+def describe_budget(curve, d: int) -> str:
+    """One layer's budget curve in words: the worst-seed count at each budget and where the saturating fit goes."""
+    counts = ", ".join(f"{worst_seed_count(p):,} at {p.tokens / 1e6:g}M" for p in curve.points)
+    f = curve.fit
+    if f is None:
+        return f"Layer {curve.layer}, budget sweep: {counts} tokens (too few budgets for a saturating fit)."
+    if f.crosses_d_at is None:
+        tail = f"levels off below d = {d}"
+    else:
+        tail = (f"would reach d = {d} at {_millions(f.crosses_d_at)} tokens (95 % interval "
+                f"{_millions(f.crosses_d_ci[0])}–{_millions(f.crosses_d_ci[1])})")
+        if curve.tokens_per_s:
+            tail += (f", {f.crosses_d_at / curve.tokens_per_s / 3600:,.2g} h of training per seed at this run's "
+                     f"{curve.tokens_per_s:,.0f} tokens/s")
+    shape = (f"saturating fit s_max {f.s_max:,.0f} [{f.s_max_ci[0]:,.0f}, {f.s_max_ci[1]:,.0f}], half-way at "
+             f"{f.t_half / 1e6:,.2f}M tokens" if f.identified else
+             "no level identified yet (the counts still grow about linearly with tokens: the fit's half-way point "
+             "lies beyond ten times the largest budget)")
+    return (f"Layer {curve.layer}, budget sweep ({curve.n_atoms:,} atoms, {len(curve.points)} budgets from one "
+            f"nested run per seed): stable nearly orthogonal atoms in the worst seed {counts} tokens; {shape}, "
+            f"{'still rising' if f.still_rising else 'no longer rising'} at the last budget; it {tail}.")
+
+
 def verdict(res: OrthogonalityResult) -> OrthogonalityVerdict:
-    """SUPPORTED when at every layer (i) more atoms keep paying off — held-out FVU falls by at least ``min_gain``
-    from the smallest to the largest dictionary (mean over seeds) — and (ii) in every seed more than d of the
-    largest dictionary's atoms are live, seed-stable and pairwise nearly orthogonal (|cos| ≤ ``orth_eps``).
-    Judged on the store alone; ``orthogonality_calibrated`` judges it against the nulls and planted runs."""
+    """SUPPORTED when at every layer (i) more atoms keep paying off — held-out FVU falls from the smallest to the
+    largest dictionary by at least ``gain_needed`` (mean over seeds) — and (ii) in every seed more than d of the
+    largest dictionary's atoms are live, seed-stable (``stable_cos``, ``stable_seeds``) and pairwise nearly
+    orthogonal (|cos| ≤ ``orth_eps``), at the sweep's budget or at any budget of the budget sweep. Otherwise NOT
+    SHOWN AT THIS BUDGET: on its own a run cannot say NOT SUPPORTED, which needs the realistic plant to resolve
+    more than d atoms at a budget where the real count has flattened below d (``calibrated_verdict``)."""
     cfg, d = res.config, res.d_model
     lines, passed, gains, counts = [], {}, {}, {}
+    curves = {c.layer: c for c in res.budget or []}
     for lay in res.layers:
         first, last, a = lay.sizes[0], lay.sizes[-1], lay.atoms
-        gain_ok = lay.gain.mean >= cfg.min_gain
+        need = gain_needed(last.expansion / first.expansion, cfg.min_gain)
+        gain_ok = lay.gain.mean >= need
         n_orth = min(a.stable_orthogonal.values)
+        if lay.layer in curves:
+            n_orth = max([n_orth, *map(worst_seed_count, curves[lay.layer].points)])
         many = n_orth > d
         passed[lay.layer] = gain_ok and many
         gains[lay.layer], counts[lay.layer] = gain_ok, n_orth
         lines.append(
             f"Layer {lay.layer}: (i) held-out FVU {first.fvu.mean:.3f} at {first.expansion}× → {last.fvu.mean:.3f} at "
             f"{last.expansion}×, a {pct(lay.gain.mean)} gain (95% CI over {len(lay.gain.values)} seeds "
-            f"{pct(lay.gain.lo)}–{pct(lay.gain.hi)}; needs ≥ {pct(cfg.min_gain)}: {'yes' if gain_ok else 'no'}). "
-            f"(ii) of {a.n_atoms:,} atoms, {a.live.mean:,.0f} live, {a.stable.mean:,.0f} seed-stable (Hungarian partner "
-            f"|cos| ≥ {cfg.stable_cos} in every other seed), {n_orth:,.0f} of them pairwise |cos| ≤ {cfg.orth_eps} in "
-            f"the worst seed = {n_orth / d:.1f}× d (needs > d: {'yes' if many else 'no'}).")
+            f"{pct(lay.gain.lo)}–{pct(lay.gain.hi)}; needs ≥ {pct(need)} at a {last.expansion / first.expansion:g}× "
+            f"ratio: {'yes' if gain_ok else 'no'}). (ii) of {a.n_atoms:,} atoms at {cfg.fit_tokens:,} tokens, "
+            f"{a.live.mean:,.0f} live, {a.stable.mean:,.0f} seed-stable (Hungarian partner |cos| ≥ {cfg.stable_cos} "
+            f"in {cfg.stable_seeds} of {cfg.seeds} seeds), {min(a.stable_orthogonal.values):,.0f} of them pairwise "
+            f"|cos| ≤ {cfg.orth_eps} in the worst seed; the most at any budget {n_orth:,.0f} = {n_orth / d:.1f}× d "
+            f"(needs > d: {'yes' if many else 'no'}).")
+        if lay.layer in curves:
+            lines.append(describe_budget(curves[lay.layer], d))
     supported = all(passed.values())
-    fit = exponential_fit(res)
     where = f"{res.model}" if res.config.control == "none" else f"a {res.config.control} surrogate of {res.model}"
     at = ", ".join(str(k) for k in passed)
     if supported:
-        counts = ", ".join(f"{min(lay.atoms.stable_orthogonal.values) / d:.1f}× d at layer {lay.layer}"
-                           for lay in res.layers)
-        head = (f"SUPPORTED: layers {at} of {where} use more than d = {d} nearly orthogonal directions "
-                f"(seed-stable atoms with pairwise |cos| ≤ {cfg.orth_eps}: {counts}), and more atoms keep paying off.")
+        shown = ", ".join(f"{counts[k] / d:.1f}× d at layer {k}" for k in passed)
+        answer, head = SUPPORTED, (
+            f"SUPPORTED: layers {at} of {where} use more than d = {d} nearly orthogonal directions (seed-stable atoms "
+            f"with pairwise |cos| ≤ {cfg.orth_eps}: {shown}), and more atoms keep paying off.")
     else:
         failed = [k for k, ok in passed.items() if not ok]
         why = []
         if any(not gains[k] for k in failed):
-            why.append(f"more atoms stop paying off (gain < {pct(cfg.min_gain)}) at layer(s) "
+            why.append("more atoms pay off less than the threshold at layer(s) "
                        + ", ".join(str(k) for k in failed if not gains[k]))
         if any(counts[k] <= d for k in failed):
-            why.append("only " + ", ".join(f"{counts[k]:,.0f} ({counts[k] / d:.2f}× d) at layer {k}" for k in failed
-                                          if counts[k] <= d)
-                       + f" of the largest dictionary's atoms are live, seed-stable and pairwise |cos| ≤ {cfg.orth_eps}")
-        head = (f"NOT SUPPORTED at layer(s) {', '.join(map(str, failed))} of {where} (d = {d}): "
-                + "; ".join(why) + " — more than d nearly orthogonal directions in use is not shown.")
-    context = ""
-    if res.capacity:
-        name = "embedding (centred)"
-        f = res.capacity.fits[name]
-        context = ("Capacity against d: ln N of the centred token embedding "
-                   + (f"grows linearly in d·ε² over the measured range ({describe_fit(fit)}): exponential in d on "
-                      f"that range." if fit else
-                      f"is not shown to grow linearly in d·ε² ({describe_fit(f)}): no claim of exponential capacity."))
-    return OrthogonalityVerdict(supported=supported, headline=head, criteria=lines, context=context,
-                                  layers_passed=passed)
+            why.append("the most live, seed-stable atoms with pairwise |cos| ≤ " + f"{cfg.orth_eps} are "
+                       + ", ".join(f"{counts[k]:,.0f} ({counts[k] / d:.2f}× d) at layer {k}" for k in failed
+                                   if counts[k] <= d))
+        answer, head = NOT_SHOWN, (
+            f"NOT SHOWN AT THIS BUDGET at layer(s) {', '.join(map(str, failed))} of {where} (d = {d}): "
+            + "; ".join(why) + ". Not a finding about the model: more than d nearly orthogonal directions in use is "
+            "neither shown nor ruled out at the budgets tried.")
+    return OrthogonalityVerdict(supported=True if supported else None, answer=answer, headline=head,
+                                criteria=lines, context=capacity_context(res), layers_passed=passed)
+
+
+def capacity_context(res: OrthogonalityResult) -> str:
+    """The capacity section in words: descriptive, and the token packing set against random directions' first."""
+    if not res.capacity:
+        return ""
+    fits = res.capacity.fits
+    tok, rnd = fits.get("embedding (centred)"), fits.get("random directions")
+    line = exponential_fit(res)
+    if tok is None:
+        return ""
+    if rnd is not None and rnd.slope is not None and tok.slope is not None and rnd.slope >= tok.slope:
+        return (f"Capacity against d (descriptive): greedy packings of the centred token embedding grow with d·ε² "
+                f"no faster than random directions do ({describe_fit(tok)} against {describe_fit(rnd)}), so they "
+                f"say nothing the geometry of random directions does not; no claim about tokens follows.")
+    return ("Capacity against d (descriptive): ln N of the centred token embedding "
+            + (f"grows linearly in d·ε² over the measured range ({describe_fit(line)}; random directions: "
+               f"{describe_fit(rnd) if rnd else 'not measured'})." if line else
+               f"is not shown to grow linearly in d·ε² ({describe_fit(tok)})."))
 
 
 def calibrated_verdict(real: OrthogonalityResult,
-                             controls: dict[str, OrthogonalityResult]) -> OrthogonalityVerdict:
-    """The real run judged against its controls: SUPPORTED when the real run is, the planted runs are, the nulls
-    are not, and at every layer the real gain and the real count of stable nearly-orthogonal atoms exceed each
-    null's (Welch 95% interval over seeds above 0)."""
+                       controls: dict[str, OrthogonalityResult]) -> OrthogonalityVerdict:
+    """The real run judged against its controls. NOT CALIBRATED when a null comes out SUPPORTED or the easy plant
+    does not. SUPPORTED when the real run is, and at every layer its gain and its count of stable nearly
+    orthogonal atoms exceed each null's (Welch 95 % interval over seeds above 0). NOT SUPPORTED when at a budget
+    layer the real curve has flattened below d (``flattened_below``) while the realistic plant, at the same
+    largest budget, holds more than d stable nearly orthogonal atoms in every seed. NOT SHOWN AT THIS BUDGET
+    otherwise."""
     from superpos.stats import welch_difference
 
+    d = real.d_model
     nulls = {n: c for n, c in controls.items() if c.config.control in ("gaussian", "pc-shuffle")}
     planted = {n: c for n, c in controls.items() if c.config.control == "planted"}
-    lines = [f"Real run: {'SUPPORTED' if real.verdict.supported else 'NOT SUPPORTED'} on its own."]
-    lines += [f"{kind} control {n}: {'SUPPORTED' if c.verdict.supported else 'NOT SUPPORTED'} (must be "
-              f"{'SUPPORTED' if want else 'NOT SUPPORTED'})"
+    realistic = {n: c for n, c in controls.items() if c.config.control == "realistic"}
+    lines = [f"Real run: {real.verdict.answer or ('SUPPORTED' if real.verdict.supported else 'NOT SUPPORTED')} on "
+             f"its own."]
+    lines += [f"{kind} control {n}: {c.verdict.answer or ('SUPPORTED' if c.verdict.supported else 'NOT SUPPORTED')} "
+              f"(must be {'SUPPORTED' if want else 'not SUPPORTED'})"
               for kind, group, want in (("null", nulls, False), ("planted", planted, True)) for n, c in group.items()]
     controls_ok = (all(not c.verdict.supported for c in nulls.values())
                    and all(c.verdict.supported for c in planted.values()) and bool(nulls) and bool(planted))
@@ -110,19 +189,40 @@ def calibrated_verdict(real: OrthogonalityResult,
                          f"{od[2]:+,.0f}) — {'above the null' if this else 'NOT above the null'}.")
         passed[lay.layer] = ok
         beats &= ok
-    supported = bool(real.verdict.supported) and controls_ok and beats
-    if supported:
-        head = (f"SUPPORTED, calibrated: {real.verdict.headline.removeprefix('SUPPORTED: ')} The nulls (same "
-                f"covariance, no sparse features) come out NOT SUPPORTED, planted superposition SUPPORTED, and the real "
-                f"layers beat both nulls with 95% CIs over seeds.")
-    elif not controls_ok:
-        head = "NOT CALIBRATED: a control did not come out as it must, so the real verdict cannot be trusted."
+    ruled_out = []
+    for curve in real.budget or []:
+        for n, c in realistic.items():
+            plant = next((x for x in c.budget or [] if x.layer == curve.layer), None)
+            if plant is None:
+                lines.append(f"Layer {curve.layer}: the {n} control has no budget sweep at this layer.")
+                continue
+            resolved = worst_seed_count(plant.points[-1])
+            rec = plant.points[-1].recovered
+            lines.append(f"Layer {curve.layer}, {n} at {plant.points[-1].tokens:,} tokens: {resolved:,} stable nearly "
+                         f"orthogonal atoms in the worst seed ({resolved / d:.1f}× d)"
+                         + (f"; {rec.mean:,.0f} of its {plant.planted_atoms:,} planted atoms recovered" if rec else "")
+                         + f"; the real curve {'has' if flattened_below(curve, d) else 'has not'} flattened below d.")
+            if resolved > d and flattened_below(curve, d):
+                ruled_out.append(curve.layer)
+    if not controls_ok:
+        answer, head = None, "NOT CALIBRATED: a control did not come out as it must, so the real verdict cannot be trusted."
+    elif real.verdict.supported and beats:
+        answer, head = SUPPORTED, (
+            f"SUPPORTED, calibrated: {real.verdict.headline.removeprefix('SUPPORTED: ')} The nulls (same covariance, "
+            f"no sparse features) come out not SUPPORTED, planted superposition SUPPORTED, and the real layers beat "
+            f"both nulls with 95% CIs over seeds.")
+    elif ruled_out:
+        answer, head = NOT_SUPPORTED, (
+            f"NOT SUPPORTED at layer(s) {', '.join(map(str, ruled_out))} of {real.model}: the count of stable nearly "
+            f"orthogonal atoms has flattened below d = {d}, while the realistic plant (the layer's own atoms and codes) "
+            f"resolves more than d at the same budget; every control came out as it must.")
     else:
-        head = ("NOT SUPPORTED after calibration (every control came out as it must): "
-                + (real.verdict.headline.removeprefix("NOT SUPPORTED ") if not real.verdict.supported
-                   else "the real run does not beat both nulls at every layer."))
-    return OrthogonalityVerdict(supported=supported, headline=head, criteria=lines, context=real.verdict.context,
-                                  layers_passed=passed)
+        answer, head = NOT_SHOWN, (
+            "NOT SHOWN AT THIS BUDGET, calibrated (every control came out as it must): "
+            + (real.verdict.headline.removeprefix("NOT SHOWN AT THIS BUDGET ") if not real.verdict.supported
+               else "the real run does not beat both nulls at every layer."))
+    return OrthogonalityVerdict(supported={SUPPORTED: True, NOT_SUPPORTED: False}.get(answer), answer=answer or "",
+                                headline=head, criteria=lines, context=real.verdict.context, layers_passed=passed)
 
 
 def numbers(res) -> dict[str, str]:

@@ -1,0 +1,117 @@
+"""Hypothesis 1 at scale: the budget sweep's census, its saturating fit, criterion (i) per size ratio, the realistic
+plant and the three-way verdict — each against a case whose answer is known."""
+import numpy as np
+import pytest
+
+from superpos.hypotheses.orthogonality.budget import saturation
+from superpos.hypotheses.orthogonality.census import atom_census, seed_values
+from superpos.hypotheses.orthogonality.config import OrthogonalityConfig
+from superpos.hypotheses.orthogonality.result import AtomCensus, BudgetCurve, BudgetPoint, StableGrid
+from superpos.hypotheses.orthogonality.verdict import flattened_below, gain_needed
+
+
+def test_gain_threshold_is_the_same_gain_per_doubling():
+    assert gain_needed(16, 0.2) == pytest.approx(0.2)
+    assert gain_needed(4, 0.2) == pytest.approx(1 - 0.8 ** 0.5)  # 10.6 %: half the doublings of 16×
+    assert gain_needed(2, 0.2) == pytest.approx(1 - 0.8 ** 0.25)
+    assert gain_needed(256, 0.2) == pytest.approx(1 - 0.8 ** 2)
+
+
+def _curve(counts_by_budget: dict[int, list[float]]) -> BudgetCurve:
+    """A budget curve whose censuses hold only the stable nearly orthogonal counts per seed."""
+    empty = seed_values([0, 0])
+
+    def census(values):
+        return AtomCensus(expansion=16, n_atoms=9216, live=empty, stable=empty, stable_orthogonal=seed_values(values),
+                          matched_cos_hist=[0] * 20, interference=empty, interference_null=0.0, dimensionality=empty,
+                          dimensionality_null=0.0)
+
+    grid = StableGrid(stable_cos=[0.7], min_seeds=[2], stable=[[empty]], stable_orthogonal=[[empty]])
+    return BudgetCurve(layer=15, expansion=16, n_atoms=9216, rows=10**6, tokens_per_s=10_000.0,
+                       points=[BudgetPoint(tokens=t, epochs=t / 1e6, fvu=empty, atoms=census(v), grid=grid)
+                               for t, v in counts_by_budget.items()])
+
+
+def test_saturating_fit_recovers_a_known_curve_and_where_it_crosses_d():
+    """Counts drawn from S(T) = 1000·T/(T + 1M) with ±2 % seed noise: s_max and t_half come back, and d = 576 is
+    crossed at t_half·d/(s_max − d) = 1.358M tokens, inside the interval."""
+    rng = np.random.default_rng(0)
+    budgets = [200_000, 400_000, 1_200_000, 4_000_000]
+    curve = _curve({t: list(1000 * t / (t + 1e6) * (1 + 0.02 * rng.standard_normal(3))) for t in budgets})
+    f = saturation(curve, 576)
+    assert f.s_max == pytest.approx(1000, rel=0.05) and f.t_half == pytest.approx(1e6, rel=0.1)
+    assert f.s_max_ci[0] < 1000 < f.s_max_ci[1] and f.crosses_d_ci[0] < 1e6 * 576 / 424 < f.crosses_d_ci[1]
+    assert f.identified
+    assert f.crosses_d_at == pytest.approx(f.t_half * 576 / (f.s_max - 576)) and f.still_rising
+    curve.fit = f
+    assert not flattened_below(curve, 576)
+
+
+def test_a_flattened_curve_below_d_and_one_still_rising():
+    flat = _curve({400_000: [290, 300, 310], 1_200_000: [296, 305, 300], 4_000_000: [301, 299, 303]})
+    f = saturation(flat, 576)
+    flat.fit = f
+    assert f.crosses_d_at is None and not f.still_rising and f.s_max_ci[1] < 576 and flattened_below(flat, 576)
+    rising = _curve({400_000: [20, 22, 25], 1_200_000: [60, 66, 63], 4_000_000: [170, 180, 175]})
+    rising.fit = f = saturation(rising, 576)
+    assert f.still_rising and not flattened_below(rising, 576)
+    linear = _curve({400_000: [40, 41, 39], 1_200_000: [120, 119, 121], 4_000_000: [400, 398, 402]})
+    f = saturation(linear, 576)  # a straight line: no level, and d is crossed where the line crosses it
+    assert not f.identified and f.crosses_d_at == pytest.approx(576 / 1e-4, rel=0.05)
+    assert saturation(_curve({400_000: [1, 2], 1_200_000: [3, 4]}), 576) is None  # two budgets: no fit
+    zero = saturation(_curve({1: [0, 0], 2: [0, 0], 3: [0, 0]}), 576)
+    assert zero.s_max == 0 and zero.crosses_d_at is None and not zero.still_rising
+
+
+def test_census_counts_stable_atoms_by_threshold_and_by_seeds_by_hand():
+    """Three seeds of 6 atoms in 12 dimensions. Atoms 0–1 recur in every seed at |cos| 0.95; atom 2 only in seeds
+    A and B at 0.95; atom 3 in every seed but at 0.75 to A (0.75² + 0.66² = 1); atoms 4–5 are distinct in each
+    seed (orthogonal across seeds). Seed A is stable at (0.8, all three seeds): 0, 1; at (0.8, two): 0, 1, 2; at
+    (0.7, all): 0, 1, 3; at (0.7, two): 0, 1, 2, 3."""
+    e = np.eye(12)
+    c, s = 0.95, np.sqrt(1 - 0.95 ** 2)
+    a3, b3 = 0.75, np.sqrt(1 - 0.75 ** 2)
+    A = np.stack([e[0], e[1], e[2], e[3], e[4], e[5]])
+    B = np.stack([c * e[0] + s * e[6], c * e[1] + s * e[7], c * e[2] + s * e[8], a3 * e[3] + b3 * e[9], e[10], e[11]])
+    C = np.stack([c * e[0] - s * e[6], c * e[1] - s * e[7], (e[8] - e[10]) / np.sqrt(2), a3 * e[3] - b3 * e[9],
+                  (e[6] + e[7]) / np.sqrt(2), (e[8] + e[10] + e[11]) / np.sqrt(3)])
+    cfg = OrthogonalityConfig(stable_cos=0.7, stable_seeds=2, orth_eps=0.3, seed=0)
+    census, grid = atom_census([A, B, C], 16, 6, 12, cfg)
+    counts = {(t, m): grid.stable[i][j].values[0] for i, t in enumerate(grid.stable_cos)
+              for j, m in enumerate(grid.min_seeds)}
+    assert grid.stable_cos == [0.6, 0.7, 0.8] and grid.min_seeds == [2, 3]
+    assert counts[0.8, 3] == 2 and counts[0.8, 2] == 3 and counts[0.7, 3] == 3 and counts[0.7, 2] == 4
+    assert census.stable.values[0] == 4 and census.stable_orthogonal.values[0] == 4  # the pre-registered (0.7, 2)
+    assert census.live.values == [6, 6, 6]
+
+
+def test_realistic_plant_keeps_the_layers_scale_and_records_its_truth(tmp_path):
+    """The plant of a layer is its trained dictionary's reconstruction plus noise of the residual's covariance: its
+    truth is the dictionary's atoms that fire, its rows have the real rows' covariance, and its noise alone (plant
+    minus reconstruction) has the residual's."""
+    from superpos.dictionaries import TopKSAE, load_dictionary, save_dictionary
+    from superpos.hypotheses.orthogonality.plant import realistic_plant
+    from superpos.store import ActivationStore
+    from superpos.store.surrogates import load_truth, planted_superposition, write_store
+
+    x, _ = planted_superposition(12_000, 16, 48, 2, noise=0.05, seed=3)
+    real = write_store({4: x}, tmp_path / "real.h5", description="planted rows", context_length=100)
+    sae = TopKSAE(expansion=4, k=3, n_tokens=60_000, batch_size=256, device="cpu", progress=False).fit(x)
+    save_dictionary(sae, tmp_path / "d")
+    with ActivationStore(real) as st:
+        plant = realistic_plant(st, [4], {4: str(tmp_path / "d")}, tmp_path / "plant.h5", seed=1)
+        keep = st.row_mask(1)
+        rows = st.to_numpy(4)[keep]
+    truth = load_truth(plant)[4]
+    D = load_dictionary(tmp_path / "d", device="cpu")
+    fired = (D.transform(rows) != 0).any(0)
+    np.testing.assert_array_equal(truth, D.components_.numpy()[fired])
+    with ActivationStore(plant) as p:
+        y = p.to_numpy(4, np.arange(p.n_rows))
+    assert len(y) == len(rows)
+    cov_y, cov_x = np.cov(y, rowvar=False), np.cov(rows, rowvar=False)
+    assert np.linalg.norm(cov_y - cov_x) / np.linalg.norm(cov_x) < 0.05
+    noise, resid = y - D.reconstruct(rows), rows - D.reconstruct(rows)
+    assert np.linalg.norm(np.cov(noise, rowvar=False) - np.cov(resid, rowvar=False)) < 0.1 * np.linalg.norm(
+        np.cov(resid, rowvar=False))
+    assert abs(np.corrcoef(noise[:, 0], resid[:, 0])[0, 1]) < 0.05  # fresh noise, not the residual itself
