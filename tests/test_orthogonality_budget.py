@@ -115,3 +115,41 @@ def test_realistic_plant_keeps_the_layers_scale_and_records_its_truth(tmp_path):
     assert np.linalg.norm(np.cov(noise, rowvar=False) - np.cov(resid, rowvar=False)) < 0.1 * np.linalg.norm(
         np.cov(resid, rowvar=False))
     assert abs(np.corrcoef(noise[:, 0], resid[:, 0])[0, 1]) < 0.05  # fresh noise, not the residual itself
+
+
+def test_the_census_takes_dictionaries_trained_elsewhere(tmp_path):
+    """Two seeds trained "elsewhere", saved as EleutherAI sparsify hookpoint folders: the census reads them in place
+    of fitting its own, and counts what the census of the same atoms counts."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from superpos.dictionaries import TopKSAE
+    from superpos.hypotheses.orthogonality.budget import external_census
+    from superpos.hypotheses.orthogonality.census import live_atoms
+    from superpos.store import ActivationStore
+    from superpos.store.surrogates import planted_superposition, write_store
+
+    x, _ = planted_superposition(10_000, 16, 32, 2, noise=0.02, seed=5)
+    path = write_store({3: x}, tmp_path / "s.h5", description="planted rows", context_length=100)
+    folders, saes = [], []
+    for seed in (0, 1):
+        sae = TopKSAE(expansion=4, k=2, n_tokens=60_000, batch_size=256, seed=seed, device="cpu", progress=False).fit(x)
+        s = sae.state_dict()
+        folder = tmp_path / f"run{seed}" / "layers.3"
+        folder.mkdir(parents=True)
+        save_file({"encoder.weight": s["W_enc_"].contiguous(), "encoder.bias": s["b_enc_"], "W_dec": s["components_"],
+                   "b_dec": s["b_dec_"]}, str(folder / "sae.safetensors"))
+        (folder / "cfg.json").write_text(json.dumps({"activation": "topk", "num_latents": 64, "k": 2, "d_in": 16}))
+        folders.append(str(folder))
+        saes.append(sae)
+    cfg = OrthogonalityConfig(external=folders, orth_eps=0.5, device="cpu")
+    with ActivationStore(path) as st:
+        curve = external_census(st, 3, cfg)
+        holdout = st.restrict(st.split_row(0.9), st.n_rows)
+        atoms = [s.components_.numpy()[live_atoms(s, holdout, 3)] for s in saes]
+    census, _ = atom_census(atoms, 4, 64, 16, cfg)
+    (point,) = curve.points
+    assert point.atoms.stable_orthogonal.values == census.stable_orthogonal.values
+    assert point.atoms.live.values == census.live.values and curve.n_atoms == 64
+    assert census.stable.values[0] > 16  # two seeds of a 2x-overcomplete planted set agree on most of it

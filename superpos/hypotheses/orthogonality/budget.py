@@ -85,6 +85,35 @@ def budget_sweep(store, layer: int, folder: Path, cfg: OrthogonalityConfig,
     return curve
 
 
+def external_census(store, layer: int, cfg: OrthogonalityConfig, truth: np.ndarray | None = None) -> BudgetCurve:
+    """The census of dictionaries trained elsewhere (``cfg.external``, one per seed) on ``store``'s held-out
+    contexts, as a budget curve of one point (their training tokens are not known here: 0)."""
+    from superpos.dictionaries import load_dictionary
+    from superpos.dictionaries.metrics import reconstruction_metrics
+    from superpos.errors import ConfigError
+
+    if len(cfg.external) < 2:
+        raise ConfigError("external", "{field} needs at least two dictionaries (one per seed) to match atoms")
+    holdout = store.restrict(store.split_row(0.9), store.n_rows)
+    atoms, fvus, sizes = [], [], set()
+    for path in cfg.external:
+        D = load_dictionary(path, device=cfg.device)
+        if D.d_model_ != store.d_model:
+            raise ConfigError("external", f"{{field}}: {path} has d_model {D.d_model_}, the store {store.d_model}")
+        sizes.add(D.n_components_)
+        fvus.append(reconstruction_metrics(D, holdout, layer, progress=False).fvu)
+        atoms.append(D.components_.detach().cpu().numpy()[live_atoms(D, holdout, layer)])
+    n_atoms = max(sizes)
+    census, grid = atom_census(atoms, round(n_atoms / store.d_model), n_atoms, store.d_model, cfg)
+    say(f"layer {layer}, {len(atoms)} external dictionaries: stable nearly orthogonal atoms "
+        f"{', '.join(str(int(v)) for v in census.stable_orthogonal.values)} (d = {store.d_model})")
+    return BudgetCurve(layer=layer, expansion=round(n_atoms / store.d_model), n_atoms=n_atoms,
+                       rows=int(store.n_train_rows()), tokens_per_s=0.0,
+                       points=[BudgetPoint(tokens=0, epochs=0.0, fvu=seed_values(fvus), atoms=census, grid=grid,
+                                           recovered=None if truth is None else recovered(truth, atoms))],
+                       planted_atoms=None if truth is None else len(truth))
+
+
 def saturation(curve: BudgetCurve, d: int, seed: int = 0) -> Saturation | None:
     """S(T) = s_max · T / (T + t_half) by least squares through every (budget, seed) count of stable nearly
     orthogonal atoms; None with fewer than three budgets (two parameters need a third point to be tested)."""

@@ -52,6 +52,10 @@ class OrthogonalityConfig:
                                  parse="int_list", factory=lambda: [400_000, 1_200_000, 4_000_000])
     budget_layers: list[int] | None = setting(None, "layers of the budget sweep (comma list); empty: the middle "
                                                     "of the sweep's layers", parse="layer_list")
+    external: list[str] | None = setting(None, "dictionaries trained elsewhere, one folder per seed (superpos, "
+                                               "SAELens or sparsify hookpoint folders), whose census replaces the "
+                                               "budget sweep's own fits at the one --budget-layers layer",
+                                         parse="name_list")
     plant_from: str | None = setting(None, "control realistic: a JSON file mapping each layer to the dictionary "
                                            "whose atoms and codes make that layer's plant (the real run writes "
                                            "OUT/plant.json)")

@@ -27,7 +27,7 @@ import numpy as np
 from superpos import geometry as g
 from superpos.errors import ConfigError, SuperposError
 from superpos.files import write_json_atomic
-from superpos.hypotheses.orthogonality.budget import budget_layers, budget_sweep, dictionary_folder
+from superpos.hypotheses.orthogonality.budget import budget_layers, budget_sweep, dictionary_folder, external_census
 from superpos.hypotheses.orthogonality.census import atom_census, live_atoms, say, seed_values
 from superpos.hypotheses.orthogonality.config import OrthogonalityConfig
 from superpos.hypotheses.orthogonality.result import (
@@ -78,6 +78,8 @@ def run(cfg: OrthogonalityConfig) -> OrthogonalityResult:
     d = lm.d_model
     layers = sorted(set(cfg.layers)) if cfg.layers else default_layers(lm.n_layers)
     lm.check_layers(layers)
+    if cfg.external and (not cfg.budget or len(budget_layers(cfg, layers)) != 1):
+        raise ConfigError("external", "{field} needs the budget sweep at exactly one layer (--budget-layers L)")
     if cfg.budget and not set(budget_layers(cfg, layers)) <= set(layers):
         raise ConfigError("budget_layers", f"{{field}} must be among the sweep's layers ({', '.join(map(str, layers))})")
     if cfg.store:  # fail before the long part, not after it
@@ -123,11 +125,12 @@ def run(cfg: OrthogonalityConfig) -> OrthogonalityResult:
         budget = []
         for layer in budget_layers(cfg, layers) if cfg.budget else []:
             t0 = time.perf_counter()
-            budget.append(budget_sweep(store, layer, out / "budget" / f"layer{layer}", cfg,
-                                       None if truth is None else truth[layer]))
+            planted = None if truth is None else truth[layer]
+            budget.append(external_census(store, layer, cfg, planted) if cfg.external else
+                          budget_sweep(store, layer, out / "budget" / f"layer{layer}", cfg, planted))
             say(f"budget sweep, layer {layer}: {time.perf_counter() - t0:.0f} s")
     if cfg.control == "none":  # what the realistic plant of each layer is made of: its largest dictionary, seed 0
-        big = budget_layers(cfg, layers) if cfg.budget else []
+        big = budget_layers(cfg, layers) if cfg.budget and not cfg.external else []
         write_json_atomic(out / PLANT, {str(layer): str((
             dictionary_folder(out / "budget" / f"layer{layer}", cfg, cfg.seed) if layer in big else
             out / "dicts" / f"layer{layer}" / f"topk_x{max(cfg.expansions)}_seed{cfg.seed}").resolve())
