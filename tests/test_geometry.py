@@ -251,7 +251,7 @@ def test_orthogonality_calibration_runs_the_sweep_on_nulls_and_planted_superposi
 
     cfg = OrthogonalityConfig(model=str(tiny_models["llama"]), layers=[2], harvest_tokens=8192, expansions=[1, 8],
                               k=4, seeds=2, fit_tokens=100_000, batch_size=256, orth_eps=0.5, capacity=False,
-                              budgets=[25_000, 50_000, 100_000], n_boot=50, device="cpu", out=str(tmp_path / "orth"))
+                              budgets=[12_500, 25_000, 50_000], n_boot=50, device="cpu", out=str(tmp_path / "orth"))
     cal = run_calibrated("orthogonality", cfg)
     gain = {name: r.layers[0].gain.mean for name, r in cal.controls.items()}
     assert gain["planted superposition"] > 0.3 and gain["gaussian"] < 0.2 and gain["pc-shuffle"] < 0.2, gain

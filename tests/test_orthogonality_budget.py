@@ -134,7 +134,7 @@ def test_the_census_takes_dictionaries_trained_elsewhere(tmp_path):
     path = write_store({3: x}, tmp_path / "s.h5", description="planted rows", context_length=100)
     folders, saes = [], []
     for seed in (0, 1):
-        sae = TopKSAE(expansion=4, k=2, n_tokens=60_000, batch_size=256, seed=seed, device="cpu", progress=False).fit(x)
+        sae = TopKSAE(expansion=4, k=2, n_tokens=40_000, batch_size=256, seed=seed, device="cpu", progress=False).fit(x)
         s = sae.state_dict()
         folder = tmp_path / f"run{seed}" / "layers.3"
         folder.mkdir(parents=True)
