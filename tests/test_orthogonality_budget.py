@@ -153,3 +153,58 @@ def test_the_census_takes_dictionaries_trained_elsewhere(tmp_path):
     assert point.atoms.stable_orthogonal.values == census.stable_orthogonal.values
     assert point.atoms.live.values == census.live.values and curve.n_atoms == 64
     assert census.stable.values[0] > 16  # two seeds of a 2x-overcomplete planted set agree on most of it
+
+
+def test_a_rise_every_seed_shares_is_rising_however_small_the_spread():
+    """The budgets of one seed are one nested run: 50 → 150 → 210 in every seed is still rising (a paired test),
+    and such a curve is never read as flattened."""
+    curve = _curve({400_000: [48, 50, 52], 1_200_000: [148, 150, 152], 4_000_000: [208, 210, 212]})
+    curve.fit = f = saturation(curve, 576)
+    assert f.still_rising and not flattened_below(curve, 576)
+
+
+def _run(control: str, curve: BudgetCurve | None, gain: float = 0.3, supported=None):
+    """The parts of an orthogonality result the calibrated verdict reads."""
+    from types import SimpleNamespace
+
+    from superpos.hypotheses.orthogonality.result import OrthogonalityVerdict
+
+    atoms = SimpleNamespace(stable_orthogonal=seed_values([10, 12, 11]))
+    layer = SimpleNamespace(layer=15, gain=seed_values([gain - 0.01, gain, gain + 0.01]), atoms=atoms)
+    verdict = OrthogonalityVerdict(headline="NOT SHOWN AT THIS BUDGET at layer(s) 15: …" if not supported else
+                                   "SUPPORTED: …", criteria=[], context="", layers_passed={15: bool(supported)},
+                                   supported=supported)
+    return SimpleNamespace(config=SimpleNamespace(control=control), layers=[layer], budget=[curve] if curve else None,
+                           verdict=verdict, d_model=576, model="m")
+
+
+def test_the_three_answers_of_the_calibrated_verdict():
+    """NOT SUPPORTED needs both: the real curve flattened below d and the realistic plant resolving more than d at
+    the same budget. A plant that resolves too little, or a real curve still rising, leaves NOT SHOWN AT THIS
+    BUDGET; a null that comes out SUPPORTED makes it NOT CALIBRATED."""
+    from superpos.hypotheses.orthogonality.verdict import calibrated_verdict
+
+    budgets = (400_000, 1_200_000, 4_000_000)
+    flat = _curve(dict(zip(budgets, ([290, 300, 310], [296, 305, 300], [301, 299, 303]))))
+    flat.fit = saturation(flat, 576)
+    rising = _curve(dict(zip(budgets, ([20, 22, 25], [60, 66, 63], [170, 180, 175]))))
+    rising.fit = saturation(rising, 576)
+    strong = _curve(dict(zip(budgets, ([300, 310, 305], [700, 710, 690], [900, 905, 910]))))
+    weak = _curve(dict(zip(budgets, ([30, 31, 32], [60, 61, 62], [90, 91, 92]))))
+    null = _curve(dict(zip(budgets, ([0, 1, 0], [1, 0, 2], [2, 1, 1]))))
+
+    def controls(plant_curve, null_supported=None):
+        return {"gaussian": _run("gaussian", null, 0.02, null_supported), "pc-shuffle": _run("pc-shuffle", null, 0.01),
+                "planted superposition": _run("planted", strong, 0.6, True),
+                "realistic plant": _run("realistic", plant_curve)}
+
+    v = calibrated_verdict(_run("none", flat), controls(strong))
+    assert v.answer == "NOT SUPPORTED" and v.supported is False and "resolves more than d" in v.headline
+    v = calibrated_verdict(_run("none", flat), controls(weak))  # the plant is not resolved either: no power
+    assert v.answer == "NOT SHOWN AT THIS BUDGET" and v.supported is None
+    v = calibrated_verdict(_run("none", rising), controls(strong))  # the real curve may still cross d
+    assert v.answer == "NOT SHOWN AT THIS BUDGET"
+    short = _curve(dict(zip((400_000, 1_200_000, 2_000_000), ([300, 310, 305], [700, 710, 690], [900, 905, 910]))))
+    assert calibrated_verdict(_run("none", flat), controls(short)).answer == "NOT SHOWN AT THIS BUDGET"  # not the same budget
+    v = calibrated_verdict(_run("none", flat), controls(strong, null_supported=True))
+    assert v.headline.startswith("NOT CALIBRATED") and v.supported is None

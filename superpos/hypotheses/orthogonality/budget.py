@@ -17,7 +17,6 @@ import numpy as np
 from superpos.hypotheses.orthogonality.census import atom_census, live_atoms, recovered, say, seed_values
 from superpos.hypotheses.orthogonality.config import OrthogonalityConfig
 from superpos.hypotheses.orthogonality.result import BudgetCurve, BudgetPoint, Saturation
-from superpos.stats import welch_difference
 
 FIT_DRAWS = 4000  # parametric-bootstrap draws for the crossing budget's interval
 
@@ -42,6 +41,7 @@ def budget_sweep(store, layer: int, folder: Path, cfg: OrthogonalityConfig,
     from superpos.dictionaries.fitting import fit_dictionary
     from superpos.dictionaries.io import CONFIG
     from superpos.dictionaries.metrics import reconstruction_metrics
+    from superpos.errors import ConfigError
 
     budgets = sorted(set(cfg.budgets))
     split = store.split_row(0.9)
@@ -57,7 +57,13 @@ def budget_sweep(store, layer: int, folder: Path, cfg: OrthogonalityConfig,
                            {"expansion": float(expansion), "k": cfg.k, "n_tokens": budgets[-1],
                             "batch_size": cfg.batch_size, "seed": seed, "save_at": budgets[:-1]},
                            device=cfg.device, progress=False)
-        meta = json.loads((where / CONFIG).read_text())["meta"]
+        saved = json.loads((where / CONFIG).read_text())
+        params = saved["params"]
+        if params.get("n_tokens") != budgets[-1] or sorted(params.get("save_at") or []) != budgets[:-1] \
+                or params.get("k") != cfg.k or params.get("batch_size") != cfg.batch_size:
+            raise ConfigError("budgets", f"{where} holds a run for other settings (n_tokens {params.get('n_tokens')}, "
+                                         f"save_at {params.get('save_at')}): give another --out, or the same {{field}}")
+        meta = saved["meta"]
         seconds += float(meta.get("train_seconds", 0.0))
         trained += budgets[-1]
         say(f"layer {layer}, seed {seed}: {budgets[-1]:,} tokens with branches at "
@@ -114,43 +120,61 @@ def external_census(store, layer: int, cfg: OrthogonalityConfig, truth: np.ndarr
                        planted_atoms=None if truth is None else len(truth))
 
 
-def saturation(curve: BudgetCurve, d: int, seed: int = 0) -> Saturation | None:
-    """S(T) = s_max · T / (T + t_half) by least squares through every (budget, seed) count of stable nearly
-    orthogonal atoms; None with fewer than three budgets (two parameters need a third point to be tested)."""
-    from scipy import stats
+def _fit_curve(T: np.ndarray, S: np.ndarray):
+    """Least squares S = s_max·T/(T + t_half) on T in units of its largest value: (popt, pcov), or None."""
     from scipy.optimize import curve_fit
+
+    try:
+        popt, pcov = curve_fit(lambda t, a, b: a * t / (t + b), T, S, p0=[2 * max(S.max(), 1), 0.5],
+                               bounds=([0, 1e-6], [np.inf, 1e6]), maxfev=20000)
+    except (RuntimeError, ValueError):
+        return None
+    return popt, pcov
+
+
+def saturation(curve: BudgetCurve, d: int, seed: int = 0) -> Saturation | None:
+    """S(T) = s_max · T / (T + t_half) through the stable nearly orthogonal counts; None with fewer than three
+    budgets (two parameters need a third point to be tested).
+
+    The budgets of one seed are one nested run, so seeds are the unit that varies: "still rising" is a paired
+    test — the per-seed increase from the second-to-last to the last budget, its 95 % t-interval above 0 — and
+    s_max's interval is a t-interval over per-seed refits. The point estimates and the crossing of d come from the
+    fit through every (budget, seed) count, the crossing's interval from a parametric bootstrap of that fit (draws
+    with t_half ≤ 0 rejected). ``identified`` is False where any fit fails or is singular, or the half-way point
+    lies beyond ten times the largest budget (the counts still grow about linearly)."""
+    from superpos.stats import t_interval
 
     pts = curve.points
     if len(pts) < 3:
         return None
-    T = np.array([p.tokens for p in pts for _ in p.atoms.stable_orthogonal.values], float)
-    S = np.array([v for p in pts for v in p.atoms.stable_orthogonal.values], float)
-    last, prev = pts[-1].atoms.stable_orthogonal.values, pts[-2].atoms.stable_orthogonal.values
-    rising = bool(welch_difference(last, prev)[1] > 0) if len(last) > 1 else last[0] > prev[0]
-    if S.max() <= 0:
+    by_seed = np.array([p.atoms.stable_orthogonal.values for p in pts], float)  # (budgets, seeds)
+    budgets = np.array([p.tokens for p in pts], float)
+    scale = budgets.max()
+    step = by_seed[-1] - by_seed[-2]
+    rising = bool(t_interval(step)[1] > 0) if len(step) > 1 and np.ptp(step) > 0 else bool(step.min() > 0)
+    if by_seed.max() <= 0:
         return Saturation(s_max=0.0, s_max_ci=[0.0, 0.0], t_half=0.0, t_half_ci=[0.0, 0.0], crosses_d_at=None,
-                          crosses_d_ci=None, still_rising=False)
-
-    def f(t, s_max, t_half):
-        return s_max * t / (t + t_half)
-
-    scale = T.max()
-    try:
-        popt, pcov = curve_fit(f, T / scale, S, p0=[2 * S.max(), 0.5], bounds=([0, 1e-6], [np.inf, 1e6]),
-                               maxfev=20000)
-    except (RuntimeError, ValueError):
+                          crosses_d_ci=None, still_rising=False, identified=False)
+    pooled = _fit_curve(np.repeat(budgets / scale, by_seed.shape[1]), by_seed.reshape(-1))
+    if pooled is None:
         return None
-    pcov = np.nan_to_num(pcov, nan=0.0, posinf=1e30)
-    half = stats.t.ppf(0.975, max(1, len(S) - 2)) * np.sqrt(np.clip(np.diag(pcov), 0, None))
+    popt, pcov = pooled
+    per_seed = [_fit_curve(budgets / scale, by_seed[:, j]) for j in range(by_seed.shape[1])]
+    finite = np.isfinite(pcov).all() and all(f is not None and np.isfinite(f[1]).all() for f in per_seed)
+    s_seeds = [f[0][0] if f is not None else np.inf for f in per_seed]
+    t_seeds = [f[0][1] * scale if f is not None else np.inf for f in per_seed]
     s_max, t_half = float(popt[0]), float(popt[1] * scale)
-    draws = np.random.default_rng(seed).multivariate_normal(popt, pcov, size=FIT_DRAWS, check_valid="ignore")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cross = np.where(draws[:, 0] > d, np.clip(draws[:, 1], 0, None) * scale * d / (draws[:, 0] - d), np.inf)
-    at = t_half * d / (s_max - d) if s_max > d else None
-    cross = np.sort(cross)  # order statistics: the draws that never reach d (inf) stay at the top
-    ci = [float(cross[int(0.025 * FIT_DRAWS)]), float(cross[int(0.975 * FIT_DRAWS) - 1])] if at is not None else None
-    return Saturation(s_max=s_max, s_max_ci=[max(0.0, s_max - float(half[0])), s_max + float(half[0])],
-                      t_half=t_half, t_half_ci=[max(0.0, float(popt[1] - half[1]) * scale),
-                                                float(popt[1] + half[1]) * scale],
-                      crosses_d_at=None if at is None else float(at), crosses_d_ci=ci, still_rising=rising,
-                      identified=bool(t_half <= 10 * scale and np.isfinite(half).all()))
+    identified = bool(finite and popt[1] <= 10 and max(t_seeds) <= 10 * scale)
+    _, s_lo, s_hi = t_interval(s_seeds) if len(s_seeds) > 1 and np.isfinite(s_seeds).all() else (0, 0.0, np.inf)
+    _, t_lo, t_hi = t_interval(t_seeds) if len(t_seeds) > 1 and np.isfinite(t_seeds).all() else (0, 0.0, np.inf)
+    at, ci = (t_half * d / (s_max - d), None) if s_max > d else (None, None)
+    if at is not None and np.isfinite(pcov).all():
+        draws = np.random.default_rng(seed).multivariate_normal(popt, pcov, size=4 * FIT_DRAWS, check_valid="ignore")
+        draws = draws[draws[:, 1] > 0][:FIT_DRAWS]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cross = np.sort(np.where(draws[:, 0] > d, draws[:, 1] * scale * d / (draws[:, 0] - d), np.inf))
+        n = len(cross)  # order statistics: the draws that never reach d (inf) stay at the top
+        ci = [float(cross[int(0.025 * n)]), float(cross[max(0, int(0.975 * n) - 1)])] if n else None
+    return Saturation(s_max=s_max, s_max_ci=[max(0.0, float(s_lo)), float(s_hi)], t_half=t_half,
+                      t_half_ci=[max(0.0, float(t_lo)), float(t_hi)], crosses_d_at=None if at is None else float(at),
+                      crosses_d_ci=ci, still_rising=rising, identified=identified)

@@ -97,10 +97,10 @@ class BudgetPoint:
 
 @dataclass(kw_only=True)
 class Saturation:
-    """Stable nearly-orthogonal atoms against training tokens T, least squares on every (budget, seed) count:
-    S(T) = s_max · T / (T + t_half); 95 % intervals from the fit's covariance (t with n − 2 degrees of freedom);
-    the budget at which S would reach d with its interval (parametric bootstrap of the two parameters; None where
-    S never reaches d, inf as an upper bound when some draws never do)."""
+    """Stable nearly-orthogonal atoms against training tokens T: S(T) = s_max · T / (T + t_half) by least squares
+    on every (budget, seed) count; 95 % t-intervals over per-seed refits (the seeds are the unit that varies: one
+    nested run each); the budget at which S would reach d with its interval (parametric bootstrap of the pooled
+    fit; None where S never reaches d, inf as an upper bound when some draws never do)."""
 
     s_max: float
     s_max_ci: list[float]
@@ -108,9 +108,9 @@ class Saturation:
     t_half_ci: list[float]
     crosses_d_at: float | None
     crosses_d_ci: list[float] | None
-    still_rising: bool  # the last budget's count is above the one before by more than the seeds' spread
-    identified: bool = True  # False: t_half beyond 10 × the largest budget — the counts still grow about linearly
-    # and no level is identified (s_max is then only the slope's scale; the crossing is the line's)
+    still_rising: bool  # the per-seed increase to the last budget has its 95 % t-interval above 0 (paired)
+    identified: bool = True  # False: a fit failed or is singular, or t_half lies beyond 10 × the largest budget
+    # (the counts still grow about linearly: no level is identified, and the crossing is the line's)
 
 
 @dataclass(kw_only=True)

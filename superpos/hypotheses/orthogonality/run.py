@@ -20,6 +20,7 @@ is the calibration; ``run orthogonality --calibrate`` runs all three and judges 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ from superpos.hypotheses.orthogonality.result import (
 from superpos.stats import bootstrap_ci
 
 PLANT = "plant.json"  # the real run's record of the dictionary per layer that the realistic plant is made of
+PLANT_SEED_OFFSET = 100  # the realistic plant's fits start from other seeds than its generator's (seed 0 of the real run)
 
 
 def _summary(values: np.ndarray, n_boot: int, seed: int) -> Summary:
@@ -68,10 +70,16 @@ def run(cfg: OrthogonalityConfig) -> OrthogonalityResult:
         raise ConfigError("expansions", "{field} needs at least two different positive sizes")
     if cfg.seeds < 2:
         raise ConfigError("seeds", "{field} must be at least 2: atoms are matched across seeds")
-    if cfg.stable_seeds > cfg.seeds:
-        raise ConfigError("stable_seeds", f"{{field}} ({cfg.stable_seeds}) cannot exceed --seeds ({cfg.seeds})")
+    n_seeds = len(cfg.external) if cfg.external else cfg.seeds
+    if not 2 <= cfg.stable_seeds <= n_seeds:
+        raise ConfigError("stable_seeds", f"{{field}} ({cfg.stable_seeds}) must be at least 2 (a stable atom recurs) "
+                                          f"and at most the {n_seeds} seeds")
+    if cfg.external and cfg.control != "none":
+        raise ConfigError("external", "{field} is the real layer's own dictionaries: a control fits its own")
     if cfg.control == "realistic" and not cfg.plant_from:
         raise ConfigError("plant_from", "control realistic needs {field}: the real run's OUT/plant.json")
+    if cfg.control == "realistic":  # seeds other than the one whose dictionary generated the plant
+        cfg = replace(cfg, seed=cfg.seed + PLANT_SEED_OFFSET)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     lm = load_model(cfg.model, device=cfg.device)
@@ -130,11 +138,14 @@ def run(cfg: OrthogonalityConfig) -> OrthogonalityResult:
                           budget_sweep(store, layer, out / "budget" / f"layer{layer}", cfg, planted))
             say(f"budget sweep, layer {layer}: {time.perf_counter() - t0:.0f} s")
     if cfg.control == "none":  # what the realistic plant of each layer is made of: its largest dictionary, seed 0
-        big = budget_layers(cfg, layers) if cfg.budget and not cfg.external else []
-        write_json_atomic(out / PLANT, {str(layer): str((
-            dictionary_folder(out / "budget" / f"layer{layer}", cfg, cfg.seed) if layer in big else
-            out / "dicts" / f"layer{layer}" / f"topk_x{max(cfg.expansions)}_seed{cfg.seed}").resolve())
-            for layer in layers})
+        big = budget_layers(cfg, layers) if cfg.budget else []
+
+        def largest(layer: int) -> Path:
+            if layer in big:
+                return Path(cfg.external[0]) if cfg.external else \
+                    dictionary_folder(out / "budget" / f"layer{layer}", cfg, cfg.seed)
+            return out / "dicts" / f"layer{layer}" / f"topk_x{max(cfg.expansions)}_seed{cfg.seed}"
+        write_json_atomic(out / PLANT, {str(layer): str(largest(layer).resolve()) for layer in layers})
     res = OrthogonalityResult(config=cfg, model=lm.name, d_model=d, tied_embeddings=tied, store=str(store_path),
                               layers=sweeps, budget=budget or None)
     if cfg.capacity:

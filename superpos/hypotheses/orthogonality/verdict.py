@@ -56,7 +56,10 @@ def describe_budget(curve, d: int) -> str:
     if f is None:
         return f"Layer {curve.layer}, budget sweep: {counts} tokens (too few budgets for a saturating fit)."
     if f.crosses_d_at is None:
-        tail = f"levels off below d = {d}"
+        tail = (f"levels off below d = {d}" if flattened_below(curve, d) else
+                f"does not reach d = {d} on its point estimate, which "
+                + ("is not identified" if not f.identified else "has an interval reaching d" if f.s_max_ci[1] >= d
+                   else "the counts' last rise leaves open"))
     else:
         tail = (f"would reach d = {d} at {_millions(f.crosses_d_at)} tokens (95 % interval "
                 f"{_millions(f.crosses_d_ci[0])}–{_millions(f.crosses_d_ci[1])})")
@@ -99,8 +102,9 @@ def verdict(res: OrthogonalityResult) -> OrthogonalityVerdict:
             f"ratio: {'yes' if gain_ok else 'no'}). (ii) of {a.n_atoms:,} atoms at {cfg.fit_tokens:,} tokens, "
             f"{a.live.mean:,.0f} live, {a.stable.mean:,.0f} seed-stable (Hungarian partner |cos| ≥ {cfg.stable_cos} "
             f"in {cfg.stable_seeds} of {cfg.seeds} seeds), {min(a.stable_orthogonal.values):,.0f} of them pairwise "
-            f"|cos| ≤ {cfg.orth_eps} in the worst seed; the most at any budget {n_orth:,.0f} = {n_orth / d:.1f}× d "
-            f"(needs > d: {'yes' if many else 'no'}).")
+            f"|cos| ≤ {cfg.orth_eps} in the worst seed"
+            + (f"; the most at any budget of the budget sweep {n_orth:,.0f}" if lay.layer in curves else "")
+            + f" = {n_orth / d:.2f}× d (needs > d: {'yes' if many else 'no'}).")
         if lay.layer in curves:
             lines.append(describe_budget(curves[lay.layer], d))
     supported = all(passed.values())
@@ -190,7 +194,20 @@ def calibrated_verdict(real: OrthogonalityResult,
         passed[lay.layer] = ok
         beats &= ok
     ruled_out = []
-    for curve in real.budget or []:
+    for curve in real.budget or []:  # the budget sweep against the nulls at the same budgets
+        for n, c in nulls.items():
+            other = next((x for x in c.budget or [] if x.layer == curve.layer), None)
+            same = other is not None and [p.tokens for p in other.points] == [p.tokens for p in curve.points]
+            if not same:
+                beats = passed[curve.layer] = False
+                lines.append(f"Layer {curve.layer}: the {n} control has no budget sweep at the same budgets.")
+                continue
+            for p, q in zip(curve.points, other.points):
+                od = welch_difference(p.atoms.stable_orthogonal.values, q.atoms.stable_orthogonal.values)
+                if worst_seed_count(p) > d and not od[1] > 0:  # a budget that passes must also beat the null there
+                    beats = passed[curve.layer] = False
+                    lines.append(f"Layer {curve.layer} at {p.tokens:,} tokens: {worst_seed_count(p):,} stable nearly "
+                                 f"orthogonal atoms, not above the {n} control's {worst_seed_count(q):,}.")
         for n, c in realistic.items():
             plant = next((x for x in c.budget or [] if x.layer == curve.layer), None)
             if plant is None:
@@ -202,7 +219,7 @@ def calibrated_verdict(real: OrthogonalityResult,
                          f"orthogonal atoms in the worst seed ({resolved / d:.1f}× d)"
                          + (f"; {rec.mean:,.0f} of its {plant.planted_atoms:,} planted atoms recovered" if rec else "")
                          + f"; the real curve {'has' if flattened_below(curve, d) else 'has not'} flattened below d.")
-            if resolved > d and flattened_below(curve, d):
+            if resolved > d and flattened_below(curve, d) and plant.points[-1].tokens == curve.points[-1].tokens:
                 ruled_out.append(curve.layer)
     if not controls_ok:
         answer, head = None, "NOT CALIBRATED: a control did not come out as it must, so the real verdict cannot be trusted."
