@@ -68,8 +68,11 @@ def test_report_command_reproduces_the_settings():
                 values[f.name] = ["embedding"]
             elif f.name in ("unlikely", "likely"):
                 values[f.name] = 1e-7 if f.name == "unlikely" else 0.05
-            elif isinstance(default, list) or f.name == "layers":
-                values[f.name] = [3, 1] if f.name in ("expansions", "layers", "capacity_dims") else [0.25, 0.5]
+            elif f.name == "external":
+                values[f.name] = ["a/seed0", "b/seed1"]
+            elif isinstance(default, list) or f.name in ("layers", "budget_layers"):
+                values[f.name] = [3, 1] if f.name in ("expansions", "layers", "capacity_dims", "budgets",
+                                                      "budget_layers") else [0.25, 0.5]
             elif isinstance(default, bool):
                 values[f.name] = not default
             elif f.name in ("layer", "seed"):
