@@ -436,6 +436,34 @@ def test_issue_40_case_replayed(pristine_store, tmp_path, capsys):
         assert "'/doc' is a named datatype, expected a dataset" in err[0], err
 
 
+def test_a_damaged_global_heap_is_refused_not_a_hang(pristine_store, tmp_path, capsys):
+    """The long form's one failure (run seed 8, case 800053, store / zero: 1,234 bytes zeroed at 5045): the zeroes
+    fell on the free-space entry of the HDF5 global heap that holds the text attributes, and libhdf5 then loops
+    forever reading any of them. Replayed, and the same damage planted directly (that entry's size set to 0, and
+    set past the collection's end): one line each, in seconds."""
+    import struct
+
+    store = tmp_path / "store.h5"
+    shutil.copy(pristine_store, store)
+    rng = np.random.default_rng(800053)
+    rng.integers(1)
+    what = damage(store, "zero", rng)
+    rc, err = _info_in_process(store, capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith("superpos: error:"), (what, err)
+    data = pristine_store.read_bytes()
+    heap = data.find(b"GCOL")
+    end, p = heap + struct.unpack_from("<Q", data, heap + 8)[0], heap + 16
+    while struct.unpack_from("<H", data, p)[0] != 0:  # to the free-space entry (index 0)
+        p += 16 + (struct.unpack_from("<Q", data, p + 8)[0] + 7) // 8 * 8
+    for size in (0, end - p + 8):
+        bad = bytearray(data)
+        bad[p + 8:p + 16] = struct.pack("<Q", size)
+        store.write_bytes(bytes(bad))
+        rc, err = _info_in_process(store, capsys)
+        assert rc == 2 and err == [f"superpos: error: {store}: its HDF5 metadata is damaged (the global heap at byte "
+                                   f"{heap} holds an entry of impossible size)"], (size, err)
+
+
 # ------------------------------------------------------------------ the long form (releases)
 def _seeds(text: str) -> list[int]:
     lo, _, hi = text.partition("..")

@@ -25,7 +25,7 @@ from superpos.store.schema import (
     present_fields,
 )
 from superpos.store.stream import StoreStreamer
-from superpos.store.validate import StoreChecker, hdf5_object, int_attr, layers_attr
+from superpos.store.validate import StoreChecker, check_global_heaps, hdf5_object, int_attr, layers_attr
 from superpos.store.writer import StoreWriter, repair_eof
 
 
@@ -147,6 +147,7 @@ class ActivationStore(StoreWriter, StoreStreamer, StoreChecker):
         missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
         if missing:
             raise SuperposError(f"{p} is not a superpos store (missing attribute '{missing[0]}')")
+        check_global_heaps(f, p)  # before any text attribute is read: a damaged heap can make libhdf5 loop
         version = int_attr(f.attrs, "schema_version", p)
         if version != SCHEMA_VERSION:
             raise SuperposError(f"{p} has store schema version {version}; this superpos reads version {SCHEMA_VERSION}")
