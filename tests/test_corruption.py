@@ -482,7 +482,7 @@ def table_markdown(results: list[dict], seeds: list[int], seconds: float) -> str
     fails = sum(total[o] for o in FAILURES)
     shown = [o for o in OUTCOMES if total[o] or o in ("refused", "harmless")]
     lines = [f"**{len(results):,} cases over run seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} seeds), "
-             f"{total['refused']:,} refused, {total['harmless']:,} harmless, {fails} failures** "
+             f"{total['refused']:,} refused, {total['harmless']:,} harmless, {fails} failure{'' if fails == 1 else 's'}** "
              f"({seconds / 60:.0f} min on {os.cpu_count()} cores).", "",
              "| artifact / damage | cases | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
     for kind, how in PAIRS:
@@ -499,7 +499,7 @@ def table_markdown(results: list[dict], seeds: list[int], seconds: float) -> str
     if bad:
         lines += ["", "Failures (each replays with `python tests/test_corruption.py --case SEED ARTIFACT DAMAGE`):", ""]
         lines += [f"- case {r['seed']}, {r['artifact']} / {r['damage']} ({r['what']} of {r['file']}): "
-                  f"{r['outcome']}, {r['message'] or r.get('changed')}" for r in bad]
+                  f"{r['outcome']}, {r['message'] or r.get('changed') or '(no message)'}" for r in bad]
     return "\n".join(lines) + "\n"
 
 
