@@ -8,7 +8,7 @@ import numpy as np
 
 from superpos.experiment.report import Report
 from superpos.hypotheses.orthogonality.result import MAXCOS, OrthogonalityResult, OrthogonalityVerdict
-from superpos.hypotheses.orthogonality.verdict import describe_budget, describe_fit
+from superpos.hypotheses.orthogonality.verdict import budget_curve, describe_budget, describe_fit
 
 STYLES = {"gaussian": "--", "pc-shuffle": "-.", "planted": ":", "realistic": (0, (5, 1, 1, 1))}
 
@@ -177,7 +177,7 @@ def _budget(rep: Report, res, controls: dict, plt) -> None:
         for i, p in enumerate(curve.points):
             row = [f"{p.tokens:,}", f"{p.epochs:.2f}", _ci(p.fvu, fmt="{:.4f}")]
             for name, r in runs.items():
-                c = next((x for x in r.budget if x.layer == curve.layer), None)
+                c = budget_curve(r, curve.layer)
                 if c is None or i >= len(c.points):
                     row.append("—")
                     continue
@@ -192,7 +192,7 @@ def _budget(rep: Report, res, controls: dict, plt) -> None:
     fig, axes = plt.subplots(1, len(res.budget), figsize=(5.5 * len(res.budget), 4), squeeze=False)
     for ax, curve in zip(axes[0], res.budget):
         for name, r in runs.items():
-            c = next((x for x in r.budget if x.layer == curve.layer), None)
+            c = budget_curve(r, curve.layer)
             if c is None:
                 continue
             t = [p.tokens for p in c.points]
@@ -215,7 +215,7 @@ def _budget(rep: Report, res, controls: dict, plt) -> None:
     for curve in res.budget:
         rows = []
         for name, r in runs.items():
-            c = next((x for x in r.budget if x.layer == curve.layer), None)
+            c = budget_curve(r, curve.layer)
             if c is None:
                 continue
             g = c.points[-1].grid

@@ -38,6 +38,11 @@ def worst_seed_count(point) -> int:
     return int(min(point.atoms.stable_orthogonal.values))
 
 
+def budget_curve(res, layer: int):
+    """The budget curve of ``res`` at ``layer``, or None."""
+    return next((c for c in res.budget or [] if c.layer == layer), None)
+
+
 def flattened_below(curve, d: int) -> bool:
     """The budget curve has stopped rising (the last budget is not above the one before beyond the seeds' spread)
     and its saturating fit's 95 % upper bound on s_max stays below d."""
@@ -196,7 +201,7 @@ def calibrated_verdict(real: OrthogonalityResult,
     ruled_out = []
     for curve in real.budget or []:  # the budget sweep against the nulls at the same budgets
         for n, c in nulls.items():
-            other = next((x for x in c.budget or [] if x.layer == curve.layer), None)
+            other = budget_curve(c, curve.layer)
             same = other is not None and [p.tokens for p in other.points] == [p.tokens for p in curve.points]
             if not same:
                 beats = passed[curve.layer] = False
@@ -209,7 +214,7 @@ def calibrated_verdict(real: OrthogonalityResult,
                     lines.append(f"Layer {curve.layer} at {p.tokens:,} tokens: {worst_seed_count(p):,} stable nearly "
                                  f"orthogonal atoms, not above the {n} control's {worst_seed_count(q):,}.")
         for n, c in realistic.items():
-            plant = next((x for x in c.budget or [] if x.layer == curve.layer), None)
+            plant = budget_curve(c, curve.layer)
             if plant is None:
                 lines.append(f"Layer {curve.layer}: the {n} control has no budget sweep at this layer.")
                 continue
