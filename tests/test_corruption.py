@@ -464,6 +464,18 @@ def test_a_damaged_global_heap_is_refused_not_a_hang(pristine_store, tmp_path, c
                                    f"{heap} holds an entry of impossible size)"], (size, err)
 
 
+def test_a_chunk_index_pointing_past_the_file_is_one_line(pristine_store, tmp_path, capsys):
+    """CI's fresh-seed fuzz, case 8440061794272 (store, 16 metadata bytes flipped): a chunk's address pointed far past
+    the end of the file and the global-heap check tried to read up to it (MemoryError). Replayed: one line."""
+    store = tmp_path / "store.h5"
+    shutil.copy(pristine_store, store)
+    rng = np.random.default_rng(8440061794272)
+    rng.integers(1)
+    what = damage(store, "flip-meta", rng, _metadata_offsets(store, store.stat().st_size))
+    rc, err = _info_in_process(store, capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith("superpos: error:"), (what, err)
+
+
 # ------------------------------------------------------------------ the long form (releases)
 def _seeds(text: str) -> list[int]:
     lo, _, hi = text.partition("..")
