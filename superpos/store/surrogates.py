@@ -24,27 +24,77 @@ from superpos.errors import SuperposError
 KINDS = ("gaussian", "pc-shuffle", "planted")
 
 
+CHUNK_ROWS = 8192  # rows made and written at a time
+
+
+class Moments:
+    """Mean and covariance of rows streamed in chunks (float64 sums), and the root of the covariance."""
+
+    def __init__(self, chunks):
+        self.n, s1, s2 = 0, 0.0, 0.0
+        for x in chunks:
+            x = np.asarray(x, dtype=np.float64)
+            self.n += len(x)
+            s1 = s1 + x.sum(0)
+            s2 = s2 + x.T @ x
+        self.mean = s1 / self.n
+        self.cov = s2 / self.n - np.outer(self.mean, self.mean)
+
+    @property
+    def mean_sq_norm(self) -> float:
+        """E‖x‖² of the rows."""
+        return float(np.trace(self.cov) + self.mean @ self.mean)
+
+    def root(self) -> np.ndarray:
+        """R with cov = R Rᵀ."""
+        evals, evecs = np.linalg.eigh(self.cov)
+        return evecs * np.sqrt(np.clip(evals, 0, None))
+
+
+def array_chunks(x_ND: np.ndarray):
+    """``x_ND`` in blocks of ``CHUNK_ROWS`` rows."""
+    return (x_ND[lo:lo + CHUNK_ROWS] for lo in range(0, len(x_ND), CHUNK_ROWS))
+
+
+def gaussian_maker(m: Moments, seed: int = 0):
+    """Rows ``lo..hi`` of a Gaussian with moments ``m``: ``f(lo, hi)``; block ``lo``'s draws depend on (seed, lo)
+    only, so the rows are the same whatever order or block size they are asked in."""
+    root = m.root()
+
+    def rows(lo: int, hi: int) -> np.ndarray:
+        z = np.random.default_rng([seed, lo]).standard_normal((hi - lo, len(m.mean)))
+        return (m.mean + z @ root.T).astype(np.float32)
+    return rows
+
+
+def pc_shuffle_maker(chunks, m: Moments, seed: int = 0):
+    """Rows ``lo..hi`` of the PC shuffle of the rows ``chunks`` yields (their moments ``m``): ``f(lo, hi)``. Holds
+    the rows' principal coordinates, float32, once."""
+    _, V = np.linalg.eigh(m.cov)  # columns: the principal axes
+    coords = np.empty((m.n, len(m.mean)), np.float32)
+    lo = 0
+    for x in chunks:
+        coords[lo:lo + len(x)] = (np.asarray(x, np.float64) - m.mean) @ V
+        lo += len(x)
+    rng = np.random.default_rng(seed)
+    for j in range(coords.shape[1]):
+        coords[:, j] = coords[rng.permutation(m.n), j]
+    return lambda lo, hi: (m.mean + coords[lo:hi].astype(np.float64) @ V.T).astype(np.float32)
+
+
+def _made(maker, n: int) -> np.ndarray:
+    return np.concatenate([maker(lo, min(n, lo + CHUNK_ROWS)) for lo in range(0, n, CHUNK_ROWS)])
+
+
 def gaussian_like(x_ND: np.ndarray, n: int | None = None, seed: int = 0) -> np.ndarray:
     """``n`` rows (default: as many as ``x_ND``) from a Gaussian with ``x_ND``'s mean and covariance."""
-    x = np.asarray(x_ND, dtype=np.float64)
-    mean = x.mean(0)
-    evals, evecs = np.linalg.eigh(np.cov(x, rowvar=False))
-    root = evecs * np.sqrt(np.clip(evals, 0, None))  # cov = root rootᵀ
-    z = np.random.default_rng(seed).standard_normal((n or len(x), x.shape[1]))
-    return (mean + z @ root.T).astype(np.float32)
+    return _made(gaussian_maker(Moments(array_chunks(x_ND)), seed), n or len(x_ND))
 
 
 def pc_shuffle(x_ND: np.ndarray, seed: int = 0) -> np.ndarray:
     """``x_ND`` with each principal-component coordinate permuted independently across rows (same variance and
     marginal along every principal axis, covariance up to sampling error, no joint structure)."""
-    x = np.asarray(x_ND, dtype=np.float64)
-    mean = x.mean(0)
-    _, _, Vt = np.linalg.svd(x - mean, full_matrices=False)
-    coords = (x - mean) @ Vt.T
-    rng = np.random.default_rng(seed)
-    for j in range(coords.shape[1]):
-        coords[:, j] = coords[rng.permutation(len(coords)), j]
-    return (mean + coords @ Vt).astype(np.float32)
+    return _made(pc_shuffle_maker(array_chunks(x_ND), Moments(array_chunks(x_ND)), seed), len(x_ND))
 
 
 def planted_superposition(n: int, d: int, n_features: int, k: int, noise: float = 0.01, seed: int = 0,
@@ -78,28 +128,34 @@ def write_surrogate_store(x_ND: np.ndarray, out, layer: int, *, description: str
     return write_store({layer: x_ND}, out, description=description, context_length=context_length, dtype=dtype)
 
 
-def write_store(rows_by_layer: dict[int, np.ndarray], out, *, description: str, context_length: int = 256,
-                dtype: str = "float32"):
-    """Write equally long row arrays, one per layer, as a finished store at ``out`` (whole contexts of
-    ``context_length`` rows, the rest dropped; token ids 0, positions 0..C-1). ``description`` is recorded as its
-    model and corpus."""
+def write_store(rows_by_layer: dict, out, *, description: str, context_length: int = 256,
+                dtype: str = "float32", n_rows: int | None = None):
+    """Write rows, one source per layer, as a finished store at ``out`` (whole contexts of ``context_length``
+    rows, the rest dropped; token ids 0, positions 0..C-1). A source is an array of rows or a function
+    ``f(lo, hi)`` giving rows ``lo..hi`` as they are written (so a surrogate of a million-row store never holds
+    its layers in memory); ``n_rows`` is their count (default: the first array's length). ``description`` is
+    recorded as its model and corpus."""
     from superpos.store import ActivationStore
 
-    xs = {layer: np.asarray(x, dtype=np.float32) for layer, x in sorted(rows_by_layer.items())}
-    first = next(iter(xs.values()))
-    n = (len(first) // context_length) * context_length
+    sources = dict(sorted(rows_by_layer.items()))
+    arrays = [x for x in sources.values() if not callable(x)]
+    total = n_rows if n_rows is not None else len(arrays[0])
+    makers = {layer: x if callable(x) else (lambda lo, hi, x=x: np.asarray(x[lo:hi], dtype=np.float32))
+              for layer, x in sources.items()}
+    n = (total // context_length) * context_length
     if n == 0:
-        raise SuperposError(f"{len(first)} rows are fewer than one context of {context_length}")
+        raise SuperposError(f"{total} rows are fewer than one context of {context_length}")
+    d = len(next(iter(makers.values()))(0, 1)[0])
     out = Path(out)
-    with ActivationStore.create(out, layers=list(xs), d_model=first.shape[1], n_rows=n, dtype=dtype,
+    with ActivationStore.create(out, layers=list(makers), d_model=d, n_rows=n, dtype=dtype,
                                 attrs={"model": description, "corpus": description,
                                        "context_length": context_length}) as st:
-        rows = np.arange(n)
-        for lo in range(0, n, 8192):
-            r = rows[lo:lo + 8192]
-            st.write_rows(lo, {layer: x[r] for layer, x in xs.items()}, tokens=np.zeros(len(r), np.int32),
-                          doc=(r // context_length).astype(np.int32), pos=(r % context_length).astype(np.int32),
-                          next_logprob=np.zeros(len(r), np.float32), next_rank=np.zeros(len(r), np.int32))
+        for lo in range(0, n, CHUNK_ROWS):
+            r = np.arange(lo, min(n, lo + CHUNK_ROWS))
+            st.write_rows(lo, {layer: f(lo, lo + len(r)) for layer, f in makers.items()},
+                          tokens=np.zeros(len(r), np.int32), doc=(r // context_length).astype(np.int32),
+                          pos=(r % context_length).astype(np.int32), next_logprob=np.zeros(len(r), np.float32),
+                          next_rank=np.zeros(len(r), np.int32))
         st.seal_content()
     return out
 
@@ -109,31 +165,34 @@ def surrogate_of_store(store, layers: int | list[int], kind: str, out, *, seed: 
     """A surrogate of ``store``'s ``layers`` (one or several) written to ``out``: ``gaussian`` or ``pc-shuffle`` of
     each layer's rows (position 0, the attention sink, left out), or ``planted`` superposition with the same number
     of rows and d (``n_features_per_d`` × d atoms, ``k`` active per row — default d/72, 8 at d = 576, at least 2 —
-    rescaled to the layer's mean squared norm; fresh atoms per layer)."""
+    rescaled to the layer's mean squared norm; fresh atoms per layer). The layers are read in chunks; a
+    PC shuffle or planted layer is held once in float32, a Gaussian one not at all."""
     if kind not in KINDS:
         raise SuperposError(f"unknown surrogate '{kind}' (expected one of {', '.join(KINDS)})")
     layers = [layers] if isinstance(layers, int) else list(layers)
-    keep = store.row_mask(1)[slice(*store.row_range)]
     made, truth = {}, {}
+
+    def chunks(layer):
+        return (x for _, x in store.iter_rows(layer, CHUNK_ROWS, min_pos=1))
     for layer in layers:
-        x = store.to_numpy(layer)[keep]
+        m = Moments(chunks(layer))
         s = seed + 1000 * layer
         if kind == "gaussian":
-            y = gaussian_like(x, seed=s)
+            made[layer] = gaussian_maker(m, seed=s)
         elif kind == "pc-shuffle":
-            y = pc_shuffle(x, seed=s)
+            made[layer] = pc_shuffle_maker(chunks(layer), m, seed=s)
         else:
-            d = x.shape[1]
-            y, truth[layer] = planted_superposition(len(x), d, n_features_per_d * d, k or max(2, round(d / 72)),
+            d = len(m.mean)
+            y, truth[layer] = planted_superposition(m.n, d, n_features_per_d * d, k or max(2, round(d / 72)),
                                                     noise=noise, seed=s)
-            y *= np.sqrt((x.astype(np.float64) ** 2).sum(1).mean() / (y.astype(np.float64) ** 2).sum(1).mean())
-        made[layer] = y
+            y *= np.sqrt(m.mean_sq_norm * len(y) / sum((c.astype(np.float64) ** 2).sum() for c in array_chunks(y)))
+            made[layer] = y
     if truth:
         save_truth(out, truth)
     C = int(store.attrs["context_length"]) - 1  # the sink rows are gone: contexts one row shorter
     where = ", ".join(map(str, layers))
     return write_store(made, out, description=f"{kind} surrogate of layer{'s' if len(layers) > 1 else ''} {where} "
-                                               f"of {store.path}", context_length=C)
+                                               f"of {store.path}", context_length=C, n_rows=m.n)
 
 
 def truth_path(out) -> Path:

@@ -14,50 +14,48 @@ from pathlib import Path
 
 import numpy as np
 
-CHUNK_ROWS = 8192  # rows encoded at a time
-
 
 def realistic_plant(store, layers: list[int], dictionaries: dict[int, str], out, *, seed: int = 0,
                     device: str = "cpu") -> Path:
     """Write the realistic plant of ``store``'s ``layers`` to ``out`` (a finished store, contexts one row shorter
     than the store's: the sink rows left out, as every surrogate) and its truth beside it (``load_truth``): for
-    each layer, the atoms of ``dictionaries[layer]`` (a dictionary folder) that fire on the plant's rows."""
+    each layer, the atoms of ``dictionaries[layer]`` (a dictionary folder) that fire on the plant's rows.
+
+    Two passes over the rows in chunks, nothing held per row: the first finds the atoms that fire and the
+    residual's mean and covariance, the second encodes each chunk again as it is written."""
     import torch
 
     from superpos.dictionaries import load_dictionary
-    from superpos.store.surrogates import save_truth, write_store
+    from superpos.store.surrogates import CHUNK_ROWS, Moments, save_truth, write_store
 
-    keep = store.row_mask(1)[slice(*store.row_range)]
+    kept = np.flatnonzero(store.row_mask(1))  # file rows of the plant's rows, sinks left out
     made, truth = {}, {}
     for layer in layers:
         D = load_dictionary(dictionaries[layer], device=device)
-        x = store.to_numpy(layer)[keep]
-        y = np.empty_like(x, dtype=np.float32)
         fired = torch.zeros(D.n_components_, dtype=torch.bool)
-        s1 = np.zeros(x.shape[1])
-        s2 = np.zeros((x.shape[1], x.shape[1]))
-        with torch.no_grad():
-            for lo in range(0, len(x), CHUNK_ROWS):
-                xb = torch.from_numpy(np.ascontiguousarray(x[lo:lo + CHUNK_ROWS], dtype=np.float32)).to(D.device_)
+
+        def reconstruct(x, D=D):
+            with torch.no_grad():
+                xb = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(D.device_)
                 codes = D.encode(xb)
+                return xb, codes, D.decode(codes)
+
+        def residuals(layer=layer, reconstruct=reconstruct, fired=fired):
+            for _, x in store.iter_rows(layer, CHUNK_ROWS, min_pos=1):
+                xb, codes, x_hat = reconstruct(x)
                 fired |= (codes != 0).any(0).cpu()
-                x_hat = D.decode(codes)
-                y[lo:lo + len(xb)] = x_hat.cpu().numpy()
-                r = (xb - x_hat).double().cpu().numpy()
-                s1 += r.sum(0)
-                s2 += r.T @ r
-        n = len(x)
-        mean = s1 / n
-        cov = s2 / n - np.outer(mean, mean)
-        evals, evecs = np.linalg.eigh(cov)
-        root = evecs * np.sqrt(np.clip(evals, 0, None))  # cov = root rootᵀ
-        rng = np.random.default_rng(seed + 1000 * layer)
-        for lo in range(0, n, CHUNK_ROWS):
-            hi = min(n, lo + CHUNK_ROWS)
-            y[lo:hi] += (mean + rng.standard_normal((hi - lo, len(mean))) @ root.T).astype(np.float32)
-        made[layer] = y
+                yield (xb - x_hat).double().cpu().numpy()
+        noise = Moments(residuals())
+        root = noise.root()
+
+        def rows(lo, hi, layer=layer, reconstruct=reconstruct, noise=noise, root=root):
+            idx = kept[lo:hi]
+            x = store.to_numpy(layer, slice(idx[0], idx[-1] + 1))[idx - idx[0]]
+            z = np.random.default_rng([seed, layer, lo]).standard_normal((hi - lo, len(root)))
+            return reconstruct(x)[2].cpu().numpy() + (noise.mean + z @ root.T).astype(np.float32)
+        made[layer] = rows
         truth[layer] = D.components_.detach().cpu().numpy()[fired.numpy()]
     save_truth(out, truth)
     C = int(store.attrs["context_length"]) - 1
     return write_store(made, out, description=f"realistic plant of layers {', '.join(map(str, layers))} of "
-                                              f"{store.path}", context_length=C)
+                                              f"{store.path}", context_length=C, n_rows=len(kept))
