@@ -16,7 +16,7 @@ timeout 150 python -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py
 echo "== SAE step and harvest"
 timeout 200 python benchmarks/run.py --only sae,harvest --device cuda --out "$OUT"
 echo "== sparsify on the same rows"
-if python -m pip install -q eai-sparsify 2>/dev/null || { [ -d .whl ] && python -m pip install -q --no-index --find-links .whl eai-sparsify; }; then
+if timeout 60 python -m pip install -q --retries 0 --timeout 10 eai-sparsify 2>/dev/null || { [ -d .whl ] && python -m pip install -q --no-index --find-links .whl eai-sparsify; }; then
   timeout 100 python benchmarks/run.py --quick --only peers --peers sparsify --device cuda --merge --out "$OUT"
 else
   echo "gpu.sh: eai-sparsify does not install here; sparsify's tokens/s skipped"

@@ -72,6 +72,10 @@ CASES = [
     Case("out-other-harvest", "--out is a store from a different harvest",
          ["harvest", "--model", "{model}", "--layers", "0,1", "--tokens", "1024", "--context", "32", "--out",
           f"{W}/store.h5"], "different harvest"),
+    Case("token-stats-of-a-store-without", "--token-stats asked of a store harvested without them (no reader in "
+         "the CLI takes them; the library's reader refuses in one line: test_harvest_store)",
+         ["harvest", "--model", "{model}", "--layers", "0,2", "--tokens", "1024", "--context", "32", "--token-stats",
+          "--out", f"{W}/store.h5"], "token_stats: file has False, this run wants True"),
     Case("out-not-hdf5", "--out exists and is not HDF5",
          ["harvest", "--model", "{model}", "--out", f"{W}/notes.txt"], "not an HDF5 file"),
     Case("out-parent-is-file", "--out inside a path that is a file",

@@ -83,11 +83,15 @@ def test_harvest_runs_only_the_blocks_it_reads(tiny_models, tmp_path, kind):
         assert np.isfinite(b.row_field("next_logprob").reshape(-1, 32)[:, :-1]).all()
 
 
-def test_model_dtype_auto_follows_the_hardware(monkeypatch):
+def test_model_dtype_auto_follows_the_hardware(monkeypatch, tiny_models, tmp_path):
     from superpos import device as dev
 
     monkeypatch.setattr(dev, "native_bfloat16", lambda d: True)
     assert dev.resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    out = harvest(HarvestConfig(model=str(tiny_models["llama"]), layers="1", tokens=256, context_length=32,
+                                device="cpu", model_dtype="auto"), tmp_path / "auto.h5", progress=False)
+    with ActivationStore(out) as s:  # the store says which precision computed its rows
+        assert s.attrs["model_dtype"] == "bfloat16"
     monkeypatch.setattr(dev, "native_bfloat16", lambda d: False)
     assert dev.resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert dev.resolve_dtype("bfloat16") == torch.bfloat16

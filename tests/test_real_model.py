@@ -99,4 +99,4 @@ def test_stored_rows_equal_an_independent_forward(smol, tmp_path):
             ref = hs[layer].reshape(-1, smol.d_model).numpy()
             np.testing.assert_allclose(s.to_numpy(layer), ref, rtol=2 ** -11 + 1e-5, atol=1e-6)
             err = np.linalg.norm(b.to_numpy(layer)[body] - ref[body]) / np.linalg.norm(ref[body])
-            assert 1e-4 < err < 0.15, (layer, err)  # bfloat16 is visibly not float32, and not far from it
+            assert 1e-4 < err < 0.10, (layer, err)  # bfloat16 is not float32; docs/store.md: 0.9-6.9 % at 5-25
