@@ -22,6 +22,8 @@ import numpy as np
 from results_md import CONVERGE  # beside this script
 from run import machine
 
+from superpos.dictionaries.train_run import OUTLIER_NORM
+
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = CONVERGE
 
@@ -54,7 +56,12 @@ def main() -> int:
         split = config["meta"]["train_rows"][1]
         held = np.arange(split, min(st.n_rows, split + 65536))
         x = st.to_numpy(args.layer, held[st.row_field("pos")[held] >= 1])
-    final_fvu = 1 - load_dictionary(out).score(x)
+    D = load_dictionary(out)
+    final_fvu = 1 - D.score(x)
+    norms = np.linalg.norm(x, axis=1)
+    typical = norms <= OUTLIER_NORM * np.median(norms)
+    outliers, final_typical = int((~typical).sum()), 1 - D.score(x[typical])
+    dead = metrics["history"][-1]["dead"] if metrics.get("history") else float("nan")
     streams = split * d * 4 > 2 * 2**30
     fig = Path(args.results).with_name("converge.png") if args.results else None
     if fig:
@@ -64,7 +71,10 @@ def main() -> int:
         import matplotlib.pyplot as plt
 
         fig_, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot([v["step"] / per_epoch for v in val], [v["val_fvu"] for v in val], "o-")
+        ax.plot([v["step"] / per_epoch for v in val], [v["val_fvu"] for v in val], "o-", label="typical rows")
+        ax.plot([v["step"] / per_epoch for v in val], [v.get("val_fvu_all", np.nan) for v in val], "s--",
+                label="every row")
+        ax.legend()
         ax.set_xlabel("epoch over the training rows")
         ax.set_ylabel("held-out FVU")
         ax.set_title(f"TopK 16× on layer {args.layer}, streamed from {rows:,} rows")
@@ -83,9 +93,14 @@ def main() -> int:
          f"epoch {val[-1]['step'] / per_epoch:.1f}, then the final decay; {config['n_iter_']:,} steps in all "
          f"({config['n_iter_'] * batch / (per_epoch * batch):.1f} epochs)",
          f"- held-out FVU of the final dictionary on {len(x):,} rows of the contexts after the split: "
-         f"**{final_fvu:.4f}**", "",
-         "| epoch | step | held-out FVU |", "|---|---|---|"]
-    L += [f"| {v['step'] / per_epoch:.1f} | {v['step']:,} | {v['val_fvu']:.4f} |" for v in val]
+         f"**{final_fvu:.4f}** (typical rows, the {outliers} above 5× the median norm left out: "
+         f"**{final_typical:.4f}**); dead latents {100 * dead:.1f} % at the end", "",
+         "The stopping rule watches the held-out FVU on typical rows (the few above 5× the median norm left out: "
+         "docs/dictionaries.md, \"The SAE trainer\"); the FVU over every held-out row is beside it.", "",
+         "| epoch | step | held-out FVU, typical rows | held-out FVU, every row |", "|---|---|---|---|"]
+    L += [f"| {v['step'] / per_epoch:.1f} | {v['step']:,} | {v['val_fvu']:.4f} | "
+          f"{v['val_fvu_all']:.4f} |" if 'val_fvu_all' in v else
+          f"| {v['step'] / per_epoch:.1f} | {v['step']:,} | {v['val_fvu']:.4f} | |" for v in val]
     L += ["", f"![held-out FVU by epoch]({fig.name})" if fig else "", END]
     text = "\n".join(L)
     print(text)

@@ -460,6 +460,44 @@ def test_default_fit_converges_and_recovers_planted_atoms(planted):
     assert _recovery(atoms, once.components_.numpy()).mean() < 0.8  # a fixed one-epoch budget stops too early
 
 
+def test_the_stopping_rule_watches_typical_rows_not_a_few_sinks(monkeypatch):
+    """A handful of held-out rows of 100× the typical norm (as SmolLM2's later attention sinks) carry most of the
+    held-out variance: the stopping rule's FVU leaves them out (``OUTLIER_NORM``) and equals the FVU of the
+    dictionary at that step on the other held-out rows; the FVU over every row is kept beside it."""
+    from superpos.dictionaries import train_run as tr
+
+    x, _ = planted_data(12_000, 16, 48, 2, noise=0.02, seed=4)
+    rng = np.random.default_rng(0)
+    sinks = rng.choice(len(x), 30, replace=False)
+    x[sinks] = 100 * rng.standard_normal((30, 16)).astype(np.float32) * np.linalg.norm(x, axis=1).mean() / 4
+    held, checks = [], []
+    real_hold_out, real_held_out = tr._hold_out, tr.held_out
+
+    def spy_hold_out(*a, **k):
+        src, val = real_hold_out(*a, **k)
+        held.append(val)
+        return src, val
+
+    def spy_held_out(sae, run):
+        got = real_held_out(sae, run)
+        norms = held[0].norm(dim=1)
+        typical = held[0][norms <= tr.OUTLIER_NORM * norms.median()]
+        with torch.no_grad():
+            out = sae._train_forward(run.state, typical * run.scale, torch.zeros_like(run.since_fired, dtype=bool))
+        checks.append((got, fvu(typical * run.scale, out["x_hat"]), len(typical), len(held[0])))
+        return got
+
+    monkeypatch.setattr(tr, "_hold_out", spy_hold_out)
+    monkeypatch.setattr(tr, "held_out", spy_held_out)
+    sae = TopKSAE(n_components=64, k=2, batch_size=256, device="cpu", progress=False, max_epochs=8).fit(x)
+    assert checks and len(checks) == len(sae.validation_history_)
+    for (fvu_typical, _, fvu_all), direct, n_typical, n_held in checks:
+        assert n_held - 10 <= n_typical < n_held  # a few sinks held out, and only they left out
+        assert fvu_typical == pytest.approx(float(direct), rel=1e-4)
+        assert fvu_all > 0.5 > fvu_typical  # the sinks, not reconstructable by 2 of 64 atoms, dominate every row's FVU
+    assert [h["val_fvu_all"] for h in sae.validation_history_] == [c[0][2] for c in checks]
+
+
 def test_default_fit_on_a_small_store_converges(planted, tmp_path):
     """A store whose rows fit in STORE_IN_MEMORY_BYTES is read in and converges like an array (a 4k-token store used to
     get 3 steps); one over the limit converges streamed (test_a_store_too_big_for_memory_converges_out_of_core...)."""
