@@ -26,7 +26,7 @@ def realistic_plant(store, layers: list[int], dictionaries: dict[int, str], out,
     import torch
 
     from superpos.dictionaries import load_dictionary
-    from superpos.store.surrogates import CHUNK_ROWS, Moments, save_truth, write_store
+    from superpos.store.surrogates import CHUNK_ROWS, Moments, gaussian_maker, save_truth, write_store
 
     kept = np.flatnonzero(store.row_mask(1))  # file rows of the plant's rows, sinks left out
     made, truth = {}, {}
@@ -45,14 +45,12 @@ def realistic_plant(store, layers: list[int], dictionaries: dict[int, str], out,
                 xb, codes, x_hat = reconstruct(x)
                 fired |= (codes != 0).any(0).cpu()
                 yield (xb - x_hat).double().cpu().numpy()
-        noise = Moments(residuals())
-        root = noise.root()
+        noise = gaussian_maker(Moments(residuals()), seed=seed + 1000 * layer)
 
-        def rows(lo, hi, layer=layer, reconstruct=reconstruct, noise=noise, root=root):
+        def rows(lo, hi, layer=layer, reconstruct=reconstruct, noise=noise):
             idx = kept[lo:hi]
             x = store.to_numpy(layer, slice(idx[0], idx[-1] + 1))[idx - idx[0]]
-            z = np.random.default_rng([seed, layer, lo]).standard_normal((hi - lo, len(root)))
-            return reconstruct(x)[2].cpu().numpy() + (noise.mean + z @ root.T).astype(np.float32)
+            return reconstruct(x)[2].cpu().numpy() + noise(lo, hi)
         made[layer] = rows
         truth[layer] = D.components_.detach().cpu().numpy()[fired.numpy()]
     save_truth(out, truth)
