@@ -198,10 +198,11 @@ def held_out(sae, run: _TrainRun) -> tuple[float, float, float]:
     def var(x):
         return float((x - x.mean(0)).pow(2).sum().clamp_min(1e-30))
     x, t = c.val_x, c.typical
-    err, obj = sums(x[t])
+    typical = x[t]
+    err, obj = sums(typical)
     err_out = sums(x[~t])[0] if not bool(t.all()) else 0.0
     sae._pre_buffer = None
-    return err / var(x[t]), obj / var(x[t]), (err + err_out) / var(x)
+    return err / var(typical), obj / var(typical), (err + err_out) / var(x)
 
 
 @dataclass
