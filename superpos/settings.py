@@ -15,9 +15,11 @@ from typing import Any, Callable
 CONTROL_KINDS = ("none", "positive", "negative", "gamma", "subspace", "consistent", "attn", "mlp", "gated")
 
 
-def setting(default=None, help: str = "", *, parse: str | None = None, flag: str | None = None, factory=None):
-    """A config field: its one default, its help text, and optionally its parser and flag name."""
-    meta = {"help": help, "parse": parse, "flag": flag}  # parse: a name in PARSERS
+def setting(default=None, help: str = "", *, parse: str | Callable[[str], Any] | None = None, flag: str | None = None,
+            factory=None):
+    """A config field: its one default, its help text, and optionally its parser (a name in PARSERS, or the parser
+    itself) and flag name."""
+    meta = {"help": help, "parse": parse, "flag": flag}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -89,7 +91,8 @@ def _list(parse, ok, what: str):
     return parse_list
 
 
-def _choice(*options: str):
+def choice(*options: str):
+    """The parser of a flag that takes one of ``options``."""
     def parse(text: str):
         if text not in options:
             raise ValueError(f"expected one of {', '.join(options)}, got {text!r}")
@@ -129,11 +132,11 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "positive_float_list": _list(parse_float, lambda v: v > 0, "positive numbers"),
     "offset_list": _list(parse_int, lambda v: abs(v) <= 16, "offsets between -16 and 16"),
     "name_list": _list(str.strip, bool, "a comma list of names"),
-    "control": _choice(*CONTROL_KINDS),
-    "surrogate": _choice("none", "gaussian", "pc-shuffle", "planted", "realistic"),
-    "store_dtype": _choice("auto", "float16", "float32"),
-    "model_dtype": _choice("auto", "float32", "bfloat16", "float16"),
-    "compression": _choice("none", "lzf", "gzip"),
+    "control": choice(*CONTROL_KINDS),
+    "surrogate": choice("none", "gaussian", "pc-shuffle", "planted", "realistic"),
+    "store_dtype": choice("auto", "float16", "float32"),
+    "model_dtype": choice("auto", "float32", "bfloat16", "float16"),
+    "compression": choice("none", "lzf", "gzip"),
     "reinject_targets": _choice_list("mean", "embedding"),
     "shard": _shard,
 }
@@ -182,7 +185,8 @@ def settings(config_cls) -> list[Setting]:
     out = []
     for f in fields(config_cls):
         default = f.default_factory() if f.default is MISSING else f.default
-        parse = PARSERS[f.metadata["parse"]] if f.metadata.get("parse") else str
+        parse = f.metadata.get("parse") or str
+        parse = PARSERS[parse] if isinstance(parse, str) else parse
         flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
         if default is True:  # a switch that is on by default is turned off with --no-NAME
             flag = "--no-" + flag[2:]

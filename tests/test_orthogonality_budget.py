@@ -208,3 +208,37 @@ def test_the_three_answers_of_the_calibrated_verdict():
     assert calibrated_verdict(_run("none", flat), controls(short)).answer == "NOT SHOWN AT THIS BUDGET"  # not the same budget
     v = calibrated_verdict(_run("none", flat), controls(strong, null_supported=True))
     assert v.headline.startswith("NOT CALIBRATED") and v.supported is None
+
+
+def test_a_dictionary_folder_is_fitted_once_and_never_reused_for_other_settings(tmp_path):
+    """The sweep fits into a folder once and reuses it on a rerun (the same weights, no refit); a rerun asking for
+    another precision, k or budget is refused in one line instead of silently reusing what the folder holds. The
+    run's precision takes the SAEs' own values."""
+    from superpos.dictionaries.sae_params import SAE_PARAMS
+    from superpos.errors import ConfigError
+    from superpos.hypotheses.orthogonality.budget import fit_once
+    from superpos.settings import settings
+    from superpos.store import ActivationStore
+    from superpos.store.surrogates import planted_superposition, write_store
+
+    x, _ = planted_superposition(4096, 16, 32, 2, noise=0.05, seed=0)
+    path = write_store({3: x}, tmp_path / "s.h5", description="planted rows", context_length=64)
+    cfg = OrthogonalityConfig(k=2, batch_size=256, precision="bfloat16", device="cpu")
+    params = {"expansion": 2.0, "n_tokens": 2048, "seed": 0}
+    with ActivationStore(path) as st:
+        saved = fit_once(st, 3, tmp_path / "d", cfg, params, progress=False)
+        weights = (tmp_path / "d" / "weights.safetensors").read_bytes()
+        assert saved["params"]["precision"] == "bfloat16" and saved["n_tokens_seen_"] == 2048
+        assert fit_once(st, 3, tmp_path / "d", cfg, params, progress=False) == saved
+        assert (tmp_path / "d" / "weights.safetensors").read_bytes() == weights
+        for other in ({"precision": "float32"}, {"k": 3}):
+            with pytest.raises(ConfigError, match="other settings"):
+                fit_once(st, 3, tmp_path / "d", OrthogonalityConfig(**{**vars(cfg), **other}), params, progress=False)
+        with pytest.raises(ConfigError, match="n_tokens 2048"):
+            fit_once(st, 3, tmp_path / "d", cfg, {**params, "n_tokens": 4096}, progress=False)
+    declared = SAE_PARAMS["precision"]
+    setting = next(s for s in settings(OrthogonalityConfig) if s.name == "precision")
+    assert setting.default == declared.default
+    assert [v for v in declared.check.values if setting.parse(v) == v] == list(declared.check.values)
+    with pytest.raises(ValueError):
+        setting.parse("float16")

@@ -33,15 +33,39 @@ def dictionary_folder(folder: Path, cfg: OrthogonalityConfig, seed: int, tokens:
     return run if tokens is None or tokens == max(cfg.budgets) else run / f"tokens_{tokens}"
 
 
+def fit_once(store, layer: int, where: Path, cfg: OrthogonalityConfig, params: dict, progress: bool = True) -> dict:
+    """The saved config of the TopK SAE in ``where``, fitted there first (with ``params`` and the run's k, batch size
+    and precision) if the folder holds none; a folder holding one fitted with other settings is refused
+    (ConfigError), never silently reused."""
+    from superpos.dictionaries.fitting import fit_dictionary
+    from superpos.dictionaries.io import CONFIG
+    from superpos.errors import ConfigError
+
+    params = {**params, "k": cfg.k, "batch_size": cfg.batch_size, "precision": cfg.precision}
+    if not (where / CONFIG).exists():
+        fit_dictionary(store.path, layer, "topk", where, params, device=cfg.device, progress=progress)
+    saved = json.loads((where / CONFIG).read_text())
+
+    def same(a, b) -> bool:
+        if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+            return sorted(a or []) == sorted(b or [])
+        return a == b
+
+    differ = {name: saved["params"].get(name) for name, value in params.items() if not same(saved["params"].get(name),
+                                                                                             value)}
+    if differ:
+        raise ConfigError("out", f"{where} holds a dictionary fitted with other settings "
+                                 f"({', '.join(f'{k} {v}' for k, v in differ.items())}): give another {{field}}, "
+                                 "or the same settings")
+    return saved
+
+
 def budget_sweep(store, layer: int, folder: Path, cfg: OrthogonalityConfig,
                  truth: np.ndarray | None = None) -> BudgetCurve:
     """Fit (or reuse) one nested-budget TopK run per seed on the first 90 % of contexts and take the census at every
     budget on the held-out rest; ``truth`` (a plant's atoms) adds how many of them each budget recovers."""
     from superpos.dictionaries import load_dictionary
-    from superpos.dictionaries.fitting import fit_dictionary
-    from superpos.dictionaries.io import CONFIG
     from superpos.dictionaries.metrics import reconstruction_metrics
-    from superpos.errors import ConfigError
 
     budgets = sorted(set(cfg.budgets))
     split = store.split_row(0.9)
@@ -52,17 +76,8 @@ def budget_sweep(store, layer: int, folder: Path, cfg: OrthogonalityConfig,
     seconds, trained = 0.0, 0
     for seed in seeds:
         where = dictionary_folder(folder, cfg, seed)
-        if not (where / CONFIG).exists():
-            fit_dictionary(store.path, layer, "topk", where,
-                           {"expansion": float(expansion), "k": cfg.k, "n_tokens": budgets[-1],
-                            "batch_size": cfg.batch_size, "seed": seed, "save_at": budgets[:-1]},
-                           device=cfg.device, progress=False)
-        saved = json.loads((where / CONFIG).read_text())
-        params = saved["params"]
-        if params.get("n_tokens") != budgets[-1] or sorted(params.get("save_at") or []) != budgets[:-1] \
-                or params.get("k") != cfg.k or params.get("batch_size") != cfg.batch_size:
-            raise ConfigError("budgets", f"{where} holds a run for other settings (n_tokens {params.get('n_tokens')}, "
-                                         f"save_at {params.get('save_at')}): give another --out, or the same {{field}}")
+        saved = fit_once(store, layer, where, cfg, {"expansion": float(expansion), "n_tokens": budgets[-1],
+                                                    "seed": seed, "save_at": budgets[:-1]}, progress=False)
         meta = saved["meta"]
         seconds += float(meta.get("train_seconds", 0.0))
         trained += budgets[-1]

@@ -28,7 +28,13 @@ import numpy as np
 from superpos import geometry as g
 from superpos.errors import ConfigError, SuperposError
 from superpos.files import write_json_atomic
-from superpos.hypotheses.orthogonality.budget import budget_layers, budget_sweep, dictionary_folder, external_census
+from superpos.hypotheses.orthogonality.budget import (
+    budget_layers,
+    budget_sweep,
+    dictionary_folder,
+    external_census,
+    fit_once,
+)
 from superpos.hypotheses.orthogonality.census import atom_census, live_atoms, say, seed_values
 from superpos.hypotheses.orthogonality.config import OrthogonalityConfig
 from superpos.hypotheses.orthogonality.result import (
@@ -169,8 +175,6 @@ def layer_sweep(store, layer: int, folder: Path, cfg: OrthogonalityConfig, lm,
     scored on the rest; the gain over seeds; the largest size's atom census. Also returns the first seed's live
     atoms of the largest size."""
     from superpos.dictionaries import PCA, load_dictionary
-    from superpos.dictionaries.fitting import fit_dictionary
-    from superpos.dictionaries.io import CONFIG
     from superpos.dictionaries.metrics import evaluate_dictionaries, reconstruction_metrics
 
     split = store.split_row(0.9)
@@ -184,10 +188,7 @@ def layer_sweep(store, layer: int, folder: Path, cfg: OrthogonalityConfig, lm,
         saes = {}
         for e in sizes:
             where = folder / f"topk_x{e}_seed{seed}"
-            if not (where / CONFIG).exists():
-                fit_dictionary(store.path, layer, "topk", where, {"expansion": float(e), "k": cfg.k,
-                               "n_tokens": cfg.fit_tokens, "batch_size": cfg.batch_size, "seed": seed},
-                               device=cfg.device)
+            fit_once(store, layer, where, cfg, {"expansion": float(e), "n_tokens": cfg.fit_tokens, "seed": seed})
             saes[e] = load_dictionary(where, device=cfg.device)
         for e, ev in zip(sizes, evaluate_dictionaries({f"{e}x": saes[e] for e in sizes}, holdout, layer, lm=lm,
                                                       ce_contexts=cfg.ce_contexts if lm is not None else 0,
