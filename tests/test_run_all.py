@@ -64,6 +64,8 @@ def test_report_command_reproduces_the_settings():
                 values[f.name] = [0, -2] if name == "probes" else [2, 5]
             elif f.name == "control":
                 values[f.name] = "planted" if name == "orthogonality" else "positive"
+            elif f.name == "precision":
+                values[f.name] = "bfloat16"
             elif f.name == "targets":
                 values[f.name] = ["embedding"]
             elif f.name in ("unlikely", "likely"):
