@@ -99,6 +99,10 @@ def write_report(res: ReinjectResult, out: Path) -> Path:
                  "95% CIs over contexts).")
         rep.table(["positions averaged", "mean Δ loss", "95% CI"],
                   [[k, v.mean, f"{v.lo:+.4f} to {v.hi:+.4f}"] for k, v in res.reconcile.steps.items()])
+    else:
+        rep.text("This run predates the reconciliation: it averaged the cached check over its own windows (the first "
+                 "contexts' first tokens, position 0 included) and the overall Δ over positions 1 .. T−2 of every "
+                 "context, without the steps between them.")
     rep.text("Greedy continuations (clean | intervened):")
     rep.table(["prompt", "clean", "intervened"],
               [[t.replace("\n", " ⏎ ") for t in (s.prompt, s.clean, s.intervened)] for s in res.samples])
