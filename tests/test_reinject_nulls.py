@@ -14,6 +14,7 @@ from superpos.hypotheses.reinject.run import (
     TEMPERATURE_GRID,
     _effect,
     _late_minus_early,
+    choose,
     compare,
     frequency_bands,
     interpolation,
@@ -81,6 +82,17 @@ def test_matched_temperature_interpolates_and_clips():
     h = np.array([1.0, 2.0, 3.0, 4.0])
     assert np.isclose(matched_temperature(temps, h, 2.5, 2.0), np.sqrt(2.0))  # halfway in log T
     assert matched_temperature(temps, h, 9.0, 2.0) == 4.0 and matched_temperature(temps, h, 0.0, 2.0) == 0.5
+
+
+def test_the_setting_judged_is_the_one_furthest_below_its_better_matched_null():
+    select, top = np.array([True, True, False]), np.array([True, True, True])
+    deltas = {"a": np.array([-0.5, -0.5, 0.0]), "b": np.array([-0.2, -0.2, 0.0]), "c": np.array([1.0, 1.0, 0.0])}
+    nulls = {"a": {"temperature": np.full(3, -0.6), "layer mean": np.zeros(3)},  # flattening does better than a
+             "b": {"temperature": np.full(3, 0.1), "layer mean": np.full(3, 0.2)},
+             "c": {"temperature": np.full(3, 9.0), "layer mean": np.full(3, 9.0)}}  # far below its nulls, but hurts
+    assert choose(deltas, nulls, select, top) == "b"
+    assert choose(deltas, {}, select, top) == "a"  # without matched nulls: the lowest Δ, as before
+    assert choose({"c": deltas["c"]}, {"c": nulls["c"]}, select, top) == "c"  # none helps: the lowest Δ
 
 
 def test_frequency_bands_split_positions_by_reference_count(peaked_llama):
