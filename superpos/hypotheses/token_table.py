@@ -21,9 +21,11 @@ class TokenTable:
     means_LRD: torch.Tensor  # float32
     counts_R: np.ndarray
 
-    def targets(self, lm, kind: str, layers: list[int], shuffled: bool = False) -> torch.Tensor:
+    def targets(self, lm, kind: str, layers: list[int], shuffled: bool = False, averaged: bool = False) -> torch.Tensor:
         """(len(layers), R, D): what each row's token moves toward at ``layers`` ("mean" or "embedding").
-        ``shuffled``: the null — each row gets another token's target (a fixed random derangement of the rows)."""
+        ``shuffled``: the null — each row gets another token's target (a fixed random derangement of the rows).
+        ``averaged``: the null without token identity — every row gets the occurrence-weighted average of the
+        targets (for "mean", the layer's mean residual over the reference positions)."""
         if kind == "embedding":
             rows = torch.full((len(self.counts_R),), -1, dtype=torch.long)
             seen = torch.nonzero(self.index_V >= 0).squeeze(1)
@@ -35,7 +37,13 @@ class TokenTable:
             R = out.shape[1]
             shift = torch.randperm(R, generator=torch.Generator().manual_seed(0))
             out = out[:, shift[(torch.argsort(shift) + 1) % R]]  # a cyclic shift along a random order: no fixed point
+        if averaged:
+            out = (self.weights_R() @ out)[:, None].expand_as(out)
         return out
+
+    def weights_R(self) -> torch.Tensor:
+        """(R,) each row's share of the reference occurrences (the weights of a layer's mean residual)."""
+        return torch.from_numpy(self.counts_R / self.counts_R.sum()).float()
 
 
 def table_from_sample(sample, vocab: int, min_count: int = 1) -> TokenTable:
@@ -75,8 +83,7 @@ def decodable(table: TokenTable, resid_PD: torch.Tensor, tokens_P: torch.Tensor,
     """1 where the nearest token representation at ``layer`` (cosine after removing the mean over tokens'
     occurrences) is the position's own token, 0 where another; NaN where the token has no representation."""
     j = table.layers.index(layer)
-    w = torch.from_numpy(table.counts_R / table.counts_R.sum()).float()
-    centre = w @ table.means_LRD[j]
+    centre = table.weights_R() @ table.means_LRD[j]
     M = F.normalize(table.means_LRD[j] - centre, dim=1)
     rows = table.index_V[tokens_P]
     out = np.full(len(tokens_P), np.nan)

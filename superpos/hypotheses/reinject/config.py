@@ -35,6 +35,9 @@ class ReinjectConfig:
     min_count: int = setting(2, "a token needs this many occurrences in the reference contexts to have a "
                                 "representation (others are left alone and not scored)", parse="positive_int")
     n_bins: int = setting(5, "surprisal bins (equal counts)", parse="positive_int")
+    n_bands: int = setting(3, "token-frequency bands (equal position counts, by the input token's count in the "
+                              "reference contexts) within which the premise and the matched nulls are compared too",
+                           parse="positive_int")
     samples: int = setting(3, "prompts to sample continuations from, clean and intervened (KV-cached)",
                            parse="nonneg_int")
     n_boot: int = n_boot_setting()

@@ -26,6 +26,9 @@ class Premise:
     decodable: dict[int, Band]  # layer -> decodability per surprisal fifth (CIs over contexts)
     gap: Band  # per layer: most- minus least-surprising fifth, paired by context
     late_minus_early: Interval  # the gap at the re-injection layers minus the gap at layer 1, paired by context
+    # the same, computed within each token-frequency band (low → high), so a fifth is not a different mix of token
+    # types; None: a result from before the bands
+    within_bands: Band | None = None
 
 
 @dataclass(kw_only=True)
@@ -36,6 +39,36 @@ class CachedCheck:
     tokens: int
     max_abs_diff: float  # per-position loss, cached loop vs teacher-forced, same intervention
     delta: float  # mean Δ loss of the chosen setting in the cached loop
+
+
+@dataclass(kw_only=True)
+class MatchedNull:
+    """A null matched to one setting: it changes the output distribution as much, without the true token.
+    ``temperature``: the clean final logits divided by T, T chosen on the selection half so that the mean output
+    entropy equals the setting's; ``layer mean``: the same interpolation (layers, w, norm-matched) toward the
+    layer's mean residual instead of the token's."""
+
+    parameter: float  # T, or w
+    entropy: float  # its mean output entropy on the selection half [nats]
+    effect: AlphaEffect  # Δ loss on the following token, every evaluation context
+
+
+@dataclass(kw_only=True)
+class NullComparison:
+    """The chosen setting's advantage over one matched null on the judging half: Δ(null) − Δ(true token), paired
+    per position, intervals resampling contexts (> 0: the true token does better)."""
+
+    by_fifth: Band  # surprisal fifths, low → high
+    by_band: Band  # token-frequency bands, rare → frequent (every fifth)
+    top_by_band: Band  # the most surprising fifth, within each frequency band
+
+
+@dataclass(kw_only=True)
+class Reconciliation:
+    """Why the KV-cached check's Δ and the teacher-forced overall Δ differ: the chosen setting's mean Δ loss over
+    position sets that widen step by step from the cached check's windows to the headline's (same run)."""
+
+    steps: dict[str, Interval]  # what is averaged -> mean Δ loss (interval over contexts)
 
 
 @dataclass(kw_only=True)
@@ -66,8 +99,16 @@ class ReinjectResult(Result):
     bin_edges: list[float]
     premise: Premise
     effects: dict[str, AlphaEffect]  # "mean w=0.5" -> Δ loss on the following token, every evaluation context
-    chosen: str  # the setting with the lowest most-surprising-fifth Δ on the selection half
+    # on the selection half, most-surprising fifth: the setting whose Δ is lowest against the stronger of its two
+    # matched nulls (before the matched nulls: the lowest Δ)
+    chosen: str
     judged: AlphaEffect  # that setting on the other half
     vs_null: Interval  # on the other half, most-surprising fifth: Δ toward the true token minus toward another token
     cached: CachedCheck
     samples: list[ReinjectSample]
+    # the matched nulls (None: a result from before them, judged NOT SUPPORTED for want of them)
+    entropy: dict[str, float] | None = None  # "clean" and each setting: mean output entropy, selection half [nats]
+    matched: dict[str, dict[str, MatchedNull]] | None = None  # setting -> {"temperature": …, "layer mean": …}
+    vs_matched: dict[str, NullComparison] | None = None  # the chosen setting against each matched null
+    band_edges: list[float] | None = None  # reference-context counts that split the frequency bands
+    reconcile: Reconciliation | None = None

@@ -11,8 +11,16 @@ representation might help the prediction that follows.
   target of the position's input token — its mean residual at that layer, or its input embedding. w = 0 leaves
   every forward bit-identical (tested); w = 1 replaces. It acts in every forward, teacher-forced or incremental
   with a KV cache (``generate``, ``cached_losses``).
-* ``run_reinject``: the premise, then Δ loss on the following token by surprisal fifths for every target × w;
-  the setting is chosen on half of the evaluation contexts and judged on the other half. Reading in docs/probes.md.
+* **Matched nulls**: any change that flattens the output lowers the loss where it was high and raises it where it
+  was low, so each setting is set against two nulls that move the output distribution as much without the true
+  token: the clean final logits divided by a temperature chosen on the selection half so the mean output entropy
+  equals the setting's (``temperature_sweep``, ``matched_temperature``), and the same interpolation toward the
+  layer's mean residual (``TokenTable.targets(averaged=True)``). Both are compared with the true token within
+  surprisal fifths and within token-frequency bands (``compare``).
+* ``run``: the premise (overall and within frequency bands), then Δ loss on the following token by surprisal
+  fifths for every target × w and its matched nulls; the setting is chosen on half of the evaluation contexts and
+  judged on the other half; the KV-cached check is reconciled with the teacher-forced Δ position set by position
+  set. Reading in docs/probes.md.
 """
 from __future__ import annotations
 
@@ -27,9 +35,23 @@ from tqdm import tqdm
 
 from superpos.errors import ConfigError, SuperposError
 from superpos.hypotheses.reinject.config import ReinjectConfig
-from superpos.hypotheses.reinject.result import AlphaEffect, CachedCheck, Premise, ReinjectResult, ReinjectSample
-from superpos.hypotheses.token_table import decodable, token_means
-from superpos.stats import Band, cluster_interval, per_context_difference
+from superpos.hypotheses.reinject.result import (
+    AlphaEffect,
+    CachedCheck,
+    MatchedNull,
+    NullComparison,
+    Premise,
+    Reconciliation,
+    ReinjectResult,
+    ReinjectSample,
+)
+from superpos.hypotheses.token_table import TokenTable, decodable, token_means
+from superpos.stats import Band, Interval, cluster_interval, per_context_difference
+
+# the temperatures the entropy match scans: log-spaced over 1/8 .. 8 with 1 exactly at the centre; the matched T is
+# interpolated in log T between the two that bracket the target (mean entropy rises with T)
+TEMPERATURE_GRID = np.exp(np.linspace(np.log(1 / 8), np.log(8), 49))
+TEMPERATURE_GRID[24] = 1.0
 
 
 @contextlib.contextmanager
@@ -75,15 +97,90 @@ def generate(lm, prompt_ids, max_new_tokens: int = 32, intervention=None, temper
     return out[0, ids.shape[1]:].tolist()
 
 
-def teacher_forced_losses(lm, tokens_NC: np.ndarray, intervention=None, batch_size: int = 8) -> np.ndarray:
-    """(N, C-1) next-token losses, whole windows at once, inside ``intervention`` (None: the clean model)."""
-    out = []
+def next_token_stats(logits_BTV: torch.Tensor, targets_BT: torch.Tensor,
+                     temperature_BT: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) loss on the next token and (B, T) entropy of the output distribution [nats]; with ``temperature_BT``
+    each position's logits are divided by its temperature first (1 changes nothing, bit for bit)."""
+    z = logits_BTV.float()
+    if temperature_BT is not None:
+        z = z / temperature_BT[..., None].to(z.dtype)
+    logp = F.log_softmax(z, dim=-1)
+    loss = -logp.gather(-1, targets_BT[..., None])[..., 0]
+    return loss, -(logp.exp() * logp).sum(-1)
+
+
+def teacher_forced(lm, tokens_NC: np.ndarray, intervention=None, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C-1) next-token losses and (N, C-1) output entropies, whole windows at once, inside ``intervention``
+    (None: the clean model)."""
+    loss, ent = [], []
     with torch.inference_mode(), intervention or contextlib.nullcontext():
         for i in range(0, len(tokens_NC), batch_size):
             tok = torch.from_numpy(tokens_NC[i:i + batch_size].astype(np.int64)).to(lm.device)
-            logits = lm.model(tok).logits[:, :-1].float()
-            out.append(F.cross_entropy(logits.transpose(1, 2), tok[:, 1:], reduction="none").cpu().numpy())
-    return np.concatenate(out)
+            l_BT, h_BT = next_token_stats(lm.model(tok).logits[:, :-1], tok[:, 1:])
+            loss.append(l_BT.cpu().numpy())
+            ent.append(h_BT.cpu().numpy())
+    return np.concatenate(loss), np.concatenate(ent)
+
+
+def teacher_forced_losses(lm, tokens_NC: np.ndarray, intervention=None, batch_size: int = 8) -> np.ndarray:
+    """(N, C-1) next-token losses, whole windows at once, inside ``intervention`` (None: the clean model)."""
+    return teacher_forced(lm, tokens_NC, intervention, batch_size)[0]
+
+
+def temperature_sweep(lm, tokens_NC: np.ndarray, temperatures_K, scaled_V: torch.Tensor | None = None,
+                      batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(K, N, C-1) losses and entropies of the clean model with its final logits divided by each temperature, at
+    the positions whose input token is in ``scaled_V`` ((V,) bool; None: every position) — the temperature null,
+    which acts where the interpolation acts. One clean forward per batch serves every temperature."""
+    temps = [float(t) for t in temperatures_K]
+    loss, ent = [[] for _ in temps], [[] for _ in temps]
+    with torch.inference_mode():
+        for i in range(0, len(tokens_NC), batch_size):
+            tok = torch.from_numpy(tokens_NC[i:i + batch_size].astype(np.int64)).to(lm.device)
+            logits = lm.model(tok).logits[:, :-1]
+            where = (torch.ones_like(tok[:, :-1], dtype=torch.bool) if scaled_V is None
+                     else scaled_V.to(lm.device)[tok[:, :-1]])
+            for k, t in enumerate(temps):
+                l_BT, h_BT = next_token_stats(logits, tok[:, 1:], torch.where(where, t, 1.0))
+                loss[k].append(l_BT.cpu().numpy())
+                ent[k].append(h_BT.cpu().numpy())
+    return np.stack([np.concatenate(v) for v in loss]), np.stack([np.concatenate(v) for v in ent])
+
+
+def matched_temperature(temperatures_K, mean_entropy_K, target: float, clean: float) -> float:
+    """The temperature whose mean output entropy is ``target``: interpolated in log T between the two scanned
+    temperatures that bracket it (clipped to the scan); exactly 1 when ``target`` is the clean model's ``clean``."""
+    if target == clean:
+        return 1.0
+    h = np.maximum.accumulate(np.asarray(mean_entropy_K, dtype=np.float64))  # rises with T; ties kept monotone
+    return float(np.exp(np.interp(target, h, np.log(np.asarray(temperatures_K, dtype=np.float64)))))
+
+
+def frequency_bands(table: TokenTable, tokens_P: np.ndarray, n_bands: int) -> tuple[np.ndarray, list[float]]:
+    """(P,) each position's token-frequency band (0 rarest .. n_bands-1; -1: its token has no representation) by
+    the token's count in the reference contexts, with equal shares of the represented positions; and the counts
+    that split the bands."""
+    rows = table.index_V[torch.as_tensor(np.asarray(tokens_P, dtype=np.int64))].numpy()
+    counts = np.where(rows >= 0, table.counts_R[np.maximum(rows, 0)], 0)
+    if not (rows >= 0).any():
+        return np.full(len(rows), -1), []
+    edges = np.quantile(counts[rows >= 0], np.linspace(0, 1, n_bands + 1))[1:-1]
+    return np.where(rows >= 0, np.searchsorted(edges, counts, side="right"), -1), edges.tolist()
+
+
+def compare(true_P, null_P, ctx, bins, bands, keep, cfg) -> NullComparison:
+    """The true token's advantage over a null, Δ(null) − Δ(true) per position (> 0: the true token does better),
+    on the positions ``keep``: by surprisal fifth, by frequency band, and in the most surprising fifth within each
+    band. Intervals resample contexts (the pairing is per position)."""
+    adv = np.asarray(null_P, dtype=np.float64) - np.asarray(true_P, dtype=np.float64)
+
+    def ci(mask):
+        return cluster_interval(adv[keep & mask], ctx[keep & mask], n_boot=cfg.n_boot, seed=cfg.seed)
+
+    top = bins == cfg.n_bins - 1
+    return NullComparison(by_fifth=Band.of(ci(bins == b) for b in range(cfg.n_bins)),
+                          by_band=Band.of(ci(bands == k) for k in range(cfg.n_bands)),
+                          top_by_band=Band.of(ci(top & (bands == k)) for k in range(cfg.n_bands)))
 
 
 def cached_losses(lm, tokens_T: np.ndarray, intervention=None) -> np.ndarray:
@@ -110,9 +207,22 @@ def _effect(delta, ctx, bins, cfg) -> AlphaEffect:
                        top_minus_bottom=cluster_interval(diff, ids, n_boot=cfg.n_boot, seed=cfg.seed))
 
 
-def _premise(lm, table, ev, layers, decode_layers, bins, ctx, cfg) -> Premise:
+def _late_minus_early(right, ctx, top, bottom, layers, cfg) -> Interval:
+    """The most- minus least-surprising decodability gap at ``layers`` (their mean) minus the gap at layer 1,
+    paired by context, over the positions ``top`` and ``bottom``."""
+    gap = {}
+    for layer in [1, *layers]:
+        d, ids = per_context_difference(right[layer], ctx, top, bottom)
+        gap[layer] = dict(zip(ids.tolist(), d))
+    common = sorted(set.intersection(*(set(gap[layer]) for layer in [1, *layers])))
+    dd = np.array([np.mean([gap[layer][c] for layer in layers]) - gap[1][c] for c in common])
+    return cluster_interval(dd, np.array(common), n_boot=cfg.n_boot, seed=cfg.seed)
+
+
+def _premise(lm, table, ev, layers, decode_layers, bins, bands, ctx, cfg) -> Premise:
     """Decodability of the input token by layer and surprisal fifth, from the residuals of the evaluation
-    contexts at positions 1..T-2 (those with a surprisal and a following token)."""
+    contexts at positions 1..T-2 (those with a surprisal and a following token); the late-minus-early gap also
+    within each token-frequency band ``bands``."""
     N, T = ev.shape
     with torch.inference_mode(), lm.capture(decode_layers) as acts:
         parts: dict[int, list[np.ndarray]] = {layer: [] for layer in decode_layers}
@@ -124,24 +234,43 @@ def _premise(lm, table, ev, layers, decode_layers, bins, ctx, cfg) -> Premise:
                 parts[layer].append(decodable(table, x, tok[:, 1:T - 1].reshape(-1), layer))
     right = {layer: np.concatenate(v) for layer, v in parts.items()}
     scored = ~np.isnan(right[decode_layers[0]])
-    by_bin, gaps, gap_per_ctx = {}, [], {}
+    top, bottom = scored & (bins == cfg.n_bins - 1), scored & (bins == 0)
+    by_bin, gaps = {}, []
     for layer in decode_layers:
         v = right[layer]
         by_bin[layer] = [cluster_interval(v[scored & (bins == b)], ctx[scored & (bins == b)], n_boot=cfg.n_boot,
                                           seed=cfg.seed) for b in range(cfg.n_bins)]
-        d, ids = per_context_difference(v, ctx, scored & (bins == cfg.n_bins - 1), scored & (bins == 0))
-        gap_per_ctx[layer] = dict(zip(ids.tolist(), d))
+        d, ids = per_context_difference(v, ctx, top, bottom)
         gaps.append(cluster_interval(d, ids, n_boot=cfg.n_boot, seed=cfg.seed))
-    # late gap minus the gap right after the first block, paired by context
-    common = sorted(set.intersection(*(set(gap_per_ctx[layer]) for layer in [1, *layers])))
-    dd = np.array([np.mean([gap_per_ctx[layer][c] for layer in layers]) - gap_per_ctx[1][c] for c in common])
+    within = [_late_minus_early(right, ctx, top & (bands == k), bottom & (bands == k), layers, cfg)
+              for k in range(cfg.n_bands)]
     return Premise(layers=decode_layers, coverage=float(scored.mean()),
                    decodable={layer: Band.of(by_bin[layer]) for layer in decode_layers}, gap=Band.of(gaps),
-                   late_minus_early=cluster_interval(dd, np.array(common), n_boot=cfg.n_boot, seed=cfg.seed))
+                   late_minus_early=_late_minus_early(right, ctx, top, bottom, layers, cfg),
+                   within_bands=Band.of(within))
+
+
+def _context_interval(d_NT: np.ndarray, cfg) -> Interval:
+    """The mean of an (N, T) array with its interval resampling the N contexts."""
+    return cluster_interval(d_NT.reshape(-1), np.repeat(np.arange(len(d_NT)), d_NT.shape[1]), n_boot=cfg.n_boot,
+                            seed=cfg.seed)
+
+
+def choose(deltas, nulls, select, top) -> str:
+    """The setting judged: on the selection half's most surprising fifth (``select & top``), among the settings
+    that lower the loss there, the one furthest below the better of its matched nulls (the lower null Δ); when
+    none lowers it, or ``nulls`` (setting -> {null name: (P,) Δ}) is empty, the lowest Δ."""
+    m = select & top
+    mean = {k: float(v[m].mean()) for k, v in deltas.items()}
+    helping = [k for k in deltas if mean[k] < 0]
+    if not nulls or not helping:
+        return min(mean, key=mean.get)
+    return min(helping, key=lambda k: mean[k] - min(float(v[m].mean()) for v in nulls[k].values()))
 
 
 def run(cfg: ReinjectConfig) -> ReinjectResult:
-    """The premise test, then Δ loss on token p+1 when the residual at p moves toward token p's representation."""
+    """The premise test, then Δ loss on token p+1 when the residual at p moves toward token p's representation,
+    against the deranged and the two matched nulls; the cached check reconciled with the teacher-forced Δ."""
     from superpos.hypotheses.common import open_experiment
 
     if cfg.contexts < 4:
@@ -155,50 +284,96 @@ def run(cfg: ReinjectConfig) -> ReinjectResult:
         raise ConfigError("layers", "{field} start at 1 (layer 0 already is the embedding)")
     decode_layers = sorted(set(range(0, n + 1, 2)) | set(layers) | {1})
     table = token_means(lm, ref, decode_layers, cfg.min_count)
-    clean = teacher_forced_losses(lm, ev)  # clean[:, p] = loss predicting token p+1
-    # token p's surprisal = clean loss at p-1; the following token's loss = loss at p; p = 1 .. T-2
+    clean, clean_H = teacher_forced(lm, ev)  # clean[:, p] = loss predicting token p+1
+
+    def flat(a_NC):  # positions 1 .. T-2: token p has a surprisal (the loss at p-1) and a following token
+        return a_NC[:, 1:].reshape(-1)
+
     surprisal = clean[:, :-1].reshape(-1)
     ctx = np.repeat(np.arange(len(ev)), clean.shape[1] - 1)
     edges = np.quantile(surprisal, np.linspace(0, 1, cfg.n_bins + 1))
     bins = np.clip(np.searchsorted(edges, surprisal, side="right") - 1, 0, cfg.n_bins - 1)
-    premise = _premise(lm, table, ev, layers, decode_layers, bins, ctx, cfg)
+    bands, band_edges = frequency_bands(table, ev[:, 1:-1].reshape(-1), cfg.n_bands)
+    premise = _premise(lm, table, ev, layers, decode_layers, bins, bands, ctx, cfg)
 
-    select = np.isin(ctx, np.random.default_rng(cfg.seed).permutation(len(ev))[:len(ev) // 2])
-    effects, deltas = {}, {}
+    chosen_half = np.random.default_rng(cfg.seed).permutation(len(ev))[:len(ev) // 2]
+    select, top = np.isin(ctx, chosen_half), bins == cfg.n_bins - 1
+    entropy = {"clean": float(flat(clean_H)[select].mean())}
+    effects, deltas, full, mean_null, mean_null_H = {}, {}, {}, {}, {}
     for target in cfg.targets:
         targets = table.targets(lm, target, layers)
-        for w in tqdm(cfg.weights, desc=f"interpolate toward {target}", file=sys.stderr):
-            with_w = teacher_forced_losses(lm, ev, interpolation(lm, layers, w, targets, table.index_V))
+        averaged = table.targets(lm, target, layers, averaged=True)
+        for w in tqdm(cfg.weights, desc=f"interpolate toward {target} (and the layer mean)", file=sys.stderr):
+            with_w, with_H = teacher_forced(lm, ev, interpolation(lm, layers, w, targets, table.index_V))
             key = f"{target} w={w:g}"
-            deltas[key] = (with_w - clean)[:, 1:].reshape(-1)
+            full[key] = with_w - clean
+            deltas[key] = flat(full[key])
+            entropy[key] = float(flat(with_H)[select].mean())
             effects[key] = _effect(deltas[key], ctx, bins, cfg)
-    chosen = min(deltas, key=lambda k: deltas[k][select & (bins == cfg.n_bins - 1)].mean())
+            m_w, m_H = teacher_forced(lm, ev, interpolation(lm, layers, w, averaged, table.index_V))
+            mean_null[key], mean_null_H[key] = flat(m_w - clean), float(flat(m_H)[select].mean())
+
+    # the temperature null: T matched on the selection half to each setting's mean output entropy
+    scaled = table.index_V >= 0
+    _, grid_H = temperature_sweep(lm, ev[np.sort(chosen_half)], TEMPERATURE_GRID, scaled)
+    grid_mean = grid_H[:, :, 1:].reshape(len(TEMPERATURE_GRID), -1).mean(1)
+    temps = {k: matched_temperature(TEMPERATURE_GRID, grid_mean, entropy[k], entropy["clean"]) for k in deltas}
+    distinct = sorted(set(temps.values()))
+    t_loss, t_H = temperature_sweep(lm, ev, distinct, scaled)
+    matched, nulls = {}, {}
+    for key in deltas:
+        k = distinct.index(temps[key])
+        t_delta = flat(t_loss[k] - clean)
+        nulls[key] = {"temperature": t_delta, "layer mean": mean_null[key]}
+        w = float(key.split(" w=")[1])
+        matched[key] = {"temperature": MatchedNull(parameter=temps[key], entropy=float(flat(t_H[k])[select].mean()),
+                                                   effect=_effect(t_delta, ctx, bins, cfg)),
+                        "layer mean": MatchedNull(parameter=w, entropy=mean_null_H[key],
+                                                  effect=_effect(mean_null[key], ctx, bins, cfg))}
+
+    chosen = choose(deltas, nulls, select, top)
     judged = _effect(deltas[chosen][~select], ctx[~select], bins[~select], cfg)
+    vs_matched = {name: compare(deltas[chosen], d, ctx, bins, bands, ~select, cfg)
+                  for name, d in nulls[chosen].items()}
 
     target, w = chosen.split(" w=")
-    # the null: the same move toward another token's representation (generic perturbation, no true token)
+    # the deranged null: the same move toward another token's representation (generic perturbation, no true token)
     null_targets = table.targets(lm, target, layers, shuffled=True)
-    null = (teacher_forced_losses(lm, ev, interpolation(lm, layers, float(w), null_targets, table.index_V))
-            - clean)[:, 1:].reshape(-1)
+    null = flat(teacher_forced_losses(lm, ev, interpolation(lm, layers, float(w), null_targets, table.index_V))
+                - clean)
     effects[f"null: {chosen}"] = _effect(null, ctx, bins, cfg)
-    top = ~select & (bins == cfg.n_bins - 1)
-    vs_null = cluster_interval((deltas[chosen] - null)[top], ctx[top], n_boot=cfg.n_boot, seed=cfg.seed)
+    judge_top = ~select & top
+    vs_null = cluster_interval((deltas[chosen] - null)[judge_top], ctx[judge_top], n_boot=cfg.n_boot, seed=cfg.seed)
 
     def chosen_ctx():  # a fresh context manager for each use
         return interpolation(lm, layers, float(w), table.targets(lm, target, layers), table.index_V)
 
     short = ev[:4, :64]
+    k_short, t_short = short.shape
     tf = teacher_forced_losses(lm, short, chosen_ctx())
     loop = np.stack([cached_losses(lm, row, chosen_ctx()) for row in short])
-    cached = CachedCheck(contexts=len(short), tokens=int(short.shape[1]), max_abs_diff=float(np.abs(tf - loop).max()),
-                         delta=float((loop - teacher_forced_losses(lm, short)).mean()))
+    clean_short = teacher_forced_losses(lm, short)
+    cached = CachedCheck(contexts=k_short, tokens=t_short, max_abs_diff=float(np.abs(tf - loop).max()),
+                         delta=float((loop - clean_short).mean()))
+    # from the cached check's windows to the headline's position set, one step at a time (full[:, p]: the Δ loss
+    # at position p, predicting token p+1; a causal model's first t tokens read the same in a longer window)
+    d, T = full[chosen], ev.shape[1]
+    steps = {
+        f"KV-cached loop: contexts 1–{k_short}, positions 0–{t_short - 2}": _context_interval(loop - clean_short, cfg),
+        "teacher-forced: the same windows and positions": _context_interval(tf - clean_short, cfg),
+        f"the same contexts, position 0 left out (1–{t_short - 2})": _context_interval(d[:k_short, 1:t_short - 1], cfg),
+        f"every evaluation context, positions 1–{t_short - 2}": _context_interval(d[:, 1:t_short - 1], cfg)}
+    if T > t_short:  # the windows are longer than the cached check's
+        steps[f"every evaluation context, positions {t_short - 1}–{T - 2}"] = _context_interval(d[:, t_short - 1:], cfg)
+        steps[f"every evaluation context, positions 1–{T - 2} (the overall Δ)"] = _context_interval(d[:, 1:], cfg)
+    reconcile = Reconciliation(steps=steps)
     samples = []
     for row in ev[:cfg.samples]:
         prompt = row[:24]
         decode = lm.tokenizer.decode
         samples.append(ReinjectSample(prompt=decode(prompt), clean=decode(generate(lm, prompt)),
                                       intervened=decode(generate(lm, prompt, intervention=chosen_ctx()))))
-    res = ReinjectResult(config=cfg, model=lm.name, layers=layers, clean_loss=float(clean[:, 1:].mean()),
-                         bin_edges=edges.tolist(), premise=premise, effects=effects, chosen=chosen, judged=judged, vs_null=vs_null,
-                         cached=cached, samples=samples)
-    return res
+    return ReinjectResult(config=cfg, model=lm.name, layers=layers, clean_loss=float(clean[:, 1:].mean()),
+                          bin_edges=edges.tolist(), premise=premise, effects=effects, chosen=chosen, judged=judged,
+                          vs_null=vs_null, cached=cached, samples=samples, entropy=entropy, matched=matched,
+                          vs_matched=vs_matched, band_edges=band_edges, reconcile=reconcile)
