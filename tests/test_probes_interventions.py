@@ -13,7 +13,6 @@ from superpos.experiment.result import to_jsonable
 from superpos.hypotheses.donation.config import DonationConfig
 from superpos.hypotheses.donation.run import _kv_leaves, donation_from_grads, pairwise_kv_grads
 from superpos.hypotheses.lookahead.config import LookaheadConfig
-from superpos.hypotheses.lookahead.ngrams import BackoffNgram
 from superpos.hypotheses.probes.config import ProbeConfig
 from superpos.hypotheses.probes.geometry import frequency_basis, procrustes_test
 from superpos.hypotheses.probes.probe import (
@@ -93,20 +92,6 @@ def test_geometry_and_guess_test_report_no_difference_where_a_layer_copies_layer
     assert 0.4 < g.guess_accuracy.mean < 0.6
     assert g.vs_layer0.mean[1] == 0 == g.vs_layer0.mean[2] and g.right_minus_wrong.mean[2] == g.right_minus_wrong.mean[0]
     assert not np.isnan(g.vs_layer0.mean[3])
-
-
-def test_backoff_ngram_matches_a_hand_count():
-    train = np.array([[1, 2, 3, 1, 2, 4, 1, 2, 3]])
-    trigram = BackoffNgram(3, offset=1).fit(train)
-    test = np.array([[1, 2, 9, 5, 2, 7, 7]])
-    # (1, 2) -> 3 twice, 4 once; (5, 2) unseen -> back off to (2,) -> 3; (2, 9) and (9,) unseen -> the most
-    # frequent target overall (2: three times); (7, 7) -> (7,) unseen -> 2
-    assert BackoffNgram(3, 1).fit(train).predict(test, [0, 0, 0, 0], [1, 4, 2, 6]).tolist() == [3, 3, 2, 2]
-    assert trigram.table_[2][(1, 2)] == 3 and trigram.table_[1][(2,)] == 3
-    skip = BackoffNgram(2, offset=2).fit(train)  # two tokens on: after 1 come 3, 4, 3; after 2 always 1
-    assert skip.table_[1] == {(1,): 3, (2,): 1, (3,): 2, (4,): 2}
-    only = BackoffNgram(2, offset=1, classes=np.array([4])).fit(train)  # targets outside the classes not counted
-    assert only.predict(test, [0], [1]).tolist() == [4]
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
