@@ -88,3 +88,40 @@ def test_backoff_ngram_matches_a_hand_count():
     assert skip.predict(np.array([[1, 2, 3, 4]]), [0, 0, 0, 0], [0, 1, 2, 3]).tolist() == [3, 1, 2, 2]
     only = NgramCounts(2, 1, np.array([4])).fit(train)  # targets outside the classes not counted
     assert only.predict(test, [0], [1]).tolist() == [4]
+
+
+def test_the_input_is_read_from_the_prediction_at_i_and_from_the_guess_at_i_minus_1_only_when_it_follows(
+        tiny_models):
+    """Layer 0's lens distribution at a position is a fixed function of that position's token, so the answer is
+    known there: with independent random tokens, x_i is read from the distribution at i and not from the one at
+    i − 1; when x_i is a fixed function of x_{i−1} (a permutation chain), it is read from both alike."""
+    from superpos.hypotheses.lenses.lens import train_tuned_lens
+    from superpos.hypotheses.probes.prediction import prediction_test
+    from superpos.model.load import load_model
+    from superpos.model.residuals import sample_residuals
+
+    lm = load_model(str(tiny_models["llama"]), device="cpu")
+    rng = np.random.default_rng(0)
+    classes = np.arange(2, 50)
+    random_tokens = rng.integers(2, 50, size=(24, 40))
+    perm = rng.permutation(classes)
+    chain = np.empty_like(random_tokens)
+    chain[:, 0] = rng.integers(2, 50, size=24)
+    for t in range(1, chain.shape[1]):
+        chain[:, t] = perm[chain[:, t - 1] - 2]
+    out = {}
+    for name, tokens in (("random", random_tokens), ("chain", chain)):
+        sample = sample_residuals(lm, tokens, per_context=38, progress=False)
+        train, test = sample.split_contexts(0.75, seed=0)
+        lens = train_tuned_lens(lm, train, steps=4, progress=False)[0] if name == "random" else None
+        out[name] = prediction_test(lm, train, test, classes, lens, ridge=1e-4, n_boot=100, seed=0,
+                                    max_positions=10_000)
+    r, c = out["random"], out["chain"]
+    assert r.layers[0] == 0 and r.layers[-1] == lm.n_layers and set(r.at_i) == {"logit lens", "tuned lens"}
+    assert r.at_i["logit lens"].mean[0] > 0.95 and r.at_previous["logit lens"].mean[0] < 0.15
+    assert r.difference["logit lens"].lo[0] > 0.8 and r.difference["tuned lens"].lo[0] > 0.8
+    assert r.difference["logit lens"].lo[-1] > 0  # the model's own prediction at i carries x_i; its guess does not
+    assert r.at_i["tuned lens"].mean[-1] == r.at_i["logit lens"].mean[-1]  # the last layer: no lens involved
+    assert set(c.at_i) == {"logit lens"}
+    assert c.at_i["logit lens"].mean[0] > 0.95 and c.at_previous["logit lens"].mean[0] > 0.95
+    assert abs(c.difference["logit lens"].mean[0]) < 0.05

@@ -162,13 +162,20 @@ def test_experiment_commands_write_reports(peaked_llama, tmp_path):
 
     m = str(peaked_llama)
     small = dict(model=m, contexts=12, context_length=48, device="cpu", n_boot=100)
-    r = run_probes(ProbeConfig(**small, per_context=32, n_classes=64, n_shuffle=10, out=str(tmp_path / "p")))
+    r = run_probes(ProbeConfig(**small, per_context=32, n_classes=64, n_shuffle=10, lens_steps=5, guess_positions=200,
+                               out=str(tmp_path / "p")))
+    assert r.prediction.test_positions > 0 and r.prediction.layers[-1] == r.layers[-1]
+    assert r.verdict.via_prediction is not None and (tmp_path / "p" / "prediction.png").exists()
     assert r.geometry.tail_vs_layer0.mean[0] == 0 and r.vocabulary.coverage > 0.5 and 0 <= r.guess.guess_accuracy.mean
     assert len(r.targets["current token"].acc.mean) == 7 and (tmp_path / "p" / "probe_basis.png").exists()
     same = json.dumps(to_jsonable(EXPERIMENTS["probes"].read(tmp_path / "p"))) == json.dumps(to_jsonable(r))
     assert same  # (as JSON: a random tiny model never guesses the input, so the guess gaps are NaN)
     r = run_lookahead(LookaheadConfig(**small, per_context=32, n_classes=64, out=str(tmp_path / "l")))
     assert set(r.offsets) == {"+1", "+2", "+3"} and (tmp_path / "l" / "report.md").exists()
+    n = r.offsets["+2"].nested
+    assert n.layer in r.layers and len(n.layer_screen) == len(r.layers) and n.floor_name.startswith("the back-off")
+    assert r.offsets["+1"].nested.floor_name == "the model's own top guess" and r.model_top1 is not None
+    assert r.ngram_tokens > 0 and r.verdict.headline.startswith("Lookahead beyond n-grams")
     assert EXPERIMENTS["lookahead"].read(tmp_path / "l") == r
     r = run_donation(DonationConfig(model=m, contexts=2, context_length=16, device="cpu", n_boot=50,
                                     out=str(tmp_path / "d")))

@@ -39,8 +39,8 @@ def verdict(res: LookaheadResult) -> Verdict:
                           f"{fmt_ci(r.gain_over_guess)} over the guess" for name, r in later.items())
         head = (f"Lookahead: NOT TESTED — this result predates the nested comparison ([n-grams + the model's "
                 f"log-probs at i] with and without the residual), which was not run. Its two separate ridge-probe "
-                f"tests read {answer} ({gains}); both of its baselines sat below the model's own top guess, so they "
-                f"do not answer the question. Rerun `superpos run lookahead`.")
+                f"tests read {answer} ({gains}), but they compare two probes fitted apart, not one probe with and "
+                f"without the residual. Rerun `superpos run lookahead`.")
         return Verdict(headline=head, criteria=lines)
     lines = [_nested_line(name, r) for name, r in res.offsets.items()]
     if res.model_top1 is not None:
