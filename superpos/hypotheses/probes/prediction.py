@@ -25,12 +25,12 @@ def decoding_layers(layers: list[int]) -> list[int]:
     return [layer for j, layer in enumerate(layers) if j in (0, mid, last) or j % 3 == 0]
 
 
-def first_contexts(s: ResidualSample, max_positions: int) -> ResidualSample:
-    """The sample restricted to its first whole contexts holding at most ``max_positions`` positions (at least
-    one context)."""
-    ctx, counts = np.unique(s.ctx_P, return_counts=True)
-    keep = ctx[:max(1, int(np.searchsorted(np.cumsum(counts), max_positions, side="right")))]
-    return s.subset(np.isin(s.ctx_P, keep))
+def some_positions(s: ResidualSample, n: int, seed: int) -> ResidualSample:
+    """At most ``n`` of the sample's positions with i ≥ 1, drawn at random across all its contexts (the model still
+    runs over every context; the lenses read only these positions)."""
+    ok = np.flatnonzero(s.pos_P >= 1)
+    pick = np.sort(np.random.default_rng(seed).choice(ok, size=min(n, len(ok)), replace=False))
+    return s.subset(np.isin(np.arange(s.n_positions), pick))
 
 
 def prediction_features(lm, s: ResidualSample, classes: np.ndarray, layers: list[int], lens=None,
@@ -68,10 +68,11 @@ def prediction_features(lm, s: ResidualSample, classes: np.ndarray, layers: list
 
 def prediction_test(lm, train: ResidualSample, test: ResidualSample, classes: np.ndarray, lens, ridge: float,
                     n_boot: int, seed: int, max_positions: int) -> PredictionTest:
-    """Decode x_i from the lens distributions at i and at i − 1, per layer (see the module docstring), on the first
-    contexts of each split up to ``max_positions`` positions in all (three quarters of them for training)."""
-    train = first_contexts(train.subset(train.pos_P >= 1), int(0.75 * max_positions))
-    test = first_contexts(test.subset(test.pos_P >= 1), max_positions - int(0.75 * max_positions))
+    """Decode x_i from the lens distributions at i and at i − 1, per layer (see the module docstring), at
+    ``max_positions`` positions in all, three quarters of them from the training contexts, drawn across every
+    context of each split."""
+    train = some_positions(train, int(0.75 * max_positions), seed)
+    test = some_positions(test, max_positions - int(0.75 * max_positions), seed + 1)
     layers = decoding_layers(train.layers)
     f_tr = prediction_features(lm, train, classes, layers, lens)
     f_te = prediction_features(lm, test, classes, layers, lens)

@@ -65,7 +65,8 @@ def verdict(res: ProbesResult) -> ProbesVerdict:
         f"Procrustes (class means vs embedding rows, unit rows): {pr0.residual:.3f} at layer 0, {prm.residual:.3f} at "
         f"layer {lm} vs shuffled {prm.null_mean:.3f} (p = {prm.p_value:.4f}, {prm.shuffles} shuffles).",
         f"Via the guess made at i−1 (right vs wrong): the model's top guess names the input "
-        f"{pct(g.guess_accuracy.mean)} of the time; probe accuracy where it did minus where it did not: {g.right_minus_wrong.mean[0]:+.3f} at layer 0, "
+        f"{pct(g.guess_accuracy.mean)} of the time; probe accuracy where it did minus where it did not: "
+        f"{g.right_minus_wrong.mean[0]:+.3f} at layer 0, "
         f"{g.right_minus_wrong.mean[mid]:+.3f} at layer {lm} (difference {fmt_ci(gv)}); wrong read-outs name the "
         f"guess {pct(g.errors_to_guess[mid])} of the time at layer {lm} ({pct(g.errors_to_guess[0])} at layer 0).",
     ]
