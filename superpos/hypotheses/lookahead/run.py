@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from superpos.errors import ConfigError
 from superpos.hypotheses.lookahead.config import LookaheadConfig
-from superpos.hypotheses.lookahead.logistic import Features, fit_logistic, ngram_features
+from superpos.hypotheses.lookahead.logistic import Features, LogisticProbe, fit_logistic, ngram_features
 from superpos.hypotheses.lookahead.ngrams import NgramCounts, backoff_guess
 from superpos.hypotheses.lookahead.result import LookaheadResult, LookaheadTarget, NestedGain
 from superpos.hypotheses.probes.probe import _say, fit_ridge_probe, frequent_classes, probe_by_depth
@@ -48,10 +48,12 @@ def context_rows(s: ResidualSample) -> np.ndarray:
 
 
 def choose_l2(f_fit: Features, y_fit: np.ndarray, f_val: Features, y_val: np.ndarray, n_classes: int,
-              grid: list[float], device: str) -> float:
-    """The L2 strength of ``grid`` whose probe, fitted on ``f_fit``, has the best mean validation log-likelihood."""
-    return max(grid, key=lambda l2: fit_logistic(f_fit, y_fit, n_classes, l2, device).log_likelihood(f_val,
-                                                                                                    y_val).mean())
+              grid: list[float], device: str) -> tuple[float, LogisticProbe]:
+    """The L2 strength of ``grid`` whose probe, fitted on ``f_fit``, has the best mean validation log-likelihood,
+    and that probe."""
+    fitted = {l2: fit_logistic(f_fit, y_fit, n_classes, l2, device) for l2 in grid}
+    best = max(grid, key=lambda l2: fitted[l2].log_likelihood(f_val, y_val).mean())
+    return best, fitted[best]
 
 
 def nested_gain(base_tr: Features, extra_tr: torch.Tensor, y_tr: np.ndarray, base_te: Features,
@@ -105,8 +107,7 @@ def lookahead_target(lm, sample: ResidualSample, k: int, cfg: LookaheadConfig,
     f_fit, _ = features(fit_table, "fit", own=True)
     f_val, c_val = features(fit_table, "val", own=False)
     order = max(NGRAM_ORDERS, key=lambda n: (backoff_guess(c_val, classes, n) == classes[y["val"]]).mean())
-    l2_base = choose_l2(f_fit, y["fit"], f_val, y["val"], K, cfg.l2, device)
-    base = fit_logistic(f_fit, y["fit"], K, l2_base, device)
+    l2_base, base = choose_l2(f_fit, y["fit"], f_val, y["val"], K, cfg.l2, device)
     z_fit, z_val = base.logits(f_fit).detach().cpu(), base.logits(f_val).detach().cpu()
     screen = []
     for j in range(len(sample.layers)):  # the layer whose residual adds most to the base probe's logits (ridge)
@@ -119,7 +120,7 @@ def lookahead_target(lm, sample: ResidualSample, k: int, cfg: LookaheadConfig,
     def resid(name: str) -> torch.Tensor:
         return split[name].resid_LPD[best][torch.from_numpy(rows[name])]
 
-    l2_full = choose_l2(f_fit.with_block(resid("fit")), y["fit"], f_val.with_block(resid("val")), y["val"], K,
+    l2_full, _ = choose_l2(f_fit.with_block(resid("fit")), y["fit"], f_val.with_block(resid("val")), y["val"], K,
                         cfg.l2, device)
 
     # scored on test: tables of every token read except the test contexts
