@@ -13,7 +13,6 @@ from superpos.experiment.result import to_jsonable
 from superpos.hypotheses.donation.config import DonationConfig
 from superpos.hypotheses.donation.run import _kv_leaves, donation_from_grads, pairwise_kv_grads
 from superpos.hypotheses.lookahead.config import LookaheadConfig
-from superpos.hypotheses.lookahead.ngrams import BackoffNgram
 from superpos.hypotheses.probes.config import ProbeConfig
 from superpos.hypotheses.probes.geometry import frequency_basis, procrustes_test
 from superpos.hypotheses.probes.probe import (
@@ -95,20 +94,6 @@ def test_geometry_and_guess_test_report_no_difference_where_a_layer_copies_layer
     assert not np.isnan(g.vs_layer0.mean[3])
 
 
-def test_backoff_ngram_matches_a_hand_count():
-    train = np.array([[1, 2, 3, 1, 2, 4, 1, 2, 3]])
-    trigram = BackoffNgram(3, offset=1).fit(train)
-    test = np.array([[1, 2, 9, 5, 2, 7, 7]])
-    # (1, 2) -> 3 twice, 4 once; (5, 2) unseen -> back off to (2,) -> 3; (2, 9) and (9,) unseen -> the most
-    # frequent target overall (2: three times); (7, 7) -> (7,) unseen -> 2
-    assert BackoffNgram(3, 1).fit(train).predict(test, [0, 0, 0, 0], [1, 4, 2, 6]).tolist() == [3, 3, 2, 2]
-    assert trigram.table_[2][(1, 2)] == 3 and trigram.table_[1][(2,)] == 3
-    skip = BackoffNgram(2, offset=2).fit(train)  # two tokens on: after 1 come 3, 4, 3; after 2 always 1
-    assert skip.table_[1] == {(1,): 3, (2,): 1, (3,): 2, (4,): 2}
-    only = BackoffNgram(2, offset=1, classes=np.array([4])).fit(train)  # targets outside the classes not counted
-    assert only.predict(test, [0], [1]).tolist() == [4]
-
-
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_donation_matches_one_backward_per_loss(tmp_path, kind):
     lm = load_model(str(make_tiny_model(kind, tmp_path / kind, n_layers=1)), device="cpu")
@@ -177,13 +162,20 @@ def test_experiment_commands_write_reports(peaked_llama, tmp_path):
 
     m = str(peaked_llama)
     small = dict(model=m, contexts=12, context_length=48, device="cpu", n_boot=100)
-    r = run_probes(ProbeConfig(**small, per_context=32, n_classes=64, n_shuffle=10, out=str(tmp_path / "p")))
+    r = run_probes(ProbeConfig(**small, per_context=32, n_classes=64, n_shuffle=10, lens_steps=5, guess_positions=200,
+                               out=str(tmp_path / "p")))
+    assert r.prediction.test_positions > 0 and r.prediction.layers[-1] == r.layers[-1]
+    assert r.verdict.via_prediction is not None and (tmp_path / "p" / "prediction.png").exists()
     assert r.geometry.tail_vs_layer0.mean[0] == 0 and r.vocabulary.coverage > 0.5 and 0 <= r.guess.guess_accuracy.mean
     assert len(r.targets["current token"].acc.mean) == 7 and (tmp_path / "p" / "probe_basis.png").exists()
     same = json.dumps(to_jsonable(EXPERIMENTS["probes"].read(tmp_path / "p"))) == json.dumps(to_jsonable(r))
     assert same  # (as JSON: a random tiny model never guesses the input, so the guess gaps are NaN)
     r = run_lookahead(LookaheadConfig(**small, per_context=32, n_classes=64, out=str(tmp_path / "l")))
     assert set(r.offsets) == {"+1", "+2", "+3"} and (tmp_path / "l" / "report.md").exists()
+    n = r.offsets["+2"].nested
+    assert n.layer in r.layers and len(n.layer_screen) == len(r.layers) and n.floor_name.startswith("the back-off")
+    assert r.offsets["+1"].nested.floor_name == "the model's own top guess" and r.model_top1 is not None
+    assert r.ngram_tokens > 0 and r.verdict.headline.startswith("Lookahead beyond n-grams")
     assert EXPERIMENTS["lookahead"].read(tmp_path / "l") == r
     r = run_donation(DonationConfig(model=m, contexts=2, context_length=16, device="cpu", n_boot=50,
                                     out=str(tmp_path / "d")))

@@ -14,6 +14,15 @@ from superpos.hypotheses.common import (
 from superpos.settings import setting
 
 
+def tuned_lens_setting():
+    return setting(None, "folder of a saved tuned lens; empty: train one on the training contexts")
+
+
+def lens_steps_setting():
+    return setting(300, "at most this many tuned-lens training steps when no --lens (it stops earlier once its "
+                        "held-out KL stops falling)", parse="positive_int")
+
+
 @dataclass
 class LensesConfig:
     """Logit lens vs a tuned lens (trained here and saved to OUT/tuned_lens), per layer, on held-out contexts."""

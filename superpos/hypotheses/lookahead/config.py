@@ -14,6 +14,12 @@ class LookaheadConfig(ProbeSettings):
 
     offsets: list[int] = setting(help="target token offsets after the probed position", parse="offset_list",
                                  factory=lambda: [1, 2, 3])
+    ngram_tokens: int = setting(1_000_000, "corpus tokens read after the probed contexts for the n-gram tables, "
+                                           "besides the training contexts (the test contexts are never counted); 0: "
+                                           "the training contexts only", parse="nonneg_int")
+    l2: list[float] = setting(help="L2 strengths tried for the nested logistic probes; each probe takes the one with "
+                                   "the best validation log-likelihood", parse="positive_float_list",
+                              factory=lambda: [1e-4, 1e-3, 1e-2])
     n_boot: int = n_boot_setting()
     seed: int = seed_setting()
     device: str = device_setting()

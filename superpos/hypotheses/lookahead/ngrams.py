@@ -1,49 +1,142 @@
-"""Back-off n-gram predictors: the most frequent token ``offset`` positions after the last ``order - 1`` tokens,
-counted on training contexts, backing off to shorter histories (and finally to the most frequent token) when a
-history was never seen. The context-aware baseline a lookahead probe has to beat."""
-from __future__ import annotations
+"""N-gram counts for the lookahead baselines: how often each probed class came ``offset`` positions after each
+history of the last m tokens (m = 0 .. order − 1), counted on whole token rows with numpy.
 
-from collections import Counter, defaultdict
+Two read-outs of one table:
+
+* ``counts`` gives, per queried position and history length m, the counts over the classes ``(P, M, K)``: the
+  n-gram *features* of the nested lookahead probe. ``exclude_own=True`` subtracts what the position's own row
+  contributed (leave-one-context-out), for positions whose rows were counted (the probe's training positions), so
+  that no position's features have seen its own target.
+* ``predict`` is the back-off guess: the most frequent class after the longest history that was seen (ties go to
+  the lower id), backing off to shorter histories and finally to the most frequent class; the floor a lookahead
+  probe for i + k (k > 1) is shown against.
+"""
+from __future__ import annotations
 
 import numpy as np
 
+BASE = 2 ** 20  #: token ids are digits of this base in a history key (any vocabulary up to about a million)
 
-class BackoffNgram:
-    """``fit(tokens_NC)`` counts, ``predict(tokens_NC, ctx_P, pos_P)`` guesses the token at pos + offset.
 
-    ``classes``: only targets among these are counted (the guess is always one of them); ties go to the lower id.
+def history_keys(tokens_NC: np.ndarray, m: int) -> np.ndarray:
+    """(N, C) int64 key of the ``m`` tokens ending at each position (exact: base-``BASE`` digits, so keys of any two
+    token arrays agree); -1 where the history would start before the row. ``m = 0`` is the empty history (key 0)."""
+    tokens_NC = np.asarray(tokens_NC, dtype=np.int64)
+    if m * 20 >= 63 or (tokens_NC.size and (tokens_NC.max() >= BASE or tokens_NC.min() < 0)):
+        raise ValueError(f"histories of {m} tokens with ids in [0, {BASE}) are needed for 64-bit keys")
+    key = np.zeros(tokens_NC.shape, dtype=np.int64)
+    C = tokens_NC.shape[1]
+    for j in range(m):  # add the token at pos - j
+        key[:, j:] = key[:, j:] * BASE + tokens_NC[:, :C - j]
+    key[:, :max(m - 1, 0)] = -1
+    return key
+
+
+class NgramCounts:
+    """``fit(tokens_NC)`` counts, ``counts(...)`` and ``predict(...)`` read the counts at positions of other rows.
+
+    Parameters
+    ----------
+    order:
+        The longest history is ``order - 1`` tokens (an ``order``-gram).
+    offset:
+        The target is the token ``offset`` positions after the history's last token.
+    classes:
+        Sorted token ids; only targets among them are counted (every count vector has one entry per class).
     """
 
-    def __init__(self, order: int, offset: int = 1, classes: np.ndarray | None = None):
+    def __init__(self, order: int, offset: int, classes: np.ndarray):
         if order < 1 or offset < 1:
             raise ValueError("order and offset must be at least 1")
-        self.order, self.offset, self.classes = order, offset, classes
+        self.order, self.offset = order, offset
+        self.classes = np.asarray(classes, dtype=np.int64)
+        if len(self.classes) == 0 or np.any(np.diff(self.classes) <= 0):
+            raise ValueError("classes must be sorted, distinct and not empty")
 
-    def fit(self, tokens_NC: np.ndarray) -> "BackoffNgram":
-        tokens_NC = np.asarray(tokens_NC)
-        keep = None if self.classes is None else set(np.asarray(self.classes).tolist())
-        counts: list[dict[tuple, Counter]] = [defaultdict(Counter) for _ in range(self.order)]
-        for row in tokens_NC.tolist():
-            for pos in range(len(row) - self.offset):
-                y = row[pos + self.offset]
-                if keep is not None and y not in keep:
-                    continue
-                for m in range(min(self.order - 1, pos + 1) + 1):  # history length m: tokens pos-m+1 .. pos
-                    counts[m][tuple(row[pos - m + 1:pos + 1])][y] += 1
-        self.table_ = [{h: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for h, c in level.items()}
-                       for level in counts]
-        if not self.table_[0]:
+    @property
+    def n_classes(self) -> int:
+        """K, the length of every count vector."""
+        return len(self.classes)
+
+    def _pairs(self, tokens_NC: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """(history keys, class columns) of every counted (history, target) pair of the rows."""
+        tokens_NC = np.atleast_2d(np.asarray(tokens_NC, dtype=np.int64))
+        C = tokens_NC.shape[1]
+        if C <= self.offset:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        keys = self._keys(tokens_NC, m)[:, :C - self.offset].ravel()
+        y = tokens_NC[:, self.offset:].ravel()
+        col = np.minimum(np.searchsorted(self.classes, y), self.n_classes - 1)
+        ok = (keys >= 0) & (self.classes[col] == y)
+        return keys[ok], col[ok]
+
+    def _keys(self, tokens_NC: np.ndarray, m: int) -> np.ndarray:
+        return history_keys(np.where(tokens_NC >= 0, tokens_NC, 0), m) if m else np.zeros(tokens_NC.shape, np.int64)
+
+    def fit(self, tokens_NC: np.ndarray) -> "NgramCounts":
+        """Count every (history, target) pair of the rows of ``tokens_NC`` (histories never cross a row start)."""
+        self.tables_ = []
+        self.n_tokens_ = int(np.asarray(tokens_NC).size)
+        for m in range(self.order):
+            keys, col = self._pairs(tokens_NC, m)
+            hist, inv = np.unique(keys, return_inverse=True)
+            pair, n = np.unique(inv.astype(np.int64) * self.n_classes + col, return_counts=True)
+            self.tables_.append((hist, pair // self.n_classes, pair % self.n_classes, n))
+        if len(self.tables_[0][3]) == 0:
             raise ValueError("no training targets to count")
         return self
 
-    def predict(self, tokens_NC: np.ndarray, ctx_P: np.ndarray, pos_P: np.ndarray) -> np.ndarray:
-        tokens_NC = np.asarray(tokens_NC)
-        out = np.empty(len(ctx_P), dtype=np.int64)
-        for p, (c, pos) in enumerate(zip(np.asarray(ctx_P).tolist(), np.asarray(pos_P).tolist())):
-            row = tokens_NC[c]
-            for m in range(min(self.order - 1, pos + 1), -1, -1):
-                guess = self.table_[m].get(tuple(row[pos - m + 1:pos + 1].tolist()))
-                if guess is not None:
-                    out[p] = guess
-                    break
+    def _lookup(self, table, q_keys: np.ndarray) -> np.ndarray:
+        """(len(q_keys), K) counts after each queried history (0 for unseen ones)."""
+        hist, h_idx, col, n = table
+        out = np.zeros((len(q_keys), self.n_classes), dtype=np.float32)
+        if len(hist) == 0 or len(q_keys) == 0:
+            return out
+        uq, inv = np.unique(q_keys, return_inverse=True)
+        at = np.minimum(np.searchsorted(hist, uq), len(hist) - 1)
+        seen_u = np.where(hist[at] == uq, at, -1)  # table index of each distinct queried history, or -1
+        u_of_hist = np.full(len(hist), -1, dtype=np.int64)
+        u_of_hist[seen_u[seen_u >= 0]] = np.flatnonzero(seen_u >= 0)
+        u = u_of_hist[h_idx]
+        keep = u >= 0
+        dense = np.zeros((len(uq), self.n_classes), dtype=np.float32)
+        np.add.at(dense, (u[keep], col[keep]), n[keep])
+        return dense[inv]
+
+    def counts(self, tokens_NC: np.ndarray, ctx_P: np.ndarray, pos_P: np.ndarray,
+               exclude_own: bool = False) -> np.ndarray:
+        """(P, order, K) counts over the classes after the last m tokens up to each position (m = 0 .. order−1).
+
+        ``exclude_own``: subtract the counts of the position's own row of ``tokens_NC`` (that row must have been
+        among the fitted ones): leave-one-context-out features for training positions.
+        """
+        tokens_NC, ctx_P, pos_P = np.asarray(tokens_NC), np.asarray(ctx_P), np.asarray(pos_P)
+        out = np.zeros((len(ctx_P), self.order, self.n_classes), dtype=np.float32)
+        for m, table in enumerate(self.tables_):
+            q = self._keys(tokens_NC, m)[ctx_P, pos_P]
+            out[:, m] = self._lookup(table, q)
+            out[q < 0, m] = 0
+        if exclude_own:
+            for c in np.unique(ctx_P):
+                rows = np.flatnonzero(ctx_P == c)
+                own = NgramCounts(self.order, self.offset, self.classes)
+                if not len(own._pairs(tokens_NC[c:c + 1], 0)[0]):
+                    continue
+                own.fit(tokens_NC[c:c + 1])
+                out[rows] -= own.counts(tokens_NC[c:c + 1], np.zeros(len(rows), np.int64), pos_P[rows])
         return out
+
+    def predict(self, tokens_NC: np.ndarray, ctx_P: np.ndarray, pos_P: np.ndarray,
+                order: int | None = None) -> np.ndarray:
+        """The back-off guess of the token ``offset`` after each position, with histories of at most
+        ``order - 1`` tokens (default: this table's order)."""
+        n = self.counts(tokens_NC, ctx_P, pos_P)
+        return backoff_guess(n, self.classes, order or self.order)
+
+
+def backoff_guess(counts_PMK: np.ndarray, classes: np.ndarray, order: int) -> np.ndarray:
+    """The most frequent class after the longest seen history of at most ``order - 1`` tokens (ties: lower id)."""
+    n = counts_PMK[:, :order]
+    seen = n.sum(-1) > 0  # (P, M)
+    longest = np.where(seen.any(1), n.shape[1] - 1 - np.argmax(seen[:, ::-1], axis=1), 0)
+    return np.asarray(classes)[n[np.arange(len(n)), longest].argmax(-1)]

@@ -16,21 +16,33 @@ def write_report(res: LookaheadResult, out: Path) -> Path:
     rep.verdict(res.verdict)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, r in res.offsets.items():
-        band(ax, res.layers, r.acc, f"probe for token {name}")
+        band(ax, res.layers, r.acc, f"ridge probe on the residual alone, token {name}")
         color = ax.lines[-1].get_color()
-        ax.axhline(max(r.ngram[r.ngram_order].mean, r.model_guess.mean), ls=":", color=color, lw=1)
-        ax.plot([r.best_layer], [r.best_layer_acc.mean], "*", color=color, ms=10)
+        if r.nested is not None:
+            ax.axhline(r.nested.floor.mean, ls=":", color=color, lw=1)
+            ax.plot([r.nested.layer], [r.nested.full_acc.mean], "*", color=color, ms=10)
+            ax.plot([r.nested.layer], [r.nested.base_acc.mean], "o", mfc="none", color=color, ms=7)
+        else:
+            ax.axhline(max(r.ngram[r.ngram_order].mean, r.model_guess.mean), ls=":", color=color, lw=1)
+            ax.plot([r.best_layer], [r.best_layer_acc.mean], "*", color=color, ms=10)
     ax.set(xlabel="residual layer at position i", ylabel="held-out top-1 accuracy")
     ax.legend(fontsize=8)
-    rep.figure(fig, "lookahead.png", "Probes from position i for the tokens at i+1, i+2, i+3 (95% CIs over test "
-               "contexts); dotted: the stronger context-aware baseline on test contexts (back-off n-gram or a probe "
-               "on the model's own next-token distribution); star: the layer chosen on validation contexts, scored on "
-               "test")
+    rep.figure(fig, "lookahead.png", "Ridge probes from the residual at position i alone for the tokens at i+1, i+2, "
+               "i+3 (95% CIs over test contexts); dotted: the floor (the model's own top guess at +1, the back-off "
+               "n-gram beyond); circle: the logistic probe on [n-grams + the model's log-probs at i]; star: the same "
+               "with the residual at the layer chosen on validation contexts, on test contexts")
+    if all(r.nested is not None for r in res.offsets.values()):
+        rep.table(["token", "layer (val)", "log-lik base (nats)", "log-lik + residual", "gain [95% CI]",
+                   "acc base", "acc + residual", "acc gain [95% CI]", "floor", "floor acc", "L2 base / full",
+                   "test positions", "coverage"],
+                  [[name, n.layer, n.base_loglik.mean, n.full_loglik.mean, fmt_ci(n.gain), n.base_acc.mean,
+                    n.full_acc.mean, fmt_ci(n.acc_gain), n.floor_name, n.floor.mean, f"{n.l2_base:g} / {n.l2_full:g}",
+                    n.test_positions, r.coverage] for name, r in res.offsets.items() for n in [r.nested]])
+        rep.text(f"The model's own top guess names the token at i+1 {fmt_ci(res.model_top1)} of the time on test "
+                 f"contexts (whole vocabulary). n-gram tables counted on {res.ngram_tokens:,} tokens: every token "
+                 f"read except the test contexts; training positions' n-gram features leave their own context out.")
     orders = sorted(next(iter(res.offsets.values())).ngram)
-    rep.table(["token", "layer (val)", "probe acc"] + [f"{n}-gram" for n in orders] +
-              ["model's guess", "n (val)", "gain over the n-gram [95% CI]", "gain over the guess [95% CI]", "coverage"],
-              [[name, r.best_layer, r.best_layer_acc.mean] + [r.ngram[n].mean for n in orders] +
-               [r.model_guess.mean, r.ngram_order, fmt_ci(r.gain_over_ngram), fmt_ci(r.gain_over_guess), r.coverage]
-               for name, r in res.offsets.items()])
+    rep.table(["token"] + [f"{n}-gram acc" for n in orders] + ["n (val)"],
+              [[name] + [r.ngram[n].mean for n in orders] + [r.ngram_order] for name, r in res.offsets.items()])
     rep.reproduce("lookahead", res.config)
     return rep.save(out)

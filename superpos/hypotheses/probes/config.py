@@ -11,6 +11,7 @@ from superpos.hypotheses.common import (
     out_setting,
     seed_setting,
 )
+from superpos.hypotheses.lenses.config import lens_steps_setting, tuned_lens_setting
 from superpos.settings import setting
 
 
@@ -37,6 +38,11 @@ class ProbeConfig(ProbeSettings):
     n_shuffle: int = setting(1000, "shuffled-token permutations for the Procrustes null at layer 0, the middle and "
                                    "the last layer (1/50 of it, at least 20, at every third layer for the curve)",
                              parse="positive_int")
+    guess_positions: int = setting(4096, "positions (drawn across all contexts, three quarters from the training "
+                                         "ones) at which the input is decoded from the model's predictions at i and "
+                                         "at i-1; 0: not run", parse="nonneg_int")
+    lens: str | None = tuned_lens_setting()
+    lens_steps: int = lens_steps_setting()
     n_boot: int = n_boot_setting()
     seed: int = seed_setting()
     device: str = device_setting()

@@ -72,5 +72,25 @@ def write_report(res: ProbesResult, out: Path) -> Path:
     rep.figure(fig, "probe_basis.png", "Where the class means' energy lies: cumulative energy over components of "
                "the embedding's PCA, NMF, coordinate and frequency-ordered bases. A curve below the black one holds "
                "the token in components the embedding barely uses")
+    pt = res.prediction
+    if pt is not None:
+        fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+        for lens in pt.at_i:
+            band(axes[0], pt.layers, pt.at_i[lens], f"{lens}: distribution at i")
+            band(axes[0], pt.layers, pt.at_previous[lens], f"{lens}: distribution at i−1 (the guess for x_i)", ls="--")
+            band(axes[1], pt.layers, pt.difference[lens], lens)
+        axes[0].set(xlabel="residual layer", ylabel="accuracy reading x_i", ylim=(0, 1.02))
+        axes[1].axhline(0, color="k", lw=0.8)
+        axes[1].set(xlabel="residual layer", ylabel="at i − at i−1")
+        for ax in axes:
+            ax.legend(fontsize=8)
+        rep.figure(fig, "prediction.png", "Is x_i held through the prediction made at i? A ridge probe reads x_i from "
+                   "the lens's next-token distribution at i and from the one at i−1 (the model's guess for x_i); "
+                   "the last layer is the model's own prediction. 95% CIs over test contexts")
+        rep.table(["layer", *[f"{lens} at i" for lens in pt.at_i], *[f"{lens} at i−1" for lens in pt.at_i],
+                   *[f"{lens}: at i − at i−1 [95% CI]" for lens in pt.at_i]],
+                  [[layer, *[pt.at_i[n].mean[j] for n in pt.at_i], *[pt.at_previous[n].mean[j] for n in pt.at_i],
+                    *[f"{pt.difference[n].mean[j]:+.3f} [{pt.difference[n].lo[j]:+.3f}, {pt.difference[n].hi[j]:+.3f}]"
+                      for n in pt.at_i]] for j, layer in enumerate(pt.layers)])
     rep.reproduce("probes", cfg)
     return rep.save(out)

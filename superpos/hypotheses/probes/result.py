@@ -59,6 +59,21 @@ class GuessTest:
 
 
 @dataclass(kw_only=True)
+class PredictionTest:
+    """Is x_i held through the prediction made at i? Accuracy of a ridge probe reading x_i from the lens
+    distribution at i, and from the one at i − 1 (the model's guess for x_i), per layer and lens (test contexts).
+    The last layer is the model's own prediction."""
+
+    layers: list[int]
+    n_classes: int
+    train_positions: int
+    test_positions: int
+    at_i: dict[str, Band]  # lens ("logit lens", "tuned lens") -> per layer, accuracy from the distribution at i
+    at_previous: dict[str, Band]  # ... from the distribution at i − 1
+    difference: dict[str, Band]  # at i minus at i − 1, paired per position
+
+
+@dataclass(kw_only=True)
 class FullVocab:
     """The nearest-token-representation read-out over every token seen in training (no fitting)."""
 
@@ -73,7 +88,8 @@ class ProbesVerdict(Verdict):
 
     decodable_mid: float
     off_to_the_side: bool
-    via_guess: bool
+    via_guess: bool  # the i − 1 right-vs-wrong gap, beyond layer 0's, above 0
+    via_prediction: bool | None = None  # x_i read from the model's prediction at i better than from its guess at i−1
 
 
 @dataclass(kw_only=True)
@@ -89,3 +105,4 @@ class ProbesResult(Result):
     geometry: ProbeGeometry
     guess: GuessTest
     vocabulary: FullVocab
+    prediction: PredictionTest | None = None  # not run in older results

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from superpos.errors import ConfigError
 from superpos.hypotheses.probes.config import ProbeConfig
+from superpos.hypotheses.probes.prediction import prediction_test
 from superpos.hypotheses.probes.probe import (
     _say,
     embedding_geometry,
@@ -13,6 +14,17 @@ from superpos.hypotheses.probes.probe import (
     probe_by_depth,
 )
 from superpos.hypotheses.probes.result import ProbesResult
+
+
+def tuned_lens(lm, train, cfg: ProbeConfig):
+    """The tuned lens at ``cfg.lens``, or one trained on the training contexts (``cfg.lens_steps`` at most)."""
+    from superpos.hypotheses.lenses.lens import TunedLens, train_tuned_lens
+
+    if cfg.lens:
+        lens = TunedLens.load(cfg.lens)
+        lens.check_model(lm)
+        return lens.to(lm.device)
+    return train_tuned_lens(lm, train, steps=cfg.lens_steps, seed=cfg.seed)[0]
 
 
 def run(cfg: ProbeConfig) -> ProbesResult:
@@ -42,7 +54,12 @@ def run(cfg: ProbeConfig) -> ProbesResult:
     _say("the model's guesses, and the full-vocabulary read-out")
     guess = guess_test(current_probes, test, model_guesses(lm, tokens), cfg.n_boot, cfg.seed)
     vocab = full_vocabulary(train, test, W_E.shape[0], cfg.n_boot, cfg.seed)
+    prediction = None
+    if cfg.guess_positions:
+        _say("decoding the input from the model's predictions at i and at i-1 (logit and tuned lens)")
+        prediction = prediction_test(lm, train, test, classes, tuned_lens(lm, train, cfg), cfg.ridge, cfg.n_boot,
+                                     cfg.seed, cfg.guess_positions)
     res = ProbesResult(config=cfg, model=lm.name, n_positions=sample.n_positions, layers=sample.layers,
                        targets=targets, nearest_embedding_acc=nearest_embedding_accuracy(sample, W_E, classes),
-                       geometry=geometry, guess=guess, vocabulary=vocab)
+                       geometry=geometry, guess=guess, vocabulary=vocab, prediction=prediction)
     return res

@@ -7,11 +7,40 @@ from superpos.hypotheses.common import fmt_ci, pct
 from superpos.hypotheses.probes.result import ProbesResult, ProbesVerdict
 
 
+def _prediction(res: ProbesResult) -> tuple[bool | None, str, list[str]]:
+    """Is x_i held through the prediction made at i: (answer, headline clause, criteria lines)."""
+    pt = res.prediction
+    if pt is None:
+        return None, ("whether it is held through the prediction made at i was not tested (this result predates "
+                      "that decoding)"), []
+    last = len(pt.layers) - 1
+    d = pt.difference["logit lens"].at(last)  # the last layer: the model's own prediction (no lens involved)
+    at_i, prev = pt.at_i["logit lens"].at(last), pt.at_previous["logit lens"].at(last)
+    resid = res.targets["current token"].acc.mean[res.layers.index(pt.layers[last])]
+    held = bool(d.lo > 0)
+    lines = [f"Via the prediction made at i: a ridge probe reads x_i from the model's next-token distribution at i "
+             f"{at_i.mean:.3f} [{at_i.lo:.3f}, {at_i.hi:.3f}] of the time, from its guess for x_i made at i−1 "
+             f"{prev.mean:.3f} (difference {fmt_ci(d)}; the residual at layer {pt.layers[last]} itself: "
+             f"{resid:.3f}; {pt.test_positions:,} test positions, top-{pt.n_classes} tokens)."]
+    for lens, band in pt.difference.items():
+        by = ", ".join(f"{layer}: {band.mean[j]:+.3f}" for j, layer in enumerate(pt.layers))
+        lo = [f"{layer}" for j, layer in enumerate(pt.layers) if band.lo[j] > 0]
+        lines.append(f"By layer, {lens} distribution at i minus at i−1 (accuracy of reading x_i): {by}; interval "
+                     f"above 0 at layers {', '.join(lo) or 'none'}.")
+    clause = (f"{'held' if held else 'not held'} through the prediction made at i (x_i read from the model's "
+              f"next-token distribution at i {at_i.mean:.3f} vs {prev.mean:.3f} from its guess for it made at i−1, "
+              f"difference {fmt_ci(d)})")
+    return held, clause, lines
+
+
 def verdict(res: ProbesResult) -> ProbesVerdict:
-    """Three answers at the middle layer, each against its calibration: decodability (vs layer 0 and the
+    """Four answers, each against its calibration: decodability at the middle layer (vs layer 0 and the
     nearest-embedding read-out); "off to the side" — the class means' tail share above layer 0's (interval over
-    contexts above 0) and above a random basis's; "via the guess" — the probe's accuracy gap between positions
-    whose input the model had guessed and those it had not, larger than at layer 0 (interval above 0)."""
+    contexts above 0) and above a random basis's; "held through the prediction made at i" — x_i read by a ridge
+    probe from the model's next-token distribution at i better than from the distribution at i−1, its guess for x_i
+    (paired difference's interval above 0; per layer for the logit and tuned lenses); and the older "via the guess
+    made at i−1" — the probe's accuracy gap between positions whose input the model had guessed at i−1 and those it
+    had not, larger than at layer 0 (interval above 0)."""
     cur, g, geo, voc = res.targets["current token"], res.guess, res.geometry, res.vocabulary
     acc, layers, near = cur.acc, res.layers, res.nearest_embedding_acc
     mid = len(layers) // 2
@@ -35,8 +64,9 @@ def verdict(res: ProbesResult) -> ProbesVerdict:
         f"a random basis of that size holds {pct(geo.random_share)}.",
         f"Procrustes (class means vs embedding rows, unit rows): {pr0.residual:.3f} at layer 0, {prm.residual:.3f} at "
         f"layer {lm} vs shuffled {prm.null_mean:.3f} (p = {prm.p_value:.4f}, {prm.shuffles} shuffles).",
-        f"Via the guess: the model's top guess names the input {pct(g.guess_accuracy.mean)} of the time; probe accuracy "
-        f"where it did minus where it did not: {g.right_minus_wrong.mean[0]:+.3f} at layer 0, "
+        f"Via the guess made at i−1 (right vs wrong): the model's top guess names the input "
+        f"{pct(g.guess_accuracy.mean)} of the time; probe accuracy where it did minus where it did not: "
+        f"{g.right_minus_wrong.mean[0]:+.3f} at layer 0, "
         f"{g.right_minus_wrong.mean[mid]:+.3f} at layer {lm} (difference {fmt_ci(gv)}); wrong read-outs name the "
         f"guess {pct(g.errors_to_guess[mid])} of the time at layer {lm} ({pct(g.errors_to_guess[0])} at layer 0).",
     ]
@@ -44,6 +74,8 @@ def verdict(res: ProbesResult) -> ProbesVerdict:
         prev = res.targets["previous token"].acc.mean
         lines.append(f"Previous token: {prev[0]:.3f} at layer {layers[0]}, peak {max(prev):.3f} at layer "
                      f"{layers[int(np.argmax(prev))]}.")
+    held, clause, pred_lines = _prediction(res)
+    lines[4:4] = pred_lines  # before the older test of the guess made at i−1
     more = d0.lo > 0
     if side:
         where = "held more off to the side of the embedding's main directions than at layer 0, and more than a random "
@@ -56,10 +88,10 @@ def verdict(res: ProbesResult) -> ProbesVerdict:
     head = (f"The input token stays linearly decodable through the stack (layer {lm}: {acc.mean[mid]:.3f}). At layer "
             f"{lm} it is {where} (tail share {tail.mean:.2f} vs {geo.tail.mean[0]:.2f} at layer 0, difference "
             f"{fmt_ci(d0)}; random orientation {geo.random_share:.2f}), and "
-            f"{'partly held via the model' + chr(39) + 's guess' if via else 'not held via the model' + chr(39) + 's guess'} "
-            f"(accuracy gap guessed − not guessed, minus layer 0's: {fmt_ci(gv)}).")
+            f"{clause}; where the model's guess made at i−1 was right, it is {'more' if via else 'not more'} "
+            f"decodable than where it was wrong, beyond layer 0's gap ({fmt_ci(gv)}).")
     return ProbesVerdict(headline=head, criteria=lines, decodable_mid=float(acc.mean[mid]), off_to_the_side=side,
-                           via_guess=via)
+                         via_guess=via, via_prediction=held)
 
 
 def numbers(res) -> dict[str, str]:
@@ -68,4 +100,6 @@ def numbers(res) -> dict[str, str]:
     acc, mid, geo = res.targets["current token"].acc, len(res.layers) // 2, res.geometry
     d0, gv = geo.tail_vs_layer0.at(mid), res.guess.vs_layer0.at(mid)
     return {"input-token acc, layer 0 / mid / last": f"{acc.mean[0]:.3f} / {acc.mean[mid]:.3f} / {acc.mean[-1]:.3f}",
-            "mid tail share − layer 0's": fmt_ci(d0), "via the guess (gap − layer 0's)": fmt_ci(gv)}
+            "mid tail share − layer 0's": fmt_ci(d0), "via the guess at i−1 (gap − layer 0's)": fmt_ci(gv),
+            **({} if res.prediction is None else
+               {"x_i from the prediction at i − at i−1": fmt_ci(res.prediction.difference["logit lens"].at(-1))})}
