@@ -58,16 +58,20 @@ def criterion_i(st: dict, ctx_P: np.ndarray, n_boot: int, seed: int,
                 baseline: dict | None = None) -> tuple[Interval, Interval]:
     """The two intervals of the repurposing verdict's criterion (i) on one layer's statistics (bootstrap over
     contexts): the token excess over the Gaussian null, and that excess beyond random directions (the effect).
-    With ``baseline`` (the same statistics at the same positions of the unplanted residuals or the unhooked model)
-    the baseline's peaks take the Gaussian null's place: peak − baseline peak on tokens, and that minus the same on
-    random directions. A real stream's tails differ from a Gaussian's (on a real model the unhooked excess itself
-    can sit below 0), which biases the Gaussian reading of a planted push; the paired one has no such offset."""
-    g, gq = ("peak_G", "peak_GQ") if baseline is None else ("peak", "peak_Q")
-    ref = st if baseline is None else baseline
-    excess = st["peak"] - ref[g]
-    effect = excess - (st["peak_Q"] - ref[gq])
+    With ``baseline`` (the same statistics at the same positions of the unplanted residuals or of the unhooked model)
+    each half is read as a difference in differences: the excess over the Gaussian minus the baseline's own excess
+    over its Gaussian, position by position. A real stream's tails differ from a Gaussian's (on a real model the
+    unhooked excess itself can sit below 0), which biases the Gaussian reading of a planted push by that offset;
+    the baseline's is subtracted. (A plain peak − baseline peak would not do: a planted push raises the layer's
+    variance, so every standardised z falls, and the Gaussian redrawn from the planted covariance is what accounts
+    for that.)"""
+    excess = st["peak"] - st["peak_G"]
+    rand = st["peak_Q"] - st["peak_GQ"]
+    if baseline is not None:
+        excess = excess - (baseline["peak"] - baseline["peak_G"])
+        rand = rand - (baseline["peak_Q"] - baseline["peak_GQ"])
     return (cluster_interval(excess, ctx_P, n_boot=n_boot, seed=seed),
-            cluster_interval(effect, ctx_P, n_boot=n_boot, seed=seed))
+            cluster_interval(excess - rand, ctx_P, n_boot=n_boot, seed=seed))
 
 
 def detected(st: dict, ctx_P: np.ndarray, n_boot: int, seed: int, baseline: dict | None = None) -> bool:
@@ -95,16 +99,17 @@ def power_curve(R_PD: torch.Tensor, final_PD: torch.Tensor, U_PV: torch.Tensor, 
     """Detection rate of the planted token push (module docstring) at each alpha over ``draws`` draws, read as the
     verdict reads it (against the Gaussian null) and against the unplanted residuals at the same positions."""
     alphas = sorted(float(a) for a in alphas)
-    clean = layer_stats(R_PD, final_PD, U_PV, L_PV, tok_VD, rand_VD, shuffle, z_high, seed + 999)
-    rate, rate_clean = [], []
+    rate, rate_clean, clean = [], [], {}
     for a in alphas:
         hits = hits_clean = 0
         for k in range(draws):
             gen = torch.Generator().manual_seed(seed * 7919 + k)
             R = plant_token_push(R_PD, U_PV, tok_VD, a, gen, pos_P)
             st = layer_stats(R, final_PD, U_PV, L_PV, tok_VD, rand_VD, shuffle, z_high, seed + 1000 + k)
+            if k not in clean:  # the unplanted residuals with the same Gaussian draw
+                clean[k] = layer_stats(R_PD, final_PD, U_PV, L_PV, tok_VD, rand_VD, shuffle, z_high, seed + 1000 + k)
             hits += detected(st, ctx_P, n_boot, seed + k)
-            hits_clean += detected(st, ctx_P, n_boot, seed + k, baseline=clean)
+            hits_clean += detected(st, ctx_P, n_boot, seed + k, baseline=clean[k])
             if progress is not None:
                 progress.update(1)
         rate.append(hits / draws)

@@ -115,8 +115,8 @@ class MechanismRow:
     effect: Interval
     channel: Interval | None = None  # channel excess minus the unhooked model's, on the contexts that did not choose
     channel_detected: bool | None = None  # its CI above 0
-    # criterion (i) with the unhooked model at the same positions as the baseline in place of the Gaussian null:
-    # peak(hooked) − peak(unhooked) on tokens, and that minus the same on random directions (runs before: None)
+    # criterion (i) against the unhooked model at the same positions: each half's excess over the Gaussian minus the
+    # unhooked model's (``power.criterion_i`` with a baseline; runs before: None)
     excess_vs_unhooked: Interval | None = None
     effect_vs_unhooked: Interval | None = None
     detected_vs_unhooked: bool | None = None
