@@ -12,7 +12,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Callable
 
 #: planted controls of the repurposing experiment (superpos.hypotheses.mechanisms describes each)
-CONTROL_KINDS = ("none", "positive", "negative", "gamma", "subspace", "consistent", "attn", "mlp", "gated")
+CONTROL_KINDS = ("none", "positive", "negative", "gamma", "subspace", "consistent", "attn", "mlp", "gated", "anti")
 
 
 def setting(default=None, help: str = "", *, parse: str | Callable[[str], Any] | None = None, flag: str | None = None,
@@ -126,6 +126,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "nonneg_int": _checked(_number(int), lambda v: v >= 0, "a non-negative integer"),
     "positive_float": _checked(_number(float), lambda v: v > 0, "a positive number"),
     "probability": _checked(_number(float), lambda v: 0 < v < 1, "a probability in (0, 1)"),
+    "unit": _checked(_number(float), lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "int_list": _list(parse_int, lambda v: v > 0, "positive integers"),
     "unit_list": _list(parse_float, lambda v: 0 < v <= 1, "numbers in (0, 1]"),
     "layer_list": _list(parse_int, lambda v: v >= 0, "layer numbers (0 or more)"),
@@ -133,6 +134,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "offset_list": _list(parse_int, lambda v: abs(v) <= 16, "offsets between -16 and 16"),
     "name_list": _list(str.strip, bool, "a comma list of names"),
     "control": choice(*CONTROL_KINDS),
+    "token_basis": choice("output", "unembedding"),
     "surrogate": choice("none", "gaussian", "pc-shuffle", "planted", "realistic"),
     "store_dtype": choice("auto", "float16", "float32"),
     "model_dtype": choice("auto", "float32", "bfloat16", "float16"),

@@ -119,3 +119,16 @@ def test_bad_ablation_inputs_are_one_line_errors(peaked_llama):
         subspace_ablation(lm, _tokens(1), 3, 2, unlikely=1e-4, progress=False)
     with pytest.raises(SuperposError, match="basis"):
         token_directions(lm, "nope")
+
+
+def test_token_sets_can_leave_out_the_shared_direction(peaked_llama):
+    """With ``remove_shared`` every token set's directions are orthogonal to the unit mean row of γ ⊙ W_U, so no token
+    set removes what all rows share while the isotropic set does not."""
+    from superpos.hypotheses.repurposing.ablation import shared_direction, subspace_ablation, token_directions
+
+    lm = load_model(str(peaked_llama), device="cpu")
+    m = shared_direction(lm, "output")
+    assert (token_directions(lm, "output", remove_shared=True) @ m).abs().max() < 1e-5
+    assert (token_directions(lm, "output") @ m).abs().max() > 0.1
+    ab = subspace_ablation(lm, _tokens(4), 3, 2, unlikely=1e-4, remove_shared=True, progress=False)
+    assert ab.shared_removed and ab.delta_nll_CS.shape == (4, 5)

@@ -15,7 +15,10 @@ more loss than removing equally many directions chosen in ways that cannot be re
   directions costs);
 * ``random_directions``: ``rank`` isotropic random unit vectors.
 
-Directions are rows of γ ⊙ W_U (what the logits read; ``LoadedModel.output_gain_D``) or of raw W_E. Each
+Directions are rows of γ ⊙ W_U (what the logits read; ``LoadedModel.output_gain_D``) or of raw W_E, optionally
+with the shared direction of all rows (their unit mean) projected out, so that the token sets do not all remove
+that one direction while the isotropic random set does not; the comparison that carries the result is then the
+favourites against ``random_directions``. Each
 subspace is orthonormalised per position (QR) and projected out of the residual at ``layer`` at every position
 ≥ ``min_pos`` (the attention sink is left alone); the loss change is the mean next-token NLL per context, ablated
 minus clean, so confidence intervals resample contexts.
@@ -44,6 +47,7 @@ class AblationResult(NamedTuple):
     clean_nll_C: np.ndarray  # (contexts,) mean next-token NLL, nats
     delta_nll_CS: np.ndarray  # (contexts, sets) ablated − clean, nats per token
     skipped_positions: int = 0  # positions with fewer than ``rank`` near-impossible tokens, left alone by every set
+    shared_removed: bool = False  # the token sets' directions have the shared direction of all rows projected out
 
     def delta(self, name: str) -> np.ndarray:
         """The per-context loss change of one set."""
@@ -95,18 +99,48 @@ def choose_subspaces(resid_BTD: torch.Tensor, logp_BTV: torch.Tensor, tok_BT: to
     return {name: out[name] for name in SETS}, near.sum(-1) >= rank
 
 
-def token_directions(lm, basis: str = "output") -> torch.Tensor:
-    """Unit token directions: rows of γ ⊙ W_U ("output", what the logits read), of W_U itself ("unembedding", what
-    the repurposing statistic scans) or of W_E ("embedding")."""
+def _token_rows(lm, basis: str) -> torch.Tensor:
+    """Rows of γ ⊙ W_U ("output"), W_U ("unembedding") or W_E ("embedding"), float32, unnormalised."""
     if basis == "output":
-        W = lm.W_U_VD.detach().float() * lm.output_gain_D().to(lm.W_U_VD.device)
-    elif basis == "unembedding":
-        W = lm.W_U_VD.detach().float()
-    elif basis == "embedding":
-        W = lm.W_E_VD.detach().float()
-    else:
-        raise SuperposError(f"unknown basis '{basis}' (expected output, unembedding or embedding)")
-    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return lm.W_U_VD.detach().float() * lm.output_gain_D().to(lm.W_U_VD.device)
+    if basis == "unembedding":
+        return lm.W_U_VD.detach().float()
+    if basis == "embedding":
+        return lm.W_E_VD.detach().float()
+    raise SuperposError(f"unknown basis '{basis}' (expected output, unembedding or embedding)")
+
+
+def unit_rows(W_VD: torch.Tensor) -> torch.Tensor:
+    """Each row divided by its norm (a zero row stays zero)."""
+    return W_VD / W_VD.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def mean_direction(W_VD: torch.Tensor) -> torch.Tensor:
+    """The unit mean of the rows (float32): the direction every row shares."""
+    m = W_VD.double().mean(0)
+    return (m / m.norm().clamp_min(1e-30)).float()
+
+
+def without_direction(dirs_VD: torch.Tensor, u_D: torch.Tensor | None) -> torch.Tensor:
+    """Unit rows of ``dirs_VD`` with the unit direction ``u_D`` projected out (``dirs_VD`` itself, renormalised, when
+    ``u_D`` is None)."""
+    if u_D is None:
+        return unit_rows(dirs_VD)
+    u = u_D.to(dirs_VD.device, dirs_VD.dtype)
+    return unit_rows(dirs_VD - (dirs_VD @ u)[:, None] * u)
+
+
+def shared_direction(lm, basis: str = "output") -> torch.Tensor:
+    """The shared token direction of ``basis``: the unit mean of its rows (``mean_direction``)."""
+    return mean_direction(_token_rows(lm, basis))
+
+
+def token_directions(lm, basis: str = "output", remove_shared: bool = False) -> torch.Tensor:
+    """Unit token directions: rows of γ ⊙ W_U ("output", what the logits read), of W_U itself ("unembedding") or of
+    W_E ("embedding"); with ``remove_shared``, the shared direction (``shared_direction``) projected out of every row
+    before it is normalised."""
+    W = _token_rows(lm, basis)
+    return without_direction(W, mean_direction(W) if remove_shared else None)
 
 
 def random_members(mask: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -123,16 +157,18 @@ def _nll_per_context(logits_BTV: torch.Tensor, tok_BT: torch.Tensor, min_pos: in
 
 
 def subspace_ablation(lm, tokens_NC: np.ndarray, layer: int, rank: int, *, unlikely: float = 1e-6,
-                      basis: str = "output", min_pos: int = 1, batch_size: int = 4, seed: int = 0,
-                      progress: bool = True) -> AblationResult:
+                      basis: str = "output", remove_shared: bool = False, min_pos: int = 1, batch_size: int = 4,
+                      seed: int = 0, progress: bool = True) -> AblationResult:
     """Project each set's rank-``rank`` subspace out of the residual at ``layer`` (module docstring) and return
-    the per-context loss change. ``rank`` 0 is the empty subspace: every change is exactly 0."""
+    the per-context loss change. ``rank`` 0 is the empty subspace: every change is exactly 0. With ``remove_shared``
+    the token sets' directions have the shared direction of all rows projected out (``token_directions``), so that
+    no token set removes what every row has in common."""
     from tqdm import tqdm
 
     lm.check_layers([layer])
     if not 0 <= rank <= lm.d_model:
         raise SuperposError(f"rank {rank} outside 0..{lm.d_model}")
-    dirs_VD = token_directions(lm, basis)
+    dirs_VD = token_directions(lm, basis, remove_shared)
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.as_tensor(np.asarray(tokens_NC), dtype=torch.long)
     clean, deltas, skipped = [], [], 0
@@ -160,4 +196,4 @@ def subspace_ablation(lm, tokens_NC: np.ndarray, layer: int, rank: int, *, unlik
             clean.append(nll0.cpu())
             deltas.append(torch.stack(row, 1).cpu())
     return AblationResult(layer, rank, basis, SETS, torch.cat(clean).double().numpy(),
-                          torch.cat(deltas).double().numpy(), skipped)
+                          torch.cat(deltas).double().numpy(), skipped, remove_shared)

@@ -15,6 +15,8 @@ from superpos.settings import setting
 
 CHANNEL_TOP = 16  # directions chosen per layer, on the tokens' side and on the random side
 CHANNEL_MIN_MEMBER = 0.9  # a candidate token is near-impossible at this share of the selection positions or more
+RARE_MIN_MEMBER = 0.9  # a token near-impossible at this share of the positions or more is a rare token (its mean
+# scanned direction is the rare-token direction that ``--rare-direction`` projects out)
 
 
 @dataclass
@@ -30,16 +32,31 @@ class RepurposingConfig:
     likely: float = setting(1e-2, "final probability from which a token is likely", parse="probability")
     exclude_recent: int = setting(0, "leave the last N input tokens out of the near-impossible group (0: every "
                                      "token of the context so far)", parse="nonneg_int")
+    basis: str = setting("output", "token directions criterion (i) scans: output (rows of γ ⊙ W_U, γ the final "
+                                   "norm's gain: what the logits read) or unembedding (raw W_U rows, as before)",
+                         parse="token_basis")
+    remove_shared: bool = setting(True, "project the shared token direction (the mean of the scanned rows) out of "
+                                        "every scanned token direction and random direction")
+    context_cos: float = setting(0.5, "near-impossible groups also leave out every token whose scanned direction is "
+                                      "within this |cos| of a context token's (1: only the context tokens themselves)",
+                                 parse="unit")
+    rare_direction: bool = setting(True, "also read criterion (i) at the chosen layer with the rare-token direction "
+                                         "(the mean scanned direction of tokens near-impossible at ≥ 90 % of the "
+                                         "positions) projected out")
+    needed_push: float = setting(0.2, "largest minimum detectable push (× ‖r − μ‖, 80 % power) at which 'not found' "
+                                      "is a verdict; a run whose own is larger (or has none) reads INSUFFICIENT POWER",
+                                 parse="positive_float")
     z_high: float = setting(5.0, "z threshold for counting strong pushes", parse="float")
     lens: str | None = setting(None, "folder of a saved tuned lens; empty: train one into OUT/tuned_lens")
     lens_steps: int = setting(300, "at most this many tuned-lens training steps when no --lens (it stops earlier "
                                    "once its held-out KL stops falling)", parse="positive_int")
     dictionary: str | None = setting(None, "SAE folder for the dictionary view (its layer is read from its metadata)")
-    control: str = setting("none", "plant a control written at layer n/3 and removed at 2n/3: token directions "
-                                   "(positive), random directions (negative), γ-scaled token directions (gamma), a "
-                                   "span of 4 tokens (subspace), token directions written by an attention or MLP "
-                                   "output (attn, mlp) or removed by a gate (gated); one of none, positive, negative, "
-                                   "gamma, subspace, attn, mlp, gated", parse="control")
+    control: str = setting("none", "plant a control written at layer n/3 and removed at 2n/3: scanned token "
+                                   "directions (positive), random directions (negative), token directions of the "
+                                   "other basis (gamma), a span of 4 tokens (subspace), 8 fixed tokens (consistent), "
+                                   "token directions written by an attention or MLP output (attn, mlp), removed by a "
+                                   "gate (gated), or reversed rather than removed (anti); one of none, positive, "
+                                   "negative, gamma, subspace, consistent, attn, mlp, gated, anti", parse="control")
     control_alpha: float = setting(1.0, "size of the planted vector, as a multiple of the residual norm",
                                    parse="positive_float")
     select_fraction: float = setting(0.5, "share of the contexts that chooses the verdict's layer; the verdict is "

@@ -3,30 +3,37 @@
 A control hooks the model, and the whole experiment then runs on the hooked model. At every position ≥ 1 (the
 attention sink is left alone) it writes ``alpha × ‖r‖`` along a direction drawn per position at residual layer a,
 and removes it at layer b (``control_layers``). The controls differ in the direction, in where the write enters
-and in how it is removed:
+and in how it is removed. "Scanned" directions are the unit token directions criterion (i) scans (the run's
+``--basis``, with the shared direction projected out under ``--remove-shared``):
 
 =============  =================================================================  ============  ==========
 control        direction                                                          written by    removed
 =============  =================================================================  ============  ==========
-``positive``   a random token's unembedding row (the direction the statistic       residual a    exactly
-               scans; near-impossible in almost every context)
-``gamma``      a random token's row of γ ⊙ W_U (what the logits read; the          residual a    exactly
-               statistic scans raw W_U)
+``positive``   a random token's scanned direction (near-impossible in almost      residual a    exactly
+               every context)
+``gamma``      a random token's row in the other basis (raw W_U when the          residual a    exactly
+               statistic scans γ ⊙ W_U, and the reverse)
 ``subspace``   a random unit vector in the span of ``rank`` random tokens' rows    residual a    exactly
-``consistent`` one of ``CONSISTENT_TOKENS`` fixed tokens' unembedding rows, the     residual a    exactly
+``consistent`` one of ``CONSISTENT_TOKENS`` fixed tokens' scanned directions, the  residual a    exactly
                same tokens in every context (it lives in the layer's covariance,
                where the max-z scan cannot see it; ``channels`` can)
-``attn``       a random token's unembedding row                                    the attention exactly
+``attn``       a random token's scanned direction                                  the attention exactly
                                                                                    of the block
                                                                                    making a
 ``mlp``        the same                                                            that MLP      exactly
 ``gated``      the same                                                            residual a    gated
+``anti``       the same                                                            residual a    reversed
 ``negative``   a random unit vector that is no token's direction                   residual a    exactly
 =============  =================================================================  ============  ==========
 
 Gated removal is what a later component can do: it reads how much of the planted direction v̂ the stream at b
 carries, c = r·v̂, and removes σ(4(c/|v| − ½))·c of it — about 88 % of an intact plant, less of a weaker one,
 and whatever else the stream holds along v̂ with it.
+
+``anti`` subtracts 2v at b: the stream from b on carries −v, so the token pushed mid-stack is pushed *down* at the
+output (a push anti-correlated with the final logit). The off-output part (``token_stats.off_output_part``) removes
+whatever the final residual predicts linearly, and −v at the output predicts +v mid-stack, so this is the control
+for that route: tests/test_mechanisms.py measures how much of it the regression takes out.
 """
 from __future__ import annotations
 
@@ -44,15 +51,17 @@ from superpos.settings import CONTROL_KINDS as CONTROLS
 SUBSPACE_RANK = 4  # tokens spanning the ``subspace`` control's direction at each position
 CONSISTENT_TOKENS = 8  # the fixed tokens the ``consistent`` control writes, one per position
 DESCRIPTIONS = {
-    "positive": "a random token's unembedding direction",
+    "positive": "a random token's scanned direction",
     "negative": "a random non-token direction",
-    "gamma": "a random token's direction in γ ⊙ W_U (what the logits read)",
-    "subspace": f"a random direction in the span of {SUBSPACE_RANK} random tokens' unembedding rows",
-    "consistent": f"one of {CONSISTENT_TOKENS} fixed tokens' unembedding directions, the same in every context",
-    "attn": "a random token's unembedding direction, written by the attention of the block that makes layer a",
-    "mlp": "a random token's unembedding direction, written by the MLP of the block that makes layer a",
-    "gated": "a random token's unembedding direction, removed by a gate that reads the stream (about 88 %)",
+    "gamma": "a random token's row in the basis the statistic does not scan (raw W_U against γ ⊙ W_U)",
+    "subspace": f"a random direction in the span of {SUBSPACE_RANK} random tokens' scanned directions",
+    "consistent": f"one of {CONSISTENT_TOKENS} fixed tokens' scanned directions, the same in every context",
+    "attn": "a random token's scanned direction, written by the attention of the block that makes layer a",
+    "mlp": "a random token's scanned direction, written by the MLP of the block that makes layer a",
+    "gated": "a random token's scanned direction, removed by a gate that reads the stream (about 88 %)",
+    "anti": "a random token's scanned direction, reversed rather than removed (the output carries −v)",
 }
+SCAN_DEFAULTS = {"basis": "output", "remove_shared": True, "context_cos": 0.5}  # the config's defaults
 
 
 def control_layers(n_layers: int) -> tuple[int, int]:
@@ -86,8 +95,10 @@ def gated_removal(resid: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def planted_control(lm, kind: str, alpha: float = 1.0, seed: int = 0):
-    """Install control ``kind``'s hooks (module docstring); ``none``: no hooks."""
+def planted_control(lm, kind: str, alpha: float = 1.0, seed: int = 0, basis: str = SCAN_DEFAULTS["basis"],
+                    remove_shared: bool = SCAN_DEFAULTS["remove_shared"]):
+    """Install control ``kind``'s hooks (module docstring); ``none``: no hooks. ``basis`` and ``remove_shared``:
+    the directions the statistic scans (``token_stats.scan_directions``)."""
     if kind not in CONTROLS:
         raise SuperposError(f"unknown control '{kind}' (choose from {', '.join(CONTROLS)})")
     if kind == "none":
@@ -95,7 +106,9 @@ def planted_control(lm, kind: str, alpha: float = 1.0, seed: int = 0):
         return
     a, b = control_layers(lm.n_layers)
     gen = torch.Generator().manual_seed(seed)
-    tok_VD = None if kind == "negative" else token_directions(lm, "output" if kind == "gamma" else "unembedding").cpu()
+    other = {"output": "unembedding", "unembedding": "output"}[basis]
+    tok_VD = (None if kind == "negative" else token_directions(lm, other).cpu() if kind == "gamma"
+              else token_directions(lm, basis, remove_shared).cpu())
     if kind == "consistent":  # drawn once: every position then writes one of these
         tok_VD = tok_VD[torch.randint(0, len(tok_VD), (CONSISTENT_TOKENS,), generator=gen)]
     state: dict = {}
@@ -114,7 +127,7 @@ def planted_control(lm, kind: str, alpha: float = 1.0, seed: int = 0):
     def remove(resid):
         if kind == "gated":
             return gated_removal(resid, state["v"])
-        return resid - state["v"].to(resid.dtype)
+        return resid - (2 if kind == "anti" else 1) * state["v"].to(resid.dtype)
 
     with ExitStack() as stack:
         if kind in ("attn", "mlp"):  # sized by the residual the block receives, as for the other controls
@@ -141,12 +154,15 @@ class HookedRead(NamedTuple):
 
 
 def read_hooked(lm, tokens_NC, kind, alpha, layer, *, per_context, unlikely, likely, exclude_recent, z_high,
-                seed) -> HookedRead:
+                seed, basis: str = SCAN_DEFAULTS["basis"], remove_shared: bool = SCAN_DEFAULTS["remove_shared"],
+                context_cos: float = SCAN_DEFAULTS["context_cos"]) -> HookedRead:
     """Hook ``lm`` with control ``kind`` at size ``alpha``, sample its residuals at ``layer`` and the output over
     ``tokens_NC``, form the groups from the hooked model's own output, and compute the statistics at ``layer``
-    exactly as the experiment does, with the channels chosen on half the contexts."""
+    exactly as the experiment does (the same scanned directions, near-duplicates of context tokens left out), with
+    the channels chosen on half the contexts."""
     from superpos.hypotheses.lenses.lens import final_logprobs
     from superpos.hypotheses.repurposing.token_stats import (
+        exclude_near_context,
         layer_stats,
         scan_directions,
         selection_mask,
@@ -155,42 +171,54 @@ def read_hooked(lm, tokens_NC, kind, alpha, layer, *, per_context, unlikely, lik
     )
     from superpos.model.residuals import sample_residuals
 
-    with planted_control(lm, kind, alpha, seed):
+    with planted_control(lm, kind, alpha, seed, basis, remove_shared):
         s = sample_residuals(lm, tokens_NC, per_context, layers=[layer, lm.n_layers], seed=seed, progress=False)
-    U, L = token_groups(final_logprobs(lm, s), unlikely, likely, s.recent_tokens(exclude_recent or tokens_NC.shape[1]))
-    tok_VD, rand_VD = scan_directions(lm, seed)
+    recent = s.recent_tokens(exclude_recent or tokens_NC.shape[1])
+    U, L = token_groups(final_logprobs(lm, s), unlikely, likely, recent)
+    tok_VD, rand_VD = scan_directions(lm, seed, basis, remove_shared)
+    exclude_near_context(U, recent, tok_VD, context_cos)
     sel = selection_mask(s.ctx_P, 0.5, seed)
     st = layer_stats(s.at(layer), s.at(lm.n_layers), U, L, tok_VD, rand_VD, shuffle_contexts(s.ctx_P), z_high, seed,
                      channel_sel=sel)
     return HookedRead(st, s.ctx_P, sel)
 
 
-def mechanism_row(read: HookedRead, kind: str, alpha: float, unhooked_excess: np.ndarray | None, *, n_boot: int,
+def mechanism_row(read: HookedRead, kind: str, alpha: float, unhooked: HookedRead | None, *, n_boot: int,
                   seed: int) -> MechanismRow:
-    """A control's row from its ``read``: criterion (i) of the verdict, and the consistent-channel excess minus the
-    unhooked model's at the same positions (``unhooked_excess``; None for the unhooked model itself) on the
-    contexts that did not choose the channels."""
+    """A control's row from its ``read``: criterion (i) of the verdict, the same with the unhooked model at the same
+    positions as the baseline (``power.criterion_i`` with ``baseline``), and the consistent-channel excess minus the
+    unhooked model's on the contexts that did not choose the channels. ``unhooked``: ``read_hooked(..., "none",
+    ...)`` on the same tokens (None for the unhooked model itself, read against itself)."""
     from superpos.hypotheses.repurposing.power import criterion_i
     from superpos.hypotheses.repurposing.token_stats import tested_mask
     from superpos.stats import cluster_interval
 
+    base = read if unhooked is None else unhooked
+    if not np.array_equal(base.ctx_P, read.ctx_P):
+        raise SuperposError("the unhooked read is not at the same positions as the hooked one")
     excess, effect = criterion_i(read.stats, read.ctx_P, n_boot, seed)
-    over = read.channel_excess - (read.channel_excess if unhooked_excess is None else unhooked_excess)
+    ex_u, ef_u = criterion_i(read.stats, read.ctx_P, n_boot, seed, baseline=base.stats)
+    over = read.channel_excess - base.channel_excess
     held = tested_mask(read.sel_P)
     channel = cluster_interval(over[held], read.ctx_P[held], n_boot=n_boot, seed=seed)
     return MechanismRow(control=kind, alpha=float(alpha), detected=bool(excess.lo > 0 and effect.lo > 0), excess=excess,
-                        effect=effect, channel=channel, channel_detected=bool(channel.lo > 0))
+                        effect=effect, channel=channel, channel_detected=bool(channel.lo > 0),
+                        excess_vs_unhooked=ex_u, effect_vs_unhooked=ef_u,
+                        detected_vs_unhooked=bool(ex_u.lo > 0 and ef_u.lo > 0))
 
 
 def detect(lm, tokens_NC: np.ndarray, kind: str, alpha: float, layer: int, *, per_context: int, unlikely: float,
            likely: float, exclude_recent: int = 0, z_high: float = 5.0, n_boot: int = 200, seed: int = 0,
-           unhooked_excess: np.ndarray | None = None) -> MechanismRow:
+           unhooked: HookedRead | None = None, basis: str = SCAN_DEFAULTS["basis"],
+           remove_shared: bool = SCAN_DEFAULTS["remove_shared"],
+           context_cos: float = SCAN_DEFAULTS["context_cos"]) -> MechanismRow:
     """``read_hooked`` then ``mechanism_row``: criterion (i) at ``layer`` on the model hooked with control ``kind``
-    at size ``alpha``, and its consistent-channel excess beyond the unhooked model's (``unhooked_excess``, from
-    ``read_hooked(..., "none", ...).channel_excess``; read here when not given)."""
+    at size ``alpha``, read against the Gaussian null and against the unhooked model at the same positions, and its
+    consistent-channel excess beyond the unhooked model's (``unhooked``: ``read_hooked(..., "none", ...)``; read
+    here when not given)."""
     kw = dict(per_context=per_context, unlikely=unlikely, likely=likely, exclude_recent=exclude_recent, z_high=z_high,
-              seed=seed)
+              seed=seed, basis=basis, remove_shared=remove_shared, context_cos=context_cos)
     read = read_hooked(lm, tokens_NC, kind, alpha, layer, **kw)
-    if unhooked_excess is None and kind != "none":
-        unhooked_excess = read_hooked(lm, tokens_NC, "none", 0.0, layer, **kw).channel_excess
-    return mechanism_row(read, kind, alpha, unhooked_excess, n_boot=n_boot, seed=seed)
+    if unhooked is None and kind != "none":
+        unhooked = read_hooked(lm, tokens_NC, "none", 0.0, layer, **kw)
+    return mechanism_row(read, kind, alpha, unhooked, n_boot=n_boot, seed=seed)

@@ -28,13 +28,34 @@ def write_report(res: RepurposingResult, out: Path) -> Path:
              f"(position 0, the attention sink, left out); residual layers {x[0]}–{x[-1]}. Near-impossible: final "
              f"probability < {cfg.unlikely:g} (on average {g.near_impossible_mean:,.0f} of {g.vocab:,} tokens "
              f"per position, after removing {removed}); likely: ≥ {cfg.likely:g} "
-             f"({g.likely_mean:.1f} per position). z = standardised projection on the unit unembedding row "
+             f"({g.likely_mean:.1f} per position). z = standardised projection on the unit token direction "
              f"under the layer's own mean and covariance; z_high = {cfg.z_high:g}.")
+    sc = res.scan
+    if sc is None:
+        rep.text("This result predates the scan settings: (i) scanned raw W_U rows, the shared token direction was not "
+                 "projected out, and only the context tokens themselves (not their near-duplicates) left the "
+                 "near-impossible groups.")
+    else:
+        rep.text(f"Token directions: rows of {'γ ⊙ W_U (what the logits read)' if sc.basis == 'output' else 'raw W_U'}"
+                 f"; the shared direction (their unit mean row; mean cos of a row with it {sc.shared_row_cos:.2f}, |cos| "
+                 f"with the rows' top uncentred singular vector {sc.shared_top_cos:.3f}) "
+                 f"{'projected out of every token and random direction' if sc.shared_removed else 'kept'}. Tokens within "
+                 f"|cos| {sc.context_cos:g} of a context token in that basis left out of the near-impossible groups: "
+                 f"{sc.near_context_mean:,.1f} per position beyond the context tokens themselves.")
     if cfg.control != "none":
         a, b = res.control_layers
         rep.text(f"Control ({cfg.control}): every position ≥ 1 gets {cfg.control_alpha:g} × |r| along "
                  f"{DESCRIPTIONS[cfg.control]}; written at residual layer {a}, removed at layer {b}.")
     _effect_section(rep, res)
+    if res.rare is not None:
+        rv = res.rare
+        rep.heading("Without the rare-token direction")
+        rep.text(f"The rare-token direction is the unit mean of the scanned directions of the {rv.n_tokens:,} tokens "
+                 f"near-impossible at ≥ 90 % of the positions. Projected out of every token and random direction, "
+                 f"criterion (i) at layer {rv.layer} on the {rv.positions:,} held-out positions reads: token excess over "
+                 f"the Gaussian {_span(rv.excess, 2)}, beyond random directions {_span(rv.effect, 2)} null SDs "
+                 f"({'both CIs above 0' if rv.detected else 'not both CIs above 0'}). If the excess of (i) were that one "
+                 f"\"suppress rare tokens\" direction, it would be gone here.")
     if res.power is not None:
         _power_section(rep, res)
     if res.mechanisms is not None:
@@ -128,7 +149,16 @@ def _power_section(rep: Report, res: RepurposingResult) -> None:
     ax.set(xscale="log", xlabel="planted push α (× residual norm)", ylabel="share of draws detected", ylim=(-0.02, 1.02))
     ax.legend(fontsize=8)
     rep.figure(fig, "power_curve.png", "Power curve of criterion (i) at the verdict's layer")
-    rep.table(["α", "detected"], [[a, f"{100 * r:.0f} %"] for a, r in zip(pw.alphas, pw.rate)])
+    if pw.rate_vs_clean is None:
+        rep.table(["α", "detected"], [[a, f"{100 * r:.0f} %"] for a, r in zip(pw.alphas, pw.rate)])
+        return
+    mde = pw.min_detectable_vs_clean
+    rep.text("Each draw is also read against the unplanted residuals at the same positions (each half's excess over "
+             "the Gaussian minus the unplanted residuals' own), which removes the offset of a real stream's tails "
+             "from the Gaussian's: " + (f"{100 * pw.power:.0f} % power from α ≈ {mde:.3g} that way." if mde is not None
+                                       else f"no size reaches {100 * pw.power:.0f} % that way."))
+    rep.table(["α", "detected (verdict's reading)", "detected against the unplanted residuals"],
+              [[a, f"{100 * r:.0f} %", f"{100 * c:.0f} %"] for a, r, c in zip(pw.alphas, pw.rate, pw.rate_vs_clean)])
 
 
 def _mechanisms_section(rep: Report, res: RepurposingResult) -> None:
@@ -142,6 +172,11 @@ def _mechanisms_section(rep: Report, res: RepurposingResult) -> None:
              f"from some size on; `none` (the unhooked model) and `negative` (random non-token directions) must not. "
              f"Excess and effect in null SDs of z, 95% CIs over contexts.")
     with_channels = any(r.channel is not None for r in mv.rows)
+    paired = any(r.excess_vs_unhooked is not None for r in mv.rows)
+    if paired:
+        rep.text("(i) is also read against the unhooked model at the same positions: each half's excess over the "
+                 "Gaussian on the hooked model minus the unhooked model's own (so the unhooked model's offset from "
+                 "its Gaussian, the `none` row, is taken out).")
     if with_channels:
         rep.text("The consistent-channel scan (iii) reads each control against the unhooked model at the same positions: "
                  "its excess (the chosen tokens' share of off-output energy minus the chosen random directions') on the "
@@ -150,9 +185,13 @@ def _mechanisms_section(rep: Report, res: RepurposingResult) -> None:
              "—" if r.control == "none" else f"{r.alpha:g}", "yes" if r.detected else "no",
              _span(r.excess, 2), _span(r.effect, 2)]
             + ([] if not with_channels else ["—" if r.channel is None else "yes" if r.channel_detected else "no",
-                                             "—" if r.channel is None else _span(r.channel, 2)]) for r in mv.rows]
+                                             "—" if r.channel is None else _span(r.channel, 2)])
+            + ([] if not paired else ["—" if r.excess_vs_unhooked is None else "yes" if r.detected_vs_unhooked else "no",
+                                      "—" if r.effect_vs_unhooked is None else _span(r.effect_vs_unhooked, 2)])
+            for r in mv.rows]
     rep.table(["control", "what it plants", "α", "detected by (i)", "token excess", "effect beyond random dirs"]
-              + (["detected by (iii)", "channel excess vs unhooked"] if with_channels else []), rows)
+              + (["detected by (iii)", "channel excess vs unhooked"] if with_channels else [])
+              + (["(i) vs unhooked", "effect vs unhooked"] if paired else []), rows)
 
 
 def _writes_section(rep: Report, res: RepurposingResult) -> None:
@@ -259,6 +298,12 @@ def _ablation_section(rep: Report, res: RepurposingResult) -> None:
     """The causal test: loss change when each subspace is projected out at the verdict's layer."""
     ab = res.ablation
     rep.heading("Causal test: projecting the subspace out")
+    if ab.shared_removed is not None:
+        vs = ab.top_minus["random_directions"]
+        rep.text(f"**Against isotropic random directions** (the comparison that carries this test): projecting out the "
+                 f"favoured near-impossible directions costs {_span(vs, 4)} nats/token more than projecting out "
+                 f"{ab.rank} random ones. The token sets below have the shared direction of all rows "
+                 f"{'projected out' if ab.shared_removed else 'kept'}.")
     rep.text(f"At layer {ab.layer}, at every position after the sink, a rank-{ab.rank} subspace is projected out of "
              f"the residual and the next-token loss measured on {ab.n_contexts} held-out contexts (clean "
              f"{ab.clean_nll:.3f} nats/token). near_impossible_top: the {ab.rank} near-impossible tokens (none of the "

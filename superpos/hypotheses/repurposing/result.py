@@ -19,6 +19,33 @@ class GroupSizes:
 
 
 @dataclass(kw_only=True)
+class ScanView:
+    """What criterion (i) scans (runs before it existed: None, i.e. raw W_U rows, nothing projected out, only the
+    context tokens themselves left out of the near-impossible groups)."""
+
+    basis: str  # "output" (γ ⊙ W_U) or "unembedding" (raw W_U)
+    shared_removed: bool  # the shared direction (unit mean row) projected out of token and random directions
+    shared_row_cos: float  # mean cos of the unit rows with the shared direction, before it was projected out
+    shared_top_cos: float  # |cos| of the shared direction with the rows' top uncentred singular vector
+    context_cos: float  # near-duplicates of a context token (|cos| ≥ this) left out of the near-impossible groups
+    near_context_mean: float  # tokens per position that this took out
+
+
+@dataclass(kw_only=True)
+class RareDirectionView:
+    """Criterion (i) at the chosen layer on the held-out positions with the rare-token direction (the unit mean of
+    the scanned directions of tokens near-impossible at ≥ 90 % of the positions) projected out of every token and
+    random direction (``token_stats.rare_direction``)."""
+
+    layer: int
+    n_tokens: int  # rare tokens the direction is the mean of
+    positions: int
+    excess: Interval  # token excess over the Gaussian null, with the direction projected out
+    effect: Interval  # that beyond random directions
+    detected: bool  # both CIs above 0
+
+
+@dataclass(kw_only=True)
 class PairedTokens:
     """Per layer: the mean z of the same tokens where near-impossible vs where likely."""
 
@@ -56,6 +83,8 @@ class PowerView:
     power: float
     min_detectable: float | None  # the smallest planted size detected at ``power`` (None: none of those run reach it)
     positions: int
+    rate_vs_clean: list[float] | None = None  # the same draws read against the unplanted residuals (runs before: None)
+    min_detectable_vs_clean: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -71,6 +100,7 @@ class AblationView:
     delta: dict[str, Interval]
     top_minus: dict[str, Interval]
     skipped_positions: int = 0  # with fewer than ``rank`` near-impossible tokens: left alone by every subspace
+    shared_removed: bool | None = None  # token sets without the shared direction of all rows (runs before: None)
 
 
 @dataclass(kw_only=True)
@@ -85,6 +115,11 @@ class MechanismRow:
     effect: Interval
     channel: Interval | None = None  # channel excess minus the unhooked model's, on the contexts that did not choose
     channel_detected: bool | None = None  # its CI above 0
+    # criterion (i) against the unhooked model at the same positions: each half's excess over the Gaussian minus the
+    # unhooked model's (``power.criterion_i`` with a baseline; runs before: None)
+    excess_vs_unhooked: Interval | None = None
+    effect_vs_unhooked: Interval | None = None
+    detected_vs_unhooked: bool | None = None
 
 
 @dataclass(kw_only=True)
@@ -138,6 +173,9 @@ class RepurposingVerdict(Verdict):
     drop_vs_null: list[float] | None = None  # (ii)'s drop minus the random-direction argmax's, [mean, lo, hi]
     channel_layer: int | None = None  # (iii) consistent channels: the layer read, chosen on the selection contexts
     channel: list[float] | None = None  # (iii): the channel excess there (tokens minus random directions), [mean, lo, hi]
+    insufficient_power: bool = False  # (i) not found, and the run's minimum detectable push exceeds the config's
+    # ``needed_push`` (or the power curve reaches its power at no size run)
+    rare_effect: list[float] | None = None  # (i)'s effect with the rare-token direction projected out, [mean, lo, hi]
 
 
 @dataclass(kw_only=True)
@@ -160,6 +198,8 @@ class RepurposingResult(Result):
     null_peak_sd: list[float]
     paired_tokens: PairedTokens
     dictionary: DictionaryView | None = None
+    scan: ScanView | None = None
+    rare: RareDirectionView | None = None
     selection_contexts: int = 0  # contexts that chose the layer (``curves`` are then on the others)
     selection_curves: dict[str, Band] | None = None  # effect and token excess on those contexts
     power: PowerView | None = None

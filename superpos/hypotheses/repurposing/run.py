@@ -50,10 +50,15 @@ from superpos.hypotheses.repurposing.result import (
     MechanismsView,
     PairedTokens,
     PowerView,
+    RareDirectionView,
     RepurposingResult,
+    ScanView,
     WritesView,
 )
 from superpos.hypotheses.repurposing.token_stats import (
+    exclude_near_context,
+    rare_direction,
+    scan_directions,
     selection_mask,
     shuffle_contexts,
     tested_mask,
@@ -93,7 +98,7 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
     tokens_NC = contexts_from_corpus(lm, cfg.corpus, cfg.contexts, cfg.context_length)
     _say(f"{len(tokens_NC)} contexts × {cfg.context_length} tokens, {cfg.per_context} positions each, "
          f"control: {cfg.control}")
-    with planted_control(lm, cfg.control, cfg.control_alpha, cfg.seed):
+    with planted_control(lm, cfg.control, cfg.control_alpha, cfg.seed, cfg.basis, cfg.remove_shared):
         sample = sample_residuals(lm, tokens_NC, cfg.per_context, seed=cfg.seed)
     timings = {}
 
@@ -106,13 +111,16 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
     # token-direction statistics at every layer -------------------------------------------------------
     t0 = time.perf_counter()
     logp = final_logprobs(lm, sample)
-    U, L = token_groups(logp, cfg.unlikely, cfg.likely, sample.recent_tokens(cfg.exclude_recent or cfg.context_length))
+    recent = sample.recent_tokens(cfg.exclude_recent or cfg.context_length)
+    U, L = token_groups(logp, cfg.unlikely, cfg.likely, recent)
     del logp
+    dirs = scan_directions(lm, cfg.seed, cfg.basis, cfg.remove_shared)
+    scan = scan_view(lm, cfg, exclude_near_context(U, recent, dirs[0], cfg.context_cos))
     group_sizes = GroupSizes(near_impossible_mean=float(U.sum(1).float().mean()),
                              likely_mean=float(L.sum(1).float().mean()), vocab=int(U.shape[1]))
     ctx = sample.ctx_P
     sel = selection_mask(ctx, cfg.select_fraction, cfg.seed)  # these contexts choose layers and channels; the others test
-    ts = token_statistics(lm, sample, U, L, lens, cfg, sel_P=sel)
+    ts = token_statistics(lm, sample, U, L, lens, cfg, sel_P=sel, dirs=dirs)
     timings["token_stats_s"] = time.perf_counter() - t0
     paired = ts.paired
     held = tested_mask(sel)
@@ -128,13 +136,15 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
         n_positions=sample.n_positions, n_contexts=int(len(np.unique(ctx))),
         control_layers=list(control_layers(lm.n_layers)), lenses=lenses, group_sizes=group_sizes,
         layers=sample.layers, off_layers=ts.off_layers,
-        curves=bands(held, ts.curves), null_peak_sd=ts.null_peak_sd, paired_tokens=paired_tokens,
+        curves=bands(held, ts.curves), null_peak_sd=ts.null_peak_sd, paired_tokens=paired_tokens, scan=scan,
         selection_contexts=int(len(np.unique(ctx[sel]))),
         selection_curves=bands(sel, [k for k in ("effect", "excess_tokens", "channel_excess") if k in ts.curves])
         if sel.any() else None)
     layer = res.off_layers[repurposing_layer(res)]
     test = sample.subset(held)
     U_test, L_test = U[torch.from_numpy(held)], L[torch.from_numpy(held)]
+    if cfg.rare_direction:
+        res.rare = layer_rare(lm, test, U_test, L_test, ts, layer, U, cfg)
     if cfg.power_draws:
         t0 = time.perf_counter()
         res.power = layer_power(lm, test, U_test, L_test, ts, layer, cfg)
@@ -170,14 +180,47 @@ def layer_power(lm, test, U_PV, L_PV, ts, layer: int, cfg: RepurposingConfig) ->
                          draws=cfg.power_draws, z_high=cfg.z_high, n_boot=min(cfg.n_boot, 200), seed=cfg.seed,
                          progress=bar)
     return PowerView(layer=layer, alphas=pc.alphas, rate=pc.rate, draws=pc.draws, power=pc.power,
-                     min_detectable=pc.min_detectable, positions=test.n_positions)
+                     min_detectable=pc.min_detectable, positions=test.n_positions, rate_vs_clean=pc.rate_vs_clean,
+                     min_detectable_vs_clean=pc.min_detectable_vs_clean)
+
+
+def scan_view(lm, cfg: RepurposingConfig, near_context_mean: float) -> ScanView:
+    """What criterion (i) scans (``ScanView``): the basis, whether the shared direction is out, how shared it is
+    (mean cos of the unit rows with it; its |cos| with the rows' top uncentred singular vector, the other reading
+    of "the direction all rows share"), and the near-duplicate exclusion."""
+    from superpos.hypotheses.repurposing.ablation import shared_direction, token_directions
+
+    u = shared_direction(lm, cfg.basis)
+    rows = token_directions(lm, cfg.basis)
+    top = torch.linalg.eigh((rows.T.double() @ rows.double()).cpu())[1][:, -1]
+    return ScanView(basis=cfg.basis, shared_removed=cfg.remove_shared, shared_row_cos=float((rows @ u.to(rows.device)).mean()),
+                    shared_top_cos=float((top.float() @ u.cpu()).abs()), context_cos=cfg.context_cos,
+                    near_context_mean=near_context_mean)
+
+
+def layer_rare(lm, test, U_PV, L_PV, ts, layer: int, U_all, cfg: RepurposingConfig) -> RareDirectionView | None:
+    """Criterion (i) at ``layer`` on the held-out positions with the rare-token direction (``rare_direction``, from
+    every position's groups ``U_all``) projected out of the token and random directions; None without rare tokens."""
+    from superpos.hypotheses.repurposing.ablation import without_direction
+    from superpos.hypotheses.repurposing.power import criterion_i
+    from superpos.hypotheses.repurposing.token_stats import layer_stats
+
+    u, n = rare_direction(ts.tok_VD, U_all)
+    if u is None:
+        return None
+    st = layer_stats(test.at(layer), test.at(lm.n_layers), U_PV, L_PV, without_direction(ts.tok_VD, u),
+                     without_direction(ts.rand_VD, u), shuffle_contexts(test.ctx_P), cfg.z_high, cfg.seed + layer)
+    excess, effect = criterion_i(st, test.ctx_P, cfg.n_boot, cfg.seed)
+    return RareDirectionView(layer=layer, n_tokens=n, positions=test.n_positions, excess=excess, effect=effect,
+                             detected=bool(excess.lo > 0 and effect.lo > 0))
 
 
 def layer_ablation(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConfig) -> AblationView:
     """The causal subspace ablation at ``layer`` (``ablation.subspace_ablation``) with CIs over contexts."""
     from superpos.hypotheses.repurposing.ablation import subspace_ablation
 
-    ab = subspace_ablation(lm, tokens_NC, layer, cfg.ablation_rank, unlikely=cfg.unlikely, seed=cfg.seed)
+    ab = subspace_ablation(lm, tokens_NC, layer, cfg.ablation_rank, unlikely=cfg.unlikely,
+                           remove_shared=cfg.remove_shared, seed=cfg.seed)
     units = np.arange(len(tokens_NC))
 
     def ci(v):
@@ -186,7 +229,7 @@ def layer_ablation(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConfig
     return AblationView(layer=layer, rank=ab.rank, basis=ab.basis, n_contexts=len(tokens_NC),
                         clean_nll=float(ab.clean_nll_C.mean()), delta={k: ci(ab.delta(k)) for k in ab.sets},
                         top_minus={k: ci(top - ab.delta(k)) for k in ab.sets if k != "near_impossible_top"},
-                        skipped_positions=ab.skipped_positions)
+                        skipped_positions=ab.skipped_positions, shared_removed=ab.shared_removed)
 
 
 def layer_mechanisms(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConfig) -> MechanismsView:
@@ -198,15 +241,15 @@ def layer_mechanisms(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConf
     a, b = control_layers(lm.n_layers)
     at = layer if a <= layer < b else a
     kw = dict(per_context=cfg.per_context, unlikely=cfg.unlikely, likely=cfg.likely, exclude_recent=cfg.exclude_recent,
-              z_high=cfg.z_high, seed=cfg.seed)
+              z_high=cfg.z_high, seed=cfg.seed, basis=cfg.basis, remove_shared=cfg.remove_shared,
+              context_cos=cfg.context_cos)
     runs = [(k, al) for k in CONTROLS if k != "none" for al in cfg.mechanism_alphas]
     with tqdm(total=1 + len(runs), desc=f"planted controls at layer {at}", file=sys.stderr) as bar:
         unhooked = read_hooked(lm, tokens_NC, "none", 0.0, at, **kw)  # the `none` row, and what the others pair with
         rows = [mechanism_row(unhooked, "none", 0.0, None, n_boot=min(cfg.n_boot, 200), seed=cfg.seed)]
         bar.update()
         for kind, alpha in runs:
-            rows.append(detect(lm, tokens_NC, kind, alpha, at, n_boot=min(cfg.n_boot, 200),
-                               unhooked_excess=unhooked.channel_excess, **kw))
+            rows.append(detect(lm, tokens_NC, kind, alpha, at, n_boot=min(cfg.n_boot, 200), unhooked=unhooked, **kw))
             bar.update()
     return MechanismsView(layer=at, n_contexts=len(tokens_NC), rows=rows)
 

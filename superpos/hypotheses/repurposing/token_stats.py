@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from superpos.errors import SuperposError
-from superpos.hypotheses.repurposing.ablation import token_directions
+from superpos.hypotheses.repurposing.ablation import shared_direction, token_directions, without_direction
 from superpos.hypotheses.repurposing.channels import channel_scan
-from superpos.hypotheses.repurposing.config import RepurposingConfig
+from superpos.hypotheses.repurposing.config import RARE_MIN_MEMBER, RepurposingConfig
 from superpos.hypotheses.repurposing.dense_use import group_use, matched_groups
 
 
@@ -212,12 +212,57 @@ def shuffle_contexts(ctx_P: np.ndarray) -> np.ndarray:
     return perm
 
 
-def scan_directions(lm, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The directions the statistic scans: unit unembedding rows, and as many random unit directions (the (Q)
-    null, drawn with ``seed + 1``)."""
-    tok_VD = token_directions(lm, "unembedding")
+def scan_directions(lm, seed: int, basis: str = "unembedding",
+                    remove_shared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The directions the statistic scans: unit token rows of ``basis`` ("output": γ ⊙ W_U, what the logits read;
+    "unembedding": raw W_U), and as many random unit directions (the (Q) null, drawn with ``seed + 1``). With
+    ``remove_shared`` the shared token direction (the unit mean row, ``ablation.shared_direction``) is projected out
+    of both, so that tokens and random directions are compared in the same space and no token's z carries the push
+    that every row shares."""
+    u = shared_direction(lm, basis) if remove_shared else None
+    tok_VD = token_directions(lm, basis, remove_shared)
     rand_VD = torch.randn(tok_VD.shape, generator=torch.Generator().manual_seed(seed + 1)).to(tok_VD.device)
-    return tok_VD, rand_VD / rand_VD.norm(dim=1, keepdim=True)
+    return tok_VD, without_direction(rand_VD, None if u is None else u.to(tok_VD.device))
+
+
+def exclude_near_context(U_PV: torch.Tensor, recent_PK: np.ndarray, dirs_VD: torch.Tensor, max_cos: float,
+                         chunk: int = 64) -> float:
+    """Take out of the near-impossible masks ``U_PV`` (in place) every token whose unit direction in ``dirs_VD`` is
+    within |cos| ≥ ``max_cos`` of one of the position's context tokens (``recent_PK``, -1 padded): with tied
+    embeddings the stream carries a context token's direction, and so a share of its near-duplicates'. Returns the
+    mean number of tokens taken out per position beyond those already out. ``max_cos`` ≥ 1 takes nothing out."""
+    if max_cos >= 1:
+        return 0.0
+    seen = np.unique(recent_PK[recent_PK >= 0])
+    near: dict[int, np.ndarray] = {}
+    for i in range(0, len(seen), chunk):
+        ids = torch.from_numpy(seen[i:i + chunk]).to(dirs_VD.device)
+        hit = (dirs_VD[ids] @ dirs_VD.T).abs() >= max_cos
+        for t, row in zip(seen[i:i + chunk].tolist(), hit.cpu()):
+            near[t] = torch.nonzero(row)[:, 0].numpy()
+    taken = 0
+    for p in range(len(U_PV)):
+        toks = np.unique(recent_PK[p][recent_PK[p] >= 0])
+        if len(toks) == 0:
+            continue
+        cols = torch.from_numpy(np.unique(np.concatenate([near[t] for t in toks.tolist()])))
+        taken += int(U_PV[p, cols].sum())
+        U_PV[p, cols] = False
+    return taken / max(1, len(U_PV))
+
+
+def rare_direction(tok_VD: torch.Tensor, U_PV: torch.Tensor,
+                   share: float = RARE_MIN_MEMBER) -> tuple[torch.Tensor | None, int]:
+    """The rare-token direction: the unit mean of the scanned directions of the tokens near-impossible at ≥ ``share``
+    of the positions (Gemma's many unused tokens among them), and how many such tokens there are; (None, 0) when
+    there are none. If the stream's excess along near-impossible tokens is one shared "suppress rare tokens"
+    direction, projecting this out removes it."""
+    rare = U_PV.float().mean(0) >= share
+    n = int(rare.sum())
+    if n == 0:
+        return None, 0
+    m = tok_VD[rare.to(tok_VD.device)].double().mean(0)
+    return (m / m.norm().clamp_min(1e-30)).float(), n
 
 
 class TokenStats(NamedTuple):
@@ -233,15 +278,17 @@ class TokenStats(NamedTuple):
     shuffle: np.ndarray  # the context shuffle of the (S) null
 
 
-def token_statistics(lm, sample, U_PV, L_PV, lens, cfg: RepurposingConfig, sel_P: np.ndarray | None = None) -> TokenStats:
+def token_statistics(lm, sample, U_PV, L_PV, lens, cfg: RepurposingConfig, sel_P: np.ndarray | None = None,
+                     dirs: tuple[torch.Tensor, torch.Tensor] | None = None) -> TokenStats:
     """``layer_stats`` at every sampled layer (token directions, random directions, the Gaussian and
     shuffled-context nulls, the lens view, and the consistent channels chosen on the positions ``sel_P``),
-    combined into the curves the verdict and report read."""
+    combined into the curves the verdict and report read. ``dirs``: the scanned (token, random) directions when
+    already made (``scan_directions`` with the config's basis otherwise)."""
     from tqdm import tqdm
 
     from superpos.hypotheses.lenses.lens import lens_logits
 
-    tok_VD, rand_VD = scan_directions(lm, cfg.seed)
+    tok_VD, rand_VD = dirs if dirs is not None else scan_directions(lm, cfg.seed, cfg.basis, cfg.remove_shared)
     shuffle = shuffle_contexts(sample.ctx_P)
     dense_dirs = {basis: token_directions(lm, basis) for basis in ("output", "embedding")}
     dense_groups = matched_groups(U_PV, L_PV, shuffle, seed=cfg.seed)

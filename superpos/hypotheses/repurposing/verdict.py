@@ -26,18 +26,22 @@ def repurposing_layer(res: RepurposingResult) -> int:
 
 def verdict(res: RepurposingResult) -> RepurposingVerdict:
     """SUPPORTED when (i) the mid-stack excess over the Gaussian null, alone and beyond random directions, has its
-    CI above 0 and (ii) the favoured near-impossible token at the peak layer is pushed at most half as hard at the
-    output (paired drop with CI above 0), and falls further than the same argmax taken over random directions does
-    (what selecting a maximum alone makes fall; CI above 0). The layer is chosen on the selection contexts and the CIs read on the
-    held-out ones (``repurposing_layer``); with a power curve, "not found" is stated against the smallest planted
-    push it detects."""
+    CI above 0 (and, when the run read it, still does with the rare-token direction projected out) and (ii) the
+    favoured near-impossible token at the peak layer is pushed at most half as hard at the output (paired drop with
+    CI above 0), and falls further than the same argmax taken over random directions does (what selecting a maximum
+    alone makes fall; CI above 0). The layer is chosen on the selection contexts and the CIs read on the held-out
+    ones (``repurposing_layer``). With a power curve, "not found" is stated against the smallest planted push it
+    detects, and is INSUFFICIENT POWER instead when that push exceeds ``config.needed_push`` (or no size run reaches
+    the power). Results saved before the γ ⊙ W_U basis, the rare-token reading or the power rule existed are judged
+    as they were (``scan``/``rare`` None; the power rule changes none of them)."""
     layers, c = res.off_layers, res.curves
     mid = mid_layers(layers, res.n_layers)
     i = repurposing_layer(res)
     peak, tok, drop = c["effect"].at(i), c["excess_tokens"].at(i), c["drop"].at(i)
     raw, fin = c["raw_z"].mean[i], c["final_z"].mean[i]
     sd = res.null_peak_sd[i]
-    present = peak.lo > 0 and tok.lo > 0
+    rare = res.rare
+    present = peak.lo > 0 and tok.lo > 0 and (rare is None or rare.detected)
     # against the same argmax over random directions (stored since the null was added; older results as they were)
     null = c["drop_vs_null"].at(i) if "drop_vs_null" in c else None
     removed = raw > 0 and drop.lo > 0 and fin <= 0.5 * raw and (null is None or null.lo > 0)
@@ -50,19 +54,28 @@ def verdict(res: RepurposingResult) -> RepurposingVerdict:
     lines = [
         f"(i) Mid-stack weight on near-impossible tokens: at layer {L} (best of layers {layers[mid[0]]}–"
         f"{layers[mid[-1]]}{chosen}), in the part of the residual the output does not predict, the strongest push "
-        f"toward a near-impossible token beats a covariance-matched Gaussian by {tok.mean:+.2f} null SDs (95% CI "
-        f"{tok.lo:+.2f} to {tok.hi:+.2f}), and by {peak.mean:+.2f} more than random directions do (95% CI {peak.lo:+.2f} "
-        f"to {peak.hi:+.2f}; {peak.mean / max(sd, 1e-9):+.2f} × the null peak's spread) "
-        f"{'(both CIs above 0: yes)' if present else '(both CIs above 0: no)'}.",
+        f"toward a near-impossible token{_scanned(res)} beats a covariance-matched Gaussian by {tok.mean:+.2f} null "
+        f"SDs (95% CI {tok.lo:+.2f} to {tok.hi:+.2f}), and by {peak.mean:+.2f} more than random directions do (95% CI "
+        f"{peak.lo:+.2f} to {peak.hi:+.2f}; {peak.mean / max(sd, 1e-9):+.2f} × the null peak's spread) "
+        f"{'(both CIs above 0: yes)' if peak.lo > 0 and tok.lo > 0 else '(both CIs above 0: no)'}.",
         f"(ii) Removed before the output: that token's standardised projection is {raw:+.2f} at layer {L} and "
         f"{fin:+.2f} at the last layer (drop {drop.mean:+.2f}, 95% CI {drop.lo:+.2f} to {drop.hi:+.2f}"
         + ("" if null is None else f"; beyond the drop of the same argmax over random directions, {null.mean:+.2f}, "
                                    f"95% CI {null.lo:+.2f} to {null.hi:+.2f}")
         + f") {yes if removed else '(no)'}.",
     ]
+    if rare is not None:
+        lines.insert(1, f"(i) without the rare-token direction (the mean direction of the {rare.n_tokens:,} tokens "
+                        f"near-impossible at ≥ 90 % of the positions, projected out of every token and random "
+                        f"direction): at layer {rare.layer}, token excess over the Gaussian {_iv(rare.excess)}, beyond "
+                        f"random directions {_iv(rare.effect)} "
+                        f"({'both CIs above 0: the excess is not that one direction' if rare.detected else 'both CIs above 0: no'}).")
     channel = _channel_line(res, mid)
     if channel is not None:
         lines.append(channel[0])
+    ablation = _ablation_line(res)
+    if ablation is not None:
+        lines.append(ablation)
     mde = res.power.min_detectable if res.power is not None else None
     if res.power is not None:
         pw = res.power
@@ -73,6 +86,8 @@ def verdict(res: RepurposingResult) -> RepurposingVerdict:
                                                     else f"none of these sizes reaches {100 * pw.power:.0f} % power."))
     what = res.model if res.config.control == "none" else f"the planted {res.config.control} control"
     span = f"{peak.mean:+.2f} [{peak.lo:+.2f}, {peak.hi:+.2f}]"
+    need = res.config.needed_push
+    weak = not present and res.power is not None and (mde is None or mde > need)
     if supported:
         head = (f"SUPPORTED for {what}: mid-stack residuals put extra weight on directions of tokens that are "
                 f"near-impossible in context, and it is gone by the output (layer {L}: effect {span} null SDs; the "
@@ -80,18 +95,56 @@ def verdict(res: RepurposingResult) -> RepurposingVerdict:
     elif present:
         head = (f"NOT SUPPORTED for {what}: mid-stack weight on near-impossible tokens exists (layer {L}, {span}) but "
                 f"it is not removed before the output (z {raw:+.2f} → {fin:+.2f}).")
+    elif weak:
+        seen = f"its minimum detectable push is α ≈ {mde:.3g}" if mde is not None else (
+            f"no push up to α = {max(res.power.alphas):g} reaches {100 * res.power.power:.0f} % power")
+        head = (f"INSUFFICIENT POWER for {what}: (i) finds no mid-stack excess (best layer {L}: {span} null SDs"
+                f"{'' if rare is None or peak.lo <= 0 or tok.lo <= 0 else ', none left without the rare-token direction'}"
+                f"), but {seen} × ‖r − μ‖, above the {need:g} this question needs; \"not found\" is not a verdict here.")
     else:
         pct = f"{100 * res.power.power:.0f} %" if res.power is not None else ""
         bound = (f"; no push of this kind larger than α ≈ {mde:.3g} × ‖r‖ is missed ({pct} power)" if mde is not None
                  else f"; the power curve does not reach {pct} at any size run" if res.power is not None else "")
+        gone = ("" if rare is None or peak.lo <= 0 or tok.lo <= 0 else
+                "; the excess (i) finds is gone once the rare-token direction is projected out")
         head = (f"NOT SUPPORTED for {what}: no mid-stack excess weight on near-impossible-token directions beyond "
-                f"the nulls (best layer {L}: {span} null SDs{bound}).")
+                f"the nulls (best layer {L}: {span} null SDs{gone}{bound}).")
     return RepurposingVerdict(supported=supported, present=present, removed=removed, headline=head, criteria=lines,
-                                peak_layer=L, peak=[peak.mean, peak.lo, peak.hi], raw_z=raw, final_z=fin,
-                                drop=[drop.mean, drop.lo, drop.hi], held_out=held, min_detectable=mde,
-                                drop_vs_null=None if null is None else [null.mean, null.lo, null.hi],
-                                channel_layer=None if channel is None else channel[1],
-                                channel=None if channel is None else channel[2])
+                              peak_layer=L, peak=[peak.mean, peak.lo, peak.hi], raw_z=raw, final_z=fin,
+                              drop=[drop.mean, drop.lo, drop.hi], held_out=held, min_detectable=mde,
+                              drop_vs_null=None if null is None else [null.mean, null.lo, null.hi],
+                              channel_layer=None if channel is None else channel[1],
+                              channel=None if channel is None else channel[2], insufficient_power=weak,
+                              rare_effect=None if rare is None else [rare.effect.mean, rare.effect.lo, rare.effect.hi])
+
+
+def _iv(iv) -> str:
+    return f"{iv.mean:+.2f} (95% CI {iv.lo:+.2f} to {iv.hi:+.2f})"
+
+
+def _scanned(res: RepurposingResult) -> str:
+    """How (i) scanned, for results that record it (``scan``); "" for older ones (raw W_U, as their text says)."""
+    s = res.scan
+    if s is None:
+        return ""
+    basis = "γ ⊙ W_U" if s.basis == "output" else "raw W_U"
+    return (f" (directions: rows of {basis}{', the shared direction of all rows projected out' if s.shared_removed else ''}"
+            f"{f'; tokens within |cos| {s.context_cos:g} of a context token left out' if s.context_cos < 1 else ''})")
+
+
+def _ablation_line(res: RepurposingResult) -> str | None:
+    """The causal ablation, headed by the comparison with isotropic random directions; None for results from before
+    the token sets lost the shared direction (their reports show the table as it was)."""
+    ab = res.ablation
+    if ab is None or ab.shared_removed is None:
+        return None
+    vs = ab.top_minus["random_directions"]
+    others = "; ".join(f"{k.replace('_', ' ')} {_iv(v)}" for k, v in ab.top_minus.items() if k != "random_directions")
+    return (f"Causal ablation at layer {ab.layer} (rank {ab.rank}, {ab.n_contexts} contexts): projecting out the "
+            f"favoured near-impossible directions costs {ab.delta['near_impossible_top'].mean:+.3f} nats/token, "
+            f"{_iv(vs)} more than isotropic random directions "
+            f"({'more' if vs.lo > 0 else 'less' if vs.hi < 0 else 'no difference'}). Against other token sets"
+            f"{' (the shared direction of all rows projected out of each)' if ab.shared_removed else ''}: {others}.")
 
 
 def _channel_line(res: RepurposingResult, mid: list[int]):
@@ -132,6 +185,9 @@ def numbers(res) -> dict[str, str]:
     if v.channel is not None:
         out["(iii) channel excess, chosen tokens − random dirs"] = (
             f"{v.channel[0]:+.2f} [{v.channel[1]:+.2f}, {v.channel[2]:+.2f}] (L{v.channel_layer})")
+    if getattr(v, "rare_effect", None) is not None:
+        out["(i) effect without the rare-token direction"] = (
+            f"{v.rare_effect[0]:+.2f} [{v.rare_effect[1]:+.2f}, {v.rare_effect[2]:+.2f}]")
     pw = getattr(res, "power", None)
     if pw is not None:
         out[f"minimum detectable α ({100 * pw.power:.0f} % power, planted push)"] = (
