@@ -92,11 +92,12 @@ def _list(parse, ok, what: str):
 
 
 def choice(*options: str):
-    """The parser of a flag that takes one of ``options``."""
+    """The parser of a flag that takes one of ``options`` (kept as its ``options``)."""
     def parse(text: str):
         if text not in options:
             raise ValueError(f"expected one of {', '.join(options)}, got {text!r}")
         return text
+    parse.options = options
     return parse
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from superpos.hypotheses.lookahead.logistic import Features, ngram_features
@@ -125,3 +126,45 @@ def test_the_input_is_read_from_the_prediction_at_i_and_from_the_guess_at_i_minu
     assert set(c.at_i) == {"logit lens"}
     assert c.at_i["logit lens"].mean[0] > 0.95 and c.at_previous["logit lens"].mean[0] > 0.95
     assert abs(c.difference["logit lens"].mean[0]) < 0.05
+
+
+def _nested_result(gain_half_width: float, plus_one_full_acc: float, gain_mean: float = 0.0):
+    """A lookahead result built by hand: +1 and +2, the +2 nested gain centred on ``gain_mean`` with the given
+    interval half-width, and +1's probe-with-residual accuracy against an n-gram at 0.30 [0.28, 0.32]."""
+    from superpos.hypotheses.lookahead.config import LookaheadConfig
+    from superpos.hypotheses.lookahead.result import LookaheadResult, LookaheadTarget, NestedGain
+    from superpos.stats import Band, Interval
+
+    def iv(m, h=0.02):
+        return Interval(m, m - h, m + h)
+
+    def target(gain, full_acc):
+        nested = NestedGain(layer=3, layer_screen=[0.1], l2_base=1e-3, l2_full=1e-3, base_loglik=iv(-3.0),
+                            full_loglik=iv(-3.0 + gain.mean), gain=gain, base_acc=iv(0.3), full_acc=iv(full_acc),
+                            acc_gain=iv(0.0), floor=iv(0.3), floor_name="the back-off n-gram", train_positions=100,
+                            test_positions=100)
+        return LookaheadTarget(offset=1, n_classes=8, coverage=0.9, layers=[3], acc=Band([0.5], [0.4], [0.6]),
+                               majority=0.1, ngram={2: iv(0.3)}, ngram_order=2, nested=nested)
+
+    return LookaheadResult(config=LookaheadConfig(), model="m", layers=[3], n_positions=100,
+                           offsets={"+1": target(iv(0.2), plus_one_full_acc),
+                                    "+2": target(Interval(gain_mean, gain_mean - gain_half_width,
+                                                          gain_mean + gain_half_width), 0.3)})
+
+
+def test_a_no_from_a_run_that_could_not_see_the_needed_gain_reads_insufficient_power():
+    """NO needs power: the +2 gain's own minimum detectable effect, (1.96 + 0.84) standard errors from its interval,
+    must be at most --needed-gain (0.01 nats), and the +1 control (known to be there) must be shown. A found effect
+    is found whatever the power."""
+    from superpos.hypotheses.lookahead.verdict import min_detectable, verdict
+    from superpos.stats import Interval
+
+    assert min_detectable(Interval(0.0, -0.0196, 0.0196)) == pytest.approx(0.028)
+    narrow, wide = _nested_result(0.005, 0.40), _nested_result(0.05, 0.40)
+    assert "NO" in verdict(narrow).headline and not verdict(narrow).insufficient_power  # MDE 0.007 ≤ 0.01
+    v = verdict(wide)  # MDE 0.071 > 0.01
+    assert v.insufficient_power and "INSUFFICIENT POWER (minimum detectable gain above 0.01" in v.headline
+    v = verdict(_nested_result(0.005, 0.31))  # +1's probe does not beat the n-gram: the run cannot see +1
+    assert v.insufficient_power and "the +1 control is not shown" in v.headline
+    found = verdict(_nested_result(0.05, 0.31, gain_mean=0.2))
+    assert not found.insufficient_power and "YES" in found.headline

@@ -53,10 +53,12 @@ def test_report_command_reproduces_the_settings():
     from superpos.cli.main import build_parser
     from superpos.experiment.spec import command_line
     from superpos.protocol.registry import EXPERIMENTS
+    from superpos.settings import settings
 
     changed = {int: 7, float: 0.25, str: "x y"}
     for name, e in EXPERIMENTS.items():
         cfg = e.config()
+        parse = {s.name: s.parse for s in settings(e.config)}
         values = {}
         for f in fields(cfg):
             default = getattr(cfg, f.name)
@@ -64,8 +66,6 @@ def test_report_command_reproduces_the_settings():
                 values[f.name] = [0, -2] if name == "probes" else [2, 5]
             elif f.name == "control":
                 values[f.name] = "planted" if name == "orthogonality" else "positive"
-            elif f.name == "precision":
-                values[f.name] = "bfloat16"
             elif f.name == "targets":
                 values[f.name] = ["embedding"]
             elif f.name in ("unlikely", "likely"):
@@ -79,6 +79,8 @@ def test_report_command_reproduces_the_settings():
                 values[f.name] = not default
             elif f.name in ("layer", "seed"):
                 values[f.name] = 3
+            elif getattr(parse[f.name], "options", None):  # one of a few words: another one of them
+                values[f.name] = next(o for o in parse[f.name].options if o != default)
             else:
                 values[f.name] = changed[type(default)] if default is not None else "some/path"
         want = asdict(e.config(**values))

@@ -60,11 +60,11 @@ def add_settings(p: argparse.ArgumentParser, config_cls) -> None:
     from superpos.settings import settings
 
     for s in settings(config_cls):
+        help = s.help_text().replace("%", "%%")  # argparse formats help with %: a literal "90 %" must be escaped
         if isinstance(s.default, bool):
-            p.add_argument(s.flag, dest=s.name, action="store_false" if s.default else "store_true",
-                           help=s.help_text())
+            p.add_argument(s.flag, dest=s.name, action="store_false" if s.default else "store_true", help=help)
         else:
-            p.add_argument(s.flag, dest=s.name, type=_arg_type(s.parse), default=s.default, help=s.help_text(),
+            p.add_argument(s.flag, dest=s.name, type=_arg_type(s.parse), default=s.default, help=help,
                            metavar=s.flag.removeprefix("--").upper().replace("-", "_"))
     p.set_defaults(config_class=config_cls)
 

@@ -54,7 +54,7 @@ def reference() -> str:
                 default = ",".join(map(str, default))
             choices = f" (one of: {', '.join(map(str, a.choices))})" if a.choices else ""
             req = " **required**" if a.required and a.option_strings else ""
-            out.append(f"| `{name}` | {_cell(a.help or '')}{choices}{req} | {_cell(default)} |")
+            out.append(f"| `{name}` | {_cell((a.help or '').replace('%%', '%'))}{choices}{req} | {_cell(default)} |")
     return "\n".join(out) + "\n"
 
 

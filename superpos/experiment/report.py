@@ -96,6 +96,10 @@ class Report:
     def verdict(self, verdict) -> None:
         """The opening section every experiment report has: the verdict's headline and its criteria."""
         self.heading("Verdict")
+        if verdict.insufficient_power:
+            self.text("**INSUFFICIENT POWER**: this run could not have detected the effect the question needs (its "
+                      "own minimum detectable effect is larger, by the rule on the experiment's docs page), so what it "
+                      "did not find is no answer either way.")
         self.text(verdict.headline)
         for line in verdict.criteria:
             self.text(line)

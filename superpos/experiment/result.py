@@ -26,12 +26,15 @@ RESULTS = "results.json"
 
 @dataclass(kw_only=True)
 class Verdict:
-    """An experiment's answer: one headline, the criteria behind it, and (for a test with a yes/no answer)
-    whether the hypothesis is supported."""
+    """An experiment's answer: one headline, the criteria behind it, (for a test with a yes/no answer) whether the
+    hypothesis is supported, and whether a "not found" comes from a run that could not have found what the question
+    needs (``insufficient_power``: the run's own minimum detectable effect is larger, by the rule each experiment's
+    docs page writes down; tables then say INSUFFICIENT POWER instead of a verdict)."""
 
     headline: str
     criteria: list[str]
     supported: bool | None = None
+    insufficient_power: bool = False
 
 
 @dataclass(kw_only=True)

@@ -23,11 +23,11 @@ def _cell(text: str) -> str:
 
 
 def _said(verdict) -> str:
+    if verdict.insufficient_power:  # "not found" by a run that could not have found it
+        return "INSUFFICIENT POWER"
     if verdict.supported is None:  # a descriptive experiment: its headline's first clause
         text = verdict.headline.split(" — ")[0].split(" (")[0].split(";")[0].strip()
         return text if len(text) <= 90 else text[:89] + "…"
-    if getattr(verdict, "insufficient_power", False):  # "not found" by a run that could not have found it
-        return "INSUFFICIENT POWER"
     said = "SUPPORTED" if verdict.supported else "NOT SUPPORTED"
     if getattr(verdict, "premise_met", None) is not None:  # reinject answers two questions
         return f"premise {'MET' if verdict.premise_met else 'NOT MET'}; re-injection {said}"

@@ -4,6 +4,21 @@ from __future__ import annotations
 from superpos.experiment.result import Verdict
 from superpos.hypotheses.common import fmt_ci
 from superpos.hypotheses.lookahead.result import LookaheadResult, LookaheadTarget
+from superpos.stats import Interval
+
+Z_ALPHA, Z_POWER = 1.96, 0.84  # a two-sided 5 % test with 80 % power
+
+
+def min_detectable(gain: Interval) -> float:
+    """The smallest true gain a run detects with 80 % power, from its own 95 % interval's half-width: (1.96 + 0.84)
+    standard errors."""
+    return (Z_ALPHA + Z_POWER) * (gain.hi - gain.lo) / (2 * Z_ALPHA)
+
+
+def plus_one_shown(r: LookaheadTarget) -> bool:
+    """The positive control every run carries: at +1, where the residual at i holds the model's own prediction, the
+    probe with the residual beats the back-off n-gram (its interval above the n-gram's)."""
+    return r.nested.full_acc.lo > r.ngram[r.ngram_order].hi
 
 
 def _nested_line(name: str, r: LookaheadTarget) -> str:
@@ -50,14 +65,25 @@ def verdict(res: LookaheadResult) -> Verdict:
                      f"{res.ngram_tokens:,} tokens (no test context among them).")
     beyond = {name: r.nested.gain.lo > 0 for name, r in later.items()}
     answer = "YES" if beyond and all(beyond.values()) else "PARTLY" if any(beyond.values()) else "NO"
+    need = res.config.needed_gain
+    mde = {name: min_detectable(r.nested.gain) for name, r in later.items()}
+    control = plus_one_shown(res.offsets["+1"]) if "+1" in res.offsets else None
+    lines.append(f"Power: minimum detectable nested gain (80 % power) "
+                 + ", ".join(f"{name} {v:.4f}" for name, v in mde.items())
+                 + f" nats against the {need:g} the question needs; the +1 control (the probe with the residual "
+                   f"beats the n-gram at +1) {'not run' if control is None else 'shown' if control else 'NOT shown'}.")
+    weak = answer == "NO" and (control is False or (bool(mde) and all(v > need for v in mde.values())))
     gains = "; ".join(f"{name}: {fmt_ci(r.nested.gain)} nats (layer {r.nested.layer}; accuracy "
                       f"{r.nested.full_acc.mean:.3f} vs {r.nested.base_acc.mean:.3f} without, floor "
                       f"{r.nested.floor.mean:.3f})" for name, r in later.items())
+    if weak:
+        answer = "INSUFFICIENT POWER" + (" (the +1 control is not shown)" if control is False else
+                                         f" (minimum detectable gain above {need:g} nats)")
     head = (f"Lookahead beyond n-grams and the model's own next-token distribution: {answer} — adding the residual at "
             f"i to a logistic probe on [n-gram features + the model's log-probs at i] raises the held-out "
             f"log-likelihood of the later token for {', '.join(n for n, ok in beyond.items() if ok) or 'no offset'} "
             f"({gains}).")
-    return Verdict(headline=head, criteria=lines)
+    return Verdict(headline=head, criteria=lines, insufficient_power=weak)
 
 
 def numbers(res) -> dict[str, str]:

@@ -135,7 +135,8 @@ def verdict(res: OrthogonalityResult) -> OrthogonalityVerdict:
             + "; ".join(why) + ". Not a finding about the model: more than d nearly orthogonal directions in use is "
             "neither shown nor ruled out at the budgets tried.")
     return OrthogonalityVerdict(supported=True if supported else None, answer=answer, headline=head,
-                                criteria=lines, context=capacity_context(res), layers_passed=passed)
+                                criteria=lines, context=capacity_context(res), layers_passed=passed,
+                                insufficient_power=answer == NOT_SHOWN)
 
 
 def capacity_context(res: OrthogonalityResult) -> str:
@@ -244,7 +245,8 @@ def calibrated_verdict(real: OrthogonalityResult,
             + (real.verdict.headline.removeprefix("NOT SHOWN AT THIS BUDGET ") if not real.verdict.supported
                else "the real run does not beat both nulls at every layer."))
     return OrthogonalityVerdict(supported={SUPPORTED: True, NOT_SUPPORTED: False}.get(answer), answer=answer or "",
-                                headline=head, criteria=lines, context=real.verdict.context, layers_passed=passed)
+                                headline=head, criteria=lines, context=real.verdict.context, layers_passed=passed,
+                                insufficient_power=answer == NOT_SHOWN)
 
 
 def numbers(res) -> dict[str, str]:

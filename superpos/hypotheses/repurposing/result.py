@@ -173,8 +173,6 @@ class RepurposingVerdict(Verdict):
     drop_vs_null: list[float] | None = None  # (ii)'s drop minus the random-direction argmax's, [mean, lo, hi]
     channel_layer: int | None = None  # (iii) consistent channels: the layer read, chosen on the selection contexts
     channel: list[float] | None = None  # (iii): the channel excess there (tokens minus random directions), [mean, lo, hi]
-    insufficient_power: bool = False  # (i) not found, and the run's minimum detectable push exceeds the config's
-    # ``needed_push`` (or the power curve reaches its power at no size run)
     rare_effect: list[float] | None = None  # (i)'s effect with the rare-token direction projected out, [mean, lo, hi]
 
 
