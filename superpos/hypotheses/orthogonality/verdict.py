@@ -84,9 +84,11 @@ def verdict(res: OrthogonalityResult) -> OrthogonalityVerdict:
     """SUPPORTED when at every layer (i) more atoms keep paying off — held-out FVU falls from the smallest to the
     largest dictionary by at least ``gain_needed`` (mean over seeds) — and (ii) in every seed more than d of the
     largest dictionary's atoms are live, seed-stable (``stable_cos``, ``stable_seeds``) and pairwise nearly
-    orthogonal (|cos| ≤ ``orth_eps``), at the sweep's budget or at any budget of the budget sweep. Otherwise NOT
-    SHOWN AT THIS BUDGET: on its own a run cannot say NOT SUPPORTED, which needs the realistic plant to resolve
-    more than d atoms at a budget where the real count has flattened below d (``calibrated_verdict``)."""
+    orthogonal (|cos| ≤ ``orth_eps``), at the sweep's budget or at any budget of the budget sweep. NOT SUPPORTED
+    when at some layer (i) fails beyond the seeds' spread (the gain's whole 95 % interval below the threshold: more
+    atoms do not pay off, as on data with no structure beyond its covariance). Otherwise NOT SHOWN AT THIS BUDGET:
+    a count below d on its own rules nothing out; that needs the realistic plant to resolve more than d atoms at a
+    budget where the real count has flattened below d (``calibrated_verdict``)."""
     cfg, d = res.config, res.d_model
     lines, passed, gains, counts = [], {}, {}, {}
     curves = {c.layer: c for c in res.budget or []}
@@ -113,6 +115,8 @@ def verdict(res: OrthogonalityResult) -> OrthogonalityVerdict:
         if lay.layer in curves:
             lines.append(describe_budget(curves[lay.layer], d))
     supported = all(passed.values())
+    no_gain = [lay.layer for lay in res.layers  # (i) fails beyond the seeds' spread: more atoms do not pay off
+               if lay.gain.hi < gain_needed(lay.sizes[-1].expansion / lay.sizes[0].expansion, cfg.min_gain)]
     where = f"{res.model}" if res.config.control == "none" else f"a {res.config.control} surrogate of {res.model}"
     at = ", ".join(str(k) for k in passed)
     if supported:
@@ -120,6 +124,14 @@ def verdict(res: OrthogonalityResult) -> OrthogonalityVerdict:
         answer, head = SUPPORTED, (
             f"SUPPORTED: layers {at} of {where} use more than d = {d} nearly orthogonal directions (seed-stable atoms "
             f"with pairwise |cos| ≤ {cfg.orth_eps}: {shown}), and more atoms keep paying off.")
+    elif no_gain:
+        answer, head = NOT_SUPPORTED, (
+            f"NOT SUPPORTED at layer(s) {', '.join(map(str, no_gain))} of {where} (d = {d}): more atoms do not pay "
+            f"off — the held-out FVU gain from the smallest to the largest dictionary stays below the threshold with "
+            f"its whole 95% interval over seeds (" + "; ".join(
+                f"layer {lay.layer}: {pct(lay.gain.mean)} [{pct(lay.gain.lo)}, {pct(lay.gain.hi)}]"
+                for lay in res.layers if lay.layer in no_gain) + "), so there is no overcomplete structure for "
+            "more than d directions to hold.")
     else:
         failed = [k for k, ok in passed.items() if not ok]
         why = []
@@ -134,7 +146,8 @@ def verdict(res: OrthogonalityResult) -> OrthogonalityVerdict:
             f"NOT SHOWN AT THIS BUDGET at layer(s) {', '.join(map(str, failed))} of {where} (d = {d}): "
             + "; ".join(why) + ". Not a finding about the model: more than d nearly orthogonal directions in use is "
             "neither shown nor ruled out at the budgets tried.")
-    return OrthogonalityVerdict(supported=True if supported else None, answer=answer, headline=head,
+    return OrthogonalityVerdict(supported={SUPPORTED: True, NOT_SUPPORTED: False}.get(answer), answer=answer,
+                                headline=head,
                                 criteria=lines, context=capacity_context(res), layers_passed=passed,
                                 insufficient_power=answer == NOT_SHOWN)
 
@@ -234,6 +247,10 @@ def calibrated_verdict(real: OrthogonalityResult,
             f"SUPPORTED, calibrated: {real.verdict.headline.removeprefix('SUPPORTED: ')} The nulls (same covariance, "
             f"no sparse features) come out not SUPPORTED, planted superposition SUPPORTED, and the real layers beat "
             f"both nulls with 95% CIs over seeds.")
+    elif real.verdict.supported is False:
+        answer, head = NOT_SUPPORTED, (
+            f"NOT SUPPORTED, calibrated (every control came out as it must): "
+            f"{real.verdict.headline.removeprefix('NOT SUPPORTED ')}")
     elif ruled_out:
         answer, head = NOT_SUPPORTED, (
             f"NOT SUPPORTED at layer(s) {', '.join(map(str, ruled_out))} of {real.model}: the count of stable nearly "
