@@ -127,11 +127,11 @@ def verdict(res: OrthogonalityResult) -> OrthogonalityVerdict:
     elif no_gain:
         answer, head = NOT_SUPPORTED, (
             f"NOT SUPPORTED at layer(s) {', '.join(map(str, no_gain))} of {where} (d = {d}): more atoms do not pay "
-            f"off — the held-out FVU gain from the smallest to the largest dictionary stays below the threshold with "
-            f"its whole 95% interval over seeds (" + "; ".join(
+            f"off at {cfg.fit_tokens:,} training tokens per dictionary — the held-out FVU gain from the smallest to "
+            f"the largest stays below the threshold with its whole 95% interval over seeds (" + "; ".join(
                 f"layer {lay.layer}: {pct(lay.gain.mean)} [{pct(lay.gain.lo)}, {pct(lay.gain.hi)}]"
-                for lay in res.layers if lay.layer in no_gain) + "), so there is no overcomplete structure for "
-            "more than d directions to hold.")
+                for lay in res.layers if lay.layer in no_gain) + "), as on rows with no structure beyond their covariance: "
+            "no overcomplete structure was found for more than d directions to hold.")
     else:
         failed = [k for k, ok in passed.items() if not ok]
         why = []
