@@ -77,7 +77,8 @@ def budget_sweep(store, layer: int, folder: Path, cfg: OrthogonalityConfig,
     for seed in seeds:
         where = dictionary_folder(folder, cfg, seed)
         saved = fit_once(store, layer, where, cfg, {"expansion": float(expansion), "n_tokens": budgets[-1],
-                                                    "seed": seed, "save_at": budgets[:-1]}, progress=False)
+                                                    "seed": seed, "save_at": budgets[:-1], "lr": cfg.budget_lr},
+                         progress=False)
         meta = saved["meta"]
         seconds += float(meta.get("train_seconds", 0.0))
         trained += budgets[-1]

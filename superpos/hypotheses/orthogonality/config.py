@@ -54,6 +54,9 @@ class OrthogonalityConfig:
     budgets: list[int] = setting(help="training tokens at which the budget sweep takes the census (the largest is "
                                       "the run's length; more tokens than the store holds are further epochs)",
                                  parse="int_list", factory=lambda: [400_000, 1_200_000, 4_000_000])
+    budget_lr: float = setting(5e-4, "Adam's learning rate of the budget sweep's runs (the sweep's own fits keep the "
+                                     "SAEs' default, chosen for 400k-token runs, which kills most 16x latents by 4M "
+                                     "tokens: docs/orthogonality.md)", parse="positive_float")
     budget_layers: list[int] | None = setting(None, "layers of the budget sweep (comma list); empty: the middle "
                                                     "of the sweep's layers", parse="layer_list")
     external: list[str] | None = setting(None, "dictionaries trained elsewhere, one folder per seed (superpos, "
