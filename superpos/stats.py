@@ -1,6 +1,8 @@
 """Confidence intervals, in one place: ``cluster_bootstrap_mean`` for per-position statistics (resampling whole
 contexts: positions in one context are correlated, so resampling positions would give intervals that are too
-narrow), and ``bootstrap_ci`` for any statistic of independent samples (scipy.stats.bootstrap)."""
+narrow), ``cluster_t_interval`` (the cluster-robust standard error with Student-t quantiles, honest with few
+contexts, where the percentile bootstrap is too narrow), ``bootstrap_ci`` for any statistic of independent samples
+(scipy.stats.bootstrap), and ``min_detectable``, the smallest effect a run detects from its own interval."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -69,11 +71,41 @@ def cluster_band(values_PK, groups, n_boot: int = 1000, seed: int = 0) -> Band:
     return Band(np.atleast_1d(m).tolist(), np.atleast_1d(lo).tolist(), np.atleast_1d(hi).tolist())
 
 
-def cluster_interval(values_P, groups, n_boot: int = 1000, seed: int = 0) -> Interval:
-    """``cluster_bootstrap_mean`` of (P,) values as a typed ``Interval`` (NaNs when there are none)."""
+def cluster_interval(values_P, groups, n_boot: int = 1000, seed: int = 0, t_floor: bool = False) -> Interval:
+    """``cluster_bootstrap_mean`` of (P,) values as a typed ``Interval`` (NaNs when there are none); with
+    ``t_floor`` never narrower than ``cluster_t_interval`` (each end the further of the two), which matters with few
+    clusters: a percentile bootstrap over G clusters is about t(G−1)/z · √(G/(G−1)) too narrow (17 % at G = 12)."""
     if len(values_P) == 0:
         return Interval(float("nan"), float("nan"), float("nan"))
-    return Interval(*cluster_bootstrap_mean(values_P, groups, n_boot=n_boot, seed=seed))
+    iv = Interval(*cluster_bootstrap_mean(values_P, groups, n_boot=n_boot, seed=seed))
+    if not t_floor:
+        return iv
+    t = cluster_t_interval(values_P, groups)
+    return Interval(iv.mean, min(iv.lo, t.lo), max(iv.hi, t.hi))
+
+
+def cluster_t_interval(values_P, groups, level: float = 0.95) -> Interval:
+    """The mean of (P,) ``values`` (all positions weighted alike) with a cluster-robust interval: the ratio
+    estimator's standard error from per-cluster residual sums, √(G/(G−1) · Σ_g (S_g − m·n_g)²) / Σ n_g, and Student-t
+    quantiles with G − 1 degrees of freedom. With one cluster (or none) the interval is infinite (or NaN)."""
+    from scipy import stats
+
+    if len(values_P) == 0:
+        return Interval(float("nan"), float("nan"), float("nan"))
+    sums, counts = _cluster_sums(values_P, groups)
+    g, n = len(counts), counts.sum()
+    m = float(sums.sum() / n)
+    if g < 2:
+        return Interval(m, float("-inf"), float("inf"))
+    se = float(np.sqrt(g / (g - 1) * ((sums - m * counts) ** 2).sum()) / n)
+    half = float(stats.t.ppf((1 + level) / 2, g - 1)) * se
+    return Interval(m, m - half, m + half)
+
+
+def min_detectable(iv: Interval, z_alpha=1.96, z_power=0.84) -> float:
+    """The smallest true effect a run detects with 80 % power (a two-sided 5 % test), from its own 95 % interval:
+    (z_alpha + z_power) standard errors, the standard error read off the interval's half-width."""
+    return (z_alpha + z_power) * (iv.hi - iv.lo) / (2 * z_alpha)
 
 
 def bootstrap_ci(stat, *samples, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:

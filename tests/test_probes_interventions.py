@@ -186,10 +186,12 @@ def test_experiment_commands_write_reports(peaked_llama, tmp_path):
     assert set(r.effects) == {"mean w=0.5", "mean w=1", "embedding w=0.5", "embedding w=1", f"null: {r.chosen}"}
     assert r.chosen in r.effects and r.cached.max_abs_diff < 1e-3 and (tmp_path / "r" / "reinject.png").exists()
     assert min(r.premise.decodable[0].mean) > 0.99  # layer 0: the representation is the embedding itself
-    # every setting has both matched nulls; the temperature's entropy matches the setting's (T inside the scan)
+    # every setting has both matched nulls; each null's entropy matches the setting's in the judging half's most
+    # surprising fifth wherever its T there is inside the scan
     assert set(r.matched) == set(r.effects) - {f"null: {r.chosen}"} and set(r.vs_matched) == {"temperature", "layer mean"}
-    inside = [k for k, m in r.matched.items() if 0.13 < m["temperature"].parameter < 7.9]
-    assert r.chosen in inside and all(abs(r.matched[k]["temperature"].entropy - r.entropy[k]) < 0.01 for k in inside)
+    pairs = [(k, m) for k, ms in r.matched.items() for m in ms.values() if 0.13 < m.temperatures[1][-1] < 7.9]
+    assert pairs and all(abs(m.entropy_fifths[-1] - r.entropy_fifths[k][-1]) < 0.01 for k, m in pairs)
+    assert r.verdict.insufficient_power  # 6 judging contexts: fewer than --min-contexts
     assert len(r.premise.within_bands.mean) == 3 and len(r.vs_matched["temperature"].top_by_band.mean) == 3
     steps = list(r.reconcile.steps.values())  # the cached loop's Δ is the teacher-forced Δ on the same windows
     assert steps[0].mean == r.cached.delta and abs(steps[1].mean - steps[0].mean) < 1e-3

@@ -1,33 +1,39 @@
-"""Re-injection's matched nulls (a temperature that flattens the output as much; the same move toward the layer's
-mean residual), the comparisons within frequency bands, and the verdict that needs the true token to beat both:
-on a tiny model where the answer is known, and by hand at the level of per-position logits and losses."""
+"""Re-injection's matched nulls (a temperature that flattens the output as much, within each surprisal fifth; the
+same move toward the layer's mean residual, tempered as much), the comparisons within frequency bands, the power rule
+and the verdict that needs the true token to beat both: on a tiny model where the answer is known, and by hand at
+the level of per-position logits and losses, through run()'s own analysis (``split_positions``, ``fifth_temperatures``,
+``judge``)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from superpos.hypotheses.reinject.config import ReinjectConfig
-from superpos.hypotheses.reinject.result import CachedCheck, MatchedNull, Premise, ReinjectResult
+from superpos.hypotheses.reinject.result import CachedCheck, MatchedNull, NullComparison, Premise, ReinjectResult
 from superpos.hypotheses.reinject.run import (
     TEMPERATURE_GRID,
     _effect,
     _late_minus_early,
     choose,
-    compare,
+    fifth_temperatures,
     frequency_bands,
     interpolation,
+    judge,
     matched_temperature,
     next_token_stats,
+    split_positions,
     teacher_forced,
     temperature_sweep,
+    within_bands,
 )
 from superpos.hypotheses.reinject.verdict import verdict
 from superpos.hypotheses.token_table import token_means
 from superpos.model.load import load_model
 from superpos.protocol.registry import EXPERIMENTS
-from superpos.stats import Band, Interval, cluster_interval
+from superpos.stats import Band, Interval, cluster_interval, cluster_t_interval, min_detectable
 
 LAYERS = [3, 5]
 
@@ -39,27 +45,39 @@ def _setup(peaked_llama):
     return lm, token_means(lm, ref, [1, *LAYERS], min_count=2), ev
 
 
-def test_temperature_null_matches_the_interventions_output_entropy(peaked_llama):
+def test_temperature_null_matches_the_interventions_output_entropy_within_each_fifth(peaked_llama):
     lm, table, ev = _setup(peaked_llama)
+    cfg = ReinjectConfig(contexts=len(ev))
     clean, clean_H = teacher_forced(lm, ev)
+    bands, _ = frequency_bands(table, ev[:, 1:-1].reshape(-1), cfg.n_bands)
+    pos = split_positions(clean, bands, cfg)
+    assert 0 < pos.scored.mean() < 1  # some input tokens have no representation: those positions are not scored
     moved = interpolation(lm, LAYERS, 0.3, table.targets(lm, "embedding", LAYERS), table.index_V)
     _, moved_H = teacher_forced(lm, ev, moved)
-    target, base = float(moved_H[:, 1:].mean()), float(clean_H[:, 1:].mean())
-    assert abs(target - base) > 0.5  # the intervention does move the output entropy (it sharpens it)
-    scaled = table.index_V >= 0
-    _, grid_H = temperature_sweep(lm, ev, TEMPERATURE_GRID, scaled)
-    T = matched_temperature(TEMPERATURE_GRID, grid_H[:, :, 1:].reshape(len(TEMPERATURE_GRID), -1).mean(1), target,
-                            base)
-    assert T != 1.0
-    loss_T, H_T = temperature_sweep(lm, ev, [T], scaled)
-    assert abs(float(H_T[0][:, 1:].mean()) - target) < 2e-3  # matched to the intervention's entropy
-    # it acts only where the interpolation acts: positions whose input token has no representation keep their loss
-    untouched = ~scaled[torch.from_numpy(ev[:, :-1])].numpy()
+    assert abs(pos.selection_mean(moved_H) - pos.selection_mean(clean_H)) > 0.5  # the intervention moves it
+    _, grid_H = temperature_sweep(lm, ev, TEMPERATURE_GRID)
+    t_NC, t_table = fifth_temperatures(TEMPERATURE_GRID, grid_H, moved_H, pos, cfg)
+    assert len({round(t, 6) for row in t_table for t in row}) > 1  # one T per fifth and half, not one for all
+    loss_T, H_T = temperature_sweep(lm, ev, [t_NC])
+    inside = 0
+    for h, half in enumerate((pos.select, ~pos.select)):  # matched within every fifth of both halves ...
+        for b in range(cfg.n_bins):
+            m = half & (pos.bins == b)
+            gap = abs(pos.flat(H_T[0])[m].mean() - pos.flat(moved_H)[m].mean())
+            if TEMPERATURE_GRID[0] < t_table[h][b] < TEMPERATURE_GRID[-1]:
+                inside += 1
+                assert gap < 2e-3
+            else:  # ... unless the setting's entropy is beyond the scan: then the gap shows (and the verdict checks it)
+                assert gap > 1e-2
+    assert inside >= 5
+    # the positions that are not scored (and position 0) keep T = 1: their loss is the clean one, bit for bit
+    untouched = t_NC == 1.0
     assert untouched.any() and np.array_equal(loss_T[0][untouched], clean[untouched])
 
 
 def test_weight_zero_and_temperature_one_leave_everything_bit_identical(peaked_llama):
     lm, table, ev = _setup(peaked_llama)
+    cfg = ReinjectConfig(contexts=len(ev))
     clean, clean_H = teacher_forced(lm, ev)
     averaged = table.targets(lm, "mean", LAYERS, averaged=True)
     # the layer-mean null's target: every row is the occurrence-weighted mean of the token means (the layer mean)
@@ -67,12 +85,14 @@ def test_weight_zero_and_temperature_one_leave_everything_bit_identical(peaked_l
     torch.testing.assert_close(averaged[0], (w @ table.means_LRD[1])[None].expand_as(averaged[0]))
     loss0, H0 = teacher_forced(lm, ev, interpolation(lm, LAYERS, 0.0, averaged, table.index_V))
     assert np.array_equal(loss0, clean) and np.array_equal(H0, clean_H)
-    # w = 0 gives the clean entropy, whose matched temperature is exactly 1, which changes nothing
-    T = matched_temperature(TEMPERATURE_GRID, np.linspace(0, 1, len(TEMPERATURE_GRID)), float(H0.mean()),
-                            float(clean_H.mean()))
-    assert T == 1.0
-    loss1, H1 = temperature_sweep(lm, ev, [T], table.index_V >= 0)
-    assert np.array_equal(loss1[0], clean) and np.array_equal(H1[0], clean_H)
+    # w = 0 gives the clean entropy, whose matched temperature is exactly 1 in every fifth, which changes nothing;
+    # the same holds for the layer-mean null's own tempering
+    pos = split_positions(clean, frequency_bands(table, ev[:, 1:-1].reshape(-1), cfg.n_bands)[0], cfg)
+    _, m_grid = temperature_sweep(lm, ev, TEMPERATURE_GRID, interpolation(lm, LAYERS, 0.0, averaged, table.index_V))
+    t_NC, _ = fifth_temperatures(TEMPERATURE_GRID, m_grid, H0, pos, cfg)
+    assert (t_NC == 1.0).all()
+    loss1, H1 = temperature_sweep(lm, ev, [t_NC, 1.0])
+    assert np.array_equal(loss1[0], clean) and np.array_equal(H1[1], clean_H)
     moved = teacher_forced(lm, ev, interpolation(lm, LAYERS, 0.5, averaged, table.index_V))[0]
     assert not np.allclose(moved, clean)  # at w > 0 the layer-mean null does move the output
 
@@ -106,15 +126,32 @@ def test_frequency_bands_split_positions_by_reference_count(peaked_llama):
     assert counts[b == 0].max() <= edges[0] <= counts[b == 1].min() and counts[b == 2].min() >= edges[1]
 
 
-# ---- by hand: per-position logits → losses → the verdict -------------------------------------------------------
+def test_cluster_t_interval_and_min_detectable_by_hand():
+    # equal clusters: the ratio estimator's interval is the t-interval of the cluster means
+    v, g = np.array([1.0, 3.0, 2.0, 6.0, 0.0, 2.0]), np.array([0, 0, 1, 1, 2, 2])
+    iv = cluster_t_interval(v, g)
+    means = np.array([2.0, 4.0, 1.0])
+    half = 4.302652729911275 * means.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 df)
+    assert np.isclose(iv.mean, 7 / 3) and np.isclose(iv.lo, 7 / 3 - half) and np.isclose(iv.hi, 7 / 3 + half)
+    # few clusters: the percentile bootstrap is narrower than t; with t_floor it is not
+    rng = np.random.default_rng(0)
+    v, g = rng.standard_normal(6 * 50) + np.repeat(rng.standard_normal(6), 50), np.repeat(np.arange(6), 50)
+    boot, floored, t = (cluster_interval(v, g, n_boot=500), cluster_interval(v, g, n_boot=500, t_floor=True),
+                        cluster_t_interval(v, g))
+    assert boot.hi - boot.lo < 0.8 * (t.hi - t.lo) and floored.lo <= t.lo and floored.hi >= t.hi
+    assert np.isclose(min_detectable(Interval(0.0, -0.1, 0.1)), 2.8 * 0.1 / 1.96)
+
+
+# ---- by hand: per-position logits → losses → run()'s analysis → the verdict -----------------------------------
 
 N, T, V = 48, 60, 40
 CFG = ReinjectConfig(n_boot=200, contexts=N)
 
 
 def _stats(z, y, temp=None):
-    loss, ent = next_token_stats(torch.from_numpy(z), torch.from_numpy(y),
-                                 None if temp is None else torch.full(y.shape, float(temp)))
+    """(N, T) losses and entropies of logits ``z`` at temperature ``temp`` (a number or an (N, T) array)."""
+    t = None if temp is None else torch.from_numpy(np.broadcast_to(np.asarray(temp, np.float32), y.shape).copy())
+    loss, ent = next_token_stats(torch.from_numpy(z), torch.from_numpy(y), t)
     return loss.numpy().astype(np.float64), ent.numpy().astype(np.float64)
 
 
@@ -131,87 +168,180 @@ def _text(seed=0):
     return rng, z, y
 
 
-def _judge(clean, true, temp_null, mean_null, deranged, bands=None) -> ReinjectResult:
-    """run()'s analysis on per-position (N, T) losses: surprisal fifths of token p (the clean loss at p-1), Δ on
-    the following token, half the contexts to choose and half to judge."""
-    def flat(a):
-        return a[:, 1:].reshape(-1)
+def _positions(clean, unscored=None):
+    """run()'s scored positions, fifths and halves (every input token represented unless ``unscored``)."""
+    bands = np.zeros(N * (T - 1), dtype=int)
+    if unscored is not None:
+        bands[unscored] = -1
+    return split_positions(clean, bands, CFG)
 
-    surprisal = clean[:, :-1].reshape(-1)
-    ctx = np.repeat(np.arange(N), T - 1)
-    edges = np.quantile(surprisal, np.linspace(0, 1, CFG.n_bins + 1))
-    bins = np.clip(np.searchsorted(edges, surprisal, side="right") - 1, 0, CFG.n_bins - 1)
-    bands = np.zeros_like(bins) if bands is None else bands
-    select = np.isin(ctx, np.random.default_rng(0).permutation(N)[:N // 2])
-    d, tn, mn, dn = (flat(x - clean) for x in (true, temp_null, mean_null, deranged))
-    top = ~select & (bins == CFG.n_bins - 1)
+
+def _tempered(z, y, target_H, pos):
+    """A null as run() builds it: logits ``z`` divided, within each surprisal fifth of each half, by the temperature
+    whose mean output entropy there is ``target_H``'s: (loss, entropy)."""
+    grid = np.stack([_stats(z, y, t)[1] for t in TEMPERATURE_GRID])
+    t_NC, _ = fifth_temperatures(TEMPERATURE_GRID, grid, target_H, pos, CFG)
+    return _stats(z, y, t_NC)
+
+
+def _judge(pos, clean, setting, temp_null, mean_null, deranged, cfg=CFG) -> ReinjectResult:
+    """run()'s analysis and result on per-position (loss, entropy) pairs, the chosen setting fixed."""
+    (true, true_H), (tn, tn_H), (mn, mn_H) = setting, temp_null, mean_null
+    d, dn = pos.flat(true - clean), pos.flat(deranged - clean)
+    nulls = {"temperature": pos.flat(tn - clean), "layer mean": pos.flat(mn - clean)}
+    judged, vs_null, vs_matched = judge(pos, d, nulls, dn, cfg)
     iv, band = Interval(0.0, -0.1, 0.1), Band([1.0] * 5, [1.0] * 5, [1.0] * 5)
     premise = Premise(layers=[0, 1, 2], coverage=1.0, decodable={0: band, 1: band, 2: band},
                       gap=Band([0.0] * 3, [-0.1] * 3, [0.1] * 3), late_minus_early=iv)
+    fifths = [[1.0] * cfg.n_bins] * 2
+
+    def null(h, delta):
+        return MatchedNull(parameter=1.0, entropy=pos.selection_mean(h), effect=_effect(delta, pos.ctx, pos.bins, cfg),
+                           temperatures=fifths, entropy_fifths=pos.judging_fifths(h, cfg.n_bins))
+
     res = ReinjectResult(
-        config=CFG, model="by hand", layers=[2], clean_loss=float(clean.mean()), bin_edges=edges.tolist(),
-        premise=premise, effects={"mean w=0.1": _effect(d, ctx, bins, CFG)}, chosen="mean w=0.1",
-        judged=_effect(d[~select], ctx[~select], bins[~select], CFG),
-        vs_null=cluster_interval((d - dn)[top], ctx[top], n_boot=CFG.n_boot), cached=CachedCheck(
-            contexts=1, tokens=2, max_abs_diff=0.0, delta=0.0), samples=[], entropy={"clean": 0.0, "mean w=0.1": 0.0},
-        matched={"mean w=0.1": {"temperature": MatchedNull(parameter=1.0, entropy=0.0, effect=_effect(tn, ctx, bins, CFG)),
-                                "layer mean": MatchedNull(parameter=0.1, entropy=0.0, effect=_effect(mn, ctx, bins, CFG))}},
-        vs_matched={"temperature": compare(d, tn, ctx, bins, bands, ~select, CFG),
-                    "layer mean": compare(d, mn, ctx, bins, bands, ~select, CFG)}, band_edges=[])
+        config=cfg, model="by hand", layers=[2], clean_loss=float(clean.mean()), bin_edges=pos.edges,
+        premise=premise, effects={"mean w=0.1": _effect(d, pos.ctx, pos.bins, cfg)}, chosen="mean w=0.1",
+        judged=judged, vs_null=vs_null, cached=CachedCheck(contexts=1, tokens=2, max_abs_diff=0.0, delta=0.0),
+        samples=[], entropy={"clean": 0.0, "mean w=0.1": pos.selection_mean(true_H)},
+        entropy_fifths={"mean w=0.1": pos.judging_fifths(true_H, cfg.n_bins)},
+        matched={"mean w=0.1": {"temperature": null(tn_H, nulls["temperature"]),
+                                "layer mean": null(mn_H, nulls["layer mean"])}},
+        vs_matched=vs_matched, band_edges=[])
     res.verdict = verdict(res)
     return res
 
 
-def _matched_temperature_null(z, y, intervened_H):
-    """The temperature null as run() builds it: T matched on mean output entropy, then the clean logits at T."""
-    clean_H = _stats(z, y)[1]
-    grid = [_stats(z, y, t)[1].mean() for t in TEMPERATURE_GRID]
-    t = matched_temperature(TEMPERATURE_GRID, grid, float(intervened_H.mean()), float(clean_H.mean()))
-    loss, H = _stats(z, y, t)
-    assert abs(H.mean() - intervened_H.mean()) < 5e-3  # the null flattens the output as much
-    return t, loss
+def _noise(rng, z, scale):
+    return z + scale * rng.standard_normal(z.shape).astype(np.float32)
 
 
 def test_flattening_alone_shows_the_old_pattern_and_is_not_supported_against_the_temperature_null():
     rng, z, y = _text()
     clean = _stats(z, y)[0]
-    noise = rng.standard_normal(z.shape).astype(np.float32)
-    true, true_H = _stats(z / 1.6 + 0.3 * noise, y)  # flattening, plus the jitter any intervention brings
-    t, temp_null = _matched_temperature_null(z, y, true_H)
-    assert 1.3 < t < 2.0
-    mean_null = _stats(z / 1.3 + 0.3 * rng.standard_normal(z.shape).astype(np.float32), y)[0]
-    deranged = _stats(z + 1.0 * rng.standard_normal(z.shape).astype(np.float32), y)[0]
-    res = _judge(clean, true, temp_null, mean_null, deranged)
+    pos = _positions(clean)
+    setting = _stats(_noise(rng, z / 1.6, 0.3), y)  # flattening, plus the jitter any intervention brings
+    res = _judge(pos, clean, setting, _tempered(z, y, setting[1], pos),
+                 _tempered(_noise(rng, z, 0.3), y, setting[1], pos), _stats(_noise(rng, z, 1.0), y)[0])
     j = res.judged
     # the signature the committed SUPPORTED rested on: better after surprising tokens, worse after predictable
     # ones, better than the deranged null — the old rule would have said SUPPORTED
     assert j.bins[-1].hi < 0 < j.bins[0].lo and j.top_minus_bottom.hi < 0 and res.vs_null.hi < 0
-    assert res.vs_matched["temperature"].by_fifth.at(-1).lo <= 0
-    assert res.verdict.supported is False and "Re-injection NOT SUPPORTED" in res.verdict.headline
+    adv = res.vs_matched["temperature"].by_fifth.at(-1)
+    assert adv.lo <= 0 and res.verdict.supported is False
     assert "the temperature null" in res.verdict.headline and "as well" in res.verdict.headline
+    # 24 judging contexts of 59 positions cannot rule out 0.02 nats here (the interval reaches above it, the minimum
+    # detectable advantage is larger): the honest answer is INSUFFICIENT POWER, not NOT SUPPORTED
+    assert adv.hi > CFG.needed_advantage and min_detectable(adv) > CFG.needed_advantage
+    assert res.verdict.insufficient_power and "Re-injection INSUFFICIENT POWER" in res.verdict.headline
 
 
-def test_a_true_token_effect_beyond_flattening_is_supported():
+def test_flattening_only_after_surprising_tokens_is_matched_within_the_fifth():
+    """Finding 1: a setting that flattens only after surprising tokens beats a temperature matched on the overall
+    mean entropy (it flattens everywhere a little, so too little where the verdict looks); matched within each
+    fifth, the null flattens the most surprising fifth as much and does as well."""
+    rng, z, y = _text(seed=2)
+    clean = _stats(z, y)[0]
+    pos = _positions(clean)
+    surprising = np.ones((N, T))
+    surprising[:, 1:] = np.where(clean[:, :-1] > pos.edges[-2], 2.0, 1.0)
+    setting = _stats(z, y, surprising)  # T = 2 after the most surprising fifth, untouched elsewhere
+    # the old null: one T for every position, matched on the choosing half's overall mean entropy
+    grid = [pos.selection_mean(_stats(z, y, t)[1]) for t in TEMPERATURE_GRID]
+    t_all = matched_temperature(TEMPERATURE_GRID, grid, pos.selection_mean(setting[1]),
+                                pos.selection_mean(_stats(z, y)[1]))
+    assert 1.0 < t_all < 1.5
+    old = _judge(pos, clean, setting, _stats(z, y, t_all), _stats(z, y, t_all), _stats(_noise(rng, z, 1.0), y)[0])
+    assert old.vs_matched["temperature"].by_fifth.at(-1).lo > 0  # the evenly flattening null is beaten in Q5
+    new = _judge(pos, clean, setting, _tempered(z, y, setting[1], pos),
+                 _tempered(_noise(rng, z, 0.05), y, setting[1], pos), _stats(_noise(rng, z, 1.0), y)[0])
+    t_adv = new.vs_matched["temperature"].by_fifth.at(-1)
+    assert abs(t_adv.mean) < 0.005 and t_adv.lo <= 0  # matched in Q5: no advantage left
+    assert t_adv.hi < CFG.needed_advantage  # the run rules out the advantage the question needs: an answer
+    assert new.verdict.supported is False and not new.verdict.insufficient_power
+    assert "Re-injection NOT SUPPORTED" in new.verdict.headline
+    # matched in entropy where the verdict looks (the judging half's most surprising fifth)
+    m = new.matched["mean w=0.1"]["temperature"]
+    assert abs(m.entropy_fifths[-1] - new.entropy_fifths["mean w=0.1"][-1]) < 2e-3
+
+
+def _supported():
     rng, z, y = _text(seed=1)
     clean = _stats(z, y)[0]
+    pos = _positions(clean)
     # after a surprising input token (top fifth of the clean loss at p-1), the true next token gains 1.5 nats of
     # logit: information the flattening nulls do not carry
     surprising = np.zeros((N, T), dtype=bool)
     surprising[:, 1:] = clean[:, :-1] > np.quantile(clean[:, :-1], 0.8)
     boost = np.zeros_like(z)
     np.put_along_axis(boost, y[..., None], (1.5 * surprising)[..., None].astype(np.float32), -1)
-    noise = rng.standard_normal(z.shape).astype(np.float32)
-    true, true_H = _stats(z / 1.6 + 0.3 * noise + boost, y)
-    _, temp_null = _matched_temperature_null(z, y, true_H)
-    mean_null = _stats(z / 1.6 + 0.3 * rng.standard_normal(z.shape).astype(np.float32), y)[0]
-    deranged = _stats(z + 1.0 * rng.standard_normal(z.shape).astype(np.float32), y)[0]
-    res = _judge(clean, true, temp_null, mean_null, deranged)
+    setting = _stats(_noise(rng, z / 1.6, 0.3) + boost, y)
+    return _judge(pos, clean, setting, _tempered(z, y, setting[1], pos),
+                  _tempered(_noise(rng, z / 1.6, 0.3), y, setting[1], pos), _stats(_noise(rng, z, 1.0), y)[0])
+
+
+def test_a_true_token_effect_beyond_flattening_is_supported():
+    res = _supported()
     assert res.vs_matched["temperature"].by_fifth.at(-1).lo > 0 and res.vs_matched["layer mean"].by_fifth.at(-1).lo > 0
     assert res.verdict.supported is True and "Re-injection SUPPORTED" in res.verdict.headline
-    assert "as well" not in res.verdict.headline
+    assert "as well" not in res.verdict.headline and not res.verdict.insufficient_power
     # the comparison within frequency bands splits the same positions (one band here: the whole fifth)
     c = res.vs_matched["temperature"]
     assert np.isclose(c.top_by_band.mean[0], c.by_fifth.mean[-1]) and np.isnan(c.by_band.mean[1])
+
+
+def test_a_null_not_matched_in_entropy_refuses_supported():
+    res = _supported()
+    res.matched["mean w=0.1"]["layer mean"].entropy_fifths[-1] += 3 * CFG.entropy_tolerance
+    v = verdict(res)
+    assert v.supported is False and "layer mean null not matched in entropy" in v.headline
+    assert any("The layer mean null is not matched" in line for line in v.criteria)
+
+
+def _with_advantage(res, adv: Interval, contexts=N):
+    """The result with the advantage over both matched nulls in the most surprising fifth set by hand."""
+    vs = {}
+    for name, c in res.vs_matched.items():
+        f = c.by_fifth
+        vs[name] = NullComparison(by_fifth=Band(f.mean[:-1] + [adv.mean], f.lo[:-1] + [adv.lo], f.hi[:-1] + [adv.hi]),
+                                  by_band=c.by_band, top_by_band=c.top_by_band)
+    return replace(res, vs_matched=vs, config=replace(res.config, contexts=contexts))
+
+
+def test_the_power_rule():
+    res = _supported()
+    # a wide interval that rules nothing out: minimum detectable advantage 0.086 > 0.02 → INSUFFICIENT POWER
+    v = verdict(_with_advantage(res, Interval(0.01, -0.05, 0.07)))
+    assert v.insufficient_power and v.supported is False
+    assert "Re-injection INSUFFICIENT POWER (minimum detectable advantage 0.0857 nats" in v.headline
+    # a narrow one wholly below what the question needs: an answer, NOT SUPPORTED
+    v = verdict(_with_advantage(res, Interval(0.0, -0.005, 0.005)))
+    assert not v.insufficient_power and "Re-injection NOT SUPPORTED" in v.headline
+    # a wide one that still excludes the needed advantage (hi < 0.02) is an answer too
+    assert not verdict(_with_advantage(res, Interval(-0.05, -0.1, 0.0))).insufficient_power
+    # too few judging contexts: no verdict either way, however narrow the interval
+    v = verdict(_with_advantage(res, Interval(0.0, -0.005, 0.005), contexts=12))
+    assert v.insufficient_power and "the judging half has 6 contexts, fewer than 10" in v.headline
+    # an advantage that is found is found, whatever the power
+    v = verdict(_with_advantage(res, Interval(0.1, 0.01, 0.19)))
+    assert v.supported is True and not v.insufficient_power
+
+
+def test_only_positions_whose_token_has_a_representation_are_scored():
+    rng, z, y = _text(seed=3)
+    clean = _stats(z, y)[0]
+    unscored = rng.random(N * (T - 1)) < 0.3
+    pos = _positions(clean, unscored)
+    assert pos.scored.sum() == (~unscored).sum() and len(pos.ctx) == len(pos.bins) == pos.scored.sum()
+    counts = np.bincount(pos.bins, minlength=CFG.n_bins)  # fifths of the scored positions
+    assert counts.min() >= 0.19 * pos.scored.sum()
+    setting = _stats(z / 1.3, y)
+    delta = setting[0] - clean
+    d_P = delta[:, 1:].reshape(-1).copy()
+    d_P[unscored] = 99.0  # whatever happens at the positions that are not scored does not count
+    delta[:, 1:] = d_P.reshape(N, T - 1)
+    eff = _effect(pos.flat(delta), pos.ctx, pos.bins, CFG)
+    assert np.isclose(eff.overall.mean, (setting[0] - clean)[:, 1:].reshape(-1)[~unscored].mean())
 
 
 def test_premise_within_bands_removes_a_mix_of_token_types():
@@ -227,10 +357,21 @@ def test_premise_within_bands_removes_a_mix_of_token_types():
     right = {1: np.ones(len(ctx)), 3: (rng.random(len(ctx)) < np.where(rare, 0.5, 0.9)).astype(float)}
     top, bottom = bins == 4, bins == 0
     cfg = ReinjectConfig(n_boot=200)
-    assert _late_minus_early(right, ctx, top, bottom, [3], cfg).hi < 0  # across bands: looks MET
+    across = _late_minus_early(right, ctx, top, bottom, [3], cfg)
+    assert across.hi < 0  # across bands: looks MET
     for band in (rare, ~rare):
         within = _late_minus_early(right, ctx, top & band, bottom & band, [3], cfg)
         assert within.lo < 0 < within.hi  # within a band: nothing
+    # the bands pooled, each band's mean removed: nothing either — and the verdict says MET across types only
+    bands = np.where(rare, 0, 1)
+    pooled = _late_minus_early(within_bands(right, np.ones(len(ctx), bool), bands, 2), ctx, top, bottom, [3], cfg)
+    assert pooled.lo < 0 < pooled.hi
+    res = _supported()
+    res.premise = replace(res.premise, late_minus_early=across, within=pooled)
+    v = verdict(res)
+    assert v.premise_met is False and v.headline.startswith("Premise MET across token types only")
+    res.premise = replace(res.premise, within=Interval(-0.1, -0.15, -0.05))
+    assert verdict(res).premise_met is True
 
 
 def test_a_result_from_before_the_matched_nulls_says_so_and_is_not_supported():

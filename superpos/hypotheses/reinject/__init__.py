@@ -12,10 +12,11 @@ EXPERIMENT = Experiment(
     description="First the premise: is the input token still decodable late, by its surprisal? Then, teacher-forced on "
                 "real text, move late residuals at p toward token p's own representation (its mean residual there, or "
                 "its embedding) and measure the change in loss on token p+1 by surprisal fifths and frequency bands, "
-                "against nulls that change the output as much (a temperature matched on output entropy; the same move "
-                "toward the layer's mean residual); the setting is chosen on half the contexts and judged on the "
-                "other. The KV-cached sampler: "
+                "against nulls that change the output as much (a temperature matched on output entropy within each "
+                "surprisal fifth; the same move toward the layer's mean residual, tempered as much); the setting is "
+                "chosen on half the contexts and judged on the other, INSUFFICIENT POWER when that half could not "
+                "have seen the advantage the question needs. The KV-cached sampler: "
                 "superpos.hypotheses.reinject.run.generate. See docs/probes.md.",
     presets={"quick": {"contexts": 6, "reference_contexts": 6, "context_length": 64, "samples": 1},
-             "replication": {"contexts": 12, "reference_contexts": 24, "context_length": 128, "samples": 1}},
+             "replication": {"contexts": 24, "reference_contexts": 24, "context_length": 128, "samples": 1}},
 )

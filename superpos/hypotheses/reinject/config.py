@@ -38,6 +38,17 @@ class ReinjectConfig:
     n_bands: int = setting(3, "token-frequency bands (equal position counts, by the input token's count in the "
                               "reference contexts) within which the premise and the matched nulls are compared too",
                            parse="positive_int")
+    needed_advantage: float = setting(0.02, "the smallest advantage over the matched nulls (nats per position, most "
+                                             "surprising fifth) the question counts as re-injection helping: a run "
+                                             "that finds none while its own minimum detectable advantage is larger "
+                                             "reads INSUFFICIENT POWER, not NOT SUPPORTED", parse="positive_float")
+    min_contexts: int = setting(10, "fewest contexts the judging half needs for a verdict; fewer read INSUFFICIENT "
+                                    "POWER (intervals over a handful of contexts are not to be trusted)",
+                                parse="positive_int")
+    entropy_tolerance: float = setting(0.01, "a matched null whose mean output entropy in the most surprising fifth "
+                                             "(judging half) differs from the setting's by more than this many nats "
+                                             "is not matched, and re-injection cannot be SUPPORTED against it",
+                                       parse="positive_float")
     samples: int = setting(3, "prompts to sample continuations from, clean and intervened (KV-cached)",
                            parse="nonneg_int")
     n_boot: int = n_boot_setting()

@@ -54,7 +54,25 @@ def write_report(res: ReinjectResult, out: Path) -> Path:
     rep.table(["setting", "overall Δ", *[f"Q{i + 1}" for i in range(cfg.n_bins)], "Q5 − Q1", "95% CI"],
               [[key, v.overall.mean, *[b.mean for b in v.bins], v.top_minus_bottom.mean,
                 f"{v.top_minus_bottom.lo:+.4f} to {v.top_minus_bottom.hi:+.4f}"] for key, v in res.effects.items()])
-    if res.matched is not None:
+    if res.matched is not None and res.entropy_fifths is not None:
+        rep.text("Matched nulls, per setting: the temperature null divides the clean final logits by T; the "
+                 "layer-mean null makes the same move (layers, w, norms) toward the layer's mean residual and divides "
+                 "its final logits by T. Each T is chosen within each surprisal fifth of each half (choosing, judging) "
+                 "so that the fifth's mean output entropy equals the setting's there; only positions whose input "
+                 "token has a representation (the ones the interpolation moves) are scored. Columns: mean output "
+                 "entropy on the choosing half; T and entropies in the judging half's most surprising fifth; Δ loss "
+                 "on the following token, scored positions of every evaluation context.")
+        ent, fif = res.entropy or {}, res.entropy_fifths
+        rows = []
+        for key, m in res.matched.items():
+            e, t, mn = res.effects[key], m["temperature"], m["layer mean"]
+            rows.append([key, ent.get(key, float("nan")), fif[key][-1], t.temperatures[1][-1], t.entropy_fifths[-1],
+                         mn.temperatures[1][-1], mn.entropy_fifths[-1], e.bins[-1].mean, t.effect.bins[-1].mean,
+                         mn.effect.bins[-1].mean, e.bins[0].mean, t.effect.bins[0].mean, mn.effect.bins[0].mean])
+        rep.table(["setting", "entropy", "Q5 entropy", "Q5 T (T null)", "Q5 entropy (T null)", "Q5 T (mean null)",
+                   "Q5 entropy (mean null)", "Q5 Δ", "Q5 Δ (T null)", "Q5 Δ (mean null)", "Q1 Δ", "Q1 Δ (T null)",
+                   "Q1 Δ (mean null)"], rows)
+    elif res.matched is not None:
         rep.text("Matched nulls, per setting: the temperature null divides the clean final logits by T (at the "
                  "positions the interpolation moves), T chosen on the selection half so that the mean output entropy "
                  "equals the setting's; the layer-mean null makes the same move (layers, w, norms) toward the layer's "
@@ -69,10 +87,13 @@ def write_report(res: ReinjectResult, out: Path) -> Path:
                          m["layer mean"].effect.bins[0].mean])
         rep.table(["setting", "entropy", "T", "entropy (T null)", "entropy (mean null)", "Q5 Δ", "Q5 Δ (T null)",
                    "Q5 Δ (mean null)", "Q1 Δ", "Q1 Δ (T null)", "Q1 Δ (mean null)"], rows)
+    if res.matched is not None:
+        ent = res.entropy or {}
         rep.text(f"Clean mean output entropy on the selection half: {ent.get('clean', float('nan')):.3f} nats. "
                  f"The chosen setting ({res.chosen}) against each matched null on the judging half: advantage "
-                 f"Δ(null) − Δ(true token), paired per position, 95% CIs resampling contexts (> 0: the true token "
-                 f"does better). Frequency bands: the input token's count in the reference contexts, split at "
+                 f"Δ(null) − Δ(true token), paired per position, 95% CIs resampling contexts"
+                 f"{'' if res.entropy_fifths is None else ', never narrower than the cluster t-interval'} (> 0: the "
+                 f"true token does better). Frequency bands: the input token's count in the reference contexts, split at "
                  f"{', '.join(f'{e:g}' for e in res.band_edges or [])}.")
         names = band_names(cfg.n_bands)
         rows = []
@@ -90,7 +111,9 @@ def write_report(res: ReinjectResult, out: Path) -> Path:
         rep.text("The premise within token-frequency bands (late − layer-1 decodability gap, most − least surprising "
                  "fifth, inside each band): " + ", ".join(
                      f"{name} {fmt_ci(p.within_bands.at(i))}"
-                     for i, name in enumerate(band_names(len(p.within_bands.mean)))) + ".")
+                     for i, name in enumerate(band_names(len(p.within_bands.mean)))) + "."
+                 + ("" if p.within is None else f" With each band's mean decodability removed, bands pooled: "
+                                                f"{fmt_ci(p.within)}."))
     rep.text(f"The chosen setting ({res.chosen}) in the sampler's KV-cached loop: per-position losses agree with "
              f"whole windows within {res.cached.max_abs_diff:.1e}; mean Δ loss there {res.cached.delta:+.4f} nats.")
     if res.reconcile is not None:

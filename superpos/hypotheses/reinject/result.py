@@ -29,6 +29,9 @@ class Premise:
     # the same, computed within each token-frequency band (low → high), so a fifth is not a different mix of token
     # types; None: a result from before the bands
     within_bands: Band | None = None
+    # late_minus_early with each band's mean decodability removed per layer (positions centred within their band):
+    # what is left within token types, all bands pooled; None: a result from before it
+    within: Interval | None = None
 
 
 @dataclass(kw_only=True)
@@ -44,13 +47,17 @@ class CachedCheck:
 @dataclass(kw_only=True)
 class MatchedNull:
     """A null matched to one setting: it changes the output distribution as much, without the true token.
-    ``temperature``: the clean final logits divided by T, T chosen on the selection half so that the mean output
-    entropy equals the setting's; ``layer mean``: the same interpolation (layers, w, norm-matched) toward the
-    layer's mean residual instead of the token's."""
+    ``temperature``: the clean final logits divided by T; ``layer mean``: the same interpolation (layers, w,
+    norm-matched) toward the layer's mean residual instead of the token's, its final logits divided by T. T is
+    chosen within each surprisal fifth of each half (choosing, judging) so that the fifth's mean output entropy
+    equals the setting's there (before ``temperatures``: one T for the temperature null, matched on the selection
+    half's overall mean, and none for the layer mean)."""
 
-    parameter: float  # T, or w
+    parameter: float  # the temperature null: T in the judging half's most surprising fifth; the layer mean: w
     entropy: float  # its mean output entropy on the selection half [nats]
     effect: AlphaEffect  # Δ loss on the following token, every evaluation context
+    temperatures: list[list[float]] | None = None  # [choosing half, judging half] × surprisal fifth: T
+    entropy_fifths: list[float] | None = None  # mean output entropy per surprisal fifth, judging half [nats]
 
 
 @dataclass(kw_only=True)
@@ -108,6 +115,9 @@ class ReinjectResult(Result):
     samples: list[ReinjectSample]
     # the matched nulls (None: a result from before them, judged NOT SUPPORTED for want of them)
     entropy: dict[str, float] | None = None  # "clean" and each setting: mean output entropy, selection half [nats]
+    # "clean" and each setting: mean output entropy per surprisal fifth, judging half [nats] (None: a result from
+    # before the nulls were matched within fifths)
+    entropy_fifths: dict[str, list[float]] | None = None
     matched: dict[str, dict[str, MatchedNull]] | None = None  # setting -> {"temperature": …, "layer mean": …}
     vs_matched: dict[str, NullComparison] | None = None  # the chosen setting against each matched null
     band_edges: list[float] | None = None  # reference-context counts that split the frequency bands

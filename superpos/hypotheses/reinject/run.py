@@ -13,20 +13,25 @@ representation might help the prediction that follows.
   with a KV cache (``generate``, ``cached_losses``).
 * **Matched nulls**: any change that flattens the output lowers the loss where it was high and raises it where it
   was low, so each setting is set against two nulls that move the output distribution as much without the true
-  token: the clean final logits divided by a temperature chosen on the selection half so the mean output entropy
-  equals the setting's (``temperature_sweep``, ``matched_temperature``), and the same interpolation toward the
-  layer's mean residual (``TokenTable.targets(averaged=True)``). Both are compared with the true token within
-  surprisal fifths and within token-frequency bands (``compare``).
+  token: the clean final logits divided by a temperature, and the same interpolation toward the layer's mean
+  residual (``TokenTable.targets(averaged=True)``) with its final logits divided by a temperature. Each T is chosen
+  within each surprisal fifth of each half so that the fifth's mean output entropy equals the setting's there
+  (``temperature_sweep``, ``fifth_temperatures``): a setting that flattens mostly after surprising tokens meets a
+  null that does the same. Both are compared with the true token within surprisal fifths and within token-frequency
+  bands (``compare``).
+* **Scored positions** (``split_positions``): positions 1..T-2 whose input token has a representation (the others
+  are not moved, so they say nothing about the true token); surprisal fifths are fifths of them.
 * ``run``: the premise (overall and within frequency bands), then Δ loss on the following token by surprisal
   fifths for every target × w and its matched nulls; the setting is chosen on half of the evaluation contexts and
-  judged on the other half; the KV-cached check is reconciled with the teacher-forced Δ position set by position
-  set. Reading in docs/probes.md.
+  judged on the other half (``choose``, ``judge``: pure functions of per-position numbers, tested by hand); the
+  KV-cached check is reconciled with the teacher-forced Δ position set by position set. Intervals resample
+  contexts and are never narrower than the cluster t-interval (``_ci``). Reading in docs/probes.md.
 """
 from __future__ import annotations
 
 import contextlib
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -52,6 +57,12 @@ from superpos.stats import Band, Interval, cluster_interval, per_context_differe
 # interpolated in log T between the two that bracket the target (mean entropy rises with T)
 TEMPERATURE_GRID = np.exp(np.linspace(np.log(1 / 8), np.log(8), 49))
 TEMPERATURE_GRID[24] = 1.0
+
+
+def _ci(values_P, ctx_P, cfg) -> Interval:
+    """Every interval of this experiment: the mean over positions, resampling contexts, never narrower than the
+    cluster t-interval (the judging half can be a dozen contexts)."""
+    return cluster_interval(values_P, ctx_P, n_boot=cfg.n_boot, seed=cfg.seed, t_floor=True)
 
 
 @contextlib.contextmanager
@@ -127,21 +138,21 @@ def teacher_forced_losses(lm, tokens_NC: np.ndarray, intervention=None, batch_si
     return teacher_forced(lm, tokens_NC, intervention, batch_size)[0]
 
 
-def temperature_sweep(lm, tokens_NC: np.ndarray, temperatures_K, scaled_V: torch.Tensor | None = None,
+def temperature_sweep(lm, tokens_NC: np.ndarray, temperatures_K, intervention=None,
                       batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """(K, N, C-1) losses and entropies of the clean model with its final logits divided by each temperature, at
-    the positions whose input token is in ``scaled_V`` ((V,) bool; None: every position) — the temperature null,
-    which acts where the interpolation acts. One clean forward per batch serves every temperature."""
-    temps = [float(t) for t in temperatures_K]
+    """(K, N, C-1) losses and entropies with the final logits divided by each temperature — a number for every
+    position, or an (N, C-1) array giving each position its own (1 leaves a position as it was, bit for bit) —
+    inside ``intervention`` (None: the clean model). One forward per batch serves every temperature."""
+    temps = [np.asarray(t, dtype=np.float32) for t in temperatures_K]
     loss, ent = [[] for _ in temps], [[] for _ in temps]
-    with torch.inference_mode():
+    with torch.inference_mode(), intervention or contextlib.nullcontext():
         for i in range(0, len(tokens_NC), batch_size):
             tok = torch.from_numpy(tokens_NC[i:i + batch_size].astype(np.int64)).to(lm.device)
             logits = lm.model(tok).logits[:, :-1]
-            where = (torch.ones_like(tok[:, :-1], dtype=torch.bool) if scaled_V is None
-                     else scaled_V.to(lm.device)[tok[:, :-1]])
             for k, t in enumerate(temps):
-                l_BT, h_BT = next_token_stats(logits, tok[:, 1:], torch.where(where, t, 1.0))
+                t_BT = torch.from_numpy(np.broadcast_to(t if t.ndim == 0 else t[i:i + batch_size],
+                                                        tok[:, 1:].shape).copy()).to(lm.device)
+                l_BT, h_BT = next_token_stats(logits, tok[:, 1:], t_BT)
                 loss[k].append(l_BT.cpu().numpy())
                 ent[k].append(h_BT.cpu().numpy())
     return np.stack([np.concatenate(v) for v in loss]), np.stack([np.concatenate(v) for v in ent])
@@ -156,6 +167,79 @@ def matched_temperature(temperatures_K, mean_entropy_K, target: float, clean: fl
     return float(np.exp(np.interp(target, h, np.log(np.asarray(temperatures_K, dtype=np.float64)))))
 
 
+@dataclass
+class Positions:
+    """The scored positions of the evaluation contexts: positions 1..T-2 (token p has a surprisal, the clean loss at
+    p-1, and a following token) whose input token has a representation; every array is over them. ``scored`` marks
+    them among all positions 1..T-2, context-major."""
+
+    scored: np.ndarray  # (all positions,) bool
+    ctx: np.ndarray  # context index
+    bins: np.ndarray  # surprisal fifth of token p, 0 (least) .. n_bins-1 (most), equal shares of the scored positions
+    bands: np.ndarray  # token-frequency band, 0 (rarest) .. n_bands-1
+    select: np.ndarray  # bool: in the half of the contexts that chooses the setting (the rest judge it)
+    edges: list[float]  # surprisal fifths' edges [nats]
+
+    def flat(self, a_NC: np.ndarray) -> np.ndarray:
+        """An (N, C-1) per-position array (column p: predicting token p+1) at the scored positions."""
+        return a_NC[:, 1:].reshape(-1)[self.scored]
+
+    def selection_mean(self, a_NC: np.ndarray) -> float:
+        """The mean of an (N, C-1) per-position array over the choosing half's scored positions."""
+        return float(self.flat(a_NC)[self.select].mean())
+
+    def judging_fifths(self, a_NC: np.ndarray, n_bins: int) -> list[float]:
+        """The mean of an (N, C-1) per-position array in each surprisal fifth of the judging half."""
+        a = self.flat(a_NC)
+        return [float(a[~self.select & (self.bins == b)].mean()) for b in range(n_bins)]
+
+
+def split_positions(clean_NC: np.ndarray, bands_P: np.ndarray, cfg) -> Positions:
+    """The scored positions (``bands_P >= 0``: the input token has a representation, so the interpolation moves it;
+    ``bands_P`` over positions 1..T-2 as ``frequency_bands`` gives them), their surprisal fifths (edges from the
+    scored positions) and the halves: a seeded half of the contexts chooses, the other judges."""
+    n, c = clean_NC.shape
+    surprisal = clean_NC[:, :-1].reshape(-1)
+    scored = np.asarray(bands_P) >= 0
+    ctx = np.repeat(np.arange(n), c - 1)[scored]
+    edges = np.quantile(surprisal[scored], np.linspace(0, 1, cfg.n_bins + 1))
+    bins = np.clip(np.searchsorted(edges, surprisal[scored], side="right") - 1, 0, cfg.n_bins - 1)
+    chosen_half = np.random.default_rng(cfg.seed).permutation(n)[:n // 2]
+    return Positions(scored=scored, ctx=ctx, bins=bins, bands=np.asarray(bands_P)[scored],
+                     select=np.isin(ctx, chosen_half), edges=edges.tolist())
+
+
+def fifth_temperatures(temperatures_K, grid_H_KNC: np.ndarray, target_H_NC: np.ndarray, pos: Positions,
+                       cfg) -> tuple[np.ndarray, list[list[float]]]:
+    """The temperature that matches, within each surprisal fifth of each half, the mean output entropy of
+    ``grid_H_KNC`` (a null's entropies at each scanned temperature) to the setting's ``target_H_NC``: an (N, C-1)
+    array of per-position temperatures (1 at positions that are not scored) and the table [choosing half, judging
+    half] × fifth. Entropies use no loss, so matching on the judged positions themselves peeks at no outcome."""
+    temps = np.asarray(temperatures_K, dtype=np.float64)
+    unit = np.flatnonzero(temps == 1.0)
+    grid = np.stack([pos.flat(h) for h in grid_H_KNC]).astype(np.float64)
+    target = pos.flat(target_H_NC).astype(np.float64)
+    t_P, table = np.ones(len(target)), []
+    for half in (pos.select, ~pos.select):
+        row = []
+        for b in range(cfg.n_bins):
+            m = half & (pos.bins == b)
+            t = 1.0
+            if m.any():
+                g = grid[:, m].mean(1)
+                t = matched_temperature(temps, g, float(target[m].mean()),
+                                        float(g[unit[0]]) if unit.size else float("nan"))
+            t_P[m] = t
+            row.append(t)
+        table.append(row)
+    n, c = target_H_NC.shape
+    all_P = np.ones(len(pos.scored))
+    all_P[pos.scored] = t_P
+    t_NC = np.ones((n, c))
+    t_NC[:, 1:] = all_P.reshape(n, c - 1)
+    return t_NC, table
+
+
 def frequency_bands(table: TokenTable, tokens_P: np.ndarray, n_bands: int) -> tuple[np.ndarray, list[float]]:
     """(P,) each position's token-frequency band (0 rarest .. n_bands-1; -1: its token has no representation) by
     the token's count in the reference contexts, with equal shares of the represented positions; and the counts
@@ -168,19 +252,19 @@ def frequency_bands(table: TokenTable, tokens_P: np.ndarray, n_bands: int) -> tu
     return np.where(rows >= 0, np.searchsorted(edges, counts, side="right"), -1), edges.tolist()
 
 
-def compare(true_P, null_P, ctx, bins, bands, keep, cfg) -> NullComparison:
-    """The true token's advantage over a null, Δ(null) − Δ(true) per position (> 0: the true token does better),
-    on the positions ``keep``: by surprisal fifth, by frequency band, and in the most surprising fifth within each
-    band. Intervals resample contexts (the pairing is per position)."""
+def compare(true_P, null_P, pos: Positions, keep, cfg) -> NullComparison:
+    """The true token's advantage over a null, Δ(null) − Δ(true) per scored position (> 0: the true token does
+    better), on the positions ``keep``: by surprisal fifth, by frequency band, and in the most surprising fifth
+    within each band. Intervals resample contexts (the pairing is per position)."""
     adv = np.asarray(null_P, dtype=np.float64) - np.asarray(true_P, dtype=np.float64)
 
     def ci(mask):
-        return cluster_interval(adv[keep & mask], ctx[keep & mask], n_boot=cfg.n_boot, seed=cfg.seed)
+        return _ci(adv[keep & mask], pos.ctx[keep & mask], cfg)
 
-    top = bins == cfg.n_bins - 1
-    return NullComparison(by_fifth=Band.of(ci(bins == b) for b in range(cfg.n_bins)),
-                          by_band=Band.of(ci(bands == k) for k in range(cfg.n_bands)),
-                          top_by_band=Band.of(ci(top & (bands == k)) for k in range(cfg.n_bands)))
+    top = pos.bins == cfg.n_bins - 1
+    return NullComparison(by_fifth=Band.of(ci(pos.bins == b) for b in range(cfg.n_bins)),
+                          by_band=Band.of(ci(pos.bands == k) for k in range(cfg.n_bands)),
+                          top_by_band=Band.of(ci(top & (pos.bands == k)) for k in range(cfg.n_bands)))
 
 
 def cached_losses(lm, tokens_T: np.ndarray, intervention=None) -> np.ndarray:
@@ -200,11 +284,9 @@ def cached_losses(lm, tokens_T: np.ndarray, intervention=None) -> np.ndarray:
 
 
 def _effect(delta, ctx, bins, cfg) -> AlphaEffect:
-    per_bin = [cluster_interval(delta[bins == b], ctx[bins == b], n_boot=cfg.n_boot, seed=cfg.seed)
-               for b in range(cfg.n_bins)]
+    per_bin = [_ci(delta[bins == b], ctx[bins == b], cfg) for b in range(cfg.n_bins)]
     diff, ids = per_context_difference(delta, ctx, bins == cfg.n_bins - 1, bins == 0)
-    return AlphaEffect(overall=cluster_interval(delta, ctx, n_boot=cfg.n_boot, seed=cfg.seed), bins=per_bin,
-                       top_minus_bottom=cluster_interval(diff, ids, n_boot=cfg.n_boot, seed=cfg.seed))
+    return AlphaEffect(overall=_ci(delta, ctx, cfg), bins=per_bin, top_minus_bottom=_ci(diff, ids, cfg))
 
 
 def _late_minus_early(right, ctx, top, bottom, layers, cfg) -> Interval:
@@ -216,13 +298,28 @@ def _late_minus_early(right, ctx, top, bottom, layers, cfg) -> Interval:
         gap[layer] = dict(zip(ids.tolist(), d))
     common = sorted(set.intersection(*(set(gap[layer]) for layer in [1, *layers])))
     dd = np.array([np.mean([gap[layer][c] for layer in layers]) - gap[1][c] for c in common])
-    return cluster_interval(dd, np.array(common), n_boot=cfg.n_boot, seed=cfg.seed)
+    return _ci(dd, np.array(common), cfg)
+
+
+def within_bands(right, scored, bands, n_bands) -> dict[int, np.ndarray]:
+    """Decodability (layer -> per position) with each frequency band's mean at that layer removed, at the
+    ``scored`` positions: a gap between surprisal fifths read from it is one within token types, not a different
+    mix of them."""
+    out = {}
+    for layer, v in right.items():
+        c = np.array(v, dtype=np.float64)
+        for k in range(n_bands):
+            m = scored & (bands == k)
+            if m.any():
+                c[m] -= np.nanmean(c[m])
+        out[layer] = c
+    return out
 
 
 def _premise(lm, table, ev, layers, decode_layers, bins, bands, ctx, cfg) -> Premise:
     """Decodability of the input token by layer and surprisal fifth, from the residuals of the evaluation
     contexts at positions 1..T-2 (those with a surprisal and a following token); the late-minus-early gap also
-    within each token-frequency band ``bands``."""
+    within each token-frequency band ``bands``, and with the bands' means removed (``within_bands``)."""
     N, T = ev.shape
     with torch.inference_mode(), lm.capture(decode_layers) as acts:
         parts: dict[int, list[np.ndarray]] = {layer: [] for layer in decode_layers}
@@ -238,22 +335,24 @@ def _premise(lm, table, ev, layers, decode_layers, bins, bands, ctx, cfg) -> Pre
     by_bin, gaps = {}, []
     for layer in decode_layers:
         v = right[layer]
-        by_bin[layer] = [cluster_interval(v[scored & (bins == b)], ctx[scored & (bins == b)], n_boot=cfg.n_boot,
-                                          seed=cfg.seed) for b in range(cfg.n_bins)]
+        by_bin[layer] = [_ci(v[scored & (bins == b)], ctx[scored & (bins == b)], cfg) for b in range(cfg.n_bins)]
         d, ids = per_context_difference(v, ctx, top, bottom)
-        gaps.append(cluster_interval(d, ids, n_boot=cfg.n_boot, seed=cfg.seed))
+        gaps.append(_ci(d, ids, cfg))
     within = [_late_minus_early(right, ctx, top & (bands == k), bottom & (bands == k), layers, cfg)
               for k in range(cfg.n_bands)]
     return Premise(layers=decode_layers, coverage=float(scored.mean()),
                    decodable={layer: Band.of(by_bin[layer]) for layer in decode_layers}, gap=Band.of(gaps),
                    late_minus_early=_late_minus_early(right, ctx, top, bottom, layers, cfg),
-                   within_bands=Band.of(within))
+                   within_bands=Band.of(within),
+                   within=_late_minus_early(within_bands(right, scored, bands, cfg.n_bands), ctx, top, bottom,
+                                            layers, cfg))
 
 
-def _context_interval(d_NT: np.ndarray, cfg) -> Interval:
-    """The mean of an (N, T) array with its interval resampling the N contexts."""
-    return cluster_interval(d_NT.reshape(-1), np.repeat(np.arange(len(d_NT)), d_NT.shape[1]), n_boot=cfg.n_boot,
-                            seed=cfg.seed)
+def _context_interval(d_NT: np.ndarray, cfg, keep_NT: np.ndarray | None = None) -> Interval:
+    """The mean of an (N, T) array (at ``keep_NT`` only, when given) with its interval resampling the N contexts."""
+    ctx = np.repeat(np.arange(len(d_NT)), d_NT.shape[1])
+    keep = np.ones(d_NT.size, dtype=bool) if keep_NT is None else keep_NT.reshape(-1)
+    return _ci(d_NT.reshape(-1)[keep], ctx[keep], cfg)
 
 
 def choose(deltas, nulls, select, top) -> str:
@@ -266,6 +365,18 @@ def choose(deltas, nulls, select, top) -> str:
     if not nulls or not helping:
         return min(mean, key=mean.get)
     return min(helping, key=lambda k: mean[k] - min(float(v[m].mean()) for v in nulls[k].values()))
+
+
+def judge(pos: Positions, delta_P, nulls: dict[str, np.ndarray], deranged_P,
+          cfg) -> tuple[AlphaEffect, Interval, dict[str, NullComparison]]:
+    """The chosen setting on the judging half (per scored position, Δ loss on the following token): its effect by
+    surprisal fifth; Δ toward the true token minus Δ toward another token's representation (the deranged null) in
+    the most surprising fifth; its advantage over each matched null in ``nulls`` (``compare``)."""
+    judging = ~pos.select
+    top = judging & (pos.bins == cfg.n_bins - 1)
+    return (_effect(delta_P[judging], pos.ctx[judging], pos.bins[judging], cfg),
+            _ci((delta_P - deranged_P)[top], pos.ctx[top], cfg),
+            {name: compare(delta_P, d, pos, judging, cfg) for name, d in nulls.items()})
 
 
 def run(cfg: ReinjectConfig) -> ReinjectResult:
@@ -286,20 +397,25 @@ def run(cfg: ReinjectConfig) -> ReinjectResult:
     table = token_means(lm, ref, decode_layers, cfg.min_count)
     clean, clean_H = teacher_forced(lm, ev)  # clean[:, p] = loss predicting token p+1
 
-    def flat(a_NC):  # positions 1 .. T-2: token p has a surprisal (the loss at p-1) and a following token
-        return a_NC[:, 1:].reshape(-1)
+    bands_all, band_edges = frequency_bands(table, ev[:, 1:-1].reshape(-1), cfg.n_bands)
+    pos = split_positions(clean, bands_all, cfg)
+    bins_all = np.full(len(bands_all), -1)
+    bins_all[pos.scored] = pos.bins
+    ctx_all = np.repeat(np.arange(len(ev)), clean.shape[1] - 1)
+    premise = _premise(lm, table, ev, layers, decode_layers, bins_all, bands_all, ctx_all, cfg)
 
-    surprisal = clean[:, :-1].reshape(-1)
-    ctx = np.repeat(np.arange(len(ev)), clean.shape[1] - 1)
-    edges = np.quantile(surprisal, np.linspace(0, 1, cfg.n_bins + 1))
-    bins = np.clip(np.searchsorted(edges, surprisal, side="right") - 1, 0, cfg.n_bins - 1)
-    bands, band_edges = frequency_bands(table, ev[:, 1:-1].reshape(-1), cfg.n_bands)
-    premise = _premise(lm, table, ev, layers, decode_layers, bins, bands, ctx, cfg)
+    top = pos.bins == cfg.n_bins - 1
 
-    chosen_half = np.random.default_rng(cfg.seed).permutation(len(ev))[:len(ev) // 2]
-    select, top = np.isin(ctx, chosen_half), bins == cfg.n_bins - 1
-    entropy = {"clean": float(flat(clean_H)[select].mean())}
-    effects, deltas, full, mean_null, mean_null_H = {}, {}, {}, {}, {}
+    def selection_mean(h_NC):
+        return pos.selection_mean(h_NC)
+
+    def judging_fifths(h_NC):
+        return pos.judging_fifths(h_NC, cfg.n_bins)
+
+    # the temperature null's scan: the clean logits at every scanned temperature (one forward per batch)
+    _, grid_H = temperature_sweep(lm, ev, TEMPERATURE_GRID)
+    entropy, entropy_fifths = {"clean": selection_mean(clean_H)}, {"clean": judging_fifths(clean_H)}
+    effects, deltas, full, matched, nulls, temp_T = {}, {}, {}, {}, {}, {}
     for target in cfg.targets:
         targets = table.targets(lm, target, layers)
         averaged = table.targets(lm, target, layers, averaged=True)
@@ -307,43 +423,41 @@ def run(cfg: ReinjectConfig) -> ReinjectResult:
             with_w, with_H = teacher_forced(lm, ev, interpolation(lm, layers, w, targets, table.index_V))
             key = f"{target} w={w:g}"
             full[key] = with_w - clean
-            deltas[key] = flat(full[key])
-            entropy[key] = float(flat(with_H)[select].mean())
-            effects[key] = _effect(deltas[key], ctx, bins, cfg)
-            m_w, m_H = teacher_forced(lm, ev, interpolation(lm, layers, w, averaged, table.index_V))
-            mean_null[key], mean_null_H[key] = flat(m_w - clean), float(flat(m_H)[select].mean())
+            deltas[key] = pos.flat(full[key])
+            entropy[key], entropy_fifths[key] = selection_mean(with_H), judging_fifths(with_H)
+            effects[key] = _effect(deltas[key], pos.ctx, pos.bins, cfg)
+            # the layer-mean null: the same move toward the layer's mean residual, its logits then tempered within
+            # each fifth to the setting's entropy
+            _, m_grid_H = temperature_sweep(lm, ev, TEMPERATURE_GRID,
+                                            interpolation(lm, layers, w, averaged, table.index_V))
+            m_T, m_table = fifth_temperatures(TEMPERATURE_GRID, m_grid_H, with_H, pos, cfg)
+            m_loss, m_H = temperature_sweep(lm, ev, [m_T], interpolation(lm, layers, w, averaged, table.index_V))
+            m_delta = pos.flat(m_loss[0] - clean)
+            nulls[key] = {"layer mean": m_delta}
+            matched[key] = {"layer mean": MatchedNull(parameter=w, entropy=selection_mean(m_H[0]),
+                                                      effect=_effect(m_delta, pos.ctx, pos.bins, cfg),
+                                                      temperatures=m_table, entropy_fifths=judging_fifths(m_H[0]))}
+            temp_T[key] = fifth_temperatures(TEMPERATURE_GRID, grid_H, with_H, pos, cfg)
 
-    # the temperature null: T matched on the selection half to each setting's mean output entropy
-    scaled = table.index_V >= 0
-    _, grid_H = temperature_sweep(lm, ev[np.sort(chosen_half)], TEMPERATURE_GRID, scaled)
-    grid_mean = grid_H[:, :, 1:].reshape(len(TEMPERATURE_GRID), -1).mean(1)
-    temps = {k: matched_temperature(TEMPERATURE_GRID, grid_mean, entropy[k], entropy["clean"]) for k in deltas}
-    distinct = sorted(set(temps.values()))
-    t_loss, t_H = temperature_sweep(lm, ev, distinct, scaled)
-    matched, nulls = {}, {}
-    for key in deltas:
-        k = distinct.index(temps[key])
-        t_delta = flat(t_loss[k] - clean)
-        nulls[key] = {"temperature": t_delta, "layer mean": mean_null[key]}
-        w = float(key.split(" w=")[1])
-        matched[key] = {"temperature": MatchedNull(parameter=temps[key], entropy=float(flat(t_H[k])[select].mean()),
-                                                   effect=_effect(t_delta, ctx, bins, cfg)),
-                        "layer mean": MatchedNull(parameter=w, entropy=mean_null_H[key],
-                                                  effect=_effect(mean_null[key], ctx, bins, cfg))}
+    # the temperature null: the clean logits at each setting's per-fifth temperatures (one forward per batch)
+    keys = list(deltas)
+    t_loss, t_H = temperature_sweep(lm, ev, [temp_T[k][0] for k in keys])
+    for i, key in enumerate(keys):
+        t_delta, t_table = pos.flat(t_loss[i] - clean), temp_T[key][1]
+        nulls[key] = {"temperature": t_delta, **nulls[key]}
+        matched[key] = {"temperature": MatchedNull(parameter=t_table[1][-1], entropy=selection_mean(t_H[i]),
+                                                   effect=_effect(t_delta, pos.ctx, pos.bins, cfg),
+                                                   temperatures=t_table, entropy_fifths=judging_fifths(t_H[i])),
+                        **matched[key]}
 
-    chosen = choose(deltas, nulls, select, top)
-    judged = _effect(deltas[chosen][~select], ctx[~select], bins[~select], cfg)
-    vs_matched = {name: compare(deltas[chosen], d, ctx, bins, bands, ~select, cfg)
-                  for name, d in nulls[chosen].items()}
-
+    chosen = choose(deltas, nulls, pos.select, top)
     target, w = chosen.split(" w=")
     # the deranged null: the same move toward another token's representation (generic perturbation, no true token)
     null_targets = table.targets(lm, target, layers, shuffled=True)
-    null = flat(teacher_forced_losses(lm, ev, interpolation(lm, layers, float(w), null_targets, table.index_V))
-                - clean)
-    effects[f"null: {chosen}"] = _effect(null, ctx, bins, cfg)
-    judge_top = ~select & top
-    vs_null = cluster_interval((deltas[chosen] - null)[judge_top], ctx[judge_top], n_boot=cfg.n_boot, seed=cfg.seed)
+    null = pos.flat(teacher_forced_losses(lm, ev, interpolation(lm, layers, float(w), null_targets, table.index_V))
+                    - clean)
+    effects[f"null: {chosen}"] = _effect(null, pos.ctx, pos.bins, cfg)
+    judged, vs_null, vs_matched = judge(pos, deltas[chosen], nulls[chosen], null, cfg)
 
     def chosen_ctx():  # a fresh context manager for each use
         return interpolation(lm, layers, float(w), table.targets(lm, target, layers), table.index_V)
@@ -365,7 +479,9 @@ def run(cfg: ReinjectConfig) -> ReinjectResult:
         f"every evaluation context, positions 1–{t_short - 2}": _context_interval(d[:, 1:t_short - 1], cfg)}
     if T > t_short:  # the windows are longer than the cached check's
         steps[f"every evaluation context, positions {t_short - 1}–{T - 2}"] = _context_interval(d[:, t_short - 1:], cfg)
-        steps[f"every evaluation context, positions 1–{T - 2} (the overall Δ)"] = _context_interval(d[:, 1:], cfg)
+        steps[f"every evaluation context, positions 1–{T - 2}"] = _context_interval(d[:, 1:], cfg)
+    steps[f"positions 1–{T - 2} whose input token has a representation (the overall Δ)"] = _context_interval(
+        d[:, 1:], cfg, pos.scored.reshape(len(ev), -1))
     reconcile = Reconciliation(steps=steps)
     samples = []
     for row in ev[:cfg.samples]:
@@ -374,6 +490,7 @@ def run(cfg: ReinjectConfig) -> ReinjectResult:
         samples.append(ReinjectSample(prompt=decode(prompt), clean=decode(generate(lm, prompt)),
                                       intervened=decode(generate(lm, prompt, intervention=chosen_ctx()))))
     return ReinjectResult(config=cfg, model=lm.name, layers=layers, clean_loss=float(clean[:, 1:].mean()),
-                          bin_edges=edges.tolist(), premise=premise, effects=effects, chosen=chosen, judged=judged,
+                          bin_edges=pos.edges, premise=premise, effects=effects, chosen=chosen, judged=judged,
                           vs_null=vs_null, cached=cached, samples=samples, entropy=entropy, matched=matched,
-                          vs_matched=vs_matched, band_edges=band_edges, reconcile=reconcile)
+                          vs_matched=vs_matched, band_edges=band_edges, reconcile=reconcile,
+                          entropy_fifths=entropy_fifths)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from superpos.hypotheses.common import fmt_ci
 from superpos.hypotheses.reinject.result import ReinjectResult, ReinjectVerdict
+from superpos.stats import min_detectable
 
 MATCHED = ("temperature", "layer mean")  # the nulls that move the output distribution as much as the setting
 
@@ -17,16 +18,44 @@ def band_names(n: int) -> list[str]:
         n, [f"band {k + 1}" for k in range(n)])
 
 
+def judging_contexts(res: ReinjectResult) -> int:
+    """How many evaluation contexts judge the chosen setting (the half that did not choose it)."""
+    return res.config.contexts - res.config.contexts // 2
+
+
+def unmatched(res: ReinjectResult) -> dict[str, str]:
+    """The matched nulls of the chosen setting that are not matched where the verdict reads them: null name -> why
+    (entropy in the judging half's most surprising fifth further than ``entropy_tolerance`` from the setting's, or
+    a result that matched them on the overall mean only)."""
+    tol, out = res.config.entropy_tolerance, {}
+    for name in MATCHED:
+        m = res.matched[res.chosen][name]
+        if m.entropy_fifths is None or res.entropy_fifths is None:
+            out[name] = "matched on the overall mean entropy only, not within surprisal fifths"
+        else:
+            gap = m.entropy_fifths[-1] - res.entropy_fifths[res.chosen][-1]
+            if not abs(gap) <= tol:
+                out[name] = f"its entropy in the most surprising fifth is {gap:+.3f} nats from the setting's"
+    return out
+
+
 def verdict(res: ReinjectResult) -> ReinjectVerdict:
     """Two answers. The premise is MET when, at the re-injection layers, the most-surprising fifth's decodability
-    gap (vs the least-surprising fifth) is more negative than right after the first block, CI below 0.
-    Re-injection is SUPPORTED when the setting chosen on the selection half, on the other half, in the most-
-    surprising fifth: lowers the loss (CI below 0); does better than the same move toward another token's
-    representation (paired CI below 0); and beats both matched nulls — the temperature that flattens the output as
-    much, and the same move toward the layer's mean residual — with the paired advantage's CI above 0. A result
-    from before the matched nulls is NOT SUPPORTED for want of them (it says so)."""
-    p, j = res.premise, res.judged
-    met = p.late_minus_early.hi < 0
+    gap (vs the least-surprising fifth) is more negative than right after the first block, CI below 0 — and, where
+    the result has it, also with each token-frequency band's mean removed (otherwise "MET across token types only",
+    counted as not met). Re-injection is SUPPORTED when the setting chosen on the selection half, on the other
+    half, in the most-surprising fifth: lowers the loss (CI below 0); does better than the same move toward another
+    token's representation (paired CI below 0); and beats both matched nulls — the temperature that flattens the
+    output as much, and the same move toward the layer's mean residual, tempered as much — with the paired
+    advantage's CI above 0, each null matched (its entropy in that fifth within ``entropy_tolerance`` of the
+    setting's). Otherwise INSUFFICIENT POWER when the judging half has fewer than ``min_contexts`` contexts, or when
+    nothing rules re-injection out (no matched null's advantage CI lies wholly below ``needed_advantage``, and the
+    setting does not raise the loss there) while the run's minimum detectable advantage (the larger of the two
+    nulls') exceeds ``needed_advantage``; else NOT SUPPORTED. A result from before the matched nulls is NOT
+    SUPPORTED for want of them (it says so)."""
+    p, j, cfg = res.premise, res.judged, res.config
+    across = p.late_minus_early.hi < 0
+    met = bool(across and (p.within is None or p.within.hi < 0))
     i1, late = p.layers.index(1), [p.layers.index(layer) for layer in res.layers]
     d0, d1 = p.decodable[0], p.decodable[1]
     top, d, vn = j.bins[-1], j.top_minus_bottom, res.vs_null
@@ -34,7 +63,13 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
     adv = {name: res.vs_matched[name].by_fifth.at(-1) for name in MATCHED} if have else {}
     beaten = [name for name in MATCHED if have and adv[name].lo > 0]
     matching = [name for name in MATCHED if have and adv[name].lo <= 0]
-    helps = bool(top.hi < 0 and vn.hi < 0 and have and len(beaten) == len(MATCHED))
+    loose = unmatched(res) if have else {}
+    helps = bool(top.hi < 0 and vn.hi < 0 and have and len(beaten) == len(MATCHED) and not loose)
+    need, n_judge = cfg.needed_advantage, judging_contexts(res)
+    mde = max(min_detectable(adv[name]) for name in MATCHED) if have else float("nan")
+    ruled_out = have and (top.lo > 0 or any(adv[name].hi < need for name in MATCHED if name not in loose))
+    few = n_judge < cfg.min_contexts
+    weak = bool(have and not helps and (few or (not ruled_out and not mde <= need)))
     lines = [f"Calibration: at layer 0 the representation is the embedding; decodability {d0.mean[0]:.3f} (least "
              f"surprising fifth) / {d0.mean[-1]:.3f} (most); after the first block {d1.mean[0]:.3f} / "
              f"{d1.mean[-1]:.3f} (coverage {100 * p.coverage:.0f}% of positions).",
@@ -42,6 +77,10 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
              f" at layer 1, " + ", ".join(f"{fmt_ci(p.gap.at(i))} at layer "
                                          f"{p.layers[i]}" for i in late) + ".",
              f"Late gap minus layer-1 gap: {fmt_ci(p.late_minus_early)} (premise {'MET' if met else 'NOT MET'})."]
+    if p.within is not None:
+        lines.append(f"With each token-frequency band's mean decodability removed (within token types, bands "
+                     f"pooled): late gap minus layer-1 gap {fmt_ci(p.within)}"
+                     + (" — MET across token types only" if across and not met else "") + ".")
     if p.within_bands is not None:
         lines.append(f"The same within token-frequency bands (reference-context counts split at "
                      f"{', '.join(f'{e:g}' for e in res.band_edges or [])}): "
@@ -56,6 +95,19 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
                      f"{res.chosen} {ent.get(res.chosen, float('nan')):.3f}, temperature null (T = "
                      f"{m['temperature'].parameter:.3f}) {m['temperature'].entropy:.3f}, layer-mean null "
                      f"{m['layer mean'].entropy:.3f} nats.")
+        if res.entropy_fifths is not None:
+            lines.append(f"Matched within surprisal fifths (T per fifth of each half): in the judging half's most "
+                         f"surprising fifth, entropy {res.entropy_fifths[res.chosen][-1]:.3f} nats for "
+                         f"{res.chosen}, {m['temperature'].entropy_fifths[-1]:.3f} for the temperature null (T = "
+                         f"{m['temperature'].temperatures[1][-1]:.3f}), {m['layer mean'].entropy_fifths[-1]:.3f} for "
+                         f"the layer-mean null (T = {m['layer mean'].temperatures[1][-1]:.3f}); tolerance "
+                         f"{cfg.entropy_tolerance:g} nats.")
+        for name, why in loose.items():
+            lines.append(f"The {name} null is not matched ({why}): re-injection cannot be SUPPORTED against it.")
+        lines.append("Power: minimum detectable advantage (80 % power) in the most surprising fifth "
+                     + ", ".join(f"{min_detectable(adv[name]):.4f} over the {name} null" for name in MATCHED)
+                     + f" nats, against the {need:g} the question needs; {n_judge} judging contexts (at least "
+                       f"{cfg.min_contexts} needed).")
         for name in MATCHED:
             c = res.vs_matched[name]
             names = band_names(len(c.by_band.mean))
@@ -75,10 +127,19 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
     lines += [f"{k}: Δ loss overall {v.overall.mean:+.4f}; most-surprising fifth {v.bins[-1].mean:+.4f}, least "
               f"{v.bins[0].mean:+.4f}" for k, v in res.effects.items()]
     opposite = p.late_minus_early.lo > 0
-    head = (f"Premise {'MET' if met else 'NOT MET'}: late layers (at {res.layers}) "
+    if weak:
+        answer = "INSUFFICIENT POWER" + (f" (the judging half has {n_judge} contexts, fewer than {cfg.min_contexts})"
+                                         if few else f" (minimum detectable advantage {mde:.4f} nats, above the "
+                                                     f"{need:g} the question needs)")
+    else:
+        answer = "SUPPORTED" if helps else "NOT SUPPORTED"
+    premise_word = "MET" if met else "MET across token types only" if across else "NOT MET"
+    head = (f"Premise {premise_word}: late layers (at {res.layers}) "
             f"{'do' if met else 'do not'} lose track of surprising input tokens more than early ones"
+            f"{' within token types' if across and not met else ''}"
             f"{' — surprising tokens stay the more decodable ones' if opposite else ''} (gap difference "
-            f"{fmt_ci(p.late_minus_early)}). Re-injection {'SUPPORTED' if helps else 'NOT SUPPORTED'}: moving late "
+            f"{fmt_ci(p.late_minus_early)}"
+            f"{'' if p.within is None else f'; within token types {fmt_ci(p.within)}'}). Re-injection {answer}: moving late "
             f"residuals toward the true token ({res.chosen}, chosen on held-apart contexts) changes the loss on the "
             f"following token by {fmt_ci(top)} nats where that token was most surprising (vs the same move toward "
             f"another token: {fmt_ci(vn)}")
@@ -87,12 +148,14 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
         if matching:
             head += f" — the {' and the '.join(matching)} null{'s' if len(matching) > 1 else ''} " \
                     f"{'do' if len(matching) > 1 else 'does'} at least as well"
+        if loose:
+            head += f"; the {' and the '.join(loose)} null{'s' if len(loose) > 1 else ''} not matched in entropy"
         head += ")."
     else:
         head += f"; vs least surprising: {fmt_ci(d)}) — not judged against the matched nulls (temperature, layer " \
                 f"mean), which this result predates; without them its pattern is also what flattening the output does."
-    return ReinjectVerdict(headline=head, criteria=lines, premise_met=bool(met), chosen=res.chosen,
-                           supported=helps)
+    return ReinjectVerdict(headline=head, criteria=lines, premise_met=met, chosen=res.chosen, supported=helps,
+                           insufficient_power=weak)
 
 
 def numbers(res) -> dict[str, str]:
