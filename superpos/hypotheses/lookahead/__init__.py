@@ -15,5 +15,5 @@ EXPERIMENT = Experiment(
                 "every token read except the test contexts; the model's top guess (+1) or the n-gram as the floor. "
                 "See docs/probes.md.",
     presets={"quick": {"contexts": 12, "context_length": 64, "per_context": 32, "n_classes": 64},
-             "replication": {"contexts": 32, "context_length": 128, "per_context": 64, "n_classes": 256}},
+             "replication": {"contexts": 96, "context_length": 128, "per_context": 32, "n_classes": 256}},
 )
