@@ -173,6 +173,30 @@ def test_backoff_ngram_matches_a_hand_count():
     assert only.predict(test, [0], [1]).tolist() == [4]
 
 
+def _eulerian_circuit(m: int, rng) -> np.ndarray:
+    """A random closed walk over the complete directed graph on m tokens with loops, using every ordered pair
+    (a, b) exactly once (Hierholzer): m² + 1 tokens."""
+    out_edges = {a: list(rng.permutation(m)) for a in range(m)}
+    stack, walk = [int(rng.integers(m))], []
+    while stack:
+        a = stack[-1]
+        if out_edges[a]:
+            stack.append(int(out_edges[a].pop()))
+        else:
+            walk.append(stack.pop())
+    return np.array(walk[::-1])
+
+
+def test_bigram_features_match_a_hand_count():
+    from superpos.hypotheses.probes.prediction import bigram_features
+
+    rows = np.array([[5, 1, 2, 1, 3], [1, 2, 2, 9, 5]])
+    f = bigram_features(rows, np.array([1, 7]), np.array([1, 2, 3])).numpy()
+    # after 1: 2 twice, 3 once (n = 3); K = 3 classes + "other": log((n_c + ½) / (3 + 2))
+    np.testing.assert_allclose(f[0], np.log(np.array([0.5, 2.5, 1.5]) / 5), rtol=1e-6)
+    np.testing.assert_allclose(f[1], np.log(np.full(3, 0.5) / 2), rtol=1e-6)  # 7 never seen: the smoothing alone
+
+
 def test_the_input_is_read_from_the_prediction_at_i_and_from_the_guess_at_i_minus_1_only_when_it_follows(
         tiny_models):
     """Layer 0's lens distribution at a position is a fixed function of that position's token, so the answer is
@@ -192,8 +216,9 @@ def test_the_input_is_read_from_the_prediction_at_i_and_from_the_guess_at_i_minu
     chain[:, 0] = rng.integers(2, 50, size=24)
     for t in range(1, chain.shape[1]):
         chain[:, t] = perm[chain[:, t - 1] - 2]
+    circuit = np.stack([_eulerian_circuit(8, rng) for _ in range(24)]) + 2  # 8 tokens, rows of 8² + 1
     out = {}
-    for name, tokens in (("random", random_tokens), ("chain", chain)):
+    for name, tokens in (("random", random_tokens), ("chain", chain), ("circuit", circuit)):
         sample = sample_residuals(lm, tokens, per_context=38, progress=False)
         train, test = sample.split_contexts(0.75, seed=0)
         lens = train_tuned_lens(lm, train, steps=4, progress=False)[0] if name == "random" else None
@@ -208,6 +233,12 @@ def test_the_input_is_read_from_the_prediction_at_i_and_from_the_guess_at_i_minu
     assert set(c.at_i) == {"logit lens"}
     assert c.at_i["logit lens"].mean[0] > 0.95 and c.at_previous["logit lens"].mean[0] > 0.95
     assert abs(c.difference["logit lens"].mean[0]) < 0.05
+    # the bigram null: on the chain p(·|x_i) is a one-hot of perm(x_i), x_i read from it exactly, and no model's
+    # prediction carries it better; on Eulerian circuits (every ordered pair once per row) every token's bigram row
+    # is the same, so the table reads nothing while the model's prediction at i, computed from x_i, does
+    assert c.bigram.mean > 0.95 and c.vs_bigram["logit lens"].lo[-1] <= 0
+    e = out["circuit"]
+    assert e.bigram.mean < 0.3 and e.vs_bigram["logit lens"].lo[-1] > 0.2 and e.vs_bigram["logit lens"].lo[0] > 0.5
 
 
 def _nested_result(gain_half_width: float, planted=(0.01, 0.004), gain_mean: float = 0.0, test_contexts=24,
@@ -263,3 +294,43 @@ def test_a_no_counts_only_with_power_the_planted_control_converged_fits_and_enou
     few = verdict(_nested_result(0.05, gain_mean=0.2, test_contexts=8))  # 8 test contexts: not even a YES
     assert few.insufficient_power and "8 test contexts, fewer than 20" in few.headline
     assert "would read YES" in few.headline
+
+
+def _prediction_result(vs_bigram, vs_previous=(0.3, 0.02), test_contexts=24):
+    """A probes result stand-in with a hand-built decoding test at two layers (the last is the model's output)."""
+    from types import SimpleNamespace
+
+    from superpos.hypotheses.probes.config import ProbeConfig
+    from superpos.hypotheses.probes.result import PredictionTest
+    from superpos.stats import Band, Interval
+
+    def band(m, h):
+        return Band([m, m], [m - h, m - h], [m + h, m + h])
+
+    pt = PredictionTest(layers=[0, 4], n_classes=64, train_positions=300, test_positions=100,
+                        at_i={"logit lens": band(0.6, 0.03)}, at_previous={"logit lens": band(0.3, 0.03)},
+                        difference={"logit lens": band(*vs_previous)},
+                        bigram=None if vs_bigram is None else Interval(0.6 - vs_bigram[0], 0.5, 0.6),
+                        vs_bigram=None if vs_bigram is None else {"logit lens": band(*vs_bigram)},
+                        test_contexts=test_contexts)
+    return SimpleNamespace(prediction=pt, layers=[0, 1, 2, 3, 4], config=ProbeConfig(),
+                           targets={"current token": SimpleNamespace(acc=Band([1, .9, .8, .8, .75], [0] * 5, [1] * 5))})
+
+
+def test_held_through_the_prediction_at_i_needs_the_bigram_null_not_the_guess_at_i_minus_1():
+    """x_i read better from the prediction at i than from the guess made at i−1 holds for any model; the verdict
+    says the prediction carries x_i only when it also beats a bigram table p(·|x_i), says "no better than a bigram
+    table" when it does not (with power), and judges nothing on too few test contexts or without power."""
+    from superpos.hypotheses.probes.verdict import _prediction
+
+    held, clause, lines = _prediction(_prediction_result((0.1, 0.02)))
+    assert held is True and clause.startswith("the model's prediction made at i carries x_i beyond")
+    assert any("80%" in line and "residual at layer 4" in line for line in lines)  # 0.6 / 0.75 of the residual's
+    held, clause, _ = _prediction(_prediction_result((0.0, 0.005)))  # i beats i−1 by +0.3, the bigram table ties
+    assert held is False and "no better than from a bigram table" in clause and "only that the prediction depends" in clause
+    held, clause, _ = _prediction(_prediction_result((0.0, 0.05)))  # MDE 0.071 > 0.02
+    assert held is None and "INSUFFICIENT POWER: minimum detectable difference 0.071 above 0.02" in clause
+    held, clause, _ = _prediction(_prediction_result((0.1, 0.02), test_contexts=6))
+    assert held is None and "6 test contexts, fewer than 20" in clause
+    held, clause, _ = _prediction(_prediction_result(None))  # before the bigram null: i vs i−1 alone judges nothing
+    assert held is None and "was not tested" in clause
