@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: fewer clusters than this (contexts) and a percentile cluster bootstrap's interval is too narrow to judge by
+MIN_CLUSTERS = 20
+
 
 @dataclass
 class Interval:
@@ -152,3 +155,10 @@ def per_context_difference(values, ctx, a_mask, b_mask) -> tuple[np.ndarray, np.
     vb = np.array([np.nanmean(values[b_mask & (ctx == c)]) if (b_mask & (ctx == c)).any() else np.nan for c in ids])
     ok = ~np.isnan(va) & ~np.isnan(vb)
     return va[ok] - vb[ok], ids[ok]
+
+
+def min_detectable(iv: Interval, z_alpha=1.96, z_power=0.84) -> float:
+    """The smallest true effect a run detects with 80 % power (a two-sided 5 % test), from its own 95 % interval:
+    (z_alpha + z_power) standard errors, the standard error read off the interval's half-width (``z_alpha`` of
+    them)."""
+    return (z_alpha + z_power) * (iv.hi - iv.lo) / (2 * z_alpha)

@@ -5,9 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from superpos.hypotheses.lookahead.logistic import Features, ngram_features
+from superpos.hypotheses.lookahead.logistic import Features, fit_logistic, ngram_features
 from superpos.hypotheses.lookahead.ngrams import NgramCounts
-from superpos.hypotheses.lookahead.run import nested_gain, ngram_table
+from superpos.hypotheses.lookahead.run import (
+    brier,
+    nested_gain,
+    ngram_table,
+    planted_amplitude,
+    planted_block,
+    split_units,
+)
 from superpos.model.residuals import ResidualSample
 
 
@@ -31,12 +38,87 @@ def test_nested_gain_detects_a_block_with_new_signal_and_not_a_noisy_copy_of_the
     news = torch.tensor(np.eye(K)[y] + 1.2 * rng.standard_normal((len(y), K)), dtype=torch.float32)  # fresh noise
     copy = base_X + 0.05 * torch.randn(len(y), K, generator=torch.Generator().manual_seed(1))  # no new information
     args = dict(n_classes=K, l2_base=1e-3, l2_full=1e-3, n_boot=200, seed=0)
-    g = nested_gain(f.rows(tr), news[tr], y[tr], f.rows(te), news[te], y[te], ctx, **args)
+    g, _ = nested_gain(f.rows(tr), news[tr], y[tr], f.rows(te), news[te], y[te], ctx, **args)
     assert g["gain"].lo > 0.1 and g["acc_gain"].lo > 0, g  # a second independent read of y: clearly more likely
     assert g["base_acc"].mean > 1.5 / K  # the base (tied n-gram counts + the base block) is itself informative
-    g = nested_gain(f.rows(tr), copy[tr], y[tr], f.rows(te), copy[te], y[te], ctx, **args)
+    assert g["converged"] == {"base": True, "full": True}
+    g, _ = nested_gain(f.rows(tr), copy[tr], y[tr], f.rows(te), copy[te], y[te], ctx, **args)
     assert g["gain"].lo < 0 < g["gain"].hi + 1e-3 and abs(g["gain"].mean) < 0.02, g
     assert abs(g["acc_gain"].mean) < 0.02
+
+
+def test_the_full_fit_starts_at_the_base_solution_so_the_pair_is_nested():
+    """Warm start: with the added block's weights at 0 the full probe is the base probe (same logits), and the fit
+    only lowers the training objective from there, the base's L2 kept on the shared block."""
+    K, n = 6, 2000
+    y, counts, base_X, rng = _planted(n, K, 2)
+    f = Features(*ngram_features(counts), base_X)
+    noise = torch.randn(n, 8, generator=torch.Generator().manual_seed(4))
+    base = fit_logistic(f, y, K, 1e-3)
+    start = fit_logistic(f.with_block(noise), y, K, 1e-3, init=base, l2_extra=1e-2, max_iter=0)
+    torch.testing.assert_close(start.logits(f.with_block(noise)), base.logits(f))
+    full = fit_logistic(f.with_block(noise), y, K, 1e-3, init=base, l2_extra=1e-2)
+    assert base.converged and full.converged and 0 < full.iterations
+    assert full.objective <= base.objective + 1e-6
+    cold = fit_logistic(f.with_block(noise), y, K, 1e-3, max_iter=2)  # cut short: recorded, not hidden
+    assert not cold.converged and cold.iterations <= 2
+
+
+def test_the_planted_control_is_detected_with_enough_data_and_not_with_little():
+    """The positive control: a noisy one-hot of the target, its amplitude set from the base's Brier score to add
+    about the needed gain (here 0.05 nats), appended to an uninformative residual and run through the same nested
+    comparison. 3000 training / 1500 test positions (60 contexts) see it; 200 / 100 (20 contexts) do not."""
+    K = 6
+    for n_tr, n_te, per, seen in ((3000, 1500, 25, True), (200, 100, 5, False)):
+        y, counts, base_X, rng = _planted(n_tr + n_te, K, 0)
+        f = Features(*ngram_features(counts), base_X)
+        tr, te = np.arange(n_tr), np.arange(n_tr, n_tr + n_te)
+        ctx = te // per
+        resid = torch.randn(len(y), 8, generator=torch.Generator().manual_seed(3))  # carries nothing
+        args = dict(n_classes=K, l2_base=1e-3, l2_full=1e-3, n_boot=200, seed=0)
+        g, base = nested_gain(f.rows(tr), resid[tr], y[tr], f.rows(te), resid[te], y[te], ctx, **args)
+        a = planted_amplitude(0.05, brier(base, f.rows(tr), y[tr]))
+        assert 0.4 < a < 0.5  # Brier ≈ 0.5: a = √(2 · 0.05 / 0.5)
+        planted = torch.cat([resid, planted_block(y, K, a, seed=5)], 1)
+        p, _ = nested_gain(f.rows(tr), planted[tr], y[tr], f.rows(te), planted[te], y[te], ctx, **args, base=base)
+        assert g["gain"].lo < 0.01  # the residual itself adds nothing
+        if seen:
+            assert p["gain"].lo > 0 and 0.02 < p["gain"].mean < 0.06, p  # about the planted 0.05, a little less
+        else:
+            assert p["gain"].lo < 0, p
+
+
+def test_ngram_tables_leave_out_tokens_written_minus_1_and_the_own_document():
+    """A table that must not see some documents is counted on rows where their tokens are -1: no target and no
+    history holding one is counted; a training position's features leave out every target of its own document, in
+    any row, and nothing else."""
+    rows = np.array([[1, 2, 3, 1, 2, 3], [1, 2, 4, 1, 2, 4]])
+    doc = np.array([[0, 0, 0, 1, 1, 1], [1, 1, 1, 2, 2, 2]])
+    classes = np.array([1, 2, 3, 4])
+    masked = np.where(doc == 2, -1, rows)  # document 2 held out
+    t = NgramCounts(3, 1, classes).fit(masked)
+    assert t.n_tokens_ == 9
+    q = t.counts(rows, np.array([1]), np.array([4]))  # after (1, 2) in row 1's document 2 part: only counted text
+    np.testing.assert_array_equal(q[0, 2], [0, 0, 2, 1])  # 3 (row 0 twice), 4 (row 1, document 1); none from doc 2
+    np.testing.assert_array_equal(q[0, 0], [1, 3, 2, 1])  # unigram: every counted target (none of doc 2)
+    # training position in document 1 (row 0, position 4): leave document 1 out (row 0's second half, row 1's first)
+    own = t.counts(rows, np.array([0]), np.array([4]), exclude_own=True, counted_NC=masked, unit_NC=doc)
+    np.testing.assert_array_equal(own[0, 2], [0, 0, 1, 0])  # only document 0's (1, 2) -> 3 is left
+    np.testing.assert_array_equal(own[0, 0], [0, 1, 1, 0])  # document 0's targets 2, 3 (position 0 is no target)
+
+
+def test_the_split_keeps_each_document_on_one_side_and_falls_back_to_contexts():
+    tokens = np.arange(40 * 8).reshape(40, 8) % 50
+    doc = np.repeat(np.arange(20), 16).reshape(40, 8)  # 20 documents of two contexts each
+    s = ResidualSample(torch.zeros(1, 40 * 6, 2), [0], tokens, np.repeat(np.arange(40), 6), np.tile(np.arange(1, 7), 40))
+    split = split_units(tokens, doc, s, seed=0)
+    part = split.part(s)
+    assert split.by == "documents" and set(part) == {"fit", "val", "test"}
+    for d in range(20):  # whole documents: both contexts of a document on one side
+        assert len(set(part[doc[s.ctx_P, s.pos_P] == d])) == 1
+    assert 0.2 <= (part == "test").mean() <= 0.35 and 0.1 <= (part == "val").mean() <= 0.25
+    few = split_units(tokens, np.zeros_like(doc), s, seed=0)  # one document: split by context
+    assert few.by == "contexts" and len(few.test) >= 1 and set(few.part(s)) == {"fit", "val", "test"}
 
 
 def test_ngram_features_leave_the_own_context_out_for_training_positions():
@@ -91,6 +173,30 @@ def test_backoff_ngram_matches_a_hand_count():
     assert only.predict(test, [0], [1]).tolist() == [4]
 
 
+def _eulerian_circuit(m: int, rng) -> np.ndarray:
+    """A random closed walk over the complete directed graph on m tokens with loops, using every ordered pair
+    (a, b) exactly once (Hierholzer): m² + 1 tokens."""
+    out_edges = {a: list(rng.permutation(m)) for a in range(m)}
+    stack, walk = [int(rng.integers(m))], []
+    while stack:
+        a = stack[-1]
+        if out_edges[a]:
+            stack.append(int(out_edges[a].pop()))
+        else:
+            walk.append(stack.pop())
+    return np.array(walk[::-1])
+
+
+def test_bigram_features_match_a_hand_count():
+    from superpos.hypotheses.probes.prediction import bigram_features
+
+    rows = np.array([[5, 1, 2, 1, 3], [1, 2, 2, 9, 5]])
+    f = bigram_features(rows, np.array([1, 7]), np.array([1, 2, 3])).numpy()
+    # after 1: 2 twice, 3 once (n = 3); K = 3 classes + "other": log((n_c + ½) / (3 + 2))
+    np.testing.assert_allclose(f[0], np.log(np.array([0.5, 2.5, 1.5]) / 5), rtol=1e-6)
+    np.testing.assert_allclose(f[1], np.log(np.full(3, 0.5) / 2), rtol=1e-6)  # 7 never seen: the smoothing alone
+
+
 def test_the_input_is_read_from_the_prediction_at_i_and_from_the_guess_at_i_minus_1_only_when_it_follows(
         tiny_models):
     """Layer 0's lens distribution at a position is a fixed function of that position's token, so the answer is
@@ -110,8 +216,9 @@ def test_the_input_is_read_from_the_prediction_at_i_and_from_the_guess_at_i_minu
     chain[:, 0] = rng.integers(2, 50, size=24)
     for t in range(1, chain.shape[1]):
         chain[:, t] = perm[chain[:, t - 1] - 2]
+    circuit = np.stack([_eulerian_circuit(8, rng) for _ in range(24)]) + 2  # 8 tokens, rows of 8² + 1
     out = {}
-    for name, tokens in (("random", random_tokens), ("chain", chain)):
+    for name, tokens in (("random", random_tokens), ("chain", chain), ("circuit", circuit)):
         sample = sample_residuals(lm, tokens, per_context=38, progress=False)
         train, test = sample.split_contexts(0.75, seed=0)
         lens = train_tuned_lens(lm, train, steps=4, progress=False)[0] if name == "random" else None
@@ -126,11 +233,18 @@ def test_the_input_is_read_from_the_prediction_at_i_and_from_the_guess_at_i_minu
     assert set(c.at_i) == {"logit lens"}
     assert c.at_i["logit lens"].mean[0] > 0.95 and c.at_previous["logit lens"].mean[0] > 0.95
     assert abs(c.difference["logit lens"].mean[0]) < 0.05
+    # the bigram null: on the chain p(·|x_i) is a one-hot of perm(x_i), x_i read from it exactly, and no model's
+    # prediction carries it better; on Eulerian circuits (every ordered pair once per row) every token's bigram row
+    # is the same, so the table reads nothing while the model's prediction at i, computed from x_i, does
+    assert c.bigram.mean > 0.95 and c.vs_bigram["logit lens"].lo[-1] <= 0
+    e = out["circuit"]
+    assert e.bigram.mean < 0.3 and e.vs_bigram["logit lens"].lo[-1] > 0.2 and e.vs_bigram["logit lens"].lo[0] > 0.5
 
 
-def _nested_result(gain_half_width: float, plus_one_full_acc: float, gain_mean: float = 0.0):
+def _nested_result(gain_half_width: float, planted=(0.01, 0.004), gain_mean: float = 0.0, test_contexts=24,
+                   converged=True):
     """A lookahead result built by hand: +1 and +2, the +2 nested gain centred on ``gain_mean`` with the given
-    interval half-width, and +1's probe-with-residual accuracy against an n-gram at 0.30 [0.28, 0.32]."""
+    interval half-width, the planted control's gain ``planted`` (mean, half-width; None: not run)."""
     from superpos.hypotheses.lookahead.config import LookaheadConfig
     from superpos.hypotheses.lookahead.result import LookaheadResult, LookaheadTarget, NestedGain
     from superpos.stats import Band, Interval
@@ -138,33 +252,85 @@ def _nested_result(gain_half_width: float, plus_one_full_acc: float, gain_mean: 
     def iv(m, h=0.02):
         return Interval(m, m - h, m + h)
 
-    def target(gain, full_acc):
+    def target(gain):
         nested = NestedGain(layer=3, layer_screen=[0.1], l2_base=1e-3, l2_full=1e-3, base_loglik=iv(-3.0),
-                            full_loglik=iv(-3.0 + gain.mean), gain=gain, base_acc=iv(0.3), full_acc=iv(full_acc),
+                            full_loglik=iv(-3.0 + gain.mean), gain=gain, base_acc=iv(0.3), full_acc=iv(0.3),
                             acc_gain=iv(0.0), floor=iv(0.3), floor_name="the back-off n-gram", train_positions=100,
-                            test_positions=100)
+                            test_positions=100, converged={"base": True, "full": converged, "planted": True},
+                            iterations={"base": 20, "full": 600 if not converged else 30, "planted": 30},
+                            planted_gain=None if planted is None else iv(*planted), planted_amplitude=0.2,
+                            split="documents", test_units=6, test_contexts=test_contexts, ngram_tokens=1000)
         return LookaheadTarget(offset=1, n_classes=8, coverage=0.9, layers=[3], acc=Band([0.5], [0.4], [0.6]),
                                majority=0.1, ngram={2: iv(0.3)}, ngram_order=2, nested=nested)
 
     return LookaheadResult(config=LookaheadConfig(), model="m", layers=[3], n_positions=100,
-                           offsets={"+1": target(iv(0.2), plus_one_full_acc),
+                           offsets={"+1": target(iv(0.2)),
                                     "+2": target(Interval(gain_mean, gain_mean - gain_half_width,
-                                                          gain_mean + gain_half_width), 0.3)})
+                                                          gain_mean + gain_half_width))})
 
 
-def test_a_no_from_a_run_that_could_not_see_the_needed_gain_reads_insufficient_power():
-    """NO needs power: the +2 gain's own minimum detectable effect, (1.96 + 0.84) standard errors from its interval,
-    must be at most --needed-gain (0.01 nats), and the +1 control (known to be there) must be shown. A found effect
-    is found whatever the power."""
-    from superpos.hypotheses.lookahead.verdict import min_detectable, verdict
-    from superpos.stats import Interval
+def test_a_no_counts_only_with_power_the_planted_control_converged_fits_and_enough_test_contexts():
+    """NO needs power: the +2 gain's own minimum detectable effect ((1.96 + 0.84) standard errors from its
+    interval, ``superpos.stats.min_detectable``) at most --needed-gain (0.01 nats), the planted control detected,
+    every fit converged; and any answer needs at least MIN_CLUSTERS (20) test contexts. A found effect is found
+    whatever the power."""
+    from superpos.hypotheses.lookahead.verdict import verdict
+    from superpos.stats import Interval, min_detectable
 
     assert min_detectable(Interval(0.0, -0.0196, 0.0196)) == pytest.approx(0.028)
-    narrow, wide = _nested_result(0.005, 0.40), _nested_result(0.05, 0.40)
-    assert "NO" in verdict(narrow).headline and not verdict(narrow).insufficient_power  # MDE 0.007 ≤ 0.01
-    v = verdict(wide)  # MDE 0.071 > 0.01
+    v = verdict(_nested_result(0.005))  # MDE 0.007 ≤ 0.01, planted 0.010 [0.006, 0.014] detected
+    assert ": NO —" in v.headline and not v.insufficient_power
+    assert any("planted control" in c and "detected" in c for c in v.criteria)
+    v = verdict(_nested_result(0.05))  # MDE 0.071 > 0.01
     assert v.insufficient_power and "INSUFFICIENT POWER (minimum detectable gain above 0.01" in v.headline
-    v = verdict(_nested_result(0.005, 0.31))  # +1's probe does not beat the n-gram: the run cannot see +1
-    assert v.insufficient_power and "the +1 control is not shown" in v.headline
-    found = verdict(_nested_result(0.05, 0.31, gain_mean=0.2))
-    assert not found.insufficient_power and "YES" in found.headline
+    v = verdict(_nested_result(0.005, planted=(0.01, 0.02)))  # the planted gain not seen
+    assert v.insufficient_power and "the planted control is not detected" in v.headline
+    v = verdict(_nested_result(0.005, planted=None))  # an older nested result: no planted control
+    assert v.insufficient_power and "the planted control is not run" in v.headline
+    v = verdict(_nested_result(0.005, converged=False))
+    assert v.insufficient_power and "a fit did not converge: +2 full" in v.headline
+    found = verdict(_nested_result(0.05, planted=(0.01, 0.02), gain_mean=0.2))
+    assert not found.insufficient_power and ": YES —" in found.headline
+    few = verdict(_nested_result(0.05, gain_mean=0.2, test_contexts=8))  # 8 test contexts: not even a YES
+    assert few.insufficient_power and "8 test contexts, fewer than 20" in few.headline
+    assert "would read YES" in few.headline
+
+
+def _prediction_result(vs_bigram, vs_previous=(0.3, 0.02), test_contexts=24):
+    """A probes result stand-in with a hand-built decoding test at two layers (the last is the model's output)."""
+    from types import SimpleNamespace
+
+    from superpos.hypotheses.probes.config import ProbeConfig
+    from superpos.hypotheses.probes.result import PredictionTest
+    from superpos.stats import Band, Interval
+
+    def band(m, h):
+        return Band([m, m], [m - h, m - h], [m + h, m + h])
+
+    pt = PredictionTest(layers=[0, 4], n_classes=64, train_positions=300, test_positions=100,
+                        at_i={"logit lens": band(0.6, 0.03)}, at_previous={"logit lens": band(0.3, 0.03)},
+                        difference={"logit lens": band(*vs_previous)},
+                        bigram=None if vs_bigram is None else Interval(0.6 - vs_bigram[0], 0.5, 0.6),
+                        vs_bigram=None if vs_bigram is None else {"logit lens": band(*vs_bigram)},
+                        test_contexts=test_contexts)
+    return SimpleNamespace(prediction=pt, layers=[0, 1, 2, 3, 4], config=ProbeConfig(),
+                           targets={"current token": SimpleNamespace(acc=Band([1, .9, .8, .8, .75], [0] * 5, [1] * 5))})
+
+
+def test_held_through_the_prediction_at_i_needs_the_bigram_null_not_the_guess_at_i_minus_1():
+    """x_i read better from the prediction at i than from the guess made at i−1 holds for any model; the verdict
+    says the prediction carries x_i only when it also beats a bigram table p(·|x_i), says "no better than a bigram
+    table" when it does not (with power), and judges nothing on too few test contexts or without power."""
+    from superpos.hypotheses.probes.verdict import _prediction
+
+    held, clause, lines = _prediction(_prediction_result((0.1, 0.02)))
+    assert held is True and clause.startswith("the model's prediction made at i carries x_i beyond")
+    assert any("80%" in line and "residual at layer 4" in line for line in lines)  # 0.6 / 0.75 of the residual's
+    held, clause, _ = _prediction(_prediction_result((0.0, 0.005)))  # i beats i−1 by +0.3, the bigram table ties
+    assert held is False and "no better than from a bigram table" in clause and "only that the prediction depends" in clause
+    held, clause, _ = _prediction(_prediction_result((0.0, 0.05)))  # MDE 0.071 > 0.02
+    assert held is None and "INSUFFICIENT POWER: minimum detectable difference 0.071 above 0.02" in clause
+    held, clause, _ = _prediction(_prediction_result((0.1, 0.02), test_contexts=6))
+    assert held is None and "6 test contexts, fewer than 20" in clause
+    held, clause, _ = _prediction(_prediction_result(None))  # before the bigram null: i vs i−1 alone judges nothing
+    assert held is None and "was not tested" in clause

@@ -106,12 +106,18 @@ def sample_residuals(lm, tokens_NC: np.ndarray, per_context: int, layers=None, s
     return ResidualSample(out, layers, tokens_NC, np.repeat(np.arange(N), k), pos_NK.reshape(-1))
 
 
-def contexts_from_corpus(lm, corpus: str | None, contexts: int, context_length: int) -> np.ndarray:
-    """``contexts`` packed contexts (BOS + text) of the corpus, as the experiments read them."""
+def packed_from_corpus(lm, corpus: str | None, contexts: int, context_length: int):
+    """``contexts`` packed contexts (BOS + text) of the corpus, as the experiments read them, with the document of
+    every token (``PackedContexts``)."""
     from superpos.model.corpus import default_bos_id, load_corpus, pack_contexts
 
     packed = pack_contexts(lm.tokenizer, load_corpus(corpus), context_length, default_bos_id(lm.tokenizer),
                            max_tokens=contexts * context_length)
     if len(packed.tokens_NC) < 2:
         raise SuperposError("need at least 2 contexts (more --contexts or a larger corpus)")
-    return packed.tokens_NC
+    return packed
+
+
+def contexts_from_corpus(lm, corpus: str | None, contexts: int, context_length: int) -> np.ndarray:
+    """``contexts`` packed contexts (BOS + text) of the corpus, as the experiments read them."""
+    return packed_from_corpus(lm, corpus, contexts, context_length).tokens_NC

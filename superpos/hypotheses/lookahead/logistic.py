@@ -13,7 +13,12 @@ A probe's logit for class c at position p is
   the K classes (a full K × K map, which can carry "the model expects t next, and t is followed by c") and, in the
   larger probe, the residual at i.
 
-Fitted by full-batch L-BFGS on the mean log-loss plus ``l2 / 2 · ‖W‖²`` (tied weights and biases unpenalised).
+Fitted by full-batch L-BFGS on the mean log-loss plus ``l2 / 2 · ‖W‖²`` (tied weights and biases unpenalised),
+until the gradient's largest entry is below ``GRAD_TOL`` or ``max_iter`` iterations; whether it got there is kept
+on the probe (``converged``). The larger probe of a nested pair is fitted *from* the smaller one (``init``): it
+starts at the base solution with the added block's weights at 0, and the base block keeps the base's L2, so its
+training objective starts at the base's and L-BFGS (a descent method) only lowers it: the pair is nested in fact,
+not only in form.
 """
 from __future__ import annotations
 
@@ -25,6 +30,10 @@ import torch.nn.functional as F
 
 #: history counts are bucketed at these edges (a count below the first is "unseen": its features are 0)
 COUNT_BUCKETS = (1, 4, 32)
+#: a fit has converged when no entry of the objective's gradient is larger than this
+GRAD_TOL = 1e-3
+#: L-BFGS iterations per fit at most (in rounds of 100, the convergence checked after each)
+MAX_ITER = 600
 
 
 def ngram_features(counts_PMK: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,6 +74,9 @@ class LogisticProbe:
     b_K: torch.Tensor
     mean_F: torch.Tensor
     std_F: torch.Tensor
+    converged: bool = True  # the gradient's largest entry fell below GRAD_TOL
+    iterations: int = 0  # L-BFGS iterations taken
+    objective: float = float("nan")  # the training objective at the end (mean log-loss + penalties)
 
     def logits(self, f: Features) -> torch.Tensor:
         """(P, K) class scores."""
@@ -88,23 +100,36 @@ class LogisticProbe:
 
 
 def fit_logistic(f: Features, y_P: np.ndarray, n_classes: int, l2: float, device: str = "cpu",
-                 max_iter: int = 200) -> LogisticProbe:
-    """Full-batch L-BFGS on the mean log-loss + ``l2 / 2 · ‖W‖²`` (float32; tied weights start at 1 for seen
-    histories, the rest at 0)."""
+                 max_iter: int = MAX_ITER, init: LogisticProbe | None = None,
+                 l2_extra: float | None = None) -> LogisticProbe:
+    """Full-batch L-BFGS on the mean log-loss + ``l2 / 2 · ‖W‖²`` (float32).
+
+    Without ``init``, tied weights start at 1 for seen histories, W at 0 and the biases at the log class prior.
+    With ``init`` (a probe fitted on the first F₀ vector columns of ``f``: the base of a nested pair), the fit
+    starts at that solution (its tied weights, biases, W rows and their standardisation) with the other columns'
+    weights at 0; those F₀ rows keep the penalty ``l2`` and the added rows take ``l2_extra`` (default ``l2``)."""
     X = f.X_PF.to(device, torch.float32)
     mean, std = X.mean(0), X.std(0).clamp_min(1e-6) if len(X) > 1 else torch.ones(X.shape[1], device=device)
-    Z = (X - mean) / std
     M = f.logp_PMK.shape[1]
     logp, bucket = f.logp_PMK.to(device, torch.float32), f.bucket_PM.to(device)
     y = torch.from_numpy(np.asarray(y_P, dtype=np.int64)).to(device)
-    a = torch.ones(M, len(COUNT_BUCKETS) + 1, device=device)
-    a[:, 0] = 0
-    a.requires_grad_(True)
-    W = torch.zeros(Z.shape[1], n_classes, device=device, requires_grad=True)
-    prior = torch.bincount(y, minlength=n_classes).float() + 0.5
-    b = torch.log(prior / prior.sum()).requires_grad_(True)
-    opt = torch.optim.LBFGS([a, W, b], max_iter=max_iter, history_size=20, tolerance_grad=1e-6,
-                            tolerance_change=1e-9, line_search_fn="strong_wolfe")
+    W = torch.zeros(X.shape[1], n_classes, device=device)
+    pen = torch.full((X.shape[1], 1), float(l2), device=device)
+    if init is None:
+        a = torch.ones(M, len(COUNT_BUCKETS) + 1, device=device)
+        a[:, 0] = 0
+        prior = torch.bincount(y, minlength=n_classes).float() + 0.5
+        b = torch.log(prior / prior.sum())
+    else:
+        F0 = init.W_FK.shape[0]
+        a, b = init.a_MB.to(device).clone(), init.b_K.to(device).clone()
+        W[:F0] = init.W_FK.to(device)
+        mean[:F0], std[:F0] = init.mean_F.to(device), init.std_F.to(device)
+        pen[F0:] = l2 if l2_extra is None else l2_extra
+    Z = (X - mean) / std
+    params = [a.requires_grad_(True), W.requires_grad_(True), b.requires_grad_(True)]
+    opt = torch.optim.LBFGS(params, max_iter=100, history_size=20, tolerance_grad=GRAD_TOL / 10,
+                            tolerance_change=1e-12, line_search_fn="strong_wolfe")
     rows = torch.arange(M, device=device)
 
     def loss_fn():
@@ -112,9 +137,19 @@ def fit_logistic(f: Features, y_P: np.ndarray, n_classes: int, l2: float, device
         z = b + Z @ W
         if M:
             z = z + torch.einsum("pm,pmk->pk", a[rows, bucket], logp)
-        loss = F.cross_entropy(z, y) + 0.5 * l2 * W.pow(2).sum()
+        loss = F.cross_entropy(z, y) + 0.5 * (pen * W.pow(2)).sum()
         loss.backward()
         return loss
 
-    opt.step(loss_fn)
-    return LogisticProbe(a.detach(), W.detach(), b.detach(), mean, std)
+    done, converged = 0, False
+    while done < max_iter:
+        step = opt.param_groups[0]["max_iter"] = min(100, max_iter - done)
+        opt.step(loss_fn)
+        before, done = done, opt.state[params[0]]["n_iter"]
+        converged = max(float(p.grad.abs().max()) for p in params if p.numel()) <= GRAD_TOL
+        if converged or done - before < step:  # there, or L-BFGS stopped on its own (no change left to make)
+            break
+    loss = float(loss_fn().detach())
+    converged = max(float(p.grad.abs().max()) for p in params if p.numel()) <= GRAD_TOL
+    return LogisticProbe(a.detach(), W.detach(), b.detach(), mean, std, converged=converged, iterations=int(done),
+                         objective=loss)

@@ -5,8 +5,12 @@ Two read-outs of one table:
 
 * ``counts`` gives, per queried position and history length m, the counts over the classes ``(P, M, K)``: the
   n-gram *features* of the nested lookahead probe. ``exclude_own=True`` subtracts what the position's own row
-  contributed (leave-one-context-out), for positions whose rows were counted (the probe's training positions), so
+  contributed (leave-one-context-out), or, given ``unit_NC``, what every token of the position's own unit (its
+  document) contributed as a target, for positions whose rows were counted (the probe's training positions), so
   that no position's features have seen its own target.
+
+Tokens written as -1 are left out of a count: never a target, and no history that holds one is counted (a table
+that must not see some documents is counted on rows where their tokens are -1).
 * ``predict`` is the back-off guess: the most frequent class after the longest history that was seen (ties go to
   the lower id), backing off to shorter histories and finally to the most frequent class; the floor a lookahead
   probe for i + k (k > 1) is shown against.
@@ -58,8 +62,10 @@ class NgramCounts:
         """K, the length of every count vector."""
         return len(self.classes)
 
-    def _pairs(self, tokens_NC: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-        """(history keys, class columns) of every counted (history, target) pair of the rows."""
+    def _pairs(self, tokens_NC: np.ndarray, m: int, target_ok_NC: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(history keys, class columns) of every counted (history, target) pair of the rows (only targets where
+        ``target_ok_NC`` is true, when given)."""
         tokens_NC = np.atleast_2d(np.asarray(tokens_NC, dtype=np.int64))
         C = tokens_NC.shape[1]
         if C <= self.offset:
@@ -68,17 +74,27 @@ class NgramCounts:
         y = tokens_NC[:, self.offset:].ravel()
         col = np.minimum(np.searchsorted(self.classes, y), self.n_classes - 1)
         ok = (keys >= 0) & (self.classes[col] == y)
+        if target_ok_NC is not None:
+            ok &= np.atleast_2d(target_ok_NC)[:, self.offset:].ravel()
         return keys[ok], col[ok]
 
     def _keys(self, tokens_NC: np.ndarray, m: int) -> np.ndarray:
-        return history_keys(np.where(tokens_NC >= 0, tokens_NC, 0), m) if m else np.zeros(tokens_NC.shape, np.int64)
+        """History keys; -1 where the history starts before the row or holds a left-out token (-1)."""
+        if not m:
+            return np.zeros(tokens_NC.shape, np.int64)
+        keys = history_keys(np.where(tokens_NC >= 0, tokens_NC, 0), m)
+        before = np.pad(np.cumsum(tokens_NC < 0, axis=1), ((0, 0), (1, 0)))  # left-out tokens before each position
+        end = np.arange(tokens_NC.shape[1])
+        held = before[:, end + 1] - before[:, np.maximum(end - m + 1, 0)]  # ... among the history's m tokens
+        return np.where(held > 0, -1, keys)
 
-    def fit(self, tokens_NC: np.ndarray) -> "NgramCounts":
-        """Count every (history, target) pair of the rows of ``tokens_NC`` (histories never cross a row start)."""
+    def fit(self, tokens_NC: np.ndarray, target_ok_NC: np.ndarray | None = None) -> "NgramCounts":
+        """Count every (history, target) pair of the rows of ``tokens_NC`` (histories never cross a row start nor
+        hold a left-out token; with ``target_ok_NC``, only targets where it is true)."""
         self.tables_ = []
-        self.n_tokens_ = int(np.asarray(tokens_NC).size)
+        self.n_tokens_ = int((np.asarray(tokens_NC) >= 0).sum())
         for m in range(self.order):
-            keys, col = self._pairs(tokens_NC, m)
+            keys, col = self._pairs(tokens_NC, m, target_ok_NC)
             hist, inv = np.unique(keys, return_inverse=True)
             pair, n = np.unique(inv.astype(np.int64) * self.n_classes + col, return_counts=True)
             self.tables_.append((hist, pair // self.n_classes, pair % self.n_classes, n))
@@ -103,12 +119,15 @@ class NgramCounts:
         np.add.at(dense, (u[keep], col[keep]), n[keep])
         return dense[inv]
 
-    def counts(self, tokens_NC: np.ndarray, ctx_P: np.ndarray, pos_P: np.ndarray,
-               exclude_own: bool = False) -> np.ndarray:
+    def counts(self, tokens_NC: np.ndarray, ctx_P: np.ndarray, pos_P: np.ndarray, exclude_own: bool = False,
+               counted_NC: np.ndarray | None = None, unit_NC: np.ndarray | None = None) -> np.ndarray:
         """(P, order, K) counts over the classes after the last m tokens up to each position (m = 0 .. order−1).
 
-        ``exclude_own``: subtract the counts of the position's own row of ``tokens_NC`` (that row must have been
-        among the fitted ones): leave-one-context-out features for training positions.
+        ``exclude_own``: subtract what the position's own unit contributed to the table as targets (those rows must
+        have been among the fitted ones): without ``unit_NC`` the unit is the position's row of ``tokens_NC``
+        (leave-one-context-out); with it (a unit id per token, e.g. its document), every token of the position's
+        unit, in any row. ``counted_NC``: the rows as they were counted (left-out tokens -1; default
+        ``tokens_NC``).
         """
         tokens_NC, ctx_P, pos_P = np.asarray(tokens_NC), np.asarray(ctx_P), np.asarray(pos_P)
         out = np.zeros((len(ctx_P), self.order, self.n_classes), dtype=np.float32)
@@ -116,14 +135,19 @@ class NgramCounts:
             q = self._keys(tokens_NC, m)[ctx_P, pos_P]
             out[:, m] = self._lookup(table, q)
             out[q < 0, m] = 0
-        if exclude_own:
-            for c in np.unique(ctx_P):
-                rows = np.flatnonzero(ctx_P == c)
-                own = NgramCounts(self.order, self.offset, self.classes)
-                if not len(own._pairs(tokens_NC[c:c + 1], 0)[0]):
-                    continue
-                own.fit(tokens_NC[c:c + 1])
-                out[rows] -= own.counts(tokens_NC[c:c + 1], np.zeros(len(rows), np.int64), pos_P[rows])
+        if not exclude_own:
+            return out
+        counted = tokens_NC if counted_NC is None else np.asarray(counted_NC)
+        unit = np.broadcast_to(np.arange(len(tokens_NC))[:, None], tokens_NC.shape) if unit_NC is None else unit_NC
+        unit_P = unit[ctx_P, pos_P]
+        for u in np.unique(unit_P):
+            rows = np.flatnonzero(unit_P == u)
+            ctxs = np.flatnonzero((unit == u).any(1))
+            own = NgramCounts(self.order, self.offset, self.classes)
+            if not len(own._pairs(counted[ctxs], 0, unit[ctxs] == u)[0]):
+                continue
+            own.fit(counted[ctxs], unit[ctxs] == u)
+            out[rows] -= own.counts(tokens_NC, ctx_P[rows], pos_P[rows])
         return out
 
     def predict(self, tokens_NC: np.ndarray, ctx_P: np.ndarray, pos_P: np.ndarray,

@@ -32,15 +32,22 @@ def write_report(res: LookaheadResult, out: Path) -> Path:
                "n-gram beyond); circle: the logistic probe on [n-grams + the model's log-probs at i]; star: the same "
                "with the residual at the layer chosen on validation contexts, on test contexts")
     if all(r.nested is not None for r in res.offsets.values()):
+        n0 = next(iter(res.offsets.values())).nested
         rep.table(["token", "layer (val)", "log-lik base (nats)", "log-lik + residual", "gain [95% CI]",
-                   "acc base", "acc + residual", "acc gain [95% CI]", "floor", "floor acc", "L2 base / full",
-                   "test positions", "coverage"],
+                   "acc base", "acc + residual", "acc gain [95% CI]", "planted control gain [95% CI]", "floor",
+                   "floor acc", "L2 base / full", "fits converged", "test positions", "coverage"],
                   [[name, n.layer, n.base_loglik.mean, n.full_loglik.mean, fmt_ci(n.gain), n.base_acc.mean,
-                    n.full_acc.mean, fmt_ci(n.acc_gain), n.floor_name, n.floor.mean, f"{n.l2_base:g} / {n.l2_full:g}",
+                    n.full_acc.mean, fmt_ci(n.acc_gain), "not run" if n.planted_gain is None else fmt_ci(n.planted_gain),
+                    n.floor_name, n.floor.mean, f"{n.l2_base:g} / {n.l2_full:g}",
+                    "not recorded" if n.converged is None else " / ".join(f"{f} {'yes' if ok else 'NO'}"
+                                                                          for f, ok in n.converged.items()),
                     n.test_positions, r.coverage] for name, r in res.offsets.items() for n in [r.nested]])
         rep.text(f"The model's own top guess names the token at i+1 {fmt_ci(res.model_top1)} of the time on test "
                  f"contexts (whole vocabulary). n-gram tables counted on {res.ngram_tokens:,} tokens: every token "
-                 f"read except the test contexts; training positions' n-gram features leave their own context out.")
+                 f"read except the test {n0.split or 'contexts'}; training positions' n-gram features leave their own "
+                 f"{'document' if n0.split == 'documents' else 'context'} out. The planted control appends to the "
+                 f"residual a noisy one-hot of the target, amplitude set to add about {res.config.needed_gain:g} nats "
+                 f"to the base, and runs the same nested comparison.")
     orders = sorted(next(iter(res.offsets.values())).ngram)
     rep.table(["token"] + [f"{n}-gram acc" for n in orders] + ["n (val)"],
               [[name] + [r.ngram[n].mean for n in orders] + [r.ngram_order] for name, r in res.offsets.items()])

@@ -8,6 +8,9 @@ from superpos.hypotheses.lookahead.config import LookaheadConfig
 from superpos.hypotheses.probes.result import ProbeTarget
 from superpos.stats import Interval
 
+#: the probed contexts must hold this many documents to be split by document (else by context)
+MIN_DOCUMENTS = 8
+
 
 @dataclass(kw_only=True)
 class NestedGain:
@@ -28,6 +31,15 @@ class NestedGain:
     floor_name: str  # what the floor is: the model's own top guess (+1) or the back-off n-gram (beyond +1)
     train_positions: int
     test_positions: int
+    # (None in results from before the planted control, the warm-started fit and the split by document)
+    converged: dict[str, bool] | None = None  # "base", "full", "planted": did each fit converge
+    iterations: dict[str, int] | None = None  # ... and its L-BFGS iterations
+    planted_gain: Interval | None = None  # the nested gain of [residual + a weak noisy one-hot of the target]
+    planted_amplitude: float | None = None  # its one-hot's amplitude, set to plant about --needed-gain nats
+    split: str | None = None  # the split unit: "documents" or "contexts"
+    test_units: int | None = None  # held-out documents (or contexts) for test
+    test_contexts: int | None = None  # test contexts the intervals resample
+    ngram_tokens: int | None = None  # tokens the test-time n-gram tables were counted on
 
 
 @dataclass(kw_only=True)

@@ -3,22 +3,15 @@ from __future__ import annotations
 
 from superpos.experiment.result import Verdict
 from superpos.hypotheses.common import fmt_ci
-from superpos.hypotheses.lookahead.result import LookaheadResult, LookaheadTarget
-from superpos.stats import Interval
-
-Z_ALPHA, Z_POWER = 1.96, 0.84  # a two-sided 5 % test with 80 % power
+from superpos.hypotheses.lookahead.result import MIN_DOCUMENTS, LookaheadResult, LookaheadTarget
+from superpos.stats import MIN_CLUSTERS, min_detectable
 
 
-def min_detectable(gain: Interval) -> float:
-    """The smallest true gain a run detects with 80 % power, from its own 95 % interval's half-width: (1.96 + 0.84)
-    standard errors."""
-    return (Z_ALPHA + Z_POWER) * (gain.hi - gain.lo) / (2 * Z_ALPHA)
-
-
-def plus_one_shown(r: LookaheadTarget) -> bool:
-    """The positive control every run carries: at +1, where the residual at i holds the model's own prediction, the
-    probe with the residual beats the back-off n-gram (its interval above the n-gram's)."""
-    return r.nested.full_acc.lo > r.ngram[r.ngram_order].hi
+def planted_shown(r: LookaheadTarget) -> bool | None:
+    """The positive control: the same nested comparison with a weak noisy one-hot of the target appended to the
+    residual (planted to add about --needed-gain nats) has its gain's interval above 0; None when not run."""
+    p = r.nested.planted_gain
+    return None if p is None else bool(p.lo > 0)
 
 
 def _nested_line(name: str, r: LookaheadTarget) -> str:
@@ -42,9 +35,13 @@ def _old_line(name: str, r: LookaheadTarget) -> str:
 def verdict(res: LookaheadResult) -> Verdict:
     """YES when, for every offset beyond +1, the nested gain — the log-likelihood of the token at i + k under a
     logistic probe on [n-gram features + the model's log-probs at i] plus the residual at i (layer chosen on
-    validation contexts), minus the same probe without the residual, paired per test position — has its interval
-    over test contexts above 0; PARTLY for some such offsets; NO for none. A result without the nested comparison
-    (an older run) says so and gives the separate tests it held instead."""
+    validation), minus the same probe without the residual, paired per test position — has its interval over test
+    contexts above 0; PARTLY for some such offsets; NO for none. INSUFFICIENT POWER instead of any answer when the
+    intervals rest on fewer than ``MIN_CLUSTERS`` test contexts, and instead of NO when the minimum detectable gain
+    exceeds --needed-gain at every later offset, when the planted control (the same comparison with a weak noisy
+    one-hot of the target appended to the residual) is not detected (or not run) at every later offset, or when a
+    fit did not converge. A result without the nested comparison (an older run) says so and gives the separate
+    tests it held instead."""
     later = {name: r for name, r in res.offsets.items() if name != "+1"}
     if not all(r.nested is not None for r in res.offsets.values()):
         lines = [_old_line(name, r) for name, r in res.offsets.items()]
@@ -67,18 +64,48 @@ def verdict(res: LookaheadResult) -> Verdict:
     answer = "YES" if beyond and all(beyond.values()) else "PARTLY" if any(beyond.values()) else "NO"
     need = res.config.needed_gain
     mde = {name: min_detectable(r.nested.gain) for name, r in later.items()}
-    control = plus_one_shown(res.offsets["+1"]) if "+1" in res.offsets else None
-    lines.append(f"Power: minimum detectable nested gain (80 % power) "
+    planted = {name: planted_shown(r) for name, r in later.items()}
+    unconverged = {name: [f for f, ok in (r.nested.converged or {}).items() if not ok] for name, r in later.items()}
+    clusters = [r.nested.test_contexts for r in res.offsets.values() if r.nested.test_contexts is not None]
+    n = next(iter(res.offsets.values())).nested
+    lines.append("Power: minimum detectable nested gain (80 % power) "
                  + ", ".join(f"{name} {v:.4f}" for name, v in mde.items())
-                 + f" nats against the {need:g} the question needs; the +1 control (the probe with the residual "
-                   f"beats the n-gram at +1) {'not run' if control is None else 'shown' if control else 'NOT shown'}.")
-    weak = answer == "NO" and (control is False or (bool(mde) and all(v > need for v in mde.values())))
+                 + f" nats against the {need:g} the question needs; the planted control (the same comparison with a "
+                   f"noisy one-hot of the target, planted to add about {need:g} nats, appended to the residual) "
+                 + ", ".join(f"{name} {'not run' if r.nested.planted_gain is None else fmt_ci(r.nested.planted_gain)}"
+                             for name, r in later.items())
+                 + f" nats: {'detected' if planted and all(planted.values()) else 'NOT detected'}"
+                 + ("" if not planted or all(v is not None for v in planted.values()) else " (not run)") + ".")
+    if any(r.nested.converged is not None for r in res.offsets.values()):
+        lines.append("Fits: the probe with the residual starts at the base's solution (the base's L2 on the shared "
+                     "block) so the two are nested; "
+                     + "; ".join(f"{name} base / full / planted "
+                                 + " / ".join(f"{r.nested.iterations[f]} it. {'converged' if ok else 'NOT converged'}"
+                                              for f, ok in r.nested.converged.items())
+                                 for name, r in res.offsets.items() if r.nested.converged is not None) + ".")
+    if n.split is not None:
+        lines.append(f"Split by {n.split}: {n.test_units} held out for test, read over {min(clusters)} test contexts"
+                     + ("" if n.split == "documents" else
+                        f" (the contexts hold fewer than {MIN_DOCUMENTS} documents: the n-gram tables and the training contexts "
+                        f"may hold the rest of a test context's document)") + ".")
+    few = bool(clusters) and min(clusters) < MIN_CLUSTERS
+    reasons = []
+    if few:
+        reasons.append(f"the intervals rest on {min(clusters)} test contexts, fewer than {MIN_CLUSTERS}")
+    if answer == "NO":
+        if bool(mde) and all(v > need for v in mde.values()):
+            reasons.append(f"minimum detectable gain above {need:g} nats")
+        if not planted or not all(planted.values()):
+            reasons.append("the planted control is not " + ("run" if None in planted.values() else "detected"))
+        if any(unconverged.values()):
+            reasons.append("a fit did not converge: " + ", ".join(f"{name} {', '.join(f)}"
+                                                                for name, f in unconverged.items() if f))
+    weak = bool(reasons)
     gains = "; ".join(f"{name}: {fmt_ci(r.nested.gain)} nats (layer {r.nested.layer}; accuracy "
                       f"{r.nested.full_acc.mean:.3f} vs {r.nested.base_acc.mean:.3f} without, floor "
                       f"{r.nested.floor.mean:.3f})" for name, r in later.items())
     if weak:
-        answer = "INSUFFICIENT POWER" + (" (the +1 control is not shown)" if control is False else
-                                         f" (minimum detectable gain above {need:g} nats)")
+        answer = f"INSUFFICIENT POWER ({'; '.join(reasons)}; the gains alone would read {answer})"
     head = (f"Lookahead beyond n-grams and the model's own next-token distribution: {answer} — adding the residual at "
             f"i to a logistic probe on [n-gram features + the model's log-probs at i] raises the held-out "
             f"log-likelihood of the later token for {', '.join(n for n, ok in beyond.items() if ok) or 'no offset'} "

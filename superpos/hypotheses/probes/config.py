@@ -41,6 +41,10 @@ class ProbeConfig(ProbeSettings):
     guess_positions: int = setting(4096, "positions (drawn across all contexts, three quarters from the training "
                                          "ones) at which the input is decoded from the model's predictions at i and "
                                          "at i-1; 0: not run", parse="nonneg_int")
+    needed_difference: float = setting(0.02, "the smallest accuracy difference (x_i read from the model's prediction "
+                                              "at i minus from a bigram table p(.|x_i)) the question counts: a run "
+                                              "that finds none while its own minimum detectable difference is larger "
+                                              "reads INSUFFICIENT POWER on that answer", parse="positive_float")
     lens: str | None = tuned_lens_setting()
     lens_steps: int = lens_steps_setting()
     n_boot: int = n_boot_setting()

@@ -6,6 +6,11 @@ The decoder is the ridge probe of ``probe.py`` on the distribution's log-probabi
 (standardised features; fitted on training contexts, scored on test contexts). Per layer and lens: the accuracy
 from i, from i − 1, and their difference paired per position, with intervals over test contexts. The last residual
 layer is the model's own prediction (both lenses are the identity there).
+
+The prediction at i is computed from x_i and the one at i − 1 never saw it, so "read better from i than from i − 1"
+holds for any model whose output depends on its input. The null that asks more: a **bigram table** p(· | x_i),
+counted on the training contexts, decoded the same way — a distribution that depends on x_i with no model
+computation at all. Positions have i ≥ 2, so the distribution at i − 1 never reads the fixed BOS at 0.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import torch.nn.functional as F
 from superpos.hypotheses.probes.probe import fit_ridge_probe
 from superpos.hypotheses.probes.result import PredictionTest
 from superpos.model.residuals import ResidualSample
-from superpos.stats import Band, cluster_band
+from superpos.stats import Band, cluster_band, cluster_interval
 
 
 def decoding_layers(layers: list[int]) -> list[int]:
@@ -26,9 +31,10 @@ def decoding_layers(layers: list[int]) -> list[int]:
 
 
 def some_positions(s: ResidualSample, n: int, seed: int) -> ResidualSample:
-    """At most ``n`` of the sample's positions with i ≥ 1, drawn at random across all its contexts (the model still
-    runs over every context; the lenses read only these positions)."""
-    ok = np.flatnonzero(s.pos_P >= 1)
+    """At most ``n`` of the sample's positions with i ≥ 2 (i − 1 is a token of the text, not the BOS at 0), drawn
+    at random across all its contexts (the model still runs over every context; the lenses read only these
+    positions)."""
+    ok = np.flatnonzero(s.pos_P >= 2)
     pick = np.sort(np.random.default_rng(seed).choice(ok, size=min(n, len(ok)), replace=False))
     return s.subset(np.isin(np.arange(s.n_positions), pick))
 
@@ -66,6 +72,23 @@ def prediction_features(lm, s: ResidualSample, classes: np.ndarray, layers: list
     return {key: torch.cat(v)[torch.from_numpy(back)] for key, v in out.items()}
 
 
+def bigram_features(rows_NC: np.ndarray, x_P: np.ndarray, classes: np.ndarray) -> torch.Tensor:
+    """(P, K) log p(c | x) of a bigram table counted on ``rows_NC`` (every next token within a row), add-½ smoothed
+    over the K classes and one bucket for every other token: log((n(x, c) + ½) / (n(x) + ½ (K + 1)))."""
+    rows_NC = np.asarray(rows_NC, dtype=np.int64)
+    classes = np.asarray(classes, dtype=np.int64)
+    prev, nxt = rows_NC[:, :-1].ravel(), rows_NC[:, 1:].ravel()
+    ux, inv = np.unique(np.concatenate([prev, np.asarray(x_P, dtype=np.int64)]), return_inverse=True)
+    px, qx = inv[:len(prev)], inv[len(prev):]
+    col = np.searchsorted(classes, nxt).clip(0, len(classes) - 1)
+    known = classes[col] == nxt
+    n = np.zeros((len(ux), len(classes)))
+    np.add.at(n, (px[known], col[known]), 1)
+    total = np.bincount(px, minlength=len(ux)).astype(np.float64)
+    logp = np.log((n + 0.5) / (total[:, None] + 0.5 * (len(classes) + 1)))
+    return torch.from_numpy(logp[qx]).float()
+
+
 def prediction_test(lm, train: ResidualSample, test: ResidualSample, classes: np.ndarray, lens, ridge: float,
                     n_boot: int, seed: int, max_positions: int) -> PredictionTest:
     """Decode x_i from the lens distributions at i and at i − 1, per layer (see the module docstring), at
@@ -84,6 +107,9 @@ def prediction_test(lm, train: ResidualSample, test: ResidualSample, classes: np
     for key in f_tr:
         probe = fit_ridge_probe(f_tr[key].float(), y_tr, classes, ridge)
         right[key] = (probe.predict(f_te[key][rows].float()) == y_te).astype(float)
+    text = train.tokens_NC[np.unique(train.ctx_P)]  # the training contexts' text
+    probe = fit_ridge_probe(bigram_features(text, train.token_P, classes), y_tr, classes, ridge)
+    bigram = (probe.predict(bigram_features(text, test.token_P[keep], classes)) == y_te).astype(float)
     names = sorted({n for n, _, _ in f_tr})
     label = {"logit": "logit lens", "tuned": "tuned lens"}
 
@@ -96,4 +122,7 @@ def prediction_test(lm, train: ResidualSample, test: ResidualSample, classes: np
         at_i={label[n]: band([right[(n, layer, 0)] for layer in layers]) for n in names},
         at_previous={label[n]: band([right[(n, layer, 1)] for layer in layers]) for n in names},
         difference={label[n]: band([right[(n, layer, 0)] - right[(n, layer, 1)] for layer in layers])
-                    for n in names})
+                    for n in names},
+        bigram=cluster_interval(bigram, ctx, n_boot=n_boot, seed=seed),
+        vs_bigram={label[n]: band([right[(n, layer, 0)] - bigram for layer in layers]) for n in names},
+        test_contexts=len(np.unique(ctx)))

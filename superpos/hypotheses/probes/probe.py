@@ -97,13 +97,15 @@ def _say(msg: str) -> None:
 
 
 def probe_by_depth(sample: ResidualSample, offset: int, n_classes: int, ridge: float, seed: int, n_boot: int,
-                   pooled: bool = False) -> tuple[ProbeTarget, list[RidgeProbe]]:
-    """Held-out top-1 accuracy per layer of probes for the token at pos + offset (split by context).
+                   pooled: bool = False,
+                   held_out: ResidualSample | None = None) -> tuple[ProbeTarget, list[RidgeProbe]]:
+    """Held-out top-1 accuracy per layer of probes for the token at pos + offset (split by context; with
+    ``held_out``, ``sample`` is the training part and ``held_out`` the test part of a split made elsewhere).
 
     Returns the per-layer accuracy with CIs, the coverage and (``pooled``) the accuracy per layer of one probe
     trained on rows from all layers together; and the probes, one per layer.
     """
-    train, test = sample.split_contexts(0.75, seed=seed)
+    train, test = sample.split_contexts(0.75, seed=seed) if held_out is None else (sample, held_out)
     y_tr, y_te = train.offset_tokens(offset), test.offset_tokens(offset)
     classes = np.sort(frequent_classes(y_tr, n_classes))
     probes, per_layer = [], []

@@ -79,18 +79,27 @@ def write_report(res: ProbesResult, out: Path) -> Path:
             band(axes[0], pt.layers, pt.at_i[lens], f"{lens}: distribution at i")
             band(axes[0], pt.layers, pt.at_previous[lens], f"{lens}: distribution at i−1 (the guess for x_i)", ls="--")
             band(axes[1], pt.layers, pt.difference[lens], lens)
+        if pt.bigram is not None:
+            axes[0].axhline(pt.bigram.mean, color="k", ls=":", lw=1, label="bigram table p(·|x_i) (no model)")
         axes[0].set(xlabel="residual layer", ylabel="accuracy reading x_i", ylim=(0, 1.02))
         axes[1].axhline(0, color="k", lw=0.8)
         axes[1].set(xlabel="residual layer", ylabel="at i − at i−1")
         for ax in axes:
             ax.legend(fontsize=8)
-        rep.figure(fig, "prediction.png", "Is x_i held through the prediction made at i? A ridge probe reads x_i from "
+        rep.figure(fig, "prediction.png", "Is x_i carried by the prediction made at i? A ridge probe reads x_i from "
                    "the lens's next-token distribution at i and from the one at i−1 (the model's guess for x_i); "
-                   "the last layer is the model's own prediction. 95% CIs over test contexts")
+                   "the last layer is the model's own prediction; dotted: the same probe on a bigram table "
+                   "p(·|x_i) counted on the training contexts, which depends on x_i with no model computation. 95% "
+                   "CIs over test contexts")
         rep.table(["layer", *[f"{lens} at i" for lens in pt.at_i], *[f"{lens} at i−1" for lens in pt.at_i],
                    *[f"{lens}: at i − at i−1 [95% CI]" for lens in pt.at_i]],
                   [[layer, *[pt.at_i[n].mean[j] for n in pt.at_i], *[pt.at_previous[n].mean[j] for n in pt.at_i],
                     *[f"{pt.difference[n].mean[j]:+.3f} [{pt.difference[n].lo[j]:+.3f}, {pt.difference[n].hi[j]:+.3f}]"
                       for n in pt.at_i]] for j, layer in enumerate(pt.layers)])
+        if pt.vs_bigram is not None:
+            rep.table(["layer", *[f"{lens} at i − bigram table [95% CI]" for lens in pt.vs_bigram]],
+                      [[layer, *[f"{pt.vs_bigram[n].mean[j]:+.3f} [{pt.vs_bigram[n].lo[j]:+.3f}, "
+                                 f"{pt.vs_bigram[n].hi[j]:+.3f}]" for n in pt.vs_bigram]]
+                       for j, layer in enumerate(pt.layers)])
     rep.reproduce("probes", cfg)
     return rep.save(out)

@@ -71,6 +71,10 @@ class PredictionTest:
     at_i: dict[str, Band]  # lens ("logit lens", "tuned lens") -> per layer, accuracy from the distribution at i
     at_previous: dict[str, Band]  # ... from the distribution at i − 1
     difference: dict[str, Band]  # at i minus at i − 1, paired per position
+    # (None in results from before the bigram null)
+    bigram: Interval | None = None  # accuracy from a bigram table p(·|x_i) counted on the training contexts
+    vs_bigram: dict[str, Band] | None = None  # at i minus from the bigram table, paired per position
+    test_contexts: int | None = None  # the clusters of the intervals
 
 
 @dataclass(kw_only=True)
@@ -89,7 +93,9 @@ class ProbesVerdict(Verdict):
     decodable_mid: float
     off_to_the_side: bool
     via_guess: bool  # the i − 1 right-vs-wrong gap, beyond layer 0's, above 0
-    via_prediction: bool | None = None  # x_i read from the model's prediction at i better than from its guess at i−1
+    # x_i read from the model's prediction at i better than from a bigram table p(·|x_i) and from its guess at i−1;
+    # None: not tested, or not judged (too few test contexts, or a run that could not have seen the needed difference)
+    via_prediction: bool | None = None
 
 
 @dataclass(kw_only=True)

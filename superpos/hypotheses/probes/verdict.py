@@ -5,10 +5,18 @@ import numpy as np
 
 from superpos.hypotheses.common import fmt_ci, pct
 from superpos.hypotheses.probes.result import ProbesResult, ProbesVerdict
+from superpos.stats import MIN_CLUSTERS, min_detectable
 
 
 def _prediction(res: ProbesResult) -> tuple[bool | None, str, list[str]]:
-    """Is x_i held through the prediction made at i: (answer, headline clause, criteria lines)."""
+    """What the decoding of x_i from the prediction made at i shows: (answer, headline clause, criteria lines).
+
+    Reading x_i better from the prediction at i than from the guess made at i − 1 holds for any model whose output
+    depends on its input (the prediction at i is computed from x_i; the guess never saw it), so it decides nothing
+    alone. The answer is True when x_i is read from the model's prediction at i better than from a bigram table
+    p(·|x_i) (a distribution that depends on x_i with no model computation) and than from the guess at i − 1;
+    False when not beyond the bigram table; None when not tested or not judged (fewer than ``MIN_CLUSTERS`` test
+    contexts, or not beyond the table while the minimum detectable difference exceeds --needed-difference)."""
     pt = res.prediction
     if pt is None:
         return None, ("whether it is held through the prediction made at i was not tested (this result predates "
@@ -17,7 +25,6 @@ def _prediction(res: ProbesResult) -> tuple[bool | None, str, list[str]]:
     d = pt.difference["logit lens"].at(last)  # the last layer: the model's own prediction (no lens involved)
     at_i, prev = pt.at_i["logit lens"].at(last), pt.at_previous["logit lens"].at(last)
     resid = res.targets["current token"].acc.mean[res.layers.index(pt.layers[last])]
-    held = bool(d.lo > 0)
     lines = [f"Via the prediction made at i: a ridge probe reads x_i from the model's next-token distribution at i "
              f"{at_i.mean:.3f} [{at_i.lo:.3f}, {at_i.hi:.3f}] of the time, from its guess for x_i made at i−1 "
              f"{prev.mean:.3f} (difference {fmt_ci(d)}; the residual at layer {pt.layers[last]} itself: "
@@ -27,18 +34,45 @@ def _prediction(res: ProbesResult) -> tuple[bool | None, str, list[str]]:
         lo = [f"{layer}" for j, layer in enumerate(pt.layers) if band.lo[j] > 0]
         lines.append(f"By layer, {lens} distribution at i minus at i−1 (accuracy of reading x_i): {by}; interval "
                      f"above 0 at layers {', '.join(lo) or 'none'}.")
-    clause = (f"{'held' if held else 'not held'} through the prediction made at i (x_i read from the model's "
-              f"next-token distribution at i {at_i.mean:.3f} vs {prev.mean:.3f} from its guess for it made at i−1, "
-              f"difference {fmt_ci(d)})")
-    return held, clause, lines
+    if pt.vs_bigram is None:
+        return None, (f"whether x_i is carried by the prediction made at i beyond what any distribution that depends "
+                      f"on x_i carries was not tested (this result predates the bigram null; read from the "
+                      f"prediction at i {at_i.mean:.3f} vs {prev.mean:.3f} from the guess made at i−1, which any "
+                      f"model whose output depends on its input shows)"), lines
+    bg = pt.vs_bigram["logit lens"].at(last)
+    share = at_i.mean / resid if resid > 0 else float("nan")
+    need = res.config.needed_difference
+    mde = min_detectable(bg)
+    lines.append(f"Against a bigram table p(·|x_i) counted on the training contexts and decoded the same way (a "
+                 f"distribution that depends on x_i with no model computation): {pt.bigram.mean:.3f}; the model's "
+                 f"prediction at i minus it {fmt_ci(bg)} (minimum detectable difference {mde:.3f} against the "
+                 f"{need:g} the question counts; {pt.test_contexts} test contexts). The prediction at i is read "
+                 f"{100 * share:.0f}% as well as the residual at layer {pt.layers[last]} (the residual probe's "
+                 f"accuracy on all test positions).")
+    for lens, band in pt.vs_bigram.items():
+        lines.append(f"By layer, {lens} distribution at i minus the bigram table: "
+                     + ", ".join(f"{layer}: {band.mean[j]:+.3f}" for j, layer in enumerate(pt.layers)) + ".")
+    nums = (f"x_i read from the model's prediction at i {at_i.mean:.3f}, from a bigram table p(·|x_i) "
+            f"{pt.bigram.mean:.3f} (difference {fmt_ci(bg)}), from the guess made at i−1 {prev.mean:.3f}")
+    if pt.test_contexts is not None and pt.test_contexts < MIN_CLUSTERS:
+        return None, (f"whether the prediction made at i carries x_i beyond a bigram table is not judged "
+                      f"(INSUFFICIENT POWER: {pt.test_contexts} test contexts, fewer than {MIN_CLUSTERS}; {nums})"), lines
+    if bg.lo > 0 and d.lo > 0:
+        return True, (f"the model's prediction made at i carries x_i beyond what a bigram table p(·|x_i) carries "
+                      f"({nums})"), lines
+    if mde > need:
+        return None, (f"whether the prediction made at i carries x_i beyond a bigram table is not judged "
+                      f"(INSUFFICIENT POWER: minimum detectable difference {mde:.3f} above {need:g}; {nums})"), lines
+    return False, (f"x_i is read from the model's prediction made at i no better than from a bigram table p(·|x_i): "
+                   f"that it is read there shows only that the prediction depends on x_i ({nums})"), lines
 
 
 def verdict(res: ProbesResult) -> ProbesVerdict:
     """Four answers, each against its calibration: decodability at the middle layer (vs layer 0 and the
     nearest-embedding read-out); "off to the side" — the class means' tail share above layer 0's (interval over
-    contexts above 0) and above a random basis's; "held through the prediction made at i" — x_i read by a ridge
-    probe from the model's next-token distribution at i better than from the distribution at i−1, its guess for x_i
-    (paired difference's interval above 0; per layer for the logit and tuned lenses); and the older "via the guess
+    contexts above 0) and above a random basis's; "carried by the prediction made at i" — x_i read by a ridge
+    probe from the model's next-token distribution at i better than from a bigram table p(·|x_i) and than from the
+    distribution at i−1, its guess for x_i (paired differences' intervals above 0; see ``_prediction``); and the older "via the guess
     made at i−1" — the probe's accuracy gap between positions whose input the model had guessed at i−1 and those it
     had not, larger than at layer 0 (interval above 0)."""
     cur, g, geo, voc = res.targets["current token"], res.guess, res.geometry, res.vocabulary
@@ -102,4 +136,7 @@ def numbers(res) -> dict[str, str]:
     return {"input-token acc, layer 0 / mid / last": f"{acc.mean[0]:.3f} / {acc.mean[mid]:.3f} / {acc.mean[-1]:.3f}",
             "mid tail share − layer 0's": fmt_ci(d0), "via the guess at i−1 (gap − layer 0's)": fmt_ci(gv),
             **({} if res.prediction is None else
-               {"x_i from the prediction at i − at i−1": fmt_ci(res.prediction.difference["logit lens"].at(-1))})}
+               {"x_i from the prediction at i − at i−1": fmt_ci(res.prediction.difference["logit lens"].at(-1))}),
+            **({} if res.prediction is None or res.prediction.vs_bigram is None else
+               {"x_i from the prediction at i − from a bigram table":
+                fmt_ci(res.prediction.vs_bigram["logit lens"].at(-1))})}
