@@ -132,6 +132,9 @@ def test_token_sets_can_leave_out_the_shared_direction(peaked_llama):
     assert (token_directions(lm, "output") @ m).abs().max() > 0.1
     ab = subspace_ablation(lm, _tokens(4), 3, 2, unlikely=1e-4, remove_shared=True, progress=False)
     assert ab.shared_removed and ab.delta_nll_CS.shape == (4, 5)
+    near = subspace_ablation(lm, _tokens(4), 3, 2, unlikely=1e-4, remove_shared=True, context_cos=0.5,
+                             progress=False)  # near-duplicates of the context left out, as the run does
+    assert near.context_cos == 0.5 and near.delta_nll_CS.shape == (4, 5) and np.isfinite(near.delta_nll_CS).all()
 
 
 def test_context_so_far_lists_each_positions_context_up_to_itself():
