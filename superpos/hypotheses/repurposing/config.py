@@ -16,7 +16,7 @@ from superpos.settings import setting
 
 CHANNEL_TOP = 16  # directions chosen per layer, on the tokens' side and on the random side
 CHANNEL_MIN_MEMBER = 0.9  # a candidate token is near-impossible at this share of the selection positions or more
-RARE_MIN_MEMBER = 0.9  # a token near-impossible at this share of the positions or more is a rare token (its mean
+RARE_MIN_MEMBER = 0.9  # a token near-impossible at this share of the selection positions or more is a rare token (its mean
 # scanned direction is the rare-token direction that ``--rare-direction`` projects out)
 
 
