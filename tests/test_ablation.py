@@ -132,3 +132,31 @@ def test_token_sets_can_leave_out_the_shared_direction(peaked_llama):
     assert (token_directions(lm, "output") @ m).abs().max() > 0.1
     ab = subspace_ablation(lm, _tokens(4), 3, 2, unlikely=1e-4, remove_shared=True, progress=False)
     assert ab.shared_removed and ab.delta_nll_CS.shape == (4, 5)
+    near = subspace_ablation(lm, _tokens(4), 3, 2, unlikely=1e-4, remove_shared=True, context_cos=0.5,
+                             progress=False)  # near-duplicates of the context left out, as the run does
+    assert near.context_cos == 0.5 and near.delta_nll_CS.shape == (4, 5) and np.isfinite(near.delta_nll_CS).all()
+
+
+def test_context_so_far_lists_each_positions_context_up_to_itself():
+    from superpos.hypotheses.repurposing.ablation import context_so_far
+
+    assert context_so_far(np.array([[5, 6, 7], [8, 9, 8]])).tolist() == [
+        [5, -1, -1], [5, 6, -1], [5, 6, 7], [8, -1, -1], [8, 9, -1], [8, 9, 8]]
+
+
+def test_the_ablation_leaves_out_near_duplicates_of_the_context_as_criterion_i_does():
+    """By hand: 5 tokens in 3 dimensions, every token near-impossible. Context 0 holds token 0, whose near-duplicates
+    (|cos| ≥ 0.5) are tokens 1 (0.71) and 3 (0.9): without the exclusion the residual [1, 0.2, 0] picks token 1 (its
+    largest projection), with it token 2. Context 1 holds token 2, near-duplicate 1: its pick, token 3, stays."""
+    s = 0.5 ** 0.5
+    dirs = torch.tensor([[1.0, 0, 0], [s, s, 0], [0, 1.0, 0], [-0.9, 0, (1 - 0.81) ** 0.5], [0, 0, 1.0]])
+    tok = torch.tensor([[0, 0], [2, 2]])
+    resid = torch.tensor([[[0.0, 0, 0], [1.0, 0.2, 0]], [[0.0, 0, 0], [-1.0, -0.2, 0]]])
+    logp = torch.full((2, 2, 5), float(np.log(1e-9)))
+
+    def top(**kw):
+        subs, _ = choose_subspaces(resid, logp, tok, dirs, 1, 1e-6, torch.Generator().manual_seed(0), **kw)
+        return (subs["near_impossible_top"][:, 1, 0] @ dirs.T).argmax(-1).tolist()
+    assert top() == [1, 3]
+    assert top(context_VD=dirs, context_cos=0.5) == [2, 3]
+    assert top(context_VD=dirs, context_cos=1.0) == [1, 3]  # 1: the context tokens themselves only

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from superpos.hypotheses.repurposing.config import RepurposingConfig
 from superpos.hypotheses.repurposing.mechanisms import control_layers, detect, gated_removal, planted_control
 from superpos.model.load import load_model
 from superpos.settings import CONTROL_KINDS as CONTROLS
@@ -106,12 +107,13 @@ def test_write_profile_finds_the_block_that_writes_a_planted_mlp_push(lm):
 
     tokens = np.random.default_rng(0).integers(2, lm.model.config.vocab_size, size=(16, 48))
     a, _ = control_layers(lm.n_layers)
-    with planted_control(lm, "mlp", 1.0, seed=0):  # the same seed and batches draw the same directions again below
+    scan = RepurposingConfig()  # plant and scan in the same directions: the run's (γ ⊙ W_U, shared direction out)
+    with planted_control(lm, "mlp", 1.0, 0, scan.basis, scan.remove_shared):  # same seed and batches: same draws below
         s = sample_residuals(lm, tokens, per_context=24, progress=False)
     U, L = token_groups(final_logprobs(lm, s), 1e-4, 1e-2, s.recent_tokens(48))
-    tok, rand = scan_directions(lm, 0)
+    tok, rand = scan_directions(lm, 0, scan.basis, scan.remove_shared)
     st = layer_stats(s.at(a), s.at(lm.n_layers), U, L, tok, rand, shuffle_contexts(s.ctx_P), 5.0, 0)
-    with planted_control(lm, "mlp", 1.0, seed=0):
+    with planted_control(lm, "mlp", 1.0, 0, scan.basis, scan.remove_shared):
         wv = write_profile(lm, s, a, st["top_token"], st["top_rand"], tok, rand, U, n_boot=200)
     for by_block in (wv.mlp, wv.mlp_vs_near_impossible):  # beyond the random argmax, and beyond a random u
         assert by_block.lo[a - 1] > 0.2, by_block

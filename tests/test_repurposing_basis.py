@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from superpos.hypotheses.repurposing.ablation import mean_direction, token_directions, unit_rows, without_direction
+from superpos.hypotheses.repurposing.ablation import (
+    context_directions,
+    exclude_near_context,
+    mean_direction,
+    token_directions,
+    unit_rows,
+    without_direction,
+)
 from superpos.hypotheses.repurposing.power import criterion_i, detected, plant_token_push
 from superpos.hypotheses.repurposing.token_stats import (
-    exclude_near_context,
     layer_stats,
     off_output_part,
     rare_direction,
@@ -23,8 +29,9 @@ from superpos.hypotheses.repurposing.token_stats import (
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 
 
-def _fake_lm(W_VD, gain_D):
-    return SimpleNamespace(W_U_VD=torch.as_tensor(W_VD, dtype=torch.float32),
+def _fake_lm(W_VD, gain_D, W_E_VD=None):
+    W = torch.as_tensor(W_VD, dtype=torch.float32)
+    return SimpleNamespace(W_U_VD=W, W_E_VD=W if W_E_VD is None else torch.as_tensor(W_E_VD, dtype=torch.float32),
                            output_gain_D=lambda: torch.as_tensor(gain_D, dtype=torch.float32))
 
 
@@ -59,13 +66,32 @@ def test_near_duplicates_of_context_tokens_are_left_out_by_hand():
     U = torch.ones(3, 5, dtype=torch.bool)
     U[2, 4] = False  # already out: not counted again
     recent = np.array([[0, -1], [2, -1], [-1, -1]])
-    taken = exclude_near_context(U, recent, dirs, 0.5)
+    taken = exclude_near_context(U, recent, dirs, dirs, 0.5)  # embeddings = scanned directions (tied, γ = 1)
     # context token 0: itself, token 1 (cos 0.71) and token 3 (|cos| 0.9); context token 2: itself and token 1
     assert U.tolist() == [[False, False, True, False, True], [True, False, False, True, True],
                           [True, True, True, True, False]]
     assert taken == pytest.approx((3 + 2 + 0) / 3)
     U1 = torch.ones(3, 5, dtype=torch.bool)
-    assert exclude_near_context(U1, recent, dirs, 1.0) == 0 and U1.all()  # 1: nothing taken out here
+    assert exclude_near_context(U1, recent, dirs, dirs, 1.0) == 0 and U1.all()  # 1: nothing taken out here
+    # what a context token writes is its embedding, not its scanned direction: token 0 writes e2, whose only
+    # scanned near-duplicate is token 4 (token 3's |cos| with e2 is 0.44), so 4 leaves and 1, 3 stay
+    emb = dirs.clone()
+    emb[0] = torch.tensor([0, 0, 1.0])
+    U2 = torch.ones(1, 5, dtype=torch.bool)
+    assert exclude_near_context(U2, recent[:1], dirs, emb, 0.5) == 1 and U2.tolist() == [[True] * 4 + [False]]
+
+
+def test_context_directions_are_the_embedding_rows_in_the_scanned_space():
+    """Unit W_E rows (no γ: the gain acts at the output) with the scanned basis's shared direction projected out."""
+    g = torch.Generator().manual_seed(0)
+    W = 2 * torch.tensor([1.0, 0, 0, 0]) + torch.randn(20, 4, generator=g)
+    E = torch.randn(20, 4, generator=g)
+    gain = torch.tensor([3.0, 1, 0.5, 1])
+    lm = _fake_lm(W, gain, E)
+    m = mean_direction(W * gain)
+    ctx = context_directions(lm, "output", remove_shared=True)
+    assert torch.allclose(ctx, unit_rows(E - (E @ m)[:, None] * m), atol=1e-6) and (ctx @ m).abs().max() < 1e-5
+    assert torch.allclose(context_directions(lm, "output", remove_shared=False), unit_rows(E))
 
 
 def _world(seed: int, D: int = 32, V: int = 400, n_ctx: int = 24, per: int = 32):
@@ -184,9 +210,45 @@ def test_an_excess_that_is_the_rare_token_direction_is_not_present():
                              effect=Interval(0.0, -0.06, 0.06), detected=False)
     v = _verdict_of(replace(res, rare=gone))
     assert not v.present and not v.supported and v.rare_effect == [0.0, -0.06, 0.06]
-    assert "gone once the rare-token direction is projected out" in v.headline
+    assert v.headline.startswith("NOT SUPPORTED") and "is the rare-token direction" in v.headline
     kept = replace(gone, excess=Interval(1.0, 0.9, 1.1), effect=Interval(1.0, 0.9, 1.1), detected=True)
     assert _verdict_of(replace(res, rare=kept)).supported
+
+
+def test_when_the_rare_reading_decides_so_does_its_own_power():
+    """(i) holds in the scanned directions and not without the rare-token direction: the verdict never says (i) found
+    nothing; it is NOT SUPPORTED ("the excess is the rare-token direction") when the power measured without that
+    direction reaches the needed push, INSUFFICIENT POWER when it does not; the scanned basis's power curve does not
+    decide it (it was planted where the rare direction is still scanned)."""
+    from superpos.hypotheses.repurposing.result import RareDirectionView
+    from superpos.hypotheses.repurposing.verdict import numbers, rare_decides
+    from superpos.protocol.registry import EXPERIMENTS
+    from superpos.protocol.replication import _said
+    from superpos.stats import Interval
+
+    res = EXPERIMENTS["repurposing"].read(RESULTS / "repurposing_positive_control")  # (i) holds, no power curve
+    pw = EXPERIMENTS["repurposing"].read(RESULTS / "repurposing").power  # minimum detectable α 0.18
+    strong = replace(pw, rate=[0, 0.2, 1, 1, 1, 1], min_detectable=0.1)
+    weak = replace(pw, rate=[0, 0, 0, 0.5, 1, 1], min_detectable=0.35)
+    gone = RareDirectionView(layer=10, n_tokens=900, positions=1536, excess=Interval(0.01, -0.05, 0.07),
+                             effect=Interval(0.0, -0.06, 0.06), detected=False)
+    for scanned in (None, weak, strong):  # whatever the scanned basis's curve says
+        v = _verdict_of(replace(res, power=scanned, rare=replace(gone, power=strong)))
+        assert rare_decides(replace(res, rare=gone)) and not v.insufficient_power and not v.present
+        assert v.headline.startswith("NOT SUPPORTED") and "is the rare-token direction" in v.headline
+        assert "α ≈ 0.1 " in v.headline and v.min_detectable == 0.1 and "finds no" not in v.headline
+        v = _verdict_of(replace(res, power=scanned, rare=replace(gone, power=weak)))
+        assert v.insufficient_power and _said(v) == "INSUFFICIENT POWER" and v.min_detectable == 0.35
+        assert "finds a mid-stack excess" in v.headline and "none left" not in v.headline and "0.35" in v.headline
+    # the contradiction this replaces: a weak scanned curve and an excess that is the rare direction
+    v = _verdict_of(replace(res, power=weak, rare=gone))  # no curve without the rare direction: no power rule
+    assert not v.insufficient_power and v.headline.startswith("NOT SUPPORTED") and v.min_detectable is None
+    kept = replace(gone, effect=Interval(1.0, 0.9, 1.1), excess=Interval(1.0, 0.9, 1.1), detected=True)
+    assert not rare_decides(replace(res, rare=kept)) and _verdict_of(replace(res, power=weak, rare=kept)).supported
+    row = numbers(replace(res, power=weak, rare=replace(gone, power=strong),
+                          verdict=_verdict_of(replace(res, power=weak, rare=replace(gone, power=strong)))))
+    assert row["minimum detectable α (80 % power, planted push, without the rare-token direction)"] == "0.1"
+    assert row["minimum detectable α (80 % power, planted push)"] == "0.35"
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,17 @@ from superpos.hypotheses.common import (
 from superpos.settings import setting
 
 
-def tuned_lens_setting():
-    return setting(None, "folder of a saved tuned lens; empty: train one on the training contexts")
+def tuned_lens_setting(saved_to: str = ""):
+    """The ``--lens`` setting of an experiment that reads a tuned lens (``saved_to``: where a lens it trains goes)."""
+    return setting(None, "folder of a saved tuned lens; empty: train one on the training contexts"
+                         + (f" (saved to {saved_to})" if saved_to else ""))
 
 
-def lens_steps_setting():
-    return setting(300, "at most this many tuned-lens training steps when no --lens (it stops earlier once its "
-                        "held-out KL stops falling)", parse="positive_int")
+def lens_steps_setting(when: str = " when no --lens"):
+    """The tuned lens's training budget, declared once: ``--lens-steps`` of the experiments that read a lens, and
+    ``--steps`` of ``lenses`` itself (``when`` "": it always trains one)."""
+    return setting(300, f"at most this many tuned-lens training steps{when} (it stops earlier once its held-out KL "
+                        "stops falling)", parse="positive_int")
 
 
 @dataclass
@@ -32,8 +36,7 @@ class LensesConfig:
     contexts: int = setting(64, "contexts to read", parse="positive_int")
     context_length: int = setting(256, "tokens per context", parse="positive_int")
     per_context: int = setting(48, "positions sampled per context", parse="positive_int")
-    steps: int = setting(300, "at most this many tuned-lens training steps (it stops earlier once its held-out KL "
-                                "stops falling)", parse="positive_int")
+    steps: int = lens_steps_setting(when="")
     n_boot: int = n_boot_setting()
     seed: int = seed_setting()
     device: str = device_setting()

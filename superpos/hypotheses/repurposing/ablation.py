@@ -6,7 +6,8 @@ removing, at one middle layer, the few near-impossible directions it writes most
 more loss than removing equally many directions chosen in ways that cannot be repurposing:
 
 * ``near_impossible_top``: the ``rank`` near-impossible tokens (final probability < ``unlikely``, every token
-  already in the context excluded) whose output directions the centred residual projects on most — the tokens
+  already in the context excluded, and with ``context_cos`` < 1 every near-duplicate of one: ``exclude_near_context``,
+  as in criterion (i)) whose output directions the centred residual projects on most — the tokens
   the hypothesis says are borrowed;
 * ``other_context``: the tokens the same rule picks for a position of another context (same selection, same
   marginal distribution of directions, not this context's);
@@ -48,6 +49,7 @@ class AblationResult(NamedTuple):
     delta_nll_CS: np.ndarray  # (contexts, sets) ablated − clean, nats per token
     skipped_positions: int = 0  # positions with fewer than ``rank`` near-impossible tokens, left alone by every set
     shared_removed: bool = False  # the token sets' directions have the shared direction of all rows projected out
+    context_cos: float = 1.0  # near-duplicates of a context token (|cos| ≥ this) left out of the near-impossible ones
 
     def delta(self, name: str) -> np.ndarray:
         """The per-context loss change of one set."""
@@ -78,13 +80,19 @@ def context_tokens_mask(tok_BT: torch.Tensor, n_vocab: int) -> torch.Tensor:
 
 
 def choose_subspaces(resid_BTD: torch.Tensor, logp_BTV: torch.Tensor, tok_BT: torch.Tensor, dirs_VD: torch.Tensor,
-                     rank: int, unlikely: float, gen: torch.Generator, min_pos: int = 1) -> dict[str, torch.Tensor]:
+                     rank: int, unlikely: float, gen: torch.Generator, min_pos: int = 1,
+                     context_VD: torch.Tensor | None = None, context_cos: float = 1.0) -> dict[str, torch.Tensor]:
     """Each set's (B, T, rank, D) directions (module docstring), and the (B, T) mask of positions that have at least
-    ``rank`` near-impossible tokens (the others are left alone by every set). ``dirs_VD``: unit token directions."""
+    ``rank`` near-impossible tokens (the others are left alone by every set). ``dirs_VD``: unit token directions.
+    With ``context_VD`` (``context_directions``) and ``context_cos`` < 1, near-duplicates of the context so far leave
+    the near-impossible tokens too (``exclude_near_context``), as in criterion (i)."""
     B, T, D = resid_BTD.shape
     if B < 2:
         raise SuperposError("the other-context subspace needs at least 2 contexts per batch")
     near = (logp_BTV < np.log(unlikely)) & ~context_tokens_mask(tok_BT, logp_BTV.shape[-1])
+    if context_VD is not None and context_cos < 1:
+        exclude_near_context(near.view(B * T, -1), context_so_far(tok_BT.cpu().numpy()), dirs_VD, context_VD,
+                             context_cos)
     x = resid_BTD.float()
     x = x - x[:, min_pos:].reshape(-1, D).mean(0)  # centred: the common direction of every residual is no one's
     proj = x @ dirs_VD.T  # (B, T, V)
@@ -143,6 +151,48 @@ def token_directions(lm, basis: str = "output", remove_shared: bool = False) -> 
     return without_direction(W, mean_direction(W) if remove_shared else None)
 
 
+def context_directions(lm, basis: str, remove_shared: bool) -> torch.Tensor:
+    """Unit rows of W_E, what a context token writes into the stream, in the space ``basis`` is scanned in: with
+    ``remove_shared`` the shared direction of ``basis`` (``shared_direction``) projected out, since no scanned
+    direction sees it (γ is not applied: the final norm's gain acts at the output, not on what the embedding writes)."""
+    return without_direction(lm.W_E_VD.detach().float(), shared_direction(lm, basis) if remove_shared else None)
+
+
+def context_so_far(tok_BT: np.ndarray) -> np.ndarray:
+    """(B·T, T) the tokens of each position's context up to and including it, -1 padded (``exclude_near_context``'s
+    ``recent_PK`` for every position of a batch, rows in (b, t) order)."""
+    B, T = tok_BT.shape
+    upto = np.arange(T)[None, :] <= np.arange(T)[:, None]  # (t, s): s ≤ t
+    return np.where(upto[None], tok_BT[:, None, :], -1).reshape(B * T, T)
+
+
+def exclude_near_context(U_PV: torch.Tensor, recent_PK: np.ndarray, scan_VD: torch.Tensor, context_VD: torch.Tensor,
+                         max_cos: float, chunk: int = 64) -> float:
+    """Take out of the near-impossible masks ``U_PV`` (in place) every token u whose scanned direction ``scan_VD[u]``
+    has |cos| ≥ ``max_cos`` with what one of the position's context tokens t (``recent_PK``, -1 padded) writes into
+    the stream, ``context_VD[t]`` (``context_directions``: the raw embedding, in the scanned space): the stream
+    carries t's embedding, and with it a share of every scanned direction it leans on. Returns the mean number of
+    tokens taken out per position beyond those already out. ``max_cos`` ≥ 1 takes nothing out."""
+    if max_cos >= 1:
+        return 0.0
+    seen = np.unique(recent_PK[recent_PK >= 0])
+    near: dict[int, np.ndarray] = {}
+    for i in range(0, len(seen), chunk):
+        ids = torch.from_numpy(seen[i:i + chunk]).to(context_VD.device)
+        hit = (context_VD[ids] @ scan_VD.T.to(context_VD.device)).abs() >= max_cos
+        for t, row in zip(seen[i:i + chunk].tolist(), hit.cpu()):
+            near[t] = torch.nonzero(row)[:, 0].numpy()
+    taken = 0
+    for p in range(len(U_PV)):
+        toks = np.unique(recent_PK[p][recent_PK[p] >= 0])
+        if len(toks) == 0:
+            continue
+        cols = torch.from_numpy(np.unique(np.concatenate([near[t] for t in toks.tolist()]))).to(U_PV.device)
+        taken += int(U_PV[p, cols].sum())
+        U_PV[p, cols] = False
+    return taken / max(1, len(U_PV))
+
+
 def random_members(mask: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     """(..., k) indices of ``k`` True entries of each row of ``mask``, drawn uniformly (a row with fewer than k fills
     the rest with False entries)."""
@@ -157,18 +207,20 @@ def _nll_per_context(logits_BTV: torch.Tensor, tok_BT: torch.Tensor, min_pos: in
 
 
 def subspace_ablation(lm, tokens_NC: np.ndarray, layer: int, rank: int, *, unlikely: float = 1e-6,
-                      basis: str = "output", remove_shared: bool = False, min_pos: int = 1, batch_size: int = 4,
-                      seed: int = 0, progress: bool = True) -> AblationResult:
+                      basis: str = "output", remove_shared: bool = False, context_cos: float = 1.0, min_pos: int = 1,
+                      batch_size: int = 4, seed: int = 0, progress: bool = True) -> AblationResult:
     """Project each set's rank-``rank`` subspace out of the residual at ``layer`` (module docstring) and return
     the per-context loss change. ``rank`` 0 is the empty subspace: every change is exactly 0. With ``remove_shared``
     the token sets' directions have the shared direction of all rows projected out (``token_directions``), so that
-    no token set removes what every row has in common."""
+    no token set removes what every row has in common. ``context_cos`` < 1: near-duplicates of the context tokens
+    leave the near-impossible tokens as in criterion (i) (``exclude_near_context``)."""
     from tqdm import tqdm
 
     lm.check_layers([layer])
     if not 0 <= rank <= lm.d_model:
         raise SuperposError(f"rank {rank} outside 0..{lm.d_model}")
     dirs_VD = token_directions(lm, basis, remove_shared)
+    context_VD = context_directions(lm, basis, remove_shared) if context_cos < 1 else None
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.as_tensor(np.asarray(tokens_NC), dtype=torch.long)
     clean, deltas, skipped = [], [], 0
@@ -180,7 +232,7 @@ def subspace_ablation(lm, tokens_NC: np.ndarray, layer: int, rank: int, *, unlik
                 logits = lm.model(tok).logits
             nll0 = _nll_per_context(logits, tok, min_pos)
             subspaces, ok_BT = choose_subspaces(cap[layer], F.log_softmax(logits.float(), -1), tok, dirs_VD, rank,
-                                                unlikely, gen, min_pos)
+                                                unlikely, gen, min_pos, context_VD, context_cos)
             del logits
             skipped += int((~ok_BT[:, min_pos:]).sum())
             row = []
@@ -196,4 +248,4 @@ def subspace_ablation(lm, tokens_NC: np.ndarray, layer: int, rank: int, *, unlik
             clean.append(nll0.cpu())
             deltas.append(torch.stack(row, 1).cpu())
     return AblationResult(layer, rank, basis, SETS, torch.cat(clean).double().numpy(),
-                          torch.cat(deltas).double().numpy(), skipped, remove_shared)
+                          torch.cat(deltas).double().numpy(), skipped, remove_shared, context_cos)

@@ -11,11 +11,12 @@ from superpos.hypotheses.common import (
     out_setting,
     seed_setting,
 )
+from superpos.hypotheses.lenses.config import lens_steps_setting, tuned_lens_setting
 from superpos.settings import setting
 
 CHANNEL_TOP = 16  # directions chosen per layer, on the tokens' side and on the random side
 CHANNEL_MIN_MEMBER = 0.9  # a candidate token is near-impossible at this share of the selection positions or more
-RARE_MIN_MEMBER = 0.9  # a token near-impossible at this share of the positions or more is a rare token (its mean
+RARE_MIN_MEMBER = 0.9  # a token near-impossible at this share of the selection positions or more is a rare token (its mean
 # scanned direction is the rare-token direction that ``--rare-direction`` projects out)
 
 
@@ -38,18 +39,18 @@ class RepurposingConfig:
     remove_shared: bool = setting(True, "project the shared token direction (the mean of the scanned rows) out of "
                                         "every scanned token direction and random direction")
     context_cos: float = setting(0.5, "near-impossible groups also leave out every token whose scanned direction is "
-                                      "within this |cos| of a context token's (1: only the context tokens themselves)",
+                                      "within this |cos| of what a context token writes into the stream (its "
+                                      "embedding, in the scanned space); 1: only the context tokens themselves",
                                  parse="unit")
     rare_direction: bool = setting(True, "also read criterion (i) at the chosen layer with the rare-token direction "
-                                         "(the mean scanned direction of tokens near-impossible at ≥ 90 % of the "
-                                         "positions) projected out")
+                                         "(the mean scanned direction of tokens near-impossible at ≥ "
+                                         f"{100 * RARE_MIN_MEMBER:.0f} % of the selection positions) projected out")
     needed_push: float = setting(0.2, "largest minimum detectable push (× ‖r − μ‖, 80 % power) at which 'not found' "
                                       "is a verdict; a run whose own is larger (or has none) reads INSUFFICIENT POWER",
                                  parse="positive_float")
     z_high: float = setting(5.0, "z threshold for counting strong pushes", parse="float")
-    lens: str | None = setting(None, "folder of a saved tuned lens; empty: train one into OUT/tuned_lens")
-    lens_steps: int = setting(300, "at most this many tuned-lens training steps when no --lens (it stops earlier "
-                                   "once its held-out KL stops falling)", parse="positive_int")
+    lens: str | None = tuned_lens_setting(saved_to="OUT/tuned_lens")
+    lens_steps: int = lens_steps_setting()
     dictionary: str | None = setting(None, "SAE folder for the dictionary view (its layer is read from its metadata)")
     control: str = setting("none", "plant a control written at layer n/3 and removed at 2n/3: scanned token "
                                    "directions (positive), random directions (negative), token directions of the "

@@ -45,6 +45,7 @@ import torch
 
 from superpos.errors import SuperposError
 from superpos.hypotheses.repurposing.ablation import token_directions
+from superpos.hypotheses.repurposing.config import RepurposingConfig
 from superpos.hypotheses.repurposing.result import MechanismRow
 from superpos.settings import CONTROL_KINDS as CONTROLS
 
@@ -61,7 +62,8 @@ DESCRIPTIONS = {
     "gated": "a random token's scanned direction, removed by a gate that reads the stream (about 88 %)",
     "anti": "a random token's scanned direction, reversed rather than removed (the output carries −v)",
 }
-SCAN_DEFAULTS = {"basis": "output", "remove_shared": True, "context_cos": 0.5}  # the config's defaults
+#: what criterion (i) scans, as the config declares it by default (``basis``, ``remove_shared``, ``context_cos``)
+SCAN_DEFAULTS = {k: getattr(RepurposingConfig(), k) for k in ("basis", "remove_shared", "context_cos")}
 
 
 def control_layers(n_layers: int) -> tuple[int, int]:
@@ -161,8 +163,8 @@ def read_hooked(lm, tokens_NC, kind, alpha, layer, *, per_context, unlikely, lik
     exactly as the experiment does (the same scanned directions, near-duplicates of context tokens left out), with
     the channels chosen on half the contexts."""
     from superpos.hypotheses.lenses.lens import final_logprobs
+    from superpos.hypotheses.repurposing.ablation import context_directions, exclude_near_context
     from superpos.hypotheses.repurposing.token_stats import (
-        exclude_near_context,
         layer_stats,
         scan_directions,
         selection_mask,
@@ -176,7 +178,7 @@ def read_hooked(lm, tokens_NC, kind, alpha, layer, *, per_context, unlikely, lik
     recent = s.recent_tokens(exclude_recent or tokens_NC.shape[1])
     U, L = token_groups(final_logprobs(lm, s), unlikely, likely, recent)
     tok_VD, rand_VD = scan_directions(lm, seed, basis, remove_shared)
-    exclude_near_context(U, recent, tok_VD, context_cos)
+    exclude_near_context(U, recent, tok_VD, context_directions(lm, basis, remove_shared), context_cos)
     sel = selection_mask(s.ctx_P, 0.5, seed)
     st = layer_stats(s.at(layer), s.at(lm.n_layers), U, L, tok_VD, rand_VD, shuffle_contexts(s.ctx_P), z_high, seed,
                      channel_sel=sel)

@@ -7,6 +7,7 @@ import numpy as np
 
 from superpos.experiment.report import Report, band
 from superpos.hypotheses.lenses.report import add_lens_section
+from superpos.hypotheses.repurposing.config import RARE_MIN_MEMBER
 from superpos.hypotheses.repurposing.mechanisms import DESCRIPTIONS
 from superpos.hypotheses.repurposing.result import DictionaryView, RepurposingResult
 from superpos.stats import Band
@@ -39,8 +40,9 @@ def write_report(res: RepurposingResult, out: Path) -> Path:
         rep.text(f"Token directions: rows of {'γ ⊙ W_U (what the logits read)' if sc.basis == 'output' else 'raw W_U'}"
                  f"; the shared direction (their unit mean row; mean cos of a row with it {sc.shared_row_cos:.2f}, |cos| "
                  f"with the rows' top uncentred singular vector {sc.shared_top_cos:.3f}) "
-                 f"{'projected out of every token and random direction' if sc.shared_removed else 'kept'}. Tokens within "
-                 f"|cos| {sc.context_cos:g} of a context token in that basis left out of the near-impossible groups: "
+                 f"{'projected out of every token and random direction' if sc.shared_removed else 'kept'}. Tokens whose "
+                 f"direction is within |cos| {sc.context_cos:g} of what a context token writes into the stream (its "
+                 f"embedding row, in the scanned space) left out of the near-impossible groups: "
                  f"{sc.near_context_mean:,.1f} per position beyond the context tokens themselves.")
     if cfg.control != "none":
         a, b = res.control_layers
@@ -50,12 +52,20 @@ def write_report(res: RepurposingResult, out: Path) -> Path:
     if res.rare is not None:
         rv = res.rare
         rep.heading("Without the rare-token direction")
+        pw = rv.power
         rep.text(f"The rare-token direction is the unit mean of the scanned directions of the {rv.n_tokens:,} tokens "
-                 f"near-impossible at ≥ 90 % of the positions. Projected out of every token and random direction, "
-                 f"criterion (i) at layer {rv.layer} on the {rv.positions:,} held-out positions reads: token excess over "
-                 f"the Gaussian {_span(rv.excess, 2)}, beyond random directions {_span(rv.effect, 2)} null SDs "
-                 f"({'both CIs above 0' if rv.detected else 'not both CIs above 0'}). If the excess of (i) were that one "
-                 f"\"suppress rare tokens\" direction, it would be gone here.")
+                 f"near-impossible at ≥ {100 * RARE_MIN_MEMBER:.0f} % of the selection positions. Projected out of "
+                 f"every token and random direction, criterion (i) at layer {rv.layer} on the {rv.positions:,} held-out "
+                 f"positions reads: token excess over the Gaussian {_span(rv.excess, 2)}, beyond random directions "
+                 f"{_span(rv.effect, 2)} null SDs ({'both CIs above 0' if rv.detected else 'not both CIs above 0'}). If "
+                 f"the excess of (i) were that one \"suppress rare tokens\" direction, it would be gone here."
+                 + ("" if pw is None else
+                    " This reading decides the verdict, so its power was measured in the same directions (the push "
+                    "planted along each position's own token with the rare direction projected out): "
+                    + ", ".join(f"{100 * r:.0f} % at α {a:g}" for a, r in zip(pw.alphas, pw.rate))
+                    + f" of {pw.draws} draws; " + (f"{100 * pw.power:.0f} % power from α ≈ {pw.min_detectable:.3g}."
+                                                   if pw.min_detectable is not None else
+                                                   f"no size run reaches {100 * pw.power:.0f} % power.")))
     if res.power is not None:
         _power_section(rep, res)
     if res.mechanisms is not None:
@@ -310,8 +320,12 @@ def _ablation_section(rep: Report, res: RepurposingResult) -> None:
              f"context's own) the residual projects on most; other_context: what that rule picks at the same slot of "
              f"another context; near_impossible_random: {ab.rank} near-impossible tokens at random; likely: the model's "
              f"{ab.rank} most probable next tokens; random_directions: isotropic. Directions: {ab.basis} "
-             f"({'γ ⊙ W_U' if ab.basis == 'output' else 'W_E'}). If the stream borrows the favoured near-impossible "
-             f"directions, removing them costs more than removing another context's."
+             f"({ {'output': 'γ ⊙ W_U', 'unembedding': 'raw W_U'}.get(ab.basis, 'W_E')})"
+             + ("" if ab.context_cos is None or ab.context_cos >= 1 else
+                f"; near-impossible tokens within |cos| {ab.context_cos:g} of a context token's embedding left out, "
+                f"as in (i)")
+             + ". If the stream borrows the favoured near-impossible directions, removing them costs more than "
+               "removing another context's."
              + (f" {ab.skipped_positions:,} positions with fewer than {ab.rank} near-impossible tokens were left alone "
                 f"by every subspace." if ab.skipped_positions else ""))
     rows = [[k, ab.delta[k].mean, f"{ab.delta[k].lo:+.4f} to {ab.delta[k].hi:+.4f}",

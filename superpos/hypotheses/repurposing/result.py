@@ -34,8 +34,8 @@ class ScanView:
 @dataclass(kw_only=True)
 class RareDirectionView:
     """Criterion (i) at the chosen layer on the held-out positions with the rare-token direction (the unit mean of
-    the scanned directions of tokens near-impossible at ≥ 90 % of the positions) projected out of every token and
-    random direction (``token_stats.rare_direction``)."""
+    the scanned directions of tokens near-impossible at ≥ ``config.RARE_MIN_MEMBER`` of the selection positions)
+    projected out of every token and random direction (``token_stats.rare_direction``)."""
 
     layer: int
     n_tokens: int  # rare tokens the direction is the mean of
@@ -43,6 +43,9 @@ class RareDirectionView:
     excess: Interval  # token excess over the Gaussian null, with the direction projected out
     effect: Interval  # that beyond random directions
     detected: bool  # both CIs above 0
+    # the power curve in these directions, run when this reading decides the verdict (``verdict.rare_decides``);
+    # None otherwise and for runs before it existed
+    power: PowerView | None = None
 
 
 @dataclass(kw_only=True)
@@ -101,6 +104,7 @@ class AblationView:
     top_minus: dict[str, Interval]
     skipped_positions: int = 0  # with fewer than ``rank`` near-impossible tokens: left alone by every subspace
     shared_removed: bool | None = None  # token sets without the shared direction of all rows (runs before: None)
+    context_cos: float | None = None  # near-duplicates of context tokens left out as in (i) (runs before: None)
 
 
 @dataclass(kw_only=True)

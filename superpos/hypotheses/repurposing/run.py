@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from superpos.errors import ConfigError, SuperposError
+from superpos.hypotheses.repurposing.ablation import context_directions, exclude_near_context, without_direction
 from superpos.hypotheses.repurposing.config import RepurposingConfig
 from superpos.hypotheses.repurposing.mechanisms import (
     control_layers,
@@ -56,7 +57,6 @@ from superpos.hypotheses.repurposing.result import (
     WritesView,
 )
 from superpos.hypotheses.repurposing.token_stats import (
-    exclude_near_context,
     rare_direction,
     scan_directions,
     selection_mask,
@@ -79,7 +79,7 @@ def _say(msg: str) -> None:
 def run(cfg: RepurposingConfig) -> RepurposingResult:
     """``superpos run repurposing``: the per-layer effect with its nulls, the lens view, the verdict and report."""
     from superpos.hypotheses.lenses.lens import TunedLens, compare_lenses, final_logprobs
-    from superpos.hypotheses.repurposing.verdict import repurposing_layer
+    from superpos.hypotheses.repurposing.verdict import rare_decides, repurposing_layer
     from superpos.model.load import load_model
     from superpos.model.residuals import contexts_from_corpus, sample_residuals
 
@@ -115,7 +115,8 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
     U, L = token_groups(logp, cfg.unlikely, cfg.likely, recent)
     del logp
     dirs = scan_directions(lm, cfg.seed, cfg.basis, cfg.remove_shared)
-    scan = scan_view(lm, cfg, exclude_near_context(U, recent, dirs[0], cfg.context_cos))
+    near = exclude_near_context(U, recent, dirs[0], context_directions(lm, cfg.basis, cfg.remove_shared), cfg.context_cos)
+    scan = scan_view(lm, cfg, near)
     group_sizes = GroupSizes(near_impossible_mean=float(U.sum(1).float().mean()),
                              likely_mean=float(L.sum(1).float().mean()), vocab=int(U.shape[1]))
     ctx = sample.ctx_P
@@ -143,11 +144,17 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
     layer = res.off_layers[repurposing_layer(res)]
     test = sample.subset(held)
     U_test, L_test = U[torch.from_numpy(held)], L[torch.from_numpy(held)]
-    if cfg.rare_direction:
-        res.rare = layer_rare(lm, test, U_test, L_test, ts, layer, U, cfg)
+    # the rare-token direction from the positions that chose the layer; (i) without it is read on the others
+    u_rare, n_rare = rare_direction(ts.tok_VD, U[torch.from_numpy(sel)] if sel.any() else U) if cfg.rare_direction \
+        else (None, 0)
+    if u_rare is not None:
+        without_rare = without_direction(ts.tok_VD, u_rare), without_direction(ts.rand_VD, u_rare)
+        res.rare = layer_rare(lm, test, U_test, L_test, without_rare, layer, n_rare, cfg)
     if cfg.power_draws:
         t0 = time.perf_counter()
-        res.power = layer_power(lm, test, U_test, L_test, ts, layer, cfg)
+        res.power = layer_power(lm, test, U_test, L_test, (ts.tok_VD, ts.rand_VD), layer, cfg)
+        if res.rare is not None and rare_decides(res):  # "not found" is then read without the rare direction
+            res.rare.power = layer_power(lm, test, U_test, L_test, without_rare, layer, cfg)
         timings["power_s"] = time.perf_counter() - t0
     if cfg.ablation_rank:
         t0 = time.perf_counter()
@@ -168,14 +175,15 @@ def run(cfg: RepurposingConfig) -> RepurposingResult:
     return res
 
 
-def layer_power(lm, test, U_PV, L_PV, ts, layer: int, cfg: RepurposingConfig) -> PowerView:
-    """The power curve of criterion (i) at ``layer`` on the held-out positions (``power.power_curve``)."""
+def layer_power(lm, test, U_PV, L_PV, dirs, layer: int, cfg: RepurposingConfig) -> PowerView:
+    """The power curve of criterion (i) at ``layer`` on the held-out positions (``power.power_curve``), in the
+    scanned (token, random) directions ``dirs``: the push is planted along them and (i) reads them."""
     from tqdm import tqdm
 
     from superpos.hypotheses.repurposing.power import power_curve
 
     with tqdm(total=len(cfg.power_alphas) * cfg.power_draws, desc=f"power at layer {layer}", file=sys.stderr) as bar:
-        pc = power_curve(test.at(layer), test.at(lm.n_layers), U_PV, L_PV, ts.tok_VD, ts.rand_VD,
+        pc = power_curve(test.at(layer), test.at(lm.n_layers), U_PV, L_PV, *dirs,
                          shuffle_contexts(test.ctx_P), test.ctx_P, test.pos_P, cfg.power_alphas, layer=layer,
                          draws=cfg.power_draws, z_high=cfg.z_high, n_boot=min(cfg.n_boot, 200), seed=cfg.seed,
                          progress=bar)
@@ -198,20 +206,16 @@ def scan_view(lm, cfg: RepurposingConfig, near_context_mean: float) -> ScanView:
                     near_context_mean=near_context_mean)
 
 
-def layer_rare(lm, test, U_PV, L_PV, ts, layer: int, U_all, cfg: RepurposingConfig) -> RareDirectionView | None:
-    """Criterion (i) at ``layer`` on the held-out positions with the rare-token direction (``rare_direction``, from
-    every position's groups ``U_all``) projected out of the token and random directions; None without rare tokens."""
-    from superpos.hypotheses.repurposing.ablation import without_direction
+def layer_rare(lm, test, U_PV, L_PV, dirs, layer: int, n_tokens: int, cfg: RepurposingConfig) -> RareDirectionView:
+    """Criterion (i) at ``layer`` on the held-out positions in the scanned (token, random) directions ``dirs`` with
+    the rare-token direction (``rare_direction``, the mean of ``n_tokens`` rare tokens' directions) projected out."""
     from superpos.hypotheses.repurposing.power import criterion_i
     from superpos.hypotheses.repurposing.token_stats import layer_stats
 
-    u, n = rare_direction(ts.tok_VD, U_all)
-    if u is None:
-        return None
-    st = layer_stats(test.at(layer), test.at(lm.n_layers), U_PV, L_PV, without_direction(ts.tok_VD, u),
-                     without_direction(ts.rand_VD, u), shuffle_contexts(test.ctx_P), cfg.z_high, cfg.seed + layer)
+    st = layer_stats(test.at(layer), test.at(lm.n_layers), U_PV, L_PV, *dirs, shuffle_contexts(test.ctx_P),
+                     cfg.z_high, cfg.seed + layer)
     excess, effect = criterion_i(st, test.ctx_P, cfg.n_boot, cfg.seed)
-    return RareDirectionView(layer=layer, n_tokens=n, positions=test.n_positions, excess=excess, effect=effect,
+    return RareDirectionView(layer=layer, n_tokens=n_tokens, positions=test.n_positions, excess=excess, effect=effect,
                              detected=bool(excess.lo > 0 and effect.lo > 0))
 
 
@@ -219,8 +223,8 @@ def layer_ablation(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConfig
     """The causal subspace ablation at ``layer`` (``ablation.subspace_ablation``) with CIs over contexts."""
     from superpos.hypotheses.repurposing.ablation import subspace_ablation
 
-    ab = subspace_ablation(lm, tokens_NC, layer, cfg.ablation_rank, unlikely=cfg.unlikely,
-                           remove_shared=cfg.remove_shared, seed=cfg.seed)
+    ab = subspace_ablation(lm, tokens_NC, layer, cfg.ablation_rank, unlikely=cfg.unlikely, basis=cfg.basis,
+                           remove_shared=cfg.remove_shared, context_cos=cfg.context_cos, seed=cfg.seed)
     units = np.arange(len(tokens_NC))
 
     def ci(v):
@@ -229,7 +233,8 @@ def layer_ablation(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConfig
     return AblationView(layer=layer, rank=ab.rank, basis=ab.basis, n_contexts=len(tokens_NC),
                         clean_nll=float(ab.clean_nll_C.mean()), delta={k: ci(ab.delta(k)) for k in ab.sets},
                         top_minus={k: ci(top - ab.delta(k)) for k in ab.sets if k != "near_impossible_top"},
-                        skipped_positions=ab.skipped_positions, shared_removed=ab.shared_removed)
+                        skipped_positions=ab.skipped_positions, shared_removed=ab.shared_removed,
+                        context_cos=ab.context_cos)
 
 
 def layer_mechanisms(lm, tokens_NC: np.ndarray, layer: int, cfg: RepurposingConfig) -> MechanismsView:

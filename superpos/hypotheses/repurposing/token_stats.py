@@ -212,43 +212,16 @@ def shuffle_contexts(ctx_P: np.ndarray) -> np.ndarray:
     return perm
 
 
-def scan_directions(lm, seed: int, basis: str = "unembedding",
-                    remove_shared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def scan_directions(lm, seed: int, basis: str, remove_shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The directions the statistic scans: unit token rows of ``basis`` ("output": γ ⊙ W_U, what the logits read;
-    "unembedding": raw W_U), and as many random unit directions (the (Q) null, drawn with ``seed + 1``). With
-    ``remove_shared`` the shared token direction (the unit mean row, ``ablation.shared_direction``) is projected out
-    of both, so that tokens and random directions are compared in the same space and no token's z carries the push
-    that every row shares."""
+    "unembedding": raw W_U; the config's ``basis``), and as many random unit directions (the (Q) null, drawn with
+    ``seed + 1``). With ``remove_shared`` the shared token direction (the unit mean row, ``ablation.shared_direction``)
+    is projected out of both, so that tokens and random directions are compared in the same space and no token's z
+    carries the push that every row shares."""
     u = shared_direction(lm, basis) if remove_shared else None
     tok_VD = token_directions(lm, basis, remove_shared)
     rand_VD = torch.randn(tok_VD.shape, generator=torch.Generator().manual_seed(seed + 1)).to(tok_VD.device)
     return tok_VD, without_direction(rand_VD, None if u is None else u.to(tok_VD.device))
-
-
-def exclude_near_context(U_PV: torch.Tensor, recent_PK: np.ndarray, dirs_VD: torch.Tensor, max_cos: float,
-                         chunk: int = 64) -> float:
-    """Take out of the near-impossible masks ``U_PV`` (in place) every token whose unit direction in ``dirs_VD`` is
-    within |cos| ≥ ``max_cos`` of one of the position's context tokens (``recent_PK``, -1 padded): with tied
-    embeddings the stream carries a context token's direction, and so a share of its near-duplicates'. Returns the
-    mean number of tokens taken out per position beyond those already out. ``max_cos`` ≥ 1 takes nothing out."""
-    if max_cos >= 1:
-        return 0.0
-    seen = np.unique(recent_PK[recent_PK >= 0])
-    near: dict[int, np.ndarray] = {}
-    for i in range(0, len(seen), chunk):
-        ids = torch.from_numpy(seen[i:i + chunk]).to(dirs_VD.device)
-        hit = (dirs_VD[ids] @ dirs_VD.T).abs() >= max_cos
-        for t, row in zip(seen[i:i + chunk].tolist(), hit.cpu()):
-            near[t] = torch.nonzero(row)[:, 0].numpy()
-    taken = 0
-    for p in range(len(U_PV)):
-        toks = np.unique(recent_PK[p][recent_PK[p] >= 0])
-        if len(toks) == 0:
-            continue
-        cols = torch.from_numpy(np.unique(np.concatenate([near[t] for t in toks.tolist()])))
-        taken += int(U_PV[p, cols].sum())
-        U_PV[p, cols] = False
-    return taken / max(1, len(U_PV))
 
 
 def rare_direction(tok_VD: torch.Tensor, U_PV: torch.Tensor,

@@ -3,7 +3,7 @@ A pure function of the typed result."""
 from __future__ import annotations
 
 from superpos.errors import SuperposError
-from superpos.hypotheses.repurposing.config import CHANNEL_TOP
+from superpos.hypotheses.repurposing.config import CHANNEL_TOP, RARE_MIN_MEMBER
 from superpos.hypotheses.repurposing.result import RepurposingResult, RepurposingVerdict
 
 
@@ -24,16 +24,32 @@ def repurposing_layer(res: RepurposingResult) -> int:
     return max(mid, key=lambda j: min(c["effect"].mean[j], c["excess_tokens"].mean[j]))
 
 
+def criterion_i_found(res: RepurposingResult) -> bool:
+    """Criterion (i) in the scanned directions: at the verdict's layer (``repurposing_layer``) both the token excess
+    over the Gaussian null and the effect beyond random directions have CIs above 0."""
+    i = repurposing_layer(res)
+    return res.curves["effect"].at(i).lo > 0 and res.curves["excess_tokens"].at(i).lo > 0
+
+
+def rare_decides(res: RepurposingResult) -> bool:
+    """(i) holds in the scanned directions but not once the rare-token direction is projected out (``res.rare``):
+    the verdict then rests on the reading without that direction, and so does its power."""
+    return res.rare is not None and not res.rare.detected and criterion_i_found(res)
+
+
 def verdict(res: RepurposingResult) -> RepurposingVerdict:
     """SUPPORTED when (i) the mid-stack excess over the Gaussian null, alone and beyond random directions, has its
     CI above 0 (and, when the run read it, still does with the rare-token direction projected out) and (ii) the
     favoured near-impossible token at the peak layer is pushed at most half as hard at the output (paired drop with
     CI above 0), and falls further than the same argmax taken over random directions does (what selecting a maximum
     alone makes fall; CI above 0). The layer is chosen on the selection contexts and the CIs read on the held-out
-    ones (``repurposing_layer``). With a power curve, "not found" is stated against the smallest planted push it
-    detects, and is INSUFFICIENT POWER instead when that push exceeds ``config.needed_push`` (or no size run reaches
-    the power). Results saved before the γ ⊙ W_U basis, the rare-token reading or the power rule existed are judged
-    as they were (``scan``/``rare`` None; the power rule changes none of them)."""
+    ones (``repurposing_layer``). An excess that is gone once the rare-token direction is projected out
+    (``rare_decides``) is NOT SUPPORTED: the excess is that one direction. With a power curve, "not found" is stated
+    against the smallest planted push it detects in the directions the deciding reading scans (without the rare
+    direction when that reading decides: ``rare.power``), and is INSUFFICIENT POWER instead when that push exceeds
+    ``config.needed_push`` (or no size run reaches the power). Results saved before the γ ⊙ W_U basis, the rare-token
+    reading or the power rule existed are judged as they were (``scan``/``rare`` None; the power rule changes none of
+    them)."""
     layers, c = res.off_layers, res.curves
     mid = mid_layers(layers, res.n_layers)
     i = repurposing_layer(res)
@@ -41,7 +57,8 @@ def verdict(res: RepurposingResult) -> RepurposingVerdict:
     raw, fin = c["raw_z"].mean[i], c["final_z"].mean[i]
     sd = res.null_peak_sd[i]
     rare = res.rare
-    present = peak.lo > 0 and tok.lo > 0 and (rare is None or rare.detected)
+    rare_gone = rare_decides(res)  # (i) holds, but not without the rare-token direction
+    present = peak.lo > 0 and tok.lo > 0 and not rare_gone
     # against the same argmax over random directions (stored since the null was added; older results as they were)
     null = c["drop_vs_null"].at(i) if "drop_vs_null" in c else None
     removed = raw > 0 and drop.lo > 0 and fin <= 0.5 * raw and (null is None or null.lo > 0)
@@ -66,8 +83,9 @@ def verdict(res: RepurposingResult) -> RepurposingVerdict:
     ]
     if rare is not None:
         lines.insert(1, f"(i) without the rare-token direction (the mean direction of the {rare.n_tokens:,} tokens "
-                        f"near-impossible at ≥ 90 % of the positions, projected out of every token and random "
-                        f"direction): at layer {rare.layer}, token excess over the Gaussian {_iv(rare.excess)}, beyond "
+                        f"near-impossible at ≥ {100 * RARE_MIN_MEMBER:.0f} % of the selection positions, projected out "
+                        f"of every token and random direction): at layer {rare.layer}, token excess over the Gaussian "
+                        f"{_iv(rare.excess)}, beyond "
                         f"random directions {_iv(rare.effect)} "
                         f"({'both CIs above 0: the excess is not that one direction' if rare.detected else 'both CIs above 0: no'}).")
     channel = _channel_line(res, mid)
@@ -76,18 +94,22 @@ def verdict(res: RepurposingResult) -> RepurposingVerdict:
     ablation = _ablation_line(res)
     if ablation is not None:
         lines.append(ablation)
-    mde = res.power.min_detectable if res.power is not None else None
     if res.power is not None:
-        pw = res.power
-        lines.append(f"Power at layer {pw.layer}: a push of α × ‖r‖ toward one of each position's own near-impossible "
-                     f"tokens is detected by (i) in " + ", ".join(f"{100 * r:.0f} % (α {a:g})"
-                                                                for a, r in zip(pw.alphas, pw.rate))
-                     + f" of {pw.draws} draws; " + (f"{100 * pw.power:.0f} % power from α ≈ {mde:.3g}." if mde is not None
-                                                    else f"none of these sizes reaches {100 * pw.power:.0f} % power."))
+        lines.append(_power_line(res.power, "Power"))
+    if rare is not None and rare.power is not None:
+        lines.append(_power_line(rare.power, "Power without the rare-token direction (planted and read in those "
+                                             "directions)"))
+    power = rare.power if rare_gone else res.power  # the curve of the reading that decides "not found"
+    mde = power.min_detectable if power is not None else None
     what = res.model if res.config.control == "none" else f"the planted {res.config.control} control"
     span = f"{peak.mean:+.2f} [{peak.lo:+.2f}, {peak.hi:+.2f}]"
     need = res.config.needed_push
-    weak = not present and res.power is not None and (mde is None or mde > need)
+    weak = not present and power is not None and (mde is None or mde > need)
+    seen = (None if power is None else f"its minimum detectable push is α ≈ {mde:.3g}" if mde is not None
+            else f"no push up to α = {max(power.alphas):g} reaches {100 * power.power:.0f} % power")
+    pct = f"{100 * power.power:.0f} %" if power is not None else ""
+    bound = (f"; no push of this kind larger than α ≈ {mde:.3g} × ‖r‖ is missed ({pct} power)" if mde is not None
+             else f"; the power curve does not reach {pct} at any size run" if power is not None else "")
     if supported:
         head = (f"SUPPORTED for {what}: mid-stack residuals put extra weight on directions of tokens that are "
                 f"near-impossible in context, and it is gone by the output (layer {L}: effect {span} null SDs; the "
@@ -95,20 +117,21 @@ def verdict(res: RepurposingResult) -> RepurposingVerdict:
     elif present:
         head = (f"NOT SUPPORTED for {what}: mid-stack weight on near-impossible tokens exists (layer {L}, {span}) but "
                 f"it is not removed before the output (z {raw:+.2f} → {fin:+.2f}).")
+    elif rare_gone and weak:
+        head = (f"INSUFFICIENT POWER for {what}: (i) finds a mid-stack excess (layer {L}: {span} null SDs) but none "
+                f"once the rare-token direction is projected out (effect {_iv(rare.effect)}), and without that "
+                f"direction {seen} × ‖r − μ‖, above the {need:g} this question needs; whether anything besides that "
+                f"one direction is there is not decided.")
+    elif rare_gone:
+        head = (f"NOT SUPPORTED for {what}: the mid-stack excess (i) finds (layer {L}: {span} null SDs) is the "
+                f"rare-token direction; with it projected out no excess is left (effect {_iv(rare.effect)}"
+                f"{bound + ', planted and read without that direction' if bound else ''}).")
     elif weak:
-        seen = f"its minimum detectable push is α ≈ {mde:.3g}" if mde is not None else (
-            f"no push up to α = {max(res.power.alphas):g} reaches {100 * res.power.power:.0f} % power")
-        head = (f"INSUFFICIENT POWER for {what}: (i) finds no mid-stack excess (best layer {L}: {span} null SDs"
-                f"{'' if rare is None or peak.lo <= 0 or tok.lo <= 0 else ', none left without the rare-token direction'}"
-                f"), but {seen} × ‖r − μ‖, above the {need:g} this question needs; \"not found\" is not a verdict here.")
+        head = (f"INSUFFICIENT POWER for {what}: (i) finds no mid-stack excess (best layer {L}: {span} null SDs), but "
+                f"{seen} × ‖r − μ‖, above the {need:g} this question needs; \"not found\" is not a verdict here.")
     else:
-        pct = f"{100 * res.power.power:.0f} %" if res.power is not None else ""
-        bound = (f"; no push of this kind larger than α ≈ {mde:.3g} × ‖r‖ is missed ({pct} power)" if mde is not None
-                 else f"; the power curve does not reach {pct} at any size run" if res.power is not None else "")
-        gone = ("" if rare is None or peak.lo <= 0 or tok.lo <= 0 else
-                "; the excess (i) finds is gone once the rare-token direction is projected out")
         head = (f"NOT SUPPORTED for {what}: no mid-stack excess weight on near-impossible-token directions beyond "
-                f"the nulls (best layer {L}: {span} null SDs{gone}{bound}).")
+                f"the nulls (best layer {L}: {span} null SDs{bound}).")
     return RepurposingVerdict(supported=supported, present=present, removed=removed, headline=head, criteria=lines,
                               peak_layer=L, peak=[peak.mean, peak.lo, peak.hi], raw_z=raw, final_z=fin,
                               drop=[drop.mean, drop.lo, drop.hi], held_out=held, min_detectable=mde,
@@ -116,6 +139,15 @@ def verdict(res: RepurposingResult) -> RepurposingVerdict:
                               channel_layer=None if channel is None else channel[1],
                               channel=None if channel is None else channel[2], insufficient_power=weak,
                               rare_effect=None if rare is None else [rare.effect.mean, rare.effect.lo, rare.effect.hi])
+
+
+def _power_line(pw, label: str) -> str:
+    """One power curve (``PowerView``) as a criteria line."""
+    mde = pw.min_detectable
+    return (f"{label} at layer {pw.layer}: a push of α × ‖r‖ toward one of each position's own near-impossible "
+            f"tokens is detected by (i) in " + ", ".join(f"{100 * r:.0f} % (α {a:g})" for a, r in zip(pw.alphas, pw.rate))
+            + f" of {pw.draws} draws; " + (f"{100 * pw.power:.0f} % power from α ≈ {mde:.3g}." if mde is not None
+                                           else f"none of these sizes reaches {100 * pw.power:.0f} % power."))
 
 
 def _iv(iv) -> str:
@@ -188,8 +220,10 @@ def numbers(res) -> dict[str, str]:
     if getattr(v, "rare_effect", None) is not None:
         out["(i) effect without the rare-token direction"] = (
             f"{v.rare_effect[0]:+.2f} [{v.rare_effect[1]:+.2f}, {v.rare_effect[2]:+.2f}]")
-    pw = getattr(res, "power", None)
-    if pw is not None:
-        out[f"minimum detectable α ({100 * pw.power:.0f} % power, planted push)"] = (
-            f"{pw.min_detectable:.3g}" if pw.min_detectable is not None else f"above {max(pw.alphas):g}")
+    rare = getattr(res, "rare", None)
+    for pw, label in ((getattr(res, "power", None), ""),
+                      (None if rare is None else rare.power, ", without the rare-token direction")):
+        if pw is not None:
+            out[f"minimum detectable α ({100 * pw.power:.0f} % power, planted push{label})"] = (
+                f"{pw.min_detectable:.3g}" if pw.min_detectable is not None else f"above {max(pw.alphas):g}")
     return out
