@@ -105,12 +105,6 @@ def cluster_t_interval(values_P, groups, level: float = 0.95) -> Interval:
     return Interval(m, m - half, m + half)
 
 
-def min_detectable(iv: Interval, z_alpha=1.96, z_power=0.84) -> float:
-    """The smallest true effect a run detects with 80 % power (a two-sided 5 % test), from its own 95 % interval:
-    (z_alpha + z_power) standard errors, the standard error read off the interval's half-width."""
-    return (z_alpha + z_power) * (iv.hi - iv.lo) / (2 * z_alpha)
-
-
 def bootstrap_ci(stat, *samples, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """(stat(*samples), lower, upper): a percentile bootstrap with each sample resampled independently
     (``scipy.stats.bootstrap``), e.g. ``bootstrap_ci(np.median, a)`` or the difference of two medians."""
