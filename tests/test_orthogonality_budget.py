@@ -40,11 +40,36 @@ def test_saturating_fit_recovers_a_known_curve_and_where_it_crosses_d():
     curve = _curve({t: list(1000 * t / (t + 1e6) * (1 + 0.02 * rng.standard_normal(3))) for t in budgets})
     f = saturation(curve, 576)
     assert f.s_max == pytest.approx(1000, rel=0.05) and f.t_half == pytest.approx(1e6, rel=0.1)
-    assert f.s_max_ci[0] < 1000 < f.s_max_ci[1] and f.crosses_d_ci[0] < 1e6 * 576 / 424 < f.crosses_d_ci[1]
-    assert f.identified
-    assert f.crosses_d_at == pytest.approx(f.t_half * 576 / (f.s_max - 576)) and f.still_rising
+    assert f.s_max_ci[0] < 1000 < f.s_max_ci[1] and f.identified and f.still_rising
+    # every seed passes d between 1.2M and 4M: the crossing is interpolated there (log-linear: 1.389M on the
+    # noiseless curve), its interval over seeds inside that bracket
+    assert f.crosses_observed and f.crosses_d_at == pytest.approx(1e6 * 576 / 424, rel=0.05)
+    assert 1.2e6 < f.crosses_d_ci[0] <= f.crosses_d_at <= f.crosses_d_ci[1] < 4e6
     curve.fit = f
     assert not flattened_below(curve, 576)
+    # the same shape with t_half 4M never reaches d within 4M: each seed's own fit extrapolates to 5.43M
+    far = _curve({t: list(1000 * t / (t + 4e6) * (1 + 0.02 * rng.standard_normal(3)))
+                  for t in [400_000, 1_200_000, 4_000_000]})
+    f = saturation(far, 576)
+    assert not f.crosses_observed and f.crosses_d_ci[0] < 4e6 * 576 / 424 < f.crosses_d_ci[1]
+    assert f.crosses_d_at == pytest.approx(4e6 * 576 / 424, rel=0.1)
+
+
+def test_the_crossing_of_d_is_per_seed():
+    """Seeds whose counts pass d at different budgets: each seed's crossing by hand (log-linear between the
+    bracketing budgets), the point their geometric mean, the interval a t-interval over seeds in log tokens."""
+    from scipy import stats
+
+    curve = _curve({1_000_000: [100, 100, 100], 2_000_000: [476, 376, 276], 4_000_000: [676, 776, 876]})
+    f = saturation(curve, 576)
+    by_hand = np.array([2e6 * 2 ** ((576 - a) / (b - a)) for a, b in ((476, 676), (376, 776), (276, 876))])
+    logs = np.log(by_hand)
+    half = stats.t.ppf(0.975, 2) * logs.std(ddof=1) / np.sqrt(3)
+    assert f.crosses_observed and f.crosses_d_at == pytest.approx(np.exp(logs.mean()))
+    assert f.crosses_d_ci == pytest.approx([np.exp(logs.mean() - half), np.exp(logs.mean() + half)])
+    one_short = _curve({1_000_000: [100, 100, 100], 2_000_000: [476, 376, 100], 4_000_000: [676, 776, 110]})
+    f = saturation(one_short, 576)  # a seed that levels off far below d: no finite upper bound
+    assert not f.crosses_observed and f.crosses_d_ci[1] == np.inf
 
 
 def test_a_flattened_curve_below_d_and_one_still_rising():

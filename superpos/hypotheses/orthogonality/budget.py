@@ -18,8 +18,6 @@ from superpos.hypotheses.orthogonality.census import atom_census, live_atoms, re
 from superpos.hypotheses.orthogonality.config import OrthogonalityConfig
 from superpos.hypotheses.orthogonality.result import BudgetCurve, BudgetPoint, Saturation
 
-FIT_DRAWS = 4000  # parametric-bootstrap draws for the crossing budget's interval
-
 
 def budget_layers(cfg: OrthogonalityConfig, layers: list[int]) -> list[int]:
     """The layers of the budget sweep: ``budget_layers``, or the middle of the sweep's layers."""
@@ -103,7 +101,7 @@ def budget_sweep(store, layer: int, folder: Path, cfg: OrthogonalityConfig,
     curve = BudgetCurve(layer=layer, expansion=expansion, n_atoms=n_atoms, rows=train_rows,
                         tokens_per_s=trained / seconds if seconds else 0.0, points=points,
                         planted_atoms=None if truth is None else len(truth))
-    curve.fit = saturation(curve, store.d_model, seed=cfg.seed)
+    curve.fit = saturation(curve, store.d_model)
     return curve
 
 
@@ -148,15 +146,16 @@ def _fit_curve(T: np.ndarray, S: np.ndarray):
     return popt, pcov
 
 
-def saturation(curve: BudgetCurve, d: int, seed: int = 0) -> Saturation | None:
+def saturation(curve: BudgetCurve, d: int) -> Saturation | None:
     """S(T) = s_max · T / (T + t_half) through the stable nearly orthogonal counts; None with fewer than three
     budgets (two parameters need a third point to be tested).
 
     The budgets of one seed are one nested run, so seeds are the unit that varies: "still rising" is a paired
     test — the per-seed increase from the second-to-last to the last budget, its 95 % t-interval above 0 — and
-    s_max's interval is a t-interval over per-seed refits. The point estimates and the crossing of d come from the
-    fit through every (budget, seed) count, the crossing's interval from a parametric bootstrap of that fit (draws
-    with t_half ≤ 0 rejected). ``identified`` is False where any fit fails or is singular, or the half-way point
+    s_max's and t_half's intervals are t-intervals over per-seed refits, their point estimates the fit through every
+    (budget, seed) count. The crossing of d is taken per seed (``crossing``: observed where the seed's counts pass
+    d, its own fit's extrapolation otherwise), and given as the geometric mean with a t-interval in log tokens over
+    seeds; where some seed never reaches d, the pooled fit's crossing with no upper bound. ``identified`` is False where any fit fails or is singular, or the half-way point
     lies beyond ten times the largest budget (the counts still grow about linearly)."""
     from superpos.stats import t_interval
 
@@ -183,14 +182,33 @@ def saturation(curve: BudgetCurve, d: int, seed: int = 0) -> Saturation | None:
     identified = bool(finite and popt[1] <= 10 and max(t_seeds) <= 10 * scale)
     _, s_lo, s_hi = t_interval(s_seeds) if len(s_seeds) > 1 and np.isfinite(s_seeds).all() else (0, 0.0, np.inf)
     _, t_lo, t_hi = t_interval(t_seeds) if len(t_seeds) > 1 and np.isfinite(t_seeds).all() else (0, 0.0, np.inf)
-    at, ci = (t_half * d / (s_max - d), None) if s_max > d else (None, None)
-    if at is not None and np.isfinite(pcov).all():
-        draws = np.random.default_rng(seed).multivariate_normal(popt, pcov, size=4 * FIT_DRAWS, check_valid="ignore")
-        draws = draws[draws[:, 1] > 0][:FIT_DRAWS]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            cross = np.sort(np.where(draws[:, 0] > d, draws[:, 1] * scale * d / (draws[:, 0] - d), np.inf))
-        n = len(cross)  # order statistics: the draws that never reach d (inf) stay at the top
-        ci = [float(cross[int(0.025 * n)]), float(cross[max(0, int(0.975 * n) - 1)])] if n else None
+    cross = np.array([crossing(budgets, by_seed[:, j], per_seed[j], scale, d) for j in range(by_seed.shape[1])])
+    observed = bool((by_seed.max(0) > d).all())
+    at, ci = None, None
+    if np.isfinite(cross).all():  # a geometric mean and a t-interval in log tokens (crossings are positive)
+        log_at, lo, hi = t_interval(np.log(cross)) if len(cross) > 1 and np.ptp(cross) > 0 else (
+            (np.log(cross[0]),) * 3)
+        at, ci = float(np.exp(log_at)), [float(np.exp(lo)), float(np.exp(hi))]
+    elif s_max > d:  # some seed never reaches d: the pooled fit's crossing, with no finite upper bound
+        at = t_half * d / (s_max - d)
+        ci = [float(cross[np.isfinite(cross)].min()) if np.isfinite(cross).any() else at, float("inf")]
     return Saturation(s_max=s_max, s_max_ci=[max(0.0, float(s_lo)), float(s_hi)], t_half=t_half,
                       t_half_ci=[max(0.0, float(t_lo)), float(t_hi)], crosses_d_at=None if at is None else float(at),
-                      crosses_d_ci=ci, still_rising=rising, identified=identified)
+                      crosses_d_ci=ci, still_rising=rising, identified=identified,
+                      crosses_observed=observed)
+
+
+def crossing(budgets: np.ndarray, counts: np.ndarray, fit, scale: float, d: int) -> float:
+    """One seed's budget at which its count reaches d: where it is observed, interpolated linearly in log tokens
+    between the last budget below d and the first above (the first budget itself when that is already above);
+    otherwise its own saturating fit's t_half·d/(s_max − d); inf where that fit never reaches d (or failed)."""
+    above = np.flatnonzero(counts > d)
+    if len(above):
+        i = above[0]
+        if i == 0:
+            return float(budgets[0])
+        w = (d - counts[i - 1]) / (counts[i] - counts[i - 1])
+        return float(np.exp(np.log(budgets[i - 1]) + w * (np.log(budgets[i]) - np.log(budgets[i - 1]))))
+    if fit is None or not fit[0][0] > d:
+        return float("inf")
+    return float(fit[0][1] * scale * d / (fit[0][0] - d))

@@ -99,8 +99,8 @@ class BudgetPoint:
 class Saturation:
     """Stable nearly-orthogonal atoms against training tokens T: S(T) = s_max · T / (T + t_half) by least squares
     on every (budget, seed) count; 95 % t-intervals over per-seed refits (the seeds are the unit that varies: one
-    nested run each); the budget at which S would reach d with its interval (parametric bootstrap of the pooled
-    fit; None where S never reaches d, inf as an upper bound when some draws never do)."""
+    nested run each); the budget at which the count reaches d with its interval (t-interval in log tokens over the
+    per-seed crossings; None where S never reaches d, inf as an upper bound when some seed never does)."""
 
     s_max: float
     s_max_ci: list[float]
@@ -111,6 +111,7 @@ class Saturation:
     still_rising: bool  # the per-seed increase to the last budget has its 95 % t-interval above 0 (paired)
     identified: bool = True  # False: a fit failed or is singular, or t_half lies beyond 10 × the largest budget
     # (the counts still grow about linearly: no level is identified, and the crossing is the line's)
+    crosses_observed: bool = False  # every seed's count passes d within the budgets: the crossing is interpolated
 
 
 @dataclass(kw_only=True)

@@ -66,9 +66,11 @@ def describe_budget(curve, d: int) -> str:
                 + ("is not identified" if not f.identified else "has an interval reaching d" if f.s_max_ci[1] >= d
                    else "the counts' last rise leaves open"))
     else:
-        tail = (f"would reach d = {d} at {_millions(f.crosses_d_at)} tokens (95 % interval "
-                f"{_millions(f.crosses_d_ci[0])}–{_millions(f.crosses_d_ci[1])})")
-        if curve.tokens_per_s:
+        ci = f"95 % interval over seeds {_millions(f.crosses_d_ci[0])}–{_millions(f.crosses_d_ci[1])}"
+        tail = (f"passes d = {d} within the budgets tried, at about {_millions(f.crosses_d_at)} tokens (interpolated "
+                f"between budgets per seed; {ci})" if f.crosses_observed else
+                f"would reach d = {d} at {_millions(f.crosses_d_at)} tokens ({ci})")
+        if curve.tokens_per_s and not f.crosses_observed:
             tail += (f", {f.crosses_d_at / curve.tokens_per_s / 3600:,.2g} h of training per seed at this run's "
                      f"{curve.tokens_per_s:,.0f} tokens/s")
     shape = (f"saturating fit s_max {f.s_max:,.0f} [{f.s_max_ci[0]:,.0f}, {f.s_max_ci[1]:,.0f}], half-way at "
