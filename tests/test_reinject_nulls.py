@@ -11,24 +11,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from superpos.hypotheses.reinject.config import ReinjectConfig
-from superpos.hypotheses.reinject.result import CachedCheck, MatchedNull, NullComparison, Premise, ReinjectResult
-from superpos.hypotheses.reinject.run import (
+from superpos.hypotheses.reinject.analysis import (
     TEMPERATURE_GRID,
-    _effect,
-    _late_minus_early,
     choose,
+    effect,
     fifth_temperatures,
     frequency_bands,
-    interpolation,
     judge,
+    late_minus_early,
     matched_temperature,
-    next_token_stats,
     split_positions,
-    teacher_forced,
-    temperature_sweep,
     within_bands,
 )
+from superpos.hypotheses.reinject.config import ReinjectConfig
+from superpos.hypotheses.reinject.result import CachedCheck, MatchedNull, NullComparison, Premise, ReinjectResult
+from superpos.hypotheses.reinject.run import interpolation, next_token_stats, teacher_forced, temperature_sweep
 from superpos.hypotheses.reinject.verdict import verdict
 from superpos.hypotheses.token_table import token_means
 from superpos.model.load import load_model
@@ -196,12 +193,12 @@ def _judge(pos, clean, setting, temp_null, mean_null, deranged, cfg=CFG) -> Rein
     fifths = [[1.0] * cfg.n_bins] * 2
 
     def null(h, delta):
-        return MatchedNull(parameter=1.0, entropy=pos.selection_mean(h), effect=_effect(delta, pos.ctx, pos.bins, cfg),
+        return MatchedNull(parameter=1.0, entropy=pos.selection_mean(h), effect=effect(delta, pos.ctx, pos.bins, cfg),
                            temperatures=fifths, entropy_fifths=pos.judging_fifths(h, cfg.n_bins))
 
     res = ReinjectResult(
         config=cfg, model="by hand", layers=[2], clean_loss=float(clean.mean()), bin_edges=pos.edges,
-        premise=premise, effects={"mean w=0.1": _effect(d, pos.ctx, pos.bins, cfg)}, chosen="mean w=0.1",
+        premise=premise, effects={"mean w=0.1": effect(d, pos.ctx, pos.bins, cfg)}, chosen="mean w=0.1",
         judged=judged, vs_null=vs_null, cached=CachedCheck(contexts=1, tokens=2, max_abs_diff=0.0, delta=0.0),
         samples=[], entropy={"clean": 0.0, "mean w=0.1": pos.selection_mean(true_H)},
         entropy_fifths={"mean w=0.1": pos.judging_fifths(true_H, cfg.n_bins)},
@@ -340,7 +337,7 @@ def test_only_positions_whose_token_has_a_representation_are_scored():
     d_P = delta[:, 1:].reshape(-1).copy()
     d_P[unscored] = 99.0  # whatever happens at the positions that are not scored does not count
     delta[:, 1:] = d_P.reshape(N, T - 1)
-    eff = _effect(pos.flat(delta), pos.ctx, pos.bins, CFG)
+    eff = effect(pos.flat(delta), pos.ctx, pos.bins, CFG)
     assert np.isclose(eff.overall.mean, (setting[0] - clean)[:, 1:].reshape(-1)[~unscored].mean())
 
 
@@ -357,14 +354,14 @@ def test_premise_within_bands_removes_a_mix_of_token_types():
     right = {1: np.ones(len(ctx)), 3: (rng.random(len(ctx)) < np.where(rare, 0.5, 0.9)).astype(float)}
     top, bottom = bins == 4, bins == 0
     cfg = ReinjectConfig(n_boot=200)
-    across = _late_minus_early(right, ctx, top, bottom, [3], cfg)
+    across = late_minus_early(right, ctx, top, bottom, [3], cfg)
     assert across.hi < 0  # across bands: looks MET
     for band in (rare, ~rare):
-        within = _late_minus_early(right, ctx, top & band, bottom & band, [3], cfg)
+        within = late_minus_early(right, ctx, top & band, bottom & band, [3], cfg)
         assert within.lo < 0 < within.hi  # within a band: nothing
     # the bands pooled, each band's mean removed: nothing either — and the verdict says MET across types only
     bands = np.where(rare, 0, 1)
-    pooled = _late_minus_early(within_bands(right, np.ones(len(ctx), bool), bands, 2), ctx, top, bottom, [3], cfg)
+    pooled = late_minus_early(within_bands(right, np.ones(len(ctx), bool), bands, 2), ctx, top, bottom, [3], cfg)
     assert pooled.lo < 0 < pooled.hi
     res = _supported()
     res.premise = replace(res.premise, late_minus_early=across, within=pooled)
