@@ -229,6 +229,11 @@ def test_the_three_answers_of_the_calibrated_verdict():
     assert v.answer == "NOT SHOWN AT THIS BUDGET" and v.supported is None
     v = calibrated_verdict(_run("none", rising), controls(strong))  # the real curve may still cross d
     assert v.answer == "NOT SHOWN AT THIS BUDGET"
+    unrecovered = _curve(dict(zip(budgets, ([300, 310, 305], [700, 710, 690], [900, 905, 910]))))
+    unrecovered.points[-1].recovered = seed_values([900, 400, 950])  # one seed recovers fewer than d planted atoms
+    unrecovered.planted_atoms = 9216
+    v = calibrated_verdict(_run("none", flat), controls(unrecovered))
+    assert v.answer == "NOT SHOWN AT THIS BUDGET" and any("400 of" in line for line in v.criteria)
     short = _curve(dict(zip((400_000, 1_200_000, 2_000_000), ([300, 310, 305], [700, 710, 690], [900, 905, 910]))))
     assert calibrated_verdict(_run("none", flat), controls(short)).answer == "NOT SHOWN AT THIS BUDGET"  # not the same budget
     v = calibrated_verdict(_run("none", flat), controls(strong, null_supported=True))

@@ -199,7 +199,7 @@ def _budget(rep: Report, res, controls: dict, plt) -> None:
             ax.plot(t, [_worst(p.atoms.stable_orthogonal.values) for p in c.points], "o",
                     ls=STYLES.get(r.config.control, "-"), label=name)
         f = curve.fit
-        if f is not None:
+        if f is not None and f.identified:  # an unidentified fit is not a curve worth drawing
             t = np.geomspace(curve.points[0].tokens, max(curve.points[-1].tokens, f.crosses_d_at or 0) * 1.05, 100)
             ax.plot(t, f.s_max * t / (t + f.t_half), color="k", lw=0.8, label="saturating fit (real)")
         ax.axhline(d, color="gray", ls=":", label="d")
@@ -207,7 +207,8 @@ def _budget(rep: Report, res, controls: dict, plt) -> None:
                title=f"layer {curve.layer}")
     axes[0][0].legend(fontsize=7)
     rep.figure(fig, "budget.png", "Stable nearly orthogonal atoms against training tokens: the real layer, the "
-                                  "nulls and both plants, with the real curve's saturating fit")
+                                  "nulls and both plants, with the real curve's saturating fit where it "
+                                  "identifies a level")
     for curve in res.budget:
         rep.text("- " + describe_budget(curve, d))
     rep.text("Criterion (ii)'s sensitivity at the largest budget: stable nearly orthogonal atoms (worst seed) when a "

@@ -23,6 +23,15 @@ def exponential_fit(res: OrthogonalityResult, name: str = "embedding (centred)")
     return fit
 
 
+def pct1(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def n_seeds(res) -> int:
+    """The seeds the census matched atoms across (dictionaries trained elsewhere count one each)."""
+    return len(res.config.external) if res.config.external else res.config.seeds
+
+
 SUPPORTED, NOT_SUPPORTED, NOT_SHOWN = "SUPPORTED", "NOT SUPPORTED", "NOT SHOWN AT THIS BUDGET"
 GAIN_RATIO = 16  # min_gain is stated for this size ratio; other ratios need the same gain per doubling
 
@@ -54,6 +63,19 @@ def _millions(tokens: float) -> str:
     return "∞" if not np.isfinite(tokens) else f"{tokens / 1e6:,.1f}M"
 
 
+def growth(curve) -> str:
+    """How the worst-seed counts grow with tokens, in words, where the saturating form finds no level."""
+    first, last = curve.points[0], curve.points[-1]
+    a, b = worst_seed_count(first), worst_seed_count(last)
+    if b == 0:
+        return "no stable nearly orthogonal atoms at any budget"
+    if a > 0 and b / a > 1.2 * last.tokens / first.tokens:
+        return (f"the counts grow faster than the tokens — {b / a:,.0f}× for {last.tokens / first.tokens:g}× the "
+                f"tokens — so the saturating form does not fit")
+    return "the counts still grow about linearly with tokens: the fit's half-way point lies beyond ten times the " \
+           "largest budget"
+
+
 def describe_budget(curve, d: int) -> str:
     """One layer's budget curve in words: the worst-seed count at each budget and where the saturating fit goes."""
     counts = ", ".join(f"{worst_seed_count(p):,} at {p.tokens / 1e6:g}M" for p in curve.points)
@@ -74,9 +96,7 @@ def describe_budget(curve, d: int) -> str:
             tail += (f", {f.crosses_d_at / curve.tokens_per_s / 3600:,.2g} h of training per seed at this run's "
                      f"{curve.tokens_per_s:,.0f} tokens/s")
     shape = (f"saturating fit s_max {f.s_max:,.0f} [{f.s_max_ci[0]:,.0f}, {f.s_max_ci[1]:,.0f}], half-way at "
-             f"{f.t_half / 1e6:,.2f}M tokens" if f.identified else
-             "no level identified yet (the counts still grow about linearly with tokens: the fit's half-way point "
-             "lies beyond ten times the largest budget)")
+             f"{f.t_half / 1e6:,.2f}M tokens" if f.identified else f"no level identified ({growth(curve)})")
     return (f"Layer {curve.layer}, budget sweep ({curve.n_atoms:,} atoms, {len(curve.points)} budgets from one "
             f"nested run per seed): stable nearly orthogonal atoms in the worst seed {counts} tokens; {shape}, "
             f"{'still rising' if f.still_rising else 'no longer rising'} at the last budget; it {tail}.")
@@ -92,18 +112,23 @@ def verdict(res: OrthogonalityResult) -> OrthogonalityVerdict:
     a count below d on its own rules nothing out; that needs the realistic plant to resolve more than d atoms at a
     budget where the real count has flattened below d (``calibrated_verdict``)."""
     cfg, d = res.config, res.d_model
-    lines, passed, gains, counts = [], {}, {}, {}
+    lines, passed, gains, counts, shown = [], {}, {}, {}, {}
     curves = {c.layer: c for c in res.budget or []}
     for lay in res.layers:
         first, last, a = lay.sizes[0], lay.sizes[-1], lay.atoms
         need = gain_needed(last.expansion / first.expansion, cfg.min_gain)
         gain_ok = lay.gain.mean >= need
-        n_orth = min(a.stable_orthogonal.values)
-        if lay.layer in curves:
-            n_orth = max([n_orth, *map(worst_seed_count, curves[lay.layer].points)])
+        n_orth, at_tokens = min(a.stable_orthogonal.values), cfg.fit_tokens
+        for p in curves[lay.layer].points if lay.layer in curves else []:
+            if worst_seed_count(p) > n_orth:
+                n_orth, at_tokens = worst_seed_count(p), p.tokens
         many = n_orth > d
         passed[lay.layer] = gain_ok and many
         gains[lay.layer], counts[lay.layer] = gain_ok, n_orth
+        shown[lay.layer] = (f"layer {lay.layer}: {n_orth:,.0f} in the worst seed ({n_orth / d:.2f}× d) after "
+                            f"{at_tokens / 1e6:g}M training tokens, with held-out FVU {pct1(lay.gain.mean)} lower "
+                            f"at {last.expansion}× than at {first.expansion}× (95% CI {pct1(lay.gain.lo)}–"
+                            f"{pct1(lay.gain.hi)}; needs ≥ {pct1(need)})")
         lines.append(
             f"Layer {lay.layer}: (i) held-out FVU {first.fvu.mean:.3f} at {first.expansion}× → {last.fvu.mean:.3f} at "
             f"{last.expansion}×, a {pct(lay.gain.mean)} gain (95% CI over {len(lay.gain.values)} seeds "
@@ -122,10 +147,12 @@ def verdict(res: OrthogonalityResult) -> OrthogonalityVerdict:
     where = f"{res.model}" if res.config.control == "none" else f"a {res.config.control} surrogate of {res.model}"
     at = ", ".join(str(k) for k in passed)
     if supported:
-        shown = ", ".join(f"{counts[k] / d:.1f}× d at layer {k}" for k in passed)
+        text = f" on {cfg.corpus}" if cfg.corpus and not cfg.store and cfg.control == "none" else ""
         answer, head = SUPPORTED, (
-            f"SUPPORTED: layers {at} of {where} use more than d = {d} nearly orthogonal directions (seed-stable atoms "
-            f"with pairwise |cos| ≤ {cfg.orth_eps}: {shown}), and more atoms keep paying off.")
+            f"SUPPORTED at layer{'s' if len(passed) > 1 else ''} {at} of {where}{text} (these layers of this model "
+            f"only): in every seed more than d = {d} of a {max(cfg.expansions)}× TopK SAE's atoms (k = {cfg.k}) are "
+            f"live, seed-stable (partner |cos| ≥ {cfg.stable_cos} in {cfg.stable_seeds} of {n_seeds(res)} seeds) "
+            f"and pairwise |cos| ≤ {cfg.orth_eps} — " + "; ".join(shown.values()) + ".")
     elif no_gain:
         answer, head = NOT_SUPPORTED, (
             f"NOT SUPPORTED at layer(s) {', '.join(map(str, no_gain))} of {where} (d = {d}): more atoms do not pay "
@@ -236,17 +263,20 @@ def calibrated_verdict(real: OrthogonalityResult,
                 continue
             resolved = worst_seed_count(plant.points[-1])
             rec = plant.points[-1].recovered
+            found = int(min(rec.values)) if rec else None
             lines.append(f"Layer {curve.layer}, {n} at {plant.points[-1].tokens:,} tokens: {resolved:,} stable nearly "
                          f"orthogonal atoms in the worst seed ({resolved / d:.1f}× d)"
-                         + (f"; {rec.mean:,.0f} of its {plant.planted_atoms:,} planted atoms recovered" if rec else "")
+                         + (f"; {found:,} of its {plant.planted_atoms:,} planted atoms recovered in the worst seed"
+                            if rec else "")
                          + f"; the real curve {'has' if flattened_below(curve, d) else 'has not'} flattened below d.")
-            if resolved > d and flattened_below(curve, d) and plant.points[-1].tokens == curve.points[-1].tokens:
+            if (resolved > d and (found is None or found > d) and flattened_below(curve, d)
+                    and plant.points[-1].tokens == curve.points[-1].tokens):
                 ruled_out.append(curve.layer)
     if not controls_ok:
         answer, head = None, "NOT CALIBRATED: a control did not come out as it must, so the real verdict cannot be trusted."
     elif real.verdict.supported and beats:
         answer, head = SUPPORTED, (
-            f"SUPPORTED, calibrated: {real.verdict.headline.removeprefix('SUPPORTED: ')} The nulls (same covariance, "
+            f"SUPPORTED, calibrated, {real.verdict.headline.removeprefix('SUPPORTED ')} The nulls (same covariance, "
             f"no sparse features) come out not SUPPORTED, planted superposition SUPPORTED, and the real layers beat "
             f"both nulls with 95% CIs over seeds.")
     elif real.verdict.supported is False:
