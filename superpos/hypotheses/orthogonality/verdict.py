@@ -148,11 +148,12 @@ def verdict(res: OrthogonalityResult) -> OrthogonalityVerdict:
     at = ", ".join(str(k) for k in passed)
     if supported:
         text = f" on {cfg.corpus}" if cfg.corpus and not cfg.store and cfg.control == "none" else ""
+        scope = " (these layers of this model only)" if cfg.control == "none" else ""
         answer, head = SUPPORTED, (
-            f"SUPPORTED at layer{'s' if len(passed) > 1 else ''} {at} of {where}{text} (these layers of this model "
-            f"only): in every seed more than d = {d} of a {max(cfg.expansions)}× TopK SAE's atoms (k = {cfg.k}) are "
-            f"live, seed-stable (partner |cos| ≥ {cfg.stable_cos} in {cfg.stable_seeds} of {n_seeds(res)} seeds) "
-            f"and pairwise |cos| ≤ {cfg.orth_eps} — " + "; ".join(shown.values()) + ".")
+            f"SUPPORTED at layer{'s' if len(passed) > 1 else ''} {at} of {where}{text}{scope}: in every seed more "
+            f"than d = {d} of a {max(cfg.expansions)}× TopK SAE's atoms (k = {cfg.k}) are live, seed-stable (partner "
+            f"|cos| ≥ {cfg.stable_cos} in {cfg.stable_seeds} of {n_seeds(res)} seeds) and pairwise |cos| ≤ "
+            f"{cfg.orth_eps} — " + "; ".join(shown.values()) + ".")
     elif no_gain:
         answer, head = NOT_SUPPORTED, (
             f"NOT SUPPORTED at layer(s) {', '.join(map(str, no_gain))} of {where} (d = {d}): more atoms do not pay "
