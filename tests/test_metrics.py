@@ -75,3 +75,29 @@ def test_streaming_metrics_match_in_memory(tiny_models, tmp_path):
     assert res.l0 == pytest.approx(metrics.l0(sae.transform(x)), rel=1e-9)
     pca = PCA(n_components=5).fit(x)
     assert res.fvu < 1.0 and pca.explained_variance_score(x) < 1.0
+
+
+def test_fvu_on_typical_rows_leaves_out_attention_sink_rows(tmp_path):
+    """Three rows of a thousand with norms ~1000× the rest hold nearly all the variance: the all-row FVU of a
+    dictionary that reconstructs them exactly is tiny whatever it does elsewhere, while the typical-row FVU is the
+    hand-computed FVU of the other rows."""
+    from superpos.store.surrogates import write_store
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 8)).astype(np.float32)
+    sinks = [150, 420, 910]  # not at position 0 of a context (rows 0, 100, …), which evaluation skips anyway
+    x[sinks] = 1000 * rng.standard_normal((3, 8))
+    path = write_store({1: x}, tmp_path / "s.h5", description="sinks", context_length=100)
+
+    class Half(_Exact):  # exact on the sink rows, half of every other row
+        def decode(self, codes):
+            big = codes.norm(dim=1, keepdim=True) > 100
+            return torch.where(big, codes, codes / 2)
+
+    with ActivationStore(path) as store:
+        kept = store.pos >= 1
+        res = metrics.reconstruction_metrics(Half(8), store, 1, batch_size=1000, progress=False)
+    rows = x[kept]
+    typical = np.linalg.norm(rows, axis=1) < 100
+    assert res.n_outliers == 3 and res.fvu < 0.01
+    assert res.fvu_typical == pytest.approx(metrics.fvu(rows[typical], rows[typical] / 2), rel=1e-6)

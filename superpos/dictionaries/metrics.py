@@ -86,6 +86,8 @@ class EvalResult:
     l0: float
     dead_fraction: float
     dense_fraction: float
+    fvu_typical: float | None = None  # FVU over the typical rows: norm ≤ OUTLIER_NORM × the median (first batch)
+    n_outliers: int = 0  # rows left out of fvu_typical (attention sinks with norms far above the rest)
     ce_clean: float | None = None
     ce_spliced: float | None = None
     ce_zero: float | None = None
@@ -99,13 +101,20 @@ class EvalResult:
 
 def reconstruction_metrics(dictionary, store, layer: int, n_rows: int | None = None, batch_size: int = 4096,
                            min_pos: int = 1, name: str = "", progress: bool = True) -> EvalResult:
-    """Stream the store once and compute FVU, MSE, cosine, L0, dead and dense fractions."""
+    """Stream the store once and compute FVU, MSE, cosine, L0, dead and dense fractions; and FVU over the typical
+    rows alone (``fvu_typical``: rows whose norm is at most ``OUTLIER_NORM`` × the median norm of the first batch,
+    the rule the fits' early stopping uses), since a handful of attention-sink rows with norms 100× the rest can
+    hold most of a layer's variance and so decide the all-row FVU by themselves."""
+    from superpos.dictionaries.train_run import OUTLIER_NORM
+
     d = store.d_model
     if dictionary.d_model_ != d:
         raise SuperposError(f"dictionary has d_model {dictionary.d_model_} but store {store.path} has {d}")
     n_feat = dictionary.n_components_
     fire = torch.zeros(n_feat, dtype=torch.float64)
     sums = dict(n=0, err=0.0, sx=torch.zeros(d, dtype=torch.float64), sxx=0.0, cos=0.0, l0=0.0)
+    typ = dict(n=0, err=0.0, sx=torch.zeros(d, dtype=torch.float64), sxx=0.0)
+    limit = None
     dev = dictionary.device_
     total = min(n_rows or store.n_rows, int(store.row_mask(min_pos).sum()))
     bar = tqdm(total=total, desc="evaluate", unit="row", unit_scale=True, file=sys.stderr, disable=not progress)
@@ -121,6 +130,14 @@ def reconstruction_metrics(dictionary, store, layer: int, n_rows: int | None = N
         sums["err"] += (xd - xh).pow(2).sum().item()
         sums["sx"] += xd.sum(0).cpu()
         sums["sxx"] += xd.pow(2).sum().item()
+        norms = xd.norm(dim=1)
+        if limit is None:
+            limit = OUTLIER_NORM * norms.median().item()
+        t = norms <= limit
+        typ["n"] += int(t.sum().item())
+        typ["err"] += (xd[t] - xh[t]).pow(2).sum().item()
+        typ["sx"] += xd[t].sum(0).cpu()
+        typ["sxx"] += xd[t].pow(2).sum().item()
         sums["cos"] += F.cosine_similarity(xd, xh, dim=-1).sum().item()
         nz = codes != 0
         sums["l0"] += nz.sum().item()
@@ -133,7 +150,10 @@ def reconstruction_metrics(dictionary, store, layer: int, n_rows: int | None = N
     total_var = sums["sxx"] - (sums["sx"].pow(2).sum().item() / n)
     f = sums["err"] / total_var
     firing = fire / n
+    typ_var = typ["sxx"] - (typ["sx"].pow(2).sum().item() / max(typ["n"], 1))
     return EvalResult(name=name, kind=dictionary.kind, n_components=n_feat, n_rows=n, fvu=f, explained_variance=1 - f,
+                      fvu_typical=typ["err"] / typ_var if typ["n"] > 1 and typ_var > 0 else None,
+                      n_outliers=n - typ["n"],
                       mse=sums["err"] / n, cosine=sums["cos"] / n, l0=sums["l0"] / n, dead_fraction=dead_fraction(firing),
                       dense_fraction=dense_fraction(firing))
 

@@ -85,14 +85,17 @@ def budget_sweep(store, layer: int, folder: Path, cfg: OrthogonalityConfig,
     points, n_atoms = [], 0
     for tokens in budgets:
         t0 = time.perf_counter()
-        atoms, fvus = [], []
+        atoms, fvus, typical = [], [], []
         for seed in seeds:
             D = load_dictionary(dictionary_folder(folder, cfg, seed, tokens), device=cfg.device)
             n_atoms = D.n_components_
-            fvus.append(reconstruction_metrics(D, holdout, layer, progress=False).fvu)
+            ev = reconstruction_metrics(D, holdout, layer, progress=False)
+            fvus.append(ev.fvu)
+            typical.append(ev.fvu_typical)
             atoms.append(D.components_.detach().cpu().numpy()[live_atoms(D, holdout, layer)])
         census, grid = atom_census(atoms, expansion, n_atoms, store.d_model, cfg)
         points.append(BudgetPoint(tokens=tokens, epochs=tokens / max(1, train_rows), fvu=seed_values(fvus),
+                                  fvu_typical=None if None in typical else seed_values(typical),
                                   atoms=census, grid=grid,
                                   recovered=None if truth is None else recovered(truth, atoms)))
         say(f"layer {layer}, {tokens:,} tokens: stable nearly orthogonal atoms "

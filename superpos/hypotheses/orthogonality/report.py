@@ -50,9 +50,15 @@ def write_report(res: OrthogonalityResult, out, controls: dict[str, Orthogonalit
     for lay in res.layers:
         rep.text(f"**Layer {lay.layer}** ({lay.rows:,} rows, {lay.holdout_rows:,} held out; PCA with {cfg.k} "
                  f"components at equal L0: FVU {lay.pca_fvu:.4f}):")
-        rep.table(["size", "atoms", "FVU", "L0", "dead", "CE recovered", "KL (nats)"],
-                  [[f"{s.expansion}×", s.n_atoms, _ci(s.fvu, fmt="{:.4f}"), f"{s.l0.mean:.1f}", _ci(s.dead),
-                    _ci(s.ce_recovered), _ci(s.kl, fmt="{:.4f}")] for s in lay.sizes])
+        rep.table(["size", "atoms", "FVU", "FVU, typical rows", "L0", "dead", "CE recovered", "KL (nats)"],
+                  [[f"{s.expansion}×", s.n_atoms, _ci(s.fvu, fmt="{:.4f}"), _ci(s.fvu_typical, fmt="{:.4f}"),
+                    f"{s.l0.mean:.1f}", _ci(s.dead), _ci(s.ce_recovered), _ci(s.kl, fmt="{:.4f}")]
+                   for s in lay.sizes])
+        if lay.gain_typical is not None:
+            rep.text(f"Gain {lay.sizes[0].expansion}× → {lay.sizes[-1].expansion}× on every held-out row (criterion "
+                     f"(i)): {_ci(lay.gain, pct=True)}; on the typical rows alone, leaving out the {lay.outlier_rows:,} "
+                     f"held-out rows whose norm exceeds 5× the median (attention sinks, which can hold much of the "
+                     f"layer's variance): {_ci(lay.gain_typical, pct=True)}.")
     fig, ax = plt.subplots(figsize=(7, 4))
     for lay in res.layers:
         n = [s.n_atoms for s in lay.sizes]
@@ -175,7 +181,7 @@ def _budget(rep: Report, res, controls: dict, plt) -> None:
     for curve in res.budget:
         rows = []
         for i, p in enumerate(curve.points):
-            row = [f"{p.tokens:,}", f"{p.epochs:.2f}", _ci(p.fvu, fmt="{:.4f}")]
+            row = [f"{p.tokens:,}", f"{p.epochs:.2f}", _ci(p.fvu, fmt="{:.4f}"), _ci(p.fvu_typical, fmt="{:.4f}")]
             for name, r in runs.items():
                 c = budget_curve(r, curve.layer)
                 if c is None or i >= len(c.points):
@@ -188,7 +194,8 @@ def _budget(rep: Report, res, controls: dict, plt) -> None:
                 row.append(cell)
             rows.append(row)
         rep.text(f"**Layer {curve.layer}** ({curve.n_atoms:,} atoms; d = {d}):")
-        rep.table(["tokens", "epochs", "real held-out FVU", *[f"{n}: worst seed (mean)" for n in runs]], rows)
+        rep.table(["tokens", "epochs", "real held-out FVU", "(typical rows)", *[f"{n}: worst seed (mean)" for n in runs]],
+                  rows)
     fig, axes = plt.subplots(1, len(res.budget), figsize=(5.5 * len(res.budget), 4), squeeze=False)
     for ax, curve in zip(axes[0], res.budget):
         for name, r in runs.items():

@@ -51,6 +51,7 @@ class SizeFit:
     dead: SeedValues
     ce_recovered: SeedValues | None = None
     kl: SeedValues | None = None
+    fvu_typical: SeedValues | None = None  # held-out FVU on the typical rows (no attention-sink outliers)
 
 
 @dataclass(kw_only=True)
@@ -91,6 +92,7 @@ class BudgetPoint:
     epochs: float  # passes over the store's training rows
     fvu: SeedValues  # held-out FVU
     atoms: AtomCensus  # at the pre-registered stable_cos / stable_seeds
+    fvu_typical: SeedValues | None = None  # held-out FVU on the typical rows
     grid: StableGrid
     recovered: SeedValues | None = None  # planted atoms with a live atom at |cos| ≥ RECOVERED_COS (plants only)
 
@@ -151,10 +153,12 @@ class LayerSweep:
     holdout_rows: int
     pca_fvu: float
     sizes: list[SizeFit]
-    gain: SeedValues  # 1 − FVU(largest) / FVU(smallest), per seed
+    gain: SeedValues  # 1 − FVU(largest) / FVU(smallest), per seed, on every held-out row (criterion (i))
     atoms: AtomCensus
     grid: StableGrid | None = None  # criterion (ii)'s sensitivity (results before it was measured have none)
     alignment: Alignment | None = None
+    gain_typical: SeedValues | None = None  # the same gain on the typical held-out rows (attention sinks left out)
+    outlier_rows: int = 0  # held-out rows above OUTLIER_NORM × the median norm, left out of gain_typical
 
 
 @dataclass(kw_only=True)

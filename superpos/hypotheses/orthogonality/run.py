@@ -196,7 +196,8 @@ def layer_sweep(store, layer: int, folder: Path, cfg: OrthogonalityConfig, lm,
             evals[e, seed] = ev
         big = saes[sizes[-1]]
         largest.append(big.components_.detach().cpu().numpy()[live_atoms(big, holdout, layer)])
-        say(f"layer {layer}, seed {seed}: FVU " + ", ".join(f"{e}× {evals[e, seed].fvu:.4f}" for e in sizes))
+        say(f"layer {layer}, seed {seed}: FVU " + ", ".join(f"{e}× {evals[e, seed].fvu:.4f}" for e in sizes)
+            + "; on typical rows " + ", ".join(f"{e}× {evals[e, seed].fvu_typical or float('nan'):.4f}" for e in sizes))
 
     def overseed_values(e, name):
         vals = [getattr(evals[e, s], name) for s in seeds]
@@ -204,12 +205,18 @@ def layer_sweep(store, layer: int, folder: Path, cfg: OrthogonalityConfig, lm,
 
     fits = [SizeFit(expansion=e, n_atoms=evals[e, seeds[0]].n_components, fvu=overseed_values(e, "fvu"),
                     l0=overseed_values(e, "l0"), dead=overseed_values(e, "dead_fraction"),
-                    ce_recovered=overseed_values(e, "ce_loss_recovered"), kl=overseed_values(e, "kl_spliced")) for e in sizes]
-    gain = seed_values([1 - evals[sizes[-1], s].fvu / evals[sizes[0], s].fvu for s in seeds])
+                    ce_recovered=overseed_values(e, "ce_loss_recovered"), kl=overseed_values(e, "kl_spliced"),
+                    fvu_typical=overseed_values(e, "fvu_typical")) for e in sizes]
+
+    def gain_of(name: str):
+        return seed_values([1 - getattr(evals[sizes[-1], s], name) / getattr(evals[sizes[0], s], name) for s in seeds])
+    typical = all(evals[e, s].fvu_typical is not None for e in sizes for s in seeds)
+    gain, gain_typical = gain_of("fvu"), gain_of("fvu_typical") if typical else None
     census, grid = atom_census(largest, sizes[-1], evals[sizes[-1], seeds[0]].n_components, store.d_model, cfg)
     alignment = atom_alignment(largest[0], W_E, train, layer, sizes[-1], cfg) if lm is not None else None
     sweep = LayerSweep(layer=layer, rows=store.n_rows, holdout_rows=store.n_rows - split, pca_fvu=pca_fvu,
-                       sizes=fits, gain=gain, atoms=census, grid=grid, alignment=alignment)
+                       sizes=fits, gain=gain, atoms=census, grid=grid, alignment=alignment, gain_typical=gain_typical,
+                       outlier_rows=evals[sizes[0], seeds[0]].n_outliers)
     return sweep, largest[0]
 
 
