@@ -668,6 +668,20 @@ def test_a_nested_budget_branch_equals_a_separate_run(cls, tmp_path):
             torch.testing.assert_close(getattr(branch, name), getattr(alone, name), rtol=0, atol=1e-6)
     plain = cls(n_tokens=128 * 60, **kw).fit(x)
     torch.testing.assert_close(nested.components_, plain.components_, rtol=0, atol=0)
+
+    def interrupt(step, stats):  # past the first branch's fork, before the second's
+        if step >= 25:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cls(n_tokens=128 * 60, save_at=(128 * 20, 128 * 35), **kw).fit(x, checkpoint_dir=tmp_path, checkpoint_every=5,
+                                                                       callback=interrupt)
+    assert (tmp_path / f"tokens_{128 * 20}").exists() and not (tmp_path / f"tokens_{128 * 35}").exists()
+    resumed = cls(n_tokens=128 * 60, save_at=(128 * 20, 128 * 35), **kw).fit(x, checkpoint_dir=tmp_path)
+    for tokens in (128 * 20, 128 * 35):  # the branch forked before the kill is read back, the other one run
+        for name in ("components_", "W_enc_", "b_enc_", "b_dec_"):
+            torch.testing.assert_close(getattr(resumed.branches_[tokens], name), getattr(nested.branches_[tokens], name),
+                                       rtol=0, atol=1e-6)
     for bad in (dict(n_tokens=128 * 60, save_at=(128 * 60,)), dict(save_at=(1000,))):
         with pytest.raises(InvalidParameterError, match="save_at"):
             cls(**bad, **kw).fit(x)

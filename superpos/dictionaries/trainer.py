@@ -175,14 +175,17 @@ class SparseAutoencoder(BaseDictionary):
                    disable=not self.progress or not distributed.is_main(), dynamic_ncols=True)
         log_every = max(1, min(50, per_epoch // 20 if val is not None else total_steps // 20))
         meter, forks = tr._Meter(), fork_steps(self, batch)
-        if forks:
-            self.branches_ = {}
+        if forks:  # a resumed run reads back the branches it forked before its checkpoint (saved as they finished)
+            self.branches_ = {tokens: _saved_branch(checkpoint_dir, tokens, dev) for fork, budgets in forks.items()
+                              if fork < run.step for tokens in budgets}
         try:
             with interrupts.deferred():
                 while run.step < sched.total:
                     interrupts.check()  # Ctrl-C stops here, between steps
                     for tokens in forks.get(run.step, ()):  # a nested budget: its decay branch, then on at constant lr
                         self.branches_[tokens] = run_branch(self, run, src, dev, batch, tokens)
+                        if checkpoint_dir and distributed.is_main():  # on disk now: a later checkpoint is past it
+                            _save_branch(self.branches_[tokens], checkpoint_dir, tokens)
                     step = run.step
                     out = self._train_step(run, distributed.shard(next(batches) * run.scale), step, batch)
                     meter.tokens += batch
@@ -390,3 +393,26 @@ class SparseAutoencoder(BaseDictionary):
 
 def _reconstruction_terms(x, x_hat) -> torch.Tensor:
     return (x_hat - x).pow(2).sum(-1).mean()
+
+
+def _branch_folder(checkpoint_dir, tokens: int) -> Path:
+    return Path(checkpoint_dir) / f"tokens_{tokens}"
+
+
+def _save_branch(branch, checkpoint_dir, tokens: int) -> None:
+    """Write a finished nested-budget branch beside the run's checkpoint (``fit_dictionary`` rewrites it with the
+    run's metadata at the end), so that a run killed after its fork step loses nothing."""
+    from superpos.dictionaries.io import save_dictionary
+
+    save_dictionary(branch, _branch_folder(checkpoint_dir, tokens))
+
+
+def _saved_branch(checkpoint_dir, tokens: int, device):
+    """The branch a run saved before it was stopped; a checkpoint past a fork without it cannot be resumed."""
+    from superpos.dictionaries.io import load_dictionary
+
+    folder = _branch_folder(checkpoint_dir, tokens) if checkpoint_dir else None
+    if folder is None or not folder.exists():
+        raise SuperposError(f"the run resumes past the fork of its {tokens:,}-token branch, which was not saved "
+                            f"({folder}): delete the checkpoint to refit")
+    return load_dictionary(folder, device=str(device))
