@@ -277,9 +277,10 @@ def calibrated_verdict(real: OrthogonalityResult,
         answer, head = None, "NOT CALIBRATED: a control did not come out as it must, so the real verdict cannot be trusted."
     elif real.verdict.supported and beats:
         answer, head = SUPPORTED, (
-            f"SUPPORTED, calibrated, {real.verdict.headline.removeprefix('SUPPORTED ')} The nulls (same covariance, "
-            f"no sparse features) come out not SUPPORTED, planted superposition SUPPORTED, and the real layers beat "
-            f"both nulls with 95% CIs over seeds.")
+            f"SUPPORTED, calibrated, {real.verdict.headline.removeprefix('SUPPORTED ')} The null"
+            f"{'s' if len(nulls) > 1 else ''} ({' and '.join(nulls)}: same covariance, no sparse features) come out "
+            f"not SUPPORTED, planted superposition SUPPORTED, and the real run beats "
+            f"{'each null' if len(nulls) > 1 else 'the null'} with 95% CIs over seeds.")
     elif real.verdict.supported is False:
         answer, head = NOT_SUPPORTED, (
             f"NOT SUPPORTED, calibrated (every control came out as it must): "
@@ -293,7 +294,7 @@ def calibrated_verdict(real: OrthogonalityResult,
         answer, head = NOT_SHOWN, (
             "NOT SHOWN AT THIS BUDGET, calibrated (every control came out as it must): "
             + (real.verdict.headline.removeprefix("NOT SHOWN AT THIS BUDGET ") if not real.verdict.supported
-               else "the real run does not beat both nulls at every layer."))
+               else "the real run does not beat every null at every layer."))
     return OrthogonalityVerdict(supported={SUPPORTED: True, NOT_SUPPORTED: False}.get(answer), answer=answer or "",
                                 headline=head, criteria=lines, context=real.verdict.context, layers_passed=passed,
                                 insufficient_power=answer == NOT_SHOWN)
