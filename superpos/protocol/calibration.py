@@ -52,8 +52,8 @@ def judge_calibration(name: str, real: Result, controls: dict[str, Result], out)
     rows = [("real", "—", real.verdict, None)]
     rows += [(c.name, c.kind, controls[c.name].verdict, c.expect_supported) for c in e.controls if c.name in controls]
     missing = [c for c in e.controls if c.name not in controls]  # e.g. results from before the control existed
-    ok = all(bool(v.supported) == want for _, _, v, want in rows if want is not None) and \
-        all(c.expect_supported is None for c in missing)
+    as_must = all(bool(v.supported) == want for _, _, v, want in rows if want is not None)
+    ok = as_must and all(c.expect_supported is None for c in missing)
 
     def said(supported) -> str:
         return "SUPPORTED" if supported else "NOT SUPPORTED"
@@ -70,8 +70,11 @@ def judge_calibration(name: str, real: Result, controls: dict[str, Result], out)
         headline = v.headline if v.headline.startswith(answer(v)) else f"{answer(v)}: {v.headline}"
         md.append(f"| {run_name} | {kind} | {headline.replace('|', '/')} | {expected} | {as_expected} |")
     md += [f"| {c.name} | {c.kind} | not run | — | — |" for c in missing]
-    md += ["", "Calibrated: " + ("every control came out as it must." if ok else "**a control did not come out as it "
-                                 "must; the real verdict cannot be trusted.**"), ""]
+    md += ["", "Calibrated: " + ("every control came out as it must." if ok else
+                                 "**not fully: every control that ran came out as it must, but "
+                                 + ", ".join(c.name for c in missing if c.expect_supported is not None)
+                                 + " did not run.**" if as_must else
+                                 "**a control did not come out as it must; the real verdict cannot be trusted.**"), ""]
     verdict = e.calibrated_verdict(real, controls) if e.calibrated_verdict else None
     if verdict is not None:
         md += ["## The verdict relative to the controls", "", f"**{verdict.headline}**", "",

@@ -32,6 +32,7 @@ def n_seeds(res) -> int:
     return len(res.config.external) if res.config.external else res.config.seeds
 
 
+CONTROL_KINDS = ("gaussian", "pc-shuffle", "planted", "realistic")  # the surrogates a full calibration runs
 SUPPORTED, NOT_SUPPORTED, NOT_SHOWN = "SUPPORTED", "NOT SUPPORTED", "NOT SHOWN AT THIS BUDGET"
 GAIN_RATIO = 16  # min_gain is stated for this size ratio; other ratios need the same gain per doubling
 
@@ -273,14 +274,17 @@ def calibrated_verdict(real: OrthogonalityResult,
             if (resolved > d and (found is None or found > d) and flattened_below(curve, d)
                     and plant.points[-1].tokens == curve.points[-1].tokens):
                 ruled_out.append(curve.layer)
+    missing = [k for k in CONTROL_KINDS if k not in {c.config.control for c in controls.values()}]
+    not_run = f" Not run, so not part of this calibration: the {', the '.join(missing)} control." if missing else ""
     if not controls_ok:
         answer, head = None, "NOT CALIBRATED: a control did not come out as it must, so the real verdict cannot be trusted."
     elif real.verdict.supported and beats:
         answer, head = SUPPORTED, (
-            f"SUPPORTED, calibrated, {real.verdict.headline.removeprefix('SUPPORTED ')} The null"
-            f"{'s' if len(nulls) > 1 else ''} ({' and '.join(nulls)}: same covariance, no sparse features) come out "
-            f"not SUPPORTED, planted superposition SUPPORTED, and the real run beats "
-            f"{'each null' if len(nulls) > 1 else 'the null'} with 95% CIs over seeds.")
+            f"SUPPORTED, {'partly ' if missing else ''}calibrated, {real.verdict.headline.removeprefix('SUPPORTED ')} "
+            f"The null"
+            f"{'s' if len(nulls) > 1 else ''} ({' and '.join(nulls)}: same covariance, no sparse features) "
+            f"come{'' if len(nulls) > 1 else 's'} out not SUPPORTED, planted superposition SUPPORTED, and the real run "
+            f"beats {'each null' if len(nulls) > 1 else 'the null'} with 95% CIs over seeds." + not_run)
     elif real.verdict.supported is False:
         answer, head = NOT_SUPPORTED, (
             f"NOT SUPPORTED, calibrated (every control came out as it must): "
@@ -294,7 +298,7 @@ def calibrated_verdict(real: OrthogonalityResult,
         answer, head = NOT_SHOWN, (
             "NOT SHOWN AT THIS BUDGET, calibrated (every control came out as it must): "
             + (real.verdict.headline.removeprefix("NOT SHOWN AT THIS BUDGET ") if not real.verdict.supported
-               else "the real run does not beat every null at every layer."))
+               else "the real run does not beat every null at every layer.") + not_run)
     return OrthogonalityVerdict(supported={SUPPORTED: True, NOT_SUPPORTED: False}.get(answer), answer=answer or "",
                                 headline=head, criteria=lines, context=real.verdict.context, layers_passed=passed,
                                 insufficient_power=answer == NOT_SHOWN)
