@@ -188,3 +188,17 @@ def test_run_all_resume_keeps_what_finished_with_the_same_command(tmp_path, monk
     ran.clear()
     run_all(names, out, "m", "c", "cpu", 0, "replication")  # without resume everything runs
     assert ran == names
+
+
+def test_a_calibration_with_a_control_not_run_says_so(tmp_path):
+    """The committed orthogonality run judged with its planted control left out: the calibration is 'not fully',
+    naming the control that did not run, and the verdict is 'partly calibrated' — never a control that failed."""
+    from superpos.protocol.calibration import judge_calibration
+
+    e = EXPERIMENTS["orthogonality"]
+    real = e.read(RESULTS / "orthogonality")
+    gaussian = e.read(RESULTS / "orthogonality" / "controls" / "gaussian")
+    cal = judge_calibration("orthogonality", real, {"gaussian": gaussian}, tmp_path)
+    text = (tmp_path / "calibration.md").read_text()
+    assert "not fully" in text and "planted superposition did not run" in text and "cannot be trusted" not in text
+    assert not cal.calibrated and cal.verdict.supported is None and cal.verdict.headline.startswith("NOT CALIBRATED")

@@ -277,7 +277,12 @@ def calibrated_verdict(real: OrthogonalityResult,
     missing = [k for k in CONTROL_KINDS if k not in {c.config.control for c in controls.values()}]
     not_run = f" Not run, so not part of this calibration: the {', the '.join(missing)} control." if missing else ""
     if not controls_ok:
-        answer, head = None, "NOT CALIBRATED: a control did not come out as it must, so the real verdict cannot be trusted."
+        failed = any(c.verdict.supported for c in nulls.values()) or not all(c.verdict.supported
+                                                                             for c in planted.values())
+        answer, head = None, ("NOT CALIBRATED: a control did not come out as it must, so the real verdict cannot be "
+                              "trusted." if failed else
+                              "NOT CALIBRATED: no null or no easy plant ran, so the real verdict has nothing to be "
+                              "read against." + not_run)
     elif real.verdict.supported and beats:
         answer, head = SUPPORTED, (
             f"SUPPORTED, {'partly ' if missing else ''}calibrated, {real.verdict.headline.removeprefix('SUPPORTED ')} "
