@@ -22,7 +22,7 @@ import superpos.dictionaries.train_run as tr
 from superpos import distributed, interrupts
 from superpos.device import keep_freed_memory
 from superpos.dictionaries.base import BaseDictionary, check_finite
-from superpos.dictionaries.branches import check_save_at, fork_steps, run_branch
+from superpos.dictionaries.branches import check_save_at, fork_steps, run_branch, save_branch, saved_branch
 from superpos.dictionaries.params import InvalidParameterError
 from superpos.dictionaries.sae_params import SAE_PARAMS
 from superpos.dictionaries.sources import RowSource, in_memory_if_small, rows_from
@@ -176,7 +176,7 @@ class SparseAutoencoder(BaseDictionary):
         log_every = max(1, min(50, per_epoch // 20 if val is not None else total_steps // 20))
         meter, forks = tr._Meter(), fork_steps(self, batch)
         if forks:  # a resumed run reads back the branches it forked before its checkpoint (saved as they finished)
-            self.branches_ = {tokens: _saved_branch(checkpoint_dir, tokens, dev) for fork, budgets in forks.items()
+            self.branches_ = {tokens: saved_branch(checkpoint_dir, tokens, dev) for fork, budgets in forks.items()
                               if fork < run.step for tokens in budgets}
         try:
             with interrupts.deferred():
@@ -185,7 +185,7 @@ class SparseAutoencoder(BaseDictionary):
                     for tokens in forks.get(run.step, ()):  # a nested budget: its decay branch, then on at constant lr
                         self.branches_[tokens] = run_branch(self, run, src, dev, batch, tokens)
                         if checkpoint_dir and distributed.is_main():  # on disk now: a later checkpoint is past it
-                            _save_branch(self.branches_[tokens], checkpoint_dir, tokens)
+                            save_branch(self.branches_[tokens], checkpoint_dir, tokens)
                     step = run.step
                     out = self._train_step(run, distributed.shard(next(batches) * run.scale), step, batch)
                     meter.tokens += batch
@@ -393,26 +393,3 @@ class SparseAutoencoder(BaseDictionary):
 
 def _reconstruction_terms(x, x_hat) -> torch.Tensor:
     return (x_hat - x).pow(2).sum(-1).mean()
-
-
-def _branch_folder(checkpoint_dir, tokens: int) -> Path:
-    return Path(checkpoint_dir) / f"tokens_{tokens}"
-
-
-def _save_branch(branch, checkpoint_dir, tokens: int) -> None:
-    """Write a finished nested-budget branch beside the run's checkpoint (``fit_dictionary`` rewrites it with the
-    run's metadata at the end), so that a run killed after its fork step loses nothing."""
-    from superpos.dictionaries.io import save_dictionary
-
-    save_dictionary(branch, _branch_folder(checkpoint_dir, tokens))
-
-
-def _saved_branch(checkpoint_dir, tokens: int, device):
-    """The branch a run saved before it was stopped; a checkpoint past a fork without it cannot be resumed."""
-    from superpos.dictionaries.io import load_dictionary
-
-    folder = _branch_folder(checkpoint_dir, tokens) if checkpoint_dir else None
-    if folder is None or not folder.exists():
-        raise SuperposError(f"the run resumes past the fork of its {tokens:,}-token branch, which was not saved "
-                            f"({folder}): delete the checkpoint to refit")
-    return load_dictionary(folder, device=str(device))
