@@ -160,7 +160,7 @@ def evaluate_folders(dirs, store_path, layer=None, rows="holdout", max_rows=None
                      device="auto", lm=None, progress=True):
     """Reconstruction metrics (and CE loss recovered) of saved dictionaries on a store's held-out rows."""
     from superpos.dictionaries import load_dictionary
-    from superpos.dictionaries.metrics import evaluate_dictionaries
+    from superpos.dictionaries.metrics import check_width, evaluate_dictionaries
     from superpos.model.load import load_model
     from superpos.store import ActivationStore
 
@@ -186,6 +186,8 @@ def evaluate_folders(dirs, store_path, layer=None, rows="holdout", max_rows=None
             if hi <= lo:
                 raise SuperposError(f"no {rows} rows recorded for {dirs[0]}; use --rows all")
             view = store.restrict(lo, hi)
+        for dictionary in dicts.values():  # before the model is loaded (or fetched)
+            check_width(dictionary, store)
         if lm is None and ce_contexts > 0:
             lm = load_model(model or store.attrs.get("model_spec", "default"), device=device)
         return evaluate_dictionaries(dicts, view, layer, lm=lm, n_rows=max_rows, ce_contexts=ce_contexts,

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from superpos import distributed
+from superpos.dictionaries.folder import read_dictionary, save_dictionary
 from superpos.dictionaries.params import InvalidParameterError
 from superpos.dictionaries.train_run import _Schedule, _TrainRun
 from superpos.errors import SuperposError
@@ -72,17 +73,13 @@ def _branch_folder(checkpoint_dir, tokens: int) -> Path:
 def save_branch(branch, checkpoint_dir, tokens: int) -> None:
     """Write a finished nested-budget branch beside the run's checkpoint (``fit_dictionary`` rewrites it with the
     run's metadata at the end), so that a run killed after its fork step loses nothing."""
-    from superpos.dictionaries.io import save_dictionary
-
     save_dictionary(branch, _branch_folder(checkpoint_dir, tokens))
 
 
-def saved_branch(checkpoint_dir, tokens: int, device):
+def saved_branch(sae, checkpoint_dir, tokens: int, device):
     """The branch a run saved before it was stopped; a checkpoint past a fork without it cannot be resumed."""
-    from superpos.dictionaries.io import load_dictionary
-
     folder = _branch_folder(checkpoint_dir, tokens) if checkpoint_dir else None
     if folder is None or not folder.exists():
         raise SuperposError(f"the run resumes past the fork of its {tokens:,}-token branch, which was not saved "
                             f"({folder}): delete the checkpoint to refit")
-    return load_dictionary(folder, device=str(device))
+    return read_dictionary(folder, {sae.kind: type(sae)}, device=str(device))

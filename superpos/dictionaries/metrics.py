@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from superpos.errors import SuperposError
 
+OUTLIER_NORM = 5.0  # held-out rows above this × the median norm are left out of the stopping rule
+
 DENSE_THRESHOLD = 0.10
 
 
@@ -99,17 +101,21 @@ class EvalResult:
         return asdict(self)
 
 
+def check_width(dictionary, store) -> None:
+    """Refuse (one line) a dictionary whose width is not the store's."""
+    if dictionary.d_model_ != store.d_model:
+        raise SuperposError(f"dictionary has d_model {dictionary.d_model_} but store {store.path} has {store.d_model}")
+
+
 def reconstruction_metrics(dictionary, store, layer: int, n_rows: int | None = None, batch_size: int = 4096,
                            min_pos: int = 1, name: str = "", progress: bool = True) -> EvalResult:
     """Stream the store once and compute FVU, MSE, cosine, L0, dead and dense fractions; and FVU over the typical
     rows alone (``fvu_typical``: rows whose norm is at most ``OUTLIER_NORM`` × the median norm of the first batch,
     the rule the fits' early stopping uses), since a handful of attention-sink rows with norms 100× the rest can
     hold most of a layer's variance and so decide the all-row FVU by themselves."""
-    from superpos.dictionaries.train_run import OUTLIER_NORM
 
+    check_width(dictionary, store)
     d = store.d_model
-    if dictionary.d_model_ != d:
-        raise SuperposError(f"dictionary has d_model {dictionary.d_model_} but store {store.path} has {d}")
     n_feat = dictionary.n_components_
     fire = torch.zeros(n_feat, dtype=torch.float64)
     sums = dict(n=0, err=0.0, sx=torch.zeros(d, dtype=torch.float64), sxx=0.0, cos=0.0, l0=0.0)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from superpos import distributed
+from superpos.dictionaries.metrics import OUTLIER_NORM
 from superpos.dictionaries.sources import RowSource, TensorRows
 from superpos.errors import SuperposError
 from superpos.integrity import save_checkpoint as save_checkpoint_file
@@ -21,7 +22,6 @@ DENSE_FRACTION = 0.10  # a latent firing on more tokens than this is "dense" (SA
 WARMUP_FRACTION = 0.05  # default warm-up while converging: this share of one epoch's steps
 FIXED_BUDGET_WARMUP = 100  # default warm-up with a fixed n_tokens: this many steps ...
 FIXED_BUDGET_WARMUP_FRACTION = 0.1  # ... or this share of the run's steps when that is fewer
-OUTLIER_NORM = 5.0  # held-out rows above this × the median norm are left out of the stopping rule
 MIN_EVAL_STEPS = 50  # while converging, the held-out FVU is measured every epoch, at least this many steps apart
 MAX_VALIDATION_ROWS = 16384
 STORE_IN_MEMORY_BYTES = 2 * 2**30  # with n_tokens=None, a store this small (float32 rows) is read in; a larger one streams

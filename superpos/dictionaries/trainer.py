@@ -176,7 +176,7 @@ class SparseAutoencoder(BaseDictionary):
         log_every = max(1, min(50, per_epoch // 20 if val is not None else total_steps // 20))
         meter, forks = tr._Meter(), fork_steps(self, batch)
         if forks:  # a resumed run reads back the branches it forked before its checkpoint (saved as they finished)
-            self.branches_ = {tokens: saved_branch(checkpoint_dir, tokens, dev) for fork, budgets in forks.items()
+            self.branches_ = {tokens: saved_branch(self, checkpoint_dir, tokens, dev) for fork, budgets in forks.items()
                               if fork < run.step for tokens in budgets}
         try:
             with interrupts.deferred():
