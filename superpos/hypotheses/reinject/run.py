@@ -120,13 +120,19 @@ def next_token_stats(logits_BTV: torch.Tensor, targets_BT: torch.Tensor,
     return loss, -(logp.exp() * logp).sum(-1)
 
 
+def _batches(tokens_NC: np.ndarray, batch_size: int, desc: str):
+    """``tokens_NC`` in batches of ``batch_size`` contexts (int64 tensors on the CPU), behind a progress bar."""
+    for i in tqdm(range(0, len(tokens_NC), batch_size), desc=desc, unit="batch", leave=False, file=sys.stderr):
+        yield i, torch.from_numpy(tokens_NC[i:i + batch_size].astype(np.int64))
+
+
 def teacher_forced(lm, tokens_NC: np.ndarray, intervention=None, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """(N, C-1) next-token losses and (N, C-1) output entropies, whole windows at once, inside ``intervention``
     (None: the clean model)."""
     loss, ent = [], []
     with torch.inference_mode(), intervention or contextlib.nullcontext():
-        for i in range(0, len(tokens_NC), batch_size):
-            tok = torch.from_numpy(tokens_NC[i:i + batch_size].astype(np.int64)).to(lm.device)
+        for _, tok in _batches(tokens_NC, batch_size, "teacher-forced"):
+            tok = tok.to(lm.device)
             l_BT, h_BT = next_token_stats(lm.model(tok).logits[:, :-1], tok[:, 1:])
             loss.append(l_BT.cpu().numpy())
             ent.append(h_BT.cpu().numpy())
@@ -146,8 +152,8 @@ def temperature_sweep(lm, tokens_NC: np.ndarray, temperatures_K, intervention=No
     temps = [np.asarray(t, dtype=np.float32) for t in temperatures_K]
     loss, ent = [[] for _ in temps], [[] for _ in temps]
     with torch.inference_mode(), intervention or contextlib.nullcontext():
-        for i in range(0, len(tokens_NC), batch_size):
-            tok = torch.from_numpy(tokens_NC[i:i + batch_size].astype(np.int64)).to(lm.device)
+        for i, tok in _batches(tokens_NC, batch_size, f"{len(temps)} temperatures"):
+            tok = tok.to(lm.device)
             logits = lm.model(tok).logits[:, :-1]
             for k, t in enumerate(temps):
                 t_BT = torch.from_numpy(np.broadcast_to(t if t.ndim == 0 else t[i:i + batch_size],
@@ -181,8 +187,7 @@ def _premise(lm, table, ev, layers, decode_layers, bins, bands, ctx, cfg) -> Pre
     N, T = ev.shape
     with torch.inference_mode(), lm.capture(decode_layers) as acts:
         parts: dict[int, list[np.ndarray]] = {layer: [] for layer in decode_layers}
-        for i in range(0, N, 8):
-            tok = torch.from_numpy(ev[i:i + 8].astype(np.int64))
+        for _, tok in _batches(ev, 8, "premise: decodability by layer"):
             lm.model(tok.to(lm.device))
             for layer in decode_layers:
                 x = acts[layer][:, 1:T - 1].reshape(-1, lm.d_model).cpu()
