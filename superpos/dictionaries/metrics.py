@@ -113,7 +113,6 @@ def reconstruction_metrics(dictionary, store, layer: int, n_rows: int | None = N
     rows alone (``fvu_typical``: rows whose norm is at most ``OUTLIER_NORM`` × the median norm of the first batch,
     the rule the fits' early stopping uses), since a handful of attention-sink rows with norms 100× the rest can
     hold most of a layer's variance and so decide the all-row FVU by themselves."""
-
     check_width(dictionary, store)
     d = store.d_model
     n_feat = dictionary.n_components_
