@@ -5,18 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from superpos.dictionaries.folder import (
-    CONFIG,
-    METRICS,
-    WEIGHTS,
-    checked_params,
-    read_config,
-    read_dictionary,
-    save_dictionary,
-)
+from superpos.dictionaries.folder import CONFIG, WEIGHTS, read_dictionary, save_dictionary
 from superpos.errors import SuperposError
 
-__all__ = ["CONFIG", "METRICS", "WEIGHTS", "checked_params", "load_dictionary", "read_config", "save_dictionary"]
+__all__ = ["CONFIG", "load_dictionary", "save_dictionary"]  # the folder format itself: ``folder``
 
 
 def _kinds():
