@@ -320,7 +320,7 @@ def _prediction_result(vs_bigram, vs_previous=(0.3, 0.02), test_contexts=24):
 def test_held_through_the_prediction_at_i_needs_the_bigram_null_not_the_guess_at_i_minus_1():
     """x_i read better from the prediction at i than from the guess made at i−1 holds for any model; the verdict
     says the prediction carries x_i only when it also beats a bigram table p(·|x_i), says "no better than a bigram
-    table" when it does not (with power), and judges nothing on too few test contexts or without power."""
+    table" when it does not (with power, or an interval that rules the needed difference out), and judges nothing on too few test contexts or without power."""
     from superpos.hypotheses.probes.verdict import _prediction
 
     held, clause, lines = _prediction(_prediction_result((0.1, 0.02)))
@@ -330,6 +330,10 @@ def test_held_through_the_prediction_at_i_needs_the_bigram_null_not_the_guess_at
     assert held is False and "no better than from a bigram table" in clause and "only that the prediction depends" in clause
     held, clause, _ = _prediction(_prediction_result((0.0, 0.05)))  # MDE 0.071 > 0.02
     assert held is None and "INSUFFICIENT POWER: minimum detectable difference 0.071 above 0.02" in clause
+    held, clause, _ = _prediction(_prediction_result((-0.26, 0.05)))  # MDE 0.071 > 0.02, yet [-0.31, -0.21] < 0.02
+    assert held is False and "the interval rules out the 0.02" in clause
+    held, clause, _ = _prediction(_prediction_result((-0.01, 0.05)))  # [-0.06, +0.04] holds 0.02: not judged
+    assert held is None and "INSUFFICIENT POWER" in clause
     held, clause, _ = _prediction(_prediction_result((0.1, 0.02), test_contexts=6))
     assert held is None and "6 test contexts, fewer than 20" in clause
     held, clause, _ = _prediction(_prediction_result(None))  # before the bigram null: i vs i−1 alone judges nothing

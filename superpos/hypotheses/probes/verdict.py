@@ -15,8 +15,9 @@ def _prediction(res: ProbesResult) -> tuple[bool | None, str, list[str]]:
     depends on its input (the prediction at i is computed from x_i; the guess never saw it), so it decides nothing
     alone. The answer is True when x_i is read from the model's prediction at i better than from a bigram table
     p(·|x_i) (a distribution that depends on x_i with no model computation) and than from the guess at i − 1;
-    False when not beyond the bigram table; None when not tested or not judged (fewer than ``MIN_CLUSTERS`` test
-    contexts, or not beyond the table while the minimum detectable difference exceeds --needed-difference)."""
+    False when not beyond the bigram table, with power (the minimum detectable difference at most --needed-difference,
+    or an interval wholly below it); None when not tested or not judged (fewer than ``MIN_CLUSTERS`` test contexts,
+    or not beyond the table while neither holds)."""
     pt = res.prediction
     if pt is None:
         return None, ("whether it is held through the prediction made at i was not tested (this result predates "
@@ -60,11 +61,13 @@ def _prediction(res: ProbesResult) -> tuple[bool | None, str, list[str]]:
     if bg.lo > 0 and d.lo > 0:
         return True, (f"the model's prediction made at i carries x_i beyond what a bigram table p(·|x_i) carries "
                       f"({nums})"), lines
-    if mde > need:
+    if mde > need and not bg.hi < need:  # an interval wholly below what the question needs rules it out anyway
         return None, (f"whether the prediction made at i carries x_i beyond a bigram table is not judged "
                       f"(INSUFFICIENT POWER: minimum detectable difference {mde:.3f} above {need:g}; {nums})"), lines
+    bound = (f"; the interval rules out the {need:g} the question counts" if bg.hi < need else
+             f"; minimum detectable difference {mde:.3f}")
     return False, (f"x_i is read from the model's prediction made at i no better than from a bigram table p(·|x_i): "
-                   f"that it is read there shows only that the prediction depends on x_i ({nums})"), lines
+                   f"that it is read there shows only that the prediction depends on x_i ({nums}{bound})"), lines
 
 
 def verdict(res: ProbesResult) -> ProbesVerdict:
