@@ -8,7 +8,9 @@ import torch
 from superpos.hypotheses.lookahead.logistic import Features, fit_logistic, ngram_features
 from superpos.hypotheses.lookahead.ngrams import NgramCounts
 from superpos.hypotheses.lookahead.run import (
+    L2_EXTENSIONS,
     brier,
+    choose_l2,
     nested_gain,
     ngram_table,
     planted_amplitude,
@@ -45,6 +47,23 @@ def test_nested_gain_detects_a_block_with_new_signal_and_not_a_noisy_copy_of_the
     g, _ = nested_gain(f.rows(tr), copy[tr], y[tr], f.rows(te), copy[te], y[te], ctx, **args)
     assert g["gain"].lo < 0 < g["gain"].hi + 1e-3 and abs(g["gain"].mean) < 0.02, g
     assert abs(g["acc_gain"].mean) < 0.02
+
+
+def test_the_l2_grid_goes_on_upward_while_its_largest_strength_wins():
+    """A pure-noise added block on few rows: validation prefers the strongest L2, so a grid that stops at 1e-4
+    would choose its edge; choose_l2 goes on by ×10 until a strength beats the next one up (or the limit), and a
+    grid whose best lies inside it is left as it is."""
+    K, n = 6, 600
+    y, counts, base_X, rng = _planted(2 * n, K, 5)
+    f = Features(*ngram_features(counts), base_X)
+    noise = torch.randn(2 * n, 200, generator=torch.Generator().manual_seed(6))
+    tr, va = np.arange(n), np.arange(n, 2 * n)
+    l2_base, base = choose_l2(f.rows(tr), y[tr], f.rows(va), y[va], K, [1e-4, 1e-3, 1e-2, 1e-1, 1.0], "cpu")
+    assert 1e-4 < l2_base < 1.0  # the base's best lies inside this grid: no extension
+    grown = f.with_block(noise)
+    best, _ = choose_l2(grown.rows(tr), y[tr], grown.rows(va), y[va], K, [1e-5, 1e-4], "cpu", base=base,
+                        l2_base=l2_base)
+    assert 1e-4 < best <= 1e-4 * 10 ** L2_EXTENSIONS  # went past the grid's edge
 
 
 def test_the_full_fit_starts_at_the_base_solution_so_the_pair_is_nested():
@@ -285,6 +304,9 @@ def test_a_no_counts_only_with_power_the_planted_control_converged_fits_and_enou
     assert v.insufficient_power and "INSUFFICIENT POWER (minimum detectable gain above 0.01" in v.headline
     v = verdict(_nested_result(0.005, planted=(0.01, 0.02)))  # the planted gain not seen
     assert v.insufficient_power and "the planted control is not detected" in v.headline
+    assert "reads below 0" not in v.headline
+    v = verdict(_nested_result(0.005, planted=(-0.05, 0.04)))  # [-0.09, -0.01]: the probe counts it as a loss
+    assert v.insufficient_power and "it reads below 0 at +2" in v.headline and "biased low" in v.headline
     v = verdict(_nested_result(0.005, planted=None))  # an older nested result: no planted control
     assert v.insufficient_power and "the planted control is not run" in v.headline
     v = verdict(_nested_result(0.005, converged=False))

@@ -226,7 +226,7 @@ def test_flattening_alone_shows_the_old_pattern_and_is_not_supported_against_the
     assert j.bins[-1].hi < 0 < j.bins[0].lo and j.top_minus_bottom.hi < 0 and res.vs_null.hi < 0
     adv = res.vs_matched["temperature"].by_fifth.at(-1)
     assert adv.lo <= 0 and res.verdict.supported is False
-    assert "the temperature null" in res.verdict.headline and "as well" in res.verdict.headline
+    assert "does not beat the temperature" in res.verdict.headline
     # 24 judging contexts of 59 positions cannot rule out 0.02 nats here (the interval reaches above it, the minimum
     # detectable advantage is larger): the honest answer is INSUFFICIENT POWER, not NOT SUPPORTED
     assert adv.hi > CFG.needed_advantage and min_detectable(adv) > CFG.needed_advantage
@@ -311,6 +311,12 @@ def test_the_power_rule():
     v = verdict(_with_advantage(res, Interval(0.01, -0.05, 0.07)))
     assert v.insufficient_power and v.supported is False
     assert "Re-injection INSUFFICIENT POWER (minimum detectable advantage 0.0857 nats" in v.headline
+    # the power that counts is against the null not yet beaten: the layer-mean null beaten by a wide margin
+    both = _with_advantage(res, Interval(0.01, -0.05, 0.07))
+    both.vs_matched["layer mean"] = _with_advantage(res, Interval(0.3, 0.2, 0.4)).vs_matched["layer mean"]
+    v = verdict(both)
+    assert v.insufficient_power and "0.0857 nats over the temperature null, above" in v.headline
+    assert "does not beat the temperature null" in v.headline and "layer mean null (" not in v.headline
     # a narrow one wholly below what the question needs: an answer, NOT SUPPORTED
     v = verdict(_with_advantage(res, Interval(0.0, -0.005, 0.005)))
     assert not v.insufficient_power and "Re-injection NOT SUPPORTED" in v.headline

@@ -18,12 +18,14 @@ class LookaheadConfig(ProbeSettings):
                                            "besides the training contexts (the test contexts are never counted); 0: "
                                            "the training contexts only", parse="nonneg_int")
     l2: list[float] = setting(help="L2 strengths tried for the nested logistic probes; each probe takes the one with "
-                                   "the best validation log-likelihood", parse="positive_float_list",
+                                   "the best validation log-likelihood (while that is the largest tried, ten times it "
+                                   "is tried too, up to 4 times)", parse="positive_float_list",
                               factory=lambda: [1e-4, 1e-3, 1e-2])
     needed_gain: float = setting(0.01, "the smallest nested gain (nats per position) the question counts as "
-                                        "lookahead: a run that finds none beyond +1 while its own minimum detectable "
-                                        "gain is larger at every such offset (or that cannot show +1's, which is known "
-                                        "to be there) reads INSUFFICIENT POWER, not NO", parse="positive_float")
+                                        "lookahead: a run that finds none beyond +1 reads INSUFFICIENT POWER, not NO, "
+                                        "when its own minimum detectable gain is larger at every such offset, when a "
+                                        "planted control of about this size is not detected at some such offset, or "
+                                        "when a fit did not converge", parse="positive_float")
     n_boot: int = n_boot_setting()
     seed: int = seed_setting()
     device: str = device_setting()

@@ -91,15 +91,32 @@ def split_units(tokens_NC: np.ndarray, doc_NC: np.ndarray | None, s: ResidualSam
                  units[order[:n_test]])
 
 
+L2_EXTENSIONS = 4  # how far choose_l2 goes past the largest L2 of the grid (×10 each)
+
+
 def choose_l2(f_fit: Features, y_fit: np.ndarray, f_val: Features, y_val: np.ndarray, n_classes: int,
               grid: list[float], device: str, base: LogisticProbe | None = None,
               l2_base: float | None = None) -> tuple[float, LogisticProbe]:
     """The L2 strength of ``grid`` whose probe, fitted on ``f_fit``, has the best mean validation log-likelihood,
     and that probe. With ``base`` (fitted with ``l2_base`` on the first columns), the grid is the added block's
-    L2: each fit starts at ``base`` and keeps ``l2_base`` on the shared block."""
-    fitted = {l2: fit_logistic(f_fit, y_fit, n_classes, l2, device) if base is None else
-              fit_logistic(f_fit, y_fit, n_classes, l2_base, device, init=base, l2_extra=l2) for l2 in grid}
-    best = max(grid, key=lambda l2: fitted[l2].log_likelihood(f_val, y_val).mean())
+    L2: each fit starts at ``base`` and keeps ``l2_base`` on the shared block. While the best is the largest
+    strength tried, the grid goes on upward by factors of 10 (at most ``L2_EXTENSIONS`` times): a strength at the
+    edge of what was tried is not a choice, and an under-regularised probe reads a block that carries the target
+    as a loss."""
+    fitted, score = {}, {}
+
+    def fit(l2: float) -> None:
+        fitted[l2] = (fit_logistic(f_fit, y_fit, n_classes, l2, device) if base is None else
+                      fit_logistic(f_fit, y_fit, n_classes, l2_base, device, init=base, l2_extra=l2))
+        score[l2] = float(fitted[l2].log_likelihood(f_val, y_val).mean())
+
+    for l2 in sorted(grid):
+        fit(l2)
+    for _ in range(L2_EXTENSIONS):
+        if max(score, key=score.get) != max(score):
+            break
+        fit(10 * max(score))
+    best = max(score, key=score.get)
     return best, fitted[best]
 
 

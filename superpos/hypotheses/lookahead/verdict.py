@@ -39,8 +39,10 @@ def verdict(res: LookaheadResult) -> Verdict:
     contexts above 0; PARTLY for some such offsets; NO for none. INSUFFICIENT POWER instead of any answer when the
     intervals rest on fewer than ``MIN_CLUSTERS`` test contexts, and instead of NO when the minimum detectable gain
     exceeds --needed-gain at every later offset, when the planted control (the same comparison with a weak noisy
-    one-hot of the target appended to the residual) is not detected (or not run) at every later offset, or when a
-    fit did not converge. A result without the nested comparison (an older run) says so and gives the separate
+    one-hot of the target appended to the residual) is not detected (or not run) at some later offset, or when a
+    fit did not converge. A planted control whose interval lies below 0 is named as such: the probe then reads a
+    block that carries the target as a loss (biased low at this size), which more data of the same kind need not
+    fix, and no interval of the real gain rules anything out. A result without the nested comparison (an older run) says so and gives the separate
     tests it held instead."""
     later = {name: r for name, r in res.offsets.items() if name != "+1"}
     if not all(r.nested is not None for r in res.offsets.values()):
@@ -97,6 +99,11 @@ def verdict(res: LookaheadResult) -> Verdict:
             reasons.append(f"minimum detectable gain above {need:g} nats")
         if not planted or not all(planted.values()):
             reasons.append("the planted control is not " + ("run" if None in planted.values() else "detected"))
+            below = [name for name, r in later.items() if r.nested.planted_gain is not None
+                     and r.nested.planted_gain.hi < 0]
+            if below:
+                reasons.append(f"it reads below 0 at {', '.join(below)}: the probe counts a block that carries the "
+                               f"target as a loss, so the estimate is biased low and its interval rules nothing out")
         if any(unconverged.values()):
             reasons.append("a fit did not converge: " + ", ".join(f"{name} {', '.join(f)}"
                                                                 for name, f in unconverged.items() if f))

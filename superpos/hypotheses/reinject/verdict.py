@@ -50,8 +50,8 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
     advantage's CI above 0, each null matched (its entropy in that fifth within ``entropy_tolerance`` of the
     setting's). Otherwise INSUFFICIENT POWER when the judging half has fewer than ``min_contexts`` contexts, or when
     nothing rules re-injection out (no matched null's advantage CI lies wholly below ``needed_advantage``, and the
-    setting does not raise the loss there) while the run's minimum detectable advantage (the larger of the two
-    nulls') exceeds ``needed_advantage``; else NOT SUPPORTED. A result from before the matched nulls is NOT
+    setting does not raise the loss there) while the run's minimum detectable advantage (the larger over the
+    matched nulls not yet beaten; over both when both are) exceeds ``needed_advantage``; else NOT SUPPORTED. A result from before the matched nulls is NOT
     SUPPORTED for want of them (it says so)."""
     p, j, cfg = res.premise, res.judged, res.config
     across = p.late_minus_early.hi < 0
@@ -66,7 +66,8 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
     loose = unmatched(res) if have else {}
     helps = bool(top.hi < 0 and vn.hi < 0 and have and len(beaten) == len(MATCHED) and not loose)
     need, n_judge = cfg.needed_advantage, judging_contexts(res)
-    mde = max(min_detectable(adv[name]) for name in MATCHED) if have else float("nan")
+    unbeaten = matching or list(MATCHED)  # a null already beaten needs no more power against it
+    mde = max(min_detectable(adv[name]) for name in unbeaten) if have else float("nan")
     ruled_out = have and (top.lo > 0 or any(adv[name].hi < need for name in MATCHED if name not in loose))
     few = n_judge < cfg.min_contexts
     weak = bool(have and not helps and (few or (not ruled_out and not mde <= need)))
@@ -129,8 +130,10 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
     opposite = p.late_minus_early.lo > 0
     if weak:
         answer = "INSUFFICIENT POWER" + (f" (the judging half has {n_judge} contexts, fewer than {cfg.min_contexts})"
-                                         if few else f" (minimum detectable advantage {mde:.4f} nats, above the "
-                                                     f"{need:g} the question needs)")
+                                         if few else f" (minimum detectable advantage {mde:.4f} nats over the "
+                                                     f"{' and the '.join(unbeaten)} null"
+                                                     f"{'s' if len(unbeaten) > 1 else ''}, above the {need:g} the "
+                                                     f"question needs)")
     else:
         answer = "SUPPORTED" if helps else "NOT SUPPORTED"
     premise_word = "MET" if met else "MET across token types only" if across else "NOT MET"
@@ -146,8 +149,8 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
     if have:
         head += "; advantage over " + ", ".join(f"the {name} null {fmt_ci(adv[name])}" for name in MATCHED)
         if matching:
-            head += f" — the {' and the '.join(matching)} null{'s' if len(matching) > 1 else ''} " \
-                    f"{'do' if len(matching) > 1 else 'does'} at least as well"
+            head += f" — the true token does not beat the {' and the '.join(matching)} null" \
+                    f"{'s' if len(matching) > 1 else ''} (interval reaching 0)"
         if loose:
             head += f"; the {' and the '.join(loose)} null{'s' if len(loose) > 1 else ''} not matched in entropy"
         head += ")."
