@@ -352,6 +352,8 @@ def test_held_through_the_prediction_at_i_needs_the_bigram_null_not_the_guess_at
     assert held is False and "no better than from a bigram table" in clause and "only that the prediction depends" in clause
     held, clause, _ = _prediction(_prediction_result((0.0, 0.05)))  # MDE 0.071 > 0.02
     assert held is None and "INSUFFICIENT POWER: minimum detectable difference 0.071 above 0.02" in clause
+    held, clause, _ = _prediction(_prediction_result((0.1, 0.02), vs_previous=(0.0, 0.02)))  # table beaten, i−1 not
+    assert held is False and "better than from a bigram table but no better than from its guess made at i−1" in clause
     held, clause, _ = _prediction(_prediction_result((-0.26, 0.05)))  # MDE 0.071 > 0.02, yet [-0.31, -0.21] < 0.02
     assert held is False and "the interval rules out the 0.02" in clause
     held, clause, _ = _prediction(_prediction_result((-0.01, 0.05)))  # [-0.06, +0.04] holds 0.02: not judged

@@ -173,6 +173,8 @@ def test_experiment_commands_write_reports(peaked_llama, tmp_path):
     assert same  # (as JSON: a random tiny model never guesses the input, so the guess gaps are NaN)
     r = run_lookahead(LookaheadConfig(**small, per_context=32, n_classes=64, out=str(tmp_path / "l")))
     assert set(r.offsets) == {"+1", "+2", "+3"} and (tmp_path / "l" / "report.md").exists()
+    scope = f"Scope: {r.model} over pydoc_data.topics (the default corpus). Every number below was measured on this"
+    assert scope in (tmp_path / "l" / "report.md").read_text()  # the headline says which model and corpus it holds for
     n = r.offsets["+2"].nested
     assert n.layer in r.layers and len(n.layer_screen) == len(r.layers) and n.floor_name.startswith("the back-off")
     assert r.offsets["+1"].nested.floor_name == "the model's own top guess" and r.model_top1 is not None

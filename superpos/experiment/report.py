@@ -93,9 +93,14 @@ class Report:
         parts.append("</body></html>")
         return "\n".join(parts)
 
-    def verdict(self, verdict) -> None:
-        """The opening section every experiment report has: the verdict's headline and its criteria."""
+    def verdict(self, verdict, res=None) -> None:
+        """The opening section every experiment report has: the verdict's headline and its criteria; with the
+        result ``res``, first the scope the numbers hold for (its model and corpus)."""
         self.heading("Verdict")
+        if res is not None:
+            corpus = getattr(res.config, "corpus", None) or "pydoc_data.topics (the default corpus)"
+            self.text(f"Scope: {res.model} over {corpus}. Every number below was measured on this model and this "
+                      f"corpus only.")
         if verdict.insufficient_power:
             self.text("**INSUFFICIENT POWER**: this run could not have detected the effect the question needs (its "
                       "own minimum detectable effect is larger, by the rule on the experiment's docs page), so what it "

@@ -14,7 +14,7 @@ def write_report(res: DonationResult, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rep = Report(f"Gradient donation to keys and values — {res.model}")
-    rep.verdict(res.verdict)
+    rep.verdict(res.verdict, res)
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
     for n, s in res.share.items():
         band(axes[0], res.layers, s, f"N = {n}")

@@ -38,7 +38,7 @@ def add_lens_section(rep: Report, lenses: LensComparison, layers: list[int]) -> 
 def write_report(res: LensesResult, out: Path) -> Path:
     """report.md/.html and figures of a lenses run."""
     rep = Report(f"Logit lens vs tuned lens — {res.model}")
-    rep.verdict(res.verdict)
+    rep.verdict(res.verdict, res)
     rep.text(f"{res.n_positions:,} positions from {res.n_contexts} contexts; the tuned lens (saved in "
              f"{Path(out) / 'tuned_lens'}) trained on {res.lenses.train_positions:,} positions.")
     add_lens_section(rep, res.lenses, res.layers)

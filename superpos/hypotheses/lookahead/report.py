@@ -13,7 +13,7 @@ def write_report(res: LookaheadResult, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rep = Report(f"Lookahead probes — {res.model}")
-    rep.verdict(res.verdict)
+    rep.verdict(res.verdict, res)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, r in res.offsets.items():
         band(ax, res.layers, r.acc, f"ridge probe on the residual alone, token {name}")

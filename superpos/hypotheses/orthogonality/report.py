@@ -31,7 +31,7 @@ def write_report(res: OrthogonalityResult, out, controls: dict[str, Orthogonalit
     cfg, d = res.config, res.d_model
     what = res.model if cfg.control == "none" else f"{cfg.control} surrogate of {res.model}"
     rep = Report(f"exp(N_emb) near-orthogonality — {what}, layers {', '.join(str(x.layer) for x in res.layers)}")
-    rep.verdict(calibrated or res.verdict)
+    rep.verdict(calibrated or res.verdict, res)
     if res.verdict.context:
         rep.text(res.verdict.context)
     if calibrated is not None:

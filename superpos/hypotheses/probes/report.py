@@ -18,7 +18,7 @@ def write_report(res: ProbesResult, out: Path) -> Path:
 
     cfg, v, geo, g = res.config, res.verdict, res.geometry, res.guess
     rep = Report(f"Input-token probes by depth — {res.model}")
-    rep.verdict(v)
+    rep.verdict(v, res)
     x, cur = res.layers, res.targets["current token"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, r in res.targets.items():

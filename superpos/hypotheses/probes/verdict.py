@@ -61,6 +61,9 @@ def _prediction(res: ProbesResult) -> tuple[bool | None, str, list[str]]:
     if bg.lo > 0 and d.lo > 0:
         return True, (f"the model's prediction made at i carries x_i beyond what a bigram table p(·|x_i) carries "
                       f"({nums})"), lines
+    if bg.lo > 0:  # beyond the table, not beyond the guess made before x_i was seen
+        return False, (f"x_i is read from the model's prediction made at i better than from a bigram table but no "
+                       f"better than from its guess made at i−1, before x_i was seen ({nums})"), lines
     if mde > need and not bg.hi < need:  # an interval wholly below what the question needs rules it out anyway
         return None, (f"whether the prediction made at i carries x_i beyond a bigram table is not judged "
                       f"(INSUFFICIENT POWER: minimum detectable difference {mde:.3f} above {need:g}; {nums})"), lines

@@ -17,7 +17,7 @@ def write_report(res: ReinjectResult, out: Path) -> Path:
 
     cfg, p = res.config, res.premise
     rep = Report(f"True-token re-injection — {res.model}")
-    rep.verdict(res.verdict)
+    rep.verdict(res.verdict, res)
     rep.text(f"Teacher-forced over {cfg.contexts} evaluation contexts × {cfg.context_length} tokens; each token's "
              f"representation is its mean residual per layer over {cfg.reference_contexts} other contexts (tokens "
              f"seen ≥ {cfg.min_count} times: {100 * p.coverage:.0f}% of evaluation positions). At layers "

@@ -20,7 +20,7 @@ def write_report(res: RepurposingResult, out: Path) -> Path:
     if cfg.control != "none":
         title += f" ({cfg.control} control)"
     rep = Report(title)
-    rep.verdict(res.verdict)
+    rep.verdict(res.verdict, res)
     x = res.layers
     rep.heading("Setup")
     g = res.group_sizes
