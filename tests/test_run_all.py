@@ -33,6 +33,29 @@ def test_run_all_writes_an_index_linking_each_report(tiny_models, tiny_corpus, t
     assert all((out / link).exists() for link in re.findall(r"\]\(([^)]+)\)", (out / "index.md").read_text()))
 
 
+def test_a_finished_repurposing_run_is_kept_without_the_lens_weights_and_a_new_one_gets_them(tiny_models, tiny_corpus,
+                                                                                               tmp_path):
+    """Committed results leave the tuned lens's weights out: resuming keeps lenses and repurposing as finished;
+    once repurposing must run again, lenses runs first so that its --lens exists."""
+    import shutil
+
+    out = tmp_path / "all"
+    args = ("--model", tiny_models["llama"], "--corpus", tiny_corpus, "--only", "lenses,repurposing", "--out", out,
+            "--resume")
+    assert _run_all(*args).returncode == 0
+    first = json.loads((out / "index.json").read_text())["experiments"]
+    shutil.rmtree(out / "lenses" / "tuned_lens")
+    r = _run_all(*args)
+    assert r.returncode == 0 and r.stdout.count("finished earlier with the same command; kept") == 2, r.stdout[-2000:]
+    assert json.loads((out / "index.json").read_text())["experiments"] == first
+    (out / "repurposing" / "results.json").unlink()
+    r = _run_all(*args)
+    assert r.returncode == 0 and "kept" not in r.stdout, r.stdout[-2000:]
+    assert (out / "lenses" / "tuned_lens").is_dir()
+    rep = next(e for e in json.loads((out / "index.json").read_text())["experiments"] if e["name"] == "repurposing")
+    assert rep["status"] == "ok" and f"--lens {out / 'lenses' / 'tuned_lens'}" in rep["command"]
+
+
 def test_run_all_records_a_failure_and_goes_on(tiny_models, tmp_path):
     out = tmp_path / "all"
     r = _run_all("--model", tiny_models["gpt2"], "--corpus", tmp_path / "missing.txt", "--only", "donation,reinject",

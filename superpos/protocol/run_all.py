@@ -32,8 +32,9 @@ def parse_only(text: str) -> list[str]:
 
 
 def experiment_config(name: str, out: Path, model: str | None, corpus: str | None, device: str, seed: int,
-                      preset: str | None = None):
-    """The config ``run all`` gives experiment ``name``: its defaults, the shared settings, and ``preset``'s."""
+                      preset: str | None = None, lens: bool | None = None):
+    """The config ``run all`` gives experiment ``name``: its defaults, the shared settings, and ``preset``'s.
+    Repurposing reads the tuned lens of ``out/lenses`` when ``lens`` (default: when that lens is there)."""
     from dataclasses import replace
 
     e = REGISTRY[name]
@@ -41,7 +42,7 @@ def experiment_config(name: str, out: Path, model: str | None, corpus: str | Non
     shared = {"out": str(out / name), "device": device, "seed": seed, "model": model}
     if corpus:
         shared["corpus"] = corpus
-    if name == "repurposing" and (out / "lenses" / "tuned_lens").is_dir():
+    if name == "repurposing" and (lens if lens is not None else (out / "lenses" / "tuned_lens").is_dir()):
         shared["lens"] = str(out / "lenses" / "tuned_lens")
     if preset and preset not in PRESETS:
         raise SuperposError(f"unknown preset '{preset}' (expected one of {', '.join(PRESETS)})")
@@ -68,9 +69,18 @@ def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, 
     out.mkdir(parents=True, exist_ok=True)
     earlier = finished_rows(out) if resume else {}
     settings = {"model": model, "corpus": corpus, "preset": preset, "seed": seed}
+    # The tuned lens's weights are not kept with committed results. A repurposing run finished with that lens
+    # stays finished without them; one still to run needs them, so lenses runs again first.
+    lens = (out / "lenses" / "tuned_lens").is_dir() or None
+    if lens is None and "lenses" in earlier:
+        with_lens = command_line("repurposing", experiment_config("repurposing", out, model, corpus, device, seed,
+                                                                  preset, lens=True))
+        lens = earlier.get("repurposing", {}).get("command") == with_lens or None
+        if not lens and "repurposing" in names and "lenses" in names:
+            del earlier["lenses"]
     rows = []
     for i, name in enumerate(names, 1):
-        cfg = experiment_config(name, out, model, corpus, device, seed, preset)
+        cfg = experiment_config(name, out, model, corpus, device, seed, preset, lens=lens)
         command = command_line(name, cfg)
         if name in earlier and earlier[name]["command"] == command:
             print(f"\n=== [{i}/{len(names)}] {name}: finished earlier with the same command; kept", flush=True)
