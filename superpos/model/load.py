@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -248,18 +249,28 @@ def _load_gguf(path: Path, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except Exception as e:
         raise SuperposError(f"{path} is not a loadable GGUF language model ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
-    try:  # cache the de-quantised weights; failure only costs speed next time
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        converted.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=converted.parent))
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, converted)
-    except Exception as e:  # pragma: no cover - disk full, read-only cache
-        print(f"superpos: could not cache converted model ({e})", file=sys.stderr)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    cache_folder(converted, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
     return model, tokenizer, revision
+
+
+def cache_folder(dest: Path, write) -> None:
+    """Cache a folder: ``write(tmp)`` fills a fresh folder beside ``dest``, which then replaces ``dest`` in one
+    rename. Failure only costs speed next time, so it is reported, not raised, and the partial folder removed;
+    another process that cached ``dest`` first (its config.json there) is no failure at all."""
+    tmp = None
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest.parent))
+        write(tmp)
+        os.replace(tmp, dest)
+    except Exception as e:  # disk full, read-only cache, or a concurrent run that got there first
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not (dest / "config.json").exists():
+            print(f"superpos: could not cache converted model ({e})", file=sys.stderr)
 
 
 def load_model(spec: str | os.PathLike | None = None, device: str | torch.device = "auto",
