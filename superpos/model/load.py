@@ -252,11 +252,11 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    cache_folder(converted, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
+    cache_converted(converted, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
     return model, tokenizer, revision
 
 
-def cache_folder(dest: Path, write) -> None:
+def cache_converted(dest: Path, write) -> None:
     """Cache a folder: ``write(tmp)`` fills a fresh folder beside ``dest``, which then replaces ``dest`` in one
     rename. Failure only costs speed next time, so it is reported, not raised, and the partial folder removed;
     another process that cached ``dest`` first (its config.json there) is no failure at all."""
