@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +141,17 @@ def test_every_setting_has_one_default_shown_everywhere(capsys):
             metavar = s.flag.removeprefix("--").upper().replace("-", "_")
             assert f"{s.flag} {metavar} {' '.join(s.help.split())} (default {default})" in text, (title, s)
             assert s.flag in section and f"(default {default})" in section, (title, s.flag)
+
+
+def test_the_default_model_and_corpus_give_one_command_however_named():
+    """`run all --corpus pydoc_data.topics` and `replicate` (no --corpus) must resume each other's runs."""
+    from superpos.experiment.spec import command_line
+    from superpos.protocol.run_all import default_as_none, experiment_config
+
+    assert default_as_none("smollm2-135m", "pydoc_data.topics") == (None, None)
+    assert default_as_none("gemma3-270m", "default") == ("gemma3-270m", None)
+    assert default_as_none("gemma3-270m", "shakespeare") == ("gemma3-270m", "shakespeare")
+    named = command_line("probes", experiment_config("probes", Path("o"), *default_as_none("smollm2-135m", "pydoc"),
+                                                     "auto", 0, "replication"))
+    plain = command_line("probes", experiment_config("probes", Path("o"), None, None, "auto", 0, "replication"))
+    assert named == plain and "--corpus" not in plain and "--model" not in plain

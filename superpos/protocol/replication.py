@@ -44,7 +44,6 @@ def run_pairs(models: list[str], corpora: list[str], root: Path, preset: str | N
     """``run all`` for every model × corpus into ``pair_folder(root, …)``, resuming: an experiment already
     finished there with the same command is kept (an interrupted replication goes on where it stopped); returns
     the folders."""
-    from superpos.model.corpus import DEFAULT_CORPUS_NAMES
     from superpos.protocol.registry import EXPERIMENTS
     from superpos.protocol.run_all import run_all
 
@@ -53,9 +52,8 @@ def run_pairs(models: list[str], corpora: list[str], root: Path, preset: str | N
         for corpus in corpora:
             folder = pair_folder(root, model, corpus)
             print(f"\n##### {model} × {corpus} → {folder}", flush=True)
-            # the defaults go as no --model / --corpus: the same commands as a plain `run all`
-            run_all(list(EXPERIMENTS), folder, None if model == DEFAULT_MODEL else model,
-                    None if corpus in DEFAULT_CORPUS_NAMES else corpus, device, seed, preset, resume=True)
+            # the defaults go as no --model / --corpus (run_all's default_as_none): a plain `run all`'s commands
+            run_all(list(EXPERIMENTS), folder, model, corpus, device, seed, preset, resume=True)
             folders.append(folder)
     return folders
 

@@ -60,6 +60,15 @@ def finished_rows(out: Path) -> dict[str, dict]:
     return {r["name"]: r for r in rows if r.get("status") == "ok" and (out / r["folder"] / "results.json").is_file()}
 
 
+def default_as_none(model: str | None, corpus: str | None) -> tuple[str | None, str | None]:
+    """The default model and corpus as None, however named, so that one run gets one command whichever way it was
+    asked for (``run all --corpus pydoc_data.topics`` and ``replicate`` resume each other)."""
+    from superpos.model.corpus import DEFAULT_CORPUS_NAMES
+    from superpos.model.files import DEFAULT_MODEL
+
+    return (None if model == DEFAULT_MODEL else model), (None if corpus in DEFAULT_CORPUS_NAMES else corpus)
+
+
 def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, device: str, seed: int,
             preset: str | None = None, resume: bool = False) -> list[dict]:
     """Run ``names`` in order into ``out``, writing the index after each; returns the index rows. With ``resume``,
@@ -67,6 +76,7 @@ def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, 
     the index also keeps listing the other experiments finished there (so ``--only`` runs into one folder add up)."""
 
     out.mkdir(parents=True, exist_ok=True)
+    model, corpus = default_as_none(model, corpus)
     earlier = finished_rows(out) if resume else {}
     settings = {"model": model, "corpus": corpus, "preset": preset, "seed": seed}
     # The tuned lens's weights are not kept with committed results. A repurposing run finished with that lens
