@@ -108,7 +108,7 @@ def verdict(res: RepurposingResult) -> RepurposingVerdict:
     seen = (None if power is None else f"its minimum detectable push is α ≈ {mde:.3g}" if mde is not None
             else f"no push up to α = {max(power.alphas):g} reaches {100 * power.power:.0f} % power")
     pct = f"{100 * power.power:.0f} %" if power is not None else ""
-    bound = (f"; no push of this kind larger than α ≈ {mde:.3g} × ‖r‖ is missed ({pct} power)" if mde is not None
+    bound = (f"; no push of this kind larger than α ≈ {mde:.3g} × ‖r − μ‖ is missed ({pct} power)" if mde is not None
              else f"; the power curve does not reach {pct} at any size run" if power is not None else "")
     if supported:
         head = (f"SUPPORTED for {what}: mid-stack residuals put extra weight on directions of tokens that are "
@@ -144,7 +144,7 @@ def verdict(res: RepurposingResult) -> RepurposingVerdict:
 def _power_line(pw, label: str) -> str:
     """One power curve (``PowerView``) as a criteria line."""
     mde = pw.min_detectable
-    return (f"{label} at layer {pw.layer}: a push of α × ‖r‖ toward one of each position's own near-impossible "
+    return (f"{label} at layer {pw.layer}: a push of α × ‖r − μ‖ toward one of each position's own near-impossible "
             f"tokens is detected by (i) in " + ", ".join(f"{100 * r:.0f} % (α {a:g})" for a, r in zip(pw.alphas, pw.rate))
             + f" of {pw.draws} draws; " + (f"{100 * pw.power:.0f} % power from α ≈ {mde:.3g}." if mde is not None
                                            else f"none of these sizes reaches {100 * pw.power:.0f} % power."))
