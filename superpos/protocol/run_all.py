@@ -81,12 +81,13 @@ def run_all(names: list[str], out: Path, model: str | None, corpus: str | None, 
     settings = {"model": model, "corpus": corpus, "preset": preset, "seed": seed}
     # The tuned lens's weights are not kept with committed results. A repurposing run finished with that lens
     # stays finished without them; one still to run needs them, so lenses runs again first.
-    lens = (out / "lenses" / "tuned_lens").is_dir() or None
-    if lens is None and "lenses" in earlier:
+    lens = None  # experiment_config looks for the lens itself
+    if "lenses" in earlier and not (out / "lenses" / "tuned_lens").is_dir():
         with_lens = command_line("repurposing", experiment_config("repurposing", out, model, corpus, device, seed,
                                                                   preset, lens=True))
-        lens = earlier.get("repurposing", {}).get("command") == with_lens or None
-        if not lens and "repurposing" in names and "lenses" in names:
+        if earlier.get("repurposing", {}).get("command") == with_lens:
+            lens = True
+        elif "repurposing" in names and "lenses" in names:
             del earlier["lenses"]
     rows = []
     for i, name in enumerate(names, 1):

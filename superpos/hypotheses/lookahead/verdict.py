@@ -42,8 +42,8 @@ def verdict(res: LookaheadResult) -> Verdict:
     one-hot of the target appended to the residual) is not detected (or not run) at some later offset, or when a
     fit did not converge. A planted control whose interval lies below 0 is named as such: the probe then reads a
     block that carries the target as a loss (biased low at this size), which more data of the same kind need not
-    fix, and no interval of the real gain rules anything out. A result without the nested comparison (an older run) says so and gives the separate
-    tests it held instead."""
+    fix, and no interval of the real gain rules anything out. A result without the nested comparison (an older
+    run) says so and gives the separate tests it held instead."""
     later = {name: r for name, r in res.offsets.items() if name != "+1"}
     if not all(r.nested is not None for r in res.offsets.values()):
         lines = [_old_line(name, r) for name, r in res.offsets.items()]

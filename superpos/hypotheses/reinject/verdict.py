@@ -51,8 +51,8 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
     setting's). Otherwise INSUFFICIENT POWER when the judging half has fewer than ``min_contexts`` contexts, or when
     nothing rules re-injection out (no matched null's advantage CI lies wholly below ``needed_advantage``, and the
     setting does not raise the loss there) while the run's minimum detectable advantage (the larger over the
-    matched nulls not yet beaten; over both when both are) exceeds ``needed_advantage``; else NOT SUPPORTED. A result from before the matched nulls is NOT
-    SUPPORTED for want of them (it says so)."""
+    matched nulls not yet beaten; over both when both are) exceeds ``needed_advantage``; else NOT SUPPORTED. A
+    result from before the matched nulls is NOT SUPPORTED for want of them (it says so)."""
     p, j, cfg = res.premise, res.judged, res.config
     across = p.late_minus_early.hi < 0
     met = bool(across and (p.within is None or p.within.hi < 0))
