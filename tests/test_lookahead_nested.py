@@ -40,13 +40,46 @@ def test_nested_gain_detects_a_block_with_new_signal_and_not_a_noisy_copy_of_the
     news = torch.tensor(np.eye(K)[y] + 1.2 * rng.standard_normal((len(y), K)), dtype=torch.float32)  # fresh noise
     copy = base_X + 0.05 * torch.randn(len(y), K, generator=torch.Generator().manual_seed(1))  # no new information
     args = dict(n_classes=K, l2_base=1e-3, l2_full=1e-3, n_boot=200, seed=0)
-    g, _ = nested_gain(f.rows(tr), news[tr], y[tr], f.rows(te), news[te], y[te], ctx, **args)
+    g, _, _ = nested_gain(f.rows(tr), news[tr], y[tr], f.rows(te), news[te], y[te], ctx, **args)
     assert g["gain"].lo > 0.1 and g["acc_gain"].lo > 0, g  # a second independent read of y: clearly more likely
     assert g["base_acc"].mean > 1.5 / K  # the base (tied n-gram counts + the base block) is itself informative
     assert g["converged"] == {"base": True, "full": True}
-    g, _ = nested_gain(f.rows(tr), copy[tr], y[tr], f.rows(te), copy[te], y[te], ctx, **args)
+    g, _, _ = nested_gain(f.rows(tr), copy[tr], y[tr], f.rows(te), copy[te], y[te], ctx, **args)
     assert g["gain"].lo < 0 < g["gain"].hi + 1e-3 and abs(g["gain"].mean) < 0.02, g
     assert abs(g["acc_gain"].mean) < 0.02
+
+
+def test_a_layer_that_repeats_the_embedding_adds_nothing_once_the_embedding_is_in_the_base():
+    """Layer 0's calibration: an "embedding" block that reads the target (a noisy one-hot) adds log-likelihood to
+    the n-gram base, and so does a later layer that only repeats it; with the embedding in the base (the chain
+    base → + embedding → + layer, each fit from the last with its penalties kept) that layer adds nothing, while a
+    layer with a fresh read of the target still does."""
+    K, n_tr, n_te = 6, 3000, 1500
+    y, counts, base_X, rng = _planted(n_tr + n_te, K, 7)
+    f = Features(*ngram_features(counts), base_X)
+    tr, te = np.arange(n_tr), np.arange(n_tr, n_tr + n_te)
+    ctx = te // 25
+
+    def read() -> torch.Tensor:
+        return torch.tensor(np.eye(K)[y] + 1.2 * rng.standard_normal((len(y), K)), dtype=torch.float32)
+
+    emb, fresh = read(), read()
+    repeat = emb + 0.05 * torch.randn(len(y), K, generator=torch.Generator().manual_seed(8))
+    args = dict(n_classes=K, l2_base=1e-3, n_boot=200, seed=0)
+    g_emb, _, with_emb = nested_gain(f.rows(tr), emb[tr], y[tr], f.rows(te), emb[te], y[te], ctx, l2_full=1e-2,
+                                     **args)
+    g_alone, _, _ = nested_gain(f.rows(tr), repeat[tr], y[tr], f.rows(te), repeat[te], y[te], ctx, l2_full=1e-3,
+                                **args)
+    assert g_emb["gain"].lo > 0.1 and g_alone["gain"].lo > 0.1  # against the n-grams alone both read the target
+    fe = f.with_block(emb)
+    g_rep, _, full = nested_gain(fe.rows(tr), repeat[tr], y[tr], fe.rows(te), repeat[te], y[te], ctx, l2_full=1e-3,
+                                 base=with_emb, **args)
+    assert abs(g_rep["gain"].mean) < 0.02 and g_rep["gain"].lo < 0.01, g_rep  # nothing beyond the embedding
+    F0 = base_X.shape[1]
+    torch.testing.assert_close(full.pen_F, torch.tensor([1e-3] * F0 + [1e-2] * K + [1e-3] * K))  # penalties kept
+    g_new, _, _ = nested_gain(fe.rows(tr), fresh[tr], y[tr], fe.rows(te), fresh[te], y[te], ctx, l2_full=1e-3,
+                              base=with_emb, **args)
+    assert g_new["gain"].lo > 0.05, g_new  # a fresh read of the target still adds
 
 
 def test_the_l2_grid_goes_on_upward_while_its_largest_strength_wins():
@@ -95,11 +128,11 @@ def test_the_planted_control_is_detected_with_enough_data_and_not_with_little():
         ctx = te // per
         resid = torch.randn(len(y), 8, generator=torch.Generator().manual_seed(3))  # carries nothing
         args = dict(n_classes=K, l2_base=1e-3, l2_full=1e-3, n_boot=200, seed=0)
-        g, base = nested_gain(f.rows(tr), resid[tr], y[tr], f.rows(te), resid[te], y[te], ctx, **args)
+        g, base, _ = nested_gain(f.rows(tr), resid[tr], y[tr], f.rows(te), resid[te], y[te], ctx, **args)
         a = planted_amplitude(0.05, brier(base, f.rows(tr), y[tr]))
         assert 0.4 < a < 0.5  # Brier ≈ 0.5: a = √(2 · 0.05 / 0.5)
         planted = torch.cat([resid, planted_block(y, K, a, seed=5)], 1)
-        p, _ = nested_gain(f.rows(tr), planted[tr], y[tr], f.rows(te), planted[te], y[te], ctx, **args, base=base)
+        p, _, _ = nested_gain(f.rows(tr), planted[tr], y[tr], f.rows(te), planted[te], y[te], ctx, **args, base=base)
         assert g["gain"].lo < 0.01  # the residual itself adds nothing
         if seen:
             assert p["gain"].lo > 0 and 0.02 < p["gain"].mean < 0.06, p  # about the planted 0.05, a little less

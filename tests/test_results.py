@@ -131,8 +131,9 @@ def test_replicate_runs_each_pair_and_tabulates_them(tmp_path, monkeypatch):
     monkeypatch.setattr(ra, "run_all", fake_run_all)
     assert main(["replicate", "--models", "smollm2-135m,m2", "--corpora", "pydoc_data.topics,dir/c2.txt", "--runs-dir",
                  str(tmp_path / "r"), "--out", str(tmp_path / "rep.md")]) == 0
-    # the default model and corpus go as none (the commands of a plain `run all`)
-    assert calls == [(m, c, "replication", True) for m in (None, "m2") for c in (None, "dir/c2.txt")]
+    # each pair goes as named; run_all itself takes the defaults as none (tests/test_run_all.py)
+    assert calls == [(m, c, "replication", True) for m in ("smollm2-135m", "m2")
+                     for c in ("pydoc_data.topics", "dir/c2.txt")]
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["m2+c2.txt", "m2+pydoc_data.topics",
                                                                   "smollm2-135m+c2.txt",
                                                                   "smollm2-135m+pydoc_data.topics"]

@@ -77,6 +77,7 @@ class LogisticProbe:
     converged: bool = True  # the gradient's largest entry fell below GRAD_TOL
     iterations: int = 0  # L-BFGS iterations taken
     objective: float = float("nan")  # the training objective at the end (mean log-loss + penalties)
+    pen_F: torch.Tensor | None = None  # the L2 strength on each W row (a probe started from this one keeps them)
 
     def logits(self, f: Features) -> torch.Tensor:
         """(P, K) class scores."""
@@ -107,7 +108,8 @@ def fit_logistic(f: Features, y_P: np.ndarray, n_classes: int, l2: float, device
     Without ``init``, tied weights start at 1 for seen histories, W at 0 and the biases at the log class prior.
     With ``init`` (a probe fitted on the first F₀ vector columns of ``f``: the base of a nested pair), the fit
     starts at that solution (its tied weights, biases, W rows and their standardisation) with the other columns'
-    weights at 0; those F₀ rows keep the penalty ``l2`` and the added rows take ``l2_extra`` (default ``l2``)."""
+    weights at 0; those F₀ rows keep the penalties ``init`` was fitted with (``l2`` where it does not record them)
+    and the added rows take ``l2_extra`` (default ``l2``), so a chain of such fits stays nested."""
     X = f.X_PF.to(device, torch.float32)
     mean, std = X.mean(0), X.std(0).clamp_min(1e-6) if len(X) > 1 else torch.ones(X.shape[1], device=device)
     M = f.logp_PMK.shape[1]
@@ -125,6 +127,8 @@ def fit_logistic(f: Features, y_P: np.ndarray, n_classes: int, l2: float, device
         a, b = init.a_MB.to(device).clone(), init.b_K.to(device).clone()
         W[:F0] = init.W_FK.to(device)
         mean[:F0], std[:F0] = init.mean_F.to(device), init.std_F.to(device)
+        if init.pen_F is not None:
+            pen[:F0, 0] = init.pen_F.to(device)
         pen[F0:] = l2 if l2_extra is None else l2_extra
     Z = (X - mean) / std
     params = [a.requires_grad_(True), W.requires_grad_(True), b.requires_grad_(True)]
@@ -152,4 +156,4 @@ def fit_logistic(f: Features, y_P: np.ndarray, n_classes: int, l2: float, device
     loss = float(loss_fn().detach())
     converged = max(float(p.grad.abs().max()) for p in params if p.numel()) <= GRAD_TOL
     return LogisticProbe(a.detach(), W.detach(), b.detach(), mean, std, converged=converged, iterations=int(done),
-                         objective=loss)
+                         objective=loss, pen_F=pen[:, 0].detach())

@@ -40,6 +40,10 @@ class NestedGain:
     test_units: int | None = None  # held-out documents (or contexts) for test
     test_contexts: int | None = None  # test contexts the intervals resample
     ngram_tokens: int | None = None  # tokens the test-time n-gram tables were counted on
+    # (None in results from before the embedding joined the base: their base is the n-grams and log-probs only)
+    embedding_gain: Interval | None = None  # layer 0 (the embedding of token i) added to the n-grams and log-probs:
+    # the calibration; where set, the base above holds the embedding too and ``gain`` is read beyond it
+    l2_embedding: float | None = None  # the embedding block's L2, chosen on validation
 
 
 @dataclass(kw_only=True)

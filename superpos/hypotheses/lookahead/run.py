@@ -123,11 +123,11 @@ def choose_l2(f_fit: Features, y_fit: np.ndarray, f_val: Features, y_val: np.nda
 def nested_gain(base_tr: Features, extra_tr: torch.Tensor, y_tr: np.ndarray, base_te: Features,
                 extra_te: torch.Tensor, y_te: np.ndarray, ctx_te: np.ndarray, n_classes: int, l2_base: float,
                 l2_full: float, n_boot: int, seed: int, device: str = "cpu",
-                base: LogisticProbe | None = None) -> tuple[dict, LogisticProbe]:
+                base: LogisticProbe | None = None) -> tuple[dict, LogisticProbe, LogisticProbe]:
     """Fit the base probe (unless given) and the base + ``extra`` probe on the training rows, the latter from the
     former (warm start, the base's L2 on the shared block, ``l2_full`` on ``extra``), and score both on the test
     rows: per-position log-likelihoods and right/wrong, the paired gains with intervals over test contexts, and
-    whether each fit converged; and the base probe."""
+    whether each fit converged; and the base and full probes."""
     base = base or fit_logistic(base_tr, y_tr, n_classes, l2_base, device)
     full = fit_logistic(base_tr.with_block(extra_tr), y_tr, n_classes, l2_base, device, init=base, l2_extra=l2_full)
     full_te = base_te.with_block(extra_te)
@@ -141,7 +141,7 @@ def nested_gain(base_tr: Features, extra_tr: torch.Tensor, y_tr: np.ndarray, bas
     return dict(base_loglik=iv(ll_b), full_loglik=iv(ll_f), gain=iv(ll_f - ll_b), base_acc=iv(ok_b),
                 full_acc=iv(ok_f), acc_gain=iv(ok_f - ok_b),
                 converged={"base": base.converged, "full": full.converged},
-                iterations={"base": base.iterations, "full": full.iterations}), base
+                iterations={"base": base.iterations, "full": full.iterations}), base, full
 
 
 def brier(probe: LogisticProbe, f: Features, y_P: np.ndarray) -> float:
@@ -214,37 +214,53 @@ def lookahead_target(lm, sample: ResidualSample, k: int, cfg: LookaheadConfig, s
     f_fit, _ = features(fit_table, fit_counted, "fit", own=True)
     f_val, c_val = features(fit_table, fit_counted, "val", own=False)
     order = max(NGRAM_ORDERS, key=lambda n: (backoff_guess(c_val, classes, n) == classes[y["val"]]).mean())
+    def resid(name: str, j: int) -> torch.Tensor:
+        return splits[name].resid_LPD[j][torch.from_numpy(rows[name])]
+
     l2_base, base = choose_l2(f_fit, y["fit"], f_val, y["val"], K, cfg.l2, device)
+    # Layer 0 is the embedding of token i: what it adds can only be the input token itself, read more smoothly
+    # than sparse n-gram counts read it, never a token the model worked out. It joins the base, so the gain is
+    # what a later layer adds beyond it; its own gain (over the n-grams and log-probs) is the calibration.
+    emb = sample.layers.index(0) if 0 in sample.layers and len(sample.layers) > 1 else None
+    l2_emb = None
+    if emb is not None:
+        l2_emb, base = choose_l2(f_fit.with_block(resid("fit", emb)), y["fit"], f_val.with_block(resid("val", emb)),
+                                 y["val"], K, cfg.l2, device, base=base, l2_base=l2_base)
+        f_fit, f_val = f_fit.with_block(resid("fit", emb)), f_val.with_block(resid("val", emb))
     z_fit, z_val = base.logits(f_fit).detach().cpu(), base.logits(f_val).detach().cpu()
     screen = []
     for j in range(len(sample.layers)):  # the layer whose residual adds most to the base probe's logits (ridge)
-        X_fit = torch.cat([z_fit, fit.resid_LPD[j][torch.from_numpy(rows["fit"])]], 1)
-        X_val = torch.cat([z_val, val.resid_LPD[j][torch.from_numpy(rows["val"])]], 1)
-        ridge = fit_ridge_probe(X_fit, y["fit"], np.arange(K), cfg.ridge)
-        screen.append(float((ridge.predict(X_val) == y["val"]).mean()))
-    best = int(np.argmax(screen))
-
-    def resid(name: str) -> torch.Tensor:
-        return splits[name].resid_LPD[best][torch.from_numpy(rows[name])]
-
-    l2_full, _ = choose_l2(f_fit.with_block(resid("fit")), y["fit"], f_val.with_block(resid("val")), y["val"], K,
-                           cfg.l2, device, base=base, l2_base=l2_base)
+        ridge = fit_ridge_probe(torch.cat([z_fit, resid("fit", j)], 1), y["fit"], np.arange(K), cfg.ridge)
+        screen.append(float((ridge.predict(torch.cat([z_val, resid("val", j)], 1)) == y["val"]).mean()))
+    best = int(np.argmax([-np.inf if j == emb else v for j, v in enumerate(screen)]))
+    l2_full, _ = choose_l2(f_fit.with_block(resid("fit", best)), y["fit"], f_val.with_block(resid("val", best)),
+                           y["val"], K, cfg.l2, device, base=base, l2_base=l2_base)
     amplitude = planted_amplitude(cfg.needed_gain, brier(base, f_val, y["val"]))
 
     def planted(name: str) -> torch.Tensor:
         seed = cfg.seed + 1000 * k + ("train", "test").index(name)
-        return torch.cat([resid(name), planted_block(y[name], K, amplitude, seed)], 1)
+        return torch.cat([resid(name, best), planted_block(y[name], K, amplitude, seed)], 1)
 
     # scored on test: tables of every token read except the test units
     table, counted = table_without(split.test)
     f_train, _ = features(table, counted, "train", own=True)
     f_test, c_test = features(table, counted, "test", own=False)
     ctx, yt = test.ctx_P[rows["test"]], classes[y["test"]]
+    embedding_gain, first = None, None
+    if emb is not None:  # the calibration: the n-grams and log-probs, then the embedding added (nested)
+        g0, first, base = nested_gain(f_train, resid("train", emb), y["train"], f_test, resid("test", emb),
+                                      y["test"], ctx, K, l2_base, l2_emb, cfg.n_boot, cfg.seed, device)
+        embedding_gain = g0["gain"]
+        f_train, f_test = f_train.with_block(resid("train", emb)), f_test.with_block(resid("test", emb))
     args = (K, l2_base, l2_full, cfg.n_boot, cfg.seed, device)
-    g, base = nested_gain(f_train, resid("train"), y["train"], f_test, resid("test"), y["test"], ctx, *args)
-    p, _ = nested_gain(f_train, planted("train"), y["train"], f_test, planted("test"), y["test"], ctx, *args,
-                       base=base)
+    g, base, _ = nested_gain(f_train, resid("train", best), y["train"], f_test, resid("test", best), y["test"], ctx,
+                             *args, base=base if emb is not None else None)
+    p, _, _ = nested_gain(f_train, planted("train"), y["train"], f_test, planted("test"), y["test"], ctx, *args,
+                          base=base)
     g["converged"]["planted"], g["iterations"]["planted"] = p["converged"]["full"], p["iterations"]["full"]
+    if first is not None:
+        g["converged"] = {"n-grams": first.converged, **g["converged"]}
+        g["iterations"] = {"n-grams": first.iterations, **g["iterations"]}
 
     def iv(v) -> Interval:
         return cluster_interval(v, ctx, n_boot=cfg.n_boot, seed=cfg.seed)
@@ -259,7 +275,7 @@ def lookahead_target(lm, sample: ResidualSample, k: int, cfg: LookaheadConfig, s
                         floor=floor, floor_name=floor_name, train_positions=len(rows["train"]),
                         test_positions=len(rows["test"]), test_contexts=len(np.unique(ctx)), split=split.by,
                         test_units=len(split.test), planted_gain=p["gain"], planted_amplitude=amplitude,
-                        ngram_tokens=table.n_tokens_)
+                        ngram_tokens=table.n_tokens_, embedding_gain=embedding_gain, l2_embedding=l2_emb)
     return LookaheadTarget(**vars(curve), ngram={n: iv(v) for n, v in ngram_right.items()}, ngram_order=order,
                            nested=nested)
 

@@ -14,9 +14,15 @@ def planted_shown(r: LookaheadTarget) -> bool | None:
     return None if p is None else bool(p.lo > 0)
 
 
+def _base(n) -> str:
+    """What the base probe reads: the embedding of token i joined it with the layer-0 calibration."""
+    return ("[n-grams + the model's log-probs at i" + (" + the embedding of token i]" if n.embedding_gain is not None
+                                                       else "]"))
+
+
 def _nested_line(name: str, r: LookaheadTarget) -> str:
     n = r.nested
-    return (f"token {name}: [n-grams + the model's log-probs at i] {n.base_loglik.mean:.3f} nats, with the residual "
+    return (f"token {name}: {_base(n)} {n.base_loglik.mean:.3f} nats, with the residual "
             f"at layer {n.layer} (chosen on validation) {n.full_loglik.mean:.3f}: gain {fmt_ci(n.gain)} nats per "
             f"position; top-1 accuracy {n.base_acc.mean:.3f} → {n.full_acc.mean:.3f} (gain {fmt_ci(n.acc_gain)}) "
             f"against the floor, {n.floor_name}, {n.floor.mean:.3f}; back-off n-grams (n = "
@@ -34,8 +40,9 @@ def _old_line(name: str, r: LookaheadTarget) -> str:
 
 def verdict(res: LookaheadResult) -> Verdict:
     """YES when, for every offset beyond +1, the nested gain — the log-likelihood of the token at i + k under a
-    logistic probe on [n-gram features + the model's log-probs at i] plus the residual at i (layer chosen on
-    validation), minus the same probe without the residual, paired per test position — has its interval over test
+    logistic probe on [n-gram features + the model's log-probs at i + the embedding of token i (layer 0; absent
+    in older results)] plus the residual at i (a later layer, chosen on validation), minus the same probe without
+    the residual, paired per test position — has its interval over test
     contexts above 0; PARTLY for some such offsets; NO for none. INSUFFICIENT POWER instead of any answer when the
     intervals rest on fewer than ``MIN_CLUSTERS`` test contexts, and instead of NO when the minimum detectable gain
     exceeds --needed-gain at every later offset, when the planted control (the same comparison with a weak noisy
@@ -78,6 +85,13 @@ def verdict(res: LookaheadResult) -> Verdict:
                              for name, r in later.items())
                  + f" nats: {'detected' if planted and all(planted.values()) else 'NOT detected'}"
                  + ("" if not planted or all(v is not None for v in planted.values()) else " (not run)") + ".")
+    if all(r.nested.embedding_gain is not None for r in later.values()) and later:
+        lines.append("Calibration at layer 0, the embedding of token i, where no later token can have been worked "
+                     "out: added to [n-grams + the model's log-probs at i] it raises the log-likelihood by "
+                     + ", ".join(f"{fmt_ci(r.nested.embedding_gain)} nats ({name})" for name, r in later.items())
+                     + ": the part of any layer's read that is the input token itself, read more smoothly than "
+                       "sparse n-gram counts read it. The embedding is in the base, so every gain above is read "
+                       "beyond it, and layer 0 is left out of the layer screen.")
     if any(r.nested.converged is not None for r in res.offsets.values()):
         lines.append("Fits: the probe with the residual starts at the base's solution (the base's L2 on the shared "
                      "block) so the two are nested; "
@@ -113,8 +127,10 @@ def verdict(res: LookaheadResult) -> Verdict:
                       f"{r.nested.floor.mean:.3f})" for name, r in later.items())
     if weak:
         answer = f"INSUFFICIENT POWER ({'; '.join(reasons)}; the gains alone would read {answer})"
-    head = (f"Lookahead beyond n-grams and the model's own next-token distribution: {answer} — adding the residual at "
-            f"i to a logistic probe on [n-gram features + the model's log-probs at i] raises the held-out "
+    emb = all(r.nested.embedding_gain is not None for r in later.values()) and bool(later)
+    head = (f"Lookahead beyond n-grams, the model's own next-token distribution{' and the input token' * emb}: "
+            f"{answer} — adding the residual at i to a logistic probe on "
+            f"[n-gram features + the model's log-probs at i{' + the embedding of token i' * emb}] raises the held-out "
             f"log-likelihood of the later token for {', '.join(n for n, ok in beyond.items() if ok) or 'no offset'} "
             f"({gains}).")
     return Verdict(headline=head, criteria=lines, insufficient_power=weak)
