@@ -128,7 +128,9 @@ def verdict(res: LookaheadResult) -> Verdict:
     if weak:
         answer = f"INSUFFICIENT POWER ({'; '.join(reasons)}; the gains alone would read {answer})"
     emb = all(r.nested.embedding_gain is not None for r in later.values()) and bool(later)
-    head = (f"Lookahead beyond n-grams, the model's own next-token distribution{' and the input token' * emb}: "
+    beyond_what = ("n-grams, the model's own next-token distribution and the input token" if emb else
+                   "n-grams and the model's own next-token distribution")
+    head = (f"Lookahead beyond {beyond_what}: "
             f"{answer} — adding the residual at i to a logistic probe on "
             f"[n-gram features + the model's log-probs at i{' + the embedding of token i' * emb}] raises the held-out "
             f"log-likelihood of the later token for {', '.join(n for n, ok in beyond.items() if ok) or 'no offset'} "
