@@ -10,8 +10,8 @@ A probe's logit for class c at position p is
   log-probabilities of each class after the last m tokens, their weight chosen per history length m and per
   bucket of how often that history was seen (``COUNT_BUCKETS``), so a rare history can be trusted less;
 * ``x̃_p`` are *vector* features, standardised with training statistics: the model's log-probabilities at i on
-  the K classes (a full K × K map, which can carry "the model expects t next, and t is followed by c") and, in the
-  larger probe, the residual at i.
+  the K classes (a full K × K map, which can carry "the model expects t next, and t is followed by c"), the
+  embedding of token i (the layer-0 residual) and, in the larger probe, the residual at i at a later layer.
 
 Fitted by full-batch L-BFGS on the mean log-loss plus ``l2 / 2 · ‖W‖²`` (tied weights and biases unpenalised),
 until the gradient's largest entry is below ``GRAD_TOL`` or ``max_iter`` iterations; whether it got there is kept

@@ -29,19 +29,24 @@ def write_report(res: LookaheadResult, out: Path) -> Path:
     ax.legend(fontsize=8)
     rep.figure(fig, "lookahead.png", "Ridge probes from the residual at position i alone for the tokens at i+1, i+2, "
                "i+3 (95% CIs over test contexts); dotted: the floor (the model's own top guess at +1, the back-off "
-               "n-gram beyond); circle: the logistic probe on [n-grams + the model's log-probs at i]; star: the same "
-               "with the residual at the layer chosen on validation contexts, on test contexts")
+               "n-gram beyond); circle: the logistic probe on [n-grams + the model's log-probs at i (+ the embedding of "
+               "token i, in runs calibrated at layer 0)]; star: the same with the residual at the layer chosen on "
+               "validation contexts, on test contexts")
     if all(r.nested is not None for r in res.offsets.values()):
         n0 = next(iter(res.offsets.values())).nested
         rep.table(["token", "layer (val)", "log-lik base (nats)", "log-lik + residual", "gain [95% CI]",
                    "acc base", "acc + residual", "acc gain [95% CI]", "planted control gain [95% CI]", "floor",
-                   "floor acc", "L2 base / full", "fits converged", "test positions", "coverage"],
+                   "floor acc", "L2 base / full", "fits converged", "test positions", "coverage",
+                   "layer 0 (embedding) gain over n-grams + log-probs [95% CI]", "L2 embedding"],
                   [[name, n.layer, n.base_loglik.mean, n.full_loglik.mean, fmt_ci(n.gain), n.base_acc.mean,
                     n.full_acc.mean, fmt_ci(n.acc_gain), "not run" if n.planted_gain is None else fmt_ci(n.planted_gain),
                     n.floor_name, n.floor.mean, f"{n.l2_base:g} / {n.l2_full:g}",
                     "not recorded" if n.converged is None else " / ".join(f"{f} {'yes' if ok else 'NO'}"
                                                                           for f, ok in n.converged.items()),
-                    n.test_positions, r.coverage] for name, r in res.offsets.items() for n in [r.nested]])
+                    n.test_positions, r.coverage,
+                    "not in the base" if n.embedding_gain is None else fmt_ci(n.embedding_gain),
+                    "" if n.l2_embedding is None else f"{n.l2_embedding:g}"]
+                   for name, r in res.offsets.items() for n in [r.nested]])
         rep.text(f"The model's own top guess names the token at i+1 {fmt_ci(res.model_top1)} of the time on test "
                  f"contexts (whole vocabulary). n-gram tables counted on {res.ngram_tokens:,} tokens: every token "
                  f"read except the test {n0.split or 'contexts'}; training positions' n-gram features leave their own "

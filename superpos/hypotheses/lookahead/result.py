@@ -14,8 +14,9 @@ MIN_DOCUMENTS = 8
 
 @dataclass(kw_only=True)
 class NestedGain:
-    """One nested comparison on test contexts: a logistic probe on [n-gram features + the model's log-probs at i]
-    (base) against the same features plus the residual at i (full), each scored per position."""
+    """One nested comparison on test contexts: a logistic probe on [n-gram features + the model's log-probs at i
+    + the embedding of token i (layer 0; absent in older results)] (base) against the same features plus the
+    residual at i at a later layer (full), each scored per position."""
 
     layer: int  # the residual layer, chosen on validation contexts
     layer_screen: list[float]  # per layer: validation accuracy of the ridge screen that chose it

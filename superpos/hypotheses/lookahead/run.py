@@ -1,6 +1,7 @@
 """Lookahead: is the token at i + k held in the residual at i beyond what the context's n-grams and the model's own
 next-token distribution at i already give? One nested comparison per offset k: a logistic probe on [n-gram features
-+ the model's log-probs at i] against the same probe with the residual at i added (the layer, the L2 strengths and
++ the model's log-probs at i + the embedding of token i (layer 0, calibrated first)] against the same probe with
+the residual at i at a later layer added (the layer, the L2 strengths and
 the n of the n-gram floor chosen on validation contexts), scored on test contexts as the paired per-position gain in
 log-likelihood, beside a planted positive control (the same comparison with a weak noisy one-hot of the target
 appended to the residual). Train, validation and test are split by document where the contexts hold enough
@@ -281,7 +282,8 @@ def lookahead_target(lm, sample: ResidualSample, k: int, cfg: LookaheadConfig, s
 
 
 def run(cfg: LookaheadConfig) -> LookaheadResult:
-    """Per offset, the nested comparison of [n-grams + the model's log-probs] with and without the residual."""
+    """Per offset, the nested comparison of [n-grams + the model's log-probs + the embedding] with and without the
+    residual at a later layer."""
     if any(o <= 0 for o in cfg.offsets):
         raise ConfigError("offsets", "{field} must be positive for lookahead (tokens after the probed position)")
     if not cfg.l2:
