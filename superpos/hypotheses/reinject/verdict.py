@@ -88,8 +88,8 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
                      f"{_band_list(p.within_bands, band_names(len(p.within_bands.mean)))}.")
     lines.append(f"Chosen on half the contexts: {res.chosen}; on the other half Δ loss {fmt_ci(top)} nats in the most-"
                  f"surprising fifth, {fmt_ci(j.bins[0])} in the least; difference {fmt_ci(d)} (what any flattening "
-                 f"of the output also does: shown, not required); against the same move toward another token's "
-                 f"representation (the deranged null), most-surprising fifth {fmt_ci(vn)}.")
+                 f"of the output also does: shown, not required); minus the same move toward another token's "
+                 f"representation (the deranged null), paired, most-surprising fifth {fmt_ci(vn)}.")
     if have:
         ent, m = res.entropy or {}, res.matched[res.chosen]
         lines.append(f"Mean output entropy on the selection half: clean {ent.get('clean', float('nan')):.3f}, "
@@ -144,8 +144,8 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
             f"{fmt_ci(p.late_minus_early)}"
             f"{'' if p.within is None else f'; within token types {fmt_ci(p.within)}'}). Re-injection {answer}: moving late "
             f"residuals toward the true token ({res.chosen}, chosen on held-apart contexts) changes the loss on the "
-            f"following token by {fmt_ci(top)} nats where that token was most surprising (vs the same move toward "
-            f"another token: {fmt_ci(vn)}")
+            f"following token by {fmt_ci(top)} nats where that token was most surprising (minus the same move toward "
+            f"another token, paired: {fmt_ci(vn)}")
     if have:
         head += "; advantage over " + ", ".join(f"the {name} null {fmt_ci(adv[name])}" for name in MATCHED)
         if matching:
