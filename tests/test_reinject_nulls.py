@@ -204,7 +204,7 @@ def _judge(pos, clean, setting, temp_null, mean_null, deranged, cfg=CFG) -> Rein
         entropy_fifths={"mean w=0.1": pos.judging_fifths(true_H, cfg.n_bins)},
         matched={"mean w=0.1": {"temperature": null(tn_H, nulls["temperature"]),
                                 "layer mean": null(mn_H, nulls["layer mean"])}},
-        vs_matched=vs_matched, band_edges=[])
+        vs_matched=vs_matched, band_edges=[], shared_documents=0)
     res.verdict = verdict(res)
     return res
 
@@ -285,6 +285,32 @@ def test_a_true_token_effect_beyond_flattening_is_supported():
     # the comparison within frequency bands splits the same positions (one band here: the whole fifth)
     c = res.vs_matched["temperature"]
     assert np.isclose(c.top_by_band.mean[0], c.by_fifth.mean[-1]) and np.isnan(c.by_band.mean[1])
+
+
+def test_reference_contexts_from_the_judged_documents_refuse_supported():
+    """Every null beaten, but the tokens' representations came from the documents judged (or, in an older result,
+    from the contexts just before them): what follows a token there may be carried in, so NOT SUPPORTED, saying why."""
+    res = _supported()
+    for shared, why in ((2, "read 2 of the judged contexts' documents"), (None, "read just before the judged")):
+        res.shared_documents = shared
+        v = verdict(res)
+        assert v.supported is False and not v.insufficient_power and "Re-injection NOT SUPPORTED (it beats every" \
+            in v.headline and why in v.headline, v.headline
+
+
+def test_reference_contexts_read_no_document_of_the_evaluation_contexts():
+    """split_reference: the evaluation contexts are the first ones; the reference ones come later and skip every
+    context holding one of their documents, filling up with the nearest others only when too few lie apart."""
+    from superpos.hypotheses.reinject.run import split_reference
+    from superpos.model.corpus import PackedContexts
+
+    doc = np.array([[0, 0], [0, 1], [1, 1], [1, 2], [2, 3], [3, 3], [4, 4]], dtype=np.int32)
+    tok = np.arange(doc.size, dtype=np.int32).reshape(doc.shape)
+    packed = PackedContexts(tok, doc, -1)
+    ref, ev, shared = split_reference(packed, 2, 3)  # judged: contexts 0, 1 (documents 0, 1)
+    assert (ev == tok[:2]).all() and (ref == tok[[4, 5, 6]]).all() and shared == 0  # contexts 2, 3 hold document 1
+    ref, ev, shared = split_reference(packed, 2, 5)  # only 3 contexts lie apart: contexts 2 and 3 fill up
+    assert (ref == tok[[2, 3, 4, 5, 6]]).all() and shared == 1
 
 
 def test_a_null_not_matched_in_entropy_refuses_supported():

@@ -22,8 +22,9 @@ class ReinjectConfig:
     model: str | None = model_setting()
     corpus: str | None = corpus_setting()
     contexts: int = setting(48, "evaluation contexts (the unit every interval resamples)", parse="positive_int")
-    reference_contexts: int = setting(96, "further contexts, read first and kept apart, that give each token's mean "
-                                          "residual per layer (its representation there)", parse="positive_int")
+    reference_contexts: int = setting(96, "further contexts, from documents the evaluation contexts do not hold "
+                                          "(where the corpus has them), that give each token's mean residual per "
+                                          "layer (its representation there)", parse="positive_int")
     context_length: int = setting(256, "tokens per context", parse="positive_int")
     layers: list[int] | None = setting(None, "residual layers to interpolate at; empty: every other block output of "
                                              "the last quarter, not the final residual", parse="int_list")

@@ -122,3 +122,6 @@ class ReinjectResult(Result):
     vs_matched: dict[str, NullComparison] | None = None  # the chosen setting against each matched null
     band_edges: list[float] | None = None  # reference-context counts that split the frequency bands
     reconcile: Reconciliation | None = None
+    # documents of the evaluation contexts that the reference contexts also read (0: disjoint; None: a result from
+    # before the split by document, whose reference contexts were the ones just before the evaluation contexts)
+    shared_documents: int | None = None

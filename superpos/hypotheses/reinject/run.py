@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -211,15 +211,47 @@ def _premise(lm, table, ev, layers, decode_layers, bins, bands, ctx, cfg) -> Pre
                                             layers, cfg))
 
 
+def split_reference(packed, contexts: int, reference: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Evaluation contexts (the first ``contexts`` of ``packed``) and ``reference`` later contexts that read none
+    of their documents, so a token's representation cannot carry what follows it in the very document judged;
+    where the packing holds too few such contexts, the first later ones fill up. Returns (reference, evaluation,
+    how many evaluation documents the reference contexts read)."""
+    ev, doc = packed.tokens_NC[:contexts], packed.doc_NC
+    judged = np.unique(doc[:contexts])
+    later = np.arange(contexts, len(doc))
+    apart = later[~np.isin(doc[later], judged).any(1)]
+    rows = np.concatenate([apart, later[~np.isin(later, apart)]])[:reference]
+    return packed.tokens_NC[np.sort(rows)], ev, int(np.isin(judged, doc[rows]).sum())
+
+
+def reference_and_evaluation(lm, cfg: ReinjectConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """``split_reference`` on the corpus, packed until enough reference contexts lie apart from the evaluation
+    contexts' documents (doubling the packed length; at most the whole corpus)."""
+    from superpos.model.residuals import packed_from_corpus
+
+    n = cfg.contexts + cfg.reference_contexts
+    while True:
+        packed = packed_from_corpus(lm, cfg.corpus, n, cfg.context_length)
+        if len(packed.tokens_NC) < cfg.contexts + 1:
+            raise ConfigError("contexts", f"{{field}} plus reference contexts need more than the corpus's "
+                                          f"{len(packed.tokens_NC)} contexts")
+        ref, ev, shared = split_reference(packed, cfg.contexts, cfg.reference_contexts)
+        if (shared == 0 and len(ref) == cfg.reference_contexts) or len(packed.tokens_NC) < n:
+            return ref, ev, shared
+        n *= 2
+
+
 def run(cfg: ReinjectConfig) -> ReinjectResult:
     """The premise test, then Δ loss on token p+1 when the residual at p moves toward token p's representation,
     against the deranged and the two matched nulls; the cached check reconciled with the teacher-forced Δ."""
-    from superpos.hypotheses.common import open_experiment
-
     if cfg.contexts < 4:
         raise ConfigError("contexts", "{field} must be at least 4 (half choose the setting, half judge it)")
-    out, lm, tokens = open_experiment(replace(cfg, contexts=cfg.contexts + cfg.reference_contexts))
-    ref, ev = tokens[:cfg.reference_contexts], tokens[cfg.reference_contexts:]
+    from superpos.model.load import load_model
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lm = load_model(cfg.model, device=cfg.device)
+    ref, ev, shared = reference_and_evaluation(lm, cfg)
     n = lm.n_layers
     # not layer n: the final residual goes straight to the unembedding
     layers = lm.check_layers(cfg.layers or list(range(max(1, (3 * n) // 4), n, 2)))
@@ -321,7 +353,7 @@ def run(cfg: ReinjectConfig) -> ReinjectResult:
         decode = lm.tokenizer.decode
         samples.append(ReinjectSample(prompt=decode(prompt), clean=decode(generate(lm, prompt)),
                                       intervened=decode(generate(lm, prompt, intervention=chosen_ctx()))))
-    return ReinjectResult(config=cfg, model=lm.name, layers=layers, clean_loss=float(clean[:, 1:].mean()),
+    return ReinjectResult(config=cfg, model=lm.name, layers=layers, shared_documents=shared, clean_loss=float(clean[:, 1:].mean()),
                           bin_edges=pos.edges, premise=premise, effects=effects, chosen=chosen, judged=judged,
                           vs_null=vs_null, cached=cached, samples=samples, entropy=entropy, matched=matched,
                           vs_matched=vs_matched, band_edges=band_edges, reconcile=reconcile,

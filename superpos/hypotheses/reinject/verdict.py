@@ -48,7 +48,8 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
     token's representation (paired CI below 0); and beats both matched nulls — the temperature that flattens the
     output as much, and the same move toward the layer's mean residual, tempered as much — with the paired
     advantage's CI above 0, each null matched (its entropy in that fifth within ``entropy_tolerance`` of the
-    setting's). Otherwise INSUFFICIENT POWER when the judging half has fewer than ``min_contexts`` contexts, or when
+    setting's); and the reference contexts that give each token's representation share no document with the evaluation
+    contexts (else a beaten null reads NOT SUPPORTED, saying why). Otherwise INSUFFICIENT POWER when the judging half has fewer than ``min_contexts`` contexts, or when
     nothing rules re-injection out (no matched null's advantage CI lies wholly below ``needed_advantage``, and the
     setting does not raise the loss there) while the run's minimum detectable advantage (the larger over the
     matched nulls not yet beaten; over both when both are) exceeds ``needed_advantage``; else NOT SUPPORTED. A
@@ -64,13 +65,16 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
     beaten = [name for name in MATCHED if have and adv[name].lo > 0]
     matching = [name for name in MATCHED if have and adv[name].lo <= 0]
     loose = unmatched(res) if have else {}
-    helps = bool(top.hi < 0 and vn.hi < 0 and have and len(beaten) == len(MATCHED) and not loose)
+    beats = bool(top.hi < 0 and vn.hi < 0 and have and len(beaten) == len(MATCHED) and not loose)
+    # a token's representation from the very documents judged may carry what follows it there: not re-injection
+    apart = res.shared_documents == 0
+    helps = beats and apart
     need, n_judge = cfg.needed_advantage, judging_contexts(res)
     unbeaten = matching or list(MATCHED)  # a null already beaten needs no more power against it
     mde = max(min_detectable(adv[name]) for name in unbeaten) if have else float("nan")
     ruled_out = have and (top.lo > 0 or any(adv[name].hi < need for name in MATCHED if name not in loose))
     few = n_judge < cfg.min_contexts
-    weak = bool(have and not helps and (few or (not ruled_out and not mde <= need)))
+    weak = bool(have and not beats and (few or (not ruled_out and not mde <= need)))
     lines = [f"Calibration: at layer 0 the representation is the embedding; decodability {d0.mean[0]:.3f} (least "
              f"surprising fifth) / {d0.mean[-1]:.3f} (most); after the first block {d1.mean[0]:.3f} / "
              f"{d1.mean[-1]:.3f} (coverage {100 * p.coverage:.0f}% of positions).",
@@ -119,6 +123,11 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
     else:
         lines.append("Matched nulls not run: this result predates the temperature-matched and the layer-mean nulls, "
                      "so re-injection cannot be SUPPORTED from it.")
+    lines.append("Reference contexts (each token's representation): " + (
+        "read just before the evaluation contexts, so they may share their documents (a result from before the split "
+        "by document)" if res.shared_documents is None else "no document in common with the evaluation contexts"
+        if res.shared_documents == 0 else f"{res.shared_documents} document(s) in common with the evaluation "
+        f"contexts (the corpus holds too few others)") + "; SUPPORTED needs none in common.")
     lines.append(f"The same intervention in the sampler's KV-cached loop: per-position losses within "
                  f"{res.cached.max_abs_diff:.1e} of whole windows ({res.cached.contexts} × {res.cached.tokens} "
                  f"tokens); mean Δ loss there {res.cached.delta:+.4f} nats.")
@@ -136,6 +145,12 @@ def verdict(res: ReinjectResult) -> ReinjectVerdict:
                                                      f"question needs)")
     else:
         answer = "SUPPORTED" if helps else "NOT SUPPORTED"
+        if beats and not apart:
+            answer += (" (it beats every null, but " + (
+                "its reference contexts were the ones read just before the judged contexts, in their documents" if
+                res.shared_documents is None else f"its reference contexts read {res.shared_documents} of the judged "
+                f"contexts' documents") + ": the true token's representation may carry what follows it in the very "
+                "document judged)")
     premise_word = "MET" if met else "MET across token types only" if across else "NOT MET"
     head = (f"Premise {premise_word}: late layers (at {res.layers}) "
             f"{'do' if met else 'do not'} lose track of surprising input tokens more than early ones"
