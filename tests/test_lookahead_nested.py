@@ -351,6 +351,43 @@ def test_a_no_counts_only_with_power_the_planted_control_converged_fits_and_enou
     assert "would read YES" in few.headline
 
 
+def test_a_gain_that_the_shuffled_null_also_shows_is_no_lookahead():
+    """The null control: the same residual rows shuffled across positions carry nothing about the target, so what
+    their nested comparison gains is what fitting the block adds by itself; a gain found against the base alone but
+    not beyond that null (paired) is not counted, and the power is that of the difference."""
+    from superpos.hypotheses.lookahead.verdict import verdict
+    from superpos.stats import Interval
+
+    res = _nested_result(0.05, gain_mean=0.2, planted=(0.01, 0.005))
+    n = res.offsets["+2"].nested
+    n.null_gain, n.beyond_null, n.planted_beyond = Interval(0.19, 0.14, 0.24), Interval(0.01, -0.04, 0.06), \
+        Interval(0.01, 0.004, 0.016)
+    v = verdict(res)
+    assert ": YES" not in v.headline and "no offset" in v.headline and v.insufficient_power  # MDE 0.071 > 0.01
+    assert "+0.010 [-0.040, +0.060] beyond the shuffled null" in v.headline
+    assert any(c.startswith("Null control") and "+0.190 [+0.140, +0.240] (+2)" in c for c in v.criteria)
+    n.beyond_null = Interval(0.15, 0.10, 0.20)
+    assert ": YES" in verdict(res).headline
+
+
+def test_shuffled_rows_of_an_informative_block_add_nothing():
+    """The null as run() builds it: a block that reads the target adds log-likelihood; the same rows shuffled
+    across positions (same covariance) do not."""
+    K, n_tr, n_te = 6, 3000, 1500
+    y, counts, base_X, rng = _planted(n_tr + n_te, K, 11)
+    f = Features(*ngram_features(counts), base_X)
+    tr, te = np.arange(n_tr), np.arange(n_tr, n_tr + n_te)
+    ctx = te // 25
+    block = torch.tensor(np.eye(K)[y] + 1.2 * rng.standard_normal((len(y), K)), dtype=torch.float32)
+    shuffled = torch.cat([block[tr][torch.from_numpy(rng.permutation(n_tr))],
+                          block[te][torch.from_numpy(rng.permutation(n_te))]])
+    args = dict(n_classes=K, l2_base=1e-3, l2_full=1e-3, n_boot=200, seed=0)
+    g, base, _ = nested_gain(f.rows(tr), block[tr], y[tr], f.rows(te), block[te], y[te], ctx, **args)
+    z, _, _ = nested_gain(f.rows(tr), shuffled[tr], y[tr], f.rows(te), shuffled[te], y[te], ctx, **args, base=base)
+    assert g["gain"].lo > 0.1 and abs(z["gain"].mean) < 0.01 and z["gain"].lo < 0.005, z["gain"]
+    assert len(g["ll"]["full"]) == n_te  # the per-position log-likelihoods the paired differences are taken on
+
+
 def _prediction_result(vs_bigram, vs_previous=(0.3, 0.02), test_contexts=24):
     """A probes result stand-in with a hand-built decoding test at two layers (the last is the model's output)."""
     from types import SimpleNamespace

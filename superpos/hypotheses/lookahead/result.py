@@ -45,6 +45,10 @@ class NestedGain:
     embedding_gain: Interval | None = None  # layer 0 (the embedding of token i) added to the n-grams and log-probs:
     # the calibration; where set, the base above holds the embedding too and ``gain`` is read beyond it
     l2_embedding: float | None = None  # the embedding block's L2, chosen on validation
+    # (None in results from before the null control)
+    null_gain: Interval | None = None  # the nested gain of the same residual rows shuffled across positions
+    beyond_null: Interval | None = None  # gain minus that null's, paired per position: where set, the verdict's number
+    planted_beyond: Interval | None = None  # the planted control's log-likelihood minus the real full probe's, paired
 
 
 @dataclass(kw_only=True)

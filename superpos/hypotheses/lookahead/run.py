@@ -128,7 +128,8 @@ def nested_gain(base_tr: Features, extra_tr: torch.Tensor, y_tr: np.ndarray, bas
     """Fit the base probe (unless given) and the base + ``extra`` probe on the training rows, the latter from the
     former (warm start, the base's L2 on the shared block, ``l2_full`` on ``extra``), and score both on the test
     rows: per-position log-likelihoods and right/wrong, the paired gains with intervals over test contexts, and
-    whether each fit converged; and the base and full probes."""
+    whether each fit converged (and, under "ll", each position's log-likelihood under both); and the base and full
+    probes."""
     base = base or fit_logistic(base_tr, y_tr, n_classes, l2_base, device)
     full = fit_logistic(base_tr.with_block(extra_tr), y_tr, n_classes, l2_base, device, init=base, l2_extra=l2_full)
     full_te = base_te.with_block(extra_te)
@@ -142,7 +143,8 @@ def nested_gain(base_tr: Features, extra_tr: torch.Tensor, y_tr: np.ndarray, bas
     return dict(base_loglik=iv(ll_b), full_loglik=iv(ll_f), gain=iv(ll_f - ll_b), base_acc=iv(ok_b),
                 full_acc=iv(ok_f), acc_gain=iv(ok_f - ok_b),
                 converged={"base": base.converged, "full": full.converged},
-                iterations={"base": base.iterations, "full": full.iterations}), base, full
+                iterations={"base": base.iterations, "full": full.iterations}, ll={"base": ll_b, "full": ll_f}), \
+        base, full
 
 
 def brier(probe: LogisticProbe, f: Features, y_P: np.ndarray) -> float:
@@ -242,6 +244,11 @@ def lookahead_target(lm, sample: ResidualSample, k: int, cfg: LookaheadConfig, s
         seed = cfg.seed + 1000 * k + ("train", "test").index(name)
         return torch.cat([resid(name, best), planted_block(y[name], K, amplitude, seed)], 1)
 
+    def null(name: str) -> torch.Tensor:  # the same rows, shuffled across positions: its covariance, no relation
+        seed = cfg.seed + 1000 * k + 2 + ("train", "test").index(name)
+        r = resid(name, best)
+        return r[torch.from_numpy(np.random.default_rng(seed).permutation(len(r)))]
+
     # scored on test: tables of every token read except the test units
     table, counted = table_without(split.test)
     f_train, _ = features(table, counted, "train", own=True)
@@ -258,6 +265,9 @@ def lookahead_target(lm, sample: ResidualSample, k: int, cfg: LookaheadConfig, s
                              *args, base=base if emb is not None else None)
     p, _, _ = nested_gain(f_train, planted("train"), y["train"], f_test, planted("test"), y["test"], ctx, *args,
                           base=base)
+    z, _, _ = nested_gain(f_train, null("train"), y["train"], f_test, null("test"), y["test"], ctx, *args, base=base)
+    ll, ll_p, ll_z = g.pop("ll")["full"], p.pop("ll")["full"], z.pop("ll")["full"]
+    g["converged"]["null"], g["iterations"]["null"] = z["converged"]["full"], z["iterations"]["full"]
     g["converged"]["planted"], g["iterations"]["planted"] = p["converged"]["full"], p["iterations"]["full"]
     if first is not None:
         g["converged"] = {"n-grams": first.converged, **g["converged"]}
@@ -276,7 +286,8 @@ def lookahead_target(lm, sample: ResidualSample, k: int, cfg: LookaheadConfig, s
                         floor=floor, floor_name=floor_name, train_positions=len(rows["train"]),
                         test_positions=len(rows["test"]), test_contexts=len(np.unique(ctx)), split=split.by,
                         test_units=len(split.test), planted_gain=p["gain"], planted_amplitude=amplitude,
-                        ngram_tokens=table.n_tokens_, embedding_gain=embedding_gain, l2_embedding=l2_emb)
+                        ngram_tokens=table.n_tokens_, embedding_gain=embedding_gain, l2_embedding=l2_emb,
+                        null_gain=z["gain"], beyond_null=iv(ll - ll_z), planted_beyond=iv(ll_p - ll))
     return LookaheadTarget(**vars(curve), ngram={n: iv(v) for n, v in ngram_right.items()}, ngram_order=order,
                            nested=nested)
 

@@ -7,11 +7,25 @@ from superpos.hypotheses.lookahead.result import MIN_DOCUMENTS, LookaheadResult,
 from superpos.stats import MIN_CLUSTERS, min_detectable
 
 
+def planted(r: LookaheadTarget):
+    """The positive control's interval: the probe with [residual + a weak noisy one-hot of the target] (planted to
+    add about --needed-gain nats) minus the probe with the residual alone, paired per position; in results from
+    before the null control, its gain over the base. None when not run."""
+    n = r.nested
+    return n.planted_beyond if n.planted_beyond is not None else n.planted_gain
+
+
 def planted_shown(r: LookaheadTarget) -> bool | None:
-    """The positive control: the same nested comparison with a weak noisy one-hot of the target appended to the
-    residual (planted to add about --needed-gain nats) has its gain's interval above 0; None when not run."""
-    p = r.nested.planted_gain
+    """The positive control is detected: its interval (``planted``) lies above 0; None when not run."""
+    p = planted(r)
     return None if p is None else bool(p.lo > 0)
+
+
+def decisive(r: LookaheadTarget):
+    """The interval the verdict reads: the gain beyond the shuffled-residual null (paired per position) where the
+    result has it, else the gain over the base."""
+    n = r.nested
+    return n.beyond_null if n.beyond_null is not None else n.gain
 
 
 def _base(n) -> str:
@@ -39,7 +53,8 @@ def _old_line(name: str, r: LookaheadTarget) -> str:
 
 
 def verdict(res: LookaheadResult) -> Verdict:
-    """YES when, for every offset beyond +1, the nested gain — the log-likelihood of the token at i + k under a
+    """YES when, for every offset beyond +1, the nested gain (and, where the result has it, that gain minus the
+    same comparison's with the residual's rows shuffled across positions, paired per position: the null control) — the log-likelihood of the token at i + k under a
     logistic probe on [n-gram features + the model's log-probs at i + the embedding of token i (layer 0; absent
     in older results)] plus the residual at i (a later layer, chosen on validation), minus the same probe without
     the residual, paired per test position — has its interval over test
@@ -69,24 +84,34 @@ def verdict(res: LookaheadResult) -> Verdict:
                      f"{100 * res.model_top1.mean:.1f}% [{100 * res.model_top1.lo:.1f}, "
                      f"{100 * res.model_top1.hi:.1f}] of the time on test contexts; n-grams counted on "
                      f"{res.ngram_tokens:,} tokens (no test context among them).")
-    beyond = {name: r.nested.gain.lo > 0 for name, r in later.items()}
+    beyond = {name: r.nested.gain.lo > 0 and decisive(r).lo > 0 for name, r in later.items()}
     answer = "YES" if beyond and all(beyond.values()) else "PARTLY" if any(beyond.values()) else "NO"
     need = res.config.needed_gain
-    mde = {name: min_detectable(r.nested.gain) for name, r in later.items()}
-    planted = {name: planted_shown(r) for name, r in later.items()}
+    mde = {name: min_detectable(decisive(r)) for name, r in later.items()}
+    shown = {name: planted_shown(r) for name, r in later.items()}
+    nulled = bool(later) and all(r.nested.beyond_null is not None for r in later.values())
     # the calibration's first fit (n-grams alone) is reported, not judged: the gain does not rest on it
     unconverged = {name: [f for f, ok in (r.nested.converged or {}).items() if not ok and f != "n-grams"]
                    for name, r in later.items()}
     clusters = [r.nested.test_contexts for r in res.offsets.values() if r.nested.test_contexts is not None]
     n = next(iter(res.offsets.values())).nested
-    lines.append("Power: minimum detectable nested gain (80 % power) "
+    what = "gain beyond the shuffled null" if nulled else "nested gain"
+    lines.append(f"Power: minimum detectable {what} (80 % power) "
                  + ", ".join(f"{name} {v:.4f}" for name, v in mde.items())
                  + f" nats against the {need:g} the question needs; the planted control (the same comparison with a "
-                   f"noisy one-hot of the target, planted to add about {need:g} nats, appended to the residual) "
-                 + ", ".join(f"{name} {'not run' if r.nested.planted_gain is None else fmt_ci(r.nested.planted_gain)}"
+                   f"noisy one-hot of the target, planted to add about {need:g} nats, appended to the residual"
+                 + (", read against the residual alone" if nulled else "") + ") "
+                 + ", ".join(f"{name} {'not run' if planted(r) is None else fmt_ci(planted(r))}"
                              for name, r in later.items())
-                 + f" nats: {'detected' if planted and all(planted.values()) else 'NOT detected'}"
-                 + ("" if not planted or all(v is not None for v in planted.values()) else " (not run)") + ".")
+                 + f" nats: {'detected' if shown and all(shown.values()) else 'NOT detected'}"
+                 + ("" if not shown or all(v is not None for v in shown.values()) else " (not run)") + ".")
+    if nulled:
+        lines.append("Null control: the same comparison with the residual's rows shuffled across positions (its "
+                     "covariance, no relation to the target) changes the log-likelihood by "
+                     + ", ".join(f"{fmt_ci(r.nested.null_gain)} ({name})" for name, r in later.items())
+                     + " nats: what fitting a block of this size adds by itself. The gain read is beyond it, paired "
+                       "per position: " + ", ".join(f"{fmt_ci(r.nested.beyond_null)} ({name})"
+                                                    for name, r in later.items()) + ".")
     if all(r.nested.embedding_gain is not None for r in later.values()) and later:
         lines.append("Calibration at layer 0, the embedding of token i, where no later token can have been worked "
                      "out: added to [n-grams + the model's log-probs at i] it raises the log-likelihood by "
@@ -113,10 +138,9 @@ def verdict(res: LookaheadResult) -> Verdict:
     if answer == "NO":
         if bool(mde) and all(v > need for v in mde.values()):
             reasons.append(f"minimum detectable gain above {need:g} nats")
-        if not planted or not all(planted.values()):
-            reasons.append("the planted control is not " + ("run" if None in planted.values() else "detected"))
-            below = [name for name, r in later.items() if r.nested.planted_gain is not None
-                     and r.nested.planted_gain.hi < 0]
+        if not shown or not all(shown.values()):
+            reasons.append("the planted control is not " + ("run" if None in shown.values() else "detected"))
+            below = [name for name, r in later.items() if planted(r) is not None and planted(r).hi < 0]
             if below:
                 reasons.append(f"it reads below 0 at {', '.join(below)}: the probe counts a block that carries the "
                                f"target as a loss, so the estimate is biased low and its interval rules nothing out")
@@ -124,7 +148,9 @@ def verdict(res: LookaheadResult) -> Verdict:
             reasons.append("a fit did not converge: " + ", ".join(f"{name} {', '.join(f)}"
                                                                 for name, f in unconverged.items() if f))
     weak = bool(reasons)
-    gains = "; ".join(f"{name}: {fmt_ci(r.nested.gain)} nats (layer {r.nested.layer}; accuracy "
+    gains = "; ".join(f"{name}: {fmt_ci(r.nested.gain)} nats"
+                      + (f", {fmt_ci(r.nested.beyond_null)} beyond the shuffled null" if nulled else "")
+                      + f" (layer {r.nested.layer}; accuracy "
                       f"{r.nested.full_acc.mean:.3f} vs {r.nested.base_acc.mean:.3f} without, floor "
                       f"{r.nested.floor.mean:.3f})" for name, r in later.items())
     if weak:
@@ -147,6 +173,8 @@ def numbers(res) -> dict[str, str]:
     for k, r in res.offsets.items():
         if r.nested is not None:
             out[f"nested gain {k} (nats)"] = fmt_ci(r.nested.gain)
+            if r.nested.beyond_null is not None:
+                out[f"beyond the shuffled null {k} (nats)"] = fmt_ci(r.nested.beyond_null)
         elif r.gain is not None:
             out[f"gain {k} (the smaller of the two)"] = fmt_ci(r.gain)
     return out
