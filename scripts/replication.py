@@ -2,7 +2,7 @@
 whatever already finished under docs/results/replication, where the runs are committed without their large
 intermediates so that the grid can be finished across machines), then the tables with the reading above them.
 
-    python scripts/replication.py        # ~2.5 h on a 2-core CPU from nothing (Gemma 3: ~3x SmolLM2)
+    python scripts/replication.py        # SmolLM2: 70-80 min per corpus on one core; Gemma 3 several times that
 """
 import sys
 

@@ -17,8 +17,8 @@ from superpos.experiment.spec import command_line
 from superpos.protocol.registry import EXPERIMENTS as REGISTRY
 
 PRESETS = {"quick": "small settings for a smoke run (not for conclusions)",
-           "replication": "the settings of docs/results/replication.md: ~27 minutes per corpus for the default "
-                          "model on one core of a 2-core CPU, ~2 hours for gemma3-270m"}
+           "replication": "the settings of docs/results/replication.md: 70-80 minutes per corpus for the default "
+                          "model on one core of a 2-core CPU, several hours for gemma3-270m"}
 
 
 def parse_only(text: str) -> list[str]:
