@@ -179,6 +179,7 @@ def test_experiment_commands_write_reports(peaked_llama, tmp_path):
     assert n.layer in r.layers and len(n.layer_screen) == len(r.layers) and n.floor_name.startswith("the back-off")
     assert n.layer != 0 and n.embedding_gain is not None and n.converged["n-grams"] in (True, False)  # calibrated
     assert n.null_gain is not None and n.beyond_null is not None and n.planted_beyond is not None  # the controls
+    assert len(n.null_draws) == LookaheadConfig().null_draws and n.converged["null"] in (True, False)
     assert "Calibration at layer 0, the embedding of token i" in " ".join(r.verdict.criteria)
     assert r.offsets["+1"].nested.floor_name == "the model's own top guess" and r.model_top1 is not None
     assert r.ngram_tokens > 0 and r.verdict.headline.startswith("Lookahead beyond n-grams")

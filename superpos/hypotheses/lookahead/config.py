@@ -26,6 +26,8 @@ class LookaheadConfig(ProbeSettings):
                                         "when its own minimum detectable gain is larger at every such offset, when a "
                                         "planted control of about this size is not detected at some such offset, or "
                                         "when a fit did not converge", parse="positive_float")
+    null_draws: int = setting(5, "shuffles of the residual's rows for the null control; the gain is read beyond their "
+                                  "mean, per position", parse="positive_int")
     n_boot: int = n_boot_setting()
     seed: int = seed_setting()
     device: str = device_setting()

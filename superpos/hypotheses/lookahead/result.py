@@ -46,7 +46,9 @@ class NestedGain:
     # the calibration; where set, the base above holds the embedding too and ``gain`` is read beyond it
     l2_embedding: float | None = None  # the embedding block's L2, chosen on validation
     # (None in results from before the null control)
-    null_gain: Interval | None = None  # the nested gain of the same residual rows shuffled across positions
+    null_gain: Interval | None = None  # the nested gain of the residual's rows shuffled across positions (per
+    # position, the mean over the draws)
+    null_draws: list[float] | None = None  # each draw's mean gain (None: one draw, in results from before the draws)
     beyond_null: Interval | None = None  # gain minus that null's, paired per position: where set, the verdict's number
     planted_beyond: Interval | None = None  # the planted control's log-likelihood minus the real full probe's, paired
 

@@ -236,16 +236,18 @@ def lookahead_target(lm, sample: ResidualSample, k: int, cfg: LookaheadConfig, s
         ridge = fit_ridge_probe(torch.cat([z_fit, resid("fit", j)], 1), y["fit"], np.arange(K), cfg.ridge)
         screen.append(float((ridge.predict(torch.cat([z_val, resid("val", j)], 1)) == y["val"]).mean()))
     best = int(np.argmax([-np.inf if j == emb else v for j, v in enumerate(screen)]))
-    l2_full, _ = choose_l2(f_fit.with_block(resid("fit", best)), y["fit"], f_val.with_block(resid("val", best)),
-                           y["val"], K, cfg.l2, device, base=base, l2_base=l2_base)
-    amplitude = planted_amplitude(cfg.needed_gain, brier(base, f_val, y["val"]))
+    l2_full, full_val = choose_l2(f_fit.with_block(resid("fit", best)), y["fit"],
+                                  f_val.with_block(resid("val", best)), y["val"], K, cfg.l2, device, base=base,
+                                  l2_base=l2_base)
+    # the plant is read against the probe with the residual, so its size is set from that probe's Brier score
+    amplitude = planted_amplitude(cfg.needed_gain, brier(full_val, f_val.with_block(resid("val", best)), y["val"]))
 
     def planted(name: str) -> torch.Tensor:
         seed = cfg.seed + 1000 * k + ("train", "test").index(name)
         return torch.cat([resid(name, best), planted_block(y[name], K, amplitude, seed)], 1)
 
-    def null(name: str) -> torch.Tensor:  # the same rows, shuffled across positions: its covariance, no relation
-        seed = cfg.seed + 1000 * k + 2 + ("train", "test").index(name)
+    def null(name: str, draw: int) -> torch.Tensor:  # the same rows, shuffled across positions: no relation
+        seed = cfg.seed + 1000 * k + 100 * (draw + 1) + ("train", "test").index(name)
         r = resid(name, best)
         return r[torch.from_numpy(np.random.default_rng(seed).permutation(len(r)))]
 
@@ -265,9 +267,12 @@ def lookahead_target(lm, sample: ResidualSample, k: int, cfg: LookaheadConfig, s
                              *args, base=base if emb is not None else None)
     p, _, _ = nested_gain(f_train, planted("train"), y["train"], f_test, planted("test"), y["test"], ctx, *args,
                           base=base)
-    z, _, _ = nested_gain(f_train, null("train"), y["train"], f_test, null("test"), y["test"], ctx, *args, base=base)
-    ll, ll_p, ll_z = g.pop("ll")["full"], p.pop("ll")["full"], z.pop("ll")["full"]
-    g["converged"]["null"], g["iterations"]["null"] = z["converged"]["full"], z["iterations"]["full"]
+    draws = [nested_gain(f_train, null("train", d), y["train"], f_test, null("test", d), y["test"], ctx, *args,
+                         base=base)[0] for d in range(cfg.null_draws)]
+    (ll_b, ll), ll_p = g.pop("ll").values(), p.pop("ll")["full"]
+    ll_z = np.mean([z.pop("ll")["full"] for z in draws], 0)  # per position, over the draws
+    g["converged"]["null"] = all(z["converged"]["full"] for z in draws)
+    g["iterations"]["null"] = max(z["iterations"]["full"] for z in draws)
     g["converged"]["planted"], g["iterations"]["planted"] = p["converged"]["full"], p["iterations"]["full"]
     if first is not None:
         g["converged"] = {"n-grams": first.converged, **g["converged"]}
@@ -287,7 +292,8 @@ def lookahead_target(lm, sample: ResidualSample, k: int, cfg: LookaheadConfig, s
                         test_positions=len(rows["test"]), test_contexts=len(np.unique(ctx)), split=split.by,
                         test_units=len(split.test), planted_gain=p["gain"], planted_amplitude=amplitude,
                         ngram_tokens=table.n_tokens_, embedding_gain=embedding_gain, l2_embedding=l2_emb,
-                        null_gain=z["gain"], beyond_null=iv(ll - ll_z), planted_beyond=iv(ll_p - ll))
+                        null_gain=iv(ll_z - ll_b), null_draws=[z["gain"].mean for z in draws],
+                        beyond_null=iv(ll - ll_z), planted_beyond=iv(ll_p - ll))
     return LookaheadTarget(**vars(curve), ngram={n: iv(v) for n, v in ngram_right.items()}, ngram_order=order,
                            nested=nested)
 

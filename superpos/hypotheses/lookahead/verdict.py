@@ -108,7 +108,11 @@ def verdict(res: LookaheadResult) -> Verdict:
     if nulled:
         lines.append("Null control: the same comparison with the residual's rows shuffled across positions (its "
                      "covariance, no relation to the target) changes the log-likelihood by "
-                     + ", ".join(f"{fmt_ci(r.nested.null_gain)} ({name})" for name, r in later.items())
+                     + ", ".join(f"{fmt_ci(r.nested.null_gain)} ({name}"
+                                 + ("" if not r.nested.null_draws else
+                                    f"; mean over {len(r.nested.null_draws)} shuffles, each "
+                                    + " / ".join(f"{v:+.3f}" for v in r.nested.null_draws)) + ")"
+                                 for name, r in later.items())
                      + " nats: what fitting a block of this size adds by itself. The gain read is beyond it, paired "
                        "per position: " + ", ".join(f"{fmt_ci(r.nested.beyond_null)} ({name})"
                                                     for name, r in later.items()) + ".")
@@ -144,6 +148,11 @@ def verdict(res: LookaheadResult) -> Verdict:
             if below:
                 reasons.append(f"it reads below 0 at {', '.join(below)}: the probe counts a block that carries the "
                                f"target as a loss, so the estimate is biased low and its interval rules nothing out")
+        below_null = [name for name, r in later.items() if r.nested.beyond_null is not None
+                      and r.nested.beyond_null.hi < 0]
+        if below_null:
+            reasons.append(f"the real residual reads below its shuffled null at {', '.join(below_null)}: what the "
+                           f"fit adds by itself differs between them, so that interval rules nothing out")
         if any(unconverged.values()):
             reasons.append("a fit did not converge: " + ", ".join(f"{name} {', '.join(f)}"
                                                                 for name, f in unconverged.items() if f))
