@@ -313,6 +313,33 @@ def test_reference_contexts_read_no_document_of_the_evaluation_contexts():
     assert (ref == tok[[2, 3, 4, 5, 6]]).all() and shared == 1
 
 
+def test_the_reference_search_packs_on_until_contexts_lie_apart_and_stops_on_one_document(peaked_llama, tmp_path,
+                                                                                            monkeypatch):
+    """reference_and_evaluation on real packing: with a long first document, it packs on (doubling) until enough
+    later contexts lie in other documents; a one-document corpus stops after one packing (shared 1)."""
+    import json
+
+    import superpos.model.corpus as corpus_mod
+    from superpos.hypotheses.reinject.run import reference_and_evaluation
+
+    lm = load_model(str(peaked_llama), device="cpu")
+    words = "the quick brown fox jumps over the lazy dog and runs far away into the woods ".split()
+    long_doc = " ".join(words * 60)  # many contexts of 16 tokens
+    many = tmp_path / "many.jsonl"
+    many.write_text("\n".join(json.dumps({"text": t}) for t in [long_doc] + [" ".join(words * 3)] * 40))
+    one = tmp_path / "one.txt"
+    one.write_text(long_doc)
+    calls = []
+    real = corpus_mod.pack_contexts
+    monkeypatch.setattr(corpus_mod, "pack_contexts", lambda *a, **k: calls.append(k["max_tokens"]) or real(*a, **k))
+    cfg = ReinjectConfig(contexts=4, reference_contexts=4, context_length=16)
+    ref, ev, shared = reference_and_evaluation(lm, replace(cfg, corpus=str(many)))
+    assert shared == 0 and len(ref) == 4 and len(ev) == 4 and len(calls) > 1  # packed on past the long document
+    calls.clear()
+    ref, ev, shared = reference_and_evaluation(lm, replace(cfg, corpus=str(one)))
+    assert shared == 1 and len(ref) == 4 and len(calls) == 1  # nothing can lie apart: no second packing
+
+
 def test_a_null_not_matched_in_entropy_refuses_supported():
     res = _supported()
     res.matched["mean w=0.1"]["layer mean"].entropy_fifths[-1] += 3 * CFG.entropy_tolerance

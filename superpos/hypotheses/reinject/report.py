@@ -19,7 +19,8 @@ def write_report(res: ReinjectResult, out: Path) -> Path:
     rep = Report(f"True-token re-injection — {res.model}")
     rep.verdict(res.verdict, res)
     rep.text(f"Teacher-forced over {cfg.contexts} evaluation contexts × {cfg.context_length} tokens; each token's "
-             f"representation is its mean residual per layer over {cfg.reference_contexts} other contexts (tokens "
+             f"representation is its mean residual per layer over {res.reference_read or cfg.reference_contexts} "
+             f"other contexts (tokens "
              f"seen ≥ {cfg.min_count} times: {100 * p.coverage:.0f}% of evaluation positions). At layers "
              f"{res.layers} the residual at position p moves toward token p's norm-matched target, "
              f"r ← (1−w)·r + w·‖r‖·t̂; Δ = loss on token p+1 with minus without. Bins: fifths of token p's "

@@ -125,3 +125,4 @@ class ReinjectResult(Result):
     # documents of the evaluation contexts that the reference contexts also read (0: disjoint; None: a result from
     # before the split by document, whose reference contexts were the ones just before the evaluation contexts)
     shared_documents: int | None = None
+    reference_read: int | None = None  # reference contexts read (fewer than asked where the corpus ends first)

@@ -226,17 +226,21 @@ def split_reference(packed, contexts: int, reference: int) -> tuple[np.ndarray, 
 
 def reference_and_evaluation(lm, cfg: ReinjectConfig) -> tuple[np.ndarray, np.ndarray, int]:
     """``split_reference`` on the corpus, packed until enough reference contexts lie apart from the evaluation
-    contexts' documents (doubling the packed length; at most the whole corpus)."""
-    from superpos.model.residuals import packed_from_corpus
+    contexts' documents (doubling the packed length), until the corpus ends, or until its last document is one the
+    evaluation contexts read (nothing later can lie apart: a one-document corpus stops at once)."""
+    from superpos.model.corpus import default_bos_id, load_corpus, pack_contexts
 
+    corpus, bos = load_corpus(cfg.corpus), default_bos_id(lm.tokenizer)
     n = cfg.contexts + cfg.reference_contexts
     while True:
-        packed = packed_from_corpus(lm, cfg.corpus, n, cfg.context_length)
+        packed = pack_contexts(lm.tokenizer, corpus, cfg.context_length, bos, max_tokens=n * cfg.context_length)
         if len(packed.tokens_NC) < cfg.contexts + 1:
             raise ConfigError("contexts", f"{{field}} plus reference contexts need more than the corpus's "
                                           f"{len(packed.tokens_NC)} contexts")
         ref, ev, shared = split_reference(packed, cfg.contexts, cfg.reference_contexts)
-        if (shared == 0 and len(ref) == cfg.reference_contexts) or len(packed.tokens_NC) < n:
+        last_judged = int(packed.doc_NC[-1, -1]) == len(corpus.texts) - 1 and \
+            int(packed.doc_NC[-1, -1]) in packed.doc_NC[:cfg.contexts]
+        if (shared == 0 and len(ref) == cfg.reference_contexts) or len(packed.tokens_NC) < n or last_judged:
             return ref, ev, shared
         n *= 2
 
@@ -353,7 +357,7 @@ def run(cfg: ReinjectConfig) -> ReinjectResult:
         decode = lm.tokenizer.decode
         samples.append(ReinjectSample(prompt=decode(prompt), clean=decode(generate(lm, prompt)),
                                       intervened=decode(generate(lm, prompt, intervention=chosen_ctx()))))
-    return ReinjectResult(config=cfg, model=lm.name, layers=layers, shared_documents=shared, clean_loss=float(clean[:, 1:].mean()),
+    return ReinjectResult(config=cfg, model=lm.name, layers=layers, shared_documents=shared, reference_read=len(ref), clean_loss=float(clean[:, 1:].mean()),
                           bin_edges=pos.edges, premise=premise, effects=effects, chosen=chosen, judged=judged,
                           vs_null=vs_null, cached=cached, samples=samples, entropy=entropy, matched=matched,
                           vs_matched=vs_matched, band_edges=band_edges, reconcile=reconcile,
