@@ -6,6 +6,7 @@ from pathlib import Path
 from superpos.experiment.report import Report, band
 from superpos.hypotheses.common import fmt_ci
 from superpos.hypotheses.lookahead.result import LookaheadResult
+from superpos.hypotheses.lookahead.verdict import planted
 
 
 def write_report(res: LookaheadResult, out: Path) -> Path:
@@ -35,11 +36,12 @@ def write_report(res: LookaheadResult, out: Path) -> Path:
     if all(r.nested is not None for r in res.offsets.values()):
         n0 = next(iter(res.offsets.values())).nested
         rep.table(["token", "layer (val)", "log-lik base (nats)", "log-lik + residual", "gain [95% CI]",
-                   "acc base", "acc + residual", "acc gain [95% CI]", "planted control gain [95% CI]", "floor",
+                   "acc base", "acc + residual", "acc gain [95% CI]",
+                   "planted control [95% CI] (against the residual alone where run so)", "floor",
                    "floor acc", "L2 base / full", "fits converged", "test positions", "coverage",
                    "layer 0 (embedding) gain over n-grams + log-probs [95% CI]", "L2 embedding"],
                   [[name, n.layer, n.base_loglik.mean, n.full_loglik.mean, fmt_ci(n.gain), n.base_acc.mean,
-                    n.full_acc.mean, fmt_ci(n.acc_gain), "not run" if n.planted_gain is None else fmt_ci(n.planted_gain),
+                    n.full_acc.mean, fmt_ci(n.acc_gain), "not run" if planted(r) is None else fmt_ci(planted(r)),
                     n.floor_name, n.floor.mean, f"{n.l2_base:g} / {n.l2_full:g}",
                     "not recorded" if n.converged is None else " / ".join(f"{f} {'yes' if ok else 'NO'}"
                                                                           for f, ok in n.converged.items()),

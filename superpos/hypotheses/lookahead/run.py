@@ -221,9 +221,9 @@ def lookahead_target(lm, sample: ResidualSample, k: int, cfg: LookaheadConfig, s
         return splits[name].resid_LPD[j][torch.from_numpy(rows[name])]
 
     l2_base, base = choose_l2(f_fit, y["fit"], f_val, y["val"], K, cfg.l2, device)
-    # Layer 0 is the embedding of token i: what it adds can only be the input token itself, read more smoothly
-    # than sparse n-gram counts read it, never a token the model worked out. It joins the base, so the gain is
-    # what a later layer adds beyond it; its own gain (over the n-grams and log-probs) is the calibration.
+    # Layer 0 is the embedding of token i: what it adds can only be the input token itself, never a token the
+    # model worked out. It joins the base, so the gain is what a later layer adds beyond it; its own gain (over the
+    # n-grams and log-probs) is the calibration.
     emb = sample.layers.index(0) if 0 in sample.layers and len(sample.layers) > 1 else None
     l2_emb = None
     if emb is not None:

@@ -120,9 +120,9 @@ def verdict(res: LookaheadResult) -> Verdict:
         lines.append("Calibration at layer 0, the embedding of token i, where no later token can have been worked "
                      "out: added to [n-grams + the model's log-probs at i] it raises the log-likelihood by "
                      + ", ".join(f"{fmt_ci(r.nested.embedding_gain)} nats ({name})" for name, r in later.items())
-                     + ": the part of any layer's read that is the input token itself, read more smoothly than "
-                       "sparse n-gram counts read it. The embedding is in the base, so every gain above is read "
-                       "beyond it, and layer 0 is left out of the layer screen.")
+                     + ": what the input token itself adds to the n-gram features, not lookahead. The embedding is "
+                       "in the base, so every gain above is read beyond it, and layer 0 is left out of the layer "
+                       "screen.")
     if any(r.nested.converged is not None for r in res.offsets.values()):
         lines.append("Fits: the probe with the residual starts at the base's solution (the base's L2 on the shared "
                      "block) so the two are nested; "

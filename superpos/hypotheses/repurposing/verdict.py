@@ -108,7 +108,7 @@ def verdict(res: RepurposingResult) -> RepurposingVerdict:
     seen = (None if power is None else f"its minimum detectable push is α ≈ {mde:.3g}" if mde is not None
             else f"no push up to α = {max(power.alphas):g} reaches {100 * power.power:.0f} % power")
     pct = f"{100 * power.power:.0f} %" if power is not None else ""
-    bound = (f"; no push of this kind larger than α ≈ {mde:.3g} × ‖r − μ‖ is missed ({pct} power)" if mde is not None
+    bound = (f"; a push of this kind of α ≈ {mde:.3g} × ‖r − μ‖ or more is detected with {pct} power" if mde is not None
              else f"; the power curve does not reach {pct} at any size run" if power is not None else "")
     if supported:
         head = (f"SUPPORTED for {what}: mid-stack residuals put extra weight on directions of tokens that are "
