@@ -207,3 +207,15 @@ def test_a_calibration_with_a_control_not_run_says_so(tmp_path):
     text = (tmp_path / "calibration.md").read_text()
     assert "not fully" in text and "planted superposition did not run" in text and "cannot be trusted" not in text
     assert not cal.calibrated and cal.verdict.supported is None and cal.verdict.headline.startswith("NOT CALIBRATED")
+
+
+def test_a_cell_says_the_answer_of_a_question_headline_and_the_first_clause_otherwise():
+    from superpos.experiment.result import Verdict
+    from superpos.protocol.replication import _said
+
+    def said(headline: str) -> str:
+        return _said(Verdict(headline=headline, criteria=[]))
+
+    assert said("Lookahead beyond n-grams and the input token: YES — adding it raises …") == "YES"
+    assert said("Lookahead: NOT TESTED — this result predates it") == "NOT TESTED"
+    assert said("The input token stays decodable (layer 15: 0.902). More.") == "The input token stays decodable"

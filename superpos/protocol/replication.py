@@ -27,6 +27,9 @@ def _said(verdict) -> str:
         return "INSUFFICIENT POWER"
     if verdict.supported is None:  # a descriptive experiment: its headline's first clause
         text = verdict.headline.split(" — ")[0].split(" (")[0].split(";")[0].strip()
+        answer = text.rpartition(": ")[2]
+        if answer != text and answer.replace(" ", "").isalpha() and answer.isupper():  # "Question: YES"
+            return answer
         return text if len(text) <= 90 else text[:89] + "…"
     said = "SUPPORTED" if verdict.supported else "NOT SUPPORTED"
     if getattr(verdict, "premise_met", None) is not None:  # reinject answers two questions
