@@ -217,6 +217,7 @@ def lookahead_target(lm, sample: ResidualSample, k: int, cfg: LookaheadConfig, s
     f_fit, _ = features(fit_table, fit_counted, "fit", own=True)
     f_val, c_val = features(fit_table, fit_counted, "val", own=False)
     order = max(NGRAM_ORDERS, key=lambda n: (backoff_guess(c_val, classes, n) == classes[y["val"]]).mean())
+
     def resid(name: str, j: int) -> torch.Tensor:
         return splits[name].resid_LPD[j][torch.from_numpy(rows[name])]
 
