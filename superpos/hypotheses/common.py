@@ -9,15 +9,21 @@ import numpy as np
 from superpos.settings import setting
 
 
-def open_experiment(cfg) -> tuple[Path, object, np.ndarray]:
-    """``cfg.out`` (created), the model ``cfg.model`` on ``cfg.device``, and ``cfg.contexts`` contexts of
-    ``cfg.context_length`` tokens from ``cfg.corpus`` as a (contexts, length) token array."""
+def open_model(cfg) -> tuple[Path, object]:
+    """``cfg.out`` (created) and the model ``cfg.model`` on ``cfg.device``."""
     from superpos.model.load import load_model
-    from superpos.model.residuals import contexts_from_corpus
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    lm = load_model(cfg.model, device=cfg.device)
+    return out, load_model(cfg.model, device=cfg.device)
+
+
+def open_experiment(cfg) -> tuple[Path, object, np.ndarray]:
+    """``open_model``, and ``cfg.contexts`` contexts of ``cfg.context_length`` tokens from ``cfg.corpus`` as a
+    (contexts, length) token array."""
+    from superpos.model.residuals import contexts_from_corpus
+
+    out, lm = open_model(cfg)
     return out, lm, contexts_from_corpus(lm, cfg.corpus, cfg.contexts, cfg.context_length)
 
 

@@ -53,12 +53,12 @@ def _old_line(name: str, r: LookaheadTarget) -> str:
 
 
 def verdict(res: LookaheadResult) -> Verdict:
-    """YES when, for every offset beyond +1, the nested gain (and, where the result has it, that gain minus the
-    same comparison's with the residual's rows shuffled across positions, paired per position: the null control) — the log-likelihood of the token at i + k under a
+    """YES when, for every offset beyond +1, the nested gain — the log-likelihood of the token at i + k under a
     logistic probe on [n-gram features + the model's log-probs at i + the embedding of token i (layer 0; absent
     in older results)] plus the residual at i (a later layer, chosen on validation), minus the same probe without
-    the residual, paired per test position — has its interval over test
-    contexts above 0; PARTLY for some such offsets; NO for none. INSUFFICIENT POWER instead of any answer when the
+    the residual, paired per test position — and, where the result has it, that gain minus the same comparison's
+    with the residual's rows shuffled across positions (the null control, paired per position) have their
+    intervals over test contexts above 0; PARTLY for some such offsets; NO for none. INSUFFICIENT POWER instead of any answer when the
     intervals rest on fewer than ``MIN_CLUSTERS`` test contexts, and instead of NO when the minimum detectable gain
     exceeds --needed-gain at every later offset, when the planted control (the same comparison with a weak noisy
     one-hot of the target appended to the residual) is not detected (or not run) at some later offset, or when a

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -250,11 +249,9 @@ def run(cfg: ReinjectConfig) -> ReinjectResult:
     against the deranged and the two matched nulls; the cached check reconciled with the teacher-forced Δ."""
     if cfg.contexts < 4:
         raise ConfigError("contexts", "{field} must be at least 4 (half choose the setting, half judge it)")
-    from superpos.model.load import load_model
+    from superpos.hypotheses.common import open_model
 
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    lm = load_model(cfg.model, device=cfg.device)
+    out, lm = open_model(cfg)
     ref, ev, shared = reference_and_evaluation(lm, cfg)
     n = lm.n_layers
     # not layer n: the final residual goes straight to the unembedding
