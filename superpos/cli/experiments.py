@@ -18,7 +18,8 @@ def register(sub) -> None:
                        description=f"Run {', '.join(EXPERIMENTS)} "
                                    "with their defaults (or a --preset's) into OUT/<name>, then write OUT/index.html "
                                    "and OUT/index.md with each verdict and a link to its report. Hours on a CPU with "
-                                   "the default model at the defaults; --preset replication about half an hour, "
+                                   "the default model at the defaults; --preset replication 70-80 minutes for the default model on one "
+                                   "core of a 2-core CPU and several hours for gemma3-270m, "
                                    "--quick is a smoke run.")
     p.add_argument("--out", default="runs/all", help="output folder (default runs/all)")
     p.add_argument("--model", default=None, help="model for every experiment (default: smollm2-135m)")
